@@ -1,0 +1,170 @@
+"""``dot_product_attention`` and the registry of implementations (the *impl* axis).
+
+Every implementation computes the same function (the contract):
+
+  out[b, i, h] = sum_j softmax_j(score_mod(scale * q[b,i,h] . k[b,j,h//G]))
+                 * v[b, j, h//G]          over keys j with mask(i, j) true,
+
+with softmax statistics in float32 and ``out = 0`` for a row that sees no key.
+Layout is ``[batch, seq, heads, head_dim]``; K/V may have fewer heads (GQA/MQA,
+``G = heads // kv_heads``).
+
+To add an implementation, write ``fn(q, k, v, *, mask, score_mod, scale, **options)``
+and register it: ``IMPLS.register("name")(Implementation(fn, unsupported=...))``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from attnlab.attention import masks as masks_lib
+from attnlab.attention import score_mods
+from attnlab.attention.blockwise import blockwise_attention
+from attnlab.registry import ConfigError, Registry
+
+_F32 = jnp.float32
+
+
+@dataclasses.dataclass(frozen=True)
+class Implementation:
+  """An attention implementation and a predicate saying why it cannot serve a request."""
+  fn: Callable
+  unsupported: Callable[..., str | None] = lambda q, k, v, mask, score_mod: None
+  doc: str = ""
+
+
+IMPLS: Registry[Implementation] = Registry("model.attention.impl")
+
+
+def reference_attention(q, k, v, *, mask=None, score_mod=None, scale: float, **unused):
+  """The oracle: materialises the full ``[B, H, Nq, Nk]`` float32 score matrix."""
+  group = q.shape[2] // k.shape[2]
+  k = jnp.repeat(k, group, axis=2)
+  v = jnp.repeat(v, group, axis=2)
+  s = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=_F32) * scale
+  q_idx = jnp.arange(q.shape[1])[:, None]
+  kv_idx = jnp.arange(k.shape[1])[None, :]
+  if score_mod is not None:
+    s = score_mod(s, q_idx, kv_idx)
+  if mask is not None:
+    s = jnp.where(mask(q_idx, kv_idx), s, -jnp.inf)
+  m = jax.lax.stop_gradient(s.max(axis=-1, keepdims=True))
+  p = jnp.exp(s - jnp.where(jnp.isneginf(m), 0.0, m))
+  denom = p.sum(axis=-1, keepdims=True)
+  p = p / jnp.where(denom == 0, 1.0, denom)
+  return jnp.einsum("bhqk,bkhd->bqhd", p, v.astype(_F32)).astype(q.dtype)
+
+
+def _xla_unsupported(q, k, v, mask, score_mod):
+  if score_mod is not None and not isinstance(score_mod, score_mods.AdditiveBias):
+    return (f"impl='xla' (jax.nn.dot_product_attention) takes only additive biases; "
+            f"{type(score_mod).__name__} is not additive. Use impl='reference' or 'blockwise'.")
+  if not (q.dtype == k.dtype == v.dtype):
+    return f"impl='xla' needs q, k, v of one dtype; got {q.dtype}, {k.dtype}, {v.dtype}"
+  if q.shape[-1] != v.shape[-1]:
+    return "impl='xla' needs equal query and value head dims"
+  return None
+
+
+def xla_attention(q, k, v, *, mask=None, score_mod=None, scale: float, **unused):
+  """``jax.nn.dot_product_attention(implementation='xla')`` with dense mask and bias."""
+  reason = _xla_unsupported(q, k, v, mask, score_mod)
+  if reason:
+    raise ValueError(reason)
+  nq, nk = q.shape[1], k.shape[1]
+  bias = None if score_mod is None else score_mod.dense(nq, nk).astype(q.dtype)
+  dense_mask = None
+  if mask is not None:
+    dense_mask = mask.dense(nq, nk)
+    dense_mask = dense_mask.reshape((1,) * (4 - dense_mask.ndim) + dense_mask.shape)
+  out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=dense_mask, scale=scale,
+                                     implementation="xla")
+  if dense_mask is not None:  # jax gives a uniform average for a row that sees no key
+    sees_any = jnp.broadcast_to(dense_mask, (q.shape[0], q.shape[2], nq, nk)).any(-1)
+    out = out * sees_any.transpose(0, 2, 1)[..., None].astype(out.dtype)
+  return out
+
+
+def _blockwise_fn(q, k, v, *, mask=None, score_mod=None, scale: float,
+                  block_q: int = 512, block_kv: int = 512, **unused):
+  return blockwise_attention(q, k, v, mask=mask, score_mod=score_mod, scale=scale,
+                             block_q=block_q, block_kv=block_kv)
+
+
+IMPLS.register("reference")(Implementation(
+    reference_attention, doc="materialises scores; the oracle every path is tested against"))
+IMPLS.register("xla")(Implementation(
+    xla_attention, _xla_unsupported, doc="jax.nn.dot_product_attention(implementation='xla')"))
+IMPLS.register("blockwise")(Implementation(
+    _blockwise_fn, doc="pure-JAX tiled online softmax; O(N) memory; skips empty tiles"))
+
+# Above this many score-matrix bytes, ``auto`` avoids the dense paths.
+AUTO_DENSE_LIMIT_BYTES = 64 * 2**20
+
+
+def choose_impl(q, k, v, mask, score_mod) -> tuple[str, str]:
+  """``impl='auto'``: (chosen name, reason). Dense XLA while the score matrix is small,
+  blockwise beyond that."""
+  score_bytes = 4 * q.shape[0] * q.shape[2] * q.shape[1] * k.shape[1]
+  if score_bytes > AUTO_DENSE_LIMIT_BYTES:
+    return "blockwise", f"score matrix would take {score_bytes / 2**20:.0f} MiB"
+  reason = _xla_unsupported(q, k, v, mask, score_mod)
+  if reason:
+    return "reference", reason
+  return "xla", "small problem supported by jax.nn.dot_product_attention"
+
+
+def _check_shapes(q, k, v):
+  if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+    raise ValueError(f"q, k, v must be [batch, seq, heads, head_dim]; got shapes "
+                     f"{q.shape}, {k.shape}, {v.shape}")
+  if k.shape[:3] != v.shape[:3]:
+    raise ValueError(f"k and v must agree in batch, seq and heads; got {k.shape} and {v.shape}")
+  if q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
+    raise ValueError(f"q and k must agree in batch and head_dim; got {q.shape} and {k.shape}")
+  if q.shape[2] % k.shape[2]:
+    raise ValueError(f"kv heads ({k.shape[2]}) must divide query heads ({q.shape[2]}) for GQA/MQA")
+
+
+def dot_product_attention(q, k, v, *, mask=None, bias=None, scale: float | None = None,
+                          impl: str = "auto", block_q: int = 512, block_kv: int = 512):
+  """Scaled dot-product attention through the chosen implementation.
+
+  Args:
+    q: [batch, q_len, heads, head_dim].
+    k, v: [batch, kv_len, kv_heads, head_dim]; ``kv_heads`` divides ``heads``.
+    mask: a ``masks.Mask`` pattern, a boolean array broadcastable to
+      ``[batch, heads, q_len, kv_len]``, or None (all visible).
+    bias: a ``score_mods.ScoreMod`` (e.g. ``positional.alibi_bias(heads)``), a float
+      array broadcastable to ``[batch, heads, q_len, kv_len]``, or None.
+    scale: logit scale, default ``1/sqrt(head_dim)``.
+    impl: a name in ``IMPLS`` or ``"auto"``.
+    block_q, block_kv: tile sizes of the blockwise paths.
+
+  Returns:
+    [batch, q_len, heads, head_dim] in q's dtype.
+  """
+  _check_shapes(q, k, v)
+  mask = masks_lib.as_mask(mask)
+  score_mod = score_mods.as_score_mod(bias)
+  scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+  if impl == "auto":
+    impl, _ = choose_impl(q, k, v, mask, score_mod)
+  elif impl not in IMPLS:
+    raise ConfigError(f"impl={impl!r} is not valid; valid names: {', '.join(impl_names())}")
+  implementation = IMPLS.get(impl)
+  reason = implementation.unsupported(q, k, v, mask, score_mod)
+  if reason:
+    raise ConfigError(reason)
+  return implementation.fn(q, k, v, mask=mask, score_mod=score_mod, scale=scale,
+                           block_q=block_q, block_kv=block_kv)
+
+
+def impl_names() -> list[str]:
+  """Valid values of ``model.attention.impl``."""
+  return ["auto"] + IMPLS.names()
