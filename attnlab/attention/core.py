@@ -44,11 +44,12 @@ IMPLS: Registry[Implementation] = Registry("model.attention.impl")
 def reference_attention(q, k, v, *, mask=None, score_mod=None, scale: float, **unused):
   """The oracle: materialises the full ``[B, H, Nq, Nk]`` float32 score matrix."""
   group = q.shape[2] // k.shape[2]
-  k = jnp.repeat(k, group, axis=2)
-  v = jnp.repeat(v, group, axis=2)
-  s = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=_F32) * scale
-  q_idx = jnp.arange(q.shape[1])[:, None]
-  kv_idx = jnp.arange(k.shape[1])[None, :]
+  q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))        # [B, heads, seq, D]
+  if group > 1:
+    k, v = jnp.repeat(k, group, axis=1), jnp.repeat(v, group, axis=1)
+  s = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=_F32) * scale
+  q_idx = jnp.arange(q.shape[2])[:, None]
+  kv_idx = jnp.arange(k.shape[2])[None, :]
   if score_mod is not None:
     s = score_mod(s, q_idx, kv_idx)
   if mask is not None:
@@ -57,7 +58,8 @@ def reference_attention(q, k, v, *, mask=None, score_mod=None, scale: float, **u
   p = jnp.exp(s - jnp.where(jnp.isneginf(m), 0.0, m))
   denom = p.sum(axis=-1, keepdims=True)
   p = p / jnp.where(denom == 0, 1.0, denom)
-  return jnp.einsum("bhqk,bkhd->bqhd", p, v.astype(_F32)).astype(q.dtype)
+  out = jnp.einsum("bhqk,bhkd->bhqd", p, v.astype(_F32))
+  return out.transpose(0, 2, 1, 3).astype(q.dtype)
 
 
 def _xla_unsupported(q, k, v, mask, score_mod):

@@ -1,0 +1,114 @@
+"""Config validation and resolution, run before anything is compiled.
+
+``validate(config)`` raises ``ConfigError`` naming the field, the bad value and
+what would be valid. ``resolve(config)`` fills derived defaults (a learned
+position table sized to ``data.seq_len``) and returns a frozen copy.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from attnlab import positional
+from attnlab.attention import KINDS, PATTERNS, impl_names
+from attnlab.models import DTYPES, NORMS
+from attnlab.registry import ConfigError
+
+MLPS = ("gelu", "swiglu")
+CORPORA = ("builtin",)
+
+
+def _positive_int(value, field):
+  if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    raise ConfigError(f"{field}={value!r} must be an integer >= 1")
+
+
+def _choice(value, field, valid):
+  valid = list(valid)
+  if value not in valid:
+    raise ConfigError(f"{field}={value!r} is not valid; valid: {', '.join(map(str, valid))}")
+
+
+def resolve(config) -> ml_collections.FrozenConfigDict:
+  """Validated, with derived defaults filled in, frozen (hashable for Flax modules)."""
+  config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, "to_dict") else config)
+  if config.model.position.kind == "learned" and config.model.position.max_len == 0:
+    config.model.position.max_len = config.data.seq_len
+  validate(config)
+  return ml_collections.FrozenConfigDict(config)
+
+
+def validate(config) -> None:
+  """Check every field that could fail later; raise the first problem as ``ConfigError``."""
+  m, a, p, d, t = config.model, config.model.attention, config.model.position, config.data, config.train
+
+  _choice(a.kind, "model.attention.kind", KINDS.names())
+  _choice(a.pattern, "model.attention.pattern", PATTERNS.names())
+  _choice(a.impl, "model.attention.impl", impl_names())
+  _choice(p.kind, "model.position.kind", positional.POSITIONS.names())
+  _choice(m.norm, "model.norm", NORMS.names())
+  _choice(m.mlp, "model.mlp", MLPS)
+  _choice(m.dtype, "model.dtype", DTYPES)
+
+  for field in ("num_layers", "d_model", "vocab_size", "mlp_ratio"):
+    _positive_int(m[field], f"model.{field}")
+  for field in ("num_heads", "num_kv_heads", "block_q", "block_kv"):
+    _positive_int(a[field], f"model.attention.{field}")
+  if a.num_heads % a.num_kv_heads:
+    divisors = [n for n in range(1, a.num_heads + 1) if a.num_heads % n == 0]
+    raise ConfigError(
+        f"model.attention.num_kv_heads={a.num_kv_heads} must divide "
+        f"model.attention.num_heads={a.num_heads}; valid: {', '.join(map(str, divisors))}")
+  if m.d_model % a.num_heads:
+    raise ConfigError(f"model.d_model={m.d_model} must be divisible by "
+                      f"model.attention.num_heads={a.num_heads}")
+  head_dim = m.d_model // a.num_heads
+  if p.kind == "rope" and head_dim % 2:
+    raise ConfigError(f"model.position.kind='rope' needs an even head dim; "
+                      f"model.d_model / num_heads = {head_dim}")
+  if p.kind == "sinusoidal" and m.d_model % 2:
+    raise ConfigError(f"model.position.kind='sinusoidal' needs an even model.d_model; got {m.d_model}")
+  if not 0.0 <= m.dropout < 1.0:
+    raise ConfigError(f"model.dropout={m.dropout!r} must be in [0, 1)")
+
+  spec = PATTERNS.get(a.pattern)
+  if not spec.causal:
+    causal = [n for n in PATTERNS.names() if PATTERNS.get(n).causal]
+    raise ConfigError(
+        f"model.attention.pattern={a.pattern!r} lets a token see the token it must predict, "
+        f"which a causal language model cannot use; valid: {', '.join(causal)}")
+  if a.pattern == "sliding_window" and (not isinstance(a.window, int) or a.window < 1):
+    raise ConfigError(f"model.attention.window={a.window!r} must be an integer >= 1 with "
+                      f"pattern='sliding_window'")
+
+  _positive_int(d.seq_len, "data.seq_len")
+  if not d.path:
+    _choice(d.corpus, "data.corpus", CORPORA)
+  if not 0.0 < d.valid_fraction < 1.0:
+    raise ConfigError(f"data.valid_fraction={d.valid_fraction!r} must be in (0, 1)")
+  if p.kind == "learned":
+    _positive_int(p.max_len, "model.position.max_len")
+    positional.check_length(p, d.seq_len, "data.seq_len")
+
+  for field in ("steps", "batch_size", "log_every", "eval_every", "eval_batches",
+                "checkpoint_every", "keep_checkpoints"):
+    _positive_int(t[field], f"train.{field}")
+  if not isinstance(t.seed, int):
+    raise ConfigError(f"train.seed={t.seed!r} must be an integer")
+  if not t.lr > 0:
+    raise ConfigError(f"train.lr={t.lr!r} must be > 0")
+  if not (isinstance(t.warmup_steps, int) and 0 <= t.warmup_steps < t.steps):
+    raise ConfigError(f"train.warmup_steps={t.warmup_steps!r} must be an integer in "
+                      f"[0, train.steps={t.steps})")
+  if not 0.0 <= t.min_lr_ratio <= 1.0:
+    raise ConfigError(f"train.min_lr_ratio={t.min_lr_ratio!r} must be in [0, 1]")
+  if not t.grad_clip > 0:
+    raise ConfigError(f"train.grad_clip={t.grad_clip!r} must be > 0")
+
+  for field in ("max_tokens", "batch_tokens"):
+    _positive_int(config.eval[field], f"eval.{field}")
+
+  for axis in ("data", "fsdp", "tensor", "sequence"):
+    if config.mesh[axis] != 1:
+      raise ConfigError(f"mesh.{axis}={config.mesh[axis]!r}: sharded training is not available "
+                        f"yet; valid: 1")

@@ -1,0 +1,134 @@
+"""Tokenizer, corpora and batches.
+
+- ``ByteTokenizer``: UTF-8 bytes, vocabulary 256; lossless on any text.
+- ``load_corpus(data_cfg)``: the built-in corpus (the Python standard library's
+  own source, present wherever attnlab runs, no download) or any text file
+  (``data.path``), split deterministically into train (first 90%) and valid.
+- ``get_batch(tokens, ...)``: a pure function of (seed, step): resumed runs see
+  exactly the batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import sys
+import sysconfig
+
+import numpy as np
+
+from attnlab.registry import ConfigError
+
+VOCAB_SIZE = 256
+
+
+class ByteTokenizer:
+  """Text <-> UTF-8 byte ids in [0, 256)."""
+  vocab_size = VOCAB_SIZE
+
+  @staticmethod
+  def encode(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-8"), np.uint8).copy()
+
+  @staticmethod
+  def decode(ids) -> str:
+    return bytes(np.asarray(ids, np.uint8).tolist()).decode("utf-8", errors="replace")
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+  name: str
+  train: np.ndarray   # uint8 [n_train]
+  valid: np.ndarray   # uint8 [n_valid]
+
+  def split(self, name: str) -> np.ndarray:
+    if name not in ("train", "valid"):
+      raise ValueError(f"split={name!r}; valid: 'train', 'valid'")
+    return self.train if name == "train" else self.valid
+
+
+_STDLIB_SKIP = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test",
+                          "__pycache__"})
+
+
+def builtin_corpus_files() -> list[pathlib.Path]:
+  """The ``.py`` files of this interpreter's standard library (tests excluded), sorted by path."""
+  root = pathlib.Path(sysconfig.get_paths()["stdlib"])
+  files = [p for p in root.rglob("*.py")
+           if not _STDLIB_SKIP.intersection(p.relative_to(root).parts[:-1])]
+  return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+def builtin_corpus_bytes() -> bytes:
+  """The built-in corpus: every standard-library source file, each headed by its path.
+
+  Deterministic for a given Python version (about 12 MB on CPython 3.11).
+  """
+  root = pathlib.Path(sysconfig.get_paths()["stdlib"])
+  parts = []
+  for path in builtin_corpus_files():
+    parts.append(f"# file: {path.relative_to(root).as_posix()}\n".encode())
+    parts.append(path.read_bytes())
+  return b"".join(parts)
+
+
+def split_tokens(tokens: np.ndarray, valid_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+  """First ``1 - valid_fraction`` for training, the rest for validation (as nanoGPT)."""
+  n_train = int(len(tokens) * (1.0 - valid_fraction))
+  return tokens[:n_train], tokens[n_train:]
+
+
+def load_corpus(data_cfg) -> Corpus:
+  """Load the corpus named by the ``data`` config block (``data.path`` wins when set)."""
+  if data_cfg.path:
+    path = pathlib.Path(data_cfg.path).expanduser()
+    if not path.is_file():
+      raise ConfigError(f"data.path={data_cfg.path!r} is not a readable file")
+    raw, name = path.read_bytes(), path.name
+  elif data_cfg.corpus == "builtin":
+    raw, name = builtin_corpus_bytes(), f"python{sys.version_info[0]}.{sys.version_info[1]}-stdlib"
+  else:
+    raise ConfigError(f"data.corpus={data_cfg.corpus!r} is not valid; valid: 'builtin' "
+                      f"(or set data.path=FILE for a text file)")
+  tokens = np.frombuffer(raw, np.uint8)
+  train, valid = split_tokens(tokens, data_cfg.valid_fraction)
+  return Corpus(name, train, valid)
+
+
+_SPLIT_TAG = {"train": 0, "valid": 1}
+
+
+def get_batch(tokens: np.ndarray, batch_size: int, seq_len: int, seed: int, step: int,
+              split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+  """Random windows, a pure function of (seed, step, split).
+
+  Returns int32 ``inputs [batch, seq_len]`` and ``targets [batch, seq_len]`` (inputs shifted by one).
+  """
+  if len(tokens) < seq_len + 1:
+    raise ConfigError(f"data.seq_len={seq_len} needs at least {seq_len + 1} tokens in the "
+                      f"{split} split, which has {len(tokens)}")
+  rng = np.random.default_rng([seed, step, _SPLIT_TAG[split]])
+  starts = rng.integers(0, len(tokens) - seq_len, size=batch_size)
+  windows = tokens[starts[:, None] + np.arange(seq_len + 1)].astype(np.int32)
+  return windows[:, :-1], windows[:, 1:]
+
+
+def non_overlapping_windows(tokens: np.ndarray, length: int, max_windows: int | None = None):
+  """Consecutive, non-overlapping windows of ``length`` predictions each.
+
+  Returns int32 ``inputs [n, length]`` and ``targets [n, length]``; window w covers
+  tokens ``[w*length, (w+1)*length]``. Every target token is scored once.
+  """
+  n = (len(tokens) - 1) // length
+  if max_windows is not None:
+    n = min(n, max_windows)
+  if n < 1:
+    raise ConfigError(f"evaluation length {length} needs at least {length + 1} tokens; "
+                      f"the split has {len(tokens)}")
+  idx = np.arange(n)[:, None] * length + np.arange(length + 1)
+  windows = tokens[idx].astype(np.int32)
+  return windows[:, :-1], windows[:, 1:]
+
+
+__all__ = ["ByteTokenizer", "Corpus", "VOCAB_SIZE", "builtin_corpus_bytes", "builtin_corpus_files",
+           "get_batch", "load_corpus", "non_overlapping_windows", "split_tokens"]

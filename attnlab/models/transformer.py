@@ -1,0 +1,139 @@
+"""Flax linen modules: attention layer, pre-norm block, decoder-only ``TransformerLM``.
+
+Every module takes the ``model`` config block (a frozen ``ml_collections`` dict)
+and reads its four attention axes by name from the registries, so a config
+string is the whole interface.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from attnlab import positional
+from attnlab.attention import KINDS, PATTERNS
+from attnlab.registry import ConfigError, Registry
+
+NORMS: Registry = Registry("model.norm")
+NORMS.register("layernorm")(lambda cfg, name: nn.LayerNorm(use_bias=cfg.use_bias, name=name))
+NORMS.register("rmsnorm")(lambda cfg, name: nn.RMSNorm(name=name))
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _init(std: float):
+  return nn.initializers.normal(stddev=std)
+
+
+def _flat(x):
+  """[batch, seq, d] -> [batch * seq, d]: XLA:CPU differentiates 2-D matmuls much faster."""
+  return x.reshape(-1, x.shape[-1])
+
+
+def _dtype(cfg):
+  return DTYPES[cfg.dtype]
+
+
+class SelfAttention(nn.Module):
+  """Multi-head self-attention: MHA, GQA or MQA by ``num_kv_heads``.
+
+  x: [batch, seq, d_model]; positions: int [batch, seq] -> [batch, seq, d_model].
+  """
+  cfg: Any
+
+  @nn.compact
+  def __call__(self, x, positions):
+    cfg, att = self.cfg, self.cfg.attention
+    batch, seq, _ = x.shape
+    heads, kv_heads = att.num_heads, att.num_kv_heads
+    head_dim = cfg.d_model // heads
+    dense = lambda n, name, std=0.02: nn.Dense(  # noqa: E731
+        n, use_bias=cfg.use_bias, kernel_init=_init(std), dtype=_dtype(cfg), name=name)
+    qkv = dense((heads + 2 * kv_heads) * head_dim, "qkv")(_flat(x))   # one matmul for q, k, v
+    q, k, v = jnp.split(qkv.reshape(batch, seq, heads + 2 * kv_heads, head_dim),
+                        [heads, heads + kv_heads], axis=2)
+    scheme = positional.get_scheme(cfg.position)
+    q, k = scheme.rotate(q, positions), scheme.rotate(k, positions)
+    out = KINDS.get(att.kind)(
+        q, k, v, mask=PATTERNS.get(att.pattern).build(att), bias=scheme.score_mod(heads),
+        impl=att.impl, block_q=att.block_q, block_kv=att.block_kv)
+    out = dense(cfg.d_model, "out", 0.02 / math.sqrt(2 * cfg.num_layers))(
+        out.reshape(batch * seq, heads * head_dim))
+    return out.reshape(x.shape)
+
+
+class MLP(nn.Module):
+  """GELU MLP (hidden = mlp_ratio * d) or SwiGLU (hidden = 2/3 of that, rounded to 8)."""
+  cfg: Any
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.cfg
+    dense = lambda n, name, std=0.02: nn.Dense(  # noqa: E731
+        n, use_bias=cfg.use_bias, kernel_init=_init(std), dtype=_dtype(cfg), name=name)
+    out_std = 0.02 / math.sqrt(2 * cfg.num_layers)
+    shape, x = x.shape, _flat(x)
+    if cfg.mlp == "gelu":
+      h = nn.gelu(dense(cfg.mlp_ratio * cfg.d_model, "up")(x), approximate=True)
+    elif cfg.mlp == "swiglu":
+      hidden = -(-int(2 * cfg.mlp_ratio * cfg.d_model / 3) // 8) * 8
+      h = nn.silu(dense(hidden, "gate")(x)) * dense(hidden, "up")(x)
+    else:
+      raise ConfigError(f"model.mlp={cfg.mlp!r} is not valid; valid: gelu, swiglu")
+    return dense(cfg.d_model, "down", out_std)(h).reshape(shape)
+
+
+class Block(nn.Module):
+  """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+  cfg: Any
+
+  @nn.compact
+  def __call__(self, x, positions, deterministic: bool = True):
+    norm = NORMS.get(self.cfg.norm)
+    drop = nn.Dropout(self.cfg.dropout)
+    x = x + drop(SelfAttention(self.cfg, name="attention")(norm(self.cfg, "norm_attention")(x),
+                                                           positions), deterministic)
+    return x + drop(MLP(self.cfg, name="mlp")(norm(self.cfg, "norm_mlp")(x)), deterministic)
+
+
+class TransformerLM(nn.Module):
+  """Decoder-only language model.
+
+  tokens: int [batch, seq]; positions: int [batch, seq] (default 0..seq-1)
+  -> float32 logits [batch, seq, vocab_size].
+  """
+  cfg: Any
+
+  @nn.compact
+  def __call__(self, tokens, positions=None, deterministic: bool = True):
+    cfg = self.cfg
+    batch, seq = tokens.shape
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(seq), (batch, seq))
+    positional.check_length(cfg.position, seq, "input length")
+    embed = nn.Embed(cfg.vocab_size, cfg.d_model, embedding_init=_init(0.02), name="embed")
+    x = embed(tokens).astype(_dtype(cfg))
+    scheme = positional.get_scheme(cfg.position)
+    table = None
+    if scheme.table_size():
+      table = self.param("position_table", _init(0.02), (scheme.table_size(), cfg.d_model))
+    absolute = scheme.embed(positions, cfg.d_model, table)
+    if absolute is not None:
+      x = x + absolute.astype(x.dtype)
+    x = nn.Dropout(cfg.dropout)(x, deterministic)
+    for i in range(cfg.num_layers):
+      x = Block(cfg, name=f"block_{i}")(x, positions, deterministic)
+    x = _flat(NORMS.get(cfg.norm)(cfg, "norm_final")(x)).astype(jnp.float32)
+    if cfg.tie_embeddings:
+      logits = embed.attend(x)
+    else:
+      logits = nn.Dense(cfg.vocab_size, use_bias=False, kernel_init=_init(0.02), name="unembed")(x)
+    return logits.reshape(batch, seq, cfg.vocab_size).astype(jnp.float32)
+
+
+def num_params(params) -> int:
+  return sum(x.size for x in jax.tree_util.tree_leaves(params))

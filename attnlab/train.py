@@ -1,0 +1,293 @@
+"""Config-driven language-model training with exact resume.
+
+  python -m attnlab.train --config=configs/lm.py:rope --workdir=runs/rope [--config.x=y ...]
+
+Writes into ``workdir``: ``config.json`` (the resolved config), ``metrics.jsonl``
+(one JSON object per line: ``step``, ``split`` = "train" | "valid", ``loss``, ...),
+TensorBoard events under ``tensorboard/`` and orbax checkpoints under
+``checkpoints/``. Re-running the same command resumes from the last checkpoint;
+batches and dropout keys are pure functions of (seed, step), so the resumed run
+is bit-identical to an uninterrupted one. A non-finite loss stops the run,
+naming the step; the last good checkpoint stays intact.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import app, flags, logging
+from ml_collections import config_flags
+from tqdm import tqdm
+
+from attnlab import config_lib, data, runtime
+from attnlab.models import TransformerLM, num_params
+from attnlab.registry import ConfigError
+
+LN2 = math.log(2.0)
+
+
+class TrainingDiverged(FloatingPointError):
+  """The loss became NaN or infinite."""
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def make_optimizer(t) -> optax.GradientTransformation:
+  """AdamW with linear warmup, cosine decay to ``lr * min_lr_ratio`` and global-norm clipping.
+
+  Weight decay applies to parameters of rank >= 2 (matrices, embeddings), as in nanoGPT.
+  """
+  schedule = learning_rate_schedule(t)
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
+  return optax.chain(
+      optax.clip_by_global_norm(t.grad_clip),
+      optax.adamw(schedule, b1=t.b1, b2=t.b2, weight_decay=t.weight_decay, mask=decay_mask))
+
+
+def learning_rate_schedule(t):
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=t.lr, warmup_steps=t.warmup_steps,
+      decay_steps=t.steps, end_value=t.lr * t.min_lr_ratio)
+
+
+def init_state(model, tx, cfg) -> dict[str, Any]:
+  """``{'step', 'params', 'opt_state'}`` from ``train.seed``."""
+  tokens = jnp.zeros((1, cfg.data.seq_len), jnp.int32)
+  params = model.init(jax.random.PRNGKey(cfg.train.seed), tokens)["params"]
+  return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+
+def token_loss(model, params, inputs, targets, *, deterministic=True, rng=None):
+  """Mean cross-entropy (nats) of next-token prediction. inputs, targets: int [batch, seq]."""
+  rngs = {} if rng is None else {"dropout": rng}
+  logits = model.apply({"params": params}, inputs, deterministic=deterministic, rngs=rngs)
+  return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+
+
+def make_train_step(model, tx, seed: int, dropout: bool):
+  """Jitted ``(state, inputs, targets) -> (state, metrics)``; dropout keys from (seed, step)."""
+
+  def train_step(state, inputs, targets):
+    rng = jax.random.fold_in(jax.random.PRNGKey(seed), state["step"]) if dropout else None
+    loss, grads = jax.value_and_grad(
+        lambda p: token_loss(model, p, inputs, targets, deterministic=not dropout, rng=rng))(
+            state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
+    return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+  return jax.jit(train_step, donate_argnums=(0,))
+
+
+def make_eval_step(model):
+  return jax.jit(lambda params, inputs, targets: token_loss(model, params, inputs, targets))
+
+
+def validation_loss(eval_step, params, corpus, cfg) -> float:
+  """Mean loss over ``train.eval_batches`` fixed random batches of the valid split."""
+  losses = [eval_step(params, *data.get_batch(corpus.valid, cfg.train.batch_size,
+                                              cfg.data.seq_len, cfg.train.seed, i, "valid"))
+            for i in range(cfg.train.eval_batches)]
+  return float(np.mean(jax.device_get(losses)))
+
+
+class Checkpointer:
+  """Orbax CheckpointManager: atomic saves (written aside, then renamed), keeps the last few."""
+
+  def __init__(self, directory: pathlib.Path, keep: int):
+    self.manager = ocp.CheckpointManager(
+        directory.absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state) -> None:
+    self.manager.save(step, args=ocp.args.StandardSave(state))
+
+  def restore(self, step: int, like):
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+class MetricsLog:
+  """``metrics.jsonl`` plus TensorBoard scalars. On resume, records after the restored step
+  are dropped, so the file reads as if the run had never stopped."""
+
+  def __init__(self, workdir: pathlib.Path, resume_step: int):
+    self.path = workdir / "metrics.jsonl"
+    kept = [r for r in read_metrics(workdir) if r["step"] <= resume_step]
+    tmp = self.path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    os.replace(tmp, self.path)
+    from tensorboardX import SummaryWriter  # imported lazily: only the trainer needs it
+    self.tensorboard = SummaryWriter(str(workdir / "tensorboard"))
+
+  def write(self, record: dict) -> None:
+    with self.path.open("a") as f:
+      f.write(json.dumps(record) + "\n")
+    for key, value in record.items():
+      if key not in ("step", "split") and isinstance(value, (int, float)):
+        self.tensorboard.add_scalar(f"{record['split']}/{key}", value, record["step"])
+
+  def close(self) -> None:
+    self.tensorboard.close()
+
+
+def read_metrics(workdir) -> list[dict]:
+  path = pathlib.Path(workdir) / "metrics.jsonl"
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def load_config(workdir) -> ml_collections.FrozenConfigDict:
+  """The resolved config a run in ``workdir`` was trained with."""
+  path = pathlib.Path(workdir) / "config.json"
+  if not path.exists():
+    raise FileNotFoundError(f"{path} not found: is {workdir} a training workdir?")
+  return ml_collections.FrozenConfigDict(json.loads(path.read_text()))
+
+
+def _flatten(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def _write_or_check_config(cfg, workdir: pathlib.Path) -> None:
+  path = workdir / "config.json"
+  current = json.loads(cfg.to_json())
+  if path.exists():
+    saved = _flatten(json.loads(path.read_text()))
+    now = _flatten(current)
+    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if diff:
+      details = "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff)
+      raise ConfigError(f"{workdir} holds a run with a different config ({details}); resuming "
+                        f"it would not continue that run. Use a new --workdir.")
+    return
+  tmp = path.with_suffix(".json.tmp")
+  tmp.write_text(json.dumps(current, indent=2, sort_keys=True))
+  os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train_and_evaluate(config, workdir, *, stop_after: int | None = None,
+                       progress: bool = True) -> dict[str, Any]:
+  """Train (or resume) the run in ``workdir``; returns the final state and last metrics.
+
+  ``stop_after`` ends this invocation once that many total steps are done (as if
+  interrupted there); re-running continues from the last checkpoint.
+  """
+  cfg = config_lib.resolve(config)
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  _write_or_check_config(cfg, workdir)
+  corpus = data.load_corpus(cfg.data)
+  data.get_batch(corpus.valid, 1, cfg.data.seq_len, 0, 0, "valid")  # fail early if too short
+
+  model = TransformerLM(cfg.model)
+  tx = make_optimizer(cfg.train)
+  state = init_state(model, tx, cfg)
+  checkpointer = Checkpointer(workdir / "checkpoints", cfg.train.keep_checkpoints)
+  start = checkpointer.latest_step() or 0
+  if start:
+    state = checkpointer.restore(start, state)
+    logging.info("resumed from step %d", start)
+  metrics = MetricsLog(workdir, start)
+  train_step = make_train_step(model, tx, cfg.train.seed, dropout=cfg.model.dropout > 0)
+  eval_step = make_eval_step(model)
+  schedule = learning_rate_schedule(cfg.train)
+  t = cfg.train
+  tokens_per_step = t.batch_size * cfg.data.seq_len
+  logging.info("%s: %d parameters, corpus %s (%d train / %d valid bytes)", workdir,
+               num_params(state["params"]), corpus.name, len(corpus.train), len(corpus.valid))
+
+  last = {}
+  end = t.steps if stop_after is None else min(t.steps, stop_after)
+  bar = tqdm(total=t.steps, initial=start, desc=workdir.name, disable=not progress,
+             mininterval=1.0, dynamic_ncols=True)
+  window_losses, window_start = [], time.perf_counter()
+  try:
+    for step in range(start, end):
+      inputs, targets = data.get_batch(corpus.train, t.batch_size, cfg.data.seq_len, t.seed,
+                                       step, "train")
+      state, step_metrics = train_step(state, inputs, targets)
+      loss = float(step_metrics["loss"])
+      done = step + 1
+      if not math.isfinite(loss):
+        raise TrainingDiverged(
+            f"loss became {loss} at step {done}; the last good checkpoint is step "
+            f"{checkpointer.latest_step()} in {workdir / 'checkpoints'}")
+      window_losses.append(loss)
+      bar.update(1)
+      if done % t.log_every == 0 or done == t.steps:
+        elapsed = time.perf_counter() - window_start
+        last = {"step": done, "split": "train", "loss": float(np.mean(window_losses)),
+                "lr": float(schedule(done - 1)), "grad_norm": float(step_metrics["grad_norm"]),
+                "ms_per_step": 1000 * elapsed / len(window_losses),
+                "tokens_per_s": tokens_per_step * len(window_losses) / elapsed}
+        metrics.write(last)
+        bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
+        window_losses, window_start = [], time.perf_counter()
+      if done % t.eval_every == 0 or done == t.steps:
+        valid = validation_loss(eval_step, state["params"], corpus, cfg)
+        record = {"step": done, "split": "valid", "loss": valid, "bpb": valid / LN2,
+                  "ppl": math.exp(min(valid, 700.0))}
+        metrics.write(record)
+        last["valid_loss"] = valid
+        bar.write(f"step {done}: valid loss {valid:.4f} ({valid / LN2:.3f} bits/byte)")
+        window_start = time.perf_counter()
+      if done % t.checkpoint_every == 0 or done == t.steps:
+        checkpointer.save(done, state)
+  finally:
+    bar.close()
+    checkpointer.close()
+    metrics.close()
+  return {"state": state, "metrics": last, "config": cfg}
+
+
+# ----------------------------------------------------------------------------- CLI
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/lm.py:rope.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
+
+
+def main(argv):
+  del argv
+  if _CONFIG.value is None or not _WORKDIR.value:
+    raise app.UsageError("--config and --workdir are required")
+  try:
+    result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except (ConfigError, TrainingDiverged) as e:
+    raise SystemExit(f"error: {e}") from None
+  print(json.dumps(result["metrics"]))
+
+
+if __name__ == "__main__":
+  runtime.configure()
+  app.run(main)

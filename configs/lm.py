@@ -1,0 +1,101 @@
+"""Language-model configs: ``get_config("rope" | "alibi" | "sinusoidal" | "nope" | "learned" | "baby_gpt")``.
+
+Use with ``--config=configs/lm.py:alibi`` and override any field on the command
+line, e.g. ``--config.model.attention.num_kv_heads=1``.
+"""
+
+import ml_collections
+
+PRESETS = ("rope", "alibi", "sinusoidal", "nope", "learned", "baby_gpt")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+
+  c.model = ml_collections.ConfigDict()
+  c.model.vocab_size = 256            # byte-level
+  c.model.num_layers = 4
+  c.model.d_model = 128
+  c.model.mlp = "gelu"                # gelu | swiglu
+  c.model.mlp_ratio = 4
+  c.model.norm = "layernorm"          # layernorm | rmsnorm
+  c.model.use_bias = False
+  c.model.tie_embeddings = True
+  c.model.dropout = 0.0               # embedding and residual dropout
+  c.model.dtype = "float32"           # compute dtype: float32 | bfloat16 (params stay float32)
+
+  c.model.attention = ml_collections.ConfigDict()
+  c.model.attention.num_heads = 4
+  c.model.attention.num_kv_heads = 4  # = num_heads: MHA; divides it: GQA; 1: MQA
+  c.model.attention.kind = "softmax"
+  c.model.attention.pattern = "causal"
+  c.model.attention.impl = "auto"     # auto | reference | xla | blockwise
+  c.model.attention.window = 0        # pattern=sliding_window: keys i-window..i
+  c.model.attention.prefix = 0        # pattern=prefix_lm: bidirectional prefix length
+  c.model.attention.block_q = 512     # tile sizes of the blockwise paths
+  c.model.attention.block_kv = 512
+
+  c.model.position = ml_collections.ConfigDict()
+  c.model.position.kind = "rope"      # none | sinusoidal | learned | rope | alibi
+  c.model.position.theta = 10000.0    # rope base
+  c.model.position.base = 10000.0     # sinusoidal base
+  c.model.position.max_len = 0        # learned table rows; 0 means data.seq_len
+
+  c.data = ml_collections.ConfigDict()
+  c.data.corpus = "builtin"           # the Python standard library's source; no download
+  c.data.path = ""                    # a text file; when set it replaces the corpus
+  c.data.seq_len = 128
+  c.data.valid_fraction = 0.1
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 1200
+  c.train.batch_size = 16
+  c.train.seed = 0
+  c.train.lr = 2e-3
+  c.train.min_lr_ratio = 0.1          # cosine decays to lr * min_lr_ratio
+  c.train.warmup_steps = 100
+  c.train.weight_decay = 0.1          # on matrices and embeddings only
+  c.train.b1 = 0.9
+  c.train.b2 = 0.99
+  c.train.grad_clip = 1.0
+  c.train.log_every = 50
+  c.train.eval_every = 400
+  c.train.eval_batches = 20
+  c.train.checkpoint_every = 400
+  c.train.keep_checkpoints = 3
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.max_tokens = 65536           # tokens scored per evaluation length
+  c.eval.batch_tokens = 8192          # tokens per evaluation batch
+
+  c.mesh = ml_collections.ConfigDict()  # reserved for sharded training
+  c.mesh.data = 1
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  c.mesh.sequence = 1
+  return c
+
+
+def get_config(arg: str = "rope") -> ml_collections.ConfigDict:
+  preset = arg or "rope"
+  if preset not in PRESETS:
+    raise ValueError(f"configs/lm.py: preset {preset!r} is not valid; valid: {', '.join(PRESETS)}")
+  c = base_config()
+  if preset == "nope":
+    c.model.position.kind = "none"
+  elif preset == "baby_gpt":
+    # nanoGPT's CPU "baby GPT" on tinyshakespeare (README): 4 layers, 4 heads, d=128,
+    # context 64, batch 12, learned positions, 2000 iterations, dropout 0.
+    c.model.position.kind = "learned"
+    c.data.path = "../shared/data/tinyshakespeare.txt"
+    c.data.seq_len = 64
+    c.train.batch_size = 12
+    c.train.steps = 2000
+    c.train.lr = 1e-3
+    c.train.warmup_steps = 100
+    c.train.eval_every = 500
+    c.train.eval_batches = 200
+    c.train.checkpoint_every = 1000
+  else:
+    c.model.position.kind = preset
+  return c
