@@ -1,0 +1,164 @@
+"""Loss, perplexity and bits per byte of a trained run at several evaluation lengths.
+
+  python -m attnlab.evaluate --workdir=runs/rope --lengths=128,256,512,1024
+
+Each length L is scored with non-overlapping windows over the validation split:
+window w predicts tokens ``w*L+1 .. (w+1)*L`` from the tokens before them in the
+same window (so early tokens of a window have short contexts, as in the ALiBi
+paper's non-overlapping protocol). Writes ``eval.json``, ``eval.md`` and
+``eval.png`` into the workdir (or ``--out``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags
+from tqdm import tqdm
+
+from attnlab import config_lib, data, positional, runtime
+from attnlab.models import TransformerLM
+from attnlab.registry import ConfigError
+
+LN2 = math.log(2.0)
+
+
+def restore_params(workdir):
+  """(resolved config, params of the latest checkpoint) of a training workdir."""
+  from attnlab import train  # the trainer owns the checkpoint layout
+  cfg = config_lib.resolve(train.load_config(workdir))
+  model = TransformerLM(cfg.model)
+  tx = train.make_optimizer(cfg.train)
+  checkpointer = train.Checkpointer(pathlib.Path(workdir) / "checkpoints", cfg.train.keep_checkpoints)
+  try:
+    step = checkpointer.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train the run first")
+    abstract = jax.eval_shape(lambda: train.init_state(model, tx, cfg))
+    state = checkpointer.restore(step, abstract)
+  finally:
+    checkpointer.close()
+  return cfg, state["params"], step
+
+
+def evaluate_lengths(cfg, params, tokens: np.ndarray, lengths, *, max_tokens: int | None = None,
+                     batch_tokens: int | None = None, progress: bool = True) -> list[dict]:
+  """Score ``tokens`` at each length; returns one record per length.
+
+  Record: ``eval_length``, ``loss`` (nats/token), ``ppl``, ``bpb`` (bits per byte,
+  tokens being bytes), ``tokens`` (number scored), ``eval_mode`` = "non_overlapping".
+  """
+  max_tokens = max_tokens or cfg.eval.max_tokens
+  batch_tokens = batch_tokens or cfg.eval.batch_tokens
+  for length in lengths:  # validate every length before compiling anything
+    if not isinstance(length, int) or length < 1:
+      raise ConfigError(f"--lengths: {length!r} must be a positive integer")
+    positional.check_length(cfg.model.position, length, "evaluation length")
+  model = TransformerLM(cfg.model)
+
+  @jax.jit
+  def summed_nll(params, inputs, targets):
+    logits = model.apply({"params": params}, inputs)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, targets).sum()
+
+  records = []
+  for length in tqdm(lengths, desc="eval lengths", disable=not progress):
+    inputs, targets = data.non_overlapping_windows(tokens, length, max(1, max_tokens // length))
+    per_batch = max(1, batch_tokens // length)
+    total = 0.0
+    for start in range(0, len(inputs), per_batch):
+      total += float(summed_nll(params, inputs[start:start + per_batch],
+                                targets[start:start + per_batch]))
+    loss = total / targets.size
+    records.append({"eval_length": length, "eval_mode": "non_overlapping", "loss": loss,
+                    "ppl": math.exp(min(loss, 700.0)), "bpb": loss / LN2,
+                    "tokens": int(targets.size)})
+  return records
+
+
+def markdown_table(records: list[dict], key: str = "variant") -> str:
+  """Rows: variants (or one row); columns: evaluation lengths; cells: perplexity (bpb)."""
+  lengths = sorted({r["eval_length"] for r in records})
+  names = list(dict.fromkeys(r.get(key, "model") for r in records))
+  lines = ["| " + key + " | " + " | ".join(f"L={n}" for n in lengths) + " |",
+           "|---|" + "---|" * len(lengths)]
+  for name in names:
+    cells = []
+    for n in lengths:
+      r = next((r for r in records if r.get(key, "model") == name and r["eval_length"] == n), None)
+      cells.append("—" if r is None else f"{r['ppl']:.3f} ({r['bpb']:.3f})")
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n\nCells: perplexity per byte (bits per byte).\n"
+
+
+def plot_lengths(records: list[dict], path, title: str, key: str = "variant",
+                 train_length: int | None = None) -> None:
+  """Perplexity against evaluation length (log2 x axis), one line per variant, as a PNG."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for name in dict.fromkeys(r.get(key, "model") for r in records):
+    rs = sorted((r for r in records if r.get(key, "model") == name), key=lambda r: r["eval_length"])
+    ax.plot([r["eval_length"] for r in rs], [r["ppl"] for r in rs], marker="o", label=name)
+  if train_length:
+    ax.axvline(train_length, color="gray", linestyle=":", label="training length")
+  ax.set_xscale("log", base=2)
+  ax.set_yscale("log")
+  ax.set_xlabel("evaluation length (tokens)")
+  ax.set_ylabel("perplexity per byte")
+  ax.set_title(title)
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def evaluate_workdir(workdir, lengths, out=None, progress=True) -> list[dict]:
+  cfg, params, step = restore_params(workdir)
+  corpus = data.load_corpus(cfg.data)
+  records = evaluate_lengths(cfg, params, corpus.valid, lengths, progress=progress)
+  name = pathlib.Path(workdir).name
+  for r in records:
+    r.update(variant=name, train_length=cfg.data.seq_len, step=step)
+  out = pathlib.Path(out or workdir)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "eval.json").write_text(json.dumps(records, indent=2))
+  (out / "eval.md").write_text(markdown_table(records))
+  plot_lengths(records, out / "eval.png", f"{name} (trained at {cfg.data.seq_len})",
+               train_length=cfg.data.seq_len)
+  return records
+
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir to evaluate.")
+_LENGTHS = flags.DEFINE_list("lengths", None, "Evaluation lengths; default 1x..8x training length.")
+_OUT = flags.DEFINE_string("out", None, "Where to write eval.{json,md,png}; default the workdir.")
+
+
+def main(argv):
+  del argv
+  if not _WORKDIR.value:
+    raise app.UsageError("--workdir is required")
+  try:
+    if _LENGTHS.value:
+      lengths = [int(x) for x in _LENGTHS.value]
+    else:
+      from attnlab import train
+      n = train.load_config(_WORKDIR.value).data.seq_len
+      lengths = [n, 2 * n, 4 * n, 8 * n]
+    records = evaluate_workdir(_WORKDIR.value, lengths, _OUT.value)
+  except ValueError as e:  # ConfigError included; int() of a bad --lengths entry too
+    raise SystemExit(f"error: {e}") from None
+  print(markdown_table(records))
+
+
+if __name__ == "__main__":
+  runtime.configure()
+  app.run(main)

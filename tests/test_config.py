@@ -1,0 +1,83 @@
+"""Every bad config fails before compilation with a message naming field, value and valid choices."""
+
+import pathlib
+
+import pytest
+from helpers import tiny_config
+
+from attnlab import ConfigError, config_lib, train
+from configs import lm
+
+
+@pytest.mark.parametrize("overrides, pattern", [
+    ({"model__attention__kind": "softmaxx"}, r"model.attention.kind='softmaxx'.*valid.*softmax"),
+    ({"model__attention__pattern": "diagonal"},
+     r"model.attention.pattern='diagonal'.*valid.*causal.*sliding_window"),
+    ({"model__attention__impl": "cuda"}, r"model.attention.impl='cuda'.*valid.*auto.*blockwise.*reference.*xla"),
+    ({"model__position__kind": "rotary"}, r"model.position.kind='rotary'.*valid.*alibi.*rope"),
+    ({"model__norm": "batchnorm"}, r"model.norm='batchnorm'.*layernorm.*rmsnorm"),
+    ({"model__mlp": "relu"}, r"model.mlp='relu'.*gelu.*swiglu"),
+    ({"model__attention__num_kv_heads": 3},
+     r"model.attention.num_kv_heads=3 must divide model.attention.num_heads=4; valid: 1, 2, 4"),
+    ({"model__d_model": 30}, r"model.d_model=30 must be divisible by model.attention.num_heads=4"),
+    ({"model__attention__num_heads": 0}, r"model.attention.num_heads=0 must be an integer >= 1"),
+    ({"data__seq_len": 0}, r"data.seq_len=0 must be an integer >= 1"),
+    ({"model__attention__pattern": "full"}, r"model.attention.pattern='full'.*causal language model"),
+    ({"model__attention__pattern": "sliding_window", "model__attention__window": 0},
+     r"model.attention.window=0 must be an integer >= 1"),
+    ({"train__warmup_steps": 20}, r"train.warmup_steps=20 .*\[0, train.steps=20\)"),
+    ({"train__lr": -1.0}, r"train.lr=-1.0 must be > 0"),
+    ({"mesh__tensor": 2}, r"mesh.tensor=2.*valid: 1"),
+    ({"data__path": "/no/such/file.txt"}, r"data.path='/no/such/file.txt' is not a readable file"),
+    ({"data__path": "", "data__corpus": "wikipedia"}, r"data.corpus='wikipedia'.*builtin"),
+])
+def test_bad_config_names_field_value_and_valid_choices(overrides, pattern, tmp_path):
+  cfg = tiny_config("rope", **overrides)
+  with pytest.raises(ConfigError, match=pattern):
+    train.train_and_evaluate(cfg, tmp_path / "run", progress=False)
+  # nothing was trained or checkpointed
+  assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_learned_table_limit_names_the_field():
+  cfg = tiny_config("learned", model__position__max_len=16)   # seq_len 32 > 16
+  with pytest.raises(ConfigError, match=r"data.seq_len=32 exceeds model.position.max_len=16"):
+    config_lib.resolve(cfg)
+
+
+def test_learned_table_defaults_to_the_training_length():
+  assert config_lib.resolve(tiny_config("learned")).model.position.max_len == 32
+
+
+@pytest.mark.parametrize("preset", lm.PRESETS)
+def test_every_preset_is_valid(preset):
+  cfg = config_lib.resolve(lm.get_config(preset))
+  expected = {"nope": "none", "baby_gpt": "learned"}.get(preset, preset)
+  assert cfg.model.position.kind == expected
+
+
+def test_unknown_preset_lists_the_valid_ones():
+  with pytest.raises(ValueError, match=r"'bogus'.*rope, alibi, sinusoidal, nope, learned"):
+    lm.get_config("bogus")
+
+
+def test_resuming_with_a_different_config_is_refused(tmp_path):
+  train.train_and_evaluate(tiny_config("rope", train__steps=3, train__warmup_steps=1),
+                           tmp_path, progress=False)
+  with pytest.raises(ConfigError, match=r"model.d_model: 32 -> 64"):
+    train.train_and_evaluate(tiny_config("rope", train__steps=3, train__warmup_steps=1,
+                                         model__d_model=64), tmp_path, progress=False)
+
+
+def test_cli_reports_config_errors_without_a_traceback(tmp_path):
+  import os
+  import subprocess
+  import sys
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  result = subprocess.run(
+      [sys.executable, "-m", "attnlab.train", "--config=configs/lm.py:rope",
+       f"--workdir={tmp_path}", "--config.model.attention.num_kv_heads=3"],
+      cwd=repo, capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert result.returncode != 0
+  assert "error: model.attention.num_kv_heads=3 must divide" in result.stderr
+  assert "Traceback" not in result.stderr
