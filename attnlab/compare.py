@@ -77,24 +77,27 @@ def run_comparison(config_path: str, presets: list[str], workdir, factors=(1, 2,
   return records
 
 
-_CONFIG = flags.DEFINE_string("config", "configs/lm.py", "Config file with get_config(preset).")
-_PRESETS = flags.DEFINE_list("presets", ["rope", "alibi"], "Presets to train and compare.")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/quickstart", "Output directory.")
-_FACTORS = flags.DEFINE_list("factors", ["1", "2", "4", "8"], "Evaluation lengths / training length.")
-_SET = flags.DEFINE_multi_string("set", [], "Override for every preset: field.path=value.")
+def define_flags():
+  flags.DEFINE_string("config", "configs/lm.py", "Config file with get_config(preset).")
+  flags.DEFINE_list("presets", ["rope", "alibi"], "Presets to train and compare.")
+  flags.DEFINE_string("workdir", "runs/quickstart", "Output directory.")
+  flags.DEFINE_list("factors", ["1", "2", "4", "8"], "Evaluation lengths / training length.")
+  flags.DEFINE_multi_string("set", [], "Override for every preset: field.path=value.")
 
 
 def main(argv):
   del argv
+  FLAGS = flags.FLAGS
   try:
-    records = run_comparison(_CONFIG.value, _PRESETS.value, _WORKDIR.value,
-                             [int(f) for f in _FACTORS.value], _SET.value)
+    records = run_comparison(FLAGS.config, FLAGS.presets, FLAGS.workdir,
+                             [int(f) for f in FLAGS.factors], FLAGS.set)
   except ValueError as e:
     raise SystemExit(f"error: {e}") from None
   print(evaluate.markdown_table(records))
-  print(f"wrote {_WORKDIR.value}/comparison.{{json,md,png}}")
+  print(f"wrote {FLAGS.workdir}/comparison.{{json,md,png}}")
 
 
 if __name__ == "__main__":
   runtime.configure()
+  define_flags()
   app.run(main)

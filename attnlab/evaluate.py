@@ -137,23 +137,25 @@ def evaluate_workdir(workdir, lengths, out=None, progress=True) -> list[dict]:
   return records
 
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir to evaluate.")
-_LENGTHS = flags.DEFINE_list("lengths", None, "Evaluation lengths; default 1x..8x training length.")
-_OUT = flags.DEFINE_string("out", None, "Where to write eval.{json,md,png}; default the workdir.")
+def define_flags():
+  flags.DEFINE_string("workdir", None, "Training workdir to evaluate.")
+  flags.DEFINE_list("lengths", None, "Evaluation lengths; default 1x..8x training length.")
+  flags.DEFINE_string("out", None, "Where to write eval.{json,md,png}; default the workdir.")
 
 
 def main(argv):
   del argv
-  if not _WORKDIR.value:
+  FLAGS = flags.FLAGS
+  if not FLAGS.workdir:
     raise app.UsageError("--workdir is required")
   try:
-    if _LENGTHS.value:
-      lengths = [int(x) for x in _LENGTHS.value]
+    if FLAGS.lengths:
+      lengths = [int(x) for x in FLAGS.lengths]
     else:
       from attnlab import train
-      n = train.load_config(_WORKDIR.value).data.seq_len
+      n = train.load_config(FLAGS.workdir).data.seq_len
       lengths = [n, 2 * n, 4 * n, 8 * n]
-    records = evaluate_workdir(_WORKDIR.value, lengths, _OUT.value)
+    records = evaluate_workdir(FLAGS.workdir, lengths, FLAGS.out)
   except ValueError as e:  # ConfigError included; int() of a bad --lengths entry too
     raise SystemExit(f"error: {e}") from None
   print(markdown_table(records))
@@ -161,4 +163,5 @@ def main(argv):
 
 if __name__ == "__main__":
   runtime.configure()
+  define_flags()
   app.run(main)

@@ -272,17 +272,20 @@ def train_and_evaluate(config, workdir, *, stop_after: int | None = None,
 
 # ----------------------------------------------------------------------------- CLI
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/lm.py:rope.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
+def define_flags():
+  """Command-line flags, defined only when run as a program (modules stay importable together)."""
+  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/lm.py:rope.",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
 
 
 def main(argv):
   del argv
-  if _CONFIG.value is None or not _WORKDIR.value:
+  FLAGS = flags.FLAGS
+  if FLAGS.config is None or not FLAGS.workdir:
     raise app.UsageError("--config and --workdir are required")
   try:
-    result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    result = train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (ConfigError, TrainingDiverged) as e:
     raise SystemExit(f"error: {e}") from None
   print(json.dumps(result["metrics"]))
@@ -290,4 +293,5 @@ def main(argv):
 
 if __name__ == "__main__":
   runtime.configure()
+  define_flags()
   app.run(main)

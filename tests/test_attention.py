@@ -17,6 +17,7 @@ gradient magnitude of that tensor).
 
 from __future__ import annotations
 
+import functools
 import zlib
 
 import jax
@@ -127,20 +128,35 @@ def make_qkv(seed, b, nq, nk, h, hkv, d=8, q_scale=1.0):
   return q, k, v, w
 
 
-def run(impl, q, k, v, w, *, jit=True, **kwargs):
-  """(out, (dq, dk, dv)) of loss = sum(w * attention(q, k, v)) through one impl.
+def run(impl, q, k, v, w, *, mask=None, bias=None, mode="jit"):
+  """Loss = sum(w * attention(q, k, v)) through one impl.
 
-  ``jit=False`` runs eagerly (needed for dense boolean-array masks with blockwise,
-  see test_dense_array_mask_blockwise_under_jit).
+  Returns (out, (dq, dk, dv), dbias): ``dbias`` is the gradient w.r.t. ``bias``
+  (an array, or a ScoreMod pytree such as AlibiBias) or None when no bias.
+
+  mode: "jit" (mask closed over as a static value), "eager" (no jit), or
+  "traced_mask" (a boolean-array mask passed as a jit argument, i.e. as data).
+  A static boolean-array mask with blockwise fails under jit (library bug, see
+  test_dense_array_mask_blockwise_under_jit), so array masks use "traced_mask" or "eager".
   """
 
-  def loss(q, k, v):
-    out = dot_product_attention(q, k, v, impl=impl, block_q=BLOCK_Q, block_kv=BLOCK_KV, **kwargs)
+  def loss(q, k, v, bias, mask):
+    out = dot_product_attention(q, k, v, mask=mask, bias=bias, impl=impl,
+                                block_q=BLOCK_Q, block_kv=BLOCK_KV)
     return jnp.sum(out * w), out
 
-  fn = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)
-  (_, out), grads = (jax.jit(fn) if jit else fn)(q, k, v)
-  return np.asarray(out), tuple(np.asarray(g) for g in grads)
+  argnums = (0, 1, 2) if bias is None else (0, 1, 2, 3)
+  fn = jax.value_and_grad(loss, argnums=argnums, has_aux=True)
+  if mode == "traced_mask":
+    fn = jax.jit(fn)
+  elif mode == "jit":
+    fn = jax.jit(functools.partial(fn, mask=mask))
+  else:
+    fn = functools.partial(fn, mask=mask)
+  args = (q, k, v, bias) + ((mask,) if mode == "traced_mask" else ())
+  (_, out), grads = fn(*args)
+  dbias = grads[3] if bias is not None else None
+  return np.asarray(out), tuple(np.asarray(g) for g in grads[:3]), dbias
 
 
 def assert_values(actual, expected, what=""):
@@ -154,17 +170,24 @@ def assert_grad(actual, expected, what=""):
   np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=atol, err_msg=what)
 
 
-def check_against_oracle(impl, q, k, v, w, mask_bool, bias_np=None, cap=None, **kwargs):
-  # A numpy mask array goes through the generic block map, which fails under jit
-  # (see test_dense_array_mask_blockwise_under_jit): run those eagerly.
-  kwargs.setdefault("jit", not isinstance(kwargs.get("mask"), np.ndarray))
-  out, (dq, dk, dv) = run(impl, q, k, v, w, **kwargs)
-  ref_out, ref_dq, ref_dk, ref_dv, _ = naive_attention(q, k, v, mask_bool, bias_np, cap=cap, d_out=w)
+def check_against_oracle(impl, q, k, v, w, mask_bool, bias_np=None, cap=None, *,
+                         mask=None, bias=None, mode=None):
+  """Runs one impl and compares out, dq, dk, dv (and d bias for an array bias) with the oracle."""
+  if mode is None:
+    mode = "traced_mask" if isinstance(mask, np.ndarray) else "jit"
+  out, (dq, dk, dv), dbias = run(impl, q, k, v, w, mask=mask, bias=bias, mode=mode)
+  ref_out, ref_dq, ref_dk, ref_dv, ref_ds = naive_attention(q, k, v, mask_bool, bias_np, cap=cap,
+                                                            d_out=w)
   assert_values(out, ref_out, f"{impl} out")
   assert_grad(dq, ref_dq, f"{impl} dq")
   assert_grad(dk, ref_dk, f"{impl} dk")
   assert_grad(dv, ref_dv, f"{impl} dv")
-  return out, (dq, dk, dv)
+  if isinstance(bias, np.ndarray):  # d loss / d bias = dscores summed over broadcast dims
+    ref_db = ref_ds.sum(axis=tuple(i for i in range(4 - bias.ndim)))
+    ref_db = ref_db.sum(axis=tuple(i for i in range(bias.ndim) if bias.shape[i] == 1),
+                        keepdims=True)
+    assert_grad(np.asarray(dbias), ref_db.reshape(bias.shape), f"{impl} dbias")
+  return out, (dq, dk, dv), dbias
 
 
 # ----------------------------------------------------------------------------- the oracle itself
@@ -254,54 +277,40 @@ def test_composed_patterns_match_oracle(name):
     check_against_oracle(impl, q, k, v, w, mask_bool, mask=make_mask(ids))
 
 
-@pytest.mark.parametrize("heads", ["mha", "gqa"])
-def test_q_len_differs_from_kv_len(heads):
-  h, hkv = HEADS[heads]
+def test_q_len_differs_from_kv_len():
   nq, nk = 13, 29
-  q, k, v, w = make_qkv(11, 2, nq, nk, h, hkv)
+  q, k, v, w = make_qkv(11, 2, nq, nk, 4, 2)
   dense = np.random.default_rng(3).random((nq, nk)) < 0.6
   for impl in IMPLS:
     check_against_oracle(impl, q, k, v, w, None, mask=masks.full())
-    check_against_oracle(impl, q, k, v, w, dense, mask=dense)
+    check_against_oracle(impl, q, k, v, w, dense, mask=dense)   # passed to jit as data
 
 
 def test_dense_array_mask_blockwise_under_jit():
-  # dot_product_attention documents a boolean array as a valid mask, and the
-  # blockwise impl must work under jax.jit like the others (masks are static
-  # Python values closed over, not traced arguments).
+  # dot_product_attention documents a boolean array as a valid mask; closing over
+  # it inside jax.jit (a static mask, the way Mask patterns are used) must work
+  # for blockwise as it does for reference and xla.
   nq, nk = 13, 29
   q, k, v, w = make_qkv(37, 1, nq, nk, 2, 2)
   dense = np.random.default_rng(4).random((nq, nk)) < 0.6
-  out, (dq, dk, dv) = run("blockwise", q, k, v, w, jit=True, mask=dense)
-  ref_out, ref_dq, ref_dk, ref_dv, _ = naive_attention(q, k, v, dense, d_out=w)
-  assert_values(out, ref_out, "blockwise out")
-  assert_grad(dq, ref_dq, "blockwise dq")
+  for impl in IMPLS:
+    check_against_oracle(impl, q, k, v, w, dense, mask=dense, mode="jit")
 
 
 # ----------------------------------------------------------------------------- GQA / MQA
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_mha_heads_are_independent(impl):
-  # Multi-head attention = single-head attention run on each head separately.
-  q, k, v, w = make_qkv(5, 1, 21, 21, 3, 3)
-  out, _ = run(impl, q, k, v, w, mask=masks.causal())
-  for h in range(3):
-    sl = slice(h, h + 1)
-    one, _ = run(impl, q[:, :, sl], k[:, :, sl], v[:, :, sl], w[:, :, sl], mask=masks.causal())
-    np.testing.assert_allclose(out[:, :, sl], one, rtol=RTOL, atol=ATOL)
-
-
-@pytest.mark.parametrize("hkv", [2, 1])
-@pytest.mark.parametrize("impl", IMPLS)
-def test_gqa_equals_mha_with_repeated_kv(impl, hkv):
-  h = 4
+def test_gqa_equals_mha_with_repeated_kv(impl):
+  # (MHA itself, num_kv_heads == num_heads, is checked against the per-head
+  # oracle in test_impls_match_oracle[*-mha].)
+  h, hkv = 4, 2
   group = h // hkv
   q, k, v, w = make_qkv(9, 2, 23, 23, h, hkv)
   k_rep, v_rep = np.repeat(k, group, axis=2), np.repeat(v, group, axis=2)
   mask = masks.sliding_window(6, 1)
-  out, (dq, dk, dv) = run(impl, q, k, v, w, mask=mask)
-  out_r, (dq_r, dk_r, dv_r) = run(impl, q, k_rep, v_rep, w, mask=mask)
+  out, (dq, dk, dv), _ = run(impl, q, k, v, w, mask=mask)
+  out_r, (dq_r, dk_r, dv_r), _ = run(impl, q, k_rep, v_rep, w, mask=mask)
   np.testing.assert_allclose(out, out_r, rtol=RTOL, atol=ATOL)
   np.testing.assert_allclose(dq, dq_r, rtol=RTOL, atol=ATOL)
   # d(repeated kv head) summed over each group = d(the shared kv head).
@@ -320,12 +329,14 @@ def test_fully_masked_rows_are_zero_without_nan(impl):
   dense = dense_np(np_causal, n, n).copy()
   dense[0:8] = False    # a whole query tile (block_q=8) sees nothing: no tile visited
   dense[20] = False     # a single empty row inside a tile that has visible keys
-  out, (dq, dk, dv) = check_against_oracle(impl, q, k, v, w, dense, mask=dense)
-  for x in (out, dq, dk, dv):
-    assert not np.isnan(x).any()
-  for rows in (slice(0, 8), slice(20, 21)):
-    np.testing.assert_array_equal(out[:, rows], 0.0)
-    np.testing.assert_array_equal(dq[:, rows], 0.0)
+  # "eager": static mask, so blockwise skips the empty tiles; "traced_mask": mask as data.
+  for mode in ("eager", "traced_mask") if impl == "blockwise" else ("traced_mask",):
+    out, (dq, dk, dv), _ = check_against_oracle(impl, q, k, v, w, dense, mask=dense, mode=mode)
+    for x in (out, dq, dk, dv):
+      assert not np.isnan(x).any()
+    for rows in (slice(0, 8), slice(20, 21)):
+      np.testing.assert_array_equal(out[:, rows], 0.0)
+      np.testing.assert_array_equal(dq[:, rows], 0.0)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -335,13 +346,15 @@ def test_segment_never_seen_by_keys_gives_zero(impl):
   q_ids = np.array([[0] * 4 + [5] * 4 + [1] * 4], np.int32)
   kv_ids = np.array([[0] * 10 + [1] * 10], np.int32)
   mask_bool = q_ids[:, None, :, None] == kv_ids[:, None, None, :]
-  out, (dq, _, _) = check_against_oracle(impl, q, k, v, w, mask_bool,
-                                         mask=masks.segments(q_ids, kv_ids))
+  out, (dq, _, _), _ = check_against_oracle(impl, q, k, v, w, mask_bool,
+                                            mask=masks.segments(q_ids, kv_ids))
   np.testing.assert_array_equal(out[:, 4:8], 0.0)
   np.testing.assert_array_equal(dq[:, 4:8], 0.0)
 
 
 # ----------------------------------------------------------------------------- score modifiers
+
+ALIBI_4_HEADS = [2.0 ** -2, 2.0 ** -4, 2.0 ** -6, 2.0 ** -8]   # start = ratio = 2^(-8/4)
 
 
 def alibi_np(slopes, nq, nk):
@@ -354,8 +367,7 @@ def test_alibi_matches_oracle(pattern):
   make_mask, np_fn = PATTERNS[pattern]
   n, h = 37, 4
   q, k, v, w = make_qkv(19, 2, n, n, h, 2)
-  slopes = np.array([2.0 ** -2, 2.0 ** -4, 2.0 ** -6, 2.0 ** -8])   # the paper's 4-head slopes
-  bias_np = alibi_np(slopes, n, n)
+  bias_np = alibi_np(ALIBI_4_HEADS, n, n)
   mask_bool = dense_np(np_fn, n, n)
   _, _, _, _, dscores = naive_attention(q, k, v, mask_bool, bias_np, d_out=w)
   # d loss / d slope_h = sum_{b,i,j} dscores[b,h,i,j] * (-|i-j|)
@@ -363,41 +375,31 @@ def test_alibi_matches_oracle(pattern):
 
   dslopes = {}
   for impl in IMPLS:
-    check_against_oracle(impl, q, k, v, w, mask_bool, bias_np, mask=make_mask(),
-                         bias=positional.alibi_bias(h))
-
-    def loss(alibi, impl=impl):
-      out = dot_product_attention(q, k, v, mask=make_mask(), bias=alibi, impl=impl,
-                                  block_q=BLOCK_Q, block_kv=BLOCK_KV)
-      return jnp.sum(out * w)
-
-    g = jax.jit(jax.grad(loss))(positional.alibi_bias(h))
-    assert isinstance(g, positional.AlibiBias)
+    _, _, g = check_against_oracle(impl, q, k, v, w, mask_bool, bias_np, mask=make_mask(),
+                                   bias=positional.alibi_bias(h))
+    assert isinstance(g, positional.AlibiBias)   # gradient w.r.t. the AlibiBias pytree
     dslopes[impl] = np.asarray(g.slopes)
     assert_grad(dslopes[impl], ref_dslopes, f"{impl} d slopes")
   np.testing.assert_allclose(dslopes["blockwise"], dslopes["reference"], rtol=1e-5,
                              atol=1e-5 * np.abs(dslopes["reference"]).max())
 
 
-def test_alibi_slopes_actually_used():
-  # Guard for the test above: the library's bias for 4 heads is the numpy one.
+def test_alibi_bias_values():
+  # The library's dense ALiBi bias for 4 heads is -slope_h * |i - j| with the paper's slopes.
   got = np.asarray(positional.alibi_bias(4).dense(6, 9))
-  np.testing.assert_allclose(got, alibi_np([2.0 ** -2, 2.0 ** -4, 2.0 ** -6, 2.0 ** -8], 6, 9),
-                             rtol=1e-7)
+  np.testing.assert_allclose(got, alibi_np(ALIBI_4_HEADS, 6, 9), rtol=1e-7)
 
 
-@pytest.mark.parametrize("pattern", ["causal", "window_3_2"])
-def test_soft_cap_matches_oracle(pattern):
-  make_mask, np_fn = PATTERNS[pattern]
+def test_soft_cap_matches_oracle():
   n = 37
   # Large logits (q scaled by 4) so that the cap of 5 changes the result.
   q, k, v, w = make_qkv(23, 2, n, n, 4, 2, q_scale=4.0)
-  mask_bool = dense_np(np_fn, n, n)
+  mask_bool = dense_np(np_window(3, 2), n, n)
   capped = naive_attention(q, k, v, mask_bool, cap=5.0)
   uncapped = naive_attention(q, k, v, mask_bool)
   assert np.abs(capped - uncapped).max() > 1e-2   # the cap matters at this scale
   for impl in ("reference", "blockwise"):
-    check_against_oracle(impl, q, k, v, w, mask_bool, cap=5.0, mask=make_mask(),
+    check_against_oracle(impl, q, k, v, w, mask_bool, cap=5.0, mask=masks.sliding_window(3, 2),
                          bias=score_mods.soft_cap(5.0))
 
 
@@ -407,13 +409,11 @@ def test_soft_cap_rejected_by_xla():
     dot_product_attention(q, k, v, bias=score_mods.soft_cap(5.0), impl="xla")
 
 
-@pytest.mark.parametrize("bias_shape", ["1hqk", "qk"])
-def test_dense_float_bias_matches_oracle(bias_shape):
+def test_dense_float_bias_matches_oracle():
+  # Values, d q/k/v and d bias (oracle: dscores summed over the broadcast batch dim).
   n, h = 37, 4
   q, k, v, w = make_qkv(29, 2, n, n, h, 2)
-  rng = np.random.default_rng(31)
-  shape = (1, h, n, n) if bias_shape == "1hqk" else (n, n)
-  bias = (2.0 * rng.standard_normal(shape)).astype(np.float32)
+  bias = (2.0 * np.random.default_rng(31).standard_normal((1, h, n, n))).astype(np.float32)
   mask_bool = dense_np(np_causal, n, n)
   for impl in IMPLS:
     check_against_oracle(impl, q, k, v, w, mask_bool, bias, mask=masks.causal(), bias=bias)

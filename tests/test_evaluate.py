@@ -1,0 +1,110 @@
+"""Evaluation by length: numbers equal a direct computation; files are written; limits are errors."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from helpers import REPO, tiny_config
+
+from attnlab import ConfigError, compare, config_lib, data, evaluate, train
+from attnlab.models import TransformerLM
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("run") / "alibi"
+  train.train_and_evaluate(tiny_config("alibi", train__steps=10, train__checkpoint_every=10),
+                           workdir, progress=False)
+  return workdir
+
+
+def _nll_oracle(model, params, inputs, targets):
+  """Mean negative log-likelihood with numpy's log-softmax, window by window."""
+  total = 0.0
+  for x, y in zip(inputs, targets):
+    logits = np.asarray(model.apply({"params": params}, x[None]), np.float64)[0]
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    total -= logp[np.arange(len(y)), y].sum()
+  return total / targets.size
+
+
+def test_losses_by_length_equal_a_direct_computation(trained):
+  cfg, params, step = evaluate.restore_params(trained)
+  assert step == 10
+  tokens = data.load_corpus(cfg.data).valid
+  records = evaluate.evaluate_lengths(cfg, params, tokens, [16, 64], max_tokens=256,
+                                      batch_tokens=100, progress=False)
+  model = TransformerLM(cfg.model)
+  for r in records:
+    n = r["eval_length"]
+    inputs, targets = data.non_overlapping_windows(tokens, n, 256 // n)
+    expected = _nll_oracle(model, params, inputs, targets)
+    assert r["tokens"] == 256
+    assert r["loss"] == pytest.approx(expected, rel=1e-5)
+    assert r["ppl"] == pytest.approx(math.exp(expected), rel=1e-5)
+    assert r["bpb"] == pytest.approx(expected / math.log(2), rel=1e-5)
+
+
+def test_restored_params_equal_the_trained_ones(trained, tmp_path):
+  again = train.train_and_evaluate(tiny_config("alibi", train__steps=10, train__checkpoint_every=10),
+                                   tmp_path / "alibi", progress=False)
+  _, params, _ = evaluate.restore_params(trained)
+  for a, b in zip(jax.tree_util.tree_leaves(params),
+                  jax.tree_util.tree_leaves(again["state"]["params"])):
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_cli_writes_table_json_and_png(trained, tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-m", "attnlab.evaluate", f"--workdir={trained}",
+                        "--lengths=32,64", f"--out={tmp_path}"],
+                       cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout
+  assert "| variant | L=32 | L=64 |" in out
+  records = json.loads((tmp_path / "eval.json").read_text())
+  assert [r["eval_length"] for r in records] == [32, 64]
+  assert all(r["eval_mode"] == "non_overlapping" and r["train_length"] == 32 for r in records)
+  assert (tmp_path / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert f"{records[0]['ppl']:.3f}" in (tmp_path / "eval.md").read_text()
+
+
+def test_learned_model_beyond_its_table_is_a_clear_error(tmp_path):
+  workdir = tmp_path / "learned"
+  train.train_and_evaluate(tiny_config("learned", train__steps=2, train__warmup_steps=1),
+                           workdir, progress=False)
+  cfg, params, _ = evaluate.restore_params(workdir)
+  with pytest.raises(ConfigError, match=r"evaluation length=64 exceeds model.position.max_len=32"):
+    evaluate.evaluate_lengths(cfg, params, np.zeros(1000, np.uint8), [32, 64], progress=False)
+
+
+def test_compare_trains_each_preset_and_tabulates_all_lengths(tmp_path):
+  sets = ["model.num_layers=1", "model.d_model=32", "data.seq_len=16", "train.steps=4",
+          "train.warmup_steps=1", "train.batch_size=4", "train.eval_batches=1",
+          "eval.max_tokens=128", f"data.path={tiny_config('rope').data.path}"]
+  records = compare.run_comparison(str(REPO / "configs" / "lm.py"), ["rope", "nope"], tmp_path,
+                                   factors=(1, 2), overrides=sets, progress=False)
+  assert sorted((r["variant"], r["eval_length"]) for r in records) == [
+      ("nope", 16), ("nope", 32), ("rope", 16), ("rope", 32)]
+  assert (tmp_path / "comparison.png").exists()
+  table = (tmp_path / "comparison.md").read_text()
+  assert "| rope |" in table and "| nope |" in table
+  # the evaluation in the comparison is the same as evaluating the workdir directly
+  direct = evaluate.evaluate_workdir(tmp_path / "rope", [16, 32], out=tmp_path / "direct",
+                                     progress=False)
+  assert [r["loss"] for r in direct] == [r["loss"] for r in records if r["variant"] == "rope"]
+
+
+def test_compare_rejects_a_bad_override_before_training(tmp_path):
+  with pytest.raises(ConfigError, match=r"no field 'num_layer'"):
+    compare.run_comparison(str(REPO / "configs" / "lm.py"), ["rope"], tmp_path,
+                           overrides=["model.num_layer=2"], progress=False)
+  # only the second preset is invalid: the first must not have been trained either
+  with pytest.raises(ConfigError, match=r"preset 'learned': data.seq_len=128 exceeds model.position.max_len=8"):
+    compare.run_comparison(str(REPO / "configs" / "lm.py"), ["rope", "learned"], tmp_path,
+                           overrides=["model.position.max_len=8"], progress=False)
+  assert not any(tmp_path.iterdir())
