@@ -60,7 +60,8 @@ class Mask(abc.ABC):
     pad = (-kv_len) % block_kv
     for q0 in range(0, q_len, block_q):
       q_idx = np.arange(q0, min(q0 + block_q, q_len))[:, None]
-      m = np.asarray(self(q_idx, kv_idx), dtype=bool)
+      with jax.ensure_compile_time_eval():  # concrete even while an outer jit traces
+        m = np.asarray(self(q_idx, kv_idx), dtype=bool)
       m = np.broadcast_to(m, m.shape[:-2] + (q_idx.shape[0], kv_len))
       m = m.reshape(-1, q_idx.shape[0], kv_len)
       m = np.pad(m, ((0, 0), (0, 0), (0, pad)), constant_values=False)
