@@ -14,7 +14,7 @@ import importlib.util
 import json
 import pathlib
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from attnlab import evaluate, runtime
 from attnlab.registry import ConfigError
@@ -87,6 +87,7 @@ def define_flags():
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint access at INFO
   FLAGS = flags.FLAGS
   try:
     records = run_comparison(FLAGS.config, FLAGS.presets, FLAGS.workdir,

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags
+from absl import app, flags, logging
 from tqdm import tqdm
 
 from attnlab import config_lib, data, positional, runtime
@@ -145,6 +145,7 @@ def define_flags():
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint access at INFO
   FLAGS = flags.FLAGS
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required")

@@ -118,7 +118,10 @@ class Checkpointer:
     self.manager.save(step, args=ocp.args.StandardSave(state))
 
   def restore(self, step: int, like):
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    """Restore onto this process's default device, whatever device saved the checkpoint."""
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=device), like)
     return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
   def close(self) -> None:
@@ -216,15 +219,16 @@ def train_and_evaluate(config, workdir, *, stop_after: int | None = None,
   start = checkpointer.latest_step() or 0
   if start:
     state = checkpointer.restore(start, state)
-    logging.info("resumed from step %d", start)
+    print(f"{workdir}: resuming from the checkpoint at step {start}")
   metrics = MetricsLog(workdir, start)
   train_step = make_train_step(model, tx, cfg.train.seed, dropout=cfg.model.dropout > 0)
   eval_step = make_eval_step(model)
   schedule = learning_rate_schedule(cfg.train)
   t = cfg.train
   tokens_per_step = t.batch_size * cfg.data.seq_len
-  logging.info("%s: %d parameters, corpus %s (%d train / %d valid bytes)", workdir,
-               num_params(state["params"]), corpus.name, len(corpus.train), len(corpus.valid))
+  if progress:
+    print(f"{workdir}: {num_params(state['params']):,} parameters; corpus {corpus.name} "
+          f"({len(corpus.train):,} train / {len(corpus.valid):,} valid bytes)")
 
   last = {}
   end = t.steps if stop_after is None else min(t.steps, stop_after)
@@ -281,6 +285,7 @@ def define_flags():
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   FLAGS = flags.FLAGS
   if FLAGS.config is None or not FLAGS.workdir:
     raise app.UsageError("--config and --workdir are required")

@@ -62,9 +62,11 @@ def test_restored_params_equal_the_trained_ones(trained, tmp_path):
 
 def test_cli_writes_table_json_and_png(trained, tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  out = subprocess.run([sys.executable, "-m", "attnlab.evaluate", f"--workdir={trained}",
-                        "--lengths=32,64", f"--out={tmp_path}"],
-                       cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout
+  result = subprocess.run([sys.executable, "-m", "attnlab.evaluate", f"--workdir={trained}",
+                           "--lengths=32,64", f"--out={tmp_path}"],
+                          cwd=REPO, env=env, capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = result.stdout
   assert "| variant | L=32 | L=64 |" in out
   records = json.loads((tmp_path / "eval.json").read_text())
   assert [r["eval_length"] for r in records] == [32, 64]
