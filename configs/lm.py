@@ -48,8 +48,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.valid_fraction = 0.1
 
   c.train = ml_collections.ConfigDict()
-  c.train.steps = 1200
-  c.train.batch_size = 16
+  c.train.steps = 1000
+  c.train.batch_size = 12
   c.train.seed = 0
   c.train.lr = 2e-3
   c.train.min_lr_ratio = 0.1          # cosine decays to lr * min_lr_ratio
@@ -59,9 +59,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.b2 = 0.99
   c.train.grad_clip = 1.0
   c.train.log_every = 50
-  c.train.eval_every = 400
+  c.train.eval_every = 250
   c.train.eval_batches = 20
-  c.train.checkpoint_every = 400
+  c.train.checkpoint_every = 250
   c.train.keep_checkpoints = 3
 
   c.eval = ml_collections.ConfigDict()
