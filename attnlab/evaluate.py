@@ -109,8 +109,15 @@ def plot_lengths(records: list[dict], path, title: str, key: str = "variant",
     ax.plot([r["eval_length"] for r in rs], [r["ppl"] for r in rs], marker="o", label=name)
   if train_length:
     ax.axvline(train_length, color="gray", linestyle=":", label="training length")
+  from matplotlib.ticker import NullFormatter, ScalarFormatter
   ax.set_xscale("log", base=2)
   ax.set_yscale("log")
+  ax.set_xticks(sorted({r["eval_length"] for r in records}))
+  for axis in (ax.xaxis, ax.yaxis):
+    axis.set_major_formatter(ScalarFormatter())
+    axis.set_minor_formatter(NullFormatter())
+  ppl = [r["ppl"] for r in records]
+  ax.set_yticks(np.unique(np.round(np.geomspace(min(ppl), max(ppl), 6), 1 if max(ppl) < 100 else 0)))
   ax.set_xlabel("evaluation length (tokens)")
   ax.set_ylabel("perplexity per byte")
   ax.set_title(title)
