@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from helpers import REPO, tiny_config
 
-from attnlab import ConfigError, compare, config_lib, data, evaluate, train
+from attnlab import ConfigError, compare, data, evaluate, train
 from attnlab.models import TransformerLM
 
 
