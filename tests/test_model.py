@@ -84,3 +84,45 @@ def test_untied_model_has_its_own_output_matrix():
   tokens = np.arange(24, dtype=np.int32)[None]
   np.testing.assert_allclose(model.apply({"params": params}, tokens),
                              tied_model.apply({"params": tied_params}, tokens), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", [
+    {"model__mlp": "swiglu", "model__norm": "rmsnorm", "model__tie_embeddings": False},
+    {"model__use_bias": True, "model__attention__num_kv_heads": 1},
+])
+def test_other_block_variants_are_causal(variant):
+  model, params = _model_and_params(tiny_config("rope", **variant))
+  tokens = np.random.default_rng(3).integers(0, 256, (1, 32)).astype(np.int32)
+  changed = tokens.copy()
+  changed[:, 20:] = (changed[:, 20:] + 1) % 256
+  a = np.asarray(model.apply({"params": params}, tokens))
+  b = np.asarray(model.apply({"params": params}, changed))
+  np.testing.assert_allclose(a[:, :20], b[:, :20], rtol=1e-5, atol=1e-5)
+  assert np.abs(a[:, 20:] - b[:, 20:]).max() > 1e-3
+
+
+def test_bfloat16_compute_tracks_float32():
+  model32, params = _model_and_params(tiny_config("alibi"))
+  model16, _ = _model_and_params(tiny_config("alibi", model__dtype="bfloat16"))
+  tokens = np.random.default_rng(4).integers(0, 256, (2, 32)).astype(np.int32)
+  p32 = jax.nn.softmax(model32.apply({"params": params}, tokens), -1)
+  p16 = jax.nn.softmax(model16.apply({"params": params}, tokens), -1)
+  assert model16.apply({"params": params}, tokens).dtype == jnp.float32
+  assert 0 < np.abs(np.asarray(p32 - p16)).max() < 2e-2   # bf16 rounding, not a different model
+
+
+def test_dropout_is_active_in_training_only():
+  model, params = _model_and_params(tiny_config("rope", model__dropout=0.5))
+  tokens = np.arange(32, dtype=np.int32)[None]
+  eval_a = model.apply({"params": params}, tokens)
+  eval_b = model.apply({"params": params}, tokens, deterministic=True)
+  np.testing.assert_array_equal(eval_a, eval_b)
+  train_a = model.apply({"params": params}, tokens, deterministic=False,
+                        rngs={"dropout": jax.random.PRNGKey(1)})
+  train_b = model.apply({"params": params}, tokens, deterministic=False,
+                        rngs={"dropout": jax.random.PRNGKey(1)})
+  train_c = model.apply({"params": params}, tokens, deterministic=False,
+                        rngs={"dropout": jax.random.PRNGKey(2)})
+  np.testing.assert_array_equal(train_a, train_b)              # same key, same mask
+  assert np.abs(np.asarray(train_a - eval_a)).max() > 1e-3     # dropout did something
+  assert np.abs(np.asarray(train_a - train_c)).max() > 1e-3    # and depends on the key
