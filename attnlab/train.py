@@ -4,6 +4,7 @@
 
 Writes into ``workdir``: ``config.json`` (the resolved config), ``metrics.jsonl``
 (one JSON object per line: ``step``, ``split`` = "train" | "valid", ``loss``, ...),
+``loss.png`` (the curves, at the end),
 TensorBoard events under ``tensorboard/`` and orbax checkpoints under
 ``checkpoints/``. Re-running the same command resumes from the last checkpoint;
 batches and dropout keys are pure functions of (seed, step), so the resumed run
@@ -160,6 +161,29 @@ def read_metrics(workdir) -> list[dict]:
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def plot_metrics(workdir) -> pathlib.Path:
+  """``loss.png``: train and valid loss against step, from ``metrics.jsonl``."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  records = read_metrics(workdir)
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for split, style in (("train", "-"), ("valid", "o-")):
+    rs = [r for r in records if r["split"] == split]
+    if rs:
+      ax.plot([r["step"] for r in rs], [r["loss"] for r in rs], style, label=f"{split} loss")
+  ax.set_xlabel("step")
+  ax.set_ylabel("loss (nats per byte)")
+  ax.set_title(pathlib.Path(workdir).name)
+  ax.grid(True, alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  path = pathlib.Path(workdir) / "loss.png"
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
 def load_config(workdir) -> ml_collections.FrozenConfigDict:
   """The resolved config a run in ``workdir`` was trained with."""
   path = pathlib.Path(workdir) / "config.json"
@@ -271,6 +295,8 @@ def train_and_evaluate(config, workdir, *, stop_after: int | None = None,
     bar.close()
     checkpointer.close()
     metrics.close()
+  if end == t.steps:
+    plot_metrics(workdir)
   return {"state": state, "metrics": last, "config": cfg}
 
 

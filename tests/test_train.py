@@ -42,6 +42,7 @@ def test_loss_falls_on_tinyshakespeare(tmp_path):
   assert first_train > unigram          # starts near ln(256) = 5.5, no better than frequencies
   assert valid < unigram - 0.7          # learned context, not just byte frequencies
   assert {"step", "split", "loss"} <= set(records[-1])
+  assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_resume_is_bit_identical(tmp_path):

@@ -86,10 +86,19 @@ def xla_attention(q, k, v, *, mask=None, score_mod=None, scale: float, **unused)
     dense_mask = dense_mask.reshape((1,) * (4 - dense_mask.ndim) + dense_mask.shape)
   out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=dense_mask, scale=scale,
                                      implementation="xla")
-  if dense_mask is not None:  # jax gives a uniform average for a row that sees no key
+  if dense_mask is not None and _may_have_empty_rows(mask, nq, nk):
+    # jax gives a uniform average for a row that sees no key; the contract says 0
     sees_any = jnp.broadcast_to(dense_mask, (q.shape[0], q.shape[2], nq, nk)).any(-1)
     out = out * sees_any.transpose(0, 2, 1)[..., None].astype(out.dtype)
   return out
+
+
+def _may_have_empty_rows(mask, q_len: int, kv_len: int) -> bool:
+  """False when a static pattern provably gives every query at least one key."""
+  if not mask.is_static():
+    return True
+  with jax.ensure_compile_time_eval():
+    return not bool(jnp.all(jnp.any(mask.dense(q_len, kv_len), axis=-1)))
 
 
 def _blockwise_fn(q, k, v, *, mask=None, score_mod=None, scale: float,
