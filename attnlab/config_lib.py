@@ -7,6 +7,8 @@ position table sized to ``data.seq_len``) and returns a frozen copy.
 
 from __future__ import annotations
 
+import pathlib
+
 import ml_collections
 
 from attnlab import positional
@@ -82,6 +84,8 @@ def validate(config) -> None:
                       f"pattern='sliding_window'")
 
   _positive_int(d.seq_len, "data.seq_len")
+  if d.path and not pathlib.Path(d.path).expanduser().is_file():
+    raise ConfigError(f"data.path={d.path!r} is not a readable file")
   if not d.path:
     _choice(d.corpus, "data.corpus", CORPORA)
   if not 0.0 < d.valid_fraction < 1.0:

@@ -202,10 +202,11 @@ def _flatten(d, prefix=""):
   return out
 
 
-def _write_or_check_config(cfg, workdir: pathlib.Path) -> None:
+def _write_or_check_config(cfg, workdir: pathlib.Path, resuming: bool) -> None:
+  """Write ``config.json``; when resuming a checkpoint, refuse a config that differs from it."""
   path = workdir / "config.json"
   current = json.loads(cfg.to_json())
-  if path.exists():
+  if resuming and path.exists():
     saved = _flatten(json.loads(path.read_text()))
     now = _flatten(current)
     diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
@@ -231,16 +232,20 @@ def train_and_evaluate(config, workdir, *, stop_after: int | None = None,
   """
   cfg = config_lib.resolve(config)
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  _write_or_check_config(cfg, workdir)
   corpus = data.load_corpus(cfg.data)
   data.get_batch(corpus.valid, 1, cfg.data.seq_len, 0, 0, "valid")  # fail early if too short
+  workdir.mkdir(parents=True, exist_ok=True)
+  checkpointer = Checkpointer(workdir / "checkpoints", cfg.train.keep_checkpoints)
+  start = checkpointer.latest_step() or 0
+  try:
+    _write_or_check_config(cfg, workdir, resuming=bool(start))
+  except ConfigError:
+    checkpointer.close()
+    raise
 
   model = TransformerLM(cfg.model)
   tx = make_optimizer(cfg.train)
   state = init_state(model, tx, cfg)
-  checkpointer = Checkpointer(workdir / "checkpoints", cfg.train.keep_checkpoints)
-  start = checkpointer.latest_step() or 0
   if start:
     state = checkpointer.restore(start, state)
     print(f"{workdir}: resuming from the checkpoint at step {start}")

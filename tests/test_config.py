@@ -35,8 +35,8 @@ def test_bad_config_names_field_value_and_valid_choices(overrides, pattern, tmp_
   cfg = tiny_config("rope", **overrides)
   with pytest.raises(ConfigError, match=pattern):
     train.train_and_evaluate(cfg, tmp_path / "run", progress=False)
-  # nothing was trained or checkpointed
-  assert not (tmp_path / "run" / "checkpoints").exists()
+  # nothing was trained, checkpointed or written
+  assert not (tmp_path / "run").exists()
 
 
 def test_learned_table_limit_names_the_field():
@@ -67,6 +67,15 @@ def test_resuming_with_a_different_config_is_refused(tmp_path):
   with pytest.raises(ConfigError, match=r"model.d_model: 32 -> 64"):
     train.train_and_evaluate(tiny_config("rope", train__steps=3, train__warmup_steps=1,
                                          model__d_model=64), tmp_path, progress=False)
+
+
+def test_a_failed_start_does_not_block_a_corrected_config(tmp_path):
+  good = tiny_config("rope", train__steps=2, train__warmup_steps=1)
+  bad = tiny_config("rope", train__steps=2, train__warmup_steps=1, data__seq_len=10**8)
+  with pytest.raises(ConfigError, match="data.seq_len=100000000 needs at least"):
+    train.train_and_evaluate(bad, tmp_path, progress=False)
+  result = train.train_and_evaluate(good, tmp_path, progress=False)
+  assert result["metrics"]["step"] == 2
 
 
 def test_cli_reports_config_errors_without_a_traceback(tmp_path):
