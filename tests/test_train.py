@@ -43,6 +43,10 @@ def test_loss_falls_on_tinyshakespeare(tmp_path):
   assert valid < unigram - 0.7          # learned context, not just byte frequencies
   assert {"step", "split", "loss"} <= set(records[-1])
   assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  # TensorBoard holds the same validation loss as metrics.jsonl
+  from tensorboard_reader import scalars
+  events = scalars(tmp_path / "tensorboard")
+  assert events["valid/loss"] == [(200, pytest.approx(valid, rel=1e-6))]
 
 
 def test_resume_is_bit_identical(tmp_path):
