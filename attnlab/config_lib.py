@@ -34,8 +34,11 @@ def _choice(value, field, valid):
 def resolve(config) -> ml_collections.FrozenConfigDict:
   """Validated, with derived defaults filled in, frozen (hashable for Flax modules)."""
   config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, "to_dict") else config)
-  if config.model.position.kind == "learned" and config.model.position.max_len == 0:
-    config.model.position.max_len = config.data.seq_len
+  p = config.model.position
+  if p.kind == "learned" and p.max_len == 0:
+    p.max_len = config.data.seq_len
+  if "original_max_len" in p and p.original_max_len == 0:
+    p.original_max_len = config.data.seq_len
   validate(config)
   return ml_collections.FrozenConfigDict(config)
 
@@ -90,6 +93,26 @@ def validate(config) -> None:
     _choice(d.corpus, "data.corpus", CORPORA)
   if not 0.0 < d.valid_fraction < 1.0:
     raise ConfigError(f"data.valid_fraction={d.valid_fraction!r} must be in (0, 1)")
+  if p.kind == "rope" and "scaling" in p:
+    _choice(p.scaling, "model.position.scaling", positional.ROPE_SCALINGS)
+    if not p.scale_factor >= 1.0:
+      raise ConfigError(f"model.position.scale_factor={p.scale_factor!r} must be >= 1 "
+                        f"(s = new length / training length)")
+    if p.scaling in ("dynamic_ntk", "yarn"):
+      _positive_int(p.original_max_len, "model.position.original_max_len")
+    if p.scaling == "yarn" and not p.yarn_beta > p.yarn_alpha:
+      raise ConfigError(f"model.position.yarn_beta={p.yarn_beta!r} must exceed "
+                        f"model.position.yarn_alpha={p.yarn_alpha!r}")
+    if not 0.0 < p.rotary_fraction <= 1.0 or int(head_dim * p.rotary_fraction) < 2:
+      raise ConfigError(f"model.position.rotary_fraction={p.rotary_fraction!r} must be in (0, 1] "
+                        f"and rotate at least 2 of the {head_dim} head dims")
+  if p.kind == "xpos" and head_dim % 2:
+    raise ConfigError(f"model.position.kind='xpos' needs an even head dim; got {head_dim}")
+  if p.kind == "t5":
+    _positive_int(p.num_buckets, "model.position.num_buckets")
+    if p.num_buckets < (4 if p.bidirectional else 2) or p.max_distance <= p.num_buckets // (4 if p.bidirectional else 2):
+      raise ConfigError(f"model.position.max_distance={p.max_distance!r} must exceed the exact "
+                        f"buckets (num_buckets={p.num_buckets}, bidirectional={p.bidirectional})")
   if p.kind == "learned":
     _positive_int(p.max_len, "model.position.max_len")
     positional.check_length(p, d.seq_len, "data.seq_len")

@@ -1,4 +1,4 @@
-"""Language-model configs: ``get_config("rope" | "alibi" | "sinusoidal" | "nope" | "learned" | "baby_gpt")``.
+"""Language-model configs: ``get_config(preset)``, preset one of ``PRESETS``.
 
 Use with ``--config=configs/lm.py:alibi`` and override any field on the command
 line, e.g. ``--config.model.attention.num_kv_heads=1``.
@@ -6,7 +6,7 @@ line, e.g. ``--config.model.attention.num_kv_heads=1``.
 
 import ml_collections
 
-PRESETS = ("rope", "alibi", "sinusoidal", "nope", "learned", "baby_gpt")
+PRESETS = ("rope", "alibi", "sinusoidal", "nope", "learned", "xpos", "t5", "baby_gpt")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -36,10 +36,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.attention.block_kv = 512
 
   c.model.position = ml_collections.ConfigDict()
-  c.model.position.kind = "rope"      # none | sinusoidal | learned | rope | alibi
-  c.model.position.theta = 10000.0    # rope base
+  c.model.position.kind = "rope"      # none | sinusoidal | learned | rope | xpos | alibi | t5
+  c.model.position.theta = 10000.0    # rope / xpos base
   c.model.position.base = 10000.0     # sinusoidal base
   c.model.position.max_len = 0        # learned table rows; 0 means data.seq_len
+  c.model.position.scaling = "none"   # rope: none | linear | ntk | dynamic_ntk | yarn
+  c.model.position.scale_factor = 1.0  # rope scaling s = L_new / L_train
+  c.model.position.original_max_len = 0  # rope scaling L_train; 0 means data.seq_len
+  c.model.position.yarn_alpha = 1.0
+  c.model.position.yarn_beta = 32.0
+  c.model.position.rotary_fraction = 1.0  # rope: fraction of head dims rotated
+  c.model.position.xpos_scale_base = 512.0
+  c.model.position.num_buckets = 32   # t5
+  c.model.position.max_distance = 128  # t5
+  c.model.position.bidirectional = False  # t5 buckets split by sign (encoders)
 
   c.data = ml_collections.ConfigDict()
   c.data.corpus = "builtin"           # the Python standard library's source; no download

@@ -30,6 +30,12 @@ from configs import lm
     ({"mesh__tensor": 2}, r"mesh.tensor=2.*valid: 1"),
     ({"data__path": "/no/such/file.txt"}, r"data.path='/no/such/file.txt' is not a readable file"),
     ({"data__path": "", "data__corpus": "wikipedia"}, r"data.corpus='wikipedia'.*builtin"),
+    ({"model__position__scaling": "ntk-aware"},
+     r"model.position.scaling='ntk-aware'.*valid: none, linear, ntk, dynamic_ntk, yarn"),
+    ({"model__position__scale_factor": 0.5}, r"model.position.scale_factor=0.5 must be >= 1"),
+    ({"model__position__rotary_fraction": 0.0}, r"model.position.rotary_fraction=0.0 must be in \(0, 1\]"),
+    ({"model__position__scaling": "yarn", "model__position__yarn_beta": 0.5},
+     r"model.position.yarn_beta=0.5 must exceed model.position.yarn_alpha=1.0"),
 ])
 def test_bad_config_names_field_value_and_valid_choices(overrides, pattern, tmp_path):
   cfg = tiny_config("rope", **overrides)

@@ -9,7 +9,7 @@ from helpers import tiny_config
 from attnlab import config_lib
 from attnlab.models import TransformerLM
 
-POSITIONS = ["rope", "alibi", "sinusoidal", "learned", "none"]
+POSITIONS = ["rope", "alibi", "sinusoidal", "learned", "none", "xpos", "t5"]
 
 
 def _model_and_params(cfg):
@@ -35,7 +35,7 @@ def test_future_tokens_do_not_change_earlier_logits(position, kv_heads):
   assert np.abs(np.asarray(a[:, cut:]) - np.asarray(b[:, cut:])).max() > 1e-3
 
 
-@pytest.mark.parametrize("position", ["rope", "alibi"])
+@pytest.mark.parametrize("position", ["rope", "alibi", "t5"])
 def test_impls_give_the_same_model(position):
   logits = {}
   for impl in ["reference", "xla", "blockwise"]:

@@ -147,8 +147,9 @@ def test_rope_dot_product_depends_only_on_offset():
 def test_rope_scheme_rotates_with_its_theta():
   x = np.random.default_rng(4).standard_normal((1, 4, 2, 8)).astype(np.float32)
   pos = np.arange(4)
-  got = np.asarray(positional.get_scheme(cfg("rope", theta=100.0)).rotate(x, pos))
-  np.testing.assert_allclose(got, rope_np(x, pos, theta=100.0), rtol=1e-5, atol=1e-6)
+  got_q, got_k = positional.get_scheme(cfg("rope", theta=100.0)).rotate_qk(x, x, pos)
+  for got in (got_q, got_k):
+    np.testing.assert_allclose(np.asarray(got), rope_np(x, pos, theta=100.0), rtol=1e-5, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- sinusoidal
@@ -194,7 +195,9 @@ def test_registry_contents():
 def test_none_scheme_is_identity():
   scheme = positional.get_scheme(cfg("none"))
   x = np.ones((1, 3, 2, 4), np.float32)
-  assert scheme.rotate(x, np.arange(3)) is x
+  q, k = scheme.rotate_qk(x, x, np.arange(3))
+  assert q is x and k is x
+  assert scheme.bias_table_shape(4) is None
   assert scheme.embed(np.arange(3), 8) is None and scheme.score_mod(4) is None
   assert scheme.max_length() is None
 

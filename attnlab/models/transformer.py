@@ -57,9 +57,12 @@ class SelfAttention(nn.Module):
     q, k, v = jnp.split(qkv.reshape(batch, seq, heads + 2 * kv_heads, head_dim),
                         [heads, heads + kv_heads], axis=2)
     scheme = positional.get_scheme(cfg.position)
-    q, k = scheme.rotate(q, positions), scheme.rotate(k, positions)
+    q, k = scheme.rotate_qk(q, k, positions)
+    table_shape = scheme.bias_table_shape(heads)
+    table = None if table_shape is None else self.param("position_bias", nn.initializers.zeros,
+                                                        table_shape)
     out = KINDS.get(att.kind)(
-        q, k, v, mask=PATTERNS.get(att.pattern).build(att), bias=scheme.score_mod(heads),
+        q, k, v, mask=PATTERNS.get(att.pattern).build(att), bias=scheme.score_mod(heads, table),
         impl=att.impl, block_q=att.block_q, block_kv=att.block_kv)
     out = dense(cfg.d_model, "out", 0.02 / math.sqrt(2 * cfg.num_layers))(
         out.reshape(batch * seq, heads * head_dim))

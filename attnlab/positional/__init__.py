@@ -6,8 +6,9 @@ Pure functions (``sinusoidal_embedding``, ``apply_rope``, ``alibi_slopes``,
 ``PositionScheme`` that defaults to "do nothing":
 
 - ``embed``: an absolute embedding added to the token embeddings (sinusoidal, learned);
-- ``rotate``: a transform of queries and keys (RoPE);
-- ``score_mod``: a bias on the attention logits (ALiBi).
+- ``rotate_qk``: a transform of queries and keys (RoPE and its scalings, xPos);
+- ``score_mod``: a bias on the attention logits (ALiBi, T5), optionally with a
+  learned table the model creates (``bias_table_shape``).
 
 To add a scheme, subclass ``PositionScheme``, override the hooks it needs and
 decorate it with ``@POSITIONS.register("name")``.
@@ -23,6 +24,9 @@ import numpy as np
 
 from attnlab.attention.pytree import pytree_dataclass
 from attnlab.attention.score_mods import AdditiveBias
+from attnlab.positional import rope
+from attnlab.positional.rope import ROPE_SCALINGS, scaled_frequencies
+from attnlab.positional.t5 import T5Bias, t5_buckets
 from attnlab.registry import ConfigError, Registry
 
 # ----------------------------------------------------------------------------- functions
@@ -45,23 +49,24 @@ def rope_frequencies(head_dim: int, theta: float = 10000.0) -> np.ndarray:
   return (theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)).astype(np.float32)
 
 
-def apply_rope(x, positions, theta: float = 10000.0) -> jax.Array:
+def apply_rope(x, positions, theta: float = 10000.0, *, frequencies=None) -> jax.Array:
   """Rotary position embedding (Su et al.), half-split pairing.
 
-  Dimension ``i`` is paired with ``i + head_dim/2`` (GPT-NeoX / LLaMA layout) and
-  the pair is rotated by ``positions * theta^(-2i/head_dim)``.
+  Dimension ``i`` is paired with ``i + r/2`` (GPT-NeoX / LLaMA layout) and the pair
+  is rotated by ``positions * theta_i`` with ``theta_i = theta^(-2i/r)``, where
+  ``r = head_dim`` (or ``2 * len(frequencies)`` when given: partial rotary, the
+  remaining dims pass through).
 
   x: ``[batch, seq, heads, head_dim]``; positions: int ``[seq]`` or ``[batch, seq]``.
   Returns x's shape and dtype; the rotation is computed in float32.
   """
-  head_dim = x.shape[-1]
-  if head_dim % 2:
-    raise ValueError(f"apply_rope: head_dim={head_dim} must be even")
-  angles = jnp.asarray(positions, jnp.float32)[..., None] * rope_frequencies(head_dim, theta)
-  angles = jnp.broadcast_to(angles, x.shape[:2] + (head_dim // 2,))[:, :, None, :]
-  cos, sin = jnp.cos(angles), jnp.sin(angles)
-  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
-  return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).astype(x.dtype)
+  if frequencies is None:
+    if x.shape[-1] % 2:
+      raise ValueError(f"apply_rope: head_dim={x.shape[-1]} must be even")
+    frequencies = rope_frequencies(x.shape[-1], theta)
+  angles = jnp.asarray(positions, jnp.float32)[..., None] * jnp.asarray(frequencies, jnp.float32)
+  angles = jnp.broadcast_to(angles, x.shape[:2] + angles.shape[-1:])
+  return rope.rotate_half_split(x, angles)
 
 
 def alibi_slopes(num_heads: int) -> np.ndarray:
@@ -124,11 +129,16 @@ class PositionScheme:
     """Absolute embedding ``[batch, seq, d_model]`` to add to token embeddings, or None."""
     return None
 
-  def rotate(self, x, positions):
-    """Transform queries or keys ``[batch, seq, heads, head_dim]``."""
-    return x
+  def rotate_qk(self, q, k, positions):
+    """Transform queries and keys ``[batch, seq, heads, head_dim]`` -> (q, k)."""
+    return q, k
 
-  def score_mod(self, num_heads: int):
+  def bias_table_shape(self, num_heads: int) -> tuple[int, ...] | None:
+    """Shape of a learned bias table the attention layer must create and pass to
+    ``score_mod`` (None = no table)."""
+    return None
+
+  def score_mod(self, num_heads: int, table=None):
     """A ``ScoreMod`` on the attention logits, or None."""
     return None
 
@@ -160,16 +170,57 @@ class Learned(PositionScheme):
 
 @POSITIONS.register("rope")
 class Rope(PositionScheme):
+  """RoPE with ``model.position.scaling`` (none | linear | ntk | dynamic_ntk | yarn),
+  ``scale_factor`` s, ``original_max_len`` and ``rotary_fraction``."""
 
-  def rotate(self, x, positions):
-    return apply_rope(x, positions, self.cfg.get("theta", 10000.0))
+  def frequencies(self, head_dim: int, seq_len: int) -> tuple[np.ndarray, float]:
+    c = self.cfg
+    return scaled_frequencies(
+        rope.rotary_dim(head_dim, c.get("rotary_fraction", 1.0)), c.get("theta", 10000.0),
+        c.get("scaling", "none"), c.get("scale_factor", 1.0), c.get("original_max_len", 0),
+        seq_len, c.get("yarn_alpha", 1.0), c.get("yarn_beta", 32.0))
+
+  def rotate_qk(self, q, k, positions):
+    freqs, multiplier = self.frequencies(q.shape[-1], q.shape[1])
+    q, k = apply_rope(q, positions, frequencies=freqs), apply_rope(k, positions, frequencies=freqs)
+    if multiplier != 1.0:  # YaRN temperature: logits / t with sqrt(1/t) on each of q and k
+      q, k = q * jnp.asarray(multiplier, q.dtype), k * jnp.asarray(multiplier, k.dtype)
+    return q, k
+
+
+@POSITIONS.register("xpos")
+class XPos(PositionScheme):
+  """RoPE whose pairs decay with distance: q * zeta^(m/B), k * zeta^(-m/B), B = ``xpos_scale_base``."""
+
+  def rotate_qk(self, q, k, positions):
+    head_dim = q.shape[-1]
+    freqs = rope_frequencies(head_dim, self.cfg.get("theta", 10000.0))
+    angles = jnp.broadcast_to(jnp.asarray(positions, jnp.float32)[..., None] * freqs,
+                              q.shape[:2] + (head_dim // 2,))
+    base = self.cfg.get("xpos_scale_base", 512.0)
+    up = jnp.broadcast_to(rope.xpos_scale(positions, head_dim, base, +1.0), angles.shape)
+    down = jnp.broadcast_to(rope.xpos_scale(positions, head_dim, base, -1.0), angles.shape)
+    return rope.rotate_half_split(q, angles, up), rope.rotate_half_split(k, angles, down)
 
 
 @POSITIONS.register("alibi")
 class Alibi(PositionScheme):
 
-  def score_mod(self, num_heads):
+  def score_mod(self, num_heads, table=None):
     return alibi_bias(num_heads)
+
+
+@POSITIONS.register("t5")
+class T5(PositionScheme):
+  """Learned bias per (bucket, head), ``num_buckets`` / ``max_distance`` / ``bidirectional``."""
+
+  def bias_table_shape(self, num_heads):
+    return (self.cfg.get("num_buckets", 32), num_heads)
+
+  def score_mod(self, num_heads, table=None):
+    return T5Bias(table=table, bidirectional=bool(self.cfg.get("bidirectional", False)),
+                  num_buckets=int(self.cfg.get("num_buckets", 32)),
+                  max_distance=int(self.cfg.get("max_distance", 128)))
 
 
 def get_scheme(cfg) -> PositionScheme:
@@ -188,6 +239,7 @@ def check_length(cfg, length: int, what: str = "sequence length") -> None:
 
 
 __all__ = [
-    "POSITIONS", "AlibiBias", "PositionScheme", "alibi_bias", "alibi_slopes", "apply_rope",
-    "check_length", "get_scheme", "rope_frequencies", "sinusoidal_embedding",
+    "POSITIONS", "ROPE_SCALINGS", "AlibiBias", "PositionScheme", "T5Bias", "alibi_bias",
+    "alibi_slopes", "apply_rope", "check_length", "get_scheme", "rope_frequencies",
+    "scaled_frequencies", "sinusoidal_embedding", "t5_buckets",
 ]

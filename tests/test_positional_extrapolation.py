@@ -1,0 +1,201 @@
+"""RoPE scalings, partial rotary, xPos and T5 bias against their papers' formulas."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from attnlab import positional
+from attnlab.attention import dot_product_attention, masks
+from attnlab.positional import rope as rope_lib
+
+D, L, S = 16, 128, 4.0   # head dim, training length, scale factor
+
+
+def base_freqs(d, theta=10000.0):
+  return np.array([theta ** (-2 * i / d) for i in range(d // 2)])
+
+
+def scheme(kind="rope", **fields):
+  c = {"kind": kind, "theta": 10000.0, "scaling": "none", "scale_factor": S,
+       "original_max_len": L, "yarn_alpha": 1.0, "yarn_beta": 32.0, "rotary_fraction": 1.0,
+       "xpos_scale_base": 512.0, "num_buckets": 32, "max_distance": 128, "bidirectional": False}
+  c.update(fields)
+  return positional.get_scheme(ml_collections.ConfigDict(c))
+
+
+# ----------------------------------------------------------------------------- scalings
+
+
+def test_linear_scaling_divides_positions_by_s():
+  freqs, mult = positional.scaled_frequencies(D, scaling="linear", factor=S)
+  np.testing.assert_allclose(freqs, base_freqs(D) / S, rtol=1e-12)
+  assert mult == 1.0
+  x = np.random.default_rng(0).standard_normal((1, 6, 2, D)).astype(np.float32)
+  pos = np.array([0, 3, 10, 50, 300, 511])
+  scaled, _ = scheme(scaling="linear").rotate_qk(x, x, pos)
+  plain = positional.apply_rope(x, pos / S)
+  np.testing.assert_allclose(scaled, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_ntk_scales_the_base():
+  freqs, _ = positional.scaled_frequencies(D, scaling="ntk", factor=S)
+  new_base = 10000.0 * S ** (D / (D - 2))
+  np.testing.assert_allclose(freqs, base_freqs(D, new_base), rtol=1e-12)
+  assert freqs[0] == 1.0 and freqs[-1] < base_freqs(D)[-1]   # only low frequencies move
+
+
+def test_dynamic_ntk_uses_the_current_length():
+  for seq_len, s in [(64, 1.0), (128, 1.0), (256, 2.0), (512, 4.0)]:
+    freqs, _ = positional.scaled_frequencies(D, scaling="dynamic_ntk", original_max_len=L,
+                                             seq_len=seq_len)
+    np.testing.assert_allclose(freqs, base_freqs(D, 10000.0 * s ** (D / (D - 2))), rtol=1e-12)
+
+
+def test_yarn_ramp_and_temperature():
+  d = 64
+  freqs, mult = positional.scaled_frequencies(d, scaling="yarn", factor=S, original_max_len=L)
+  for i, theta in enumerate(base_freqs(d)):
+    r = L / (2 * math.pi / theta)
+    gamma = 0.0 if r < 1 else 1.0 if r > 32 else (r - 1) / 31
+    assert freqs[i] == pytest.approx((1 - gamma) * theta / S + gamma * theta, rel=1e-12)
+  # at LLaMA's L=4096 the ramp's ends are reached: fast dims untouched, slow dims interpolated
+  llama, _ = positional.scaled_frequencies(d, scaling="yarn", factor=S, original_max_len=4096)
+  assert llama[0] == base_freqs(d)[0]
+  assert llama[-1] == pytest.approx(base_freqs(d)[-1] / S, rel=1e-12)
+  assert mult == pytest.approx(0.1 * math.log(S) + 1)
+  # logits are divided by t: q.k at equal positions (rotation cancels) grows by 1/t
+  q = np.random.default_rng(1).standard_normal((1, 1, 1, d)).astype(np.float32)
+  k = np.random.default_rng(2).standard_normal((1, 1, 1, d)).astype(np.float32)
+  rq, rk = scheme(scaling="yarn").rotate_qk(q, k, np.array([7]))
+  inv_t = (0.1 * math.log(S) + 1) ** 2
+  assert float(jnp.sum(rq * rk)) == pytest.approx(inv_t * float(np.sum(q * k)), rel=1e-5)
+
+
+@pytest.mark.parametrize("scaling", ["none", "linear", "ntk", "dynamic_ntk", "yarn"])
+@pytest.mark.parametrize("fraction", [1.0, 0.5])
+def test_relative_property_under_every_scaling(scaling, fraction):
+  """<R(q, m), R(k, n)> depends only on m - n."""
+  rng = np.random.default_rng(3)
+  q = rng.standard_normal((1, 1, 1, D)).astype(np.float32)
+  k = rng.standard_normal((1, 1, 1, D)).astype(np.float32)
+  sch = scheme(scaling=scaling, rotary_fraction=fraction)
+
+  def score(m, n):
+    rq, _ = sch.rotate_qk(q, q, np.array([m]))
+    _, rk = sch.rotate_qk(k, k, np.array([n]))
+    return float(jnp.sum(rq * rk))
+
+  for m, n in [(5, 2), (40, 1), (300, 290)]:
+    for shift in (7, 100):
+      assert score(m + shift, n + shift) == pytest.approx(score(m, n), rel=1e-4, abs=1e-4)
+  assert abs(score(9, 2) - score(2, 9)) > 1e-4   # it does depend on the offset
+
+
+def test_partial_rotary_leaves_the_tail_alone():
+  x = np.random.default_rng(4).standard_normal((1, 5, 2, D)).astype(np.float32)
+  pos = np.arange(5) * 3
+  out, _ = scheme(rotary_fraction=0.5).rotate_qk(x, x, pos)
+  np.testing.assert_array_equal(np.asarray(out)[..., 8:], x[..., 8:])
+  head = positional.apply_rope(x[..., :8], pos)            # the rotated part is RoPE of dim 8
+  np.testing.assert_allclose(np.asarray(out)[..., :8], head, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- xPos
+
+
+def test_xpos_scales_queries_up_and_keys_down():
+  zeta = rope_lib.xpos_zeta(D)
+  np.testing.assert_allclose(zeta, [(2 * i + 0.4 * D) / (1.4 * D) for i in range(D // 2)])
+  x = np.random.default_rng(5).standard_normal((1, 4, 1, D)).astype(np.float32)
+  pos = np.array([0, 1, 100, 1000])
+  q, k = scheme("xpos").rotate_qk(x, x, pos)
+  plain = np.asarray(positional.apply_rope(x, pos))
+  for r, m in enumerate(pos):
+    scale = np.concatenate([zeta, zeta]) ** (m / 512)
+    np.testing.assert_allclose(np.asarray(q)[0, r, 0], plain[0, r, 0] * scale, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(k)[0, r, 0], plain[0, r, 0] / scale, rtol=1e-5, atol=1e-6)
+
+
+def test_xpos_scores_depend_only_on_the_offset():
+  rng = np.random.default_rng(6)
+  q = rng.standard_normal((1, 1, 1, D)).astype(np.float32)
+  k = rng.standard_normal((1, 1, 1, D)).astype(np.float32)
+  sch = scheme("xpos")
+
+  def score(m, n):
+    return float(jnp.sum(sch.rotate_qk(q, q, np.array([m]))[0] * sch.rotate_qk(k, k, np.array([n]))[1]))
+
+  assert score(205, 200) == pytest.approx(score(5, 0), rel=1e-4)
+  assert score(12, 2) != pytest.approx(score(2, 2), rel=1e-3)
+
+
+# ----------------------------------------------------------------------------- T5
+
+
+def t5_bucket_py(rel, bidirectional, buckets=32, max_distance=128):
+  """Plain-Python Raffel et al. bucketing of rel = key - query."""
+  offset = 0
+  if bidirectional:
+    buckets //= 2
+    offset = buckets if rel > 0 else 0
+    n = abs(rel)
+  else:
+    n = max(-rel, 0)
+  exact = buckets // 2
+  if n < exact:
+    return offset + n
+  return offset + min(exact + int(math.log(n / exact) / math.log(max_distance / exact)
+                                  * (buckets - exact)), buckets - 1)
+
+
+# (key - query, bucket), worked by hand from the formula (32 buckets, max distance 128)
+CAUSAL = [(0, 0), (3, 0), (-1, 1), (-15, 15), (-16, 16), (-32, 21), (-64, 26), (-127, 31),
+          (-128, 31), (-1000, 31)]
+BIDIRECTIONAL = [(0, 0), (-3, 3), (3, 19), (-8, 8), (-20, 10), (20, 26), (-200, 15), (200, 31)]
+
+
+@pytest.mark.parametrize("bidirectional, table", [(False, CAUSAL), (True, BIDIRECTIONAL)])
+def test_t5_buckets_hand_worked(bidirectional, table):
+  rel = np.array([r for r, _ in table])
+  got = np.asarray(positional.t5_buckets(rel, bidirectional=bidirectional))
+  assert got.tolist() == [b for _, b in table]
+  assert got.tolist() == [t5_bucket_py(int(r), bidirectional) for r in rel]
+
+
+def test_t5_buckets_match_the_formula_everywhere():
+  rel = np.arange(-600, 601)
+  for bidirectional in (False, True):
+    got = np.asarray(positional.t5_buckets(rel, bidirectional=bidirectional, num_buckets=16,
+                                           max_distance=64))
+    assert got.tolist() == [t5_bucket_py(int(r), bidirectional, 16, 64) for r in rel]
+
+
+def test_t5_bias_through_every_impl_with_table_gradients():
+  rng = np.random.default_rng(7)
+  n, heads = 45, 4
+  q, k, v = (jnp.asarray(rng.standard_normal((2, n, heads, 8)), jnp.float32) for _ in range(3))
+  table = jnp.asarray(rng.standard_normal((32, heads)), jnp.float32)
+  sch = scheme("t5")
+
+  def loss(table, impl):
+    out = dot_product_attention(q, k, v, mask=masks.causal(), bias=sch.score_mod(heads, table),
+                                impl=impl, block_q=16, block_kv=16)
+    return jnp.sum(out * jnp.cos(jnp.arange(out.size).reshape(out.shape)))
+
+  # oracle: dense bias built from the plain-Python buckets
+  buckets = np.array([[t5_bucket_py(j - i, False) for j in range(n)] for i in range(n)])
+  dense = np.moveaxis(np.asarray(table)[buckets], -1, 0)[None]           # [1, H, n, n]
+  expected = dot_product_attention(q, k, v, mask=masks.causal(), bias=dense, impl="reference")
+  grads = {}
+  for impl in ("reference", "xla", "blockwise"):
+    out = dot_product_attention(q, k, v, mask=masks.causal(), bias=sch.score_mod(heads, table),
+                                impl=impl, block_q=16, block_kv=16)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    grads[impl] = jax.grad(loss)(table, impl)
+  assert float(jnp.abs(grads["reference"]).max()) > 1e-3
+  for impl in ("xla", "blockwise"):
+    np.testing.assert_allclose(grads[impl], grads["reference"], rtol=1e-4, atol=1e-5)
