@@ -18,6 +18,7 @@ from attnlab.registry import ConfigError
 
 MLPS = ("gelu", "swiglu")
 CORPORA = ("builtin",)
+RANDOMIZABLE = ("sinusoidal", "learned", "rope", "alibi")
 
 
 def _positive_int(value, field):
@@ -36,7 +37,7 @@ def resolve(config) -> ml_collections.FrozenConfigDict:
   config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, "to_dict") else config)
   p = config.model.position
   if p.kind == "learned" and p.max_len == 0:
-    p.max_len = config.data.seq_len
+    p.max_len = p.random_max_len if p.get("randomize", False) else config.data.seq_len
   if "original_max_len" in p and p.original_max_len == 0:
     p.original_max_len = config.data.seq_len
   validate(config)
@@ -113,6 +114,11 @@ def validate(config) -> None:
     if p.num_buckets < (4 if p.bidirectional else 2) or p.max_distance <= p.num_buckets // (4 if p.bidirectional else 2):
       raise ConfigError(f"model.position.max_distance={p.max_distance!r} must exceed the exact "
                         f"buckets (num_buckets={p.num_buckets}, bidirectional={p.bidirectional})")
+  if p.get("randomize", False):
+    _choice(p.kind, "model.position.kind (with model.position.randomize=True)", RANDOMIZABLE)
+    if not isinstance(p.random_max_len, int) or p.random_max_len < d.seq_len:
+      raise ConfigError(f"model.position.random_max_len={p.random_max_len!r} must be an integer "
+                        f">= data.seq_len={d.seq_len}")
   if p.kind == "learned":
     _positive_int(p.max_len, "model.position.max_len")
     positional.check_length(p, d.seq_len, "data.seq_len")

@@ -31,7 +31,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from attnlab import config_lib, data, runtime
+from attnlab import config_lib, data, positional, runtime
 from attnlab.models import TransformerLM, num_params
 from attnlab.registry import ConfigError
 
@@ -70,21 +70,32 @@ def init_state(model, tx, cfg) -> dict[str, Any]:
   return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
 
 
-def token_loss(model, params, inputs, targets, *, deterministic=True, rng=None):
+def token_loss(model, params, inputs, targets, *, deterministic=True, rng=None, positions=None):
   """Mean cross-entropy (nats) of next-token prediction. inputs, targets: int [batch, seq]."""
   rngs = {} if rng is None else {"dropout": rng}
-  logits = model.apply({"params": params}, inputs, deterministic=deterministic, rngs=rngs)
+  logits = model.apply({"params": params}, inputs, positions, deterministic=deterministic,
+                       rngs=rngs)
   return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 
 
-def make_train_step(model, tx, seed: int, dropout: bool):
-  """Jitted ``(state, inputs, targets) -> (state, metrics)``; dropout keys from (seed, step)."""
+def make_train_step(model, tx, seed: int, dropout: bool, random_positions_max: int = 0):
+  """Jitted ``(state, inputs, targets) -> (state, metrics)``.
+
+  Dropout keys and, when ``random_positions_max`` > 0, the randomized positions of
+  the batch (sorted, distinct, from ``[0, random_positions_max)``) derive from (seed, step).
+  """
 
   def train_step(state, inputs, targets):
-    rng = jax.random.fold_in(jax.random.PRNGKey(seed), state["step"]) if dropout else None
+    step_key = jax.random.fold_in(jax.random.PRNGKey(seed), state["step"])
+    rng = step_key if dropout else None
+    positions = None
+    if random_positions_max:
+      positions = positional.randomized_positions(
+          jax.random.fold_in(step_key, 1), inputs.shape[1], random_positions_max)
+      positions = jnp.broadcast_to(positions, inputs.shape)
     loss, grads = jax.value_and_grad(
-        lambda p: token_loss(model, p, inputs, targets, deterministic=not dropout, rng=rng))(
-            state["params"])
+        lambda p: token_loss(model, p, inputs, targets, deterministic=not dropout, rng=rng,
+                             positions=positions))(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
@@ -250,7 +261,10 @@ def train_and_evaluate(config, workdir, *, stop_after: int | None = None,
     state = checkpointer.restore(start, state)
     print(f"{workdir}: resuming from the checkpoint at step {start}")
   metrics = MetricsLog(workdir, start)
-  train_step = make_train_step(model, tx, cfg.train.seed, dropout=cfg.model.dropout > 0)
+  position = cfg.model.position
+  train_step = make_train_step(
+      model, tx, cfg.train.seed, dropout=cfg.model.dropout > 0,
+      random_positions_max=position.random_max_len if position.get("randomize", False) else 0)
   eval_step = make_eval_step(model)
   schedule = learning_rate_schedule(cfg.train)
   t = cfg.train

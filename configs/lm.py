@@ -50,6 +50,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.position.num_buckets = 32   # t5
   c.model.position.max_distance = 128  # t5
   c.model.position.bidirectional = False  # t5 buckets split by sign (encoders)
+  c.model.position.randomize = False  # Ruoss et al.: train on sorted random positions ...
+  c.model.position.random_max_len = 2048  # ... drawn from [0, random_max_len)
 
   c.data = ml_collections.ConfigDict()
   c.data.corpus = "builtin"           # the Python standard library's source; no download

@@ -199,3 +199,74 @@ def test_t5_bias_through_every_impl_with_table_gradients():
   assert float(jnp.abs(grads["reference"]).max()) > 1e-3
   for impl in ("xla", "blockwise"):
     np.testing.assert_allclose(grads[impl], grads["reference"], rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- randomized
+
+
+def test_randomized_positions_sorted_distinct_in_range():
+  seen = set()
+  for i in range(20):
+    pos = np.asarray(positional.randomized_positions(jax.random.PRNGKey(i), 40, 2048))
+    assert pos.dtype == np.int32 and pos.shape == (40,)
+    assert np.all(np.diff(pos) > 0)                       # sorted and distinct
+    assert pos.min() >= 0 and pos.max() < 2048
+    seen.add(tuple(pos))
+  assert len(seen) == 20                                  # a new draw per key
+  np.testing.assert_array_equal(positional.randomized_positions(jax.random.PRNGKey(3), 40, 2048),
+                                positional.randomized_positions(jax.random.PRNGKey(3), 40, 2048))
+  with pytest.raises(ValueError, match="seq_len=50 exceeds max_len=40"):
+    positional.randomized_positions(jax.random.PRNGKey(0), 50, 40)
+
+
+def test_alibi_with_explicit_positions_uses_their_distances():
+  rng = np.random.default_rng(8)
+  n, heads = 29, 4
+  q, k, v = (jnp.asarray(rng.standard_normal((2, n, heads, 8)), jnp.float32) for _ in range(3))
+  pos = np.stack([np.sort(rng.choice(500, n, replace=False)) for _ in range(2)])
+  slopes = positional.alibi_slopes(heads)
+  dense = -slopes[None, :, None, None] * np.abs(pos[:, None, :, None] - pos[:, None, None, :])
+  expected = dot_product_attention(q, k, v, mask=masks.causal(), bias=dense, impl="reference")
+  for impl in ("reference", "xla", "blockwise"):
+    out = dot_product_attention(q, k, v, mask=masks.causal(), bias=positional.alibi_bias(heads, pos),
+                                impl=impl, block_q=8, block_kv=8)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["sinusoidal", "learned", "rope", "alibi"])
+def test_training_step_uses_the_randomized_positions(kind):
+  """The step's loss equals the loss at the positions drawn from (seed, step), not at 0..n-1."""
+  from helpers import tiny_config
+
+  from attnlab import config_lib, train
+  from attnlab.models import TransformerLM
+  cfg = config_lib.resolve(tiny_config(kind, model__position__randomize=True,
+                                       model__position__random_max_len=256))
+  if kind == "learned":
+    assert cfg.model.position.max_len == 256       # the table covers the sampling range
+  model, tx = TransformerLM(cfg.model), train.make_optimizer(cfg.train)
+  state = train.init_state(model, tx, cfg)
+  # sharpen attention (init weights are tiny) so the loss depends visibly on positions
+  state["params"] = jax.tree.map(lambda p: 8 * p, state["params"])
+  params = jax.tree.map(jnp.copy, state["params"])   # the step donates (deletes) its input state
+  tokens = np.random.default_rng(9).integers(0, 256, (2, 33)).astype(np.int32)
+  inputs, targets = tokens[:, :-1], tokens[:, 1:]
+  step = train.make_train_step(model, tx, seed=0, dropout=False, random_positions_max=256)
+  _, metrics = step(state, inputs, targets)
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(0), 0), 1)
+  pos = jnp.broadcast_to(positional.randomized_positions(key, 32, 256), inputs.shape)
+  expected = train.token_loss(model, params, inputs, targets, positions=pos)
+  at_zero = train.token_loss(model, params, inputs, targets)
+  assert float(metrics["loss"]) == pytest.approx(float(expected), rel=1e-6)
+  assert abs(float(expected) - float(at_zero)) > 1e-5
+
+
+def test_randomize_is_refused_for_schemes_it_does_not_apply_to():
+  from helpers import tiny_config
+
+  from attnlab import ConfigError, config_lib
+  with pytest.raises(ConfigError, match=r"model.position.kind \(with model.position.randomize=True\)='t5'"):
+    config_lib.resolve(tiny_config("t5", model__position__randomize=True))
+  with pytest.raises(ConfigError, match=r"random_max_len=16 must be an integer >= data.seq_len=32"):
+    config_lib.resolve(tiny_config("rope", model__position__randomize=True,
+                                   model__position__random_max_len=16))

@@ -98,8 +98,8 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypa
                                    tmp_path / "clean", stop_after=5, progress=False)
   original = train.make_train_step
 
-  def poisoned(model, tx, seed, dropout):
-    step_fn = original(model, tx, seed, dropout)
+  def poisoned(model, tx, seed, dropout, **kwargs):
+    step_fn = original(model, tx, seed, dropout, **kwargs)
 
     def wrapped(state, inputs, targets):
       new_state, metrics = step_fn(state, inputs, targets)

@@ -62,7 +62,8 @@ class SelfAttention(nn.Module):
     table = None if table_shape is None else self.param("position_bias", nn.initializers.zeros,
                                                         table_shape)
     out = KINDS.get(att.kind)(
-        q, k, v, mask=PATTERNS.get(att.pattern).build(att), bias=scheme.score_mod(heads, table),
+        q, k, v, mask=PATTERNS.get(att.pattern).build(att),
+        bias=scheme.score_mod(heads, table, positions),
         impl=att.impl, block_q=att.block_q, block_kv=att.block_kv)
     out = dense(cfg.d_model, "out", 0.02 / math.sqrt(2 * cfg.num_layers))(
         out.reshape(batch * seq, heads * head_dim))

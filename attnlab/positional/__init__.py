@@ -90,19 +90,41 @@ def alibi_slopes(num_heads: int) -> np.ndarray:
   return np.asarray(slopes, np.float32)
 
 
-@pytree_dataclass(data=("slopes",))
+@pytree_dataclass(data=("slopes", "positions"))
 class AlibiBias(AdditiveBias):
-  """``-slope_h * |i - j|``: for causal attention exactly the paper's ``-m_h (i - j)``."""
+  """``-slope_h * |p_i - p_j|``: for causal attention exactly the paper's ``-m_h (i - j)``.
+
+  ``positions`` (int ``[batch, seq]``, optional) replaces the indices i, j by
+  explicit positions (randomized positional encodings); computed per tile.
+  """
   slopes: jax.Array  # [heads]
+  positions: jax.Array | None = None
 
   def bias(self, q_idx, kv_idx):
-    distance = jnp.abs(q_idx - kv_idx).astype(jnp.float32)           # [q, k]
-    return -jnp.asarray(self.slopes, jnp.float32)[:, None, None] * distance   # [H, q, k]
+    slopes = jnp.asarray(self.slopes, jnp.float32)
+    if self.positions is None:
+      distance = jnp.abs(q_idx - kv_idx).astype(jnp.float32)                 # [q, k]
+      return -slopes[:, None, None] * distance                                # [H, q, k]
+    pos = jnp.asarray(self.positions)
+    p_q = jnp.take(pos, q_idx[:, 0], axis=1, mode="clip")                    # [B, q]
+    p_k = jnp.take(pos, kv_idx[0], axis=1, mode="clip")                      # [B, k]
+    distance = jnp.abs(p_q[:, :, None] - p_k[:, None, :]).astype(jnp.float32)
+    return -slopes[None, :, None, None] * distance[:, None]                   # [B, H, q, k]
 
 
-def alibi_bias(num_heads: int) -> AlibiBias:
+def alibi_bias(num_heads: int, positions=None) -> AlibiBias:
   """The ALiBi score modifier for ``num_heads`` heads (pass as ``bias=`` to attention)."""
-  return AlibiBias(slopes=jnp.asarray(alibi_slopes(num_heads)))
+  return AlibiBias(slopes=jnp.asarray(alibi_slopes(num_heads)), positions=positions)
+
+
+def randomized_positions(key, seq_len: int, max_len: int) -> jax.Array:
+  """Ruoss et al. (2023): ``seq_len`` distinct positions drawn from ``[0, max_len)``, sorted.
+
+  Returns int32 ``[seq_len]``; used in place of ``0..seq_len-1`` during training.
+  """
+  if seq_len > max_len:
+    raise ValueError(f"randomized positions: seq_len={seq_len} exceeds max_len={max_len}")
+  return jnp.sort(jax.random.choice(key, max_len, (seq_len,), replace=False)).astype(jnp.int32)
 
 
 # ----------------------------------------------------------------------------- schemes
@@ -138,8 +160,8 @@ class PositionScheme:
     ``score_mod`` (None = no table)."""
     return None
 
-  def score_mod(self, num_heads: int, table=None):
-    """A ``ScoreMod`` on the attention logits, or None."""
+  def score_mod(self, num_heads: int, table=None, positions=None):
+    """A ``ScoreMod`` on the attention logits, or None. ``positions``: int [batch, seq]."""
     return None
 
 
@@ -206,8 +228,8 @@ class XPos(PositionScheme):
 @POSITIONS.register("alibi")
 class Alibi(PositionScheme):
 
-  def score_mod(self, num_heads, table=None):
-    return alibi_bias(num_heads)
+  def score_mod(self, num_heads, table=None, positions=None):
+    return alibi_bias(num_heads, positions if self.cfg.get("randomize", False) else None)
 
 
 @POSITIONS.register("t5")
@@ -217,7 +239,7 @@ class T5(PositionScheme):
   def bias_table_shape(self, num_heads):
     return (self.cfg.get("num_buckets", 32), num_heads)
 
-  def score_mod(self, num_heads, table=None):
+  def score_mod(self, num_heads, table=None, positions=None):
     return T5Bias(table=table, bidirectional=bool(self.cfg.get("bidirectional", False)),
                   num_buckets=int(self.cfg.get("num_buckets", 32)),
                   max_distance=int(self.cfg.get("max_distance", 128)))
@@ -240,6 +262,6 @@ def check_length(cfg, length: int, what: str = "sequence length") -> None:
 
 __all__ = [
     "POSITIONS", "ROPE_SCALINGS", "AlibiBias", "PositionScheme", "T5Bias", "alibi_bias",
-    "alibi_slopes", "apply_rope", "check_length", "get_scheme", "rope_frequencies",
+    "alibi_slopes", "apply_rope", "check_length", "randomized_positions", "get_scheme", "rope_frequencies",
     "scaled_frequencies", "sinusoidal_embedding", "t5_buckets",
 ]
