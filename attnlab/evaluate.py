@@ -46,38 +46,54 @@ def restore_params(workdir):
   return cfg, state["params"], step
 
 
+EVAL_MODES = ("non_overlapping", "sliding")
+
+
 def evaluate_lengths(cfg, params, tokens: np.ndarray, lengths, *, max_tokens: int | None = None,
-                     batch_tokens: int | None = None, progress: bool = True) -> list[dict]:
+                     batch_tokens: int | None = None, mode: str = "non_overlapping",
+                     stride: int | None = None, progress: bool = True) -> list[dict]:
   """Score ``tokens`` at each length; returns one record per length.
 
-  Record: ``eval_length``, ``loss`` (nats/token), ``ppl``, ``bpb`` (bits per byte,
-  tokens being bytes), ``tokens`` (number scored), ``eval_mode`` = "non_overlapping".
+  ``mode="non_overlapping"``: consecutive windows, every token of a window scored.
+  ``mode="sliding"``: windows advance by ``stride`` and score their last ``stride``
+  tokens, so each scored token sees at least ``length - stride`` tokens of context.
+  Record: ``eval_length``, ``eval_mode``, ``loss`` (nats/token), ``ppl``, ``bpb``
+  (bits per byte, tokens being bytes), ``tokens`` (number scored), and ``stride``.
   """
   max_tokens = max_tokens or cfg.eval.max_tokens
   batch_tokens = batch_tokens or cfg.eval.batch_tokens
+  if mode not in EVAL_MODES:
+    raise ConfigError(f"eval mode={mode!r} is not valid; valid: {', '.join(EVAL_MODES)}")
   for length in lengths:  # validate every length before compiling anything
     if not isinstance(length, int) or length < 1:
       raise ConfigError(f"--lengths: {length!r} must be a positive integer")
     positional.check_length(cfg.model.position, length, "evaluation length")
+    if mode == "sliding" and not (isinstance(stride, int) and 1 <= stride <= length):
+      raise ConfigError(f"sliding stride={stride!r} must be an integer in [1, {length}]")
   model = TransformerLM(cfg.model)
 
   @jax.jit
-  def summed_nll(params, inputs, targets):
+  def weighted_nll(params, inputs, targets, weights):
     logits = model.apply({"params": params}, inputs)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, targets).sum()
+    return (optax.softmax_cross_entropy_with_integer_labels(logits, targets) * weights).sum()
 
   records = []
-  for length in tqdm(lengths, desc="eval lengths", disable=not progress):
-    inputs, targets = data.non_overlapping_windows(tokens, length, max(1, max_tokens // length))
+  for length in tqdm(lengths, desc=f"eval lengths ({mode})", disable=not progress):
+    if mode == "sliding":
+      inputs, targets, weights = data.sliding_windows(tokens, length, stride, max_tokens)
+    else:
+      inputs, targets = data.non_overlapping_windows(tokens, length, max(1, max_tokens // length))
+      weights = np.ones(targets.shape, np.float32)
     per_batch = max(1, batch_tokens // length)
     total = 0.0
     for start in range(0, len(inputs), per_batch):
-      total += float(summed_nll(params, inputs[start:start + per_batch],
-                                targets[start:start + per_batch]))
-    loss = total / targets.size
-    records.append({"eval_length": length, "eval_mode": "non_overlapping", "loss": loss,
-                    "ppl": math.exp(min(loss, 700.0)), "bpb": loss / LN2,
-                    "tokens": int(targets.size)})
+      chunk = slice(start, start + per_batch)
+      total += float(weighted_nll(params, inputs[chunk], targets[chunk], weights[chunk]))
+    scored = int(weights.sum())
+    loss = total / scored
+    records.append({"eval_length": length, "eval_mode": mode, "loss": loss,
+                    "ppl": math.exp(min(loss, 700.0)), "bpb": loss / LN2, "tokens": scored,
+                    "stride": stride if mode == "sliding" else length})
   return records
 
 
@@ -96,19 +112,15 @@ def markdown_table(records: list[dict], key: str = "variant") -> str:
   return "\n".join(lines) + "\n\nCells: perplexity per byte (bits per byte).\n"
 
 
-def plot_lengths(records: list[dict], path, title: str, key: str = "variant",
+def draw_lengths(ax, records: list[dict], title: str, key: str = "variant",
                  train_length: int | None = None) -> None:
-  """Perplexity against evaluation length (log2 x axis), one line per variant, as a PNG."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(6, 4))
+  """Perplexity against evaluation length (log-log, plain tick labels), a line per variant."""
+  from matplotlib.ticker import NullFormatter, ScalarFormatter
   for name in dict.fromkeys(r.get(key, "model") for r in records):
     rs = sorted((r for r in records if r.get(key, "model") == name), key=lambda r: r["eval_length"])
     ax.plot([r["eval_length"] for r in rs], [r["ppl"] for r in rs], marker="o", label=name)
   if train_length:
     ax.axvline(train_length, color="gray", linestyle=":", label="training length")
-  from matplotlib.ticker import NullFormatter, ScalarFormatter
   ax.set_xscale("log", base=2)
   ax.set_yscale("log")
   ax.set_xticks(sorted({r["eval_length"] for r in records}))
@@ -122,6 +134,16 @@ def plot_lengths(records: list[dict], path, title: str, key: str = "variant",
   ax.set_title(title)
   ax.grid(True, which="both", alpha=0.3)
   ax.legend()
+
+
+def plot_lengths(records: list[dict], path, title: str, key: str = "variant",
+                 train_length: int | None = None) -> None:
+  """``draw_lengths`` on its own figure, saved as a PNG."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6, 4))
+  draw_lengths(ax, records, title, key, train_length)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)

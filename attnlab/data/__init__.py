@@ -130,5 +130,29 @@ def non_overlapping_windows(tokens: np.ndarray, length: int, max_windows: int | 
   return windows[:, :-1], windows[:, 1:]
 
 
+def sliding_windows(tokens: np.ndarray, length: int, stride: int, max_scored: int | None = None):
+  """Windows of ``length`` advancing by ``stride``; each scores only its last ``stride`` targets.
+
+  The first window scores all its targets, so every target token is scored once,
+  with between ``length - stride`` and ``length`` tokens of context (all it can
+  have near the start). Returns int32 ``inputs, targets [n, length]`` and float32
+  ``weights [n, length]`` (1 where a target is scored).
+  """
+  if not 1 <= stride <= length:
+    raise ConfigError(f"sliding stride={stride} must be in [1, evaluation length={length}]")
+  if len(tokens) < length + 1:
+    raise ConfigError(f"evaluation length {length} needs at least {length + 1} tokens; "
+                      f"the split has {len(tokens)}")
+  n = 1 + (len(tokens) - 1 - length) // stride
+  if max_scored is not None:
+    n = min(n, max(1, 1 + (max_scored - length) // stride))
+  idx = np.arange(n)[:, None] * stride + np.arange(length + 1)
+  windows = tokens[idx].astype(np.int32)
+  weights = np.zeros((n, length), np.float32)
+  weights[0] = 1.0
+  weights[1:, length - stride:] = 1.0
+  return windows[:, :-1], windows[:, 1:], weights
+
+
 __all__ = ["ByteTokenizer", "Corpus", "VOCAB_SIZE", "builtin_corpus_bytes", "builtin_corpus_files",
-           "get_batch", "load_corpus", "non_overlapping_windows", "split_tokens"]
+           "get_batch", "load_corpus", "non_overlapping_windows", "sliding_windows", "split_tokens"]

@@ -1,0 +1,50 @@
+"""Length-extrapolation sweep: train short, evaluate at 1x..16x the training length.
+
+  python -m attnlab.sweep --config=configs/extrapolation.py --workdir=runs/extrapolation
+
+Every variant is the base config (``configs/lm.py``) plus its overrides in
+``sweep.variants``; all share seed, data and steps. Override anything from the
+command line, e.g. ``--config.data.path=FILE`` or
+``--config.sweep.variants.rope.model.position.scaling=yarn``.
+"""
+
+import importlib.util
+import pathlib
+
+import ml_collections
+
+
+def _lm():
+  spec = importlib.util.spec_from_file_location("attnlab_configs_lm",
+                                                pathlib.Path(__file__).with_name("lm.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _position(kind: str) -> dict:
+  return {"model": {"position": {"kind": kind}}}
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  del arg
+  c = _lm().base_config()
+  c.data.seq_len = 64                 # train short ...
+  c.train.steps = 1000
+  c.train.batch_size = 12
+  c.train.lr = 3e-3
+  c.train.eval_every = 500
+  c.train.checkpoint_every = 250
+  c.eval.max_tokens = 16384           # scored tokens per (length, protocol)
+
+  c.sweep = ml_collections.ConfigDict()
+  c.sweep.variants = ml_collections.ConfigDict({
+      "rope": _position("rope"),
+      "alibi": _position("alibi"),
+      "sinusoidal": _position("sinusoidal"),
+      "nope": _position("none"),
+  })
+  c.sweep.factors = (1, 2, 4, 8, 16)  # ... test long: evaluation lengths / data.seq_len
+  c.sweep.protocols = ("non_overlapping", "sliding")
+  c.sweep.stride = 32                 # sliding protocol: tokens scored per window
+  return c

@@ -1,0 +1,133 @@
+"""The experiment runner: variants, protocols, result files, resume after a kill, bad entries."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from helpers import REPO, SHAKESPEARE
+
+from attnlab import ConfigError, data, evaluate, sweep
+from attnlab.compare import load_config_file
+
+
+def tiny_sweep_config():
+  c = load_config_file(str(REPO / "configs" / "extrapolation.py"), "")
+  c.model.num_layers = 1
+  c.model.d_model = 32
+  c.data.seq_len = 16
+  c.data.path = str(SHAKESPEARE) if SHAKESPEARE.exists() else ""
+  c.train.steps = 6
+  c.train.warmup_steps = 1
+  c.train.checkpoint_every = 3
+  c.train.eval_every = 6
+  c.train.eval_batches = 1
+  c.eval.max_tokens = 256
+  c.sweep.factors = (1, 2, 4)
+  c.sweep.stride = 8
+  c.sweep.variants = {"rope": {"model": {"position": {"kind": "rope"}}},
+                      "alibi": {"model": {"position": {"kind": "alibi"}}}}
+  return c
+
+
+def test_sliding_windows_score_each_token_once_with_full_context():
+  tokens = np.arange(200) % 256
+  inputs, targets, weights = data.sliding_windows(tokens, length=32, stride=8)
+  scored = targets[weights > 0]
+  assert scored.tolist() == list(range(1, 1 + len(scored)))        # each target once, in order
+  for w in range(1, len(inputs)):                                   # later windows: >= 24 of context
+    first_scored = np.flatnonzero(weights[w])[0]
+    assert first_scored == 24 and inputs[w, 0] == 8 * w
+
+
+def test_sweep_results_equal_direct_evaluation(tmp_path):
+  config = tiny_sweep_config()
+  records = sweep.run_sweep(config, tmp_path, progress=False)
+  assert {(r["variant"], r["eval_mode"]) for r in records} == {
+      (v, m) for v in ("rope", "alibi") for m in ("non_overlapping", "sliding")}
+  assert sorted({r["eval_length"] for r in records}) == [16, 32, 64]
+  for name in ("rope", "alibi"):
+    cfg, params, _ = evaluate.restore_params(tmp_path / name)
+    assert cfg.model.position.kind == name
+    tokens = data.load_corpus(cfg.data).valid
+    direct = evaluate.evaluate_lengths(cfg, params, tokens, [16, 32, 64], mode="sliding",
+                                       stride=8, progress=False)
+    got = [r for r in records if r["variant"] == name and r["eval_mode"] == "sliding"]
+    assert [r["loss"] for r in got] == [r["loss"] for r in direct]
+  saved = json.loads((tmp_path / "results.json").read_text())
+  assert saved == records
+  csv_lines = (tmp_path / "results.csv").read_text().splitlines()
+  assert csv_lines[0].startswith("variant,eval_length,eval_mode,loss,ppl,bpb")
+  assert len(csv_lines) == 1 + len(records)
+  md = (tmp_path / "results.md").read_text()
+  assert "| variant | params | L=16 | L=32 | L=64 |" in md and "**sliding** (stride 8)" in md
+  assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_killed_sweep_resumes_without_retraining_finished_variants(tmp_path):
+  args = ["--config=configs/extrapolation.py", "--config.model.num_layers=1",
+          "--config.model.d_model=32", "--config.data.seq_len=16", "--config.train.steps=150",
+          "--config.train.warmup_steps=1", "--config.train.checkpoint_every=10",
+          "--config.train.eval_every=150", "--config.train.eval_batches=1",
+          "--config.eval.max_tokens=128", "--config.sweep.factors=(1, 2)", "--config.sweep.stride=8"]
+  if SHAKESPEARE.exists():
+    args.append(f"--config.data.path={SHAKESPEARE}")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  cmd = lambda d: [sys.executable, "-m", "attnlab.sweep", f"--workdir={d}", *args]  # noqa: E731
+  subprocess.run(cmd(tmp_path / "straight"), cwd=REPO, env=env, check=True, capture_output=True)
+  proc = subprocess.Popen(cmd(tmp_path / "killed"), cwd=REPO, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  # kill once the first variant has finished and the second has started checkpointing
+  first, second = "alibi", "nope"          # variants run in the config's (sorted) order
+  deadline = time.time() + 300
+  def steps(name):
+    d = tmp_path / "killed" / name / "checkpoints"
+    return [int(p.name) for p in d.iterdir() if p.name.isdigit()] if d.exists() else []
+  while time.time() < deadline and not steps(second):
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert max(steps(first)) == 150 and max(steps(second)) < 150
+  finished_metrics = (tmp_path / "killed" / first / "metrics.jsonl").read_text()
+  result = subprocess.run(cmd(tmp_path / "killed"), cwd=REPO, env=env, capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert f"{first}: resuming from the checkpoint at step 150" in result.stdout
+  assert (tmp_path / "killed" / first / "metrics.jsonl").read_text() == finished_metrics
+  straight = json.loads((tmp_path / "straight" / "results.json").read_text())
+  killed = json.loads((tmp_path / "killed" / "results.json").read_text())
+  assert killed == straight
+
+
+def test_bad_sweep_entries_name_the_field_before_training(tmp_path):
+  config = tiny_sweep_config()
+  config.sweep.variants = {"rope": {"model": {"positon": {"kind": "rope"}}}}
+  with pytest.raises(ConfigError, match=r"sweep.variants.rope.model.positon: no such config field"):
+    sweep.run_sweep(config, tmp_path, progress=False)
+  config = tiny_sweep_config()
+  config.sweep.variants = {"ok": {"model": {"position": {"kind": "rope"}}},
+                           "bad": {"model": {"attention": {"num_kv_heads": 3}}}}
+  with pytest.raises(ConfigError, match=r"sweep.variants.bad: model.attention.num_kv_heads=3 must divide"):
+    sweep.run_sweep(config, tmp_path, progress=False)
+  config = tiny_sweep_config()
+  config.sweep.protocols = ("non_overlapping", "strided")
+  with pytest.raises(ConfigError, match=r"sweep.protocols: 'strided' is not valid; valid: non_overlapping, sliding"):
+    sweep.run_sweep(config, tmp_path, progress=False)
+  assert not any(tmp_path.iterdir())      # nothing was trained
+
+
+def test_learned_variant_beyond_its_table_fails_before_training(tmp_path):
+  config = tiny_sweep_config()
+  config.sweep.variants = {"rope": {"model": {"position": {"kind": "rope"}}},
+                           "learned": {"model": {"position": {"kind": "learned"}}}}
+  with pytest.raises(ConfigError, match=r"sweep.variants.learned: evaluation length=64 exceeds "
+                                        r"model.position.max_len=16"):
+    sweep.run_sweep(config, tmp_path, progress=False)
+  assert not any(tmp_path.iterdir())
+  # a table that covers 4x the training length works
+  config.sweep.variants.learned.model.position.max_len = 64
+  records = sweep.run_sweep(config, tmp_path, progress=False)
+  assert {r["variant"] for r in records} == {"rope", "learned"}
