@@ -7,6 +7,7 @@ position table sized to ``data.seq_len``) and returns a frozen copy.
 
 from __future__ import annotations
 
+import importlib.util
 import pathlib
 
 import ml_collections
@@ -145,3 +146,13 @@ def validate(config) -> None:
     if config.mesh[axis] != 1:
       raise ConfigError(f"mesh.{axis}={config.mesh[axis]!r}: sharded training is not available "
                         f"yet; valid: 1")
+
+
+def load_config_file(path: str, arg: str = ""):
+  """``get_config(arg)`` of a config file, as ``--config=path:arg`` would load it."""
+  spec = importlib.util.spec_from_file_location("attnlab_user_config", path)
+  if spec is None or not pathlib.Path(path).is_file():
+    raise ConfigError(f"--config={path!r} is not a readable config file")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)

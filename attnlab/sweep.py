@@ -67,8 +67,11 @@ def variant_configs(config) -> dict[str, ml_collections.ConfigDict]:
   for mode in config.sweep.protocols:
     if mode not in evaluate.EVAL_MODES:
       raise ConfigError(f"sweep.protocols: {mode!r} is not valid; valid: {', '.join(evaluate.EVAL_MODES)}")
-  if "sliding" in config.sweep.protocols and not 1 <= config.sweep.stride <= base.data.seq_len:
-    raise ConfigError(f"sweep.stride={config.sweep.stride!r} must be in [1, data.seq_len={base.data.seq_len}]")
+  if "sliding" in config.sweep.protocols:
+    if not 1 <= config.sweep.stride <= base.data.seq_len:
+      raise ConfigError(f"sweep.stride={config.sweep.stride!r} must be in [1, data.seq_len={base.data.seq_len}]")
+    if not config.sweep.sliding_tokens >= 1:
+      raise ConfigError(f"sweep.sliding_tokens={config.sweep.sliding_tokens!r} must be >= 1")
   return out
 
 
@@ -85,8 +88,10 @@ def _evaluate_variant(run_dir: pathlib.Path, spec: dict, progress: bool) -> list
   tokens = data.load_corpus(cfg.data).valid
   records = []
   for mode in spec["protocols"]:
+    budget = spec["sliding_tokens"] if mode == "sliding" else spec["max_tokens"]
     records += evaluate.evaluate_lengths(cfg, params, tokens, spec["lengths"], mode=mode,
-                                         stride=spec["stride"], progress=progress)
+                                         stride=spec["stride"], max_tokens=budget,
+                                         progress=progress)
   for r in records:
     r.update(variant=run_dir.name, train_length=cfg.data.seq_len, params=num_params(params), step=step)
   tmp = cache.with_suffix(".json.tmp")
@@ -139,7 +144,7 @@ def run_sweep(config, workdir, progress: bool = True) -> list[dict]:
   seq_len = config.data.seq_len
   spec = {"lengths": [f * seq_len for f in config.sweep.factors],
           "protocols": list(config.sweep.protocols), "stride": config.sweep.stride,
-          "max_tokens": config.eval.max_tokens}
+          "max_tokens": config.eval.max_tokens, "sliding_tokens": config.sweep.sliding_tokens}
   records = []
   for name in variants:
     records += _evaluate_variant(workdir / name, spec, progress)

@@ -47,4 +47,5 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.sweep.factors = (1, 2, 4, 8, 16)  # ... test long: evaluation lengths / data.seq_len
   c.sweep.protocols = ("non_overlapping", "sliding")
   c.sweep.stride = 32                 # sliding protocol: tokens scored per window
+  c.sweep.sliding_tokens = 8192       # sliding protocol: scored tokens per length (cost ~ L / stride)
   return c

@@ -39,6 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.position.kind = "rope"      # none | sinusoidal | learned | rope | xpos | alibi | t5
   c.model.position.theta = 10000.0    # rope / xpos base
   c.model.position.base = 10000.0     # sinusoidal base
+  c.model.position.embed_scale = 0.02  # sinusoidal: RMS of the encoding (= token init std)
   c.model.position.max_len = 0        # learned table rows; 0 means data.seq_len
   c.model.position.scaling = "none"   # rope: none | linear | ntk | dynamic_ntk | yarn
   c.model.position.scale_factor = 1.0  # rope scaling s = L_new / L_train

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from helpers import REPO, tiny_config
 
-from attnlab import ConfigError, compare, data, evaluate, train
+from attnlab import ConfigError, data, evaluate, train
 from attnlab.models import TransformerLM
 
 
@@ -82,31 +82,3 @@ def test_learned_model_beyond_its_table_is_a_clear_error(tmp_path):
   cfg, params, _ = evaluate.restore_params(workdir)
   with pytest.raises(ConfigError, match=r"evaluation length=64 exceeds model.position.max_len=32"):
     evaluate.evaluate_lengths(cfg, params, np.zeros(1000, np.uint8), [32, 64], progress=False)
-
-
-def test_compare_trains_each_preset_and_tabulates_all_lengths(tmp_path):
-  sets = ["model.num_layers=1", "model.d_model=32", "data.seq_len=16", "train.steps=4",
-          "train.warmup_steps=1", "train.batch_size=4", "train.eval_batches=1",
-          "eval.max_tokens=128", f"data.path={tiny_config('rope').data.path}"]
-  records = compare.run_comparison(str(REPO / "configs" / "lm.py"), ["rope", "nope"], tmp_path,
-                                   factors=(1, 2), overrides=sets, progress=False)
-  assert sorted((r["variant"], r["eval_length"]) for r in records) == [
-      ("nope", 16), ("nope", 32), ("rope", 16), ("rope", 32)]
-  assert (tmp_path / "comparison.png").exists()
-  table = (tmp_path / "comparison.md").read_text()
-  assert "| rope |" in table and "| nope |" in table
-  # the evaluation in the comparison is the same as evaluating the workdir directly
-  direct = evaluate.evaluate_workdir(tmp_path / "rope", [16, 32], out=tmp_path / "direct",
-                                     progress=False)
-  assert [r["loss"] for r in direct] == [r["loss"] for r in records if r["variant"] == "rope"]
-
-
-def test_compare_rejects_a_bad_override_before_training(tmp_path):
-  with pytest.raises(ConfigError, match=r"no field 'num_layer'"):
-    compare.run_comparison(str(REPO / "configs" / "lm.py"), ["rope"], tmp_path,
-                           overrides=["model.num_layer=2"], progress=False)
-  # only the second preset is invalid: the first must not have been trained either
-  with pytest.raises(ConfigError, match=r"preset 'learned': data.seq_len=128 exceeds model.position.max_len=8"):
-    compare.run_comparison(str(REPO / "configs" / "lm.py"), ["rope", "learned"], tmp_path,
-                           overrides=["model.position.max_len=8"], progress=False)
-  assert not any(tmp_path.iterdir())

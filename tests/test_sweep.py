@@ -12,7 +12,7 @@ import pytest
 from helpers import REPO, SHAKESPEARE
 
 from attnlab import ConfigError, data, evaluate, sweep
-from attnlab.compare import load_config_file
+from attnlab.config_lib import load_config_file
 
 
 def tiny_sweep_config():
@@ -29,6 +29,7 @@ def tiny_sweep_config():
   c.eval.max_tokens = 256
   c.sweep.factors = (1, 2, 4)
   c.sweep.stride = 8
+  c.sweep.sliding_tokens = 128
   c.sweep.variants = {"rope": {"model": {"position": {"kind": "rope"}}},
                       "alibi": {"model": {"position": {"kind": "alibi"}}}}
   return c
@@ -55,7 +56,7 @@ def test_sweep_results_equal_direct_evaluation(tmp_path):
     assert cfg.model.position.kind == name
     tokens = data.load_corpus(cfg.data).valid
     direct = evaluate.evaluate_lengths(cfg, params, tokens, [16, 32, 64], mode="sliding",
-                                       stride=8, progress=False)
+                                       stride=8, max_tokens=128, progress=False)
     got = [r for r in records if r["variant"] == name and r["eval_mode"] == "sliding"]
     assert [r["loss"] for r in got] == [r["loss"] for r in direct]
   saved = json.loads((tmp_path / "results.json").read_text())

@@ -172,9 +172,18 @@ POSITIONS.register("none")(PositionScheme)
 
 @POSITIONS.register("sinusoidal")
 class Sinusoidal(PositionScheme):
+  """Vaswani et al.'s encoding, scaled to RMS ``embed_scale`` (when set).
+
+  The raw encoding has RMS 1/sqrt(2), far above token embeddings initialised at
+  std 0.02, and would drown them; Vaswani et al. balance the two by multiplying
+  tokens by sqrt(d). ``model.position.embed_scale`` (default 0.02, the token init
+  std) strikes the same balance without changing the residual stream's scale.
+  """
 
   def embed(self, positions, d_model, table=None):
-    return sinusoidal_embedding(positions, d_model, self.cfg.get("base", 10000.0))
+    pe = sinusoidal_embedding(positions, d_model, self.cfg.get("base", 10000.0))
+    rms = self.cfg.get("embed_scale", None)
+    return pe if rms is None else pe * (rms * math.sqrt(2.0))
 
 
 @POSITIONS.register("learned")
