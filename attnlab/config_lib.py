@@ -14,6 +14,7 @@ import ml_collections
 
 from attnlab import positional
 from attnlab.attention import KINDS, PATTERNS, impl_names
+from attnlab.data.retrieval import TASKS
 from attnlab.models import DTYPES, NORMS
 from attnlab.registry import ConfigError
 
@@ -92,7 +93,7 @@ def validate(config) -> None:
   if d.path and not pathlib.Path(d.path).expanduser().is_file():
     raise ConfigError(f"data.path={d.path!r} is not a readable file")
   if not d.path:
-    _choice(d.corpus, "data.corpus", CORPORA)
+    _choice(d.corpus, "data.corpus", CORPORA + tuple(TASKS))
   if not 0.0 < d.valid_fraction < 1.0:
     raise ConfigError(f"data.valid_fraction={d.valid_fraction!r} must be in (0, 1)")
   if p.kind == "rope" and "scaling" in p:

@@ -70,12 +70,19 @@ def init_state(model, tx, cfg) -> dict[str, Any]:
   return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
 
 
-def token_loss(model, params, inputs, targets, *, deterministic=True, rng=None, positions=None):
-  """Mean cross-entropy (nats) of next-token prediction. inputs, targets: int [batch, seq]."""
+def token_loss(model, params, inputs, targets, weights=None, *, deterministic=True, rng=None,
+               positions=None):
+  """Mean cross-entropy (nats) of next-token prediction. inputs, targets: int [batch, seq].
+
+  ``weights`` (float [batch, seq], optional) scores only some targets (task answers).
+  """
   rngs = {} if rng is None else {"dropout": rng}
   logits = model.apply({"params": params}, inputs, positions, deterministic=deterministic,
                        rngs=rngs)
-  return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  if weights is None:
+    return losses.mean()
+  return (losses * weights).sum() / jnp.maximum(weights.sum(), 1.0)
 
 
 def make_train_step(model, tx, seed: int, dropout: bool, random_positions_max: int = 0):
@@ -85,7 +92,7 @@ def make_train_step(model, tx, seed: int, dropout: bool, random_positions_max: i
   the batch (sorted, distinct, from ``[0, random_positions_max)``) derive from (seed, step).
   """
 
-  def train_step(state, inputs, targets):
+  def train_step(state, inputs, targets, weights=None):
     step_key = jax.random.fold_in(jax.random.PRNGKey(seed), state["step"])
     rng = step_key if dropout else None
     positions = None
@@ -94,8 +101,8 @@ def make_train_step(model, tx, seed: int, dropout: bool, random_positions_max: i
           jax.random.fold_in(step_key, 1), inputs.shape[1], random_positions_max)
       positions = jnp.broadcast_to(positions, inputs.shape)
     loss, grads = jax.value_and_grad(
-        lambda p: token_loss(model, p, inputs, targets, deterministic=not dropout, rng=rng,
-                             positions=positions))(state["params"])
+        lambda p: token_loss(model, p, inputs, targets, weights, deterministic=not dropout,
+                             rng=rng, positions=positions))(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
@@ -105,14 +112,13 @@ def make_train_step(model, tx, seed: int, dropout: bool, random_positions_max: i
 
 
 def make_eval_step(model):
-  return jax.jit(lambda params, inputs, targets: token_loss(model, params, inputs, targets))
+  return jax.jit(lambda params, inputs, targets, weights=None:
+                 token_loss(model, params, inputs, targets, weights))
 
 
-def validation_loss(eval_step, params, corpus, cfg) -> float:
+def validation_loss(eval_step, params, batches, cfg) -> float:
   """Mean loss over ``train.eval_batches`` fixed random batches of the valid split."""
-  losses = [eval_step(params, *data.get_batch(corpus.valid, cfg.train.batch_size,
-                                              cfg.data.seq_len, cfg.train.seed, i, "valid"))
-            for i in range(cfg.train.eval_batches)]
+  losses = [eval_step(params, *batches.valid(i)) for i in range(cfg.train.eval_batches)]
   return float(np.mean(jax.device_get(losses)))
 
 
@@ -243,8 +249,8 @@ def train_and_evaluate(config, workdir, *, stop_after: int | None = None,
   """
   cfg = config_lib.resolve(config)
   workdir = pathlib.Path(workdir)
-  corpus = data.load_corpus(cfg.data)
-  data.get_batch(corpus.valid, 1, cfg.data.seq_len, 0, 0, "valid")  # fail early if too short
+  batches = data.make_batches(cfg)
+  batches.valid(0)  # fail early (a text too short, a task length too small)
   workdir.mkdir(parents=True, exist_ok=True)
   checkpointer = Checkpointer(workdir / "checkpoints", cfg.train.keep_checkpoints)
   start = checkpointer.latest_step() or 0
@@ -270,8 +276,7 @@ def train_and_evaluate(config, workdir, *, stop_after: int | None = None,
   t = cfg.train
   tokens_per_step = t.batch_size * cfg.data.seq_len
   if progress:
-    print(f"{workdir}: {num_params(state['params']):,} parameters; corpus {corpus.name} "
-          f"({len(corpus.train):,} train / {len(corpus.valid):,} valid bytes)")
+    print(f"{workdir}: {num_params(state['params']):,} parameters; data {batches.description}")
 
   last = {}
   end = t.steps if stop_after is None else min(t.steps, stop_after)
@@ -280,9 +285,7 @@ def train_and_evaluate(config, workdir, *, stop_after: int | None = None,
   window_losses, window_start = [], time.perf_counter()
   try:
     for step in range(start, end):
-      inputs, targets = data.get_batch(corpus.train, t.batch_size, cfg.data.seq_len, t.seed,
-                                       step, "train")
-      state, step_metrics = train_step(state, inputs, targets)
+      state, step_metrics = train_step(state, *batches.train(step))
       loss = float(step_metrics["loss"])
       done = step + 1
       if not math.isfinite(loss):
@@ -301,7 +304,7 @@ def train_and_evaluate(config, workdir, *, stop_after: int | None = None,
         bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
         window_losses, window_start = [], time.perf_counter()
       if done % t.eval_every == 0 or done == t.steps:
-        valid = validation_loss(eval_step, state["params"], corpus, cfg)
+        valid = validation_loss(eval_step, state["params"], batches, cfg)
         record = {"step": done, "split": "valid", "loss": valid, "bpb": valid / LN2,
                   "ppl": math.exp(min(valid, 700.0))}
         metrics.write(record)

@@ -37,14 +37,12 @@ _WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed steps (the first compiles).
 
 def time_steps(config, steps: int, warmup: int) -> dict:
   cfg = config_lib.resolve(config)
-  corpus = data.load_corpus(cfg.data)
   model = TransformerLM(cfg.model)
   tx = make_optimizer(cfg.train)
   state = init_state(model, tx, cfg)
   n_params = num_params(state["params"])
   step_fn = make_train_step(model, tx, cfg.train.seed, dropout=cfg.model.dropout > 0)
-  batch = lambda i: data.get_batch(corpus.train, cfg.train.batch_size,  # noqa: E731
-                                   cfg.data.seq_len, cfg.train.seed, i)
+  batch = data.make_batches(cfg).train
   t0 = time.perf_counter()
   state, m = step_fn(state, *batch(0))
   float(m["loss"])
@@ -54,9 +52,9 @@ def time_steps(config, steps: int, warmup: int) -> dict:
     float(m["loss"])
   times = []
   for i in range(warmup, warmup + steps):
-    inputs, targets = batch(i)
+    arrays = batch(i)
     t0 = time.perf_counter()
-    state, m = step_fn(state, inputs, targets)
+    state, m = step_fn(state, *arrays)
     float(m["loss"])
     times.append(time.perf_counter() - t0)
   tokens = cfg.train.batch_size * cfg.data.seq_len

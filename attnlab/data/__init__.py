@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+from typing import Any
 import sys
 import sysconfig
 
@@ -130,6 +131,31 @@ def non_overlapping_windows(tokens: np.ndarray, length: int, max_windows: int | 
   return windows[:, :-1], windows[:, 1:]
 
 
+@dataclasses.dataclass(frozen=True)
+class Batches:
+  """The training data of a run: ``train(step)`` and ``valid(i)`` give
+  ``(inputs, targets)`` or, for tasks, ``(inputs, targets, weights)``."""
+  train: Any
+  valid: Any
+  description: str
+
+
+def make_batches(cfg) -> Batches:
+  """Batches for a resolved config: a text corpus, or a synthetic retrieval task."""
+  from attnlab.data import retrieval
+  d, t = cfg.data, cfg.train
+  if not d.path and d.corpus in retrieval.TASKS:
+    def batch(step, split):
+      return retrieval.task_batch(d.corpus, t.batch_size, d.seq_len, t.seed, step, split)
+    return Batches(lambda step: batch(step, "train"), lambda i: batch(i, "valid"),
+                   f"task {d.corpus} at length {d.seq_len}")
+  corpus = load_corpus(d)
+  return Batches(
+      lambda step: get_batch(corpus.train, t.batch_size, d.seq_len, t.seed, step, "train"),
+      lambda i: get_batch(corpus.valid, t.batch_size, d.seq_len, t.seed, i, "valid"),
+      f"{corpus.name} ({len(corpus.train):,} train / {len(corpus.valid):,} valid bytes)")
+
+
 def sliding_windows(tokens: np.ndarray, length: int, stride: int, max_scored: int | None = None):
   """Windows of ``length`` advancing by ``stride``; each scores only its last ``stride`` targets.
 
@@ -155,4 +181,4 @@ def sliding_windows(tokens: np.ndarray, length: int, stride: int, max_scored: in
 
 
 __all__ = ["ByteTokenizer", "Corpus", "VOCAB_SIZE", "builtin_corpus_bytes", "builtin_corpus_files",
-           "get_batch", "load_corpus", "non_overlapping_windows", "sliding_windows", "split_tokens"]
+           "Batches", "get_batch", "load_corpus", "make_batches", "non_overlapping_windows", "sliding_windows", "split_tokens"]

@@ -1,0 +1,46 @@
+"""Retrieval study: passkey (or associative recall) trained at 128 bytes, tested to 8x.
+
+  python -m attnlab.retrieval --config=configs/retrieval.py --workdir=runs/retrieval
+
+``--config.data.corpus=associative_recall`` switches the task.
+"""
+
+import importlib.util
+import pathlib
+
+import ml_collections
+
+
+def _lm():
+  spec = importlib.util.spec_from_file_location("attnlab_configs_lm",
+                                                pathlib.Path(__file__).with_name("lm.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  del arg
+  c = _lm().base_config()
+  c.data.corpus = "passkey"           # or associative_recall
+  c.data.seq_len = 128
+  c.train.steps = 1000
+  c.train.batch_size = 12
+  c.train.lr = 3e-3
+  c.train.eval_every = 500
+  c.train.checkpoint_every = 250
+
+  c.sweep = ml_collections.ConfigDict()
+  c.sweep.variants = ml_collections.ConfigDict({
+      "rope": {"model": {"position": {"kind": "rope"}}},
+      "alibi": {"model": {"position": {"kind": "alibi"}}},
+      "nope": {"model": {"position": {"kind": "none"}}},
+  })
+  c.sweep.factors = (1, 2, 4, 8)      # test lengths / data.seq_len
+  c.sweep.protocols = ()              # (perplexity protocols are not used here)
+  c.sweep.stride = 1
+
+  c.retrieval = ml_collections.ConfigDict()
+  c.retrieval.depths = (0.0, 0.25, 0.5, 0.75, 1.0)
+  c.retrieval.trials = 32             # examples per (length, depth)
+  return c
