@@ -36,8 +36,10 @@ def accuracy_grid(cfg, params, lengths, depths, trials: int, seed: int = 1234) -
 
   @jax.jit
   def correct(params, inputs, targets, weights):
+    """(example fully correct [batch], fraction of answer bytes correct [batch])."""
     hits = jnp.argmax(model.apply({"params": params}, inputs), -1) == targets
-    return jnp.all(hits | (weights == 0), axis=-1)
+    per_byte = (hits * weights).sum(-1) / weights.sum(-1)
+    return jnp.all(hits | (weights == 0), axis=-1), per_byte
 
   records = []
   for i, length in enumerate(lengths):
@@ -45,53 +47,61 @@ def accuracy_grid(cfg, params, lengths, depths, trials: int, seed: int = 1234) -
       inputs, targets, weights = tasks.task_batch(cfg.data.corpus, trials, length, seed,
                                                   step=i * len(depths) + j, split="valid",
                                                   depth=depth)
-      acc = float(np.mean(jax.device_get(correct(params, inputs, targets, weights))))
-      records.append({"eval_length": length, "depth": float(depth), "accuracy": acc,
+      exact, per_byte = jax.device_get(correct(params, inputs, targets, weights))
+      records.append({"eval_length": length, "depth": float(depth),
+                      "accuracy": float(np.mean(exact)), "byte_accuracy": float(np.mean(per_byte)),
                       "trials": trials})
   return records
 
 
-def results_markdown(records: list[dict]) -> str:
+METRICS = {"accuracy": "exact-match answer accuracy",
+           "byte_accuracy": "fraction of answer bytes predicted correctly"}
+
+
+def results_markdown(records: list[dict], metric: str = "accuracy") -> str:
   out = []
   for name in dict.fromkeys(r["variant"] for r in records):
     rs = [r for r in records if r["variant"] == name]
     lengths = sorted({r["eval_length"] for r in rs})
     depths = sorted({r["depth"] for r in rs})
-    out.append(f"**{name}** (trained at {rs[0]['train_length']}): answer accuracy, rows = needle "
-               f"depth, columns = context length\n")
+    out.append(f"**{name}** (trained at {rs[0]['train_length']}): {METRICS[metric]}, rows = "
+               f"needle depth, columns = context length\n")
     out.append("| depth | " + " | ".join(f"L={n}" for n in lengths) + " | mean |")
     out.append("|---|" + "---|" * (len(lengths) + 1))
     for d in depths:
-      row = [next(r["accuracy"] for r in rs if r["eval_length"] == n and r["depth"] == d)
+      row = [next(r[metric] for r in rs if r["eval_length"] == n and r["depth"] == d)
              for n in lengths]
       out.append(f"| {d:.2f} | " + " | ".join(f"{a:.2f}" for a in row) + f" | {np.mean(row):.2f} |")
-    means = [np.mean([r["accuracy"] for r in rs if r["eval_length"] == n]) for n in lengths]
+    means = [np.mean([r[metric] for r in rs if r["eval_length"] == n]) for n in lengths]
     out.append("| mean | " + " | ".join(f"{a:.2f}" for a in means) + f" | {np.mean(means):.2f} |")
     out.append("")
   return "\n".join(out)
 
 
 def plot_heatmaps(records: list[dict], path) -> None:
+  """A row per metric (exact match, per byte), a column per variant."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   names = list(dict.fromkeys(r["variant"] for r in records))
-  fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.8), squeeze=False)
-  for ax, name in zip(axes[0], names):
-    rs = [r for r in records if r["variant"] == name]
-    lengths = sorted({r["eval_length"] for r in rs})
-    depths = sorted({r["depth"] for r in rs})
-    grid = np.array([[next(r["accuracy"] for r in rs if r["eval_length"] == n and r["depth"] == d)
-                      for n in lengths] for d in depths])
-    ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", origin="upper", aspect="auto")
-    for (y, x), a in np.ndenumerate(grid):
-      ax.text(x, y, f"{a:.2f}", ha="center", va="center", color="white" if a < 0.6 else "black",
-              fontsize=8)
-    ax.set_xticks(range(len(lengths)), [str(n) for n in lengths])
-    ax.set_yticks(range(len(depths)), [f"{d:.2f}" for d in depths])
-    ax.set_xlabel("context length (bytes)")
-    ax.set_ylabel("needle depth")
-    ax.set_title(f"{name} (trained at {rs[0]['train_length']})")
+  fig, axes = plt.subplots(len(METRICS), len(names), figsize=(4.2 * len(names), 3.6 * len(METRICS)),
+                           squeeze=False)
+  for row, metric in enumerate(METRICS):
+    for ax, name in zip(axes[row], names):
+      rs = [r for r in records if r["variant"] == name]
+      lengths = sorted({r["eval_length"] for r in rs})
+      depths = sorted({r["depth"] for r in rs})
+      grid = np.array([[next(r[metric] for r in rs if r["eval_length"] == n and r["depth"] == d)
+                        for n in lengths] for d in depths])
+      ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", origin="upper", aspect="auto")
+      for (y, x), a in np.ndenumerate(grid):
+        ax.text(x, y, f"{a:.2f}", ha="center", va="center", color="white" if a < 0.6 else "black",
+                fontsize=8)
+      ax.set_xticks(range(len(lengths)), [str(n) for n in lengths])
+      ax.set_yticks(range(len(depths)), [f"{d:.2f}" for d in depths])
+      ax.set_xlabel("context length (bytes)")
+      ax.set_ylabel("needle depth")
+      ax.set_title(f"{name} (trained at {rs[0]['train_length']}): {metric}", fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -115,7 +125,7 @@ def run_study(config, workdir, progress: bool = True) -> list[dict]:
       r.update(variant=name, train_length=cfg.data.seq_len, step=step, task=cfg.data.corpus)
       records.append(r)
   (workdir / "results.json").write_text(json.dumps(records, indent=2))
-  (workdir / "results.md").write_text(results_markdown(records))
+  (workdir / "results.md").write_text("\n".join(results_markdown(records, m) for m in METRICS))
   plot_heatmaps(records, workdir / "results.png")
   return records
 
@@ -134,7 +144,8 @@ def main(argv):
     records = run_study(FLAGS.config, FLAGS.workdir)
   except ValueError as e:
     raise SystemExit(f"error: {e}") from None
-  print(results_markdown(records))
+  for metric in METRICS:
+    print(results_markdown(records, metric))
   print(f"wrote {FLAGS.workdir}/results.{{json,md,png}}")
 
 
