@@ -149,11 +149,16 @@ def validate(config) -> None:
                         f"yet; valid: 1")
 
 
-def load_config_file(path: str, arg: str = ""):
-  """``get_config(arg)`` of a config file, as ``--config=path:arg`` would load it."""
-  spec = importlib.util.spec_from_file_location("attnlab_user_config", path)
+def load_module(path):
+  """Import a config file (or any Python file) by path; configs use it to build on each other."""
+  spec = importlib.util.spec_from_file_location(f"attnlab_config_{pathlib.Path(path).stem}", path)
   if spec is None or not pathlib.Path(path).is_file():
-    raise ConfigError(f"--config={path!r} is not a readable config file")
+    raise ConfigError(f"--config={str(path)!r} is not a readable config file")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return module
+
+
+def load_config_file(path: str, arg: str = ""):
+  """``get_config(arg)`` of a config file, as ``--config=path:arg`` would load it."""
+  return load_module(path).get_config(arg)

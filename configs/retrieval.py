@@ -5,18 +5,15 @@
 ``--config.data.corpus=associative_recall`` switches the task.
 """
 
-import importlib.util
 import pathlib
 
 import ml_collections
 
+from attnlab.config_lib import load_module
+
 
 def _lm():
-  spec = importlib.util.spec_from_file_location("attnlab_configs_lm",
-                                                pathlib.Path(__file__).with_name("lm.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_module(pathlib.Path(__file__).with_name("lm.py"))
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
