@@ -5,7 +5,8 @@ kernel. Queries are split into tiles of ``block_q`` rows and keys into tiles of
 ``block_kv`` columns. The pattern's block map says which (query tile, key
 tile) pairs hold any visible key; only those are visited, so time follows the
 number of non-empty tiles and memory stays O(N) (one ``[block_q, block_kv]``
-score tile at a time, never ``[q_len, kv_len]``).
+score tile at a time, never ``[q_len, kv_len]``). The mask predicate is evaluated
+only on PARTIAL tiles (and the padded last key tile); FULL tiles skip it.
 
 The backward pass is a ``custom_vjp``: the forward saves the output and the
 row log-sum-exp, and the backward recomputes each tile's probabilities, so the
@@ -35,28 +36,45 @@ _F32 = jnp.float32
 class TilePlan:
   """Static description of which tiles to visit (hashable: a ``custom_vjp`` static arg).
 
-  ``kv_blocks[i]`` lists the key tiles that query tile ``i`` visits and
-  ``q_blocks[j]`` the query tiles that key tile ``j`` is visited by.
+  For query tile ``i``, ``kv_full[i]`` lists the key tiles every query of which sees
+  every key (no mask is evaluated there) and ``kv_partial[i]`` the tiles that need
+  the mask. ``q_full[j]`` / ``q_partial[j]`` are the same lists seen from key tile ``j``
+  (the backward pass). Empty tiles appear nowhere.
   """
   q_len: int
   kv_len: int
   block_q: int
   block_kv: int
   scale: float
-  kv_blocks: tuple[tuple[int, ...], ...]
-  q_blocks: tuple[tuple[int, ...], ...]
+  kv_full: tuple[tuple[int, ...], ...]
+  kv_partial: tuple[tuple[int, ...], ...]
+  q_full: tuple[tuple[int, ...], ...]
+  q_partial: tuple[tuple[int, ...], ...]
 
   @classmethod
   def from_block_map(cls, block_map: np.ndarray, *, q_len, kv_len, block_q, block_kv, scale):
-    nonempty = block_map != masks_lib.EMPTY
+    block_map = np.array(block_map)
+    if kv_len % block_kv:   # the padded last key tile always needs masking
+      block_map[:, -1] = np.minimum(block_map[:, -1], masks_lib.PARTIAL)
+    rows = lambda m: tuple(tuple(int(j) for j in np.flatnonzero(r)) for r in m)  # noqa: E731
+    full, partial = block_map == masks_lib.FULL, block_map == masks_lib.PARTIAL
     return cls(q_len, kv_len, block_q, block_kv, float(scale),
-               tuple(tuple(int(j) for j in np.flatnonzero(row)) for row in nonempty),
-               tuple(tuple(int(i) for i in np.flatnonzero(col)) for col in nonempty.T))
+               rows(full), rows(partial), rows(full.T), rows(partial.T))
+
+  @property
+  def kv_blocks(self) -> tuple[tuple[int, ...], ...]:
+    """Every key tile visited by each query tile, ascending."""
+    return tuple(tuple(sorted(f + p)) for f, p in zip(self.kv_full, self.kv_partial))
+
+  @property
+  def q_blocks(self) -> tuple[tuple[int, ...], ...]:
+    """Every query tile visiting each key tile, ascending."""
+    return tuple(tuple(sorted(f + p)) for f, p in zip(self.q_full, self.q_partial))
 
   @property
   def num_tiles(self) -> int:
     """Number of (query tile, key tile) pairs visited."""
-    return sum(len(r) for r in self.kv_blocks)
+    return sum(len(f) + len(p) for f, p in zip(self.kv_full, self.kv_partial))
 
 
 def _table(lists: tuple[tuple[int, ...], ...]) -> tuple[jax.Array, jax.Array]:
@@ -68,11 +86,13 @@ def _table(lists: tuple[tuple[int, ...], ...]) -> tuple[jax.Array, jax.Array]:
   return jnp.asarray(table), jnp.asarray([len(r) for r in lists], jnp.int32)
 
 
-def _tile_logits(plan: TilePlan, q_tile, k_tile, q_block, kv_block, mask, score_mod):
-  """Masked, modified float32 logits of one tile.
+def _tile_logits(plan: TilePlan, q_tile, k_tile, q_block, kv_block, mask, score_mod,
+                 masked: bool = True):
+  """Modified float32 logits of one tile, masked when ``masked``.
 
   q_tile: [B, Hkv, G, bq, D]; k_tile: [B, Hkv, bk, D] -> [B, Hkv, G, bq, bk].
-  Invisible entries (masked, or padding beyond ``kv_len``) are -inf.
+  When ``masked``, invisible entries (masked, or padding beyond ``kv_len``) are -inf;
+  FULL tiles skip that work.
   """
   b, hkv, g, bq, _ = q_tile.shape
   bk = k_tile.shape[2]
@@ -82,6 +102,8 @@ def _tile_logits(plan: TilePlan, q_tile, k_tile, q_block, kv_block, mask, score_
   kv_idx = (kv_block * bk + jnp.arange(bk))[None, :]
   if score_mod is not None:
     s = score_mod(s, q_idx, kv_idx)
+  if not masked:
+    return s.reshape(b, hkv, g, bq, bk)
   visible = kv_idx < plan.kv_len
   if mask is not None:
     visible = jnp.logical_and(visible, mask(q_idx, kv_idx))
@@ -97,34 +119,39 @@ def _forward(plan: TilePlan, q, k, v, mask, score_mod):
   b, hkv, g, nq_pad, _ = q.shape
   dv = v.shape[-1]
   bq, bk = plan.block_q, plan.block_kv
-  kv_table, kv_count = _table(plan.kv_blocks)
+  tables = [(_table(plan.kv_full), False), (_table(plan.kv_partial), True)]
 
   def one_query_tile(qb):
     q_tile = lax.dynamic_slice_in_dim(q, qb * bq, bq, axis=3)
 
-    def visit(t, carry):
-      m, l, acc = carry
-      kb = kv_table[qb, t]
-      k_tile = lax.dynamic_slice_in_dim(k, kb * bk, bk, axis=2)
-      v_tile = lax.dynamic_slice_in_dim(v, kb * bk, bk, axis=2)
-      s = _tile_logits(plan, q_tile, k_tile, qb, kb, mask, score_mod)
-      m_new = jnp.maximum(m, s.max(axis=-1))
-      m_safe = jnp.where(jnp.isneginf(m_new), 0.0, m_new)
-      p = jnp.exp(s - m_safe[..., None])
-      correction = jnp.exp(m - m_safe)
-      l = l * correction + p.sum(axis=-1)
-      pv = jnp.einsum("bhgqk,bhkd->bhgqd", p.astype(v.dtype), v_tile, preferred_element_type=_F32)
-      return m_new, l, acc * correction[..., None] + pv
+    def visitor(kv_table, masked):
+      def visit(t, carry):
+        m, l, acc = carry
+        kb = kv_table[qb, t]
+        k_tile = lax.dynamic_slice_in_dim(k, kb * bk, bk, axis=2)
+        v_tile = lax.dynamic_slice_in_dim(v, kb * bk, bk, axis=2)
+        s = _tile_logits(plan, q_tile, k_tile, qb, kb, mask, score_mod, masked)
+        m_new = jnp.maximum(m, s.max(axis=-1))
+        m_safe = jnp.where(jnp.isneginf(m_new), 0.0, m_new)
+        p = jnp.exp(s - m_safe[..., None])
+        correction = jnp.exp(m - m_safe)
+        l = l * correction + p.sum(axis=-1)
+        pv = jnp.einsum("bhgqk,bhkd->bhgqd", p.astype(v.dtype), v_tile,
+                        preferred_element_type=_F32)
+        return m_new, l, acc * correction[..., None] + pv
+      return visit
 
-    init = (jnp.full((b, hkv, g, bq), -jnp.inf, _F32), jnp.zeros((b, hkv, g, bq), _F32),
-            jnp.zeros((b, hkv, g, bq, dv), _F32))
-    m, l, acc = lax.fori_loop(0, kv_count[qb], visit, init)
+    carry = (jnp.full((b, hkv, g, bq), -jnp.inf, _F32), jnp.zeros((b, hkv, g, bq), _F32),
+             jnp.zeros((b, hkv, g, bq, dv), _F32))
+    for (kv_table, kv_count), masked in tables:   # unmasked tiles, then masked ones
+      carry = lax.fori_loop(0, kv_count[qb], visitor(kv_table, masked), carry)
+    m, l, acc = carry
     seen = l > 0
     out = acc / jnp.where(seen, l, 1.0)[..., None]
     lse = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), jnp.inf)
     return out.astype(q.dtype), lse
 
-  nqb = len(plan.kv_blocks)
+  nqb = len(plan.kv_full)
   outs, lses = lax.map(one_query_tile, jnp.arange(nqb))  # [nqb, B, Hkv, G, bq, ...]
   out = jnp.moveaxis(outs, 0, 3).reshape(b, hkv, g, nq_pad, dv)
   lse = jnp.moveaxis(lses, 0, 3).reshape(b, hkv, g, nq_pad)
@@ -159,7 +186,7 @@ def _backward(plan: TilePlan, residuals, d_out):
   q, k, v, mask, score_mod, out, lse = residuals
   b, hkv, g, nq_pad, d = q.shape
   bq, bk = plan.block_q, plan.block_kv
-  q_table, q_count = _table(plan.q_blocks)
+  tables = [(_table(plan.q_full), False), (_table(plan.q_partial), True)]
   delta = jnp.einsum("bhgqd,bhgqd->bhgq", d_out.astype(_F32), out.astype(_F32))
   mod_params, rebuild_mod = _split_float_leaves(score_mod)
 
@@ -167,33 +194,38 @@ def _backward(plan: TilePlan, residuals, d_out):
     k_tile = lax.dynamic_slice_in_dim(k, kb * bk, bk, axis=2)
     v_tile = lax.dynamic_slice_in_dim(v, kb * bk, bk, axis=2)
 
-    def visit(t, c):
-      dk, dv, dq, d_params = c
-      qb = q_table[kb, t]
-      rows = functools.partial(lax.dynamic_slice_in_dim, start_index=qb * bq, slice_size=bq, axis=3)
-      q_tile, do_tile, lse_tile, delta_tile = rows(q), rows(d_out), rows(lse), rows(delta)
+    def visitor(q_table, masked):
+      def visit(t, c):
+        dk, dv, dq, d_params = c
+        qb = q_table[kb, t]
+        rows = functools.partial(lax.dynamic_slice_in_dim, start_index=qb * bq, slice_size=bq,
+                                 axis=3)
+        q_tile, do_tile, lse_tile, delta_tile = rows(q), rows(d_out), rows(lse), rows(delta)
 
-      def logits(q_t, k_t, params):
-        return _tile_logits(plan, q_t, k_t, qb, kb, mask, rebuild_mod(params))
+        def logits(q_t, k_t, params):
+          return _tile_logits(plan, q_t, k_t, qb, kb, mask, rebuild_mod(params), masked)
 
-      s, logits_vjp = jax.vjp(logits, q_tile, k_tile, mod_params)
-      p = jnp.exp(s - lse_tile[..., None])
-      dv = dv + jnp.einsum("bhgqk,bhgqd->bhkd", p, do_tile.astype(_F32))
-      dp = jnp.einsum("bhgqd,bhkd->bhgqk", do_tile, v_tile, preferred_element_type=_F32)
-      ds = p * (dp - delta_tile[..., None])
-      dq_t, dk_t, dparams_t = logits_vjp(ds)
-      dq = lax.dynamic_update_slice_in_dim(dq, rows(dq) + dq_t.astype(_F32), qb * bq, axis=3)
-      d_params = jax.tree.map(jnp.add, d_params, dparams_t)
-      return dk + dk_t.astype(_F32), dv, dq, d_params
+        s, logits_vjp = jax.vjp(logits, q_tile, k_tile, mod_params)
+        p = jnp.exp(s - lse_tile[..., None])
+        dv = dv + jnp.einsum("bhgqk,bhgqd->bhkd", p, do_tile.astype(_F32))
+        dp = jnp.einsum("bhgqd,bhkd->bhgqk", do_tile, v_tile, preferred_element_type=_F32)
+        ds = p * (dp - delta_tile[..., None])
+        dq_t, dk_t, dparams_t = logits_vjp(ds)
+        dq = lax.dynamic_update_slice_in_dim(dq, rows(dq) + dq_t.astype(_F32), qb * bq, axis=3)
+        d_params = jax.tree.map(jnp.add, d_params, dparams_t)
+        return dk + dk_t.astype(_F32), dv, dq, d_params
+      return visit
 
     dq, d_params = carry
-    zeros = jnp.zeros((b, hkv, bk, d), _F32)
-    dk, dv, dq, d_params = lax.fori_loop(
-        0, q_count[kb], visit, (zeros, jnp.zeros((b, hkv, bk, v.shape[-1]), _F32), dq, d_params))
+    c = (jnp.zeros((b, hkv, bk, d), _F32), jnp.zeros((b, hkv, bk, v.shape[-1]), _F32), dq,
+         d_params)
+    for (q_table, q_count), masked in tables:
+      c = lax.fori_loop(0, q_count[kb], visitor(q_table, masked), c)
+    dk, dv, dq, d_params = c
     return (dq, d_params), (dk, dv)
 
   init = (jnp.zeros(q.shape, _F32), [jnp.zeros_like(x) for x in mod_params])
-  (dq, d_params), (dks, dvs) = lax.scan(one_kv_tile, init, jnp.arange(len(plan.q_blocks)))
+  (dq, d_params), (dks, dvs) = lax.scan(one_kv_tile, init, jnp.arange(len(plan.q_full)))
   dk = jnp.moveaxis(dks, 0, 2).reshape(k.shape)
   dv = jnp.moveaxis(dvs, 0, 2).reshape(v.shape)
   d_mod = rebuild_mod(d_params, fill=_float0_zeros) if score_mod is not None else None

@@ -78,6 +78,9 @@ class Mask(abc.ABC):
     """The whole mask as booleans, broadcastable to ``[batch, heads, q_len, kv_len]``."""
     return jnp.asarray(self(jnp.arange(q_len)[:, None], jnp.arange(kv_len)[None, :]))
 
+  def validate(self, q_len: int, kv_len: int) -> None:
+    """Raise ``ValueError`` if the pattern cannot apply to these lengths (e.g. an index out of range)."""
+
   def is_static(self) -> bool:
     """True when the pattern holds no traced arrays (its block map can be computed)."""
     return not any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(self))
@@ -103,6 +106,10 @@ class And(Mask):
     b = self.right.block_map(q_len, kv_len, block_q, block_kv)
     return np.minimum(a, b)  # EMPTY wins; FULL only if both FULL
 
+  def validate(self, q_len, kv_len):
+    self.left.validate(q_len, kv_len)
+    self.right.validate(q_len, kv_len)
+
 
 @pytree_dataclass(data=("left", "right"))
 class Or(Mask):
@@ -117,6 +124,10 @@ class Or(Mask):
     a = self.left.block_map(q_len, kv_len, block_q, block_kv)
     b = self.right.block_map(q_len, kv_len, block_q, block_kv)
     return np.maximum(a, b)  # FULL wins; EMPTY only if both EMPTY
+
+  def validate(self, q_len, kv_len):
+    self.left.validate(q_len, kv_len)
+    self.right.validate(q_len, kv_len)
 
 
 @pytree_dataclass
@@ -209,9 +220,224 @@ class DenseMask(Mask):
     return not isinstance(self.array, jax.core.Tracer)
 
 
+def _block_constant_map(block_matrix: np.ndarray, pattern_block: int, q_len: int, kv_len: int,
+                        block_q: int, block_kv: int) -> np.ndarray:
+  """Exact tile classes of a pattern that is constant on ``pattern_block``-sized squares.
+
+  block_matrix: bool ``[heads, n_q_blocks, n_kv_blocks]`` (pattern-block I sees block J).
+  Each tile is classified from the pattern blocks it overlaps, via a summed-area table.
+  """
+  sat = np.pad(block_matrix.astype(np.int64).cumsum(1).cumsum(2), ((0, 0), (1, 0), (1, 0)))
+  q0, q1 = _tile_bounds(q_len, block_q)
+  k0, k1 = _tile_bounds(kv_len, block_kv)
+  i0, i1 = (q0 // pattern_block)[:, None], (q1 // pattern_block + 1)[:, None]
+  j0, j1 = (k0 // pattern_block)[None, :], (k1 // pattern_block + 1)[None, :]
+  count = sat[:, i1, j1] - sat[:, i0, j1] - sat[:, i1, j0] + sat[:, i0, j0]   # [H, nq, nk]
+  area = (i1 - i0) * (j1 - j0)
+  return _classify((count == area).all(0), (count > 0).any(0))
+
+
+_U32 = jnp.uint32
+
+
+def _mix32(x: jax.Array) -> jax.Array:
+  """MurmurHash3's 32-bit finaliser: a bijection on uint32 that scrambles every bit."""
+  x = x ^ (x >> 16)
+  x = x * _U32(0x85EBCA6B)
+  x = x ^ (x >> 13)
+  x = x * _U32(0xC2B2AE35)
+  return x ^ (x >> 16)
+
+
+def hash_ints(*values) -> jax.Array:
+  """A deterministic uint32 hash of integer arrays (broadcast together); counter-based randomness
+  that is the same under ``jit``, on every backend and when evaluated tile by tile."""
+  h = _U32(0x9E3779B9)
+  for v in values:
+    h = _mix32(h ^ (jnp.asarray(v).astype(_U32) + _U32(0x7F4A7C15) + (h << 6) + (h >> 2)))
+  return h
+
+
+def _draw(seed: int, head, row, draw, span) -> jax.Array:
+  """A pseudo-random integer in ``[0, span)`` for each (head, row, draw); int32, broadcast shape."""
+  return (hash_ints(seed, head, row, draw) % jnp.asarray(span).astype(_U32)).astype(jnp.int32)
+
+
+@pytree_dataclass
+class Dilated(Mask):
+  """Query i sees key j iff ``|i - j|`` is a multiple of ``dilation`` and ``|i - j| <= window * dilation``."""
+  window: int
+  dilation: int
+
+  def __call__(self, q_idx, kv_idx):
+    d = jnp.abs(q_idx - kv_idx)
+    return (d % self.dilation == 0) & (d <= self.window * self.dilation)
+
+  def block_map(self, q_len, kv_len, block_q, block_kv):
+    q0, q1 = _tile_bounds(q_len, block_q)
+    k0, k1 = _tile_bounds(kv_len, block_kv)
+    lo = q0[:, None] - k1[None, :]            # the differences i - j in a tile form [lo, hi]
+    hi = q1[:, None] - k0[None, :]
+    reach = self.window * self.dilation
+    a, b = np.maximum(lo, -reach), np.minimum(hi, reach)   # visible differences lie in [a, b]
+    first = -(-a // self.dilation) * self.dilation         # smallest multiple of dilation >= a
+    any_true = (a <= b) & (first <= b)
+    all_true = (lo >= -reach) & (hi <= reach) & ((self.dilation == 1) | (lo == hi)) & any_true
+    return _classify(all_true, any_true)
+
+
+@pytree_dataclass
+class BlockLocal(Mask):
+  """Query i sees key j iff both lie in the same block of ``block`` positions (i // block == j // block)."""
+  block: int
+
+  def __call__(self, q_idx, kv_idx):
+    return q_idx // self.block == kv_idx // self.block
+
+  def block_map(self, q_len, kv_len, block_q, block_kv):
+    n_q, n_kv = -(-q_len // self.block), -(-kv_len // self.block)
+    eye = np.eye(n_q, n_kv, dtype=bool)[None]
+    return _block_constant_map(eye, self.block, q_len, kv_len, block_q, block_kv)
+
+
+@pytree_dataclass
+class GlobalTokens(Mask):
+  """Tokens at ``indices`` see every key and are seen by every query: ``i in G or j in G``."""
+  indices: tuple[int, ...]
+
+  def __call__(self, q_idx, kv_idx):
+    shape = jnp.broadcast_shapes(jnp.shape(q_idx), jnp.shape(kv_idx))
+    ok = jnp.zeros(shape, bool)
+    for g in self.indices:
+      ok = ok | (q_idx == g) | (kv_idx == g)
+    return ok
+
+  def validate(self, q_len, kv_len):
+    bad = [g for g in self.indices if not 0 <= g < min(q_len, kv_len)]
+    if bad:
+      raise ValueError(f"global_tokens: indices {bad} are out of range for sequence length "
+                       f"{min(q_len, kv_len)}; valid: 0..{min(q_len, kv_len) - 1}")
+
+  def block_map(self, q_len, kv_len, block_q, block_kv):
+    def per_tile(length, block):
+      is_global = np.zeros(-(-length // block) * block, bool)
+      is_global[[g for g in self.indices if g < length]] = True
+      is_global[length:] = True          # padding does not count against "all"
+      tiles = is_global.reshape(-1, block)
+      real = np.arange(tiles.size).reshape(tiles.shape) < length
+      return (tiles & real).any(1), tiles.all(1)
+    q_any, q_all = per_tile(q_len, block_q)
+    k_any, k_all = per_tile(kv_len, block_kv)
+    return _classify(q_all[:, None] | k_all[None, :], q_any[:, None] | k_any[None, :])
+
+
+@pytree_dataclass
+class Sinks(Mask):
+  """Every query sees the first ``count`` keys (StreamingLLM's attention sinks): ``j < count``."""
+  count: int
+
+  def __call__(self, q_idx, kv_idx):
+    return jnp.broadcast_to(kv_idx < self.count, jnp.broadcast_shapes(jnp.shape(q_idx),
+                                                                      jnp.shape(kv_idx)))
+
+  def block_map(self, q_len, kv_len, block_q, block_kv):
+    k0, k1 = _tile_bounds(kv_len, block_kv)
+    row = _classify(k1 < self.count, k0 < self.count)
+    return np.broadcast_to(row, (-(-q_len // block_q), len(row))).copy()
+
+
+@pytree_dataclass
+class RandomKeys(Mask):
+  """Each query sees up to ``per_row`` keys drawn at random, fixed by ``seed`` and per head.
+
+  With ``kv_len=None`` the draws for query i come from ``[0, i]`` (a causal pattern);
+  otherwise from ``[0, kv_len)``. Duplicate draws are one key. Shape ``[num_heads, q, k]``.
+  """
+  per_row: int
+  seed: int
+  num_heads: int
+  kv_len: int | None
+
+  def draws(self, q_idx) -> jax.Array:
+    """Key index of every draw: int32 ``[num_heads, q, per_row]`` for q_idx ``[q]``."""
+    head = jnp.arange(self.num_heads)[:, None, None]
+    row = jnp.asarray(q_idx).reshape(1, -1, 1)
+    span = row + 1 if self.kv_len is None else self.kv_len
+    return _draw(self.seed, head, row, jnp.arange(self.per_row)[None, None, :], span)
+
+  def __call__(self, q_idx, kv_idx):
+    keys = self.draws(q_idx[..., 0])
+    ok = jnp.zeros((self.num_heads, q_idx.shape[0], kv_idx.shape[-1]), bool)
+    for r in range(self.per_row):
+      ok = ok | (keys[:, :, r:r + 1] == kv_idx[None])
+    return ok
+
+  def block_map(self, q_len, kv_len, block_q, block_kv):
+    with jax.ensure_compile_time_eval():
+      keys = np.asarray(self.draws(jnp.arange(q_len)))             # [H, q, R]
+    head, row = np.indices(keys.shape[:2])
+    head, row = (np.repeat(x[..., None], self.per_row, -1) for x in (head, row))
+    ok = keys < kv_len
+    pairs = np.unique(np.stack([head[ok], row[ok], keys[ok]]), axis=1)   # distinct (h, i, j)
+    shape = (self.num_heads, -(-q_len // block_q), -(-kv_len // block_kv))
+    count = np.zeros(shape, np.int64)
+    np.add.at(count, (pairs[0], pairs[1] // block_q, pairs[2] // block_kv), 1)
+    q0, q1 = _tile_bounds(q_len, block_q)
+    k0, k1 = _tile_bounds(kv_len, block_kv)
+    area = (q1 - q0 + 1)[:, None] * (k1 - k0 + 1)[None, :]
+    return _classify((count == area).all(0), (count > 0).any(0))
+
+
+@pytree_dataclass
+class BigBird(Mask):
+  """BigBird (Zaheer et al. 2020) on blocks of ``block`` tokens: block I sees block J iff
+  ``|I - J| <= window_blocks // 2`` (sliding window), ``I < global_blocks or J < global_blocks``
+  (global blocks, the ITC form), or J is one of ``random_blocks`` blocks drawn per (head, I).
+
+  Random blocks come from ``[0, I]`` when ``kv_len`` is None (causal use), else from all key
+  blocks. Shape ``[num_heads, q, k]``.
+  """
+  block: int
+  window_blocks: int
+  global_blocks: int
+  random_blocks: int
+  seed: int
+  num_heads: int
+  kv_len: int | None
+
+  def _random_blocks(self, q_block) -> jax.Array:
+    """int32 ``[num_heads, n, random_blocks]`` for query blocks ``[n]``."""
+    head = jnp.arange(self.num_heads)[:, None, None]
+    row = jnp.asarray(q_block).reshape(1, -1, 1)
+    span = row + 1 if self.kv_len is None else -(-self.kv_len // self.block)
+    return _draw(self.seed, head, row, jnp.arange(self.random_blocks)[None, None, :], span)
+
+  def _blocks_see(self, q_block, kv_block):
+    """q_block ``[q, 1]``, kv_block ``[1, k]`` -> bool ``[num_heads, q, k]``."""
+    ok = (jnp.abs(q_block - kv_block) <= self.window_blocks // 2)
+    ok = ok | (q_block < self.global_blocks) | (kv_block < self.global_blocks)
+    ok = jnp.broadcast_to(ok, (self.num_heads,) + ok.shape)
+    rand = self._random_blocks(q_block[..., 0])
+    for r in range(self.random_blocks):
+      ok = ok | (rand[:, :, r:r + 1] == kv_block[None])
+    return ok
+
+  def __call__(self, q_idx, kv_idx):
+    return self._blocks_see(q_idx // self.block, kv_idx // self.block)
+
+  def block_map(self, q_len, kv_len, block_q, block_kv):
+    n_q, n_kv = -(-q_len // self.block), -(-kv_len // self.block)
+    with jax.ensure_compile_time_eval():
+      matrix = np.asarray(self._blocks_see(jnp.arange(n_q)[:, None], jnp.arange(n_kv)[None, :]))
+    return _block_constant_map(matrix, self.block, q_len, kv_len, block_q, block_kv)
+
+
 def causal() -> Mask:
   """Query i sees key j iff j <= i."""
   return SlidingWindow(left=None, right=0)
+
+
+causal_mask = causal
 
 
 def full() -> Mask:
@@ -241,6 +467,85 @@ def segments(q_ids, kv_ids=None) -> Mask:
   if q_ids.ndim != 2 or kv_ids.ndim != 2:
     raise ValueError(f"segments: ids must be [batch, seq]; got {q_ids.shape} and {kv_ids.shape}")
   return Segments(q_ids=q_ids, kv_ids=kv_ids)
+
+
+def _check_int(fn: str, name: str, value, minimum: int) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    raise ValueError(f"{fn}: {name}={value!r} must be an integer >= {minimum}")
+  return int(value)
+
+
+def dilated(window: int, dilation: int) -> Mask:
+  """Query i sees key j iff ``|i - j|`` is a multiple of ``dilation`` and at most
+  ``window * dilation`` (both sides; ``& causal()`` for a decoder)."""
+  return Dilated(window=_check_int("dilated", "window", window, 0),
+                 dilation=_check_int("dilated", "dilation", dilation, 1))
+
+
+def block_local(block: int) -> Mask:
+  """Attention within consecutive blocks of ``block`` tokens; the last block may be shorter."""
+  return BlockLocal(block=_check_int("block_local", "block", block, 1))
+
+
+def global_tokens(indices) -> Mask:
+  """The tokens at ``indices`` see all keys and are seen by all queries."""
+  indices = tuple(np.atleast_1d(np.asarray(indices)).tolist())
+  if not indices or any(not isinstance(g, int) or g < 0 for g in indices):
+    raise ValueError(f"global_tokens: indices={indices!r} must be a non-empty list of integers >= 0")
+  return GlobalTokens(indices=tuple(sorted(set(indices))))
+
+
+def random(per_row: int, seed: int = 0, *, num_heads: int = 1, kv_len: int | None = None) -> Mask:
+  """Each query sees ``per_row`` random keys, fixed by ``seed`` and different per head.
+
+  ``kv_len=None``: keys drawn from ``[0, i]`` (causal); an int: drawn from ``[0, kv_len)``.
+  """
+  return RandomKeys(per_row=_check_int("random", "per_row", per_row, 1),
+                    seed=_check_int("random", "seed", seed, 0),
+                    num_heads=_check_int("random", "num_heads", num_heads, 1),
+                    kv_len=None if kv_len is None else _check_int("random", "kv_len", kv_len, 1))
+
+
+def bigbird(block: int, window_blocks: int = 3, global_blocks: int = 1, random_blocks: int = 1,
+            seed: int = 0, *, num_heads: int = 1, causal: bool = False,
+            kv_len: int | None = None) -> Mask:
+  """BigBird's block-sparse pattern (window + global + random blocks); see ``BigBird``.
+
+  ``causal=True`` draws random blocks from the past and intersects with ``causal()``;
+  otherwise ``kv_len`` is required so random blocks can range over all key blocks.
+  """
+  fn = "bigbird"
+  window_blocks = _check_int(fn, "window_blocks", window_blocks, 1)
+  if window_blocks % 2 == 0:
+    raise ValueError(f"bigbird: window_blocks={window_blocks} must be odd (the block itself "
+                     f"plus (window_blocks - 1) / 2 on each side)")
+  if not causal and kv_len is None:
+    raise ValueError("bigbird: kv_len is required when causal=False (random blocks range over "
+                     "all key blocks)")
+  mask = BigBird(block=_check_int(fn, "block", block, 1), window_blocks=window_blocks,
+                 global_blocks=_check_int(fn, "global_blocks", global_blocks, 0),
+                 random_blocks=_check_int(fn, "random_blocks", random_blocks, 0),
+                 seed=_check_int(fn, "seed", seed, 0),
+                 num_heads=_check_int(fn, "num_heads", num_heads, 1),
+                 kv_len=None if causal else _check_int(fn, "kv_len", kv_len, 1))
+  return mask & causal_mask() if causal else mask
+
+
+def longformer(window: int, global_indices=(0,), *, causal: bool = False) -> Mask:
+  """Longformer: a sliding window of ``window`` keys on each side (left only if ``causal``)
+  plus global tokens at ``global_indices``."""
+  window = _check_int("longformer", "window", window, 0)
+  local = SlidingWindow(left=window, right=0 if causal else window)
+  mask = local | global_tokens(global_indices)
+  return mask & causal_mask() if causal else mask
+
+
+def streaming(sinks: int, window: int) -> Mask:
+  """StreamingLLM: each query sees the first ``sinks`` keys and the last ``window`` keys
+  before it (and itself); causal."""
+  sinks = _check_int("streaming", "sinks", sinks, 0)
+  window = _check_int("streaming", "window", window, 0)
+  return (Sinks(count=sinks) & causal_mask()) | SlidingWindow(left=window, right=0)
 
 
 def as_mask(mask) -> Mask | None:
