@@ -30,6 +30,8 @@ from attnlab.attention import dot_product_attention, masks, score_mods
 from attnlab.attention.blockwise import make_plan
 from attnlab import positional
 
+import test_sparse_patterns as sp
+
 IMPLS = ("reference", "xla", "blockwise")
 BLOCK_Q, BLOCK_KV = 8, 16   # small tiles: several tiles per axis and a padded last tile
 RTOL = ATOL = 1e-5
@@ -241,11 +243,43 @@ PATTERNS = {
     "window_3_2": (lambda: masks.sliding_window(3, 2), np_window(3, 2)),
     "prefix_lm7": (lambda: masks.prefix_lm(7), np_prefix(7)),
 }
+# Sparse patterns (issue: sparse and efficient attention); numpy definitions in test_sparse_patterns.
+SPARSE_PATTERNS = {
+    "dilated_3x2_causal": (lambda: masks.dilated(3, 2) & masks.causal(),
+                           lambda i, j: sp.np_dilated(3, 2)(i, j) & np_causal(i, j)),
+    "dilated_2x3": (lambda: masks.dilated(2, 3), sp.np_dilated(2, 3)),
+    "block_local_6": (lambda: masks.block_local(6), sp.np_block_local(6)),
+    "global_0_20": (lambda: masks.global_tokens([0, 20]), sp.np_global([0, 20])),
+    "random_causal": (lambda: masks.random(3, seed=5, num_heads=4),
+                      lambda i, j: sp.np_random(masks.random(3, seed=5, num_heads=4),
+                                                i.shape[0], j.shape[1])),
+    "random_bidirectional": (lambda: masks.random(2, seed=1, num_heads=4, kv_len=37),
+                             lambda i, j: sp.np_random(masks.random(2, seed=1, num_heads=4,
+                                                                    kv_len=37),
+                                                       i.shape[0], j.shape[1])),
+    "bigbird_causal": (lambda: masks.bigbird(4, 3, 1, 1, seed=2, num_heads=4, causal=True),
+                       lambda i, j: sp.np_bigbird(masks.bigbird(4, 3, 1, 1, seed=2, num_heads=4,
+                                                                causal=True).left,
+                                                  i.shape[0], j.shape[1], True)),
+    "bigbird": (lambda: masks.bigbird(8, 3, 1, 2, seed=0, num_heads=4, kv_len=37),
+                lambda i, j: sp.np_bigbird(masks.bigbird(8, 3, 1, 2, seed=0, num_heads=4, kv_len=37),
+                                           i.shape[0], j.shape[1], False)),
+    "longformer_4": (lambda: masks.longformer(4, [0, 17]), sp.np_longformer(4, [0, 17], False)),
+    "longformer_5_causal": (lambda: masks.longformer(5, [3], causal=True),
+                            sp.np_longformer(5, [3], True)),
+    "streaming_2_5": (lambda: masks.streaming(2, 5), sp.np_streaming(2, 5)),
+}
+PATTERNS.update(SPARSE_PATTERNS)
 HEADS = {"mha": (4, 4), "gqa": (4, 2), "mqa": (4, 1)}
 
 
-@pytest.mark.parametrize("heads", list(HEADS))
-@pytest.mark.parametrize("pattern", list(PATTERNS))
+# Sparse patterns run with GQA and MQA (per-head patterns across head groups); MHA is
+# covered by the dense ones.
+PATTERN_HEADS = [(p, h) for p in PATTERNS for h in HEADS
+                 if not (p in SPARSE_PATTERNS and h == "mha")]
+
+
+@pytest.mark.parametrize("pattern,heads", PATTERN_HEADS)
 def test_impls_match_oracle(pattern, heads):
   make_mask, np_fn = PATTERNS[pattern]
   h, hkv = HEADS[heads]

@@ -162,6 +162,8 @@ def dot_product_attention(q, k, v, *, mask=None, bias=None, scale: float | None 
   """
   _check_shapes(q, k, v)
   mask = masks_lib.as_mask(mask)
+  if mask is not None:
+    mask.validate(q.shape[1], k.shape[1])
   score_mod = score_mods.as_score_mod(bias)
   scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
   if impl == "auto":
