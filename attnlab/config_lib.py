@@ -34,6 +34,56 @@ def _choice(value, field, valid):
     raise ConfigError(f"{field}={value!r} is not valid; valid: {', '.join(map(str, valid))}")
 
 
+# model.attention parameters: minimum value (integers) and what else they must satisfy.
+_ATTENTION_INT_MINIMUM = {"window": 1, "prefix": 0, "dilation": 1, "block": 1,
+                          "random_per_row": 1, "window_blocks": 1, "global_blocks": 0,
+                          "random_blocks": 0, "sinks": 0, "seed": 0, "lsh_buckets": 1,
+                          "lsh_hashes": 1, "lsh_chunk": 1, "num_features": 1, "scan_chunk": 1}
+
+
+def _check_attention_params(a, params, seq_len, position_kind) -> None:
+  """The fields the chosen pattern and kind read, and their combinations."""
+  for name in params:
+    field = f"model.attention.{name}"
+    if name in _ATTENTION_INT_MINIMUM:
+      low = _ATTENTION_INT_MINIMUM[name]
+      if not isinstance(a[name], int) or isinstance(a[name], bool) or a[name] < low:
+        raise ConfigError(f"{field}={a[name]!r} must be an integer >= {low} with "
+                          f"pattern={a.pattern!r}, kind={a.kind!r}")
+  if "window_blocks" in params and a.window_blocks % 2 == 0:
+    raise ConfigError(f"model.attention.window_blocks={a.window_blocks} must be odd (the block "
+                      f"itself plus (window_blocks - 1) / 2 on each side)")
+  if "global_tokens" in params:
+    g = a.global_tokens
+    if (not isinstance(g, (tuple, list)) or not g
+        or any(not isinstance(i, int) or isinstance(i, bool) for i in g)):
+      raise ConfigError(f"model.attention.global_tokens={g!r} must be a non-empty tuple of "
+                        f"integers, e.g. (0,)")
+    bad = [i for i in g if not 0 <= i < seq_len]
+    if bad:
+      raise ConfigError(f"model.attention.global_tokens={tuple(g)!r}: {bad} out of range for "
+                        f"data.seq_len={seq_len}; valid: 0..{seq_len - 1}")
+  if "lsh_buckets" in params and a.lsh_buckets > 1 and a.lsh_buckets % 2:
+    raise ConfigError(f"model.attention.lsh_buckets={a.lsh_buckets} must be 1 or even "
+                      f"(angular LSH: argmax over [xR, -xR])")
+  kind = KINDS.get(a.kind)
+  if kind.patterns is not None and a.pattern not in kind.patterns:
+    raise ConfigError(f"model.attention.kind={a.kind!r} takes pattern one of "
+                      f"{', '.join(kind.patterns)}; got model.attention.pattern={a.pattern!r}")
+  if not kind.takes_bias and position_kind in ("alibi", "t5"):
+    raise ConfigError(f"model.attention.kind={a.kind!r} never forms the score matrix, so it "
+                      f"cannot add the {position_kind!r} bias; model.position.kind valid with it: "
+                      f"none, sinusoidal, learned, rope, xpos")
+  if kind.shared_qk and position_kind == "xpos":
+    raise ConfigError(f"model.attention.kind={a.kind!r} shares queries and keys, which xPos "
+                      f"scales in opposite directions; model.position.kind valid with it: "
+                      f"none, sinusoidal, learned, rope")
+  if kind.shared_qk and a.num_kv_heads != a.num_heads:
+    raise ConfigError(f"model.attention.kind={a.kind!r} shares queries and keys, so "
+                      f"model.attention.num_kv_heads={a.num_kv_heads} must equal "
+                      f"num_heads={a.num_heads}")
+
+
 def resolve(config) -> ml_collections.FrozenConfigDict:
   """Validated, with derived defaults filled in, frozen (hashable for Flax modules)."""
   config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, "to_dict") else config)
@@ -85,9 +135,8 @@ def validate(config) -> None:
     raise ConfigError(
         f"model.attention.pattern={a.pattern!r} lets a token see the token it must predict, "
         f"which a causal language model cannot use; valid: {', '.join(causal)}")
-  if a.pattern == "sliding_window" and (not isinstance(a.window, int) or a.window < 1):
-    raise ConfigError(f"model.attention.window={a.window!r} must be an integer >= 1 with "
-                      f"pattern='sliding_window'")
+  _check_attention_params(a, PATTERNS.get(a.pattern).params + KINDS.get(a.kind).params,
+                          d.seq_len, p.kind)
 
   _positive_int(d.seq_len, "data.seq_len")
   if d.path and not pathlib.Path(d.path).expanduser().is_file():

@@ -76,7 +76,7 @@ def token_loss(model, params, inputs, targets, weights=None, *, deterministic=Tr
 
   ``weights`` (float [batch, seq], optional) scores only some targets (task answers).
   """
-  rngs = {} if rng is None else {"dropout": rng}
+  rngs = {} if rng is None else {"dropout": rng, "features": jax.random.fold_in(rng, 2)}
   logits = model.apply({"params": params}, inputs, positions, deterministic=deterministic,
                        rngs=rngs)
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
@@ -85,16 +85,18 @@ def token_loss(model, params, inputs, targets, weights=None, *, deterministic=Tr
   return (losses * weights).sum() / jnp.maximum(weights.sum(), 1.0)
 
 
-def make_train_step(model, tx, seed: int, dropout: bool, random_positions_max: int = 0):
+def make_train_step(model, tx, seed: int, dropout: bool, random_positions_max: int = 0,
+                    redraw_features: bool = False):
   """Jitted ``(state, inputs, targets) -> (state, metrics)``.
 
-  Dropout keys and, when ``random_positions_max`` > 0, the randomized positions of
-  the batch (sorted, distinct, from ``[0, random_positions_max)``) derive from (seed, step).
+  Dropout keys, Performer feature keys (``redraw_features``) and, when
+  ``random_positions_max`` > 0, the randomized positions of the batch (sorted,
+  distinct, from ``[0, random_positions_max)``) derive from (seed, step).
   """
 
   def train_step(state, inputs, targets, weights=None):
     step_key = jax.random.fold_in(jax.random.PRNGKey(seed), state["step"])
-    rng = step_key if dropout else None
+    rng = step_key if dropout or redraw_features else None
     positions = None
     if random_positions_max:
       positions = positional.randomized_positions(
@@ -270,7 +272,9 @@ def train_and_evaluate(config, workdir, *, stop_after: int | None = None,
   position = cfg.model.position
   train_step = make_train_step(
       model, tx, cfg.train.seed, dropout=cfg.model.dropout > 0,
-      random_positions_max=position.random_max_len if position.get("randomize", False) else 0)
+      random_positions_max=position.random_max_len if position.get("randomize", False) else 0,
+      redraw_features=(cfg.model.attention.kind == "performer"
+                       and cfg.model.attention.get("feature_redraw", False)))
   eval_step = make_eval_step(model)
   schedule = learning_rate_schedule(cfg.train)
   t = cfg.train

@@ -27,13 +27,33 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.attention = ml_collections.ConfigDict()
   c.model.attention.num_heads = 4
   c.model.attention.num_kv_heads = 4  # = num_heads: MHA; divides it: GQA; 1: MQA
-  c.model.attention.kind = "softmax"
+  c.model.attention.kind = "softmax"  # softmax | lsh | performer | linear
+  # causal | sliding_window | dilated | block_local | global | random | bigbird | longformer
+  # | streaming (decoder patterns); full | prefix_lm (encoders)
   c.model.attention.pattern = "causal"
-  c.model.attention.impl = "auto"     # auto | reference | xla | blockwise
-  c.model.attention.window = 0        # pattern=sliding_window: keys i-window..i
-  c.model.attention.prefix = 0        # pattern=prefix_lm: bidirectional prefix length
+  c.model.attention.impl = "auto"     # auto | reference | xla | blockwise (kind=softmax)
   c.model.attention.block_q = 512     # tile sizes of the blockwise paths
   c.model.attention.block_kv = 512
+  # pattern parameters (each pattern reads only its own; see attnlab/attention/patterns.py)
+  c.model.attention.window = 64       # sliding_window/longformer/streaming: keys i-window..i;
+                                      # dilated: window steps of `dilation` back
+  c.model.attention.prefix = 0        # prefix_lm: bidirectional prefix length
+  c.model.attention.dilation = 2      # dilated
+  c.model.attention.block = 64        # block_local, bigbird: tokens per block
+  c.model.attention.global_tokens = (0,)  # global, longformer: positions of global tokens
+  c.model.attention.random_per_row = 3    # random: random keys per query
+  c.model.attention.window_blocks = 3     # bigbird: blocks in the sliding window (odd)
+  c.model.attention.global_blocks = 1     # bigbird: leading global blocks
+  c.model.attention.random_blocks = 1     # bigbird: random blocks per query block
+  c.model.attention.sinks = 4         # streaming: attention-sink tokens kept
+  c.model.attention.seed = 0          # random patterns, LSH rotations, Performer features
+  # kind parameters
+  c.model.attention.lsh_buckets = 8   # lsh: buckets per hash (1 or even)
+  c.model.attention.lsh_hashes = 2    # lsh: hash rounds
+  c.model.attention.lsh_chunk = 64    # lsh: chunk length in sorted order
+  c.model.attention.num_features = 256    # performer: random features
+  c.model.attention.feature_redraw = False  # performer: new features every training step
+  c.model.attention.scan_chunk = 128  # performer/linear causal: chunk of the prefix-sum scan
 
   c.model.position = ml_collections.ConfigDict()
   c.model.position.kind = "rope"      # none | sinusoidal | learned | rope | xpos | alibi | t5

@@ -42,8 +42,10 @@ class SelfAttention(nn.Module):
   """Multi-head self-attention: MHA, GQA or MQA by ``num_kv_heads``.
 
   x: [batch, seq, d_model]; positions: int [batch, seq] -> [batch, seq, d_model].
+  ``layer`` (the block index) seeds random patterns and random features.
   """
   cfg: Any
+  layer: int = 0
 
   @nn.compact
   def __call__(self, x, positions):
@@ -51,20 +53,26 @@ class SelfAttention(nn.Module):
     batch, seq, _ = x.shape
     heads, kv_heads = att.num_heads, att.num_kv_heads
     head_dim = cfg.d_model // heads
+    kind = KINDS.get(att.kind)
     dense = lambda n, name, std=0.02: nn.Dense(  # noqa: E731
         n, use_bias=cfg.use_bias, kernel_init=_init(std), dtype=_dtype(cfg), name=name)
-    qkv = dense((heads + 2 * kv_heads) * head_dim, "qkv")(_flat(x))   # one matmul for q, k, v
-    q, k, v = jnp.split(qkv.reshape(batch, seq, heads + 2 * kv_heads, head_dim),
-                        [heads, heads + kv_heads], axis=2)
+    num_k = 0 if kind.shared_qk else kv_heads       # shared QK (Reformer): keys are the queries
+    qkv = dense((heads + num_k + kv_heads) * head_dim, "qkv")(_flat(x))   # one matmul
+    q, k, v = jnp.split(qkv.reshape(batch, seq, heads + num_k + kv_heads, head_dim),
+                        [heads, heads + num_k], axis=2)
     scheme = positional.get_scheme(cfg.position)
-    q, k = scheme.rotate_qk(q, k, positions)
+    if kind.shared_qk:
+      q, _ = scheme.rotate_qk(q, q, positions)
+      k = q
+    else:
+      q, k = scheme.rotate_qk(q, k, positions)
     table_shape = scheme.bias_table_shape(heads)
     table = None if table_shape is None else self.param("position_bias", nn.initializers.zeros,
                                                         table_shape)
-    out = KINDS.get(att.kind)(
-        q, k, v, mask=PATTERNS.get(att.pattern).build(att),
-        bias=scheme.score_mod(heads, table, positions),
-        impl=att.impl, block_q=att.block_q, block_kv=att.block_kv)
+    rng = self.make_rng("features") if self.has_rng("features") else None
+    out = kind.apply(q, k, v, mask=PATTERNS.get(att.pattern).build(att, self.layer),
+                     bias=scheme.score_mod(heads, table, positions), cfg=att, layer=self.layer,
+                     rng=rng)
     out = dense(cfg.d_model, "out", 0.02 / math.sqrt(2 * cfg.num_layers))(
         out.reshape(batch * seq, heads * head_dim))
     return out.reshape(x.shape)
@@ -94,12 +102,13 @@ class MLP(nn.Module):
 class Block(nn.Module):
   """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
   cfg: Any
+  layer: int = 0
 
   @nn.compact
   def __call__(self, x, positions, deterministic: bool = True):
     norm = NORMS.get(self.cfg.norm)
     drop = nn.Dropout(self.cfg.dropout)
-    x = x + drop(SelfAttention(self.cfg, name="attention")(norm(self.cfg, "norm_attention")(x),
+    x = x + drop(SelfAttention(self.cfg, self.layer, name="attention")(norm(self.cfg, "norm_attention")(x),
                                                            positions), deterministic)
     return x + drop(MLP(self.cfg, name="mlp")(norm(self.cfg, "norm_mlp")(x)), deterministic)
 
@@ -130,7 +139,7 @@ class TransformerLM(nn.Module):
       x = x + absolute.astype(x.dtype)
     x = nn.Dropout(cfg.dropout)(x, deterministic)
     for i in range(cfg.num_layers):
-      x = Block(cfg, name=f"block_{i}")(x, positions, deterministic)
+      x = Block(cfg, i, name=f"block_{i}")(x, positions, deterministic)
     x = _flat(NORMS.get(cfg.norm)(cfg, "norm_final")(x)).astype(jnp.float32)
     if cfg.tie_embeddings:
       logits = embed.attend(x)
