@@ -41,11 +41,25 @@ def _assert_close(actual, expected, rtol=RTOL):
   np.testing.assert_allclose(np.asarray(actual), expected, rtol=rtol, atol=atol)
 
 
-def _grads(fn, args, seed: int):
-  """Gradients of ``sum(fn(*args) * P)`` w.r.t. every arg, P a fixed random projection."""
-  out_shape = jax.eval_shape(fn, *args).shape
-  proj = _normal(seed, out_shape)
-  return jax.grad(lambda *a: jnp.sum(fn(*a) * proj), argnums=tuple(range(len(args))))(*args)
+def _value_and_grads(fn, args, seed: int):
+  """(fn(*args), gradients of ``sum(fn(*args) * P)`` w.r.t. every arg), one jitted program.
+
+  P is a fixed random projection of the output.
+  """
+  def run(*a):
+    out, vjp = jax.vjp(fn, *a)
+    return out, vjp(_normal(seed, out.shape))
+
+  return jax.jit(run)(*args)
+
+
+def _assert_matches(fn, oracle, args, seed: int, grad_rtol: float = RTOL):
+  """fn agrees with oracle in value and in the gradient of a random projection."""
+  got, got_grads = _value_and_grads(fn, args, seed)
+  want, want_grads = _value_and_grads(oracle, args, seed)
+  _assert_close(got, want)
+  for g, w in zip(got_grads, want_grads):
+    _assert_close(g, w, rtol=grad_rtol)
 
 
 # ----------------------------------------------------------------------------- LSH oracle
@@ -105,13 +119,13 @@ def test_lsh_single_bucket_equals_dense_causal_attention():
   scale = 1.0 / np.sqrt(d)
   causal = np.broadcast_to(np.tril(np.ones((n, n), bool)), (1, b, h, n, n))
   oracle = functools.partial(dense_lsh, visible=causal, scale=scale)
-  _assert_close(jax.jit(fn)(q, v), oracle(q, v))
-  for got, want in zip(_grads(fn, (q, v), seed=2), _grads(oracle, (q, v), seed=2)):
-    _assert_close(got, want)
+  _assert_matches(fn, oracle, (q, v), seed=2)
 
 
-@pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("n,chunk_size", [(40, 8), (45, 8)])  # 5 chunks; 6 with a padded last one
+@pytest.mark.parametrize("causal,n,chunk_size", [
+    (True, 45, 8),    # 6 chunks, the last one padded
+    (False, 40, 8),   # 5 full chunks
+])
 def test_lsh_rounds_buckets_chunks_equal_dense_oracle(causal, n, chunk_size):
   b, h, d, dv, buckets, hashes = 2, 2, 8, 4, 4, 3
   q, v = _normal(3, (b, n, h, d)), _normal(4, (b, n, h, dv))
@@ -119,21 +133,19 @@ def test_lsh_rounds_buckets_chunks_equal_dense_oracle(causal, n, chunk_size):
   fn = functools.partial(efficient.lsh_attention, key=key, num_buckets=buckets,
                          num_hashes=hashes, chunk_size=chunk_size, causal=causal, scale=0.7)
   rot = efficient.lsh_rotations(key, num_hashes=hashes, num_heads=h, dim=d, num_buckets=buckets)
-  bucket_ids = np.asarray(efficient.lsh_buckets(q, rot))
+  bucket_ids = np.asarray(jax.jit(efficient.lsh_buckets)(q, rot))
   assert len(np.unique(bucket_ids)) == buckets          # the hash really splits tokens
   visible = lsh_visibility(bucket_ids, chunk_size, causal)
   assert not visible.all()                              # and the chunks really restrict keys
   oracle = functools.partial(dense_lsh, visible=visible, scale=0.7)
-  _assert_close(jax.jit(fn)(q, v), oracle(q, v))
-  for got, want in zip(_grads(fn, (q, v), seed=5), _grads(oracle, (q, v), seed=5)):
-    _assert_close(got, want)
+  _assert_matches(fn, oracle, (q, v), seed=5)
 
 
 def test_lsh_query_seeing_only_itself_gets_its_value():
   b, n, h, d = 2, 32, 2, 8
   q, v = _normal(6, (b, n, h, d)), _normal(7, (b, n, h, d))
-  out = efficient.lsh_attention(q, v, key=jax.random.PRNGKey(1), num_buckets=4, num_hashes=3,
-                                chunk_size=8, causal=True)
+  out = jax.jit(functools.partial(efficient.lsh_attention, key=jax.random.PRNGKey(1),
+                                  num_buckets=4, num_hashes=3, chunk_size=8, causal=True))(q, v)
   np.testing.assert_allclose(np.asarray(out[:, 0]), np.asarray(v[:, 0]), rtol=1e-6, atol=1e-6)
 
 
@@ -184,8 +196,9 @@ def test_performer_error_falls_with_num_features():
 
   def error(m):
     errs = []
+    fn = jax.jit(functools.partial(efficient.performer_attention, num_features=m))
     for seed in range(4):
-      out = efficient.performer_attention(q, k, v, key=jax.random.PRNGKey(seed), num_features=m)
+      out = fn(q, k, v, key=jax.random.PRNGKey(seed))
       errs.append(np.linalg.norm(np.asarray(out, np.float64) - exact) / np.linalg.norm(exact))
     return float(np.mean(errs))
 
@@ -194,8 +207,11 @@ def test_performer_error_falls_with_num_features():
   assert e256 < 0.5 * e16, (e16, e256)
 
 
-@pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("n,heads,kv_heads", [(45, 4, 2), (48, 2, 2), (33, 3, 1)])
+@pytest.mark.parametrize("causal,n,heads,kv_heads", [
+    (True, 45, 4, 2),   # ragged N (chunk 16), GQA
+    (True, 48, 3, 1),   # N a multiple of the chunk, MQA
+    (False, 33, 4, 2),
+])
 def test_performer_equals_quadratic_form_of_its_features(causal, n, heads, kv_heads):
   b, d, dv, m, scale = 2, 8, 6, 24, 0.4
   q, k = _normal(13, (b, n, heads, d)), _normal(14, (b, n, kv_heads, d))
@@ -210,9 +226,7 @@ def test_performer_equals_quadratic_form_of_its_features(causal, n, heads, kv_he
     phi_k = efficient.favor_features(k, w, is_query=False, scale=scale)
     return quadratic_kernel_attention(phi_q, phi_k, v, causal=causal)
 
-  _assert_close(jax.jit(fn)(q, k, v), oracle(q, k, v))
-  for got, want in zip(_grads(fn, (q, k, v), seed=16), _grads(oracle, (q, k, v), seed=16)):
-    _assert_close(got, want, rtol=1e-4)
+  _assert_matches(fn, oracle, (q, k, v), seed=16)
 
 
 def test_favor_features_estimate_the_softmax_kernel():
@@ -234,13 +248,14 @@ def test_favor_features_estimate_the_softmax_kernel():
 
 def test_orthogonal_random_features_blocks_are_orthogonal():
   d, m = 16, 40                                          # 3 blocks, the last one partial
-  w = np.asarray(efficient.orthogonal_random_features(jax.random.PRNGKey(5), m, d), np.float64)
+  features = jax.jit(efficient.orthogonal_random_features, static_argnums=(1, 2))
+  w = np.asarray(features(jax.random.PRNGKey(5), m, d), np.float64)
   assert w.shape == (m, d)
   for start in range(0, m, d):
     block = w[start:start + d]
     unit = block / np.linalg.norm(block, axis=-1, keepdims=True)
     np.testing.assert_allclose(unit @ unit.T, np.eye(len(block)), atol=1e-5)
-  big = np.asarray(efficient.orthogonal_random_features(jax.random.PRNGKey(6), 4096, d))
+  big = np.asarray(features(jax.random.PRNGKey(6), 4096, d))
   sq_norms = (big.astype(np.float64) ** 2).sum(-1)
   assert abs(sq_norms.mean() / d - 1) < 0.05           # chi^2_d marginal: mean d
   assert sq_norms.std() > 1.0                          # norms are random, not all sqrt(d)
@@ -249,9 +264,11 @@ def test_orthogonal_random_features_blocks_are_orthogonal():
 # ----------------------------------------------------------------------------- linear tests
 
 
-@pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("n,heads,kv_heads,chunk_size", [(45, 4, 2, 16), (37, 2, 1, 8),
-                                                         (32, 2, 2, 128)])
+@pytest.mark.parametrize("causal,n,heads,kv_heads,chunk_size", [
+    (True, 45, 4, 2, 16),     # ragged N, GQA
+    (True, 32, 2, 2, 128),    # one chunk larger than N
+    (False, 37, 2, 1, 8),     # MQA
+])
 def test_linear_equals_quadratic_form(causal, n, heads, kv_heads, chunk_size):
   b, d, dv, eps = 2, 8, 6, 1e-6
   q, k = _normal(20, (b, n, heads, d)), _normal(21, (b, n, kv_heads, d))
@@ -262,18 +279,18 @@ def test_linear_equals_quadratic_form(causal, n, heads, kv_heads, chunk_size):
     phi = lambda x: jnp.where(x > 0, x + 1.0, jnp.exp(x))   # elu(x) + 1, written out
     return quadratic_kernel_attention(phi(q), phi(k), v, causal=causal, eps=eps)
 
-  _assert_close(jax.jit(fn)(q, k, v), oracle(q, k, v))
-  for got, want in zip(_grads(fn, (q, k, v), seed=23), _grads(oracle, (q, k, v), seed=23)):
-    _assert_close(got, want, rtol=1e-4)
+  _assert_matches(fn, oracle, (q, k, v), seed=23)
 
 
 def test_output_dtype_follows_q():
   q = _normal(24, (1, 20, 2, 8)).astype(jnp.bfloat16)
   v = _normal(25, (1, 20, 2, 8)).astype(jnp.bfloat16)
-  outs = [efficient.linear_attention(q, q, v, chunk_size=8),
-          efficient.performer_attention(q, q, v, key=jax.random.PRNGKey(0), num_features=16,
-                                        causal=True, chunk_size=8),
-          efficient.lsh_attention(q, v, key=jax.random.PRNGKey(0), num_buckets=2, chunk_size=8)]
+  key = jax.random.PRNGKey(0)
+  outs = [jax.jit(functools.partial(efficient.linear_attention, chunk_size=8))(q, q, v),
+          jax.jit(functools.partial(efficient.performer_attention, key=key, num_features=16,
+                                    causal=True, chunk_size=8))(q, q, v),
+          jax.jit(functools.partial(efficient.lsh_attention, key=key, num_buckets=2,
+                                    chunk_size=8))(q, v)]
   for out in outs:
     assert out.dtype == jnp.bfloat16 and bool(jnp.isfinite(out.astype(jnp.float32)).all())
 
