@@ -130,3 +130,93 @@ def test_sparse_patterns_are_registered_causal():
     assert np.all(dense.reshape(-1, N, N).any(-1)), name   # every row sees a key
   assert isinstance(PATTERNS.get("streaming").build(config_lib.resolve(_config("streaming"))
                                                     .model.attention, 0), masks.Mask)
+
+
+# ----------------------------------------------------------------------------- efficient kinds
+
+KIND_CONFIGS = {
+    "performer": dict(model__attention__kind="performer", model__attention__num_features=64,
+                      model__attention__scan_chunk=8),
+    "linear": dict(model__attention__kind="linear", model__attention__scan_chunk=8),
+    "lsh": dict(model__attention__kind="lsh", model__attention__lsh_buckets=4,
+                model__attention__lsh_chunk=8),
+}
+
+
+@pytest.mark.parametrize("kind", ["performer", "linear"])
+def test_kernel_kinds_are_causal_in_the_model(kind):
+  # Causal Performer / linear attention: changing tokens >= cut leaves logits < cut unchanged
+  # (the Performer key stabiliser is a max over *all* keys; it must cancel exactly).
+  _, model, params = _model_and_params(tiny_config("rope", **KIND_CONFIGS[kind]))
+  rng = np.random.default_rng(4)
+  tokens = rng.integers(0, 256, (2, N)).astype(np.int32)
+  cut = 13
+  changed = tokens.copy()
+  changed[:, cut:] = rng.integers(0, 256, (2, N - cut))
+  changed[:, cut] = 255   # a token with a very different embedding at the boundary
+  a = np.asarray(model.apply({"params": params}, tokens))
+  b = np.asarray(model.apply({"params": params}, changed))
+  np.testing.assert_allclose(a[:, :cut], b[:, :cut], rtol=1e-5, atol=1e-6)
+  assert np.abs(a[:, cut:] - b[:, cut:]).max() > 1e-3
+
+
+def test_lsh_model_with_one_chunk_and_bucket_is_causal():
+  # With a single bucket and a chunk covering the sequence, LSH attention is exactly causal
+  # shared-QK attention. (With several chunks it is not strictly causal: a later token's
+  # bucket can move the chunk boundaries an earlier query sees, as in the Reformer.)
+  cfg = tiny_config("rope", model__attention__kind="lsh", model__attention__lsh_buckets=1,
+                    model__attention__lsh_chunk=N, model__attention__lsh_hashes=1)
+  _, model, params = _model_and_params(cfg)
+  assert "qkv" in params["block_0"]["attention"]
+  # shared QK: the projection makes queries and values only (4 + 4 heads of 8)
+  assert params["block_0"]["attention"]["qkv"]["kernel"].shape == (32, 64)
+  rng = np.random.default_rng(5)
+  tokens = rng.integers(0, 256, (1, N)).astype(np.int32)
+  changed = tokens.copy()
+  changed[:, 20:] = rng.integers(0, 256, (1, N - 20))
+  a = np.asarray(model.apply({"params": params}, tokens))
+  b = np.asarray(model.apply({"params": params}, changed))
+  np.testing.assert_allclose(a[:, :20], b[:, :20], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", list(KIND_CONFIGS))
+def test_efficient_kinds_learn(kind):
+  """Gradients flow through every kind: 25 Adam steps on one batch cut its loss by a third."""
+  import optax
+  from attnlab.train import token_loss
+  cfg, model, params = _model_and_params(tiny_config("rope", **KIND_CONFIGS[kind]))
+  tokens = np.random.default_rng(6).integers(0, 256, (4, N + 1)).astype(np.int32)
+  inputs, targets = tokens[:, :-1], tokens[:, 1:]
+  tx = optax.adam(1e-2)
+  opt = tx.init(params)
+
+  @jax.jit
+  def step(params, opt):
+    loss, grads = jax.value_and_grad(lambda p: token_loss(model, p, inputs, targets))(params)
+    updates, opt = tx.update(grads, opt)
+    return optax.apply_updates(params, updates), opt, loss
+
+  losses = []
+  for _ in range(25):
+    params, opt, loss = step(params, opt)
+    losses.append(float(loss))
+  assert np.isfinite(losses).all()
+  assert losses[-1] < 0.67 * losses[0], losses
+
+
+def test_performer_feature_redraw_uses_the_features_rng():
+  tokens = np.random.default_rng(7).integers(0, 256, (1, N)).astype(np.int32)
+  out = {}
+  for redraw in (False, True):
+    _, model, params = _model_and_params(tiny_config(
+        "rope", model__attention__feature_redraw=redraw, **KIND_CONFIGS["performer"]))
+    apply = lambda rng: np.asarray(model.apply(  # noqa: E731
+        {"params": params}, tokens, rngs={} if rng is None else {"features": rng}))
+    out[redraw] = (apply(None), apply(jax.random.PRNGKey(1)), apply(jax.random.PRNGKey(2)))
+  fixed, a, b = out[False]
+  np.testing.assert_array_equal(fixed, a)              # no redraw: the rng is ignored
+  np.testing.assert_array_equal(a, b)
+  fixed_r, a_r, b_r = out[True]
+  np.testing.assert_array_equal(fixed_r, fixed)        # no rng (evaluation): the fixed features
+  assert np.abs(a_r - b_r).max() > 1e-4                # training: new features per key
+  assert np.abs(a_r - fixed_r).max() > 1e-4

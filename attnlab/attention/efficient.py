@@ -33,8 +33,9 @@ _F32 = jnp.float32
 SELF_LOGIT = -1e5
 # LSH: the logit of an invisible key (masked or padding): exp(MASKED - SELF) == 0.
 MASKED_LOGIT = -1e9
-# FAVOR+: added to every exp feature (as in the reference implementation) so a
-# denominator phi(q) . sum_j phi(k_j) can never underflow to 0.
+# FAVOR+: added to every *query* feature so phi(q) is positive. Keys get none: their
+# stabiliser is a max over all keys, so a key-side eps would scale with future tokens
+# and leak them into causal outputs (a constant without eps cancels exactly).
 FEATURE_EPS = 1e-6
 
 
@@ -311,7 +312,9 @@ def favor_features(x, w, *, is_query: bool, scale: float):
   Stabiliser c (``stop_gradient``): for queries, the row max of ``w x' - ||x'||^2/2``
   (a per-query constant that cancels in attention's ratio); for keys, one global max
   over every key, head and position (a constant shared by all keys, so it cancels too).
-  ``eps = FEATURE_EPS`` keeps every feature, hence every denominator, positive.
+  ``eps = FEATURE_EPS`` (queries only) keeps every query feature positive; keys get no
+  eps, so the shared key constant cancels exactly and causal outputs never depend on
+  later keys.
   """
   xs = x.astype(_F32) * math.sqrt(scale)
   logits = _einsum("...d,md->...m", xs, w.astype(_F32))
@@ -320,7 +323,8 @@ def favor_features(x, w, *, is_query: bool, scale: float):
     c = logits.max(axis=-1, keepdims=True)
   else:
     c = logits.max()
-  return (jnp.exp(logits - lax.stop_gradient(c)) + FEATURE_EPS) / math.sqrt(w.shape[0])
+  eps = FEATURE_EPS if is_query else 0.0
+  return (jnp.exp(logits - lax.stop_gradient(c)) + eps) / math.sqrt(w.shape[0])
 
 
 def performer_attention(q, k, v, *, key, num_features: int = 256, causal: bool = False,
