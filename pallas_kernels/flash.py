@@ -1,0 +1,599 @@
+"""Fused block-sparse flash attention in Pallas: forward, backward, score modifiers.
+
+One kernel family, FlashAttention-2's algorithm:
+
+- forward: one program per (batch, head, query tile) keeps a float32 online
+  softmax (running max ``m``, sum ``l``, accumulator) over the key tiles its row
+  of the block map lists, and writes the output and the row log-sum-exp;
+- backward (``jax.custom_vjp``): ``delta = rowsum(dO * O)``, then a dq kernel
+  (one program per query tile) and a dk/dv kernel (one program per key tile and
+  KV head, looping over the query heads of its GQA group, so K/V are never copied
+  per head). Probabilities are recomputed from the saved log-sum-exp; no
+  ``[N, N]`` buffer exists anywhere.
+
+Sparsity (``BlockSparsity``): every (query tile, key tile) pair is EMPTY (never
+visited), FULL (visited without evaluating any mask) or partial. A partial tile
+is masked either by a *predicate* evaluated in-kernel on the tile's indices
+(causal, windows, prefix: ``predicate(q_idx [bq, 1], kv_idx [1, bk]) -> bool``),
+or by a row of a *tile-mask table* (arbitrary static patterns such as BigBird or
+random keys, possibly per head). Each query tile visits its FULL tiles in one
+loop and its partial tiles in a second, so full tiles pay nothing for masking.
+Segment ids (packed documents) are compared in-kernel on partial tiles.
+
+Score modifiers (``terms``), applied in order to the scaled logits ``s = scale q.k``:
+``Alibi(slopes)`` adds ``-slope_h |i - j|``, ``T5(table, ...)`` adds a learned
+``table[bucket(j - i), h]``, ``SoftCap(cap)`` maps ``s -> cap tanh(s / cap)``.
+ALiBi slopes and the T5 table receive gradients (computed in the dq kernel).
+
+Layout ``[batch, seq, heads, head_dim]``; K/V may have ``kv_heads`` dividing
+``heads`` (GQA/MQA). Lengths need not be multiples of the tiles (padding is
+masked); float32, bfloat16 and float16 inputs, float32 statistics; a query row
+that sees no key gives 0. Backends: compiled on GPU (Pallas' Triton lowering,
+selected explicitly by its ``CompilerParams``) and interpreted on CPU
+(``interpret=True``), the mode the test suite uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.experimental import pallas as pl
+
+_F32 = jnp.float32
+
+# Tile codes in BlockSparsity.codes; codes >= 0 name a row of the tile-mask table.
+EMPTY, FULL, PREDICATE = -3, -1, -2
+
+
+# ----------------------------------------------------------------------------- public specs
+
+@dataclasses.dataclass(frozen=True)
+class Alibi:
+  """ALiBi: ``-slopes[h] * |i - j|``; ``slopes`` float ``[heads]`` (differentiable)."""
+  slopes: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class T5:
+  """T5 relative bias ``table[bucket(j - i), h]``; ``table`` float ``[num_buckets, heads]``."""
+  table: Any
+  bidirectional: bool = False
+  max_distance: int = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class SoftCap:
+  """Logit soft-capping ``cap * tanh(s / cap)``."""
+  cap: float
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSparsity:
+  """Which tiles to visit and how to mask them.
+
+  ``codes``: int32 ``[Hm, q_tiles, kv_tiles]`` with ``Hm`` 1 (shared by every head)
+  or ``heads``: EMPTY, FULL, PREDICATE, or ``r >= 0`` for row ``r`` of ``tile_masks``
+  (bool ``[rows, block_q, block_kv]``).
+  """
+  codes: np.ndarray
+  tile_masks: np.ndarray | None = None
+
+  @classmethod
+  def dense(cls, q_tiles: int, kv_tiles: int) -> "BlockSparsity":
+    return cls(np.full((1, q_tiles, kv_tiles), FULL, np.int32))
+
+  @classmethod
+  def from_block_map(cls, block_map) -> "BlockSparsity":
+    """From a block map with 0 = empty, 1 = partial (mask by predicate), 2 = full."""
+    block_map = np.asarray(block_map)
+    codes = np.select([block_map == 0, block_map == 1], [EMPTY, PREDICATE], FULL)
+    return cls(codes.reshape((1,) + block_map.shape).astype(np.int32))
+
+  @property
+  def num_tiles(self) -> int:
+    """Visited (query tile, key tile) pairs."""
+    return int((self.codes != EMPTY).any(axis=0).sum())
+
+
+@dataclasses.dataclass(frozen=True)
+class _Static:
+  """Everything the kernels need to know at trace time."""
+  scale: float
+  block_q: int
+  block_kv: int
+  q_len: int
+  kv_len: int
+  group: int
+  terms: tuple        # ("alibi",) | ("t5", bidirectional, num_buckets, max_distance) | ("softcap", cap)
+  predicate: Callable | None
+  segments: bool
+  tile_masks: bool
+  per_head_codes: bool
+  interpret: bool
+  backend: str
+
+
+# ----------------------------------------------------------------------------- tables
+
+def _visit_tables(codes: np.ndarray):
+  """Per row of tiles: FULL tiles first, then partial ones.
+
+  codes [Hm, n_rows, n_cols] -> (count_full [n_rows], count [n_rows], index [n_rows, T],
+  code [Hm, n_rows, T]) int32; ``index[r, :count[r]]`` are the columns to visit.
+  """
+  hm, n_rows, _ = codes.shape
+  visited = (codes != EMPTY).any(axis=0)
+  full = (codes == FULL).all(axis=0)
+  lists = [list(np.flatnonzero(full[r])) + list(np.flatnonzero(visited[r] & ~full[r]))
+           for r in range(n_rows)]
+  width = max(1, max(len(x) for x in lists))
+  index = np.zeros((n_rows, width), np.int32)
+  code = np.full((hm, n_rows, width), EMPTY, np.int32)
+  for r, cols in enumerate(lists):
+    index[r, :len(cols)] = cols
+    code[:, r, :len(cols)] = codes[:, r, cols]
+  count_full = full.sum(axis=1).astype(np.int32)
+  count = np.array([len(x) for x in lists], np.int32)
+  return count_full, count, index, code
+
+
+# ----------------------------------------------------------------------------- in-kernel math
+
+def _dot_nt(a, b):
+  """a [m, d] . b [n, d]^T -> float32 [m, n]."""
+  return lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=_F32)
+
+
+def _dot_tn(a, b):
+  """a [m, n]^T . b [m, d] -> float32 [n, d]."""
+  return lax.dot_general(a, b, (((0,), (0,)), ((), ())), preferred_element_type=_F32)
+
+
+def _dot(a, b):
+  return lax.dot_general(a, b, (((1,), (0,)), ((), ())), preferred_element_type=_F32)
+
+
+def t5_bucket(relative, bidirectional: bool, num_buckets: int, max_distance: int):
+  """T5 bucket of ``relative = j - i`` (int32), Raffel et al. 2020 (same rounding as
+  ``attnlab.positional.t5_buckets``)."""
+  offset = jnp.zeros_like(relative)
+  if bidirectional:
+    num_buckets //= 2
+    offset = jnp.where(relative > 0, num_buckets, 0)
+    n = jnp.abs(relative)
+  else:
+    n = jnp.maximum(-relative, 0)
+  max_exact = num_buckets // 2
+  safe_n = jnp.maximum(n, 1).astype(_F32)
+  large = max_exact + (jnp.log(safe_n / max_exact) / np.log(max_distance / max_exact)
+                       * (num_buckets - max_exact)).astype(jnp.int32)
+  large = jnp.minimum(large, num_buckets - 1)
+  return offset + jnp.where(n < max_exact, n, large)
+
+
+def _t5_lookup(table_ref, bucket, h, num_buckets: int):
+  """``table[bucket, h]`` as a sum of selects (no gather, so it lowers everywhere)."""
+  def add(b, acc):
+    return acc + jnp.where(bucket == b, table_ref[b, h], 0.0)
+  return lax.fori_loop(0, num_buckets, add, jnp.zeros(bucket.shape, _F32))
+
+
+def _apply_terms(st: _Static, s, q_idx, kv_idx, h, slopes_ref, t5_ref):
+  """Scaled logits -> modified logits, plus the inputs of every soft-cap (for backward)."""
+  capped_inputs = []
+  for term in st.terms:
+    if term[0] == "alibi":
+      s = s - slopes_ref[h] * jnp.abs(q_idx - kv_idx).astype(_F32)
+    elif term[0] == "t5":
+      bucket = t5_bucket(kv_idx - q_idx, term[1], term[2], term[3])
+      s = s + _t5_lookup(t5_ref, bucket, h, term[2])
+    else:  # softcap
+      capped_inputs.append(s)
+      s = term[1] * jnp.tanh(s / term[1])
+  return s, capped_inputs
+
+
+def _terms_backward(st: _Static, ds, capped_inputs, q_idx, kv_idx, params_grad):
+  """d(modified logits) -> d(scaled logits); accumulates parameter gradients into
+  ``params_grad`` (float32 [P]: slot 0 ALiBi slope, 1.. T5 buckets) when given."""
+  caps = list(capped_inputs)
+  for term in reversed(st.terms):
+    if term[0] == "softcap":
+      t = jnp.tanh(caps.pop() / term[1])
+      ds = ds * (1.0 - t * t)
+    elif params_grad is not None and term[0] == "alibi":
+      grad = -jnp.sum(ds * jnp.abs(q_idx - kv_idx).astype(_F32))
+      params_grad = params_grad + grad * (lax.broadcasted_iota(jnp.int32, params_grad.shape, 0) == 0)
+    elif params_grad is not None and term[0] == "t5":
+      bucket = t5_bucket(kv_idx - q_idx, term[1], term[2], term[3])
+      slot = lax.broadcasted_iota(jnp.int32, params_grad.shape, 0)
+      def add(b, acc):
+        return acc + jnp.sum(jnp.where(bucket == b, ds, 0.0)) * (slot == b + 1)
+      params_grad = lax.fori_loop(0, term[2], add, params_grad)
+  return ds, params_grad
+
+
+def _tile_mask(st: _Static, code, q_idx, kv_idx, q_seg, kv_seg, tile_masks_ref):
+  """Boolean [bq, bk] mask of a partial tile (padding keys always masked)."""
+  ok = jnp.broadcast_to(kv_idx < st.kv_len, (st.block_q, st.block_kv))
+  if st.predicate is not None:
+    pred = jnp.broadcast_to(st.predicate(q_idx, kv_idx), ok.shape)
+  else:
+    pred = jnp.ones(ok.shape, jnp.bool_)
+  if st.tile_masks:
+    table = tile_masks_ref[jnp.maximum(code, 0)] != 0
+    pred = jnp.where(code >= 0, table, pred)
+  pred = (pred & (code != EMPTY)) | (code == FULL)
+  if st.segments:
+    pred = pred & (q_seg[:, None] == kv_seg[None, :])
+  return ok & pred
+
+
+# ----------------------------------------------------------------------------- kernels
+
+def _fwd_kernel(count_full_ref, count_ref, index_ref, code_ref, tile_masks_ref,
+                q_seg_ref, kv_seg_ref, slopes_ref, t5_ref, q_ref, k_ref, v_ref,
+                o_ref, lse_ref, *, st: _Static):
+  h, i = pl.program_id(1), pl.program_id(2)
+  hm = h if st.per_head_codes else 0
+  bq, bk = st.block_q, st.block_kv
+  q = q_ref[...]
+  q_idx = i * bq + lax.broadcasted_iota(jnp.int32, (bq, 1), 0)
+  q_seg = q_seg_ref[...] if st.segments else None
+
+  def visit(t, carry, masked):
+    acc, m, l = carry
+    j = index_ref[i, t]
+    k = k_ref[pl.ds(j * bk, bk), :]
+    v = v_ref[pl.ds(j * bk, bk), :]
+    kv_idx = j * bk + lax.broadcasted_iota(jnp.int32, (1, bk), 1)
+    s, _ = _apply_terms(st, _dot_nt(q, k) * st.scale, q_idx, kv_idx, h, slopes_ref, t5_ref)
+    if masked:
+      kv_seg = kv_seg_ref[pl.ds(j * bk, bk)] if st.segments else None
+      s = jnp.where(_tile_mask(st, code_ref[hm, i, t], q_idx, kv_idx, q_seg, kv_seg,
+                               tile_masks_ref), s, -jnp.inf)
+    m_new = jnp.maximum(m, s.max(axis=1))
+    m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)
+    alpha = jnp.exp(m - m_safe)
+    p = jnp.exp(s - m_safe[:, None])
+    l = alpha * l + p.sum(axis=1)
+    acc = alpha[:, None] * acc + _dot(p.astype(v.dtype), v)
+    return acc, m_new, l
+
+  carry = (jnp.zeros((bq, v_ref.shape[-1]), _F32), jnp.full((bq,), -jnp.inf, _F32),
+           jnp.zeros((bq,), _F32))
+  n_full, n_all = count_full_ref[i], count_ref[i]
+  carry = lax.fori_loop(0, n_full, functools.partial(visit, masked=False), carry)
+  acc, m, l = lax.fori_loop(n_full, n_all, functools.partial(visit, masked=True), carry)
+  empty = l == 0.0
+  o_ref[...] = (acc / jnp.where(empty, 1.0, l)[:, None]).astype(o_ref.dtype)
+  # +inf for a row that sees nothing: the backward's exp(s - lse) is then 0, not NaN.
+  lse_ref[...] = jnp.where(empty, jnp.inf, m + jnp.log(jnp.where(empty, 1.0, l)))
+
+
+def _dq_kernel(count_full_ref, count_ref, index_ref, code_ref, tile_masks_ref,
+               q_seg_ref, kv_seg_ref, slopes_ref, t5_ref, q_ref, k_ref, v_ref,
+               do_ref, lse_ref, delta_ref, dq_ref, dparams_ref, *, st: _Static):
+  h, i = pl.program_id(1), pl.program_id(2)
+  hm = h if st.per_head_codes else 0
+  bq, bk = st.block_q, st.block_kv
+  q, do = q_ref[...], do_ref[...]
+  lse, delta = lse_ref[...], delta_ref[...]
+  q_idx = i * bq + lax.broadcasted_iota(jnp.int32, (bq, 1), 0)
+  q_seg = q_seg_ref[...] if st.segments else None
+
+  def visit(t, carry, masked):
+    dq, dparams = carry
+    j = index_ref[i, t]
+    k = k_ref[pl.ds(j * bk, bk), :]
+    v = v_ref[pl.ds(j * bk, bk), :]
+    kv_idx = j * bk + lax.broadcasted_iota(jnp.int32, (1, bk), 1)
+    s, capped = _apply_terms(st, _dot_nt(q, k) * st.scale, q_idx, kv_idx, h, slopes_ref, t5_ref)
+    p = jnp.exp(s - lse[:, None])
+    if masked:
+      kv_seg = kv_seg_ref[pl.ds(j * bk, bk)] if st.segments else None
+      p = jnp.where(_tile_mask(st, code_ref[hm, i, t], q_idx, kv_idx, q_seg, kv_seg,
+                               tile_masks_ref), p, 0.0)
+    ds = p * (_dot_nt(do, v) - delta[:, None])
+    ds, dparams = _terms_backward(st, ds, capped, q_idx, kv_idx, dparams)
+    dq = dq + _dot(ds.astype(k.dtype), k)
+    return dq, dparams
+
+  carry = (jnp.zeros(q.shape, _F32), jnp.zeros(dparams_ref.shape, _F32))
+  n_full, n_all = count_full_ref[i], count_ref[i]
+  carry = lax.fori_loop(0, n_full, functools.partial(visit, masked=False), carry)
+  dq, dparams = lax.fori_loop(n_full, n_all, functools.partial(visit, masked=True), carry)
+  dq_ref[...] = (dq * st.scale).astype(dq_ref.dtype)
+  dparams_ref[...] = dparams
+
+
+def _dkv_kernel(count_full_ref, count_ref, index_ref, code_ref, tile_masks_ref,
+                q_seg_ref, kv_seg_ref, slopes_ref, t5_ref, q_ref, k_ref, v_ref,
+                do_ref, lse_ref, delta_ref, dk_ref, dv_ref, *, st: _Static):
+  hkv, j = pl.program_id(1), pl.program_id(2)
+  bq, bk = st.block_q, st.block_kv
+  k, v = k_ref[...], v_ref[...]
+  kv_idx = j * bk + lax.broadcasted_iota(jnp.int32, (1, bk), 1)
+  kv_seg = kv_seg_ref[...] if st.segments else None
+
+  def visit(t, carry, g, masked):
+    dk, dv = carry
+    h = hkv * st.group + g
+    i = index_ref[j, t]
+    rows = pl.ds(i * bq, bq)
+    q, do = q_ref[g, rows, :], do_ref[g, rows, :]
+    lse, delta = lse_ref[g, rows], delta_ref[g, rows]
+    q_idx = i * bq + lax.broadcasted_iota(jnp.int32, (bq, 1), 0)
+    s, capped = _apply_terms(st, _dot_nt(q, k) * st.scale, q_idx, kv_idx, h, slopes_ref, t5_ref)
+    p = jnp.exp(s - lse[:, None])
+    if masked:
+      q_seg = q_seg_ref[rows] if st.segments else None
+      code = code_ref[h if st.per_head_codes else 0, j, t]
+      p = jnp.where(_tile_mask(st, code, q_idx, kv_idx, q_seg, kv_seg, tile_masks_ref), p, 0.0)
+    dv = dv + _dot_tn(p.astype(do.dtype), do)
+    ds = p * (_dot_nt(do, v) - delta[:, None])
+    ds, _ = _terms_backward(st, ds, capped, q_idx, kv_idx, None)
+    dk = dk + _dot_tn(ds.astype(q.dtype), q)
+    return dk, dv
+
+  carry = (jnp.zeros(k.shape, _F32), jnp.zeros(v.shape, _F32))
+  n_full, n_all = count_full_ref[j], count_ref[j]
+  for g in range(st.group):   # the query heads sharing this K/V head
+    carry = lax.fori_loop(0, n_full, functools.partial(visit, g=g, masked=False), carry)
+    carry = lax.fori_loop(n_full, n_all, functools.partial(visit, g=g, masked=True), carry)
+  dk, dv = carry
+  dk_ref[...] = (dk * st.scale).astype(dk_ref.dtype)
+  dv_ref[...] = dv.astype(dv_ref.dtype)
+
+
+# ----------------------------------------------------------------------------- pallas_call plumbing
+# Internal layout [batch, heads, seq, head_dim]; lse and delta [batch, heads, q_len].
+
+def _whole(x, st: _Static):
+  """The whole (small) array for every program; scalar tables go to SMEM on TPU."""
+  if st.backend == "tpu" and not st.interpret and x.ndim <= 3 and x.dtype == jnp.int32:
+    from jax.experimental.pallas import tpu as pltpu
+    return pl.BlockSpec(memory_space=pltpu.SMEM)
+  zeros = (0,) * x.ndim
+  return pl.BlockSpec(x.shape, lambda *_: zeros)
+
+
+def _compiler_params(st: _Static, head_dim: int):
+  if st.interpret:
+    return None
+  if st.backend == "gpu":   # Pallas' Triton lowering, chosen explicitly
+    from jax.experimental.pallas import triton as pl_triton
+    return pl_triton.CompilerParams(num_warps=4 if head_dim <= 64 else 8, num_stages=2)
+  return None
+
+
+def _call(kernel, st: _Static, grid, args_and_specs, out_shape, out_specs, name):
+  arrays = [a for a, _ in args_and_specs]
+  specs = [_whole(a, st) if spec is None else spec for a, spec in args_and_specs]
+  return pl.pallas_call(
+      functools.partial(kernel, st=st), grid=grid, in_specs=specs,
+      out_specs=out_specs, out_shape=out_shape, interpret=st.interpret,
+      compiler_params=_compiler_params(st, arrays[-1].shape[-1]), name=name,
+  )(*arrays)
+
+
+def _small_operands(st: _Static, tables, extras, q_tile_major: bool):
+  """Tables, tile masks, segment ids, slopes and T5 table with their BlockSpecs.
+
+  ``q_tile_major``: programs run over query tiles (forward, dq) rather than key tiles.
+  """
+  tile_masks, q_seg, kv_seg, slopes, t5_table = extras
+  bq, bk = st.block_q, st.block_kv
+  if q_tile_major:
+    q_seg_spec = pl.BlockSpec((None, bq), lambda b, h, i: (b, i))
+    kv_seg_spec = pl.BlockSpec((None, kv_seg.shape[1]), lambda b, h, i: (b, 0))
+  else:
+    q_seg_spec = pl.BlockSpec((None, q_seg.shape[1]), lambda b, h, j: (b, 0))
+    kv_seg_spec = pl.BlockSpec((None, bk), lambda b, h, j: (b, j))
+  return ([(t, None) for t in tables] + [(tile_masks, None), (q_seg, q_seg_spec),
+                                         (kv_seg, kv_seg_spec), (slopes, None), (t5_table, None)])
+
+
+def _forward(st: _Static, fwd_tables, extras, q, k, v):
+  """q [B, H, Nq_pad, D], k/v [B, Hkv, Nk_pad, D] -> out [B, H, Nq_pad, Dv], lse [B, H, Nq_pad]."""
+  b, h, nq_pad, d = q.shape
+  nk_pad, dv = k.shape[2], v.shape[-1]
+  g, bq = st.group, st.block_q
+  args = _small_operands(st, fwd_tables, extras, True) + [
+      (q, pl.BlockSpec((None, None, bq, d), lambda b_, h_, i: (b_, h_, i, 0))),
+      (k, pl.BlockSpec((None, None, nk_pad, d), lambda b_, h_, i: (b_, h_ // g, 0, 0))),
+      (v, pl.BlockSpec((None, None, nk_pad, dv), lambda b_, h_, i: (b_, h_ // g, 0, 0)))]
+  out_shape = [jax.ShapeDtypeStruct((b, h, nq_pad, dv), q.dtype),
+               jax.ShapeDtypeStruct((b, h, nq_pad), _F32)]
+  out_specs = [pl.BlockSpec((None, None, bq, dv), lambda b_, h_, i: (b_, h_, i, 0)),
+               pl.BlockSpec((None, None, bq), lambda b_, h_, i: (b_, h_, i))]
+  return _call(_fwd_kernel, st, (b, h, nq_pad // bq), args, out_shape, out_specs, "flash_fwd")
+
+
+def _num_param_slots(st: _Static) -> int:
+  """Slot 0: the ALiBi slope; slots 1..: T5 buckets; rounded up to a power of two."""
+  t5 = [t for t in st.terms if t[0] == "t5"]
+  return pl.next_power_of_2(1 + (t5[0][2] if t5 else 0))
+
+
+def _backward(st: _Static, fwd_tables, bwd_tables, extras, q, k, v, out, lse, do):
+  """Gradients dq, dk, dv (input dtypes) and per-head parameter grads float32 [H, P]."""
+  b, h, nq_pad, d = q.shape
+  hkv, nk_pad, dv = k.shape[1], k.shape[2], v.shape[-1]
+  g, bq, bk = st.group, st.block_q, st.block_kv
+  delta = jnp.einsum("bhqd,bhqd->bhq", out.astype(_F32), do.astype(_F32))
+  n_params = _num_param_slots(st)
+
+  args = _small_operands(st, fwd_tables, extras, True) + [
+      (q, pl.BlockSpec((None, None, bq, d), lambda b_, h_, i: (b_, h_, i, 0))),
+      (k, pl.BlockSpec((None, None, nk_pad, d), lambda b_, h_, i: (b_, h_ // g, 0, 0))),
+      (v, pl.BlockSpec((None, None, nk_pad, dv), lambda b_, h_, i: (b_, h_ // g, 0, 0))),
+      (do, pl.BlockSpec((None, None, bq, dv), lambda b_, h_, i: (b_, h_, i, 0))),
+      (lse, pl.BlockSpec((None, None, bq), lambda b_, h_, i: (b_, h_, i))),
+      (delta, pl.BlockSpec((None, None, bq), lambda b_, h_, i: (b_, h_, i)))]
+  out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype),
+               jax.ShapeDtypeStruct((b, h, nq_pad // bq, n_params), _F32)]
+  out_specs = [pl.BlockSpec((None, None, bq, d), lambda b_, h_, i: (b_, h_, i, 0)),
+               pl.BlockSpec((None, None, None, n_params), lambda b_, h_, i: (b_, h_, i, 0))]
+  dq, dparams = _call(_dq_kernel, st, (b, h, nq_pad // bq), args, out_shape, out_specs,
+                      "flash_dq")
+
+  args = _small_operands(st, bwd_tables, extras, False) + [
+      (q, pl.BlockSpec((None, g, nq_pad, d), lambda b_, hk, j: (b_, hk, 0, 0))),
+      (k, pl.BlockSpec((None, None, bk, d), lambda b_, hk, j: (b_, hk, j, 0))),
+      (v, pl.BlockSpec((None, None, bk, dv), lambda b_, hk, j: (b_, hk, j, 0))),
+      (do, pl.BlockSpec((None, g, nq_pad, dv), lambda b_, hk, j: (b_, hk, 0, 0))),
+      (lse, pl.BlockSpec((None, g, nq_pad), lambda b_, hk, j: (b_, hk, 0))),
+      (delta, pl.BlockSpec((None, g, nq_pad), lambda b_, hk, j: (b_, hk, 0)))]
+  out_shape = [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)]
+  out_specs = [pl.BlockSpec((None, None, bk, d), lambda b_, hk, j: (b_, hk, j, 0)),
+               pl.BlockSpec((None, None, bk, dv), lambda b_, hk, j: (b_, hk, j, 0))]
+  dk, dv_ = _call(_dkv_kernel, st, (b, hkv, nk_pad // bk), args, out_shape, out_specs,
+                  "flash_dkv")
+  return dq, dk, dv_, dparams.sum(axis=(0, 2))
+
+
+# ----------------------------------------------------------------------------- public entry
+
+def _round_up(x: int, multiple: int) -> int:
+  return -(-x // multiple) * multiple
+
+
+def _check(cond: bool, message: str) -> None:
+  if not cond:
+    raise ValueError(f"flash_attention: {message}")
+
+
+def default_interpret() -> bool:
+  """Interpret everywhere but GPU and TPU (the CPU test mode)."""
+  return jax.default_backend() not in ("gpu", "tpu")
+
+
+def flash_attention(q, k, v, *, sparsity: BlockSparsity | None = None,
+                    predicate: Callable | None = None, segment_ids=None, terms=(),
+                    scale: float | None = None, block_q: int = 128, block_kv: int = 128,
+                    interpret: bool | None = None):
+  """Fused block-sparse attention.
+
+  Args:
+    q: [batch, q_len, heads, head_dim]; k: [batch, kv_len, kv_heads, head_dim];
+      v: [batch, kv_len, kv_heads, v_dim]; ``kv_heads`` divides ``heads``.
+    sparsity: tile classes for tiles of ``block_q x block_kv`` (None: all FULL).
+    predicate: ``(q_idx [bq, 1], kv_idx [1, bk]) -> bool`` for PREDICATE tiles.
+    segment_ids: optional ``(q_ids [batch, q_len], kv_ids [batch, kv_len])`` ints;
+      a query sees only keys of its segment (every visited tile is then masked).
+    terms: score modifiers applied in order: ``Alibi``, ``T5``, ``SoftCap``.
+    scale: logit scale, default ``1 / sqrt(head_dim)``.
+    interpret: None picks compiled kernels on GPU/TPU and interpret mode elsewhere.
+
+  Returns [batch, q_len, heads, v_dim] in q's dtype; differentiable in q, k, v,
+  ALiBi slopes and the T5 table.
+  """
+  _check(q.ndim == k.ndim == v.ndim == 4, f"q, k, v must be [batch, seq, heads, dim]; got "
+         f"{q.shape}, {k.shape}, {v.shape}")
+  b, q_len, heads, d = q.shape
+  _, kv_len, kv_heads, _ = k.shape
+  _check(k.shape[:3] == v.shape[:3] and k.shape[-1] == d and k.shape[0] == b,
+         f"k {k.shape} and v {v.shape} must match q {q.shape} in batch and k in head_dim")
+  _check(heads % kv_heads == 0, f"kv_heads={kv_heads} must divide heads={heads}")
+  for name, val in (("block_q", block_q), ("block_kv", block_kv)):
+    _check(isinstance(val, int) and val >= 1, f"{name}={val!r} must be a positive int")
+  interpret = default_interpret() if interpret is None else bool(interpret)
+  backend = jax.default_backend()
+  if not interpret and backend == "gpu":
+    for name, val in (("block_q", block_q), ("block_kv", block_kv)):
+      _check(val >= 16 and val & (val - 1) == 0,
+             f"{name}={val} must be a power of two >= 16 for the GPU kernel")
+  bq, bk = block_q, block_kv
+  nq_tiles, nk_tiles = -(-q_len // bq), -(-kv_len // bk)
+  sparsity = sparsity or BlockSparsity.dense(nq_tiles, nk_tiles)
+  codes = np.asarray(sparsity.codes, np.int32)
+  _check(codes.ndim == 3 and codes.shape[1:] == (nq_tiles, nk_tiles)
+         and codes.shape[0] in (1, heads),
+         f"sparsity.codes has shape {codes.shape}; expected (1 or {heads}, {nq_tiles}, "
+         f"{nk_tiles}) for tiles of {bq} x {bk}")
+  has_tables = sparsity.tile_masks is not None
+  if has_tables:
+    _check(sparsity.tile_masks.shape[1:] == (bq, bk),
+           f"sparsity.tile_masks must be [rows, {bq}, {bk}]; got {sparsity.tile_masks.shape}")
+    _check(codes.max() < len(sparsity.tile_masks), "a code names a missing tile-mask row")
+  _check(has_tables or codes.max() < 0, "codes >= 0 need sparsity.tile_masks")
+  kinds = [type(t).__name__ for t in terms]
+  _check(all(isinstance(t, (Alibi, T5, SoftCap)) for t in terms),
+         f"terms must be Alibi, T5 or SoftCap; got {kinds}")
+  _check(kinds.count("Alibi") <= 1 and kinds.count("T5") <= 1,
+         f"at most one Alibi and one T5 term; got {kinds}")
+  if segment_ids is not None:
+    _check(len(segment_ids) == 2 and segment_ids[0].shape == (b, q_len)
+           and segment_ids[1].shape == (b, kv_len),
+           f"segment_ids must be (q_ids [{b}, {q_len}], kv_ids [{b}, {kv_len}])")
+
+  # Padded keys must be masked: the last key tile is then never FULL.
+  if kv_len % bk:
+    codes = codes.copy()
+    last = codes[:, :, -1]
+    codes[:, :, -1] = np.where(last == FULL, PREDICATE, last)
+  if segment_ids is not None:   # data-dependent: every visited tile is masked
+    codes = np.where(codes == FULL, PREDICATE, codes)
+  static_terms, slopes, t5_table = [], jnp.zeros((heads,), _F32), jnp.zeros((1, heads), _F32)
+  for t in terms:
+    if isinstance(t, Alibi):
+      static_terms.append(("alibi",))
+      slopes = jnp.asarray(t.slopes, _F32).reshape(heads)
+    elif isinstance(t, T5):
+      table = jnp.asarray(t.table, _F32)
+      _check(table.ndim == 2 and table.shape[1] == heads,
+             f"T5 table must be [num_buckets, {heads}]; got {table.shape}")
+      static_terms.append(("t5", bool(t.bidirectional), table.shape[0], int(t.max_distance)))
+      t5_table = table
+    else:
+      _check(t.cap > 0, f"SoftCap cap={t.cap} must be > 0")
+      static_terms.append(("softcap", float(t.cap)))
+
+  st = _Static(scale=float(1.0 / math.sqrt(d) if scale is None else scale), block_q=bq,
+               block_kv=bk, q_len=q_len, kv_len=kv_len, group=heads // kv_heads,
+               terms=tuple(static_terms), predicate=predicate,
+               segments=segment_ids is not None, tile_masks=has_tables,
+               per_head_codes=codes.shape[0] > 1, interpret=interpret, backend=backend)
+  fwd_tables = tuple(jnp.asarray(x) for x in _visit_tables(codes))
+  bwd_tables = tuple(jnp.asarray(x) for x in _visit_tables(codes.transpose(0, 2, 1)))
+  nq_pad, nk_pad = nq_tiles * bq, nk_tiles * bk
+  tile_masks = jnp.asarray(sparsity.tile_masks if has_tables else np.zeros((1, 1, 1)), jnp.int8)
+  if segment_ids is not None:
+    q_seg = jnp.pad(jnp.asarray(segment_ids[0], jnp.int32), ((0, 0), (0, nq_pad - q_len)))
+    kv_seg = jnp.pad(jnp.asarray(segment_ids[1], jnp.int32), ((0, 0), (0, nk_pad - kv_len)),
+                     constant_values=-1)
+  else:
+    q_seg = jnp.zeros((b, nq_pad), jnp.int32)
+    kv_seg = jnp.zeros((b, nk_pad), jnp.int32)
+
+  def to_internal(x, length):   # [B, N, H, D] -> [B, H, N_pad, D]
+    return jnp.pad(x, ((0, 0), (0, length - x.shape[1]), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
+
+  @jax.custom_vjp
+  def attend(q, k, v, slopes, t5_table):
+    return _forward(st, fwd_tables, (tile_masks, q_seg, kv_seg, slopes, t5_table), q, k, v)[0]
+
+  def attend_fwd(q, k, v, slopes, t5_table):
+    out, lse = _forward(st, fwd_tables, (tile_masks, q_seg, kv_seg, slopes, t5_table), q, k, v)
+    return out, (q, k, v, slopes, t5_table, out, lse)
+
+  def attend_bwd(res, do):
+    q, k, v, slopes, t5_table, out, lse = res
+    extras = (tile_masks, q_seg, kv_seg, slopes, t5_table)
+    dq, dk, dv, dparams = _backward(st, fwd_tables, bwd_tables, extras, q, k, v, out, lse, do)
+    d_t5 = dparams[:, 1:1 + t5_table.shape[0]].T if any(
+        t[0] == "t5" for t in st.terms) else jnp.zeros_like(t5_table)
+    return dq, dk, dv, dparams[:, 0], d_t5
+
+  attend.defvjp(attend_fwd, attend_bwd)
+  out = attend(to_internal(q, nq_pad), to_internal(k, nk_pad), to_internal(v, nk_pad),
+               slopes, t5_table)
+  return out.transpose(0, 2, 1, 3)[:, :q_len]
