@@ -16,6 +16,7 @@ and register it: ``IMPLS.register("name")(Implementation(fn, unsupported=...))``
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from typing import Callable
 
@@ -119,15 +120,36 @@ AUTO_DENSE_LIMIT_BYTES = 64 * 2**20
 
 
 def choose_impl(q, k, v, mask, score_mod) -> tuple[str, str]:
-  """``impl='auto'``: (chosen name, reason). Dense XLA while the score matrix is small,
-  blockwise beyond that."""
+  """``impl='auto'``: (chosen name, reason).
+
+  On GPU/TPU the fused Pallas kernel whenever it supports the request; otherwise
+  (and on CPU, where Pallas only interprets) dense XLA while the score matrix is
+  small and blockwise beyond that. The reason says why, including why Pallas
+  was not used.
+  """
+  prefix = ""
+  if jax.default_backend() in ("gpu", "tpu") and "pallas" in IMPLS:
+    why_not = IMPLS.get("pallas").unsupported(q, k, v, mask, score_mod)
+    if why_not is None:
+      return "pallas", f"fused Pallas kernel on {jax.default_backend()}"
+    prefix = f"not pallas ({why_not}); "
   score_bytes = 4 * q.shape[0] * q.shape[2] * q.shape[1] * k.shape[1]
   if score_bytes > AUTO_DENSE_LIMIT_BYTES:
-    return "blockwise", f"score matrix would take {score_bytes / 2**20:.0f} MiB"
+    return "blockwise", prefix + f"score matrix would take {score_bytes / 2**20:.0f} MiB"
   reason = _xla_unsupported(q, k, v, mask, score_mod)
   if reason:
-    return "reference", reason
-  return "xla", "small problem supported by jax.nn.dot_product_attention"
+    return "reference", prefix + reason
+  return "xla", prefix + "small problem supported by jax.nn.dot_product_attention"
+
+
+_FALLBACKS_LOGGED: set[str] = set()
+
+
+def _log_fallback(name: str, reason: str) -> None:
+  """Say once per distinct reason why ``auto`` did not pick the fused kernel."""
+  if reason.startswith("not pallas") and reason not in _FALLBACKS_LOGGED:
+    _FALLBACKS_LOGGED.add(reason)
+    logging.getLogger("attnlab").warning("impl='auto' chose %r: %s", name, reason)
 
 
 def _check_shapes(q, k, v):
@@ -167,7 +189,8 @@ def dot_product_attention(q, k, v, *, mask=None, bias=None, scale: float | None 
   score_mod = score_mods.as_score_mod(bias)
   scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
   if impl == "auto":
-    impl, _ = choose_impl(q, k, v, mask, score_mod)
+    impl, why = choose_impl(q, k, v, mask, score_mod)
+    _log_fallback(impl, why)
   elif impl not in IMPLS:
     raise ConfigError(f"impl={impl!r} is not valid; valid names: {', '.join(impl_names())}")
   implementation = IMPLS.get(impl)

@@ -1,0 +1,257 @@
+"""The fused Pallas kernel (interpret mode on CPU) against the float64 oracle.
+
+``impl="pallas"`` must compute the contract of ``attnlab/attention/core.py``, values
+and gradients, for every pattern route of the kernel (no mask, in-kernel predicate,
+tile-mask table, segment ids), every score modifier (ALiBi, T5, soft-cap), GQA/MQA,
+ragged lengths and float32/bfloat16/float16. The oracle is ``naive_attention`` of
+``test_attention.py`` (numpy float64, explicit loops).
+
+Tolerance (issue 5): float32 within 1e-4 relative (atol 1e-4 x the largest oracle
+magnitude); bfloat16/float16 within a few of their ulps.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from attnlab import positional
+from attnlab.attention import dot_product_attention, masks, score_mods
+from attnlab.attention import core as core_lib
+from attnlab.attention import pallas_impl
+from attnlab.registry import ConfigError
+from pallas_kernels import flash
+
+import test_attention as ta
+import test_sparse_patterns as sp
+
+RTOL = 1e-4
+BLOCK = 16
+
+
+def run_pallas(q, k, v, w, *, mask=None, bias=None, block=BLOCK, dtype=jnp.float32):
+  """(out, dq, dk, dv, dbias) of loss = sum(w * attention) through impl='pallas'."""
+  def loss(q, k, v, bias):
+    out = dot_product_attention(q, k, v, mask=mask, bias=bias, impl="pallas",
+                                block_q=block, block_kv=block)
+    return jnp.sum(out.astype(jnp.float32) * w), out
+
+  argnums = (0, 1, 2) if bias is None else (0, 1, 2, 3)
+  cast = lambda x: jnp.asarray(x, dtype)  # noqa: E731
+  (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=argnums, has_aux=True))(
+      cast(q), cast(k), cast(v), bias)
+  grads = [np.asarray(jnp.asarray(g, jnp.float32)) if i < 3 else g for i, g in enumerate(grads)]
+  return (np.asarray(out.astype(jnp.float32)), *grads[:3], grads[3] if bias is not None else None)
+
+
+def assert_close(actual, expected, what, rtol=RTOL):
+  assert np.all(np.isfinite(actual)), f"{what}: non-finite"
+  atol = rtol * max(1.0, float(np.abs(expected).max()))
+  np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
+
+
+def check(q, k, v, w, mask_bool, *, mask=None, bias=None, bias_np=None, cap=None, rtol=RTOL,
+          dtype=jnp.float32):
+  """Compare out, dq, dk, dv with the oracle; return the oracle's dscores and the bias grad."""
+  out, dq, dk, dv, dbias = run_pallas(q, k, v, w, mask=mask, bias=bias, dtype=dtype)
+  ref = ta.naive_attention(q, k, v, mask_bool, bias_np, cap=cap, d_out=w)
+  for name, got, want in zip(("out", "dq", "dk", "dv"), (out, dq, dk, dv), ref[:4]):
+    assert_close(got, want, f"pallas {name}", rtol)
+  return ref[4], dbias
+
+
+# ----------------------------------------------------------------------------- patterns
+
+# (name, mask, numpy definition, q_len, kv_len, heads, kv_heads): lengths not multiples
+# of the 16-wide tiles; every route of the kernel: none, predicate, table, per head.
+CASES = [
+    ("causal_mha", masks.causal(), ta.np_causal, 40, 40, 2, 2),
+    ("full_cross", None, ta.np_full, 24, 40, 2, 2),
+    ("sliding_window_gqa", masks.sliding_window(5), ta.np_window(5, 0), 40, 40, 4, 2),
+    ("prefix_mqa", masks.prefix_lm(7), ta.np_prefix(7), 37, 37, 4, 1),
+    ("dilated", masks.dilated(4, 3) & masks.causal(),
+     lambda i, j: sp.np_dilated(4, 3)(i, j) & (j <= i), 40, 40, 2, 2),
+    ("longformer", masks.longformer(4, (0, 17), causal=True), sp.np_longformer(4, (0, 17), True),
+     40, 40, 2, 2),
+    ("streaming", masks.streaming(3, 6), sp.np_streaming(3, 6), 40, 40, 2, 1),
+]
+
+
+@pytest.mark.parametrize("name,mask,np_fn,nq,nk,h,hkv", CASES, ids=[c[0] for c in CASES])
+def test_patterns_match_oracle(name, mask, np_fn, nq, nk, h, hkv):
+  q, k, v, w = ta.make_qkv(1, 2, nq, nk, h, hkv, d=16)
+  check(q, k, v, w, ta.dense_np(np_fn, nq, nk), mask=mask)
+
+
+def test_bigbird_per_head_tile_table_matches_oracle():
+  # BigBird blocks of 8 inside 16-wide tiles: partial tiles differ by head (random
+  # blocks), so the kernel masks them with rows of its tile-mask table.
+  n, heads = 48, 2
+  mask = masks.bigbird(8, window_blocks=3, global_blocks=1, random_blocks=1, seed=5,
+                       num_heads=heads, causal=True)
+  dense = np.asarray(mask.dense(n, n))
+  q, k, v, w = ta.make_qkv(2, 1, n, n, heads, heads, d=16)
+  sparsity, predicate = pallas_impl._sparsity(mask, n, n, BLOCK, BLOCK, heads)
+  assert predicate is None and sparsity.tile_masks is not None and sparsity.codes.shape[0] == heads
+  check(q, k, v, w, dense[None], mask=mask)
+
+
+def test_random_keys_per_head_matches_oracle():
+  n, heads = 40, 2
+  mask = masks.random(2, seed=3, num_heads=heads) & masks.causal() | masks.sliding_window(0)
+  q, k, v, w = ta.make_qkv(3, 1, n, n, heads, 1, d=16)
+  check(q, k, v, w, np.asarray(mask.dense(n, n))[None], mask=mask)
+
+
+def test_segments_with_causal_match_oracle():
+  n = 36
+  ids = np.array([[0] * 10 + [1] * 20 + [2] * 6, [0] * 36], np.int32)
+  mask = masks.segments(ids) & masks.causal()
+  dense = (ids[:, None, :, None] == ids[:, None, None, :]) & ta.dense_np(ta.np_causal, n, n)
+  q, k, v, w = ta.make_qkv(4, 2, n, n, 2, 2, d=16)
+  check(q, k, v, w, dense, mask=mask)
+
+
+def test_row_that_sees_nothing_is_zero_without_nan():
+  n = 20
+  mask = masks.DenseMask(np.arange(n)[:, None] > np.arange(n)[None, :] + 0)  # row 0 sees nothing
+  q, k, v, w = ta.make_qkv(5, 1, n, n, 2, 2, d=16)
+  dense = ta.dense_np(lambda i, j: i > j, n, n)
+  check(q, k, v, w, dense, mask=mask)
+  out = run_pallas(q, k, v, w, mask=mask)[0]
+  assert np.all(out[:, 0] == 0.0)
+
+
+def test_empty_tiles_are_never_read():
+  # NaN keys/values in key tile 0, which the block map marks empty for query tiles
+  # 2 and 3 of a sliding window: any visit would poison those rows (0 * NaN).
+  n, window = 64, 4
+  q, k, v, _ = ta.make_qkv(6, 1, n, n, 2, 2, d=16)
+  k_bad, v_bad = k.copy(), v.copy()
+  k_bad[:, :16], v_bad[:, :16] = np.nan, np.nan
+  out = np.asarray(dot_product_attention(jnp.asarray(q), jnp.asarray(k_bad), jnp.asarray(v_bad),
+                                         mask=masks.sliding_window(window), impl="pallas",
+                                         block_q=16, block_kv=16))
+  ref = ta.naive_attention(q, k, v, ta.dense_np(ta.np_window(window, 0), n, n))
+  np.testing.assert_allclose(out[:, 32:], ref[:, 32:], rtol=RTOL, atol=RTOL)
+  sparsity = flash.BlockSparsity.from_block_map(
+      masks.sliding_window(window).block_map(n, n, 16, 16))
+  assert sparsity.num_tiles == 4 + 3     # diagonal tiles + the tile left of each but the first
+
+
+def test_visit_tables_list_full_tiles_first():
+  codes = np.array([[[flash.FULL, flash.PREDICATE, flash.EMPTY],
+                     [flash.PREDICATE, flash.FULL, flash.FULL]]], np.int32)
+  count_full, count, index, code = flash._visit_tables(codes)
+  assert count_full.tolist() == [1, 2] and count.tolist() == [2, 3]
+  assert index[0, :2].tolist() == [0, 1] and index[1].tolist() == [1, 2, 0]
+  assert code[0, 1].tolist() == [flash.FULL, flash.FULL, flash.PREDICATE]
+
+
+# ----------------------------------------------------------------------------- score modifiers
+
+def test_alibi_matches_oracle_with_slope_gradients():
+  n, heads = 40, 4
+  slopes = positional.alibi_slopes(heads)
+  bias = positional.alibi_bias(heads)
+  q, k, v, w = ta.make_qkv(7, 1, n, n, heads, 2, d=16)
+  ds, dbias = check(q, k, v, w, ta.dense_np(ta.np_causal, n, n), mask=masks.causal(), bias=bias,
+                    bias_np=ta.alibi_np(slopes, n, n))
+  dist = np.abs(np.arange(n)[:, None] - np.arange(n)[None, :])
+  expected = -(ds * dist).sum(axis=(0, 2, 3))                      # d loss / d slope_h
+  assert_close(np.asarray(dbias.slopes), expected, "d slopes")
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_t5_bias_matches_oracle_with_table_gradients(bidirectional):
+  n, heads, buckets = 40, 2, 8
+  rng = np.random.default_rng(8)
+  table = rng.standard_normal((buckets, heads)).astype(np.float32)
+  bias = positional.T5Bias(table=jnp.asarray(table), bidirectional=bidirectional,
+                           num_buckets=buckets, max_distance=20)
+  rel = np.arange(n)[None, :] - np.arange(n)[:, None]
+  bucket = np.asarray(positional.t5_buckets(rel, bidirectional=bidirectional, num_buckets=buckets,
+                                            max_distance=20))
+  bias_np = np.moveaxis(table[bucket], -1, 0)[None]                # [1, H, q, k]
+  mask, mask_np = (None, None) if bidirectional else (masks.causal(),
+                                                      ta.dense_np(ta.np_causal, n, n))
+  q, k, v, w = ta.make_qkv(9, 1, n, n, heads, heads, d=16)
+  ds, dbias = check(q, k, v, w, mask_np, mask=mask, bias=bias, bias_np=bias_np)
+  expected = np.zeros((buckets, heads))
+  for h in range(heads):
+    np.add.at(expected[:, h], bucket.ravel(), ds[:, h].sum(0).ravel())
+  assert_close(np.asarray(dbias.table), expected, "d table")
+
+
+def test_soft_cap_and_composition_with_alibi_match_oracle():
+  n, heads, cap = 32, 2, 2.0
+  q, k, v, w = ta.make_qkv(10, 1, n, n, heads, heads, d=16, q_scale=3.0)   # logits beyond the cap
+  check(q, k, v, w, ta.dense_np(ta.np_causal, n, n), mask=masks.causal(),
+        bias=score_mods.soft_cap(cap), cap=cap)
+  # Compose(soft_cap, alibi): the oracle caps first, then adds the bias.
+  slopes = positional.alibi_slopes(heads)
+  bias = score_mods.Compose(score_mods.soft_cap(cap), positional.alibi_bias(heads))
+  check(q, k, v, w, ta.dense_np(ta.np_causal, n, n), mask=masks.causal(), bias=bias,
+        bias_np=ta.alibi_np(slopes, n, n), cap=cap)
+
+
+# ----------------------------------------------------------------------------- dtypes, head dims
+
+@pytest.mark.parametrize("dtype,rtol", [(jnp.bfloat16, 3e-2), (jnp.float16, 5e-3)])
+def test_half_precision_within_tolerance(dtype, rtol):
+  n = 40
+  q, k, v, w = ta.make_qkv(11, 1, n, n, 2, 1, d=16)
+  # the oracle sees the same rounded inputs
+  q, k, v = (np.asarray(jnp.asarray(x, dtype).astype(jnp.float32)) for x in (q, k, v))
+  check(q, k, v, w, ta.dense_np(ta.np_causal, n, n), mask=masks.causal(), rtol=rtol, dtype=dtype)
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_head_dims_64_and_128(head_dim):
+  n = 20
+  q, k, v, w = ta.make_qkv(12, 1, n, n, 2, 2, d=head_dim)
+  check(q, k, v, w, ta.dense_np(ta.np_causal, n, n), mask=masks.causal())
+
+
+# ----------------------------------------------------------------------------- selection and errors
+
+def test_unsupported_requests_fail_with_a_reason():
+  q = jnp.zeros((1, 8, 2, 16))
+  with pytest.raises(ConfigError, match="score modifiers ALiBi, T5, soft-cap"):
+    dot_product_attention(q, q, q, bias=np.zeros((8, 8), np.float32), impl="pallas")
+  with pytest.raises(ConfigError, match="explicit positions"):
+    dot_product_attention(q, q, q, bias=positional.alibi_bias(2, jnp.zeros((1, 8), jnp.int32)),
+                          impl="pallas")
+  traced = jax.jit(lambda m: dot_product_attention(q, q, q, mask=m, impl="auto"))
+  assert traced(jnp.ones((8, 8), bool)).shape == q.shape     # auto falls back, no error
+  with pytest.raises(ConfigError, match="static pattern"):
+    jax.jit(lambda m: dot_product_attention(q, q, q, mask=m, impl="pallas"))(jnp.ones((8, 8), bool))
+
+
+def test_kernel_argument_errors_name_the_argument():
+  q = jnp.zeros((1, 8, 3, 16))
+  with pytest.raises(ValueError, match="kv_heads=2 must divide heads=3"):
+    flash.flash_attention(q, jnp.zeros((1, 8, 2, 16)), jnp.zeros((1, 8, 2, 16)))
+  with pytest.raises(ValueError, match="block_q=0"):
+    flash.flash_attention(q, q, q, block_q=0)
+  with pytest.raises(ValueError, match="sparsity.codes has shape"):
+    flash.flash_attention(q, q, q, block_q=8, block_kv=8, sparsity=flash.BlockSparsity.dense(2, 2))
+
+
+def test_auto_picks_pallas_on_accelerators_and_says_why_not(monkeypatch, caplog):
+  q = jnp.zeros((1, 8, 2, 16))
+  assert core_lib.choose_impl(q, q, q, masks.causal(), None)[0] == "xla"       # CPU: never
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  name, why = core_lib.choose_impl(q, q, q, masks.causal(), positional.alibi_bias(2))
+  assert name == "pallas" and "gpu" in why
+  dense_bias = score_mods.as_score_mod(np.zeros((8, 8), np.float32))
+  name, why = core_lib.choose_impl(q, q, q, masks.causal(), dense_bias)
+  assert name == "xla" and why.startswith("not pallas (") and "DenseBias" in why
+  with caplog.at_level(logging.WARNING, logger="attnlab"):
+    core_lib._FALLBACKS_LOGGED.clear()
+    core_lib._log_fallback(name, why)
+  assert "DenseBias" in caplog.text
