@@ -31,7 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
   # causal | sliding_window | dilated | block_local | global | random | bigbird | longformer
   # | streaming (decoder patterns); full | prefix_lm (encoders)
   c.model.attention.pattern = "causal"
-  c.model.attention.impl = "auto"     # auto | reference | xla | blockwise (kind=softmax)
+  c.model.attention.impl = "auto"     # auto | reference | xla | blockwise | pallas (kind=softmax)
   c.model.attention.block_q = 512     # tile sizes of the blockwise paths
   c.model.attention.block_kv = 512
   # pattern parameters (each pattern reads only its own; see attnlab/attention/patterns.py)

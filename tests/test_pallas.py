@@ -255,3 +255,44 @@ def test_auto_picks_pallas_on_accelerators_and_says_why_not(monkeypatch, caplog)
     core_lib._FALLBACKS_LOGGED.clear()
     core_lib._log_fallback(name, why)
   assert "DenseBias" in caplog.text
+
+
+# ----------------------------------------------------------------------------- random sweep (slow)
+
+try:
+  from hypothesis import given, settings, strategies as st_
+except ImportError:   # hypothesis comes with the [test] extra
+  given = None
+
+
+if given is not None:
+  PATTERN_CHOICES = {
+      "none": (lambda: None, ta.np_full),
+      "causal": (masks.causal, ta.np_causal),
+      "window": (lambda: masks.sliding_window(3, 2), ta.np_window(3, 2)),
+      "prefix": (lambda: masks.prefix_lm(5), ta.np_prefix(5)),
+  }
+
+  @pytest.mark.slow
+  @settings(max_examples=40, deadline=None)
+  @given(batch=st_.integers(1, 2), nq=st_.integers(1, 50), nk=st_.integers(5, 50),
+         kv_heads=st_.sampled_from([1, 2]), group=st_.sampled_from([1, 2, 3]),
+         head_dim=st_.sampled_from([8, 16, 32]), block=st_.sampled_from([16, 32]),
+         pattern=st_.sampled_from(sorted(PATTERN_CHOICES)), alibi=st_.booleans(),
+         cap=st_.sampled_from([None, 3.0]), seed=st_.integers(0, 2**16))
+  def test_random_shapes_match_oracle(batch, nq, nk, kv_heads, group, head_dim, block, pattern,
+                                      alibi, cap, seed):
+    heads = kv_heads * group
+    make_mask, np_fn = PATTERN_CHOICES[pattern]
+    q, k, v, w = ta.make_qkv(seed, batch, nq, nk, heads, kv_heads, d=head_dim)
+    bias, bias_np = None, None
+    if alibi:
+      bias = positional.alibi_bias(heads)
+      bias_np = ta.alibi_np(positional.alibi_slopes(heads), nq, nk)
+    if cap is not None:
+      soft = score_mods.soft_cap(cap)
+      bias = soft if bias is None else score_mods.Compose(soft, bias)
+    out, dq, dk, dv, _ = run_pallas(q, k, v, w, mask=make_mask(), bias=bias, block=block)
+    ref = ta.naive_attention(q, k, v, ta.dense_np(np_fn, nq, nk), bias_np, cap=cap, d_out=w)
+    for name, got, want in zip(("out", "dq", "dk", "dv"), (out, dq, dk, dv), ref[:4]):
+      assert_close(got, want, f"pallas {name}")
