@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from attnlab import positional
 from attnlab.attention import KINDS, PATTERNS
+from attnlab.inference import kv_cache
 from attnlab.registry import ConfigError, Registry
 
 NORMS: Registry = Registry("model.norm")
@@ -43,12 +44,14 @@ class SelfAttention(nn.Module):
 
   x: [batch, seq, d_model]; positions: int [batch, seq] -> [batch, seq, d_model].
   ``layer`` (the block index) seeds random patterns and random features.
+  With ``cache=(layer_kv, plan)`` (incremental decoding, see ``attnlab.inference.kv_cache``)
+  returns ``(output, updated layer_kv)``.
   """
   cfg: Any
   layer: int = 0
 
   @nn.compact
-  def __call__(self, x, positions):
+  def __call__(self, x, positions, cache=None):
     cfg, att = self.cfg, self.cfg.attention
     batch, seq, _ = x.shape
     heads, kv_heads = att.num_heads, att.num_kv_heads
@@ -61,20 +64,24 @@ class SelfAttention(nn.Module):
     q, k, v = jnp.split(qkv.reshape(batch, seq, heads + num_k + kv_heads, head_dim),
                         [heads, heads + num_k], axis=2)
     scheme = positional.get_scheme(cfg.position)
+    table_shape = scheme.bias_table_shape(heads)
+    table = None if table_shape is None else self.param("position_bias", nn.initializers.zeros,
+                                                        table_shape)
+    out_proj = dense(cfg.d_model, "out", 0.02 / math.sqrt(2 * cfg.num_layers))
+    if cache is not None:   # incremental decoding: k, v go to the cache before encoding
+      out, layer_kv = kv_cache.cached_attention(q, k, v, *cache, scheme=scheme, table=table,
+                                                att=att, layer=self.layer)
+      return out_proj(out.reshape(batch * seq, heads * head_dim)).reshape(x.shape), layer_kv
     if kind.shared_qk:
       q, _ = scheme.rotate_qk(q, q, positions)
       k = q
     else:
       q, k = scheme.rotate_qk(q, k, positions)
-    table_shape = scheme.bias_table_shape(heads)
-    table = None if table_shape is None else self.param("position_bias", nn.initializers.zeros,
-                                                        table_shape)
     rng = self.make_rng("features") if self.has_rng("features") else None
     out = kind.apply(q, k, v, mask=PATTERNS.get(att.pattern).build(att, self.layer),
                      bias=scheme.score_mod(heads, table, positions), cfg=att, layer=self.layer,
                      rng=rng)
-    out = dense(cfg.d_model, "out", 0.02 / math.sqrt(2 * cfg.num_layers))(
-        out.reshape(batch * seq, heads * head_dim))
+    out = out_proj(out.reshape(batch * seq, heads * head_dim))
     return out.reshape(x.shape)
 
 
@@ -100,17 +107,24 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+  """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)).
+
+  With ``cache`` (see ``SelfAttention``) returns ``(x, updated layer_kv)``.
+  """
   cfg: Any
   layer: int = 0
 
   @nn.compact
-  def __call__(self, x, positions, deterministic: bool = True):
+  def __call__(self, x, positions, deterministic: bool = True, cache=None):
     norm = NORMS.get(self.cfg.norm)
     drop = nn.Dropout(self.cfg.dropout)
-    x = x + drop(SelfAttention(self.cfg, self.layer, name="attention")(norm(self.cfg, "norm_attention")(x),
-                                                           positions), deterministic)
-    return x + drop(MLP(self.cfg, name="mlp")(norm(self.cfg, "norm_mlp")(x)), deterministic)
+    attn = SelfAttention(self.cfg, self.layer, name="attention")(
+        norm(self.cfg, "norm_attention")(x), positions, cache)
+    if cache is not None:
+      attn, layer_kv = attn
+    x = x + drop(attn, deterministic)
+    x = x + drop(MLP(self.cfg, name="mlp")(norm(self.cfg, "norm_mlp")(x)), deterministic)
+    return x if cache is None else (x, layer_kv)
 
 
 class TransformerLM(nn.Module):
@@ -118,13 +132,24 @@ class TransformerLM(nn.Module):
 
   tokens: int [batch, seq]; positions: int [batch, seq] (default 0..seq-1)
   -> float32 logits [batch, seq, vocab_size].
+
+  Incremental decoding: with ``cache`` (a ``kv_cache.KVCache``) the tokens continue the
+  text the cache holds (their positions follow from it; ``positions`` must be None) and
+  the result is ``(logits, updated cache)``. ``prefill=True`` fills an empty cache.
   """
   cfg: Any
 
   @nn.compact
-  def __call__(self, tokens, positions=None, deterministic: bool = True):
+  def __call__(self, tokens, positions=None, deterministic: bool = True, cache=None,
+               prefill: bool = False):
     cfg = self.cfg
     batch, seq = tokens.shape
+    plan = None
+    if cache is not None:
+      if positions is not None:
+        raise ValueError("TransformerLM: with a cache, positions follow from it; pass None")
+      plan = kv_cache.plan_step(cache, seq, prefill)
+      positions = jnp.broadcast_to(plan.q_pos, (batch, seq))
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(seq), (batch, seq))
     positional.check_length(cfg.position, seq, "input length")
@@ -138,14 +163,21 @@ class TransformerLM(nn.Module):
     if absolute is not None:
       x = x + absolute.astype(x.dtype)
     x = nn.Dropout(cfg.dropout)(x, deterministic)
+    new_layers = []
     for i in range(cfg.num_layers):
-      x = Block(cfg, i, name=f"block_{i}")(x, positions, deterministic)
+      block = Block(cfg, i, name=f"block_{i}")
+      if cache is None:
+        x = block(x, positions, deterministic)
+      else:
+        x, layer_kv = block(x, positions, deterministic, (cache.layers[i], plan))
+        new_layers.append(layer_kv)
     x = _flat(NORMS.get(cfg.norm)(cfg, "norm_final")(x)).astype(jnp.float32)
     if cfg.tie_embeddings:
       logits = embed.attend(x)
     else:
       logits = nn.Dense(cfg.vocab_size, use_bias=False, kernel_init=_init(0.02), name="unembed")(x)
-    return logits.reshape(batch, seq, cfg.vocab_size).astype(jnp.float32)
+    logits = logits.reshape(batch, seq, cfg.vocab_size).astype(jnp.float32)
+    return logits if cache is None else (logits, kv_cache.finish_step(cache, plan, new_layers))
 
 
 def num_params(params) -> int:

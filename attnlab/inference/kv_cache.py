@@ -1,0 +1,347 @@
+"""A preallocated key/value cache for incremental decoding, as pure functions.
+
+Layout (one per model, shared by its layers):
+
+- ``layers[i] = (k, v)``: ``[batch, capacity, kv_heads, head_dim]`` each, in the
+  model's compute dtype. GQA/MQA store only ``kv_heads`` heads, so the cache
+  shrinks by ``num_heads / num_kv_heads``.
+- ``slot_pos``: int32 ``[capacity]``, the text position held by each slot (-1: empty).
+- ``length``: int32 scalar, tokens consumed so far (every row of the batch
+  advances in lockstep; ragged prompts are handled by the generator).
+
+A token at text position ``p`` goes to slot ``p`` while it fits; a *rolling*
+cache keeps the first ``pinned`` positions in slots ``0..pinned-1`` forever
+(attention sinks) and cycles the later ones through the remaining
+``capacity - pinned`` slots. Which layout a model needs follows from its
+pattern (``layout_for``):
+
+- ``causal`` and every pattern without a bounded look-back: one slot per position;
+- ``sliding_window`` (window w): rolling, ``w + 1`` slots;
+- ``streaming`` pattern (sinks s, window w): ``s`` pinned + ``w + 1`` rolling slots.
+
+In all three the keys are stored after position encoding, at their text
+positions, and attention applies the model's own mask predicate to
+(query position, slot position), so cached decoding computes exactly what the
+full forward pass computes.
+
+*StreamingLLM mode* (Xiao et al. 2023; ``streaming_layout``) is different: the
+cache keeps ``sinks`` first tokens plus the ``window`` most recent ones (the
+current token included) and gives each cached token the position of its *place
+in the cache* (0 .. sinks+window-1), not its place in the text. Keys are stored
+before position encoding and re-encoded at their cache positions every step,
+as in the paper.
+
+A model step is ``plan_step`` (positions and slots, shared by the layers), then
+``cached_attention`` in each layer, then ``finish_step``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from attnlab.attention import PATTERNS, dot_product_attention, score_mods
+from attnlab.attention.pytree import pytree_dataclass
+from attnlab.registry import ConfigError
+
+# Position kinds whose positions act inside attention (rotations, biases, or nothing):
+# StreamingLLM can re-position their cached keys. Absolute embeddings enter at the input,
+# so every cached key would have to be recomputed.
+STREAMABLE_POSITIONS = ("none", "rope", "xpos", "alibi", "t5")
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheLayout:
+  """Static description of a cache: slots, and how text positions map to them.
+
+  ``capacity``: slots; ``pinned``: first positions that never leave (sinks);
+  ``lookback``: the largest ``i - j`` a non-pinned key may be seen at (None: unbounded,
+  so the cache must hold every position); ``streaming``: positions by place in the cache.
+  """
+  capacity: int
+  pinned: int = 0
+  lookback: int | None = None
+  streaming: bool = False
+
+  @property
+  def rolling(self) -> int:
+    """Slots that cycle (the others hold pinned positions)."""
+    return self.capacity - self.pinned
+
+
+def layout_for(model_cfg, total_length: int) -> CacheLayout:
+  """The cache a model's own pattern needs to decode up to ``total_length`` positions exactly."""
+  att = model_cfg.attention
+  if att.pattern == "sliding_window":
+    pinned, lookback = 0, int(att.window)
+  elif att.pattern == "streaming":
+    pinned, lookback = int(att.sinks), int(att.window)
+  else:
+    return CacheLayout(capacity=total_length)
+  if pinned + lookback + 1 >= total_length:   # never wraps: a plain cache is the same
+    return CacheLayout(capacity=total_length)
+  # decoding one token at a time: the window before it, itself, and the pinned sinks
+  return CacheLayout(capacity=min(total_length, pinned + lookback + 1), pinned=pinned,
+                     lookback=lookback)
+
+
+def streaming_layout(sinks: int, window: int) -> CacheLayout:
+  """StreamingLLM: ``sinks`` first tokens + the ``window`` latest (the current one included)."""
+  if isinstance(sinks, bool) or not isinstance(sinks, (int, np.integer)) or sinks < 0:
+    raise ConfigError(f"streaming.sinks={sinks!r} must be an integer >= 0")
+  if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
+    raise ConfigError(f"streaming.window={window!r} must be an integer >= 1 (the most recent "
+                      f"tokens kept, the current one included)")
+  return CacheLayout(capacity=int(sinks) + int(window), pinned=int(sinks),
+                     lookback=int(window) - 1, streaming=True)
+
+
+def check_supported(model_cfg, layout: CacheLayout | None = None) -> None:
+  """Raise ``ConfigError`` (naming the field) for a model the KV cache cannot decode exactly."""
+  att, pos = model_cfg.attention, model_cfg.position
+  if att.kind != "softmax":
+    raise ConfigError(
+        f"model.attention.kind={att.kind!r} has no KV cache: its causal form is a recurrent "
+        f"state (performer, linear) or hashes the whole sequence (lsh). KV-cache decoding "
+        f"supports kind='softmax'; generate with use_cache=False (--nocache) to recompute the "
+        f"prefix at every step instead")
+  if pos.kind == "rope" and pos.get("scaling", "none") == "dynamic_ntk":
+    raise ConfigError(
+        "model.position.scaling='dynamic_ntk' rescales every key with the current length, so "
+        "keys cached at shorter lengths would be stale; KV-cache decoding supports scalings "
+        "none, linear, ntk, yarn (or use --nocache)")
+  if layout is not None and layout.streaming:
+    if pos.kind not in STREAMABLE_POSITIONS:
+      raise ConfigError(
+          f"model.position.kind={pos.kind!r} adds positions to the input embeddings, so a "
+          f"StreamingLLM cache cannot re-position its keys by place in the cache; streaming "
+          f"mode supports model.position.kind in {', '.join(STREAMABLE_POSITIONS)}")
+    if att.pattern != "causal":
+      raise ConfigError(
+          f"model.attention.pattern={att.pattern!r}: StreamingLLM mode replaces the pattern by "
+          f"sinks + window and needs a model trained with pattern='causal'; this model decodes "
+          f"exactly with its own cache (leave streaming.sinks/window at 0)")
+
+
+# ----------------------------------------------------------------------------- the cache
+
+
+@pytree_dataclass(data=("layers", "slot_pos", "length"))
+class KVCache:
+  """Keys and values of every layer plus slot bookkeeping (see the module docstring)."""
+  layers: tuple                 # ((k, v), ...) per layer, each [batch, capacity, kv_heads, head_dim]
+  slot_pos: jax.Array           # int32 [capacity]: text position in each slot, -1 = empty
+  length: jax.Array             # int32 []: tokens consumed so far
+  layout: CacheLayout
+
+  def kv_bytes(self) -> int:
+    """Bytes of the key and value arrays (the part that scales with layers and heads)."""
+    return sum(int(x.size) * x.dtype.itemsize for kv in self.layers for x in kv)
+
+
+def head_dims(model_cfg) -> tuple[int, int]:
+  """(kv_heads, head_dim) of a model config."""
+  att = model_cfg.attention
+  return int(att.num_kv_heads), int(model_cfg.d_model) // int(att.num_heads)
+
+
+def init_cache(model_cfg, batch: int, layout: CacheLayout, dtype=None) -> KVCache:
+  """An empty cache for ``batch`` rows (zeros; every slot marked empty)."""
+  from attnlab.models import DTYPES   # models import this module
+  kv_heads, head_dim = head_dims(model_cfg)
+  dtype = dtype or DTYPES[model_cfg.dtype]
+  shape = (batch, layout.capacity, kv_heads, head_dim)
+  layers = tuple((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+                 for _ in range(model_cfg.num_layers))
+  return KVCache(layers, jnp.full((layout.capacity,), -1, jnp.int32),
+                 jnp.zeros((), jnp.int32), layout)
+
+
+def bytes_per_token(model_cfg, bytes_per_element: int | None = None) -> int:
+  """KV-cache bytes per cached token: 2 (K and V) x layers x kv_heads x head_dim x element bytes."""
+  from attnlab.models import DTYPES
+  kv_heads, head_dim = head_dims(model_cfg)
+  if bytes_per_element is None:
+    bytes_per_element = jnp.dtype(DTYPES[model_cfg.dtype]).itemsize
+  return 2 * int(model_cfg.num_layers) * kv_heads * head_dim * bytes_per_element
+
+
+def slot_of(pos, layout: CacheLayout):
+  """Slot of text position ``pos`` (int array): pinned positions keep their index; the
+  others cycle through the rolling slots."""
+  rolled = layout.pinned + (pos - layout.pinned) % max(layout.rolling, 1)
+  return jnp.where(pos < layout.pinned, pos, rolled)
+
+
+# ----------------------------------------------------------------------------- one step
+
+
+@pytree_dataclass(data=("text_pos", "q_pos", "key_text", "key_pos", "key_valid", "write_slots",
+                        "slot_pos"))
+class StepPlan:
+  """Positions and slots of one model step over ``T`` new tokens (shared by every layer).
+
+  text_pos, q_pos: int32 [T]: text positions of the new tokens, and the positions the
+    queries are encoded at (equal, except in StreamingLLM mode: place in the cache).
+  key_text, key_pos, key_valid: [K]: the keys attended to (the new tokens themselves at
+    prefill, K = T; the cache slots after writing at decode, K = capacity), their text
+    positions (for the pattern), encoding positions and whether they hold a token.
+  write_slots: int32 [T]: slot of each new token, ``capacity`` for one that would be
+    overwritten within this step (not written).
+  slot_pos: int32 [capacity]: the cache's slot positions after the step.
+  """
+  text_pos: jax.Array
+  q_pos: jax.Array
+  key_text: jax.Array
+  key_pos: jax.Array
+  key_valid: jax.Array
+  write_slots: jax.Array
+  slot_pos: jax.Array
+  prefill: bool
+  streaming: bool
+
+
+def plan_step(cache: KVCache, num_new: int, prefill: bool) -> StepPlan:
+  """Where ``num_new`` tokens go and which keys they see.
+
+  ``prefill=True`` requires an empty cache: the new tokens attend among themselves (any
+  number of them), then the ones that survive are written. ``prefill=False`` writes first
+  and attends over the cache, which is exact when no new token evicts a key an earlier one
+  of the same step still needs; that holds for one token at a time (checked here).
+  """
+  layout = cache.layout
+  if not prefill and layout.lookback is not None:
+    most = 1 if layout.streaming else layout.rolling - layout.lookback
+    if num_new > most:
+      raise ValueError(f"this rolling cache decodes at most {most} token(s) per step; "
+                       f"got {num_new}")
+  if prefill and layout.streaming and num_new > layout.capacity:
+    raise ValueError(f"StreamingLLM prefill of {num_new} tokens exceeds the cache "
+                     f"({layout.capacity}); feed the rest one token at a time")
+  text_pos = cache.length + jnp.arange(num_new, dtype=jnp.int32)
+  end = cache.length + num_new
+  # a new token survives the step unless a later one of the same step takes its slot
+  survives = (text_pos < layout.pinned) | (text_pos >= end - layout.rolling)
+  write_slots = jnp.where(survives, slot_of(text_pos, layout), layout.capacity).astype(jnp.int32)
+  slot_pos = cache.slot_pos.at[write_slots].set(text_pos, mode="drop")
+  if layout.streaming:
+    evicted = jnp.maximum(0, end - layout.capacity)           # tokens dropped from the window
+    place = lambda p: jnp.where(p < layout.pinned, p, p - evicted)   # noqa: E731
+    q_pos = place(text_pos)
+  else:
+    place, q_pos = (lambda p: p), text_pos                     # noqa: E731
+  if prefill:
+    key_text, key_pos, key_valid = text_pos, q_pos, jnp.ones((num_new,), bool)
+  else:
+    key_text, key_pos, key_valid = slot_pos, place(slot_pos), slot_pos >= 0
+  return StepPlan(text_pos, q_pos, key_text, key_pos, key_valid, write_slots, slot_pos,
+                  prefill, layout.streaming)
+
+
+def finish_step(cache: KVCache, plan: StepPlan, layers) -> KVCache:
+  """The cache after a step: new layers, slot positions and length."""
+  return KVCache(tuple(layers), plan.slot_pos, cache.length + plan.text_pos.shape[0],
+                 cache.layout)
+
+
+def _write(buffer, new, slots):
+  """buffer [B, C, H, D] with new [B, T, H, D] at ``slots`` [T] (``C`` = drop)."""
+  if new.shape[1] == 1:   # decode: one in-place slice update
+    return jax.lax.dynamic_update_slice_in_dim(buffer, new.astype(buffer.dtype), slots[0], axis=1)
+  return buffer.at[:, slots].set(new.astype(buffer.dtype), mode="drop")
+
+
+@pytree_dataclass(data=("inner", "q_pos", "k_pos"))
+class AtPositions(score_mods.AdditiveBias):
+  """An additive position bias evaluated at explicit positions: query row ``i`` is at
+  ``q_pos[i]`` and key column ``j`` at ``k_pos[j]`` (cache slots are not in text order)."""
+  inner: Any
+  q_pos: Any
+  k_pos: Any
+
+  def bias(self, q_idx, kv_idx):
+    return self.inner.bias(jnp.take(self.q_pos, q_idx, mode="clip"),
+                           jnp.take(self.k_pos, kv_idx, mode="clip"))
+
+
+@pytree_dataclass(data=("inner", "q_pos", "k_pos"))
+class ScoreModAtPositions(score_mods.ScoreMod):
+  """A general (non-additive) score modifier at explicit positions."""
+  inner: Any
+  q_pos: Any
+  k_pos: Any
+
+  def __call__(self, scores, q_idx, kv_idx):
+    return self.inner(scores, jnp.take(self.q_pos, q_idx, mode="clip"),
+                      jnp.take(self.k_pos, kv_idx, mode="clip"))
+
+
+def position_bias(scheme, num_heads: int, table, q_pos, k_pos):
+  """The scheme's score modifier (ALiBi, T5) at explicit query / key positions, or None.
+
+  Relies on the score-modifier contract: ``score_mod(s, q_idx, kv_idx)`` reads its index
+  arguments as absolute positions (they are 0..n-1 in a full forward pass).
+  """
+  inner = scheme.score_mod(num_heads, table, None)
+  if inner is None:
+    return None
+  if isinstance(inner, score_mods.AdditiveBias):
+    return AtPositions(inner, q_pos, k_pos)
+  return ScoreModAtPositions(inner, q_pos, k_pos)
+
+
+def decode_mask(plan: StepPlan, att, layer: int):
+  """Boolean ``[T, K]`` or ``[heads, T, K]``: may new token i see key j?
+
+  The model's own pattern at (query text position, key text position), restricted to
+  filled slots and to keys not after the query. StreamingLLM mode sees every cached key.
+  """
+  q, k = plan.text_pos[:, None], plan.key_text[None, :]
+  visible = plan.key_valid[None, :] & (k <= q)
+  if plan.streaming:
+    return visible
+  return PATTERNS.get(att.pattern).build(att, layer)(q, k) & visible
+
+
+def decode_attention(q, k, v, *, mask, bias, att):
+  """Attention of the new queries over the keys: the one call a decode kernel replaces.
+
+  q: [B, T, heads, D]; k, v: [B, K, kv_heads, D]; mask: bool [T, K] or [heads, T, K];
+  bias: a ScoreMod or None. Returns [B, T, heads, D].
+  """
+  return dot_product_attention(q, k, v, mask=mask, bias=bias, impl=att.impl,
+                               block_q=att.block_q, block_kv=att.block_kv)
+
+
+def cached_attention(q, k, v, layer_kv, plan: StepPlan, *, scheme, table, att, layer: int):
+  """One attention layer of a cached step.
+
+  q: [B, T, heads, D]; k, v: [B, T, kv_heads, D], projections of the new tokens before
+  position encoding; layer_kv: this layer's cached (k, v). Returns the attention output
+  [B, T, heads, D] and the layer's updated (k, v).
+  """
+  k_cache, v_cache = layer_kv
+  if plan.streaming:      # store keys as projected; encode them at their place each step
+    q = scheme.rotate_qk(q, q, _rows(plan.q_pos, q))[0]
+    k_cache, v_cache = _write(k_cache, k, plan.write_slots), _write(v_cache, v, plan.write_slots)
+    if plan.prefill:
+      keys, values = k, v
+    else:
+      keys, values = k_cache, v_cache
+    keys = scheme.rotate_qk(keys, keys, _rows(plan.key_pos, keys))[1]
+  else:                   # store keys encoded at their (fixed) text positions
+    q, k = scheme.rotate_qk(q, k, _rows(plan.q_pos, q))
+    k_cache, v_cache = _write(k_cache, k, plan.write_slots), _write(v_cache, v, plan.write_slots)
+    keys, values = (k, v) if plan.prefill else (k_cache, v_cache)
+  bias = position_bias(scheme, q.shape[2], table, plan.q_pos, plan.key_pos)
+  out = decode_attention(q, keys, values, mask=decode_mask(plan, att, layer), bias=bias, att=att)
+  return out, (k_cache, v_cache)
+
+
+def _rows(pos, x):
+  """Positions [N] broadcast to x's [batch, N]."""
+  return jnp.broadcast_to(pos, x.shape[:2])
