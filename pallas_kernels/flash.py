@@ -479,7 +479,7 @@ def default_interpret() -> bool:
 def flash_attention(q, k, v, *, sparsity: BlockSparsity | None = None,
                     predicate: Callable | None = None, segment_ids=None, terms=(),
                     scale: float | None = None, block_q: int = 128, block_kv: int = 128,
-                    interpret: bool | None = None):
+                    interpret: bool | None = None, pad_head_dim: bool | None = None):
   """Fused block-sparse attention.
 
   Args:
@@ -492,6 +492,7 @@ def flash_attention(q, k, v, *, sparsity: BlockSparsity | None = None,
     terms: score modifiers applied in order: ``Alibi``, ``T5``, ``SoftCap``.
     scale: logit scale, default ``1 / sqrt(head_dim)``.
     interpret: None picks compiled kernels on GPU/TPU and interpret mode elsewhere.
+    pad_head_dim: zero-pad head dims to a power of two >= 16 (None: when compiling for GPU).
 
   Returns [batch, q_len, heads, v_dim] in q's dtype; differentiable in q, k, v,
   ALiBi slopes and the T5 table.
@@ -574,8 +575,16 @@ def flash_attention(q, k, v, *, sparsity: BlockSparsity | None = None,
     q_seg = jnp.zeros((b, nq_pad), jnp.int32)
     kv_seg = jnp.zeros((b, nk_pad), jnp.int32)
 
-  def to_internal(x, length):   # [B, N, H, D] -> [B, H, N_pad, D]
-    return jnp.pad(x, ((0, 0), (0, length - x.shape[1]), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
+  # Triton tiles need power-of-two sizes: other head dims are zero-padded (q.k and
+  # the kept output columns are unchanged; the scale uses the true head dim).
+  if pad_head_dim is None:
+    pad_head_dim = backend == "gpu" and not interpret
+  pad_dim = (lambda n: max(16, pl.next_power_of_2(n))) if pad_head_dim else (lambda n: n)
+  dv_true = v.shape[-1]
+
+  def to_internal(x, length):   # [B, N, H, D] -> [B, H, N_pad, D_pad]
+    return jnp.pad(x, ((0, 0), (0, length - x.shape[1]), (0, 0),
+                       (0, pad_dim(x.shape[-1]) - x.shape[-1]))).transpose(0, 2, 1, 3)
 
   @jax.custom_vjp
   def attend(q, k, v, slopes, t5_table):
@@ -596,4 +605,4 @@ def flash_attention(q, k, v, *, sparsity: BlockSparsity | None = None,
   attend.defvjp(attend_fwd, attend_bwd)
   out = attend(to_internal(q, nq_pad), to_internal(k, nk_pad), to_internal(v, nk_pad),
                slopes, t5_table)
-  return out.transpose(0, 2, 1, 3)[:, :q_len]
+  return out.transpose(0, 2, 1, 3)[:, :q_len, :, :dv_true]

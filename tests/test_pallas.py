@@ -296,3 +296,21 @@ if given is not None:
     ref = ta.naive_attention(q, k, v, ta.dense_np(np_fn, nq, nk), bias_np, cap=cap, d_out=w)
     for name, got, want in zip(("out", "dq", "dk", "dv"), (out, dq, dk, dv), ref[:4]):
       assert_close(got, want, f"pallas {name}")
+
+
+def test_padded_head_dim_gives_the_same_result():
+  # The GPU path zero-pads head dims to powers of two; check that path in interpret mode.
+  n, d = 24, 24
+  q, k, v, w = ta.make_qkv(13, 1, n, n, 2, 1, d=d)
+  ref = ta.naive_attention(q, k, v, ta.dense_np(ta.np_causal, n, n), d_out=w)
+  sparsity = flash.BlockSparsity.from_block_map(masks.causal().block_map(n, n, 16, 16))
+
+  def loss(q, k, v):
+    out = flash.flash_attention(q, k, v, sparsity=sparsity, predicate=masks.causal(),
+                                block_q=16, block_kv=16, pad_head_dim=True)
+    return jnp.sum(out * w), out
+
+  (_, out), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v)
+  assert out.shape == (1, n, 2, d)
+  for name, got, want in zip(("out", "dq", "dk", "dv"), (out, *grads), ref[:4]):
+    assert_close(np.asarray(got), want, f"padded {name}")
