@@ -358,11 +358,16 @@ def _dkv_kernel(count_full_ref, count_ref, index_ref, code_ref, tile_masks_ref,
 
 def _whole(x, st: _Static):
   """The whole (small) array for every program; scalar tables go to SMEM on TPU."""
-  if st.backend == "tpu" and not st.interpret and x.ndim <= 3 and x.dtype == jnp.int32:
+  if st.backend == "tpu" and _tpu_semantics(st.interpret) and x.dtype == jnp.int32:
     from jax.experimental.pallas import tpu as pltpu
     return pl.BlockSpec(memory_space=pltpu.SMEM)
   zeros = (0,) * x.ndim
   return pl.BlockSpec(x.shape, lambda *_: zeros)
+
+
+def _tpu_semantics(interpret) -> bool:
+  """Compiled for TPU, or run by the TPU interpreter (``pltpu.InterpretParams``)."""
+  return interpret is False or type(interpret).__name__ == "InterpretParams"
 
 
 def _compiler_params(st: _Static, head_dim: int):
@@ -491,7 +496,9 @@ def flash_attention(q, k, v, *, sparsity: BlockSparsity | None = None,
       a query sees only keys of its segment (every visited tile is then masked).
     terms: score modifiers applied in order: ``Alibi``, ``T5``, ``SoftCap``.
     scale: logit scale, default ``1 / sqrt(head_dim)``.
-    interpret: None picks compiled kernels on GPU/TPU and interpret mode elsewhere.
+    interpret: None picks compiled kernels on GPU/TPU and interpret mode elsewhere;
+      ``pltpu.InterpretParams()`` with a TPU backend runs the TPU path in JAX's TPU
+      interpreter (SMEM tables, TPU memory semantics) on any machine.
     pad_head_dim: zero-pad head dims to a power of two >= 16 (None: when compiling for GPU).
 
   Returns [batch, q_len, heads, v_dim] in q's dtype; differentiable in q, k, v,
@@ -506,7 +513,10 @@ def flash_attention(q, k, v, *, sparsity: BlockSparsity | None = None,
   _check(heads % kv_heads == 0, f"kv_heads={kv_heads} must divide heads={heads}")
   for name, val in (("block_q", block_q), ("block_kv", block_kv)):
     _check(isinstance(val, int) and val >= 1, f"{name}={val!r} must be a positive int")
-  interpret = default_interpret() if interpret is None else bool(interpret)
+  # a bool, or pltpu.InterpretParams() to run the TPU code path in the TPU interpreter
+  interpret = default_interpret() if interpret is None else interpret
+  if isinstance(interpret, (np.bool_, int)):
+    interpret = bool(interpret)
   backend = jax.default_backend()
   if not interpret and backend == "gpu":
     for name, val in (("block_q", block_q), ("block_kv", block_kv)):

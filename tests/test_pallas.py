@@ -314,3 +314,25 @@ def test_padded_head_dim_gives_the_same_result():
   assert out.shape == (1, n, 2, d)
   for name, got, want in zip(("out", "dq", "dk", "dv"), (out, *grads), ref[:4]):
     assert_close(np.asarray(got), want, f"padded {name}")
+
+
+def test_tpu_code_path_in_the_tpu_interpreter(monkeypatch):
+  # The TPU variant (tile tables in SMEM) run by JAX's TPU interpreter on CPU.
+  from jax.experimental.pallas import tpu as pltpu
+  n, heads = 40, 2
+  q, k, v, w = ta.make_qkv(14, 1, n, n, heads, 1, d=16)
+  mask = masks.sliding_window(6)
+  sparsity = flash.BlockSparsity.from_block_map(mask.block_map(n, n, 16, 16))
+  ref = ta.naive_attention(q, k, v, ta.dense_np(ta.np_window(6, 0), n, n),
+                           ta.alibi_np(positional.alibi_slopes(heads), n, n), d_out=w)
+  monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+
+  def loss(q, k, v):
+    out = flash.flash_attention(q, k, v, sparsity=sparsity, predicate=mask, block_q=16,
+                                block_kv=16, terms=(flash.Alibi(positional.alibi_slopes(heads)),),
+                                interpret=pltpu.InterpretParams())
+    return jnp.sum(out * w), out
+
+  (_, out), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v)
+  for name, got, want in zip(("out", "dq", "dk", "dv"), (out, *grads), ref[:4]):
+    assert_close(np.asarray(got), want, f"tpu-interpret {name}")
