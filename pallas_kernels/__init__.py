@@ -1,6 +1,13 @@
 """Fused Pallas attention kernels (GPU/TPU; interpret mode on CPU).
 
 Depends on JAX alone. attnlab reaches these kernels only through its impl
-registry (``attnlab.attention.IMPLS``). No kernel is registered yet: see the
-project's issue on Pallas kernels.
+registry (``attnlab.attention.IMPLS``, ``impl="pallas"``).
+
+- ``flash``: block-sparse flash attention, forward and backward
+  (``flash.flash_attention``; see ``docs/kernels.md``).
 """
+
+from pallas_kernels import flash
+from pallas_kernels.flash import BlockSparsity, flash_attention
+
+__all__ = ["BlockSparsity", "flash", "flash_attention"]
