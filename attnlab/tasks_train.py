@@ -255,18 +255,28 @@ def score(predictions, targets) -> tuple[np.ndarray, np.ndarray]:
 
 
 def evaluate(cfg, params, lengths=None, examples=None, seed: int = 1234) -> list[dict]:
-  """Greedy-decode test examples at each input length; one record per length."""
+  """Greedy-decode test examples at each input length; one record per length.
+
+  Every length is padded to the longest source and decoded for the longest target, so one
+  compiled decoder serves all lengths (source padding is masked, decoding is causal, and
+  positions past a target's ``<eos>`` are not scored: the results are those of decoding
+  each length alone).
+  """
   model = seq2seq.build(cfg.model)
   generate = make_generate(model)
   lengths = cfg.eval.lengths if lengths is None else lengths
   examples = cfg.eval.examples if examples is None else examples
+  batches = {n: tasks.eval_batch(cfg.data.task, n, examples, seed) for n in lengths}
+  src_width = max(lengths)
+  steps = max(b["tgt_out"].shape[1] for b in batches.values())
   records = []
-  for length in lengths:
-    batch = tasks.eval_batch(cfg.data.task, length, examples, seed)
+  for length, batch in batches.items():
+    src = np.pad(batch["src"], ((0, 0), (0, src_width - batch["src"].shape[1])))
+    tgt = np.pad(batch["tgt_out"], ((0, 0), (0, steps - batch["tgt_out"].shape[1])))
     seq, tok = [], []
     for i in range(0, examples, cfg.eval.batch_size):
-      src, tgt = batch["src"][i:i + cfg.eval.batch_size], batch["tgt_out"][i:i + cfg.eval.batch_size]
-      s, a = score(generate(params, src, tgt.shape[1]), tgt)
+      s, a = score(generate(params, src[i:i + cfg.eval.batch_size], steps),
+                   tgt[i:i + cfg.eval.batch_size])
       seq.append(s)
       tok.append(a)
     records.append({"task": cfg.data.task, "eval_length": int(length),
