@@ -192,10 +192,11 @@ def validate(config) -> None:
   for field in ("max_tokens", "batch_tokens"):
     _positive_int(config.eval[field], f"eval.{field}")
 
-  for axis in ("data", "fsdp", "tensor", "sequence"):
-    if config.mesh[axis] != 1:
-      raise ConfigError(f"mesh.{axis}={config.mesh[axis]!r}: sharded training is not available "
-                        f"yet; valid: 1")
+  from attnlab import parallel  # the device-count check waits for parallel.make_mesh
+  ring_layout = a.get("ring_layout", "zigzag")
+  from attnlab.attention.ring import LAYOUTS
+  _choice(ring_layout, "model.attention.ring_layout", LAYOUTS)
+  parallel.check_mesh(config)
 
 
 def load_module(path):

@@ -31,7 +31,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from attnlab import config_lib, data, positional, runtime
+from attnlab import config_lib, data, parallel, positional, runtime
 from attnlab.models import TransformerLM, num_params
 from attnlab.registry import ConfigError
 
@@ -86,7 +86,7 @@ def token_loss(model, params, inputs, targets, weights=None, *, deterministic=Tr
 
 
 def make_train_step(model, tx, seed: int, dropout: bool, random_positions_max: int = 0,
-                    redraw_features: bool = False):
+                    redraw_features: bool = False, state_sharding=None):
   """Jitted ``(state, inputs, targets) -> (state, metrics)``.
 
   Dropout keys, Performer feature keys (``redraw_features``) and, when
@@ -110,7 +110,9 @@ def make_train_step(model, tx, seed: int, dropout: bool, random_positions_max: i
     new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
     return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
 
-  return jax.jit(train_step, donate_argnums=(0,))
+  if state_sharding is None:
+    return jax.jit(train_step, donate_argnums=(0,))
+  return jax.jit(train_step, donate_argnums=(0,), out_shardings=(state_sharding, None))
 
 
 def make_eval_step(model):
@@ -118,9 +120,10 @@ def make_eval_step(model):
                  token_loss(model, params, inputs, targets, weights))
 
 
-def validation_loss(eval_step, params, batches, cfg) -> float:
+def validation_loss(eval_step, params, batches, cfg, mesh=None) -> float:
   """Mean loss over ``train.eval_batches`` fixed random batches of the valid split."""
-  losses = [eval_step(params, *batches.valid(i)) for i in range(cfg.train.eval_batches)]
+  put = (lambda b: b) if mesh is None else (lambda b: parallel.put_batch(b, mesh))  # noqa: E731
+  losses = [eval_step(params, *put(batches.valid(i))) for i in range(cfg.train.eval_batches)]
   return float(np.mean(jax.device_get(losses)))
 
 
@@ -137,11 +140,14 @@ class Checkpointer:
   def save(self, step: int, state) -> None:
     self.manager.save(step, args=ocp.args.StandardSave(state))
 
-  def restore(self, step: int, like):
-    """Restore onto this process's default device, whatever device saved the checkpoint."""
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  def restore(self, step: int, like, shardings=None):
+    """Restore with ``shardings`` (a tree like ``like``; default: this process's first
+    device), whatever mesh or device saved the checkpoint."""
+    if shardings is None:
+      device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+      shardings = jax.tree.map(lambda _: device, like)
     abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=device), like)
+        lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), like, shardings)
     return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
   def close(self) -> None:
@@ -228,7 +234,9 @@ def _write_or_check_config(cfg, workdir: pathlib.Path, resuming: bool) -> None:
   if resuming and path.exists():
     saved = _flatten(json.loads(path.read_text()))
     now = _flatten(current)
-    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    # the mesh says how to run, not what: a checkpoint may resume under another mesh
+    diff = sorted(k for k in set(saved) | set(now)
+                  if saved.get(k) != now.get(k) and not k.startswith("mesh."))
     if diff:
       details = "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff)
       raise ConfigError(f"{workdir} holds a run with a different config ({details}); resuming "
@@ -253,6 +261,7 @@ def train_and_evaluate(config, workdir, *, stop_after: int | None = None,
   workdir = pathlib.Path(workdir)
   batches = data.make_batches(cfg)
   batches.valid(0)  # fail early (a text too short, a task length too small)
+  mesh = parallel.make_mesh(cfg)  # fail early: the mesh must match the devices
   workdir.mkdir(parents=True, exist_ok=True)
   checkpointer = Checkpointer(workdir / "checkpoints", cfg.train.keep_checkpoints)
   start = checkpointer.latest_step() or 0
@@ -264,17 +273,29 @@ def train_and_evaluate(config, workdir, *, stop_after: int | None = None,
 
   model = TransformerLM(cfg.model)
   tx = make_optimizer(cfg.train)
-  state = init_state(model, tx, cfg)
-  if start:
-    state = checkpointer.restore(start, state)
-    print(f"{workdir}: resuming from the checkpoint at step {start}")
+  with jax.set_mesh(mesh):
+    abstract = jax.eval_shape(lambda: init_state(model, tx, cfg))
+    shardings = parallel.state_shardings(abstract, mesh)
+    if start:
+      state = checkpointer.restore(start, abstract, shardings)
+      print(f"{workdir}: resuming from the checkpoint at step {start}")
+    else:
+      state = jax.jit(lambda: init_state(model, tx, cfg), out_shardings=shardings)()
+    return _train_loop(cfg, workdir, model, tx, mesh, shardings, state, checkpointer, start,
+                       stop_after, progress, batches)
+
+
+def _train_loop(cfg, workdir, model, tx, mesh, shardings, state, checkpointer, start,
+                stop_after, progress, batches):
+  """The steps of ``train_and_evaluate`` (inside ``jax.set_mesh(mesh)``)."""
   metrics = MetricsLog(workdir, start)
   position = cfg.model.position
   train_step = make_train_step(
       model, tx, cfg.train.seed, dropout=cfg.model.dropout > 0,
       random_positions_max=position.random_max_len if position.get("randomize", False) else 0,
       redraw_features=(cfg.model.attention.kind == "performer"
-                       and cfg.model.attention.get("feature_redraw", False)))
+                       and cfg.model.attention.get("feature_redraw", False)),
+      state_sharding=shardings)
   eval_step = make_eval_step(model)
   schedule = learning_rate_schedule(cfg.train)
   t = cfg.train
@@ -289,7 +310,7 @@ def train_and_evaluate(config, workdir, *, stop_after: int | None = None,
   window_losses, window_start = [], time.perf_counter()
   try:
     for step in range(start, end):
-      state, step_metrics = train_step(state, *batches.train(step))
+      state, step_metrics = train_step(state, *parallel.put_batch(batches.train(step), mesh))
       loss = float(step_metrics["loss"])
       done = step + 1
       if not math.isfinite(loss):
@@ -308,7 +329,7 @@ def train_and_evaluate(config, workdir, *, stop_after: int | None = None,
         bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
         window_losses, window_start = [], time.perf_counter()
       if done % t.eval_every == 0 or done == t.steps:
-        valid = validation_loss(eval_step, state["params"], batches, cfg)
+        valid = validation_loss(eval_step, state["params"], batches, cfg, mesh)
         record = {"step": done, "split": "valid", "loss": valid, "bpb": valid / LN2,
                   "ppl": math.exp(min(valid, 700.0))}
         metrics.write(record)
@@ -342,6 +363,7 @@ def main(argv):
   if FLAGS.config is None or not FLAGS.workdir:
     raise app.UsageError("--config and --workdir are required")
   try:
+    parallel.initialize_distributed(FLAGS.config)
     result = train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (ConfigError, TrainingDiverged) as e:
     raise SystemExit(f"error: {e}") from None

@@ -34,6 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.attention.impl = "auto"     # auto | reference | xla | blockwise | pallas (kind=softmax)
   c.model.attention.block_q = 512     # tile sizes of the blockwise paths
   c.model.attention.block_kv = 512
+  c.model.attention.ring_layout = "zigzag"  # impl=ring: zigzag | striped | contiguous
   # pattern parameters (each pattern reads only its own; see attnlab/attention/patterns.py)
   c.model.attention.window = 64       # sliding_window/longformer/streaming: keys i-window..i;
                                       # dilated: window steps of `dilation` back
@@ -101,11 +102,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.max_tokens = 65536           # tokens scored per evaluation length
   c.eval.batch_tokens = 8192          # tokens per evaluation batch
 
-  c.mesh = ml_collections.ConfigDict()  # reserved for sharded training
-  c.mesh.data = 1
-  c.mesh.fsdp = 1
-  c.mesh.tensor = 1
-  c.mesh.sequence = 1
+  c.mesh = ml_collections.ConfigDict()  # device mesh; the product must equal the device count
+  c.mesh.data = 1                     # data parallel (batch)
+  c.mesh.fsdp = 1                     # batch + parameters and optimizer state sharded
+  c.mesh.tensor = 1                   # attention heads and MLP hidden units
+  c.mesh.sequence = 1                 # ring attention over the sequence (impl auto -> ring)
+  c.mesh.coordinator_address = ""     # multi-host: "host:port" of process 0 (or JAX_* env)
+  c.mesh.num_processes = 0
+  c.mesh.process_id = -1
   return c
 
 

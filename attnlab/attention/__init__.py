@@ -4,7 +4,7 @@ from attnlab.attention import masks, score_mods
 from attnlab.attention.blockwise import blockwise_attention
 from attnlab.attention.core import (IMPLS, Implementation, choose_impl, dot_product_attention,
                                     impl_names, reference_attention, xla_attention)
-from attnlab.attention import pallas_impl  # noqa: F401  (registers impl='pallas')
+from attnlab.attention import pallas_impl, ring  # noqa: F401  (register 'pallas', 'ring')
 from attnlab.attention.kinds import KINDS
 from attnlab.attention.patterns import PATTERNS
 

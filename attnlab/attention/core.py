@@ -128,6 +128,12 @@ def choose_impl(q, k, v, mask, score_mod) -> tuple[str, str]:
   was not used.
   """
   prefix = ""
+  if _sequence_shards() > 1 and "ring" in IMPLS:
+    why_not = IMPLS.get("ring").unsupported(q, k, v, mask, score_mod)
+    if why_not is None:
+      return "ring", f"the mesh shards the sequence over {_sequence_shards()} devices"
+    raise ConfigError(f"the mesh shards the sequence, but ring attention cannot serve this "
+                      f"request: {why_not}")
   if jax.default_backend() in ("gpu", "tpu") and "pallas" in IMPLS:
     why_not = IMPLS.get("pallas").unsupported(q, k, v, mask, score_mod)
     if why_not is None:
@@ -140,6 +146,12 @@ def choose_impl(q, k, v, mask, score_mod) -> tuple[str, str]:
   if reason:
     return "reference", prefix + reason
   return "xla", prefix + "small problem supported by jax.nn.dot_product_attention"
+
+
+def _sequence_shards() -> int:
+  """Size of the ``sequence`` axis of the mesh set by ``jax.set_mesh`` (1 if none)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return dict(zip(mesh.axis_names, mesh.axis_sizes)).get("sequence", 1) if mesh.axis_names else 1
 
 
 _FALLBACKS_LOGGED: set[str] = set()
@@ -165,7 +177,8 @@ def _check_shapes(q, k, v):
 
 
 def dot_product_attention(q, k, v, *, mask=None, bias=None, scale: float | None = None,
-                          impl: str = "auto", block_q: int = 512, block_kv: int = 512):
+                          impl: str = "auto", block_q: int = 512, block_kv: int = 512,
+                          **options):
   """Scaled dot-product attention through the chosen implementation.
 
   Args:
@@ -178,6 +191,7 @@ def dot_product_attention(q, k, v, *, mask=None, bias=None, scale: float | None 
     scale: logit scale, default ``1/sqrt(head_dim)``.
     impl: a name in ``IMPLS`` or ``"auto"``.
     block_q, block_kv: tile sizes of the blockwise paths.
+    **options: passed to the implementation (e.g. ``ring_layout`` for ``impl="ring"``).
 
   Returns:
     [batch, q_len, heads, head_dim] in q's dtype.
@@ -198,7 +212,7 @@ def dot_product_attention(q, k, v, *, mask=None, bias=None, scale: float | None 
   if reason:
     raise ConfigError(reason)
   return implementation.fn(q, k, v, mask=mask, score_mod=score_mod, scale=scale,
-                           block_q=block_q, block_kv=block_kv)
+                           block_q=block_q, block_kv=block_kv, **options)
 
 
 def impl_names() -> list[str]:

@@ -39,7 +39,8 @@ KINDS: Registry[KindSpec] = Registry("model.attention.kind")
 
 def _softmax(q, k, v, *, mask, bias, cfg, layer, rng=None):
   return dot_product_attention(q, k, v, mask=mask, bias=bias, impl=cfg.impl,
-                               block_q=cfg.block_q, block_kv=cfg.block_kv)
+                               block_q=cfg.block_q, block_kv=cfg.block_kv,
+                               ring_layout=cfg.get("ring_layout", "zigzag"))
 
 
 def _key(cfg, layer, rng=None):
