@@ -5,7 +5,6 @@ the same batches, once with the fused kernel (interpret mode on CPU) and once
 with ``impl="reference"``: per-step losses must agree to float32 round-off.
 """
 
-import jax
 import numpy as np
 import pytest
 from helpers import tiny_config
