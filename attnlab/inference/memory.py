@@ -1,0 +1,119 @@
+"""KV-cache memory report: bytes per token and per context for MHA, GQA and MQA variants.
+
+  python -m attnlab.inference.memory --config=configs/lm.py:rope [--contexts=1024,4096 --batch=1]
+  python -m attnlab.inference.memory --workdir=runs/rope
+
+Bytes per cached token = 2 (K and V) x layers x kv_heads x head_dim x bytes per element.
+Every divisor of ``num_heads`` is a valid ``num_kv_heads``: the report lists each, MHA
+(= num_heads) first and MQA (1) last, beside the bytes a cache of that model actually
+allocates (``init_cache``), which must agree with the formula.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import jax
+import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
+
+from attnlab import config_lib, runtime
+from attnlab.inference import kv_cache
+
+
+def head_variants(model_cfg) -> list[tuple[str, int]]:
+  """(label, num_kv_heads) for every divisor of num_heads, largest first."""
+  heads = int(model_cfg.attention.num_heads)
+  out = []
+  for kv in sorted((n for n in range(1, heads + 1) if heads % n == 0), reverse=True):
+    label = "MHA" if kv == heads else ("MQA" if kv == 1 else f"GQA (heads/{heads // kv})")
+    out.append((label, kv))
+  return out
+
+
+def _with_kv_heads(model_cfg, kv_heads: int):
+  cfg = ml_collections.ConfigDict(model_cfg.to_dict() if hasattr(model_cfg, "to_dict")
+                                  else model_cfg)
+  cfg.attention.num_kv_heads = kv_heads
+  return ml_collections.FrozenConfigDict(cfg)
+
+
+def allocated_bytes(model_cfg, batch: int, context: int) -> int:
+  """K/V bytes of a real cache for ``context`` tokens (shapes only: nothing is allocated)."""
+  layout = kv_cache.CacheLayout(capacity=context)
+  cache = jax.eval_shape(lambda: kv_cache.init_cache(model_cfg, batch, layout))
+  return sum(int(x.size) * x.dtype.itemsize for kv in cache.layers for x in kv)
+
+
+def report(model_cfg, contexts=(1024, 4096), batch: int = 1) -> list[dict]:
+  """One row per head layout: per-token bytes (formula), and per-context bytes, both by
+  the formula and as allocated by ``init_cache``."""
+  rows = []
+  heads = int(model_cfg.attention.num_heads)
+  for label, kv in head_variants(model_cfg):
+    cfg = _with_kv_heads(model_cfg, kv)
+    per_token = kv_cache.bytes_per_token(cfg)
+    row = {"variant": label, "num_heads": heads, "num_kv_heads": kv,
+           "layers": int(cfg.num_layers), "head_dim": int(cfg.d_model) // heads,
+           "dtype": cfg.dtype, "bytes_per_token": per_token, "batch": batch}
+    for n in contexts:
+      row[f"bytes@{n}"] = per_token * n * batch
+      row[f"allocated@{n}"] = allocated_bytes(cfg, batch, n)
+    rows.append(row)
+  return rows
+
+
+def _human(n: int) -> str:
+  for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+    if n >= size:
+      return f"{n / size:.2f} {unit}"
+  return f"{n} B"
+
+
+def markdown(rows: list[dict], contexts) -> str:
+  r0 = rows[0]
+  lines = [f"KV cache of a {r0['layers']}-layer model, {r0['num_heads']} query heads of dim "
+           f"{r0['head_dim']}, {r0['dtype']}, batch {r0['batch']}: bytes per token = 2 x "
+           f"{r0['layers']} x kv_heads x {r0['head_dim']} x bytes per element.\n",
+           "| variant | kv_heads | bytes/token | " + " | ".join(f"cache @ {n}" for n in contexts)
+           + " | vs MHA |", "|---|---|---|" + "---|" * len(contexts) + "---|"]
+  for r in rows:
+    assert all(r[f"bytes@{n}"] == r[f"allocated@{n}"] for n in contexts)   # formula = allocation
+    cells = " | ".join(_human(r[f"bytes@{n}"]) for n in contexts)
+    lines.append(f"| {r['variant']} | {r['num_kv_heads']} | {r['bytes_per_token']:,} | {cells} | "
+                 f"{r['bytes_per_token'] / r0['bytes_per_token']:.3g}x |")
+  return "\n".join(lines) + "\n"
+
+
+def define_flags():
+  config_flags.DEFINE_config_file("config", None, "Model config, e.g. configs/lm.py:rope.",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "Or: a training workdir (its config.json).")
+  flags.DEFINE_list("contexts", ["1024", "4096"], "Context lengths to size the cache for.")
+  flags.DEFINE_integer("batch", 1, "Sequences in the batch.")
+
+
+def main(argv):
+  del argv
+  FLAGS = flags.FLAGS
+  try:
+    if FLAGS.workdir:
+      from attnlab import train
+      cfg = config_lib.resolve(train.load_config(FLAGS.workdir))
+    elif FLAGS.config is not None:
+      cfg = config_lib.resolve(FLAGS.config)
+    else:
+      raise app.UsageError("--config or --workdir is required")
+    contexts = [int(n) for n in FLAGS.contexts]
+    if any(n < 1 for n in contexts) or FLAGS.batch < 1:
+      raise ValueError(f"--contexts={FLAGS.contexts} and --batch={FLAGS.batch} must be >= 1")
+  except ValueError as e:   # ConfigError included
+    sys.exit(f"error: {e}")
+  print(markdown(report(cfg.model, contexts, FLAGS.batch), contexts))
+
+
+if __name__ == "__main__":
+  runtime.configure()
+  define_flags()
+  app.run(main)

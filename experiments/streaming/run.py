@@ -1,0 +1,277 @@
+"""StreamingLLM study: dense vs window-only vs attention sinks + window on long streams.
+
+  python experiments/streaming/run.py --config=configs/streaming.py --workdir=runs/streaming
+
+Trains each variant of ``sweep.variants`` at ``data.seq_len`` (resumable, in
+``workdir/<variant>``), then reads ``streaming.num_streams`` streams of
+``streaming.stream_length`` bytes from the validation split, token by token, and
+records the loss at every position under:
+
+- ``dense``: full causal attention over the whole stream (what the model's own cache
+  computes; the positions run past the training length);
+- ``recompute``: each token sees the previous ``cache`` tokens, re-encoded from scratch
+  at positions 0..cache-1 (the paper's "sliding window with re-computation" baseline);
+- ``window``: a StreamingLLM cache with no sinks: the latest ``cache`` tokens;
+- ``sinks=S``: S first tokens + the latest ``cache - S``, positions by place in the cache.
+
+It also measures the attention-sink effect directly: the attention probability each
+layer puts on the first token of a training-length window. Writes
+``results.{json,md,png}`` and ``attention.png`` into ``--out`` (default the workdir).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import pathlib
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import app, flags, logging
+from ml_collections import config_flags
+from tqdm import tqdm
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))   # run from anywhere
+
+from attnlab import data, evaluate, positional, runtime, sweep, train  # noqa: E402
+from attnlab.inference import kv_cache  # noqa: E402
+from attnlab.models import TransformerLM  # noqa: E402
+
+LN2 = math.log(2.0)
+
+
+def position_ranges(cache: int, length: int) -> list[tuple[int, int]]:
+  """[0, c), [c, 4c), [4c, 16c), [16c, length): before eviction, then ever further past it."""
+  edges = [0] + [e for e in (cache, 4 * cache, 16 * cache) if e < length] + [length]
+  return list(zip(edges[:-1], edges[1:]))
+
+
+def streams(tokens: np.ndarray, count: int, length: int) -> np.ndarray:
+  """``count`` streams of ``length + 1`` tokens at evenly spaced offsets: int32 [count, length+1]."""
+  starts = np.linspace(0, len(tokens) - length - 1, count).astype(np.int64)
+  return np.stack([tokens[s:s + length + 1] for s in starts]).astype(np.int32)
+
+
+def _nll(logits, targets):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_nll_fn(model_cfg, layout):
+  """jit: (params, inputs [B, N], targets [B, N]) -> nll [B, N] reading the stream through
+  a cache: prefill the first ``capacity`` tokens (no eviction yet), then one at a time."""
+  model = TransformerLM(model_cfg)
+
+  @jax.jit
+  def run(params, inputs, targets):
+    first = min(layout.capacity, inputs.shape[1])
+    cache = kv_cache.init_cache(model_cfg, inputs.shape[0], layout)
+    logits, cache = model.apply({"params": params}, inputs[:, :first], cache=cache, prefill=True)
+
+    def step(cache, tok):
+      step_logits, cache = model.apply({"params": params}, tok[:, None], cache=cache)
+      return cache, step_logits[:, 0]
+
+    _, rest = jax.lax.scan(step, cache, inputs[:, first:].T)
+    logits = jnp.concatenate([logits, rest.transpose(1, 0, 2)], axis=1)
+    return _nll(logits, targets)
+  return run
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_nll_fn(model_cfg):
+  model = TransformerLM(model_cfg)
+  return jax.jit(lambda params, inputs, targets: _nll(model.apply({"params": params}, inputs),
+                                                      targets))
+
+
+def recompute_nll(model_cfg, params, inputs, targets, window: int, chunk: int = 1024):
+  """Per-position nll [B, N] when token t sees tokens max(0, t-window+1)..t, encoded afresh
+  at positions 0.. (the first ``window`` positions come from one forward pass)."""
+  fwd = _forward_nll_fn(model_cfg)
+  batch, n = inputs.shape
+  out = np.zeros((batch, n), np.float32)
+  out[:, :window] = np.asarray(fwd(params, inputs[:, :window], targets[:, :window]))
+  idx = np.arange(1, n - window + 1)[:, None] + np.arange(window)          # windows ending at t
+  win_in = inputs[:, idx].reshape(-1, window)
+  win_tg = targets[:, idx].reshape(-1, window)
+  last = []
+  for s in range(0, len(win_in), chunk):
+    last.append(np.asarray(fwd(params, win_in[s:s + chunk], win_tg[s:s + chunk]))[:, -1])
+  out[:, window:] = np.concatenate(last).reshape(batch, n - window)
+  return out
+
+
+def first_token_attention(model_cfg, params, inputs, query_min: int) -> list[float]:
+  """Mean attention probability on token 0 per layer (heads, streams and queries at
+  positions >= ``query_min`` averaged). inputs: int32 [B, L]."""
+  model = TransformerLM(model_cfg)
+  _, state = model.apply({"params": params}, inputs, mutable=["intermediates"],
+                         capture_intermediates=lambda mdl, _: isinstance(mdl, nn.LayerNorm))
+  att = model_cfg.attention
+  heads, kv_heads = att.num_heads, att.num_kv_heads
+  head_dim = model_cfg.d_model // heads
+  scheme = positional.get_scheme(model_cfg.position)
+  batch, length = inputs.shape
+  positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
+  out = []
+  for i in range(model_cfg.num_layers):
+    h = state["intermediates"][f"block_{i}"]["norm_attention"]["__call__"][0]
+    blk = params[f"block_{i}"]["attention"]
+    qkv = (h @ blk["qkv"]["kernel"]).reshape(batch, length, heads + 2 * kv_heads, head_dim)
+    q, k = qkv[:, :, :heads], qkv[:, :, heads:heads + kv_heads]
+    q, k = scheme.rotate_qk(q, k, positions)
+    k = jnp.repeat(k, heads // kv_heads, axis=2)
+    s = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(head_dim)
+    bias = scheme.score_mod(heads, blk.get("position_bias"), None)
+    if bias is not None:
+      s = s + bias.dense(length, length)
+    s = jnp.where(jnp.tril(jnp.ones((length, length), bool)), s, -jnp.inf)
+    p = jax.nn.softmax(s, axis=-1)
+    out.append(float(p[:, :, query_min:, 0].mean()))
+  return out
+
+
+def method_layouts(sc) -> dict:
+  """{method name: StreamingLLM layout} of the cached methods."""
+  out = {"window": kv_cache.streaming_layout(0, sc.cache)}
+  for s in sc.sinks:
+    out[f"sinks={s}"] = kv_cache.streaming_layout(s, sc.cache - s)
+  return out
+
+
+def run_study(config, workdir, progress: bool = True):
+  workdir = pathlib.Path(workdir)
+  sc = config.streaming
+  base = ml_collections.ConfigDict(config.to_dict())
+  del base["streaming"]
+  variants = sweep.variant_configs(base)
+  for name, cfg in variants.items():
+    train.train_and_evaluate(cfg, workdir / name, progress=progress)
+  records, curves, sink_rows = [], {}, []
+  for name in tqdm(variants, desc="streams", disable=not progress):
+    cfg, params, step = evaluate.restore_params(workdir / name)
+    corpus = data.load_corpus(cfg.data)
+    windows = streams(corpus.valid, sc.num_streams, sc.stream_length)
+    inputs, targets = jnp.asarray(windows[:, :-1]), jnp.asarray(windows[:, 1:])
+    methods = {"dense": lambda: _forward_nll_fn(cfg.model)(params, inputs, targets),
+               "recompute": lambda: recompute_nll(cfg.model, params, np.asarray(inputs),
+                                                  np.asarray(targets), sc.cache)}
+    for method, layout in method_layouts(sc).items():
+      methods[method] = functools.partial(
+          lambda lay: _cached_nll_fn(cfg.model, lay)(params, inputs, targets), layout)
+    for method, fn in methods.items():
+      t0 = time.perf_counter()
+      nll = np.asarray(fn()).mean(0)                      # per position, over streams
+      curves[(name, method)] = nll
+      records.append({"variant": name, "method": method, "step": step,
+                      "train_length": cfg.data.seq_len, "cache": sc.cache,
+                      "seconds": time.perf_counter() - t0,
+                      **{f"loss_{a}_{b}": float(nll[a:b].mean())
+                         for a, b in position_ranges(sc.cache, sc.stream_length)},
+                      "loss_after_eviction": float(nll[sc.cache:].mean())})
+    mass = first_token_attention(cfg.model, params, inputs[:, :cfg.data.seq_len], sc.sink_query_min)
+    uniform = float(np.mean(1.0 / (np.arange(sc.sink_query_min, cfg.data.seq_len) + 1)))
+    sink_rows.append({"variant": name, "first_token_attention": mass, "uniform": uniform})
+  return records, curves, sink_rows
+
+
+def results_markdown(records, sink_rows, sc) -> str:
+  ranges = position_ranges(sc.cache, sc.stream_length)
+  cols = [f"loss_{a}_{b}" for a, b in ranges] + ["loss_after_eviction"]
+  heads = [f"{a}–{b}" for a, b in ranges] + [f"{sc.cache}–{sc.stream_length} (all evicting)"]
+  lines = ["Mean loss (nats per byte) by stream position, "
+           f"{sc.num_streams} streams of {sc.stream_length} bytes; cache = {sc.cache} tokens.\n",
+           "| variant | method | " + " | ".join(heads) + " |", "|---|---|" + "---|" * len(cols)]
+  for r in records:
+    lines.append(f"| {r['variant']} | {r['method']} | " + " | ".join(f"{r[c]:.3f}" for c in cols)
+                 + " |")
+  lines += ["", "Attention probability on the first token of a training-length window, per "
+            f"layer (queries at positions >= {sc.sink_query_min}; uniform attention would give "
+            "the last column).\n",
+            "| variant | " + " | ".join(f"layer {i}" for i in range(len(sink_rows[0]
+                                                                      ["first_token_attention"])))
+            + " | uniform |", "|---|" + "---|" * (len(sink_rows[0]["first_token_attention"]) + 1)]
+  for r in sink_rows:
+    lines.append(f"| {r['variant']} | " + " | ".join(f"{m:.3f}" for m in r["first_token_attention"])
+                 + f" | {r['uniform']:.3f} |")
+  return "\n".join(lines) + "\n"
+
+
+def plot(curves, sink_rows, sc, path, attention_path):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  names = list(dict.fromkeys(v for v, _ in curves))
+  fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 4), squeeze=False,
+                           sharey=True)
+  kernel = np.ones(sc.smooth) / sc.smooth
+  for ax, name in zip(axes[0], names):
+    for (v, method), nll in curves.items():
+      if v != name:
+        continue
+      smooth = np.convolve(nll, kernel, mode="valid")
+      ax.plot(np.arange(len(smooth)) + sc.smooth - 1, smooth, label=method, lw=1.2)
+    ax.axvline(sc.cache, color="gray", ls=":", lw=1, label="cache full / training length")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("position in the stream (bytes)")
+    ax.set_title(name)
+    ax.grid(True, alpha=0.3)
+  axes[0, 0].set_ylabel(f"loss (nats/byte), moving average of {sc.smooth}")
+  axes[0, 0].set_ylim(top=min(6.0, axes[0, 0].get_ylim()[1]))
+  axes[0, -1].legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  for r in sink_rows:
+    ax.plot(range(len(r["first_token_attention"])), r["first_token_attention"], "o-",
+            label=r["variant"])
+  ax.axhline(sink_rows[0]["uniform"], color="gray", ls=":", label="uniform attention")
+  ax.set_xlabel("layer")
+  ax.set_ylabel("attention on the first token")
+  ax.legend(fontsize=8)
+  ax.grid(True, alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(attention_path, dpi=120)
+  plt.close(fig)
+
+
+def define_flags():
+  config_flags.DEFINE_config_file("config", "configs/streaming.py", "Streaming study config.",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", "runs/streaming", "Training runs and results.")
+  flags.DEFINE_string("out", None, "Where to write results.{json,md,png}; default the workdir.")
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  FLAGS = flags.FLAGS
+  t0 = time.perf_counter()
+  records, curves, sink_rows = run_study(FLAGS.config, FLAGS.workdir)
+  sc = FLAGS.config.streaming
+  out = pathlib.Path(FLAGS.out or FLAGS.workdir)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "results.json").write_text(json.dumps(
+      {"records": records, "first_token_attention": sink_rows,
+       "curves": {f"{v}/{m}": np.round(c, 4).tolist() for (v, m), c in curves.items()}}, indent=1))
+  table = results_markdown(records, sink_rows, sc)
+  (out / "results.md").write_text(table)
+  plot(curves, sink_rows, sc, out / "results.png", out / "attention.png")
+  print(table)
+  print(f"wrote {out}/results.{{json,md,png}} and attention.png in "
+        f"{time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+  runtime.configure()
+  define_flags()
+  app.run(main)
