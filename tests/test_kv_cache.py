@@ -312,3 +312,18 @@ def test_unsupported_models_are_config_errors_naming_the_field(overrides, stream
 def test_bad_streaming_sizes_are_config_errors(sinks, window, match):
   with pytest.raises(ConfigError, match=match):
     kv_cache.streaming_layout(sinks, window)
+
+
+def test_memory_report_lists_mha_gqa_mqa_with_allocated_bytes():
+  from attnlab.inference import memory
+  cfg = config_lib.resolve(tiny_config("rope", model__d_model=64,
+                                       model__attention__num_heads=8,
+                                       model__attention__num_kv_heads=8))
+  rows = memory.report(cfg.model, contexts=(100,), batch=2)
+  assert [(r["variant"], r["num_kv_heads"]) for r in rows] == [
+      ("MHA", 8), ("GQA (heads/2)", 4), ("GQA (heads/4)", 2), ("MQA", 1)]
+  for r in rows:   # 2 * 2 layers * kv_heads * head_dim 8 * 4 bytes; 100 tokens x batch 2
+    assert r["bytes_per_token"] == 2 * 2 * r["num_kv_heads"] * 8 * 4
+    assert r["allocated@100"] == r["bytes@100"] == r["bytes_per_token"] * 200
+  assert rows[0]["allocated@100"] == 4 * rows[2]["allocated@100"]
+  assert "| GQA (heads/4) | 2 | 256 | 50.00 KiB | 0.25x |" in memory.markdown(rows, (100,))
