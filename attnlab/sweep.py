@@ -10,6 +10,11 @@ Writes ``results.json``, ``results.csv``, ``results.md`` and ``results.png``.
 
 Resumable: re-running skips finished variants (training and evaluation), and an
 interrupted variant continues from its last checkpoint.
+
+``sweep.runner`` picks what a variant is (``RUNNERS``): ``lm`` (the default, above) or
+``tasks``: sequence-to-sequence models trained on ``sweep.tasks`` (algorithmic tasks) and
+scored by sequence accuracy at ``eval.lengths`` (``attnlab.tasks_train.run_task_sweep``;
+``configs/length_generalization.py``, ``configs/bottleneck.py``).
 """
 
 from __future__ import annotations
@@ -135,7 +140,21 @@ def plot_results(records: list[dict], path) -> None:
   plt.close(fig)
 
 
+RUNNERS = ("lm", "tasks")
+
+
+def runner_name(config) -> str:
+  """``sweep.runner`` (default ``lm``), checked against ``RUNNERS``."""
+  name = config.sweep.get("runner", "lm") if "sweep" in config else "lm"
+  if name not in RUNNERS:
+    raise ConfigError(f"sweep.runner={name!r} is not valid; valid: {', '.join(RUNNERS)}")
+  return name
+
+
 def run_sweep(config, workdir, progress: bool = True) -> list[dict]:
+  if runner_name(config) == "tasks":
+    from attnlab import tasks_train
+    return tasks_train.run_task_sweep(config, workdir, progress)
   from attnlab import train
   workdir = pathlib.Path(workdir)
   variants = variant_configs(config)           # every variant validated before any training
@@ -172,6 +191,11 @@ def main(argv):
     records = run_sweep(FLAGS.config, FLAGS.workdir)
   except ValueError as e:
     raise SystemExit(f"error: {e}") from None
+  if runner_name(FLAGS.config) == "tasks":
+    from attnlab import tasks_train
+    print(tasks_train.results_markdown(records))
+    print(f"wrote {FLAGS.workdir}/results.{{json,md,png}} and results_token.png")
+    return
   print(results_markdown(records))
   print(f"wrote {FLAGS.workdir}/results.{{json,csv,md,png}}")
 

@@ -1,4 +1,4 @@
-"""Length generalisation on algorithmic tasks: train on inputs of length <= 20, test to 80.
+"""Length generalisation on algorithmic tasks: train on inputs of length 1..20, test to 80.
 
   python -m attnlab.sweep --config=configs/length_generalization.py --workdir=runs/length_generalization
 
@@ -28,9 +28,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.model.position.random_max_len = 256   # L_max for randomized positions (>= every test length)
   c.data.min_length = 1
   c.data.max_length = 20              # train on lengths 1..20 ...
-  c.eval.lengths = (10, 20, 30, 40, 60, 80)   # ... test up to 4x longer
+  c.eval.lengths = (10, 20, 40, 80)   # ... test up to 4x longer
   c.eval.examples = 128
-  c.train.steps = 1500
+  c.train.steps = 1000
   c.train.batch_size = 32
   c.train.lr = 3e-3
 
@@ -44,7 +44,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       "rope": _transformer("rope"),
       "rope_randomized": _transformer("rope", True),
       "alibi": _transformer("alibi"),
-      "alibi_randomized": _transformer("alibi", True),
       "gru_bahdanau": {"model": {"arch": "rnn", "rnn": {"cell": "gru", "attention": "bahdanau"}}},
   })
   return c

@@ -6,6 +6,9 @@
   (``data.path``), split deterministically into train (first 90%) and valid.
 - ``get_batch(tokens, ...)``: a pure function of (seed, step): resumed runs see
   exactly the batches an uninterrupted run would.
+- ``tasks``: algorithmic sequence-to-sequence tasks (Delétang et al. 2023) for length
+  generalisation, deterministic for (seed, length); ``retrieval``: passkey and
+  associative-recall language-model tasks.
 """
 
 from __future__ import annotations
@@ -180,5 +183,7 @@ def sliding_windows(tokens: np.ndarray, length: int, stride: int, max_scored: in
   return windows[:, :-1], windows[:, 1:], weights
 
 
-__all__ = ["ByteTokenizer", "Corpus", "VOCAB_SIZE", "builtin_corpus_bytes", "builtin_corpus_files",
+from attnlab.data import tasks  # noqa: E402  (algorithmic seq2seq tasks)
+
+__all__ = ["tasks", "ByteTokenizer", "Corpus", "VOCAB_SIZE", "builtin_corpus_bytes", "builtin_corpus_files",
            "Batches", "get_batch", "load_corpus", "make_batches", "non_overlapping_windows", "sliding_windows", "split_tokens"]
