@@ -144,6 +144,17 @@ def test_other_patterns_use_a_full_cache_and_their_mask(pattern):
   np.testing.assert_allclose(got, full_logits(model, params, tokens), **TOL)
 
 
+@pytest.mark.parametrize("impl", ["reference", "blockwise"])
+def test_decoding_through_other_impls(impl):
+  """The decode attention goes through the model's impl (default auto -> xla above)."""
+  cfg, model, params = _model("alibi", model__attention__num_kv_heads=2,
+                              model__attention__impl=impl, model__attention__block_q=8,
+                              model__attention__block_kv=8)
+  tokens = _tokens(length=20)
+  got, _ = cached_logits(model, params, tokens, kv_cache.layout_for(cfg.model, 20), prefill=7)
+  np.testing.assert_allclose(got, full_logits(model, params, tokens), **TOL)
+
+
 @pytest.mark.parametrize("scaling", ["yarn"])
 def test_rope_scalings_and_partial_rotary(scaling):
   cfg, model, params = _model("rope", model__position__scaling=scaling,

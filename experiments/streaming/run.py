@@ -109,9 +109,9 @@ def recompute_nll(model_cfg, params, inputs, targets, window: int, chunk: int = 
   return out
 
 
-def first_token_attention(model_cfg, params, inputs, query_min: int) -> list[float]:
-  """Mean attention probability on token 0 per layer (heads, streams and queries at
-  positions >= ``query_min`` averaged). inputs: int32 [B, L]."""
+def first_token_attention(model_cfg, params, inputs, query_min: int) -> list[list[float]]:
+  """Attention probability on token 0, per layer and head (streams and queries at
+  positions >= ``query_min`` averaged): [layers][heads]. inputs: int32 [B, L]."""
   model = TransformerLM(model_cfg)
   _, state = model.apply({"params": params}, inputs, mutable=["intermediates"],
                          capture_intermediates=lambda mdl, _: isinstance(mdl, nn.LayerNorm))
@@ -135,7 +135,7 @@ def first_token_attention(model_cfg, params, inputs, query_min: int) -> list[flo
       s = s + bias.dense(length, length)
     s = jnp.where(jnp.tril(jnp.ones((length, length), bool)), s, -jnp.inf)
     p = jax.nn.softmax(s, axis=-1)
-    out.append(float(p[:, :, query_min:, 0].mean()))
+    out.append(np.asarray(p[:, :, query_min:, 0].mean(axis=(0, 2))).round(5).tolist())
   return out
 
 
@@ -193,15 +193,15 @@ def results_markdown(records, sink_rows, sc) -> str:
   for r in records:
     lines.append(f"| {r['variant']} | {r['method']} | " + " | ".join(f"{r[c]:.3f}" for c in cols)
                  + " |")
-  lines += ["", "Attention probability on the first token of a training-length window, per "
-            f"layer (queries at positions >= {sc.sink_query_min}; uniform attention would give "
-            "the last column).\n",
-            "| variant | " + " | ".join(f"layer {i}" for i in range(len(sink_rows[0]
-                                                                      ["first_token_attention"])))
-            + " | uniform |", "|---|" + "---|" * (len(sink_rows[0]["first_token_attention"]) + 1)]
+  layers = len(sink_rows[0]["first_token_attention"])
+  lines += ["", "Attention probability on the first token of a training-length window: mean "
+            "over heads / largest head, per layer (queries at positions >= "
+            f"{sc.sink_query_min}, averaged; uniform attention would give the last column).\n",
+            "| variant | " + " | ".join(f"layer {i}" for i in range(layers)) + " | uniform |",
+            "|---|" + "---|" * (layers + 1)]
   for r in sink_rows:
-    lines.append(f"| {r['variant']} | " + " | ".join(f"{m:.3f}" for m in r["first_token_attention"])
-                 + f" | {r['uniform']:.3f} |")
+    cells = [f"{np.mean(h):.3f} / {np.max(h):.3f}" for h in r["first_token_attention"]]
+    lines.append(f"| {r['variant']} | " + " | ".join(cells) + f" | {r['uniform']:.3f} |")
   return "\n".join(lines) + "\n"
 
 
@@ -210,30 +210,40 @@ def plot(curves, sink_rows, sc, path, attention_path):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   names = list(dict.fromkeys(v for v, _ in curves))
-  fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 4), squeeze=False,
-                           sharey=True)
+  fig, axes = plt.subplots(2, len(names), figsize=(5.2 * len(names), 7), squeeze=False,
+                           sharex=True)
   kernel = np.ones(sc.smooth) / sc.smooth
-  for ax, name in zip(axes[0], names):
+  smooth = lambda x: np.convolve(x, kernel, mode="valid")   # noqa: E731
+  methods = list(dict.fromkeys(m for _, m in curves))
+  color = {m: f"C{i}" for i, m in enumerate(methods)}       # one colour per method, both rows
+  for col, name in enumerate(names):
+    base = smooth(curves[(name, "recompute")])
+    x = np.arange(len(base)) + sc.smooth - 1          # position of each average's last byte
     for (v, method), nll in curves.items():
       if v != name:
         continue
-      smooth = np.convolve(nll, kernel, mode="valid")
-      ax.plot(np.arange(len(smooth)) + sc.smooth - 1, smooth, label=method, lw=1.2)
-    ax.axvline(sc.cache, color="gray", ls=":", lw=1, label="cache full / training length")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("position in the stream (bytes)")
-    ax.set_title(name)
-    ax.grid(True, alpha=0.3)
+      axes[0, col].plot(x, smooth(nll), label=method, lw=1.1, color=color[method])
+      if method != "recompute":
+        axes[1, col].plot(x, smooth(nll) - base, label=method, lw=1.1, color=color[method])
+    for row in (0, 1):
+      axes[row, col].axvline(sc.cache, color="gray", ls=":", lw=1)
+      axes[row, col].grid(True, alpha=0.3)
+    axes[0, col].set_title(name)
+    axes[1, col].set_xlabel("position in the stream (bytes)")
+    axes[1, col].set_ylim(-0.15, 0.6)
   axes[0, 0].set_ylabel(f"loss (nats/byte), moving average of {sc.smooth}")
-  axes[0, 0].set_ylim(top=min(6.0, axes[0, 0].get_ylim()[1]))
+  axes[1, 0].set_ylabel("loss minus the recompute baseline")
   axes[0, -1].legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
   fig, ax = plt.subplots(figsize=(5, 3.5))
   for r in sink_rows:
-    ax.plot(range(len(r["first_token_attention"])), r["first_token_attention"], "o-",
-            label=r["variant"])
+    layers = range(len(r["first_token_attention"]))
+    line, = ax.plot(layers, [np.mean(h) for h in r["first_token_attention"]], "o-",
+                    label=f"{r['variant']} (mean over heads)")
+    ax.plot(layers, [np.max(h) for h in r["first_token_attention"]], "^--", color=line.get_color(),
+            label=f"{r['variant']} (largest head)")
   ax.axhline(sink_rows[0]["uniform"], color="gray", ls=":", label="uniform attention")
   ax.set_xlabel("layer")
   ax.set_ylabel("attention on the first token")
