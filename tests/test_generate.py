@@ -140,9 +140,11 @@ def test_stop_tokens_end_a_row_and_are_included(gqa):
   assert out.stopped[0] and len(out.tokens[0]) <= 4
 
 
-def test_recompute_mode_serves_linear_attention():
-  cfg, model, params = _model("rope", model__attention__kind="linear")
-  with pytest.raises(ConfigError, match=r"model\.attention\.kind='linear' has no KV cache"):
+@pytest.mark.parametrize("kind", ["linear", pytest.param("performer", marks=pytest.mark.slow)])
+def test_recompute_mode_serves_efficient_kinds(kind):
+  cfg, model, params = _model("rope", model__attention__kind=kind,
+                              model__attention__num_features=16, model__attention__scan_chunk=8)
+  with pytest.raises(ConfigError, match=rf"model\.attention\.kind='{kind}' has no KV cache"):
     generate.generate(cfg, params, "ab", 4)
   out = generate.generate(cfg, params, "abc", 6, use_cache=False)
   tokens = out.tokens[0]
