@@ -181,9 +181,16 @@ def test_parse_stop():
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
+  """A training workdir in the trainer's own layout (config.json + an orbax checkpoint of
+  the initial state), written without compiling a training step."""
   workdir = tmp_path_factory.mktemp("gen") / "rope"
-  train.train_and_evaluate(tiny_config("rope", train__steps=4, train__warmup_steps=1,
-                                       train__checkpoint_every=4), workdir, progress=False)
+  workdir.mkdir()
+  cfg = config_lib.resolve(tiny_config("rope"))
+  (workdir / "config.json").write_text(cfg.to_json())
+  model = TransformerLM(cfg.model)
+  checkpointer = train.Checkpointer(workdir / "checkpoints", 1)
+  checkpointer.save(1, train.init_state(model, train.make_optimizer(cfg.train), cfg))
+  checkpointer.close()
   return workdir
 
 
