@@ -36,7 +36,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
   c.sweep = ml_collections.ConfigDict()
   c.sweep.runner = "tasks"
-  c.sweep.tasks = ("parity", "reverse", "sort")   # regular, deterministic context-free, context-sensitive
+  # regular, deterministic context-free, two context-sensitive (copy needs only relative
+  # alignment output t <-> input t; sort needs no alignment at all)
+  c.sweep.tasks = ("parity", "reverse", "copy", "sort")
   c.sweep.variants = ml_collections.ConfigDict({
       "nope": _transformer("none"),
       "sinusoidal": _transformer("sinusoidal"),

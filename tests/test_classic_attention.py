@@ -2,7 +2,6 @@
 source positions and ignore padding, in the functions, the modules and whole models."""
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
