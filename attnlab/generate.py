@@ -171,9 +171,9 @@ def _compiled(model_cfg, layout, batch, start, total, max_new, sampling, stop_to
 
 @functools.lru_cache(maxsize=16)
 def _compiled_recompute(model_cfg, batch, start, total, max_new, sampling, stop_tokens):
-  """The same loop without a cache: every step runs the model over the whole buffer
-  [B, total] (fixed shape; causal, so later padding does not matter) and reads the
-  logits of the last real position."""
+  """The same loop without a cache: every step runs the model over the whole buffer but
+  its last slot, [B, total - 1] (fixed shape; causal, so later padding does not matter; the
+  last token is only ever predicted), and reads the logits of the last real position."""
   model = TransformerLM(model_cfg)
 
   @jax.jit
@@ -182,7 +182,7 @@ def _compiled_recompute(model_cfg, batch, start, total, max_new, sampling, stop_
 
     def body(p, state):
       buf, count, done = state
-      logits = model.apply({"params": params}, buf)
+      logits = model.apply({"params": params}, buf[:, :total - 1])
       last = jax.lax.dynamic_index_in_dim(logits, p - 1, axis=1, keepdims=False)
       forced = p < lengths
       generating = ~forced & ~done & (count < max_new)

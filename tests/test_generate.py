@@ -167,7 +167,10 @@ def test_length_limits_and_empty_prompts_are_clear_errors(gqa):
   with pytest.raises(ConfigError, match=r"needs 39 positions; model\.position\.max_len=32 holds "
                                         r"32: use --max_new_tokens <= 13"):
     generate.generate(lcfg, lparams, "x" * 20, 20)
-  assert len(generate.generate(lcfg, lparams, "x" * 20, 13).tokens[0]) == 13   # exactly fits
+  fits = generate.generate(lcfg, lparams, "x" * 20, 13).tokens[0]   # exactly fits
+  assert len(fits) == 13
+  assert generate.generate(lcfg, lparams, "x" * 20, 13, use_cache=False).tokens[0].tolist() == \
+      fits.tolist()
 
 
 def test_parse_stop():
