@@ -245,6 +245,7 @@ def plot(curves, sink_rows, sc, path, attention_path):
     ax.plot(layers, [np.max(h) for h in r["first_token_attention"]], "^--", color=line.get_color(),
             label=f"{r['variant']} (largest head)")
   ax.axhline(sink_rows[0]["uniform"], color="gray", ls=":", label="uniform attention")
+  ax.set_xticks(range(len(sink_rows[0]["first_token_attention"])))
   ax.set_xlabel("layer")
   ax.set_ylabel("attention on the first token")
   ax.legend(fontsize=8)
