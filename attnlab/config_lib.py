@@ -18,7 +18,7 @@ from attnlab.data.retrieval import TASKS
 from attnlab.models import DTYPES, NORMS
 from attnlab.registry import ConfigError
 
-MLPS = ("gelu", "swiglu")
+MLPS = ("gelu", "swiglu", "none")   # none: attention-only blocks
 CORPORA = ("builtin",)
 RANDOMIZABLE = ("sinusoidal", "learned", "rope", "alibi")
 
