@@ -22,7 +22,7 @@ from absl import app, flags, logging
 from tqdm import tqdm
 
 from attnlab import config_lib, data, positional, runtime
-from attnlab.models import TransformerLM
+from attnlab.models import build_lm
 from attnlab.registry import ConfigError
 
 LN2 = math.log(2.0)
@@ -32,7 +32,7 @@ def restore_params(workdir):
   """(resolved config, params of the latest checkpoint) of a training workdir."""
   from attnlab import train  # the trainer owns the checkpoint layout
   cfg = config_lib.resolve(train.load_config(workdir))
-  model = TransformerLM(cfg.model)
+  model = build_lm(cfg.model)
   tx = train.make_optimizer(cfg.train)
   checkpointer = train.Checkpointer(pathlib.Path(workdir) / "checkpoints", cfg.train.keep_checkpoints)
   try:
@@ -70,7 +70,7 @@ def evaluate_lengths(cfg, params, tokens: np.ndarray, lengths, *, max_tokens: in
     positional.check_length(cfg.model.position, length, "evaluation length")
     if mode == "sliding" and not (isinstance(stride, int) and 1 <= stride <= length):
       raise ConfigError(f"sliding stride={stride!r} must be an integer in [1, {length}]")
-  model = TransformerLM(cfg.model)
+  model = build_lm(cfg.model)
 
   @jax.jit
   def weighted_nll(params, inputs, targets, weights):

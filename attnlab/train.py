@@ -32,7 +32,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from attnlab import config_lib, data, parallel, positional, runtime
-from attnlab.models import TransformerLM, num_params
+from attnlab.models import build_lm, num_params
 from attnlab.registry import ConfigError
 
 LN2 = math.log(2.0)
@@ -271,7 +271,7 @@ def train_and_evaluate(config, workdir, *, stop_after: int | None = None,
     checkpointer.close()
     raise
 
-  model = TransformerLM(cfg.model)
+  model = build_lm(cfg.model)
   tx = make_optimizer(cfg.train)
   with jax.set_mesh(mesh):
     abstract = jax.eval_shape(lambda: init_state(model, tx, cfg))

@@ -13,6 +13,7 @@ from attnlab import ConfigError, positional, sweep, tasks_train
 from attnlab.data import tasks
 from attnlab.models import rnn as rnn_lib
 from attnlab.models import seq2seq
+from attnlab.config_lib import load_config_file
 from attnlab.train import make_optimizer
 from configs import bottleneck, seq2seq as seq2seq_configs
 
@@ -190,3 +191,26 @@ def test_rnn_language_model_is_causal(cell):
   logits2 = apply(params, changed)
   np.testing.assert_allclose(logits2[:, :5], logits[:, :5], atol=1e-6)
   assert not np.allclose(logits2[:, 5:], logits[:, 5:])
+
+
+def test_rnn_lm_preset_trains_and_evaluates_through_the_lm_trainer(tmp_path):
+  from helpers import tiny_config
+  from attnlab import data, evaluate, train
+  from attnlab.models import RNNLM
+  config = tiny_config("rope")
+  lm = load_config_file("configs/rnn_lm.py")
+  config.model.arch, config.model.rnn = lm.model.arch, lm.model.rnn
+  config.model.position.kind = "none"
+  config.model.rnn.hidden, config.model.rnn.embed_dim = 16, 8
+  config.train.steps = 10
+  train.train_and_evaluate(config, tmp_path, progress=False)
+  cfg, params, step = evaluate.restore_params(tmp_path)
+  assert step == 10 and set(params) == {"embed", "cell_0", "cell_1", "logits"}
+  tokens = data.load_corpus(cfg.data).valid[:257]
+  got = evaluate.evaluate_lengths(cfg, params, tokens, [64], progress=False)[0]["loss"]
+  inputs, targets = data.non_overlapping_windows(tokens, 64)
+  logits = np.asarray(RNNLM(cfg.model).apply({"params": params}, inputs), np.float64)
+  logp = logits - logits.max(-1, keepdims=True)
+  logp -= np.log(np.exp(logp).sum(-1, keepdims=True))                 # numpy log-softmax
+  expected = -np.take_along_axis(logp, targets[..., None], -1).mean()
+  np.testing.assert_allclose(got, expected, rtol=1e-5)

@@ -10,7 +10,18 @@ from attnlab.models.transformer import (DTYPES, MLP, NORMS, Block, SelfAttention
 from attnlab.models.classic_attention import AdditiveAttention, MultiplicativeAttention  # noqa: E402
 from attnlab.models.rnn import RNNLM, RNNSeq2Seq  # noqa: E402
 from attnlab.models.seq2seq import ARCHS, TransformerSeq2Seq  # noqa: E402
+from attnlab.registry import Registry  # noqa: E402
 
-__all__ = ["ARCHS", "AdditiveAttention", "DTYPES", "MLP", "MultiplicativeAttention", "NORMS",
+LM_ARCHS: Registry = Registry("model.arch")
+LM_ARCHS.register("transformer")(TransformerLM)
+LM_ARCHS.register("rnn")(RNNLM)
+
+
+def build_lm(model_cfg):
+  """The language model named by ``model.arch`` (default ``transformer``; ``rnn``: ``RNNLM``)."""
+  return LM_ARCHS.get(model_cfg.get("arch", "transformer"))(model_cfg)
+
+
+__all__ = ["ARCHS", "LM_ARCHS", "AdditiveAttention", "build_lm", "DTYPES", "MLP", "MultiplicativeAttention", "NORMS",
            "Block", "RNNLM", "RNNSeq2Seq", "SelfAttention", "TransformerLM", "TransformerSeq2Seq",
            "num_params"]
