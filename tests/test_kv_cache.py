@@ -140,9 +140,9 @@ def test_sink_and_window_pattern_keeps_pinned_slots():
   assert sorted(np.asarray(cache.slot_pos).tolist()) == [0, 1, 25, 26, 27, 28, 29]
 
 
-@pytest.mark.parametrize("pattern", [pytest.param("random", marks=pytest.mark.slow),
-                                     pytest.param("bigbird", marks=pytest.mark.slow),
-                                     "longformer"])
+@pytest.mark.parametrize("pattern", ["longformer"] + [
+    pytest.param(p, marks=pytest.mark.slow)
+    for p in ("random", "bigbird", "dilated", "block_local", "global")])
 def test_other_patterns_use_a_full_cache_and_their_mask(pattern):
   cfg, model, params = _model("alibi", model__attention__num_kv_heads=2,
                               model__attention__pattern=pattern, model__attention__block=4,
