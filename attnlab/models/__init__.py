@@ -22,6 +22,6 @@ def build_lm(model_cfg):
   return LM_ARCHS.get(model_cfg.get("arch", "transformer"))(model_cfg)
 
 
-__all__ = ["ARCHS", "LM_ARCHS", "AdditiveAttention", "build_lm", "DTYPES", "MLP", "MultiplicativeAttention", "NORMS",
-           "Block", "RNNLM", "RNNSeq2Seq", "SelfAttention", "TransformerLM", "TransformerSeq2Seq",
-           "num_params"]
+__all__ = ["ARCHS", "AdditiveAttention", "Block", "DTYPES", "LM_ARCHS", "MLP",
+           "MultiplicativeAttention", "NORMS", "RNNLM", "RNNSeq2Seq", "SelfAttention",
+           "TransformerLM", "TransformerSeq2Seq", "build_lm", "num_params"]
