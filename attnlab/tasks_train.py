@@ -21,6 +21,7 @@ end; a finished run with the same config is not retrained) and ``eval.json``.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -243,6 +244,12 @@ def make_generate(model):
                  static_argnums=(2,))
 
 
+@functools.lru_cache(maxsize=8)
+def _cached_generate(model_cfg):
+  """One compiled decoder per model config (re-evaluations reuse it)."""
+  return make_generate(seq2seq.build(model_cfg))
+
+
 def score(predictions, targets) -> tuple[np.ndarray, np.ndarray]:
   """(sequence correct [batch], token accuracy [batch]) over non-pad target positions.
 
@@ -262,8 +269,7 @@ def evaluate(cfg, params, lengths=None, examples=None, seed: int = 1234) -> list
   positions past a target's ``<eos>`` are not scored: the results are those of decoding
   each length alone).
   """
-  model = seq2seq.build(cfg.model)
-  generate = make_generate(model)
+  generate = _cached_generate(cfg.model)
   lengths = cfg.eval.lengths if lengths is None else lengths
   examples = cfg.eval.examples if examples is None else examples
   batches = {n: tasks.eval_batch(cfg.data.task, n, examples, seed) for n in lengths}

@@ -193,6 +193,7 @@ def test_rnn_language_model_is_causal(cell):
   assert not np.allclose(logits2[:, 5:], logits[:, 5:])
 
 
+@pytest.mark.slow
 def test_rnn_lm_preset_trains_and_evaluates_through_the_lm_trainer(tmp_path):
   from helpers import tiny_config
   from attnlab import data, evaluate, train
