@@ -75,7 +75,9 @@ class AdditiveAttention(nn.Module):
   """Bahdanau attention with ``attention_dim`` A: ``W`` [Dq, A], ``U`` [Dk, A], ``v`` [A].
 
   ``project_keys(keys)`` computes ``U h`` once per source; ``__call__(query, keys, mask,
-  key_proj)`` returns (context [batch, Dk], weights [batch, src]).
+  key_proj)`` returns (context [batch, Dk], weights [batch, src]). A caller that passes
+  ``key_proj`` at every step owns ``U`` itself (the RNN decoder projects the keys once,
+  outside its scanned step), and this module then creates only ``W`` and ``v``.
   """
   attention_dim: int
 
