@@ -33,6 +33,13 @@ as in the paper.
 
 A model step is ``plan_step`` (positions and slots, shared by the layers), then
 ``cached_attention`` in each layer, then ``finish_step``.
+
+With ``model.attention.impl == "pallas"``, a decode step that qualifies (see
+``_pallas_decode_request``: full cache, pattern ``causal`` or ``sliding_window``, no
+position bias or ALiBi) runs the split-K decode kernel
+``pallas_kernels.decode.flash_decode``; every other step keeps ``decode_attention``.
+A ``pallas`` prefill passes the model's pattern and score modifier as static objects
+(the cache is empty, so positions are 0..T-1), which the fused flash kernel can take.
 """
 
 from __future__ import annotations
@@ -44,9 +51,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attnlab.attention import PATTERNS, dot_product_attention, score_mods
+from attnlab.attention import PATTERNS, dot_product_attention, masks, score_mods
 from attnlab.attention.pytree import pytree_dataclass
 from attnlab.registry import ConfigError
+from pallas_kernels import decode as pallas_decode
 
 # Position kinds whose positions act inside attention (rotations, biases, or nothing):
 # StreamingLLM can re-position their cached keys. Absolute embeddings enter at the input,
@@ -193,6 +201,9 @@ class StepPlan:
   write_slots: int32 [T]: slot of each new token, ``capacity`` for one that would be
     overwritten within this step (not written).
   slot_pos: int32 [capacity]: the cache's slot positions after the step.
+  prefill, streaming: static flags of the step and the cache.
+  slots_are_positions: static; slot j holds text position j (a full cache: no rolling
+    slots, no pinned sinks, not StreamingLLM).
   """
   text_pos: jax.Array
   q_pos: jax.Array
@@ -203,6 +214,7 @@ class StepPlan:
   slot_pos: jax.Array
   prefill: bool
   streaming: bool
+  slots_are_positions: bool
 
 
 def plan_step(cache: KVCache, num_new: int, prefill: bool) -> StepPlan:
@@ -238,8 +250,10 @@ def plan_step(cache: KVCache, num_new: int, prefill: bool) -> StepPlan:
     key_text, key_pos, key_valid = text_pos, q_pos, jnp.ones((num_new,), bool)
   else:
     key_text, key_pos, key_valid = slot_pos, place(slot_pos), slot_pos >= 0
+  slots_are_positions = (layout.lookback is None and layout.pinned == 0
+                         and not layout.streaming)
   return StepPlan(text_pos, q_pos, key_text, key_pos, key_valid, write_slots, slot_pos,
-                  prefill, layout.streaming)
+                  prefill, layout.streaming, slots_are_positions)
 
 
 def finish_step(cache: KVCache, plan: StepPlan, layers) -> KVCache:
@@ -308,7 +322,9 @@ def decode_mask(plan: StepPlan, att, layer: int):
 
 
 def decode_attention(q, k, v, *, mask, bias, att):
-  """Attention of the new queries over the keys: the one call a decode kernel replaces.
+  """Attention of the new queries over the keys through ``dot_product_attention``: every
+  step except a qualifying ``impl="pallas"`` decode step (``_pallas_decode_request``),
+  which ``cached_attention`` sends to the split-K decode kernel instead.
 
   q: [B, T, heads, D]; k, v: [B, K, kv_heads, D]; mask: bool [T, K] or [heads, T, K];
   bias: a ScoreMod or None. Returns [B, T, heads, D].
@@ -338,8 +354,79 @@ def cached_attention(q, k, v, layer_kv, plan: StepPlan, *, scheme, table, att, l
     k_cache, v_cache = _write(k_cache, k, plan.write_slots), _write(v_cache, v, plan.write_slots)
     keys, values = (k, v) if plan.prefill else (k_cache, v_cache)
   bias = position_bias(scheme, q.shape[2], table, plan.q_pos, plan.key_pos)
-  out = decode_attention(q, keys, values, mask=decode_mask(plan, att, layer), bias=bias, att=att)
+  request = _pallas_decode_request(plan, att, bias, q.shape[0])
+  if request is not None:
+    # looked up at call time (not imported by name), so tests can wrap it
+    out = pallas_decode.flash_decode(q, keys, values, **request)
+  elif plan.prefill and att.impl == "pallas":
+    mask, bias = _static_prefill(plan, att, layer, scheme, q.shape[2], table)
+    out = decode_attention(q, keys, values, mask=mask, bias=bias, att=att)
+  else:
+    out = decode_attention(q, keys, values, mask=decode_mask(plan, att, layer), bias=bias,
+                           att=att)
   return out, (k_cache, v_cache)
+
+
+def _pallas_decode_request(plan: StepPlan, att, bias, batch: int) -> dict | None:
+  """Keyword arguments for ``pallas_decode.flash_decode`` when this step can run on the
+  split-K decode kernel, else None (the step keeps ``decode_attention``).
+
+  Decided from static facts only (config, plan flags, the bias object's type). A step
+  qualifies when all hold:
+
+  - ``att.impl == "pallas"`` and ``att.kind == "softmax"``;
+  - a decode step (not prefill) on a full cache (``plan.slots_are_positions``; not
+    rolling, no pinned sinks, not StreamingLLM): the kernel reads slot j as text
+    position j and the new queries as the last ``T`` valid slots;
+  - pattern ``causal`` (the kernel's ``j <= p``) or ``sliding_window`` (``i - window
+    <= j <= i``, the kernel's ``p - window <= j <= p`` with ``window=att.window``);
+  - no position bias, or ALiBi at text positions (``AtPositions`` around an
+    ``AlibiBias`` without explicit positions): on a full cache its query / key
+    positions are the text position and the slot index, so ``-slope * |p - j|`` is the
+    kernel's ``-slope * (p - j)`` on every visible slot. T5 and other modifiers do not
+    qualify.
+
+  ``lengths``: valid slots after this step's write, the last new token's text position
+  + 1 (every row shares the plan's positions), broadcast to ``[batch]``.
+  """
+  from attnlab.positional import AlibiBias   # positional depends on attention
+  if att.impl != "pallas" or att.kind != "softmax":
+    return None
+  if plan.prefill or plan.streaming or not plan.slots_are_positions:
+    return None
+  if att.pattern == "causal":
+    window = None
+  elif att.pattern == "sliding_window":
+    window = int(att.window)
+  else:
+    return None
+  if bias is None:
+    slopes = None
+  elif (isinstance(bias, AtPositions) and type(bias.inner) is AlibiBias
+        and bias.inner.positions is None):
+    slopes = bias.inner.slopes
+  else:
+    return None
+  lengths = jnp.broadcast_to(plan.text_pos[-1] + 1, (batch,)).astype(jnp.int32)
+  return dict(lengths=lengths, alibi_slopes=slopes, window=window,
+              block_kv=min(int(att.block_kv), 128))
+
+
+def _static_prefill(plan: StepPlan, att, layer: int, scheme, num_heads: int, table):
+  """Mask and score modifier of an ``impl="pallas"`` prefill as static objects.
+
+  A prefill fills an empty cache (``plan_step``'s contract), so its queries and keys sit
+  at positions 0..T-1 (places equal text positions in StreamingLLM mode too: nothing is
+  evicted during a prefill): ``decode_mask`` is the model's pattern ``& causal`` at those
+  indices, and ``position_bias`` is the scheme's own modifier. The Pallas adapter takes
+  these (it rejects traced boolean masks and ``AtPositions``).
+  """
+  causal = masks.causal()
+  if plan.streaming or att.pattern == "causal":
+    mask = causal
+  else:
+    mask = PATTERNS.get(att.pattern).build(att, layer) & causal
+  return mask, scheme.score_mod(num_heads, table, None)
 
 
 def _rows(pos, x):
