@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attnlab.attention import PATTERNS, dot_product_attention, masks, score_mods
+from attnlab.attention import IMPLS, PATTERNS, dot_product_attention, masks, score_mods
 from attnlab.attention.pytree import pytree_dataclass
 from attnlab.registry import ConfigError
 from pallas_kernels import decode as pallas_decode
@@ -329,7 +329,11 @@ def decode_attention(q, k, v, *, mask, bias, att):
   q: [B, T, heads, D]; k, v: [B, K, kv_heads, D]; mask: bool [T, K] or [heads, T, K];
   bias: a ScoreMod or None. Returns [B, T, heads, D].
   """
-  return dot_product_attention(q, k, v, mask=mask, bias=bias, impl=att.impl,
+  impl = att.impl
+  if impl == "pallas" and IMPLS.get("pallas").unsupported(
+      q, k, v, masks.as_mask(mask), score_mods.as_score_mod(bias)):
+    impl = "auto"   # e.g. a traced decode mask: the fused kernel plans tiles statically
+  return dot_product_attention(q, k, v, mask=mask, bias=bias, impl=impl,
                                block_q=att.block_q, block_kv=att.block_kv)
 
 
