@@ -42,7 +42,6 @@ padded to a power of two >= 16. In interpret mode nothing is rounded.
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp

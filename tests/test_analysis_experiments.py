@@ -8,7 +8,6 @@ one-step induction run records scores at initialisation equal to uniform attenti
 """
 
 import importlib.util
-import pathlib
 
 import numpy as np
 import optax

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
-from attnlab import config_lib, data, runtime, train  # noqa: E402
+from attnlab import data, runtime, train  # noqa: E402
 from attnlab.analysis import capture, metrics  # noqa: E402
 from attnlab.models import build_lm  # noqa: E402
 
@@ -131,7 +131,8 @@ def plot(results, path) -> None:
     ax.set_xlabel("layer")
     ax.set_ylabel(f"attention on the first {key[2:]} token(s)")
     ax.set_title(f"sink mass, {key} (dashed: largest head)")
-    ax.set_ylim(0, 1)
+    top = max(max(r["trained"][key]["max_head"]) for r in results["schemes"].values())
+    ax.set_ylim(0, max(2 * results["uniform"][key], 1.15 * top))
     ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
