@@ -86,6 +86,35 @@ def test_capture_under_jit_leaves_logits_unchanged():
   np.testing.assert_array_equal(np.asarray(plain), np.asarray(captured))
 
 
+@pytest.mark.parametrize("impl", ["blockwise", "pallas"])
+def test_capture_is_the_same_for_impls_that_never_form_probabilities(impl):
+  """blockwise and pallas never materialise softmax weights: the captured maps are
+  recomputed with the reference formula, so they equal the maps of an impl='reference'
+  model with the same parameters, and the impl's own logits are unchanged by capture."""
+  cfg = config_lib.resolve(tiny_config("alibi", model__attention__impl=impl,
+                                       model__attention__num_kv_heads=2,
+                                       model__attention__pattern="sliding_window",
+                                       model__attention__window=6))
+  ref_cfg = config_lib.resolve(tiny_config("alibi", model__attention__impl="reference",
+                                           model__attention__num_kv_heads=2,
+                                           model__attention__pattern="sliding_window",
+                                           model__attention__window=6))
+  model, reference = build_lm(cfg.model), build_lm(ref_cfg.model)
+  tokens = jnp.asarray(np.random.RandomState(4).randint(0, 256, (2, 20)))
+  params = reference.init(jax.random.PRNGKey(5), tokens)["params"]
+  plain = model.apply({"params": params}, tokens)
+  captured, state = model.apply({"params": params}, tokens, mutable=["intermediates"])
+  _, ref_state = reference.apply({"params": params}, tokens, mutable=["intermediates"])
+  np.testing.assert_array_equal(np.asarray(plain), np.asarray(captured))
+  for layer in range(cfg.model.num_layers):
+    (maps,) = state["intermediates"][f"block_{layer}"]["attention"]["attention_weights"]
+    (ref_maps,) = ref_state["intermediates"][f"block_{layer}"]["attention"]["attention_weights"]
+    np.testing.assert_allclose(np.asarray(maps), np.asarray(ref_maps), atol=1e-6)
+    # the window is respected: nothing beyond 6 keys back
+    i, j = np.indices((20, 20))
+    assert np.asarray(maps)[..., (i - j > 6) | (j > i)].max() == 0.0
+
+
 def test_mlp_none_is_attention_only():
   """mlp='none' drops the MLP: no MLP parameters, and the block is x + attn(norm(x))."""
   cfg = config_lib.resolve(tiny_config("rope", model__mlp="none"))
