@@ -87,10 +87,10 @@ def test_bad_input_names_the_argument(workdir, tmp_path):
     analyze.analyze(workdir, "abc", "")
 
 
-def test_maps_unavailable_for_kinds_without_softmax():
-  cfg = config_lib.resolve(tiny_config("rope", model__attention__kind="linear"))
-  with pytest.raises(capture.CaptureUnavailable, match="kind='linear' never forms"):
-    capture.capture_attention(TransformerLM(cfg.model), {}, np.zeros((1, 4), np.int32))
+def test_maps_unavailable_for_recurrent_models():
+  cfg = tiny_config("rope", model__arch="rnn")
+  with pytest.raises(capture.CaptureUnavailable, match="model.arch='rnn' has no attention layers"):
+    capture.check_capturable(cfg.model)
 
 
 def test_cli_exit_message_for_a_missing_workdir(tmp_path):

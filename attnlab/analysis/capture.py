@@ -1,10 +1,13 @@
 """Attention maps of a trained ``TransformerLM``, captured without changing its outputs.
 
-Each softmax ``SelfAttention`` layer sows ``attention_weights`` into the
-``intermediates`` collection when that collection is mutable; the weights are
-computed with the reference formula from the layer's own q, k (after RoPE/xPos),
-pattern mask and position bias, so they are the same map whichever ``impl``
-(xla, blockwise, pallas) computes the layer's output.
+Each ``SelfAttention`` layer sows ``attention_weights`` into the ``intermediates``
+collection when that collection is mutable: the matrix its kind applies
+(``KindSpec.weights``), built densely from the layer's own q and k (after RoPE/xPos).
+For softmax it is the reference formula with the layer's pattern mask and position
+bias, so it is the same map whichever ``impl`` (xla, blockwise, pallas) computes the
+output; for ``lsh``, ``performer`` and ``linear`` it is the matrix their sub-quadratic
+computation implies (Reformer's chunk-and-round mixture, the random-feature or elu+1
+kernel, normalised), so ``weights @ v`` is the layer's attention output.
 """
 
 from __future__ import annotations
@@ -15,25 +18,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from attnlab.attention import KINDS
 from attnlab.registry import ConfigError
 
 
 class CaptureUnavailable(ConfigError):
-  """The model never forms softmax attention probabilities (recurrent or sub-quadratic kinds)."""
+  """The model has no attention matrix to show (recurrent models, kinds without weights)."""
 
 
 def check_capturable(model_cfg) -> None:
-  """Raise ``CaptureUnavailable`` unless every layer is softmax attention of a TransformerLM."""
+  """Raise ``CaptureUnavailable`` unless every layer is attention whose kind has weights."""
   arch = model_cfg.get("arch", "transformer")
   if arch != "transformer":
     raise CaptureUnavailable(f"model.arch={arch!r} has no attention layers to analyse; "
                              f"attention maps need model.arch='transformer'")
   kind = model_cfg.attention.kind
-  if kind != "softmax":
+  if KINDS.get(kind).weights is None:
+    with_weights = ", ".join(n for n in KINDS.names() if KINDS.get(n).weights is not None)
     raise CaptureUnavailable(
-        f"model.attention.kind={kind!r} never forms a softmax attention matrix (its weights are "
-        f"implicit in features or hashed buckets), so attention maps are unavailable; maps "
-        f"need model.attention.kind='softmax'")
+        f"model.attention.kind={kind!r} registers no weights function (KindSpec.weights), so "
+        f"its attention maps cannot be captured; kinds with maps: {with_weights}")
 
 
 @functools.lru_cache(maxsize=8)

@@ -42,6 +42,28 @@ class Implementation:
 IMPLS: Registry[Implementation] = Registry("model.attention.impl")
 
 
+def reference_weights(q, k, *, mask=None, bias=None, scale: float | None = None):
+  """Softmax attention probabilities, computed as ``reference_attention`` computes them.
+
+  q: [batch, q_len, heads, head_dim]; k: [batch, kv_len, kv_heads, head_dim] (GQA/MQA
+  keys are shared by ``heads // kv_heads`` query heads) -> float32 [batch, heads, q_len, kv_len].
+  Scale 1/sqrt(head_dim) by default; a row that sees no key is all zeros.
+  """
+  mask, bias = masks_lib.as_mask(mask), score_mods.as_score_mod(bias)
+  scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+  k = jnp.repeat(k, q.shape[2] // k.shape[2], axis=2)
+  s = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=_F32) * scale
+  q_idx, kv_idx = jnp.arange(q.shape[1])[:, None], jnp.arange(k.shape[1])[None, :]
+  if bias is not None:
+    s = bias(s, q_idx, kv_idx)
+  if mask is not None:
+    s = jnp.where(mask(q_idx, kv_idx), s, -jnp.inf)
+  m = s.max(axis=-1, keepdims=True)
+  p = jnp.exp(s - jnp.where(jnp.isneginf(m), 0.0, m))
+  denom = p.sum(axis=-1, keepdims=True)
+  return p / jnp.where(denom == 0, 1.0, denom)
+
+
 def reference_attention(q, k, v, *, mask=None, score_mod=None, scale: float, **unused):
   """The oracle: materialises the full ``[B, H, Nq, Nk]`` float32 score matrix."""
   group = q.shape[2] // k.shape[2]

@@ -387,3 +387,76 @@ def linear_attention(q, k, v, *, causal: bool = True, chunk_size: int = 128, eps
   else:
     out = _kernel_attention(phi_q, phi_k, vf, eps=float(eps))
   return out.astype(q.dtype)
+
+
+# ----------------------------------------------------------------------------- implied maps
+#
+# The functions above never build an [N, N] matrix. For analysis of short inputs the
+# matrices they imply are built densely below: in each case ``weights @ v`` is the
+# kind's output (an identity the tests check), so the map shows what the layer computes.
+
+
+def lsh_attention_weights(q, *, key, num_buckets: int = 8, num_hashes: int = 2,
+                          chunk_size: int = 64, causal: bool = True, scale: float | None = None):
+  """The attention matrix ``lsh_attention`` applies, float32 ``[B, H, N, N]``.
+
+  Round r lets query i see key j when j's place in the round's sorted order falls in
+  i's chunk or the chunk before it (and j <= i when causal); over those keys it is a
+  softmax of ``scale * q_i . k_j`` with ``SELF_LOGIT`` on the diagonal. Rounds are mixed
+  by ``softmax_r(lse_{r,i})``, as in ``lsh_attention``. Rows sum to 1.
+  """
+  _check_lsh(q, q, num_buckets, num_hashes, chunk_size, scale)
+  b, n, h, d = q.shape
+  scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+  chunk = min(chunk_size, n)
+  rotations = lsh_rotations(key, num_hashes=num_hashes, num_heads=h, dim=d,
+                            num_buckets=num_buckets)
+  qf = q.astype(_F32)
+  buckets = lsh_buckets(qf, rotations)                                     # [R, B, H, N]
+  perm = jnp.argsort(buckets * n + jnp.arange(n, dtype=jnp.int32), axis=-1)
+  chunk_of = jnp.argsort(perm, axis=-1) // chunk                           # [R, B, H, N]
+  ci, cj = chunk_of[..., :, None], chunk_of[..., None, :]
+  visible = (cj == ci) | ((cj == ci - 1) & (ci > 0))                      # [R, B, H, N, N]
+  i, j = jnp.arange(n)[:, None], jnp.arange(n)[None, :]
+  if causal:
+    visible = visible & (j <= i)
+  s = _einsum("bqhd,bkhd->bhqk", qf, _unit(qf)) * scale
+  s = jnp.where(i == j, SELF_LOGIT, s)
+  s = jnp.where(visible, s[None], MASKED_LOGIT)
+  lse = jax.nn.logsumexp(s, axis=-1)                                       # [R, B, H, N]
+  p = jnp.exp(s - lse[..., None])
+  return jnp.sum(jax.nn.softmax(lse, axis=0)[..., None] * p, axis=0)
+
+
+def _kernel_weights(phi_q, phi_k, causal: bool, eps: float):
+  """``A_ij = phi(q_i).phi(k_j) / (sum_j' phi(q_i).phi(k_j') + eps)`` over visible keys.
+
+  phi_q: [B, N, H, m]; phi_k: [B, N, Hkv, m] -> float32 [B, H, N, N].
+  """
+  phi_k = jnp.repeat(phi_k, phi_q.shape[2] // phi_k.shape[2], axis=2)
+  a = _einsum("bqhm,bkhm->bhqk", phi_q, phi_k)
+  if causal:
+    a = jnp.where(jnp.tril(jnp.ones(a.shape[-2:], bool)), a, 0.0)
+  den = a.sum(axis=-1, keepdims=True) + eps
+  return a / jnp.where(den == 0, 1.0, den)
+
+
+def performer_attention_weights(q, k, *, key, num_features: int = 256, causal: bool = False,
+                                scale: float | None = None):
+  """The attention matrix ``performer_attention`` applies (same features), ``[B, H, N, N]``."""
+  _check_qkv(q, k, k)
+  _check_positive_int("num_features", num_features)
+  _check_scale(scale)
+  scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+  w = orthogonal_random_features(key, num_features, q.shape[-1])
+  return _kernel_weights(favor_features(q, w, is_query=True, scale=scale),
+                         favor_features(k, w, is_query=False, scale=scale), causal, 0.0)
+
+
+def linear_attention_weights(q, k, *, causal: bool = True, eps: float = 1e-6):
+  """The attention matrix ``linear_attention`` applies, ``[B, H, N, N]``.
+
+  Rows sum to ``1 - eps / (phi(q_i) . sum_j phi(k_j) + eps)``, i.e. 1 up to ``eps``.
+  """
+  _check_qkv(q, k, k)
+  return _kernel_weights(elu_features(q), elu_features(k), causal, float(eps))

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from attnlab import positional
-from attnlab.attention import KINDS, PATTERNS, masks, score_mods
+from attnlab.attention import KINDS, PATTERNS
 from attnlab.inference import kv_cache
 from attnlab.registry import ConfigError, Registry
 
@@ -39,28 +39,6 @@ def _dtype(cfg):
   return DTYPES[cfg.dtype]
 
 
-def attention_weights(q, k, mask=None, score_mod=None):
-  """Softmax attention probabilities, computed as ``reference_attention`` computes them.
-
-  q: [batch, q_len, heads, head_dim]; k: [batch, kv_len, kv_heads, head_dim] (GQA/MQA
-  keys are shared by ``heads // kv_heads`` query heads) -> float32 [batch, heads, q_len, kv_len].
-  Scale 1/sqrt(head_dim); a row that sees no key is all zeros.
-  """
-  mask, score_mod = masks.as_mask(mask), score_mods.as_score_mod(score_mod)
-  k = jnp.repeat(k, q.shape[2] // k.shape[2], axis=2)
-  s = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-  s = s / math.sqrt(q.shape[-1])
-  q_idx, kv_idx = jnp.arange(q.shape[1])[:, None], jnp.arange(k.shape[1])[None, :]
-  if score_mod is not None:
-    s = score_mod(s, q_idx, kv_idx)
-  if mask is not None:
-    s = jnp.where(mask(q_idx, kv_idx), s, -jnp.inf)
-  m = s.max(axis=-1, keepdims=True)
-  p = jnp.exp(s - jnp.where(jnp.isneginf(m), 0.0, m))
-  denom = p.sum(axis=-1, keepdims=True)
-  return p / jnp.where(denom == 0, 1.0, denom)
-
-
 class SelfAttention(nn.Module):
   """Multi-head self-attention: MHA, GQA or MQA by ``num_kv_heads``.
 
@@ -69,9 +47,10 @@ class SelfAttention(nn.Module):
   With ``cache=(layer_kv, plan)`` (incremental decoding, see ``attnlab.inference.kv_cache``)
   returns ``(output, updated layer_kv)``.
 
-  When the ``intermediates`` collection is mutable, a softmax layer also sows
-  ``attention_weights`` [batch, heads, q_len, kv_len] (see ``attention_weights``); the
-  output is computed exactly as without capture. Other kinds sow nothing.
+  When the ``intermediates`` collection is mutable, the layer also sows
+  ``attention_weights`` [batch, heads, q_len, kv_len]: the matrix its kind applies
+  (``KindSpec.weights``; for softmax the reference formula, whatever ``impl`` computes
+  the output), built densely. The output is computed exactly as without capture.
   """
   cfg: Any
   layer: int = 0
@@ -106,8 +85,9 @@ class SelfAttention(nn.Module):
     rng = self.make_rng("features") if self.has_rng("features") else None
     mask = PATTERNS.get(att.pattern).build(att, self.layer)
     bias = scheme.score_mod(heads, table, positions)
-    if att.kind == "softmax" and self.is_mutable_collection("intermediates"):
-      self.sow("intermediates", "attention_weights", attention_weights(q, k, mask, bias))
+    if kind.weights is not None and self.is_mutable_collection("intermediates"):
+      self.sow("intermediates", "attention_weights",
+               kind.weights(q, k, mask=mask, bias=bias, cfg=att, layer=self.layer, rng=rng))
     out = kind.apply(q, k, v, mask=mask, bias=bias, cfg=att, layer=self.layer, rng=rng)
     out = out_proj(out.reshape(batch * seq, heads * head_dim))
     return out.reshape(x.shape)
