@@ -251,15 +251,19 @@ def _write_or_check_config(cfg, workdir: pathlib.Path, resuming: bool) -> None:
 
 
 def train_and_evaluate(config, workdir, *, stop_after: int | None = None,
-                       progress: bool = True) -> dict[str, Any]:
+                       progress: bool = True,
+                       batches: data.Batches | None = None) -> dict[str, Any]:
   """Train (or resume) the run in ``workdir``; returns the final state and last metrics.
 
   ``stop_after`` ends this invocation once that many total steps are done (as if
   interrupted there); re-running continues from the last checkpoint.
+  ``batches`` replaces the data the config describes (``data.make_batches(cfg)``) with
+  any ``data.Batches`` of the same shapes, [train.batch_size, data.seq_len]; it must be
+  a pure function of the step, like the default, for resumed runs to be exact.
   """
   cfg = config_lib.resolve(config)
   workdir = pathlib.Path(workdir)
-  batches = data.make_batches(cfg)
+  batches = data.make_batches(cfg) if batches is None else batches
   batches.valid(0)  # fail early (a text too short, a task length too small)
   mesh = parallel.make_mesh(cfg)  # fail early: the mesh must match the devices
   workdir.mkdir(parents=True, exist_ok=True)

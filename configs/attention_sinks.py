@@ -33,4 +33,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.sinks.schemes = ("none", "sinusoidal", "learned", "rope", "alibi", "t5")
   c.sinks.eval_batches = 4              # validation batches (of train.batch_size windows)
   c.sinks.first_k = (1, 4)              # sink mass on the first k tokens
+  c.sinks.bos = -1                      # >= 0: every window starts with this byte (0 never
+                                        # occurs in the built-in corpus)
   return c

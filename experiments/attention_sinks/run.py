@@ -7,7 +7,9 @@ Trains one model per ``sinks.schemes`` entry (``attnlab.train``; a finished run 
 reused), then captures attention on validation windows and measures, per layer, the
 attention that queries i >= k put on the first k tokens (``metrics.sink_mass``),
 averaged over heads, and its largest head, at initialisation and after training.
-Writes ``results.json``, ``results.md`` and ``results.png`` into ``--out``.
+With ``sinks.bos`` >= 0 every training and validation window starts with that byte
+(a beginning-of-text marker; ``with_bos``). Writes ``results.json``, ``results.md``
+and ``results.png`` into ``--out``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
-from attnlab import data, runtime, train  # noqa: E402
+from attnlab import config_lib, data, runtime, train  # noqa: E402
 from attnlab.analysis import capture, metrics  # noqa: E402
 from attnlab.models import build_lm  # noqa: E402
 
@@ -44,6 +46,21 @@ def scheme_config(config, scheme: str):
   c.model.position.kind = scheme
   del c["sinks"]
   return c
+
+
+def with_bos(batches: data.Batches, bos: int) -> data.Batches:
+  """Every window starts with byte ``bos``: inputs [bos, x0 .. x_{L-2}], targets x0 .. x_{L-1}.
+
+  The windows of ``batches`` are inputs x0 .. x_{L-1} with targets x1 .. x_L; the new ones
+  are the same text one position later, so token 0 is always the same marker.
+  """
+  def shift(batch):
+    inputs = np.asarray(batch[0])
+    marker = np.full((inputs.shape[0], 1), bos, inputs.dtype)
+    return np.concatenate([marker, inputs[:, :-1]], axis=1), inputs
+
+  return data.Batches(lambda step: shift(batches.train(step)), lambda i: shift(batches.valid(i)),
+                      f"{batches.description}, each window led by byte {bos}")
 
 
 def sink_stats(maps: np.ndarray, ks) -> dict:
@@ -70,14 +87,18 @@ def measure(cfg, params, windows, ks) -> dict:
 def run(config, workdir, out) -> dict:
   workdir, out = pathlib.Path(workdir), pathlib.Path(out)
   s = config.sinks
-  results = {"schemes": {}, "seq_len": config.data.seq_len,
+  if not (isinstance(s.bos, int) and -1 <= s.bos <= 255):
+    raise ValueError(f"sinks.bos={s.bos!r} must be -1 (no marker) or a byte value in [0, 255]")
+  results = {"schemes": {}, "seq_len": config.data.seq_len, "bos": s.bos,
              "uniform": {f"k={k}": uniform_sink_mass(config.data.seq_len, k) for k in s.first_k}}
   for scheme in tqdm(s.schemes, desc="schemes"):
     start = time.perf_counter()
-    result = train.train_and_evaluate(scheme_config(config, scheme), workdir / scheme)
-    seconds = time.perf_counter() - start
-    cfg = result["config"]
+    cfg = config_lib.resolve(scheme_config(config, scheme))
     batches = data.make_batches(cfg)
+    if s.bos >= 0:
+      batches = with_bos(batches, s.bos)
+    result = train.train_and_evaluate(cfg, workdir / scheme, batches=batches)
+    seconds = time.perf_counter() - start
     windows = np.concatenate([np.asarray(batches.valid(i)[0]) for i in range(s.eval_batches)])
     model = build_lm(cfg.model)
     init = jax.jit(lambda: train.init_state(model, train.make_optimizer(cfg.train), cfg))()
@@ -95,7 +116,8 @@ def run(config, workdir, out) -> dict:
 
 def markdown(results) -> str:
   """Per scheme: validation loss and per-layer sink mass (mean over heads / largest head)."""
-  lines = []
+  bos = results.get("bos", -1)
+  lines = [] if bos < 0 else [f"Every training and validation window starts with byte {bos}.", ""]
   for key, uniform in results["uniform"].items():
     schemes = results["schemes"]
     layers = len(next(iter(schemes.values()))["trained"][key]["mean"])
