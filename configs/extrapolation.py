@@ -1,6 +1,7 @@
 """Length-extrapolation sweep: train short, evaluate at 1x..16x the training length.
 
   python -m attnlab.sweep --config=configs/extrapolation.py --workdir=runs/extrapolation
+  python -m attnlab.sweep --config=configs/extrapolation.py:rope,alibi --workdir=runs/rope_vs_alibi
 
 Every variant is the base config (``configs/lm.py``) plus its overrides in
 ``sweep.variants``; all share seed, data and steps. Override anything from the
@@ -24,7 +25,7 @@ def _position(kind: str) -> dict:
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  del arg
+  """``arg``: comma-separated variant names to keep (default: all four)."""
   c = _lm().base_config()
   c.data.seq_len = 64                 # train short ...
   c.train.steps = 1000
@@ -41,6 +42,14 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       "sinusoidal": _position("sinusoidal"),
       "nope": _position("none"),
   })
+  if arg:
+    keep = [name.strip() for name in arg.split(",")]
+    unknown = sorted(set(keep) - set(c.sweep.variants))
+    if unknown or not keep:
+      raise ValueError(f"configs/extrapolation.py:{arg}: unknown variant(s) {unknown}; valid: "
+                       f"{', '.join(c.sweep.variants)} (comma-separated)")
+    c.sweep.variants = ml_collections.ConfigDict(
+        {name: c.sweep.variants[name].to_dict() for name in keep})
   c.sweep.factors = (1, 2, 4, 8, 16)  # ... test long: evaluation lengths / data.seq_len
   c.sweep.protocols = ("non_overlapping", "sliding")
   c.sweep.stride = 32                 # sliding protocol: tokens scored per window

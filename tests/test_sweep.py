@@ -70,7 +70,7 @@ def test_sweep_results_equal_direct_evaluation(tmp_path):
 
 
 def test_killed_sweep_resumes_without_retraining_finished_variants(tmp_path):
-  args = ["--config=configs/extrapolation.py", "--config.model.num_layers=1",
+  args = ["--config=configs/extrapolation.py:alibi,nope", "--config.model.num_layers=1",
           "--config.model.d_model=32", "--config.data.seq_len=16", "--config.train.steps=150",
           "--config.train.warmup_steps=1", "--config.train.checkpoint_every=10",
           "--config.train.eval_every=150", "--config.train.eval_batches=1",
@@ -132,3 +132,15 @@ def test_learned_variant_beyond_its_table_fails_before_training(tmp_path):
   config.sweep.variants.learned.model.position.max_len = 64
   records = sweep.run_sweep(config, tmp_path, progress=False)
   assert {r["variant"] for r in records} == {"rope", "learned"}
+
+
+def test_extrapolation_config_selects_variants_by_name():
+  from configs import extrapolation
+  assert sorted(extrapolation.get_config().sweep.variants) == ["alibi", "nope", "rope",
+                                                                "sinusoidal"]
+  picked = extrapolation.get_config("rope, alibi").sweep.variants
+  assert sorted(picked) == ["alibi", "rope"]
+  assert picked.alibi.model.position.kind == "alibi"
+  with pytest.raises(ValueError, match=r"unknown variant\(s\) \['xpos'\]; valid: alibi, nope, "
+                                       r"rope, sinusoidal"):
+    extrapolation.get_config("rope,xpos")
