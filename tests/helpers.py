@@ -1,7 +1,10 @@
 """Small configs shared by the tests (tiny models that compile and train in seconds)."""
 
+import functools
 import pathlib
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 
 from configs import lm
@@ -27,10 +30,31 @@ def tiny_config(position: str = "rope", **overrides) -> ml_collections.ConfigDic
   c.train.eval_batches = 2
   c.train.checkpoint_every = 10
   c.eval.max_tokens = 2048
-  for key, value in overrides.items():
-    node = c
+  return set_fields(c, **overrides)
+
+
+def set_fields(config: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
+  """Sets ``a__b__c=value`` as ``config.a.b.c = value``; returns ``config``."""
+  for key, value in fields.items():
+    node = config
     *parents, leaf = key.split("__")
     for p in parents:
       node = node[p]
     node[leaf] = value
-  return c
+  return config
+
+
+@functools.lru_cache(maxsize=None)
+def perturbed_model(position: str = "rope", **overrides):
+  """(resolved config, TransformerLM, params) of ``tiny_config`` with its weights perturbed
+  to be large: sharp attention, so a wrong position, mask or cache slot changes the logits
+  far beyond float32 tolerance."""
+  from attnlab import config_lib
+  from attnlab.models import TransformerLM
+  cfg = config_lib.resolve(tiny_config(position, **overrides))
+  model = TransformerLM(cfg.model)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+  leaves, tree = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+  leaves = [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+  return cfg, model, jax.tree_util.tree_unflatten(tree, leaves)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import REPO, tiny_config
+from helpers import REPO, perturbed_model, tiny_config
 
 from attnlab import ConfigError, config_lib, generate, train
 from attnlab.inference import sampling as sampling_lib
@@ -21,19 +21,9 @@ from attnlab.models import TransformerLM
 PROMPTS = ["To be, or", "ab", "the quick brown"]   # ragged: lengths 9, 2, 15
 
 
-def _model(position="rope", **overrides):
-  cfg = config_lib.resolve(tiny_config(position, **overrides))
-  model = TransformerLM(cfg.model)
-  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
-  leaves, tree = jax.tree_util.tree_flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-  leaves = [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
-  return cfg, model, jax.tree_util.tree_unflatten(tree, leaves)
-
-
 @pytest.fixture(scope="module")
 def gqa():
-  return _model("rope", model__attention__num_kv_heads=2)
+  return perturbed_model("rope", model__attention__num_kv_heads=2)
 
 
 def _next_token_logits(model, params, prompt, generated):
@@ -142,7 +132,7 @@ def test_stop_tokens_end_a_row_and_are_included(gqa):
 
 @pytest.mark.parametrize("kind", ["linear", pytest.param("performer", marks=pytest.mark.slow)])
 def test_recompute_mode_serves_efficient_kinds(kind):
-  cfg, model, params = _model("rope", model__attention__kind=kind,
+  cfg, model, params = perturbed_model("rope", model__attention__kind=kind,
                               model__attention__num_features=16, model__attention__scan_chunk=8)
   with pytest.raises(ConfigError, match=rf"model\.attention\.kind='{kind}' has no KV cache"):
     generate.generate(cfg, params, "ab", 4)
@@ -161,7 +151,7 @@ def test_length_limits_and_empty_prompts_are_clear_errors(gqa):
     generate.generate(cfg, params, "ab", 0)
   with pytest.raises(ConfigError, match=r"--stop: tokens \[256\]"):
     generate.generate(cfg, params, "ab", 4, stop_tokens=[256])
-  lcfg, _, lparams = _model("learned")   # a learned table of 32 positions
+  lcfg, _, lparams = perturbed_model("learned")   # a learned table of 32 positions
   with pytest.raises(ConfigError, match=r"--prompt of 40 tokens exceeds model\.position\.max_len=32"):
     generate.generate(lcfg, lparams, "x" * 40, 1)
   with pytest.raises(ConfigError, match=r"needs 39 positions; model\.position\.max_len=32 holds "

@@ -19,26 +19,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import tiny_config
+from helpers import perturbed_model, tiny_config
 
 from attnlab import ConfigError, config_lib, generate
 from attnlab.inference import kv_cache
 from attnlab.models import TransformerLM
 
 TOL = dict(rtol=2e-5, atol=2e-5)
-
-
-@functools.lru_cache(maxsize=None)
-def _model(position="rope", **overrides):
-  """A tiny model whose weights are perturbed to be large: sharp attention, so a wrong
-  position, mask or slot changes the logits far beyond the float32 tolerance."""
-  cfg = config_lib.resolve(tiny_config(position, **overrides))
-  model = TransformerLM(cfg.model)
-  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
-  leaves, tree = jax.tree_util.tree_flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-  leaves = [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
-  return cfg, model, jax.tree_util.tree_unflatten(tree, leaves)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "layout", "prefill"))
@@ -94,7 +81,7 @@ MATRIX += [pytest.param(p, h, marks=pytest.mark.slow) for p, h in
 
 @pytest.mark.parametrize("position,heads", MATRIX)
 def test_cached_decoding_equals_full_forward_at_every_step(position, heads):
-  cfg, model, params = _model(position, model__attention__num_kv_heads=HEADS[heads])
+  cfg, model, params = perturbed_model(position, model__attention__num_kv_heads=HEADS[heads])
   tokens = _tokens()
   layout = kv_cache.layout_for(cfg.model, tokens.shape[1])
   got, cache, full = cached_and_full_logits(model, params, tokens, layout, prefill=9)
@@ -110,7 +97,7 @@ def test_cached_decoding_equals_full_forward_at_every_step(position, heads):
     pytest.param("t5", 2, 3, marks=pytest.mark.slow)])
 def test_rolling_cache_equals_sliding_window_attention(position, kv_heads, prefill):
   """prefill 3: the prompt fits the cache; 17: it is longer, only its tail is kept."""
-  cfg, model, params = _model(position, model__attention__num_kv_heads=kv_heads,
+  cfg, model, params = perturbed_model(position, model__attention__num_kv_heads=kv_heads,
                               model__attention__pattern="sliding_window",
                               model__attention__window=5)
   tokens = _tokens(length=30)
@@ -128,7 +115,7 @@ def test_rolling_cache_equals_sliding_window_attention(position, kv_heads, prefi
 
 def test_sink_and_window_pattern_keeps_pinned_slots():
   """A model trained with the ``streaming`` pattern (sinks + window, text positions)."""
-  cfg, model, params = _model("rope", model__attention__num_kv_heads=2,
+  cfg, model, params = perturbed_model("rope", model__attention__num_kv_heads=2,
                               model__attention__pattern="streaming",
                               model__attention__sinks=2, model__attention__window=4)
   tokens = _tokens(length=30)
@@ -144,7 +131,7 @@ def test_sink_and_window_pattern_keeps_pinned_slots():
     pytest.param(p, marks=pytest.mark.slow)
     for p in ("random", "bigbird", "dilated", "block_local", "global")])
 def test_other_patterns_use_a_full_cache_and_their_mask(pattern):
-  cfg, model, params = _model("alibi", model__attention__num_kv_heads=2,
+  cfg, model, params = perturbed_model("alibi", model__attention__num_kv_heads=2,
                               model__attention__pattern=pattern, model__attention__block=4,
                               model__attention__window=3, model__attention__random_per_row=2)
   tokens = _tokens(length=20)
@@ -158,7 +145,7 @@ def test_other_patterns_use_a_full_cache_and_their_mask(pattern):
                                   pytest.param("blockwise", marks=pytest.mark.slow)])
 def test_decoding_through_other_impls(impl):
   """The decode attention goes through the model's impl (default auto -> xla above)."""
-  cfg, model, params = _model("alibi", model__attention__num_kv_heads=2,
+  cfg, model, params = perturbed_model("alibi", model__attention__num_kv_heads=2,
                               model__attention__impl=impl, model__attention__block_q=8,
                               model__attention__block_kv=8)
   tokens = _tokens(length=20)
@@ -169,7 +156,7 @@ def test_decoding_through_other_impls(impl):
 
 @pytest.mark.parametrize("scaling", [pytest.param("yarn", marks=pytest.mark.slow)])
 def test_rope_scalings_and_partial_rotary(scaling):
-  cfg, model, params = _model("rope", model__position__scaling=scaling,
+  cfg, model, params = perturbed_model("rope", model__position__scaling=scaling,
                               model__position__scale_factor=4.0,
                               model__position__rotary_fraction=0.5)
   tokens = _tokens(length=20)
@@ -269,7 +256,7 @@ def streaming_oracle(cfg, params, tokens, sinks, window):
     pytest.param("t5", 1, 3, 4, marks=pytest.mark.slow)])
 def test_streaming_mode_equals_attention_over_exactly_the_cached_tokens(position, kv_heads,
                                                                         sinks, window):
-  cfg, model, params = _model(position, model__attention__num_kv_heads=kv_heads)
+  cfg, model, params = perturbed_model(position, model__attention__num_kv_heads=kv_heads)
   tokens = _tokens(batch=1, length=26, seed=3)
   layout = kv_cache.streaming_layout(sinks, window)
   prefill = 4   # within the cache: no eviction yet
@@ -286,7 +273,7 @@ def test_streaming_mode_equals_attention_over_exactly_the_cached_tokens(position
 
 def test_generation_in_streaming_mode_runs_past_the_cache():
   """Greedy StreamingLLM generation equals argmax of the streaming oracle, step by step."""
-  cfg, model, params = _model("rope", model__attention__num_kv_heads=2)
+  cfg, model, params = perturbed_model("rope", model__attention__num_kv_heads=2)
   out = generate.generate(cfg, params, "ab", 14, streaming=generate.Streaming(1, 4))
   stream = np.concatenate([np.frombuffer(b"ab", np.uint8), out.tokens[0]]).astype(np.int32)
   expected = streaming_oracle(cfg, params, stream, 1, 4)

@@ -16,6 +16,7 @@ from attnlab.models import seq2seq
 from attnlab.config_lib import load_config_file
 from attnlab.train import make_optimizer
 from configs import bottleneck, seq2seq as seq2seq_configs
+from helpers import set_fields
 
 
 def small(preset="gru_bahdanau", **fields):
@@ -29,13 +30,7 @@ def small(preset="gru_bahdanau", **fields):
   c.train.warmup_steps = 20
   c.eval.lengths = (4, 8)
   c.eval.examples = 64
-  for key, value in fields.items():
-    node = c
-    *parents, leaf = key.split("__")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return set_fields(c, **fields)
 
 
 def test_gru_bahdanau_learns_reverse_at_training_lengths(tmp_path):

@@ -58,31 +58,18 @@ def reference_weights(q, k, *, mask=None, bias=None, scale: float | None = None)
     s = bias(s, q_idx, kv_idx)
   if mask is not None:
     s = jnp.where(mask(q_idx, kv_idx), s, -jnp.inf)
-  m = s.max(axis=-1, keepdims=True)
+  m = jax.lax.stop_gradient(s.max(axis=-1, keepdims=True))
   p = jnp.exp(s - jnp.where(jnp.isneginf(m), 0.0, m))
   denom = p.sum(axis=-1, keepdims=True)
   return p / jnp.where(denom == 0, 1.0, denom)
 
 
 def reference_attention(q, k, v, *, mask=None, score_mod=None, scale: float, **unused):
-  """The oracle: materialises the full ``[B, H, Nq, Nk]`` float32 score matrix."""
-  group = q.shape[2] // k.shape[2]
-  q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))        # [B, heads, seq, D]
-  if group > 1:
-    k, v = jnp.repeat(k, group, axis=1), jnp.repeat(v, group, axis=1)
-  s = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=_F32) * scale
-  q_idx = jnp.arange(q.shape[2])[:, None]
-  kv_idx = jnp.arange(k.shape[2])[None, :]
-  if score_mod is not None:
-    s = score_mod(s, q_idx, kv_idx)
-  if mask is not None:
-    s = jnp.where(mask(q_idx, kv_idx), s, -jnp.inf)
-  m = jax.lax.stop_gradient(s.max(axis=-1, keepdims=True))
-  p = jnp.exp(s - jnp.where(jnp.isneginf(m), 0.0, m))
-  denom = p.sum(axis=-1, keepdims=True)
-  p = p / jnp.where(denom == 0, 1.0, denom)
-  out = jnp.einsum("bhqk,bhkd->bhqd", p, v.astype(_F32))
-  return out.transpose(0, 2, 1, 3).astype(q.dtype)
+  """The oracle: materialises the full ``[B, H, Nq, Nk]`` float32 probabilities
+  (``reference_weights``) and applies them to v."""
+  p = reference_weights(q, k, mask=mask, bias=score_mod, scale=scale)
+  v = jnp.repeat(v, q.shape[2] // v.shape[2], axis=2).astype(_F32)
+  return jnp.einsum("bhqk,bkhd->bqhd", p, v).astype(q.dtype)
 
 
 def _xla_unsupported(q, k, v, mask, score_mod):

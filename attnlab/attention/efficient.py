@@ -123,6 +123,19 @@ def _with_previous_chunk(x, axis: int):
   return jnp.concatenate([x, jnp.roll(x, 1, axis=axis)], axis=axis + 1)
 
 
+def _lsh_sort_order(qf, key, num_buckets: int, num_hashes: int):
+  """Each round's stable order by (bucket, position): int32 ``[R, B, H, N]`` token indices.
+
+  qf: float32 [B, N, H, D]; rotations from ``lsh_rotations(key, ...)`` (one per round and
+  head); buckets are not differentiated.
+  """
+  _, n, h, d = qf.shape
+  rotations = lsh_rotations(key, num_hashes=num_hashes, num_heads=h, dim=d,
+                            num_buckets=num_buckets)
+  buckets = lax.stop_gradient(lsh_buckets(qf, rotations))                # [R, B, H, N]
+  return jnp.argsort(buckets * n + jnp.arange(n, dtype=jnp.int32), axis=-1)  # unique keys
+
+
 def _lsh_round_softmax(q, k, v, pos, n: int, chunk: int, scale: float, causal: bool):
   """Chunked attention of one or more rounds, in sorted order.
 
@@ -196,11 +209,8 @@ def lsh_attention(q, v, *, key, num_buckets: int = 8, num_hashes: int = 2, chunk
   scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
   chunk = min(chunk_size, n)
   np_ = _round_up(n, chunk)
-  rotations = lsh_rotations(key, num_hashes=num_hashes, num_heads=h, dim=d,
-                            num_buckets=num_buckets)
   qf = q.astype(_F32)
-  buckets = lax.stop_gradient(lsh_buckets(qf, rotations))                # [R, B, H, N]
-  perm = jnp.argsort(buckets * n + jnp.arange(n, dtype=jnp.int32), axis=-1)  # unique keys
+  perm = _lsh_sort_order(qf, key, num_buckets, num_hashes)              # [R, B, H, N]
   inv = jnp.argsort(perm, axis=-1)
 
   def sort(x):  # [B, N, H, D] -> [R, B, H, Np, D] in each round's sorted order, zero padded
@@ -409,11 +419,8 @@ def lsh_attention_weights(q, *, key, num_buckets: int = 8, num_hashes: int = 2,
   b, n, h, d = q.shape
   scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
   chunk = min(chunk_size, n)
-  rotations = lsh_rotations(key, num_hashes=num_hashes, num_heads=h, dim=d,
-                            num_buckets=num_buckets)
   qf = q.astype(_F32)
-  buckets = lsh_buckets(qf, rotations)                                     # [R, B, H, N]
-  perm = jnp.argsort(buckets * n + jnp.arange(n, dtype=jnp.int32), axis=-1)
+  perm = _lsh_sort_order(qf, key, num_buckets, num_hashes)                # [R, B, H, N]
   chunk_of = jnp.argsort(perm, axis=-1) // chunk                           # [R, B, H, N]
   ci, cj = chunk_of[..., :, None], chunk_of[..., None, :]
   visible = (cj == ci) | ((cj == ci - 1) & (ci > 0))                      # [R, B, H, N, N]

@@ -56,28 +56,31 @@ def _key(cfg, layer, rng=None):
   return rng if rng is not None else jax.random.PRNGKey(layer_seed(cfg, layer))
 
 
+def _lsh_options(cfg, layer) -> dict:
+  return dict(key=_key(cfg, layer), num_buckets=cfg.lsh_buckets, num_hashes=cfg.lsh_hashes,
+              chunk_size=cfg.lsh_chunk, causal=cfg.pattern == "causal")
+
+
+def _performer_options(cfg, layer, rng) -> dict:
+  return dict(key=_key(cfg, layer, rng if cfg.feature_redraw else None),
+              num_features=cfg.num_features, causal=cfg.pattern == "causal")
+
+
 def _lsh(q, k, v, *, mask, bias, cfg, layer, rng=None):
-  return efficient.lsh_attention(q, v, key=_key(cfg, layer), num_buckets=cfg.lsh_buckets,
-                                 num_hashes=cfg.lsh_hashes, chunk_size=cfg.lsh_chunk,
-                                 causal=cfg.pattern == "causal")
+  return efficient.lsh_attention(q, v, **_lsh_options(cfg, layer))
 
 
 def _lsh_weights(q, k, *, mask, bias, cfg, layer, rng=None):
-  return efficient.lsh_attention_weights(q, key=_key(cfg, layer), num_buckets=cfg.lsh_buckets,
-                                         num_hashes=cfg.lsh_hashes, chunk_size=cfg.lsh_chunk,
-                                         causal=cfg.pattern == "causal")
+  return efficient.lsh_attention_weights(q, **_lsh_options(cfg, layer))
 
 
 def _performer(q, k, v, *, mask, bias, cfg, layer, rng=None):
-  return efficient.performer_attention(
-      q, k, v, key=_key(cfg, layer, rng if cfg.feature_redraw else None),
-      num_features=cfg.num_features, causal=cfg.pattern == "causal", chunk_size=cfg.scan_chunk)
+  return efficient.performer_attention(q, k, v, chunk_size=cfg.scan_chunk,
+                                       **_performer_options(cfg, layer, rng))
 
 
 def _performer_weights(q, k, *, mask, bias, cfg, layer, rng=None):
-  return efficient.performer_attention_weights(
-      q, k, key=_key(cfg, layer, rng if cfg.feature_redraw else None),
-      num_features=cfg.num_features, causal=cfg.pattern == "causal")
+  return efficient.performer_attention_weights(q, k, **_performer_options(cfg, layer, rng))
 
 
 def _linear(q, k, v, *, mask, bias, cfg, layer, rng=None):
