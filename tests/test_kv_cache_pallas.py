@@ -12,9 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import tiny_config
-from test_kv_cache import (TOL, _model, _tokens, cached_and_full_logits, cached_logits,
-                           full_logits)
+from helpers import perturbed_model, tiny_config
+from test_kv_cache import TOL, _tokens, cached_and_full_logits, cached_logits, full_logits
 
 import pallas_kernels.decode
 from attnlab import config_lib
@@ -33,7 +32,7 @@ def _models(position, **overrides):
   xla model (an eager interpret-mode init would be slow) and perturbed as in
   test_kv_cache (sharp attention)."""
   overrides = {**overrides, **PALLAS}
-  _, xla, params = _model(position, **{**overrides, "model__attention__impl": "xla"})
+  _, xla, params = perturbed_model(position, **{**overrides, "model__attention__impl": "xla"})
   cfg = config_lib.resolve(tiny_config(position, **overrides))
   return cfg, TransformerLM(cfg.model), xla, params
 
