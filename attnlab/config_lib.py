@@ -1,8 +1,12 @@
-"""Config validation and resolution, run before anything is compiled.
+"""Configs from the registries' declarations: defaults, validation and resolution.
 
-``validate(config)`` raises ``ConfigError`` naming the field, the bad value and
-what would be valid. ``resolve(config)`` fills derived defaults (a learned
-position table sized to ``data.seq_len``) and returns a frozen copy.
+Every field of ``model.attention`` and ``model.position`` that a pattern, kind, impl or
+position scheme reads is declared by that entry (``attnlab.registry.Field``). This
+module builds the config blocks from those declarations (``attention_block``,
+``position_block``), validates a config against them before anything compiles
+(``validate``: a bad value names the field, the value and what would be valid), fills
+derived defaults (``resolve``) and describes every variant's fields
+(``describe_variants``, the source of ``docs/variants.md``).
 """
 
 from __future__ import annotations
@@ -12,16 +16,110 @@ import pathlib
 
 import ml_collections
 
-from attnlab import positional
-from attnlab.attention import KINDS, PATTERNS, impl_names
+from attnlab import parallel, positional
+from attnlab.attention import IMPLS, KINDS, PATTERNS, impl_names
 from attnlab.data.retrieval import TASKS
-from attnlab.models import DTYPES, NORMS
-from attnlab.registry import ConfigError
+from attnlab.models import DTYPES, MLPS, NORMS
+from attnlab.registry import ConfigError, Field, merge_fields, nearest
 
-MLPS = ("gelu", "swiglu", "none")   # none: attention-only blocks
 CORPORA = ("builtin",)
-RANDOMIZABLE = ("sinusoidal", "learned", "rope", "alibi")
 
+# model.attention fields that are not any one entry's: heads and the four axes' names.
+CORE_ATTENTION_FIELDS = (
+    Field("num_heads", 4, "query heads", minimum=1),
+    Field("num_kv_heads", 4, "= num_heads: MHA; divides it: GQA; 1: MQA", minimum=1),
+    Field("kind", "softmax", "what is computed (KINDS)"),
+    Field("pattern", "causal", "who sees whom (PATTERNS)"),
+    Field("impl", "auto", "how it is computed (IMPLS or auto)"),
+)
+
+
+# ----------------------------------------------------------------------------- declarations
+
+def _attention_groups():
+  groups = [("model.attention", CORE_ATTENTION_FIELDS)]
+  groups += [(f"pattern {n!r}", spec.fields) for n, spec in PATTERNS.items()]
+  groups += [(f"kind {n!r}", spec.fields) for n, spec in KINDS.items()]
+  groups += [(f"impl {n!r}", spec.options) for n, spec in IMPLS.items()]
+  return groups
+
+
+def _position_groups():
+  return ([("model.position", positional.COMMON_FIELDS)]
+          + [(f"position {n!r}", cls.fields) for n, cls in positional.POSITIONS.items()])
+
+
+def attention_fields() -> dict[str, Field]:
+  """Every ``model.attention`` field any registered entry declares, by name."""
+  return merge_fields(_attention_groups())
+
+
+def position_fields() -> dict[str, Field]:
+  """Every ``model.position`` field any registered scheme declares, by name (``kind`` aside)."""
+  return merge_fields(_position_groups())
+
+
+def _block(fields: dict[str, Field]) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  for name, f in fields.items():
+    c[name] = f.default
+  return c
+
+
+def attention_block() -> ml_collections.ConfigDict:
+  """``model.attention`` with every declared field at its default."""
+  return _block(attention_fields())
+
+
+def position_block(kind: str = "rope") -> ml_collections.ConfigDict:
+  """``model.position`` for scheme ``kind`` with every declared field at its default."""
+  c = ml_collections.ConfigDict({"kind": kind})
+  c.update(_block(position_fields()))
+  return c
+
+
+def with_declared_defaults(config) -> ml_collections.ConfigDict:
+  """A copy of ``config`` in which ``model.attention`` / ``model.position`` hold every
+  declared field (missing ones at their defaults): configs written before a variant was
+  added keep loading."""
+  config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, "to_dict") else config)
+  m = config.model
+  for block, fields in (("attention", attention_fields()), ("position", position_fields())):
+    if block in m:
+      for name, f in fields.items():
+        if name not in m[block]:
+          m[block][name] = f.default
+  return config
+
+
+def describe_variants() -> str:
+  """Markdown: every registered kind, pattern, impl and position scheme with the fields it
+  reads (defaults and meaning), generated from the declarations."""
+  def rows(fields):
+    return [f"  - `{f.name}` = `{f.default!r}`: {f.doc}" for f in fields]
+  out = ["# Variants and their config fields", "",
+         "Generated from the registries' declarations by "
+         "`python -m attnlab.config_lib > docs/variants.md`; a test keeps it current.", ""]
+  for title, field_path, items in (
+      ("Kinds", "model.attention.kind", [(n, s.doc, s.fields) for n, s in KINDS.items()]),
+      ("Patterns", "model.attention.pattern",
+       [(n, s.doc, s.fields) for n, s in PATTERNS.items()]),
+      ("Implementations", "model.attention.impl",
+       [(n, s.doc, s.options) for n, s in IMPLS.items()]),
+      ("Position schemes", "model.position.kind",
+       [(n, (cls.__doc__ or "").strip().splitlines()[0], cls.fields)
+        for n, cls in positional.POSITIONS.items()])):
+    out += [f"## {title} (`{field_path}`)", ""]
+    for name, doc, fields in items:
+      out.append(f"- **`{name}`**: {doc}")
+      out += rows(fields)
+    out.append("")
+  out += ["## Shared fields", ""]
+  out += rows(CORE_ATTENTION_FIELDS) + rows(positional.COMMON_FIELDS)
+  return "\n".join(out) + "\n"
+
+
+# ----------------------------------------------------------------------------- validation
 
 def _positive_int(value, field):
   if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -34,64 +132,67 @@ def _choice(value, field, valid):
     raise ConfigError(f"{field}={value!r} is not valid; valid: {', '.join(map(str, valid))}")
 
 
-# model.attention parameters: minimum value (integers) and what else they must satisfy.
-_ATTENTION_INT_MINIMUM = {"window": 1, "prefix": 0, "dilation": 1, "block": 1,
-                          "random_per_row": 1, "window_blocks": 1, "global_blocks": 0,
-                          "random_blocks": 0, "sinks": 0, "seed": 0, "lsh_buckets": 1,
-                          "lsh_hashes": 1, "lsh_chunk": 1, "num_features": 1, "scan_chunk": 1}
-
-
-def _check_attention_params(a, params, seq_len, position_kind) -> None:
-  """The fields the chosen pattern and kind read, and their combinations."""
-  for name in params:
-    field = f"model.attention.{name}"
-    if name in _ATTENTION_INT_MINIMUM:
-      low = _ATTENTION_INT_MINIMUM[name]
-      if not isinstance(a[name], int) or isinstance(a[name], bool) or a[name] < low:
-        raise ConfigError(f"{field}={a[name]!r} must be an integer >= {low} with "
-                          f"pattern={a.pattern!r}, kind={a.kind!r}")
-  if "window_blocks" in params and a.window_blocks % 2 == 0:
-    raise ConfigError(f"model.attention.window_blocks={a.window_blocks} must be odd (the block "
-                      f"itself plus (window_blocks - 1) / 2 on each side)")
-  if "global_tokens" in params:
-    g = a.global_tokens
-    if (not isinstance(g, (tuple, list)) or not g
-        or any(not isinstance(i, int) or isinstance(i, bool) for i in g)):
-      raise ConfigError(f"model.attention.global_tokens={g!r} must be a non-empty tuple of "
-                        f"integers, e.g. (0,)")
-    bad = [i for i in g if not 0 <= i < seq_len]
-    if bad:
-      raise ConfigError(f"model.attention.global_tokens={tuple(g)!r}: {bad} out of range for "
-                        f"data.seq_len={seq_len}; valid: 0..{seq_len - 1}")
-  if "lsh_buckets" in params and a.lsh_buckets > 1 and a.lsh_buckets % 2:
-    raise ConfigError(f"model.attention.lsh_buckets={a.lsh_buckets} must be 1 or even "
-                      f"(angular LSH: argmax over [xR, -xR])")
-  kind = KINDS.get(a.kind)
+def check_attention(a, seq_len: int, position_kind: str) -> None:
+  """The fields the chosen pattern, kind and impls read, and the combinations of the axes."""
+  _choice(a.kind, "model.attention.kind", KINDS.names())
+  _choice(a.pattern, "model.attention.pattern", PATTERNS.names())
+  _choice(a.impl, "model.attention.impl", impl_names())
+  context = {"block": a, "seq_len": seq_len}
+  pattern, kind = PATTERNS.get(a.pattern), KINDS.get(a.kind)
+  for owner, fields in ((f"pattern {a.pattern!r}", pattern.fields),
+                        (f"kind {a.kind!r}", kind.fields),
+                        *((f"impl {n!r}", spec.options) for n, spec in IMPLS.items())):
+    for f in fields:
+      if f.name in a:
+        f.validate(a[f.name], f"model.attention.{f.name}", context, owner)
   if kind.patterns is not None and a.pattern not in kind.patterns:
     raise ConfigError(f"model.attention.kind={a.kind!r} takes pattern one of "
                       f"{', '.join(kind.patterns)}; got model.attention.pattern={a.pattern!r}")
-  if not kind.takes_bias and position_kind in ("alibi", "t5"):
+  scheme = positional.POSITIONS.get(position_kind)
+  if scheme.biases and not kind.honours_score_mods:
+    valid = [n for n, cls in positional.POSITIONS.items() if not cls.biases]
     raise ConfigError(f"model.attention.kind={a.kind!r} never forms the score matrix, so it "
                       f"cannot add the {position_kind!r} bias; model.position.kind valid with it: "
-                      f"none, sinusoidal, learned, rope, xpos")
-  if kind.shared_qk and position_kind == "xpos":
-    raise ConfigError(f"model.attention.kind={a.kind!r} shares queries and keys, which xPos "
-                      f"scales in opposite directions; model.position.kind valid with it: "
-                      f"none, sinusoidal, learned, rope")
+                      f"{', '.join(valid)}")
+  if kind.shared_qk and not scheme.symmetric_qk:
+    valid = [n for n, cls in positional.POSITIONS.items()
+             if cls.symmetric_qk and not (cls.biases and not kind.honours_score_mods)]
+    raise ConfigError(f"model.attention.kind={a.kind!r} shares queries and keys, which "
+                      f"{position_kind!r} transforms differently; model.position.kind valid "
+                      f"with it: {', '.join(valid)}")
   if kind.shared_qk and a.num_kv_heads != a.num_heads:
     raise ConfigError(f"model.attention.kind={a.kind!r} shares queries and keys, so "
                       f"model.attention.num_kv_heads={a.num_kv_heads} must equal "
                       f"num_heads={a.num_heads}")
 
 
+def check_position(p, *, head_dim: int, d_model: int, seq_len: int, trained_length: int) -> None:
+  """The scheme's declared fields, its own cross-field checks and randomization.
+
+  ``seq_len``: the longest sequence the model must encode; ``trained_length``: the longest
+  training sequence (randomized positions must cover it).
+  """
+  _choice(p.kind, "model.position.kind", positional.POSITIONS.names())
+  cls = positional.POSITIONS.get(p.kind)
+  context = {"block": p, "seq_len": seq_len}
+  for f in positional.COMMON_FIELDS + cls.fields:
+    if f.name in p:
+      f.validate(p[f.name], f"model.position.{f.name}", context, f"position {p.kind!r}")
+  if p.get("randomize", False):
+    randomizable = [n for n, c in positional.POSITIONS.items() if c.randomizable]
+    _choice(p.kind, "model.position.kind (with model.position.randomize=True)", randomizable)
+    if p.random_max_len < trained_length:
+      raise ConfigError(f"model.position.random_max_len={p.random_max_len!r} must be an integer "
+                        f">= {trained_length}, the longest training sequence")
+  cls(p).validate(head_dim, d_model, seq_len)
+
+
 def resolve(config) -> ml_collections.FrozenConfigDict:
   """Validated, with derived defaults filled in, frozen (hashable for Flax modules)."""
-  config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, "to_dict") else config)
+  config = with_declared_defaults(config)
   p = config.model.position
-  if p.kind == "learned" and p.max_len == 0:
-    p.max_len = p.random_max_len if p.get("randomize", False) else config.data.seq_len
-  if "original_max_len" in p and p.original_max_len == 0:
-    p.original_max_len = config.data.seq_len
+  _choice(p.kind, "model.position.kind", positional.POSITIONS.names())
+  positional.POSITIONS.get(p.kind).resolve(p, config.data.seq_len)
   validate(config)
   return ml_collections.FrozenConfigDict(config)
 
@@ -100,17 +201,12 @@ def validate(config) -> None:
   """Check every field that could fail later; raise the first problem as ``ConfigError``."""
   m, a, p, d, t = config.model, config.model.attention, config.model.position, config.data, config.train
 
-  _choice(a.kind, "model.attention.kind", KINDS.names())
-  _choice(a.pattern, "model.attention.pattern", PATTERNS.names())
-  _choice(a.impl, "model.attention.impl", impl_names())
-  _choice(p.kind, "model.position.kind", positional.POSITIONS.names())
   _choice(m.norm, "model.norm", NORMS.names())
   _choice(m.mlp, "model.mlp", MLPS)
   _choice(m.dtype, "model.dtype", DTYPES)
-
   for field in ("num_layers", "d_model", "vocab_size", "mlp_ratio"):
     _positive_int(m[field], f"model.{field}")
-  for field in ("num_heads", "num_kv_heads", "block_q", "block_kv"):
+  for field in ("num_heads", "num_kv_heads"):
     _positive_int(a[field], f"model.attention.{field}")
   if a.num_heads % a.num_kv_heads:
     divisors = [n for n in range(1, a.num_heads + 1) if a.num_heads % n == 0]
@@ -120,83 +216,68 @@ def validate(config) -> None:
   if m.d_model % a.num_heads:
     raise ConfigError(f"model.d_model={m.d_model} must be divisible by "
                       f"model.attention.num_heads={a.num_heads}")
-  head_dim = m.d_model // a.num_heads
-  if p.kind == "rope" and head_dim % 2:
-    raise ConfigError(f"model.position.kind='rope' needs an even head dim; "
-                      f"model.d_model / num_heads = {head_dim}")
-  if p.kind == "sinusoidal" and m.d_model % 2:
-    raise ConfigError(f"model.position.kind='sinusoidal' needs an even model.d_model; got {m.d_model}")
   if not 0.0 <= m.dropout < 1.0:
     raise ConfigError(f"model.dropout={m.dropout!r} must be in [0, 1)")
 
-  spec = PATTERNS.get(a.pattern)
-  if not spec.causal:
-    causal = [n for n in PATTERNS.names() if PATTERNS.get(n).causal]
+  _positive_int(d.seq_len, "data.seq_len")
+  _choice(a.pattern, "model.attention.pattern", PATTERNS.names())
+  if not PATTERNS.get(a.pattern).causal:
+    causal = [n for n, spec in PATTERNS.items() if spec.causal]
     raise ConfigError(
         f"model.attention.pattern={a.pattern!r} lets a token see the token it must predict, "
         f"which a causal language model cannot use; valid: {', '.join(causal)}")
-  _check_attention_params(a, PATTERNS.get(a.pattern).params + KINDS.get(a.kind).params,
-                          d.seq_len, p.kind)
+  _choice(p.kind, "model.position.kind", positional.POSITIONS.names())
+  check_attention(a, d.seq_len, p.kind)
+  check_position(p, head_dim=m.d_model // a.num_heads, d_model=m.d_model, seq_len=d.seq_len,
+                 trained_length=d.seq_len)
 
-  _positive_int(d.seq_len, "data.seq_len")
   if d.path and not pathlib.Path(d.path).expanduser().is_file():
     raise ConfigError(f"data.path={d.path!r} is not a readable file")
   if not d.path:
     _choice(d.corpus, "data.corpus", CORPORA + tuple(TASKS))
   if not 0.0 < d.valid_fraction < 1.0:
     raise ConfigError(f"data.valid_fraction={d.valid_fraction!r} must be in (0, 1)")
-  if p.kind == "rope" and "scaling" in p:
-    _choice(p.scaling, "model.position.scaling", positional.ROPE_SCALINGS)
-    if not p.scale_factor >= 1.0:
-      raise ConfigError(f"model.position.scale_factor={p.scale_factor!r} must be >= 1 "
-                        f"(s = new length / training length)")
-    if p.scaling in ("dynamic_ntk", "yarn"):
-      _positive_int(p.original_max_len, "model.position.original_max_len")
-    if p.scaling == "yarn" and not p.yarn_beta > p.yarn_alpha:
-      raise ConfigError(f"model.position.yarn_beta={p.yarn_beta!r} must exceed "
-                        f"model.position.yarn_alpha={p.yarn_alpha!r}")
-    if not 0.0 < p.rotary_fraction <= 1.0 or int(head_dim * p.rotary_fraction) < 2:
-      raise ConfigError(f"model.position.rotary_fraction={p.rotary_fraction!r} must be in (0, 1] "
-                        f"and rotate at least 2 of the {head_dim} head dims")
-  if p.kind == "xpos" and head_dim % 2:
-    raise ConfigError(f"model.position.kind='xpos' needs an even head dim; got {head_dim}")
-  if p.kind == "t5":
-    _positive_int(p.num_buckets, "model.position.num_buckets")
-    if p.num_buckets < (4 if p.bidirectional else 2) or p.max_distance <= p.num_buckets // (4 if p.bidirectional else 2):
-      raise ConfigError(f"model.position.max_distance={p.max_distance!r} must exceed the exact "
-                        f"buckets (num_buckets={p.num_buckets}, bidirectional={p.bidirectional})")
-  if p.get("randomize", False):
-    _choice(p.kind, "model.position.kind (with model.position.randomize=True)", RANDOMIZABLE)
-    if not isinstance(p.random_max_len, int) or p.random_max_len < d.seq_len:
-      raise ConfigError(f"model.position.random_max_len={p.random_max_len!r} must be an integer "
-                        f">= data.seq_len={d.seq_len}")
-  if p.kind == "learned":
-    _positive_int(p.max_len, "model.position.max_len")
-    positional.check_length(p, d.seq_len, "data.seq_len")
 
   for field in ("steps", "batch_size", "log_every", "eval_every", "eval_batches",
                 "checkpoint_every", "keep_checkpoints"):
     _positive_int(t[field], f"train.{field}")
   if not isinstance(t.seed, int):
     raise ConfigError(f"train.seed={t.seed!r} must be an integer")
-  if not t.lr > 0:
+  check_optimizer(t)
+
+  for field in ("max_tokens", "batch_tokens"):
+    _positive_int(config.eval[field], f"eval.{field}")
+  parallel.check_mesh(config)
+
+
+def check_optimizer(t) -> None:
+  """``train.lr``, warmup, schedule, AdamW's betas and decay, clipping."""
+  if not (isinstance(t.lr, (int, float)) and t.lr > 0):
     raise ConfigError(f"train.lr={t.lr!r} must be > 0")
   if not (isinstance(t.warmup_steps, int) and 0 <= t.warmup_steps < t.steps):
     raise ConfigError(f"train.warmup_steps={t.warmup_steps!r} must be an integer in "
                       f"[0, train.steps={t.steps})")
-  if not 0.0 <= t.min_lr_ratio <= 1.0:
+  if "min_lr_ratio" in t and not 0.0 <= t.min_lr_ratio <= 1.0:
     raise ConfigError(f"train.min_lr_ratio={t.min_lr_ratio!r} must be in [0, 1]")
-  if not t.grad_clip > 0:
+  if "grad_clip" in t and not t.grad_clip > 0:
     raise ConfigError(f"train.grad_clip={t.grad_clip!r} must be > 0")
 
-  for field in ("max_tokens", "batch_tokens"):
-    _positive_int(config.eval[field], f"eval.{field}")
 
-  from attnlab import parallel  # the device-count check waits for parallel.make_mesh
-  ring_layout = a.get("ring_layout", "zigzag")
-  from attnlab.attention.ring import LAYOUTS
-  _choice(ring_layout, "model.attention.ring_layout", LAYOUTS)
-  parallel.check_mesh(config)
+def merge_overrides(base: ml_collections.ConfigDict, overrides, path: str) -> None:
+  """Set every leaf of ``overrides`` in ``base``; unknown fields are errors naming the path."""
+  for key, value in overrides.items():
+    if key not in base:
+      close = nearest(key, base.keys())
+      hint = f"; nearest: {', '.join(close)}" if close else ""
+      raise ConfigError(f"{path}.{key}: no such config field{hint}; valid: "
+                        f"{', '.join(sorted(base.keys()))}")
+    if isinstance(value, (dict, ml_collections.ConfigDict)):
+      merge_overrides(base[key], value, f"{path}.{key}")
+    else:
+      try:
+        base[key] = value
+      except TypeError as e:
+        raise ConfigError(f"{path}.{key}={value!r}: {e}") from None
 
 
 def load_module(path):
@@ -212,3 +293,7 @@ def load_module(path):
 def load_config_file(path: str, arg: str = ""):
   """``get_config(arg)`` of a config file, as ``--config=path:arg`` would load it."""
   return load_module(path).get_config(arg)
+
+
+if __name__ == "__main__":
+  print(describe_variants(), end="")

@@ -27,6 +27,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from attnlab.attention import IMPLS, KINDS
 from attnlab.registry import ConfigError
 
 AXES = ("data", "fsdp", "tensor", "sequence")
@@ -64,12 +65,16 @@ def check_mesh(cfg, device_count: int | None = None) -> None:
     raise ConfigError(f"model.attention.ring_layout='zigzag' needs data.seq_len="
                       f"{cfg.data.seq_len} divisible by 2 x mesh.sequence = {2 * m.sequence}; "
                       f"use ring_layout='striped' or 'contiguous', or another length")
-  if m.sequence > 1 and a.impl not in ("auto", "ring"):
+  sharding = [n for n, spec in IMPLS.items() if spec.shards_sequence]
+  if m.sequence > 1 and a.impl != "auto" and a.impl not in sharding:
     raise ConfigError(f"mesh.sequence={m.sequence} shards the sequence, which needs "
-                      f"model.attention.impl='ring' (or 'auto'); got {a.impl!r}")
-  if m.sequence > 1 and a.kind != "softmax":
-    raise ConfigError(f"mesh.sequence={m.sequence}: ring attention is softmax attention; "
-                      f"model.attention.kind={a.kind!r} cannot be sequence-sharded")
+                      f"model.attention.impl={' or '.join(map(repr, sharding))} (or 'auto'); "
+                      f"got {a.impl!r}")
+  if m.sequence > 1 and not KINDS.get(a.kind).uses_impl:
+    valid = [n for n, spec in KINDS.items() if spec.uses_impl]
+    raise ConfigError(f"mesh.sequence={m.sequence}: a sequence-sharded impl computes "
+                      f"{', '.join(valid)} attention; model.attention.kind={a.kind!r} cannot be "
+                      f"sequence-sharded")
   batch_shards = m.data * m.fsdp
   if cfg.train.batch_size % batch_shards:
     raise ConfigError(f"train.batch_size={cfg.train.batch_size} must be divisible by "

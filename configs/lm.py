@@ -6,7 +6,11 @@ line, e.g. ``--config.model.attention.num_kv_heads=1``.
 
 import ml_collections
 
-PRESETS = ("rope", "alibi", "sinusoidal", "nope", "learned", "xpos", "t5", "baby_gpt")
+from attnlab import config_lib, positional
+
+# One preset per position scheme ("nope" is kind "none"), plus nanoGPT's baby GPT.
+PRESETS = tuple("nope" if name == "none" else name for name in positional.POSITIONS.names()) + (
+    "baby_gpt",)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -24,56 +28,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dropout = 0.0               # embedding and residual dropout
   c.model.dtype = "float32"           # compute dtype: float32 | bfloat16 (params stay float32)
 
-  c.model.attention = ml_collections.ConfigDict()
-  c.model.attention.num_heads = 4
-  c.model.attention.num_kv_heads = 4  # = num_heads: MHA; divides it: GQA; 1: MQA
-  c.model.attention.kind = "softmax"  # softmax | lsh | performer | linear
-  # causal | sliding_window | dilated | block_local | global | random | bigbird | longformer
-  # | streaming (decoder patterns); full | prefix_lm (encoders)
-  c.model.attention.pattern = "causal"
-  c.model.attention.impl = "auto"     # auto | reference | xla | blockwise | pallas (kind=softmax)
-  c.model.attention.block_q = 512     # tile sizes of the blockwise paths
-  c.model.attention.block_kv = 512
-  c.model.attention.ring_layout = "zigzag"  # impl=ring: zigzag | striped | contiguous
-  # pattern parameters (each pattern reads only its own; see attnlab/attention/patterns.py)
-  c.model.attention.window = 64       # sliding_window/longformer/streaming: keys i-window..i;
-                                      # dilated: window steps of `dilation` back
-  c.model.attention.prefix = 0        # prefix_lm: bidirectional prefix length
-  c.model.attention.dilation = 2      # dilated
-  c.model.attention.block = 64        # block_local, bigbird: tokens per block
-  c.model.attention.global_tokens = (0,)  # global, longformer: positions of global tokens
-  c.model.attention.random_per_row = 3    # random: random keys per query
-  c.model.attention.window_blocks = 3     # bigbird: blocks in the sliding window (odd)
-  c.model.attention.global_blocks = 1     # bigbird: leading global blocks
-  c.model.attention.random_blocks = 1     # bigbird: random blocks per query block
-  c.model.attention.sinks = 4         # streaming: attention-sink tokens kept
-  c.model.attention.seed = 0          # random patterns, LSH rotations, Performer features
-  # kind parameters
-  c.model.attention.lsh_buckets = 8   # lsh: buckets per hash (1 or even)
-  c.model.attention.lsh_hashes = 2    # lsh: hash rounds
-  c.model.attention.lsh_chunk = 64    # lsh: chunk length in sorted order
-  c.model.attention.num_features = 256    # performer: random features
-  c.model.attention.feature_redraw = False  # performer: new features every training step
-  c.model.attention.scan_chunk = 128  # performer/linear causal: chunk of the prefix-sum scan
-
-  c.model.position = ml_collections.ConfigDict()
-  c.model.position.kind = "rope"      # none | sinusoidal | learned | rope | xpos | alibi | t5
-  c.model.position.theta = 10000.0    # rope / xpos base
-  c.model.position.base = 10000.0     # sinusoidal base
-  c.model.position.embed_scale = 0.02  # sinusoidal: RMS of the encoding (= token init std)
-  c.model.position.max_len = 0        # learned table rows; 0 means data.seq_len
-  c.model.position.scaling = "none"   # rope: none | linear | ntk | dynamic_ntk | yarn
-  c.model.position.scale_factor = 1.0  # rope scaling s = L_new / L_train
-  c.model.position.original_max_len = 0  # rope scaling L_train; 0 means data.seq_len
-  c.model.position.yarn_alpha = 1.0
-  c.model.position.yarn_beta = 32.0
-  c.model.position.rotary_fraction = 1.0  # rope: fraction of head dims rotated
-  c.model.position.xpos_scale_base = 512.0
-  c.model.position.num_buckets = 32   # t5
-  c.model.position.max_distance = 128  # t5
-  c.model.position.bidirectional = False  # t5 buckets split by sign (encoders)
-  c.model.position.randomize = False  # Ruoss et al.: train on sorted random positions ...
-  c.model.position.random_max_len = 2048  # ... drawn from [0, random_max_len)
+  # Every field the registered kinds, patterns, impls and position schemes declare, at
+  # its declared default (docs/variants.md lists them; a new variant's fields appear here
+  # by themselves). Override any with --config.model.attention.<field>=...
+  c.model.attention = config_lib.attention_block()
+  c.model.position = config_lib.position_block("rope")
 
   c.data = ml_collections.ConfigDict()
   c.data.corpus = "builtin"           # the Python standard library's source; no download

@@ -19,7 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from attnlab.attention import KINDS
+from attnlab.models import build_lm
 from attnlab.registry import ConfigError
+from attnlab.workdir import restore_params
 
 
 class CaptureUnavailable(ConfigError):
@@ -70,7 +72,5 @@ def capture_attention(model, params, tokens) -> tuple[np.ndarray, np.ndarray]:
 
 def restore_model(workdir):
   """(resolved config, model, params, step) of the latest checkpoint in a training workdir."""
-  from attnlab.evaluate import restore_params
-  from attnlab.models import build_lm
   cfg, params, step = restore_params(workdir)
   return cfg, build_lm(cfg.model), params, step

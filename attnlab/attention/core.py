@@ -10,7 +10,10 @@ Layout is ``[batch, seq, heads, head_dim]``; K/V may have fewer heads (GQA/MQA,
 ``G = heads // kv_heads``).
 
 To add an implementation, write ``fn(q, k, v, *, mask, score_mod, scale, **options)``
-and register it: ``IMPLS.register("name")(Implementation(fn, unsupported=...))``.
+and register it in a module of its own: ``IMPLS.register("name")(Implementation(fn,
+unsupported=..., options=(Field(...), ...)))`` (``cudnn_impl.py`` is the worked example).
+Its ``options`` are ``model.attention`` fields that models forward to it by name
+(``impl_options``); ``decode`` is its fast path for one cached decoding step, if any.
 """
 
 from __future__ import annotations
@@ -26,20 +29,43 @@ import jax.numpy as jnp
 from attnlab.attention import masks as masks_lib
 from attnlab.attention import score_mods
 from attnlab.attention.blockwise import blockwise_attention
-from attnlab.registry import ConfigError, Registry
+from attnlab.registry import ConfigError, Field, Registry
 
 _F32 = jnp.float32
 
 
 @dataclasses.dataclass(frozen=True)
 class Implementation:
-  """An attention implementation and a predicate saying why it cannot serve a request."""
+  """An attention implementation and what it declares about itself.
+
+  ``unsupported(q, k, v, mask, score_mod)``: why it cannot serve a request (None: it can).
+  ``options``: the ``model.attention`` fields it takes (passed to ``fn`` by name).
+  ``decode(q, k, v, *, lengths, mask, score_mod, scale, **options)``: optional fast path
+  for a cached decoding step, where cache slot j holds text position j, ``lengths``
+  (int32 ``[batch]``) counts the filled slots and the ``T`` queries sit at the last T of
+  them; ``mask`` / ``score_mod`` are the model's own (in text positions). It returns the
+  output ``[batch, T, heads, head_dim]``, or None when it cannot serve the step (the
+  cache then uses ``dot_product_attention``).
+  """
   fn: Callable
   unsupported: Callable[..., str | None] = lambda q, k, v, mask, score_mod: None
   doc: str = ""
+  options: tuple[Field, ...] = ()
+  decode: Callable | None = None
+  shards_sequence: bool = False   # serves a mesh whose 'sequence' axis splits the tokens
 
 
 IMPLS: Registry[Implementation] = Registry("model.attention.impl")
+
+BLOCK_Q = Field("block_q", 512, "query tile of the blockwise paths", minimum=1)
+BLOCK_KV = Field("block_kv", 512, "key tile of the blockwise paths", minimum=1)
+
+
+def impl_options(cfg) -> dict:
+  """The ``model.attention`` fields any implementation takes, by name, from ``cfg`` (those
+  present): what a model forwards to ``dot_product_attention``, whichever impl runs."""
+  names = {f.name for _, spec in IMPLS.items() for f in spec.options}
+  return {name: cfg[name] for name in sorted(names) if name in cfg}
 
 
 def reference_weights(q, k, *, mask=None, bias=None, scale: float | None = None):
@@ -122,7 +148,8 @@ IMPLS.register("reference")(Implementation(
 IMPLS.register("xla")(Implementation(
     xla_attention, _xla_unsupported, doc="jax.nn.dot_product_attention(implementation='xla')"))
 IMPLS.register("blockwise")(Implementation(
-    _blockwise_fn, doc="pure-JAX tiled online softmax; O(N) memory; skips empty tiles"))
+    _blockwise_fn, doc="pure-JAX tiled online softmax; O(N) memory; skips empty tiles",
+    options=(BLOCK_Q, BLOCK_KV)))
 
 # Above this many score-matrix bytes, ``auto`` avoids the dense paths.
 AUTO_DENSE_LIMIT_BYTES = 64 * 2**20
@@ -137,12 +164,16 @@ def choose_impl(q, k, v, mask, score_mod) -> tuple[str, str]:
   was not used.
   """
   prefix = ""
-  if _sequence_shards() > 1 and "ring" in IMPLS:
-    why_not = IMPLS.get("ring").unsupported(q, k, v, mask, score_mod)
-    if why_not is None:
-      return "ring", f"the mesh shards the sequence over {_sequence_shards()} devices"
-    raise ConfigError(f"the mesh shards the sequence, but ring attention cannot serve this "
-                      f"request: {why_not}")
+  if _sequence_shards() > 1:
+    reasons = []
+    for name, spec in IMPLS.items():
+      if spec.shards_sequence:
+        why_not = spec.unsupported(q, k, v, mask, score_mod)
+        if why_not is None:
+          return name, f"the mesh shards the sequence over {_sequence_shards()} devices"
+        reasons.append(why_not)
+    raise ConfigError(f"the mesh shards the sequence, but no sequence-sharded impl can serve "
+                      f"this request: {'; '.join(reasons) or 'none is registered'}")
   if jax.default_backend() in ("gpu", "tpu") and "pallas" in IMPLS:
     why_not = IMPLS.get("pallas").unsupported(q, k, v, mask, score_mod)
     if why_not is None:

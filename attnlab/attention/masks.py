@@ -81,6 +81,11 @@ class Mask(abc.ABC):
   def validate(self, q_len: int, kv_len: int) -> None:
     """Raise ``ValueError`` if the pattern cannot apply to these lengths (e.g. an index out of range)."""
 
+  def band(self) -> tuple[int | None, int | None] | None:
+    """``(left, right)`` when the pattern is exactly the band ``i - left <= j <= i + right``
+    (None: that side unbounded), else None. Kernels that only take bands ask this."""
+    return None
+
   def is_static(self) -> bool:
     """True when the pattern holds no traced arrays (its block map can be computed)."""
     return not any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(self))
@@ -100,6 +105,13 @@ class And(Mask):
 
   def __call__(self, q_idx, kv_idx):
     return jnp.logical_and(self.left(q_idx, kv_idx), self.right(q_idx, kv_idx))
+
+  def band(self):
+    a, b = self.left.band(), self.right.band()
+    if a is None or b is None:
+      return None
+    tighter = lambda x, y: y if x is None else (x if y is None else min(x, y))  # noqa: E731
+    return tighter(a[0], b[0]), tighter(a[1], b[1])
 
   def block_map(self, q_len, kv_len, block_q, block_kv):
     a = self.left.block_map(q_len, kv_len, block_q, block_kv)
@@ -154,6 +166,9 @@ class SlidingWindow(Mask):
     if self.right is not None:
       ok = ok & (kv_idx <= q_idx + self.right)
     return ok
+
+  def band(self):
+    return self.left, self.right
 
   def block_map(self, q_len, kv_len, block_q, block_kv):
     q0, q1 = _tile_bounds(q_len, block_q)

@@ -8,8 +8,14 @@ The adapter translates the impl contract into ``pallas_kernels.flash_attention``
   pattern in-kernel; other static patterns (BigBird, random keys, per-head
   draws, dense boolean masks) get a tile-mask table with one row per distinct
   partial tile; ``segments`` become in-kernel segment ids;
-- ALiBi, T5 and soft-cap modifiers (and compositions of them) become in-kernel
-  terms, with gradients for the ALiBi slopes and the T5 table.
+- a score modifier becomes the in-kernel terms it declares (``ScoreMod.kernel_terms``:
+  ALiBi, T5, soft-cap and compositions of them), with gradients for the ALiBi slopes
+  and the T5 table.
+
+A cached decoding step (``decode``) runs the split-K decode kernel
+``pallas_kernels.decode.flash_decode`` when the model's pattern is a causal band
+(``Mask.band``: causal or a sliding window) and its modifier is at most ALiBi then
+soft-cap.
 
 ``unsupported`` says in words what the kernel cannot serve (traced dense masks,
 dense bias arrays, ALiBi with explicit positions, ...): ``impl="pallas"`` then
@@ -26,7 +32,7 @@ import numpy as np
 
 from attnlab.attention import masks as masks_lib
 from attnlab.attention import score_mods
-from attnlab.attention.core import IMPLS, Implementation
+from attnlab.attention.core import BLOCK_KV, BLOCK_Q, IMPLS, Implementation
 from pallas_kernels import flash
 
 # Largest tile of the Pallas path (CPU interpret mode and GPU alike).
@@ -125,27 +131,8 @@ def _sparsity(pattern, q_len, kv_len, bq, bk, heads):
 # ----------------------------------------------------------------------------- score modifiers
 
 def _terms(score_mod):
-  """A score modifier as kernel terms, or a string saying why it has none."""
-  from attnlab.positional import AlibiBias, T5Bias   # positional depends on attention
-  if score_mod is None:
-    return ()
-  if isinstance(score_mod, score_mods.Compose):
-    first, second = _terms(score_mod.first), _terms(score_mod.second)
-    for part in (first, second):
-      if isinstance(part, str):
-        return part
-    return first + second
-  if isinstance(score_mod, AlibiBias):
-    if score_mod.positions is not None:
-      return ("impl='pallas' computes ALiBi distances from token indices; ALiBi with explicit "
-              "positions (randomized positions) needs impl='blockwise' or 'reference'")
-    return (flash.Alibi(score_mod.slopes),)
-  if isinstance(score_mod, T5Bias):
-    return (flash.T5(score_mod.table, score_mod.bidirectional, score_mod.max_distance),)
-  if isinstance(score_mod, score_mods.SoftCap):
-    return (flash.SoftCap(score_mod.cap),)
-  return (f"impl='pallas' supports the score modifiers ALiBi, T5, soft-cap and their "
-          f"compositions; {type(score_mod).__name__} needs impl='blockwise' or 'reference'")
+  """The modifier's in-kernel terms (it declares them), or a sentence saying why it has none."""
+  return () if score_mod is None else score_mod.kernel_terms()
 
 
 # ----------------------------------------------------------------------------- the impl
@@ -193,7 +180,31 @@ def pallas_attention(q, k, v, *, mask=None, score_mod=None, scale: float,
                                block_q=bq, block_kv=bk, interpret=interpret)
 
 
+def pallas_decode(q, k, v, *, lengths, mask, score_mod, scale, block_kv: int = MAX_BLOCK,
+                  interpret=None, **unused):
+  """A cached decoding step on ``pallas_kernels.decode.flash_decode`` (the
+  ``Implementation.decode`` contract), or None when the kernel cannot serve it."""
+  from pallas_kernels import decode as decode_kernels
+  band = None if mask is None else mask.band()
+  if mask is not None and (band is None or band[1] != 0):
+    return None              # the kernel's only pattern: p - window <= j <= p
+  terms = _terms(score_mod)
+  if isinstance(terms, str):
+    return None
+  names = [type(t).__name__ for t in terms]
+  if names not in ([], ["Alibi"], ["SoftCap"], ["Alibi", "SoftCap"]):
+    return None              # the kernel applies ALiBi, then soft-cap
+  slopes = terms[0].slopes if names[:1] == ["Alibi"] else None
+  cap = terms[-1].cap if names[-1:] == ["SoftCap"] else None
+  # on visible slots (j <= p) the kernel's -slope * (p - j) is ALiBi's -slope * |p - j|
+  return decode_kernels.flash_decode(
+      q, k, v, lengths, scale=scale, alibi_slopes=slopes, soft_cap=cap,
+      window=None if band is None else band[0], block_kv=min(int(block_kv), MAX_BLOCK),
+      interpret=interpret)
+
+
 IMPLS.register("pallas")(Implementation(
     pallas_attention, pallas_unsupported,
     doc="fused Pallas flash attention (GPU; CPU in interpret mode): block-sparse, ALiBi/T5/"
-        "soft-cap in-kernel, custom backward"))
+        "soft-cap in-kernel, custom backward",
+    options=(BLOCK_Q, BLOCK_KV), decode=pallas_decode))

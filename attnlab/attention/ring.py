@@ -35,6 +35,10 @@ import numpy as np
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
+from attnlab.attention import masks as masks_lib
+from attnlab.attention.core import IMPLS, Implementation
+from attnlab.registry import Field
+
 _F32 = jnp.float32
 LAYOUTS = ("contiguous", "zigzag", "striped")
 SEQUENCE_AXIS = "sequence"
@@ -70,29 +74,12 @@ def _axis_size(mesh, name: str) -> int:
   return dict(zip(mesh.axis_names, mesh.axis_sizes)).get(name, 1)
 
 
-def _local_heads(score_mod, first, count: int):
-  """The modifier restricted to heads ``first .. first + count`` (tensor-parallel heads)."""
-  from attnlab.attention import score_mods
-  from attnlab.positional import AlibiBias, T5Bias
-  if isinstance(score_mod, score_mods.Compose):
-    return score_mods.Compose(_local_heads(score_mod.first, first, count),
-                              _local_heads(score_mod.second, first, count))
-  if isinstance(score_mod, AlibiBias):
-    return AlibiBias(slopes=lax.dynamic_slice_in_dim(jnp.asarray(score_mod.slopes), first, count),
-                     positions=score_mod.positions)
-  if isinstance(score_mod, T5Bias):
-    return T5Bias(table=lax.dynamic_slice_in_dim(jnp.asarray(score_mod.table), first, count, 1),
-                  bidirectional=score_mod.bidirectional, num_buckets=score_mod.num_buckets,
-                  max_distance=score_mod.max_distance)
-  return score_mod          # head-independent (soft-cap)
-
-
 def _ring_shard(q, k, v, q_pos, kv_pos, *, mask, score_mod, scale, shards, kv_sharded,
                 heads_per_shard, group):
   """Per-device body. q [b, n, h, D], k/v [b, n, hkv, D], positions [n] (global)."""
   if heads_per_shard and score_mod is not None:
-    score_mod = _local_heads(score_mod, lax.axis_index(HEAD_AXIS) * heads_per_shard,
-                             heads_per_shard)
+    score_mod = score_mod.select_heads(lax.axis_index(HEAD_AXIS) * heads_per_shard,
+                                       heads_per_shard)
   if not kv_sharded and group > 1:
     # K/V heads replicated (e.g. MQA under tensor parallelism): pick each local query
     # head's K/V head by its global index.
@@ -190,7 +177,6 @@ def ring_unsupported(q, k, v, mask, score_mod) -> str | None:
   if q.shape[1] != k.shape[1]:
     return f"impl='ring' is self-attention: q_len {q.shape[1]} != kv_len {k.shape[1]}"
   if mask is not None:
-    from attnlab.attention import masks as masks_lib
     if isinstance(mask, masks_lib.Segments) or any(
         isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(mask)):
       return "impl='ring' takes patterns of token positions only (no segments or traced masks)"
@@ -199,13 +185,9 @@ def ring_unsupported(q, k, v, mask, score_mod) -> str | None:
                                         jnp.zeros((1, n), jnp.int32))).shape
     if int(np.prod(shape[:-2])) != 1:
       return "impl='ring' takes patterns that are the same for every head and batch row"
-  from attnlab.positional import AlibiBias
-  def has_positions(mod):
-    if isinstance(mod, AlibiBias):
-      return mod.positions is not None
-    return any(has_positions(getattr(mod, f)) for f in ("first", "second") if hasattr(mod, f))
-  if score_mod is not None and has_positions(score_mod):
-    return "impl='ring' computes ALiBi from token positions; explicit positions are not supported"
+  if score_mod is not None and score_mod.explicit_positions:
+    return ("impl='ring' evaluates score modifiers at global token positions; modifiers with "
+            "explicit positions are not supported")
   return None
 
 
@@ -215,13 +197,10 @@ def _ring_impl(q, k, v, *, mask=None, score_mod=None, scale: float, ring_layout=
                         layout=ring_layout)
 
 
-def register():
-  from attnlab.attention.core import IMPLS, Implementation
-  if "ring" not in IMPLS:
-    IMPLS.register("ring")(Implementation(
-        _ring_impl, ring_unsupported,
-        doc="sequence sharded over the mesh axis 'sequence': shard_map + ppermute ring with "
-            "the blockwise online softmax"))
-
-
-register()
+IMPLS.register("ring")(Implementation(
+    _ring_impl, ring_unsupported,
+    doc="sequence sharded over the mesh axis 'sequence': shard_map + ppermute ring with "
+        "the blockwise online softmax",
+    shards_sequence=True,
+    options=(Field("ring_layout", "zigzag", "impl=ring: token layout over the sequence shards",
+                   choices=LAYOUTS),)))

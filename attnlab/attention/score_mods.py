@@ -9,11 +9,23 @@ functions of the score.
 
 Modifiers are JAX pytrees; their float leaves (slopes, bias tables) receive
 gradients through every implementation, including ``blockwise``.
+
+A modifier answers for itself what the implementations need to know about it, so no
+implementation switches on modifier types:
+
+- ``kernel_terms()``: the fused Pallas kernel's in-kernel terms for it, or why it has none;
+- ``select_heads(first, count)``: the modifier restricted to a range of heads (tensor-
+  parallel ring attention);
+- ``explicit_positions``: whether it reads positions other than the query/key indices.
+
+ALiBi and T5 live here (not in ``attnlab.positional``, which builds its schemes on them)
+so that implementations can use them without depending on the position axis.
 """
 
 from __future__ import annotations
 
 import abc
+import dataclasses
 from typing import Any
 
 import jax
@@ -29,6 +41,22 @@ class ScoreMod(abc.ABC):
   @abc.abstractmethod
   def __call__(self, scores: jax.Array, q_idx: jax.Array, kv_idx: jax.Array) -> jax.Array:
     """Modified float32 scores, same shape as ``scores`` ``[batch, heads, q, k]``."""
+
+  def kernel_terms(self) -> tuple | str:
+    """The Pallas kernel's terms (``pallas_kernels.flash.Alibi`` ...) computing this
+    modifier in-kernel, or a sentence saying why it has none."""
+    return (f"impl='pallas' computes ALiBi, T5, soft-cap and their compositions in-kernel; "
+            f"{type(self).__name__} needs impl='blockwise' or 'reference'")
+
+  def select_heads(self, first, count: int) -> "ScoreMod":
+    """This modifier for heads ``first .. first + count - 1`` only (``first`` may be traced).
+    The default suits modifiers that treat every head alike."""
+    return self
+
+  @property
+  def explicit_positions(self) -> bool:
+    """True when it reads positions other than the (q_idx, kv_idx) indices it is given."""
+    return False
 
 
 class AdditiveBias(ScoreMod):
@@ -68,6 +96,10 @@ class SoftCap(ScoreMod):
   def __call__(self, scores, q_idx, kv_idx):
     return self.cap * jnp.tanh(scores / self.cap)
 
+  def kernel_terms(self):
+    from pallas_kernels import flash
+    return (flash.SoftCap(self.cap),)
+
 
 @pytree_dataclass(data=("first", "second"))
 class Compose(ScoreMod):
@@ -77,6 +109,107 @@ class Compose(ScoreMod):
 
   def __call__(self, scores, q_idx, kv_idx):
     return self.second(self.first(scores, q_idx, kv_idx), q_idx, kv_idx)
+
+  def kernel_terms(self):
+    first, second = self.first.kernel_terms(), self.second.kernel_terms()
+    for part in (first, second):
+      if isinstance(part, str):
+        return part
+    return first + second
+
+  def select_heads(self, first, count):
+    return Compose(self.first.select_heads(first, count), self.second.select_heads(first, count))
+
+  @property
+  def explicit_positions(self):
+    return self.first.explicit_positions or self.second.explicit_positions
+
+
+@pytree_dataclass(data=("slopes", "positions"))
+class AlibiBias(AdditiveBias):
+  """ALiBi (Press et al. 2022): ``-slope_h * |p_i - p_j|``; for causal attention exactly the
+  paper's ``-m_h (i - j)``.
+
+  ``positions`` (int ``[batch, seq]``, optional) replaces the indices i, j by explicit
+  positions (randomized positional encodings); computed per tile.
+  """
+  slopes: jax.Array  # [heads]
+  positions: jax.Array | None = None
+
+  def bias(self, q_idx, kv_idx):
+    slopes = jnp.asarray(self.slopes, jnp.float32)
+    if self.positions is None:
+      distance = jnp.abs(q_idx - kv_idx).astype(jnp.float32)                 # [q, k]
+      return -slopes[:, None, None] * distance                                # [H, q, k]
+    pos = jnp.asarray(self.positions)
+    p_q = jnp.take(pos, q_idx[:, 0], axis=1, mode="clip")                    # [B, q]
+    p_k = jnp.take(pos, kv_idx[0], axis=1, mode="clip")                      # [B, k]
+    distance = jnp.abs(p_q[:, :, None] - p_k[:, None, :]).astype(jnp.float32)
+    return -slopes[None, :, None, None] * distance[:, None]                   # [B, H, q, k]
+
+  def kernel_terms(self):
+    if self.positions is not None:
+      return ("impl='pallas' computes ALiBi distances from token indices; ALiBi with explicit "
+              "positions (randomized positions) needs impl='blockwise' or 'reference'")
+    from pallas_kernels import flash
+    return (flash.Alibi(self.slopes),)
+
+  def select_heads(self, first, count):
+    return AlibiBias(slopes=jax.lax.dynamic_slice_in_dim(jnp.asarray(self.slopes), first, count),
+                     positions=self.positions)
+
+  @property
+  def explicit_positions(self):
+    return self.positions is not None
+
+
+def t5_buckets(relative_position, *, bidirectional: bool, num_buckets: int = 32,
+               max_distance: int = 128):
+  """T5's bucket (int32, same shape) of each relative position ``key - query``.
+
+  Causal: n = max(-r, 0). Bidirectional: the buckets are halved and keys after the
+  query (r > 0) use the upper half; n = |r|. With ``max_exact = buckets / 2`` (of the
+  possibly halved count): bucket = n if n < max_exact, else
+  min(max_exact + floor(ln(n / max_exact) / ln(max_distance / max_exact) * (buckets - max_exact)),
+  buckets - 1).
+  """
+  r = jnp.asarray(relative_position, jnp.int32)
+  offset = jnp.zeros_like(r)
+  if bidirectional:
+    num_buckets //= 2
+    offset = jnp.where(r > 0, num_buckets, 0)
+    n = jnp.abs(r)
+  else:
+    n = jnp.maximum(-r, 0)
+  max_exact = num_buckets // 2
+  safe_n = jnp.maximum(n, 1).astype(jnp.float32)
+  large = max_exact + (jnp.log(safe_n / max_exact) / np.log(max_distance / max_exact)
+                       * (num_buckets - max_exact)).astype(jnp.int32)
+  large = jnp.minimum(large, num_buckets - 1)
+  return offset + jnp.where(n < max_exact, n, large)
+
+
+@pytree_dataclass(data=("table",))
+class T5Bias(AdditiveBias):
+  """T5 relative bias (Raffel et al. 2020): ``table[bucket(j - i), h]`` added to the logits;
+  ``table``: float ``[num_buckets, heads]``."""
+  table: Any
+  bidirectional: bool
+  num_buckets: int
+  max_distance: int
+
+  def bias(self, q_idx, kv_idx):
+    buckets = t5_buckets(kv_idx - q_idx, bidirectional=self.bidirectional,
+                         num_buckets=self.num_buckets, max_distance=self.max_distance)  # [q, k]
+    return jnp.moveaxis(jnp.take(jnp.asarray(self.table, jnp.float32), buckets, axis=0), -1, 0)
+
+  def kernel_terms(self):
+    from pallas_kernels import flash
+    return (flash.T5(self.table, self.bidirectional, self.max_distance),)
+
+  def select_heads(self, first, count):
+    return dataclasses.replace(
+        self, table=jax.lax.dynamic_slice_in_dim(jnp.asarray(self.table), first, count, 1))
 
 
 def soft_cap(cap: float) -> ScoreMod:

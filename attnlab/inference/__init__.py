@@ -1,2 +1,3 @@
-"""Inference: a preallocated KV cache (``kv_cache``), sampling (``sampling``) and the
-cache memory report (``memory``). The generation loop and CLI are ``attnlab.generate``."""
+"""Inference: generation (``generation``: prefill, then a jit-compiled decode loop over the
+model's KV cache, ``attnlab.models.kv_cache``), sampling (``sampling``) and the cache memory
+report (``memory``). The command line is ``python -m attnlab.generate``."""

@@ -1,7 +1,7 @@
 """KV-cache memory report: bytes per token and per context for MHA, GQA and MQA variants.
 
-  python -m attnlab.inference.memory --config=configs/lm.py:rope [--contexts=1024,4096 --batch=1]
-  python -m attnlab.inference.memory --workdir=runs/rope
+  python -m attnlab.memory --config=configs/lm.py:rope [--contexts=1024,4096 --batch=1]
+  python -m attnlab.memory --workdir=runs/rope
 
 Bytes per cached token = 2 (K and V) x layers x kv_heads x head_dim x bytes per element.
 Every divisor of ``num_heads`` is a valid ``num_kv_heads``: the report lists each, MHA
@@ -11,15 +11,10 @@ allocates (``init_cache``), which must agree with the formula.
 
 from __future__ import annotations
 
-import sys
-
 import jax
 import ml_collections
-from absl import app, flags
-from ml_collections import config_flags
 
-from attnlab import config_lib, runtime
-from attnlab.inference import kv_cache
+from attnlab.models import kv_cache
 
 
 def head_variants(model_cfg) -> list[tuple[str, int]]:
@@ -84,36 +79,3 @@ def markdown(rows: list[dict], contexts) -> str:
     lines.append(f"| {r['variant']} | {r['num_kv_heads']} | {r['bytes_per_token']:,} | {cells} | "
                  f"{r['bytes_per_token'] / r0['bytes_per_token']:.3g}x |")
   return "\n".join(lines) + "\n"
-
-
-def define_flags():
-  config_flags.DEFINE_config_file("config", None, "Model config, e.g. configs/lm.py:rope.",
-                                  lock_config=True)
-  flags.DEFINE_string("workdir", None, "Or: a training workdir (its config.json).")
-  flags.DEFINE_list("contexts", ["1024", "4096"], "Context lengths to size the cache for.")
-  flags.DEFINE_integer("batch", 1, "Sequences in the batch.")
-
-
-def main(argv):
-  del argv
-  FLAGS = flags.FLAGS
-  try:
-    if FLAGS.workdir:
-      from attnlab import train
-      cfg = config_lib.resolve(train.load_config(FLAGS.workdir))
-    elif FLAGS.config is not None:
-      cfg = config_lib.resolve(FLAGS.config)
-    else:
-      raise app.UsageError("--config or --workdir is required")
-    contexts = [int(n) for n in FLAGS.contexts]
-    if any(n < 1 for n in contexts) or FLAGS.batch < 1:
-      raise ValueError(f"--contexts={FLAGS.contexts} and --batch={FLAGS.batch} must be >= 1")
-  except ValueError as e:   # ConfigError included
-    sys.exit(f"error: {e}")
-  print(markdown(report(cfg.model, contexts, FLAGS.batch), contexts))
-
-
-if __name__ == "__main__":
-  runtime.configure()
-  define_flags()
-  app.run(main)

@@ -27,10 +27,11 @@ import jax
 import jax.numpy as jnp
 
 from attnlab import positional
-from attnlab.attention import dot_product_attention
+from attnlab.attention import dot_product_attention, impl_options
 from attnlab.data.tasks import BOS, PAD
+from attnlab.models.common import NORMS, declared_params
 from attnlab.models.rnn import RNNSeq2Seq
-from attnlab.models.transformer import MLP, NORMS
+from attnlab.models.transformer import MLP
 from attnlab.registry import Registry
 
 
@@ -76,10 +77,10 @@ class Attention(nn.Module):
     if positions is not None:
       scheme = positional.get_scheme(cfg.position)
       q, k = scheme.rotate_qk(q, k, positions)
-      shape = scheme.bias_table_shape(heads)
-      table = None if shape is None else self.param("position_bias", nn.initializers.zeros, shape)
-      bias = scheme.score_mod(heads, table, positions)
-    out = dot_product_attention(q, k, v, mask=mask, bias=bias, impl=att.impl)
+      bias = scheme.score_mod(heads, declared_params(self, scheme.attention_params(heads)),
+                              positions)
+    out = dot_product_attention(q, k, v, mask=mask, bias=bias, impl=att.impl,
+                                **impl_options(att))
     out = dense(d, "out", 0.02 / math.sqrt(2 * self.layers))(out.reshape(batch * q_len, d))
     return out.reshape(batch, q_len, d)
 
@@ -119,9 +120,7 @@ class TransformerSeq2Seq(nn.Module):
     self.embed = nn.Embed(cfg.vocab_size, cfg.d_model,
                           embedding_init=nn.initializers.normal(0.02), name="embed")
     scheme = positional.get_scheme(cfg.position)
-    if scheme.table_size():
-      self.position_table = self.param("position_table", nn.initializers.normal(0.02),
-                                       (scheme.table_size(), cfg.d_model))
+    self.position_params = declared_params(self, scheme.embedding_params(cfg.d_model))
     self.encoder = [EncoderBlock(cfg, name=f"encoder_{i}") for i in range(cfg.num_layers)]
     self.decoder = [DecoderBlock(cfg, name=f"decoder_{i}") for i in range(cfg.num_layers)]
     self.norm_encoder = NORMS.get(cfg.norm)(cfg, "norm_encoder")
@@ -130,8 +129,7 @@ class TransformerSeq2Seq(nn.Module):
   def _embed(self, tokens, positions):
     scheme = positional.get_scheme(self.cfg.position)
     x = self.embed(tokens)
-    table = self.position_table if scheme.table_size() else None
-    absolute = scheme.embed(positions, self.cfg.d_model, table)
+    absolute = scheme.embed(positions, self.cfg.d_model, self.position_params)
     return x if absolute is None else x + absolute.astype(x.dtype)
 
   def encode(self, src, src_positions=None):

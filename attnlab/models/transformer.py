@@ -16,23 +16,11 @@ import jax.numpy as jnp
 
 from attnlab import positional
 from attnlab.attention import KINDS, PATTERNS
-from attnlab.inference import kv_cache
-from attnlab.registry import ConfigError, Registry
-
-NORMS: Registry = Registry("model.norm")
-NORMS.register("layernorm")(lambda cfg, name: nn.LayerNorm(use_bias=cfg.use_bias, name=name))
-NORMS.register("rmsnorm")(lambda cfg, name: nn.RMSNorm(name=name))
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def _init(std: float):
-  return nn.initializers.normal(stddev=std)
-
-
-def _flat(x):
-  """[batch, seq, d] -> [batch * seq, d]: XLA:CPU differentiates 2-D matmuls much faster."""
-  return x.reshape(-1, x.shape[-1])
+from attnlab.models import kv_cache
+from attnlab.models.common import DTYPES, NORMS, declared_params
+from attnlab.models.common import flat as _flat
+from attnlab.models.common import normal_init as _init
+from attnlab.registry import ConfigError
 
 
 def _dtype(cfg):
@@ -44,7 +32,7 @@ class SelfAttention(nn.Module):
 
   x: [batch, seq, d_model]; positions: int [batch, seq] -> [batch, seq, d_model].
   ``layer`` (the block index) seeds random patterns and random features.
-  With ``cache=(layer_kv, plan)`` (incremental decoding, see ``attnlab.inference.kv_cache``)
+  With ``cache=(layer_kv, plan)`` (incremental decoding, see ``attnlab.models.kv_cache``)
   returns ``(output, updated layer_kv)``.
 
   When the ``intermediates`` collection is mutable, the layer also sows
@@ -69,12 +57,10 @@ class SelfAttention(nn.Module):
     q, k, v = jnp.split(qkv.reshape(batch, seq, heads + num_k + kv_heads, head_dim),
                         [heads, heads + num_k], axis=2)
     scheme = positional.get_scheme(cfg.position)
-    table_shape = scheme.bias_table_shape(heads)
-    table = None if table_shape is None else self.param("position_bias", nn.initializers.zeros,
-                                                        table_shape)
+    params = declared_params(self, scheme.attention_params(heads))
     out_proj = dense(cfg.d_model, "out", 0.02 / math.sqrt(2 * cfg.num_layers))
     if cache is not None:   # incremental decoding: k, v go to the cache before encoding
-      out, layer_kv = kv_cache.cached_attention(q, k, v, *cache, scheme=scheme, table=table,
+      out, layer_kv = kv_cache.cached_attention(q, k, v, *cache, scheme=scheme, params=params,
                                                 att=att, layer=self.layer)
       return out_proj(out.reshape(batch * seq, heads * head_dim)).reshape(x.shape), layer_kv
     if kind.shared_qk:
@@ -84,7 +70,7 @@ class SelfAttention(nn.Module):
       q, k = scheme.rotate_qk(q, k, positions)
     rng = self.make_rng("features") if self.has_rng("features") else None
     mask = PATTERNS.get(att.pattern).build(att, self.layer)
-    bias = scheme.score_mod(heads, table, positions)
+    bias = scheme.score_mod(heads, params, positions)
     if kind.weights is not None and self.is_mutable_collection("intermediates"):
       self.sow("intermediates", "attention_weights",
                kind.weights(q, k, mask=mask, bias=bias, cfg=att, layer=self.layer, rng=rng))
@@ -165,10 +151,8 @@ class TransformerLM(nn.Module):
     embed = nn.Embed(cfg.vocab_size, cfg.d_model, embedding_init=_init(0.02), name="embed")
     x = embed(tokens).astype(_dtype(cfg))
     scheme = positional.get_scheme(cfg.position)
-    table = None
-    if scheme.table_size():
-      table = self.param("position_table", _init(0.02), (scheme.table_size(), cfg.d_model))
-    absolute = scheme.embed(positions, cfg.d_model, table)
+    params = declared_params(self, scheme.embedding_params(cfg.d_model))
+    absolute = scheme.embed(positions, cfg.d_model, params)
     if absolute is not None:
       x = x + absolute.astype(x.dtype)
     x = nn.Dropout(cfg.dropout)(x, deterministic)

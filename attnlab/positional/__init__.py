@@ -7,27 +7,37 @@ Pure functions (``sinusoidal_embedding``, ``apply_rope``, ``alibi_slopes``,
 
 - ``embed``: an absolute embedding added to the token embeddings (sinusoidal, learned);
 - ``rotate_qk``: a transform of queries and keys (RoPE and its scalings, xPos);
-- ``score_mod``: a bias on the attention logits (ALiBi, T5), optionally with a
-  learned table the model creates (``bias_table_shape``).
+- ``score_mod``: a score modifier on the attention logits (ALiBi, T5, KERPLE), with
+  learned parameters the attention layer creates (``attention_params``).
 
-To add a scheme, subclass ``PositionScheme``, override the hooks it needs and
-decorate it with ``@POSITIONS.register("name")``.
+A scheme also declares what the rest of attnlab needs to know (class attributes and
+small methods, read by config defaults and validation, models, the KV cache, the
+optimizer and the task trainer): its config ``fields``, whether it ``embeds``,
+``rotates`` or ``biases``, whether it is ``randomizable`` and ``streamable``, how its
+parameters are initialised and whether they are weight-decayed (``ParamSpec``), its
+cross-field checks (``validate``) and why a KV cache cannot decode it
+(``cache_refusal``).
+
+To add a scheme: a module of its own under ``attnlab/positional/`` (``kerple.py`` is the
+worked example) that subclasses ``PositionScheme``, overrides the hooks it needs and
+decorates it with ``@POSITIONS.register("name")``, imported at the end of this file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attnlab.attention.pytree import pytree_dataclass
-from attnlab.attention.score_mods import AdditiveBias
+from attnlab.attention.score_mods import AlibiBias, T5Bias, t5_buckets
 from attnlab.positional import rope
 from attnlab.positional.rope import ROPE_SCALINGS, scaled_frequencies
-from attnlab.positional.t5 import T5Bias, t5_buckets
-from attnlab.registry import ConfigError, Registry
+from attnlab.registry import ConfigError, Field, Registry
 
 # ----------------------------------------------------------------------------- functions
 
@@ -90,28 +100,6 @@ def alibi_slopes(num_heads: int) -> np.ndarray:
   return np.asarray(slopes, np.float32)
 
 
-@pytree_dataclass(data=("slopes", "positions"))
-class AlibiBias(AdditiveBias):
-  """``-slope_h * |p_i - p_j|``: for causal attention exactly the paper's ``-m_h (i - j)``.
-
-  ``positions`` (int ``[batch, seq]``, optional) replaces the indices i, j by
-  explicit positions (randomized positional encodings); computed per tile.
-  """
-  slopes: jax.Array  # [heads]
-  positions: jax.Array | None = None
-
-  def bias(self, q_idx, kv_idx):
-    slopes = jnp.asarray(self.slopes, jnp.float32)
-    if self.positions is None:
-      distance = jnp.abs(q_idx - kv_idx).astype(jnp.float32)                 # [q, k]
-      return -slopes[:, None, None] * distance                                # [H, q, k]
-    pos = jnp.asarray(self.positions)
-    p_q = jnp.take(pos, q_idx[:, 0], axis=1, mode="clip")                    # [B, q]
-    p_k = jnp.take(pos, kv_idx[0], axis=1, mode="clip")                      # [B, k]
-    distance = jnp.abs(p_q[:, :, None] - p_k[:, None, :]).astype(jnp.float32)
-    return -slopes[None, :, None, None] * distance[:, None]                   # [B, H, q, k]
-
-
 def alibi_bias(num_heads: int, positions=None) -> AlibiBias:
   """The ALiBi score modifier for ``num_heads`` heads (pass as ``bias=`` to attention)."""
   return AlibiBias(slopes=jnp.asarray(alibi_slopes(num_heads)), positions=positions)
@@ -130,14 +118,62 @@ def randomized_positions(key, seq_len: int, max_len: int) -> jax.Array:
 # ----------------------------------------------------------------------------- schemes
 
 
+@dataclasses.dataclass(frozen=True)
+class ParamSpec:
+  """A learned parameter a scheme asks the model to create.
+
+  ``init``: a Flax initializer ``(key, shape, dtype) -> array``; ``decay``: whether AdamW's
+  weight decay applies to it.
+  """
+  shape: tuple[int, ...]
+  init: Callable
+  decay: bool
+
+
+def _positive(value, context):
+  return None if value > 0 else "must be > 0"
+
+
+# Fields every scheme has (Ruoss et al.'s randomized positions apply to any randomizable one).
+COMMON_FIELDS = (
+    Field("randomize", False, "Ruoss et al.: train on sorted random positions ..."),
+    Field("random_max_len", 2048, "... drawn from [0, random_max_len)", minimum=1),
+)
+
+
 class PositionScheme:
   """Base scheme: no position information (every hook is the identity).
 
   ``cfg`` is the ``model.position`` config block.
   """
+  fields: tuple[Field, ...] = ()   # model.position fields it reads (besides kind)
+  embeds = False                   # adds an absolute embedding to the token embeddings
+  rotates = False                  # transforms queries and keys
+  biases = False                   # adds a score modifier to the attention logits
+  randomizable = False             # can train on randomized positions (Ruoss et al.)
+  symmetric_qk = True              # transforms q and k alike (needed when keys are queries)
 
   def __init__(self, cfg):
     self.cfg = cfg
+
+  @classmethod
+  def streamable(cls) -> bool:
+    """Whether its positions act inside attention, so StreamingLLM can re-position cached
+    keys (an absolute embedding enters at the input: every key would be stale)."""
+    return not cls.embeds
+
+  @classmethod
+  def resolve(cls, block, length: int) -> None:
+    """Fill derived defaults in the (mutable) ``model.position`` block for a model that sees
+    sequences up to ``length`` tokens (e.g. a learned table's size)."""
+
+  def validate(self, head_dim: int, d_model: int, seq_len: int) -> None:
+    """Raise ``ConfigError`` for problems across fields (field ranges are checked from
+    ``fields`` before this runs)."""
+
+  def cache_refusal(self) -> str | None:
+    """Why a KV cache cannot decode this scheme exactly, or None."""
+    return None
 
   def table_size(self) -> int:
     """Rows of a learned position table the model must create (0 = none)."""
@@ -147,7 +183,15 @@ class PositionScheme:
     """Longest sequence the scheme can encode, or None when unbounded."""
     return None
 
-  def embed(self, positions, d_model: int, table=None):
+  def embedding_params(self, d_model: int) -> dict[str, ParamSpec]:
+    """Parameters the model creates beside its token embedding, passed to ``embed``."""
+    return {}
+
+  def attention_params(self, num_heads: int) -> dict[str, ParamSpec]:
+    """Parameters each attention layer creates, passed to ``score_mod``."""
+    return {}
+
+  def embed(self, positions, d_model: int, params=None):
     """Absolute embedding ``[batch, seq, d_model]`` to add to token embeddings, or None."""
     return None
 
@@ -155,13 +199,9 @@ class PositionScheme:
     """Transform queries and keys ``[batch, seq, heads, head_dim]`` -> (q, k)."""
     return q, k
 
-  def bias_table_shape(self, num_heads: int) -> tuple[int, ...] | None:
-    """Shape of a learned bias table the attention layer must create and pass to
-    ``score_mod`` (None = no table)."""
-    return None
-
-  def score_mod(self, num_heads: int, table=None, positions=None):
-    """A ``ScoreMod`` on the attention logits, or None. ``positions``: int [batch, seq]."""
+  def score_mod(self, num_heads: int, params=None, positions=None):
+    """A ``ScoreMod`` on the attention logits, or None. ``params``: the layer's
+    ``attention_params`` by name; ``positions``: int [batch, seq] (randomized positions)."""
     return None
 
 
@@ -170,17 +210,33 @@ POSITIONS: Registry[type[PositionScheme]] = Registry("model.position.kind")
 POSITIONS.register("none")(PositionScheme)
 
 
+def _even_head_dim(kind: str, head_dim: int) -> None:
+  if head_dim % 2:
+    raise ConfigError(f"model.position.kind={kind!r} needs an even head dim; "
+                      f"model.d_model / num_heads = {head_dim}")
+
+
 @POSITIONS.register("sinusoidal")
 class Sinusoidal(PositionScheme):
-  """Vaswani et al.'s encoding, scaled to RMS ``embed_scale`` (when set).
+  """Vaswani et al.'s encoding, scaled to RMS ``embed_scale``.
 
   The raw encoding has RMS 1/sqrt(2), far above token embeddings initialised at
   std 0.02, and would drown them; Vaswani et al. balance the two by multiplying
   tokens by sqrt(d). ``model.position.embed_scale`` (default 0.02, the token init
   std) strikes the same balance without changing the residual stream's scale.
   """
+  fields = (Field("base", 10000.0, "sinusoidal base", check=_positive),
+            Field("embed_scale", 0.02, "sinusoidal: RMS of the encoding (= token init std)",
+                  minimum=0.0))
+  embeds = True
+  randomizable = True
 
-  def embed(self, positions, d_model, table=None):
+  def validate(self, head_dim, d_model, seq_len):
+    if d_model % 2:
+      raise ConfigError(f"model.position.kind='sinusoidal' needs an even model.d_model; "
+                        f"got {d_model}")
+
+  def embed(self, positions, d_model, params=None):
     pe = sinusoidal_embedding(positions, d_model, self.cfg.get("base", 10000.0))
     rms = self.cfg.get("embed_scale", None)
     return pe if rms is None else pe * (rms * math.sqrt(2.0))
@@ -188,6 +244,20 @@ class Sinusoidal(PositionScheme):
 
 @POSITIONS.register("learned")
 class Learned(PositionScheme):
+  """A learned table of ``max_len`` absolute position embeddings (GPT-2)."""
+  fields = (Field("max_len", 0, "learned table rows; 0 means the training length", minimum=0),)
+  embeds = True
+  randomizable = True
+
+  @classmethod
+  def resolve(cls, block, length):
+    if block.max_len == 0:
+      block.max_len = block.random_max_len if block.get("randomize", False) else length
+
+  def validate(self, head_dim, d_model, seq_len):
+    if self.cfg.max_len < 1:
+      raise ConfigError(f"model.position.max_len={self.cfg.max_len!r} must be an integer >= 1")
+    check_length(self.cfg, seq_len, "data.seq_len")
 
   def table_size(self):
     return int(self.cfg.max_len)
@@ -195,14 +265,62 @@ class Learned(PositionScheme):
   def max_length(self):
     return int(self.cfg.max_len)
 
-  def embed(self, positions, d_model, table=None):
-    return jnp.take(table, positions, axis=0)
+  def embedding_params(self, d_model):
+    return {"position_table": ParamSpec((self.table_size(), d_model),
+                                        nn.initializers.normal(0.02), decay=True)}
+
+  def embed(self, positions, d_model, params=None):
+    return jnp.take(params["position_table"], positions, axis=0)
+
+
+def _rotary_fraction_problem(value, context):
+  return None if 0.0 < value <= 1.0 else "must be in (0, 1]"
 
 
 @POSITIONS.register("rope")
 class Rope(PositionScheme):
   """RoPE with ``model.position.scaling`` (none | linear | ntk | dynamic_ntk | yarn),
   ``scale_factor`` s, ``original_max_len`` and ``rotary_fraction``."""
+  fields = (
+      Field("theta", 10000.0, "rope / xpos base", check=_positive),
+      Field("scaling", "none", "rope: frequency scaling for longer contexts",
+            choices=ROPE_SCALINGS),
+      Field("scale_factor", 1.0, "rope scaling s = L_new / L_train", minimum=1.0),
+      Field("original_max_len", 0, "rope scaling L_train; 0 means the training length",
+            minimum=0),
+      Field("yarn_alpha", 1.0, "yarn: ramp start"),
+      Field("yarn_beta", 32.0, "yarn: ramp end"),
+      Field("rotary_fraction", 1.0, "rope: fraction of head dims rotated",
+            check=_rotary_fraction_problem),
+  )
+  rotates = True
+  randomizable = True
+
+  @classmethod
+  def resolve(cls, block, length):
+    if "original_max_len" in block and block.original_max_len == 0:
+      block.original_max_len = length
+
+  def validate(self, head_dim, d_model, seq_len):
+    c = self.cfg
+    _even_head_dim("rope", head_dim)
+    if c.scaling in ("dynamic_ntk", "yarn") and c.original_max_len < 1:
+      raise ConfigError(f"model.position.original_max_len={c.original_max_len!r} must be an "
+                        f"integer >= 1 with scaling={c.scaling!r}")
+    if c.scaling == "yarn" and not c.yarn_beta > c.yarn_alpha:
+      raise ConfigError(f"model.position.yarn_beta={c.yarn_beta!r} must exceed "
+                        f"model.position.yarn_alpha={c.yarn_alpha!r}")
+    if int(head_dim * c.rotary_fraction) < 2:
+      raise ConfigError(f"model.position.rotary_fraction={c.rotary_fraction!r} must be in (0, 1] "
+                        f"and rotate at least 2 of the {head_dim} head dims")
+
+  def cache_refusal(self):
+    if self.cfg.get("scaling", "none") == "dynamic_ntk":
+      return ("model.position.scaling='dynamic_ntk' rescales every key with the current "
+              "length, so keys cached at shorter lengths would be stale; KV-cache decoding "
+              f"supports scalings {', '.join(s for s in ROPE_SCALINGS if s != 'dynamic_ntk')} "
+              "(or use --nocache)")
+    return None
 
   def frequencies(self, head_dim: int, seq_len: int) -> tuple[np.ndarray, float]:
     c = self.cfg
@@ -222,6 +340,13 @@ class Rope(PositionScheme):
 @POSITIONS.register("xpos")
 class XPos(PositionScheme):
   """RoPE whose pairs decay with distance: q * zeta^(m/B), k * zeta^(-m/B), B = ``xpos_scale_base``."""
+  fields = (Field("theta", 10000.0, "rope / xpos base", check=_positive),
+            Field("xpos_scale_base", 512.0, "xpos: decay scale B", check=_positive))
+  rotates = True
+  symmetric_qk = False   # q and k are scaled in opposite directions
+
+  def validate(self, head_dim, d_model, seq_len):
+    _even_head_dim("xpos", head_dim)
 
   def rotate_qk(self, q, k, positions):
     head_dim = q.shape[-1]
@@ -236,20 +361,37 @@ class XPos(PositionScheme):
 
 @POSITIONS.register("alibi")
 class Alibi(PositionScheme):
+  """ALiBi (Press et al. 2022): a fixed linear distance penalty per head."""
+  biases = True
+  randomizable = True
 
-  def score_mod(self, num_heads, table=None, positions=None):
+  def score_mod(self, num_heads, params=None, positions=None):
     return alibi_bias(num_heads, positions if self.cfg.get("randomize", False) else None)
 
 
 @POSITIONS.register("t5")
 class T5(PositionScheme):
   """Learned bias per (bucket, head), ``num_buckets`` / ``max_distance`` / ``bidirectional``."""
+  fields = (Field("num_buckets", 32, "t5: relative-position buckets", minimum=1),
+            Field("max_distance", 128, "t5: distance of the last bucket", minimum=1),
+            Field("bidirectional", False, "t5: buckets split by sign (encoders)"))
+  biases = True
 
-  def bias_table_shape(self, num_heads):
-    return (self.cfg.get("num_buckets", 32), num_heads)
+  def validate(self, head_dim, d_model, seq_len):
+    c = self.cfg
+    exact = c.num_buckets // (4 if c.bidirectional else 2)
+    if c.num_buckets < (4 if c.bidirectional else 2) or c.max_distance <= exact:
+      raise ConfigError(f"model.position.max_distance={c.max_distance!r} must exceed the exact "
+                        f"buckets (num_buckets={c.num_buckets}, bidirectional={c.bidirectional})")
 
-  def score_mod(self, num_heads, table=None, positions=None):
-    return T5Bias(table=table, bidirectional=bool(self.cfg.get("bidirectional", False)),
+  def attention_params(self, num_heads):
+    # zeros: every head starts without a position preference (T5's table is learned)
+    return {"position_bias": ParamSpec((self.cfg.get("num_buckets", 32), num_heads),
+                                       nn.initializers.zeros, decay=True)}
+
+  def score_mod(self, num_heads, params=None, positions=None):
+    return T5Bias(table=params["position_bias"],
+                  bidirectional=bool(self.cfg.get("bidirectional", False)),
                   num_buckets=int(self.cfg.get("num_buckets", 32)),
                   max_distance=int(self.cfg.get("max_distance", 128)))
 
@@ -263,14 +405,18 @@ def check_length(cfg, length: int, what: str = "sequence length") -> None:
   """Raise a ``ConfigError`` if ``length`` exceeds what the scheme can encode."""
   limit = get_scheme(cfg).max_length()
   if limit is not None and length > limit:
+    unbounded = [n for n, cls in POSITIONS.items() if cls(cfg).max_length() is None]
     raise ConfigError(
         f"{what}={length} exceeds model.position.max_len={limit}, the size of the "
         f"'{cfg.kind}' position table; use a length <= {limit} or a scheme without a table "
-        f"(valid kinds: {', '.join(POSITIONS.names())})")
+        f"(valid kinds: {', '.join(unbounded)})")
 
+
+from attnlab.positional import kerple  # noqa: E402,F401  (registers 'kerple')
 
 __all__ = [
-    "POSITIONS", "ROPE_SCALINGS", "AlibiBias", "PositionScheme", "T5Bias", "alibi_bias",
-    "alibi_slopes", "apply_rope", "check_length", "randomized_positions", "get_scheme", "rope_frequencies",
-    "scaled_frequencies", "sinusoidal_embedding", "t5_buckets",
+    "COMMON_FIELDS", "POSITIONS", "ROPE_SCALINGS", "AlibiBias", "ParamSpec", "PositionScheme",
+    "T5Bias", "alibi_bias", "alibi_slopes", "apply_rope", "check_length", "get_scheme",
+    "randomized_positions", "rope_frequencies", "scaled_frequencies", "sinusoidal_embedding",
+    "t5_buckets",
 ]

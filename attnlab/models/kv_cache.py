@@ -34,12 +34,11 @@ as in the paper.
 A model step is ``plan_step`` (positions and slots, shared by the layers), then
 ``cached_attention`` in each layer, then ``finish_step``.
 
-With ``model.attention.impl == "pallas"``, a decode step that qualifies (see
-``_pallas_decode_request``: full cache, pattern ``causal`` or ``sliding_window``, no
-position bias or ALiBi) runs the split-K decode kernel
-``pallas_kernels.decode.flash_decode``; every other step keeps ``decode_attention``.
-A ``pallas`` prefill passes the model's pattern and score modifier as static objects
-(the cache is empty, so positions are 0..T-1), which the fused flash kernel can take.
+Everything the cache needs to know about the model's axes it asks their registry
+entries: the pattern's ``lookback`` (which layout), the kind's and the position
+scheme's ``cache_refusal`` and the scheme's ``streamable`` (whether it can decode at
+all), and the impl's ``decode`` (a fast path for a decoding step on a full cache, e.g.
+the Pallas split-K decode kernel), reached through ``attnlab.attention.IMPLS`` only.
 """
 
 from __future__ import annotations
@@ -51,15 +50,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attnlab.attention import IMPLS, PATTERNS, dot_product_attention, masks, score_mods
+from attnlab import positional
+from attnlab.attention import (IMPLS, KINDS, PATTERNS, dot_product_attention, impl_options,
+                               masks, score_mods)
 from attnlab.attention.pytree import pytree_dataclass
+from attnlab.models.common import DTYPES
 from attnlab.registry import ConfigError
-from pallas_kernels import decode as pallas_decode
-
-# Position kinds whose positions act inside attention (rotations, biases, or nothing):
-# StreamingLLM can re-position their cached keys. Absolute embeddings enter at the input,
-# so every cached key would have to be recomputed.
-STREAMABLE_POSITIONS = ("none", "rope", "xpos", "alibi", "t5")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,14 +78,13 @@ class CacheLayout:
 
 
 def layout_for(model_cfg, total_length: int) -> CacheLayout:
-  """The cache a model's own pattern needs to decode up to ``total_length`` positions exactly."""
+  """The cache a model's own pattern needs to decode up to ``total_length`` positions exactly
+  (the pattern's declared ``lookback``: a rolling cache when the look-back is bounded)."""
   att = model_cfg.attention
-  if att.pattern == "sliding_window":
-    pinned, lookback = 0, int(att.window)
-  elif att.pattern == "streaming":
-    pinned, lookback = int(att.sinks), int(att.window)
-  else:
+  bounded = PATTERNS.get(att.pattern).lookback(att)
+  if bounded is None:
     return CacheLayout(capacity=total_length)
+  pinned, lookback = bounded
   if pinned + lookback + 1 >= total_length:   # never wraps: a plain cache is the same
     return CacheLayout(capacity=total_length)
   # decoding one token at a time: the window before it, itself, and the pinned sinks
@@ -111,28 +106,25 @@ def streaming_layout(sinks: int, window: int) -> CacheLayout:
 def check_supported(model_cfg, layout: CacheLayout | None = None) -> None:
   """Raise ``ConfigError`` (naming the field) for a model the KV cache cannot decode exactly."""
   att, pos = model_cfg.attention, model_cfg.position
-  if att.kind != "softmax":
-    raise ConfigError(
-        f"model.attention.kind={att.kind!r} has no KV cache: its causal form is a recurrent "
-        f"state (performer, linear) or hashes the whole sequence (lsh). KV-cache decoding "
-        f"supports kind='softmax'; generate with use_cache=False (--nocache) to recompute the "
-        f"prefix at every step instead")
-  if pos.kind == "rope" and pos.get("scaling", "none") == "dynamic_ntk":
-    raise ConfigError(
-        "model.position.scaling='dynamic_ntk' rescales every key with the current length, so "
-        "keys cached at shorter lengths would be stale; KV-cache decoding supports scalings "
-        "none, linear, ntk, yarn (or use --nocache)")
+  refusal = KINDS.get(att.kind).cache_refusal
+  if refusal:
+    raise ConfigError(f"model.attention.kind={att.kind!r} {refusal}")
+  scheme = positional.get_scheme(pos)
+  refusal = scheme.cache_refusal()
+  if refusal:
+    raise ConfigError(refusal)
   if layout is not None and layout.streaming:
-    if pos.kind not in STREAMABLE_POSITIONS:
+    if not scheme.streamable():
+      streamable = [n for n, cls in positional.POSITIONS.items() if cls.streamable()]
       raise ConfigError(
           f"model.position.kind={pos.kind!r} adds positions to the input embeddings, so a "
           f"StreamingLLM cache cannot re-position its keys by place in the cache; streaming "
-          f"mode supports model.position.kind in {', '.join(STREAMABLE_POSITIONS)}")
-    if att.pattern != "causal":
+          f"mode supports model.position.kind in {', '.join(streamable)}")
+    if PATTERNS.get(att.pattern).build(att, 0) != masks.causal():
       raise ConfigError(
           f"model.attention.pattern={att.pattern!r}: StreamingLLM mode replaces the pattern by "
-          f"sinks + window and needs a model trained with pattern='causal'; this model decodes "
-          f"exactly with its own cache (leave streaming.sinks/window at 0)")
+          f"sinks + window and needs a model trained with the plain causal pattern; this model "
+          f"decodes exactly with its own cache (leave streaming.sinks/window at 0)")
 
 
 # ----------------------------------------------------------------------------- the cache
@@ -159,7 +151,6 @@ def head_dims(model_cfg) -> tuple[int, int]:
 
 def init_cache(model_cfg, batch: int, layout: CacheLayout, dtype=None) -> KVCache:
   """An empty cache for ``batch`` rows (zeros; every slot marked empty)."""
-  from attnlab.models import DTYPES   # models import this module
   kv_heads, head_dim = head_dims(model_cfg)
   dtype = dtype or DTYPES[model_cfg.dtype]
   shape = (batch, layout.capacity, kv_heads, head_dim)
@@ -171,7 +162,6 @@ def init_cache(model_cfg, batch: int, layout: CacheLayout, dtype=None) -> KVCach
 
 def bytes_per_token(model_cfg, bytes_per_element: int | None = None) -> int:
   """KV-cache bytes per cached token: 2 (K and V) x layers x kv_heads x head_dim x element bytes."""
-  from attnlab.models import DTYPES
   kv_heads, head_dim = head_dims(model_cfg)
   if bytes_per_element is None:
     bytes_per_element = jnp.dtype(DTYPES[model_cfg.dtype]).itemsize
@@ -277,6 +267,8 @@ class AtPositions(score_mods.AdditiveBias):
   q_pos: Any
   k_pos: Any
 
+  explicit_positions = True
+
   def bias(self, q_idx, kv_idx):
     return self.inner.bias(jnp.take(self.q_pos, q_idx, mode="clip"),
                            jnp.take(self.k_pos, kv_idx, mode="clip"))
@@ -289,18 +281,20 @@ class ScoreModAtPositions(score_mods.ScoreMod):
   q_pos: Any
   k_pos: Any
 
+  explicit_positions = True
+
   def __call__(self, scores, q_idx, kv_idx):
     return self.inner(scores, jnp.take(self.q_pos, q_idx, mode="clip"),
                       jnp.take(self.k_pos, kv_idx, mode="clip"))
 
 
-def position_bias(scheme, num_heads: int, table, q_pos, k_pos):
-  """The scheme's score modifier (ALiBi, T5) at explicit query / key positions, or None.
+def position_bias(scheme, num_heads: int, params, q_pos, k_pos):
+  """The scheme's score modifier at explicit query / key positions, or None.
 
   Relies on the score-modifier contract: ``score_mod(s, q_idx, kv_idx)`` reads its index
   arguments as absolute positions (they are 0..n-1 in a full forward pass).
   """
-  inner = scheme.score_mod(num_heads, table, None)
+  inner = scheme.score_mod(num_heads, params, None)
   if inner is None:
     return None
   if isinstance(inner, score_mods.AdditiveBias):
@@ -322,26 +316,27 @@ def decode_mask(plan: StepPlan, att, layer: int):
 
 
 def decode_attention(q, k, v, *, mask, bias, att):
-  """Attention of the new queries over the keys through ``dot_product_attention``: every
-  step except a qualifying ``impl="pallas"`` decode step (``_pallas_decode_request``),
-  which ``cached_attention`` sends to the split-K decode kernel instead.
+  """Attention of the new queries over the keys through ``dot_product_attention``.
 
-  q: [B, T, heads, D]; k, v: [B, K, kv_heads, D]; mask: bool [T, K] or [heads, T, K];
-  bias: a ScoreMod or None. Returns [B, T, heads, D].
+  The configured impl serves the step unless it refuses it (e.g. the fused kernel plans
+  its tiles statically and a decode mask is traced); then ``auto`` chooses.
+
+  q: [B, T, heads, D]; k, v: [B, K, kv_heads, D]; mask: a Mask, or bool [T, K] or
+  [heads, T, K]; bias: a ScoreMod or None. Returns [B, T, heads, D].
   """
   impl = att.impl
-  if impl == "pallas" and IMPLS.get("pallas").unsupported(
+  if impl != "auto" and IMPLS.get(impl).unsupported(
       q, k, v, masks.as_mask(mask), score_mods.as_score_mod(bias)):
-    impl = "auto"   # e.g. a traced decode mask: the fused kernel plans tiles statically
-  return dot_product_attention(q, k, v, mask=mask, bias=bias, impl=impl,
-                               block_q=att.block_q, block_kv=att.block_kv)
+    impl = "auto"
+  return dot_product_attention(q, k, v, mask=mask, bias=bias, impl=impl, **impl_options(att))
 
 
-def cached_attention(q, k, v, layer_kv, plan: StepPlan, *, scheme, table, att, layer: int):
+def cached_attention(q, k, v, layer_kv, plan: StepPlan, *, scheme, params, att, layer: int):
   """One attention layer of a cached step.
 
   q: [B, T, heads, D]; k, v: [B, T, kv_heads, D], projections of the new tokens before
-  position encoding; layer_kv: this layer's cached (k, v). Returns the attention output
+  position encoding; layer_kv: this layer's cached (k, v); params: the layer's position
+  parameters (``scheme.attention_params``) by name. Returns the attention output
   [B, T, heads, D] and the layer's updated (k, v).
   """
   k_cache, v_cache = layer_kv
@@ -357,80 +352,30 @@ def cached_attention(q, k, v, layer_kv, plan: StepPlan, *, scheme, table, att, l
     q, k = scheme.rotate_qk(q, k, _rows(plan.q_pos, q))
     k_cache, v_cache = _write(k_cache, k, plan.write_slots), _write(v_cache, v, plan.write_slots)
     keys, values = (k, v) if plan.prefill else (k_cache, v_cache)
-  bias = position_bias(scheme, q.shape[2], table, plan.q_pos, plan.key_pos)
-  request = _pallas_decode_request(plan, att, bias, q.shape[0])
-  if request is not None:
-    # looked up at call time (not imported by name), so tests can wrap it
-    out = pallas_decode.flash_decode(q, keys, values, **request)
-  elif plan.prefill and att.impl == "pallas":
-    mask, bias = _static_prefill(plan, att, layer, scheme, q.shape[2], table)
-    out = decode_attention(q, keys, values, mask=mask, bias=bias, att=att)
-  else:
-    out = decode_attention(q, keys, values, mask=decode_mask(plan, att, layer), bias=bias,
+  heads = q.shape[2]
+  if plan.prefill:
+    # the cache was empty: positions are 0..T-1, so the pattern and modifier apply as in a
+    # full forward pass (static objects, which every impl, the fused kernel too, can plan)
+    mask = masks.causal()
+    if not plan.streaming:
+      mask = PATTERNS.get(att.pattern).build(att, layer) & mask
+    out = decode_attention(q, keys, values, mask=mask,
+                           bias=scheme.score_mod(heads, params, None), att=att)
+    return out, (k_cache, v_cache)
+  out = None
+  decode = IMPLS.get(att.impl).decode if att.impl in IMPLS else None
+  if decode is not None and plan.slots_are_positions:
+    # slot j holds text position j and the new queries are the last T filled slots
+    lengths = jnp.broadcast_to(plan.text_pos[-1] + 1, (q.shape[0],)).astype(jnp.int32)
+    out = decode(q, keys, values, lengths=lengths,
+                 mask=PATTERNS.get(att.pattern).build(att, layer),
+                 score_mod=scheme.score_mod(heads, params, None),
+                 scale=1.0 / float(np.sqrt(q.shape[-1])), **impl_options(att))
+  if out is None:
+    out = decode_attention(q, keys, values, mask=decode_mask(plan, att, layer),
+                           bias=position_bias(scheme, heads, params, plan.q_pos, plan.key_pos),
                            att=att)
   return out, (k_cache, v_cache)
-
-
-def _pallas_decode_request(plan: StepPlan, att, bias, batch: int) -> dict | None:
-  """Keyword arguments for ``pallas_decode.flash_decode`` when this step can run on the
-  split-K decode kernel, else None (the step keeps ``decode_attention``).
-
-  Decided from static facts only (config, plan flags, the bias object's type). A step
-  qualifies when all hold:
-
-  - ``att.impl == "pallas"`` and ``att.kind == "softmax"``;
-  - a decode step (not prefill) on a full cache (``plan.slots_are_positions``; not
-    rolling, no pinned sinks, not StreamingLLM): the kernel reads slot j as text
-    position j and the new queries as the last ``T`` valid slots;
-  - pattern ``causal`` (the kernel's ``j <= p``) or ``sliding_window`` (``i - window
-    <= j <= i``, the kernel's ``p - window <= j <= p`` with ``window=att.window``);
-  - no position bias, or ALiBi at text positions (``AtPositions`` around an
-    ``AlibiBias`` without explicit positions): on a full cache its query / key
-    positions are the text position and the slot index, so ``-slope * |p - j|`` is the
-    kernel's ``-slope * (p - j)`` on every visible slot. T5 and other modifiers do not
-    qualify.
-
-  ``lengths``: valid slots after this step's write, the last new token's text position
-  + 1 (every row shares the plan's positions), broadcast to ``[batch]``.
-  """
-  from attnlab.positional import AlibiBias   # positional depends on attention
-  if att.impl != "pallas" or att.kind != "softmax":
-    return None
-  if plan.prefill or plan.streaming or not plan.slots_are_positions:
-    return None
-  if att.pattern == "causal":
-    window = None
-  elif att.pattern == "sliding_window":
-    window = int(att.window)
-  else:
-    return None
-  if bias is None:
-    slopes = None
-  elif (isinstance(bias, AtPositions) and type(bias.inner) is AlibiBias
-        and bias.inner.positions is None):
-    slopes = bias.inner.slopes
-  else:
-    return None
-  lengths = jnp.broadcast_to(plan.text_pos[-1] + 1, (batch,)).astype(jnp.int32)
-  return dict(lengths=lengths, alibi_slopes=slopes, window=window,
-              block_kv=min(int(att.block_kv), 128))
-
-
-def _static_prefill(plan: StepPlan, att, layer: int, scheme, num_heads: int, table):
-  """Mask and score modifier of an ``impl="pallas"`` prefill as static objects.
-
-  A prefill fills an empty cache (``plan_step``'s contract), so its queries and keys sit
-  at positions 0..T-1 (places equal text positions in StreamingLLM mode too: nothing is
-  evicted during a prefill): ``decode_mask`` is the model's pattern ``& causal`` at those
-  indices, and ``position_bias`` is the scheme's own modifier. The Pallas adapter takes
-  these (it rejects traced boolean masks and ``AtPositions``).
-  """
-  causal = masks.causal()
-  if plan.streaming or att.pattern == "causal":
-    mask = causal
-  else:
-    mask = PATTERNS.get(att.pattern).build(att, layer) & causal
-  return mask, scheme.score_mod(num_heads, table, None)
 
 
 def _rows(pos, x):

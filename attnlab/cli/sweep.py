@@ -1,0 +1,32 @@
+"""``python -m attnlab.sweep --config=configs/extrapolation.py --workdir=runs/extrapolation``
+
+Trains every variant of a sweep config, then evaluates them (``sweep.runner``: ``lm`` by
+length, ``tasks`` by sequence accuracy); see ``attnlab.engine.sweeps``.
+"""
+
+from __future__ import annotations
+
+from absl import flags
+from ml_collections import config_flags
+
+from attnlab import engine
+from attnlab.cli import common
+
+
+def define_flags():
+  config_flags.DEFINE_config_file("config", "configs/extrapolation.py", "Sweep config file.",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", "runs/extrapolation", "Output directory.")
+
+
+def main(argv):
+  del argv
+  FLAGS = flags.FLAGS
+  records = engine.sweeps.run_sweep(FLAGS.config, FLAGS.workdir)
+  _, markdown = engine.sweeps.RUNNERS.get(engine.sweeps.runner_name(FLAGS.config))
+  print(markdown(records))
+  print(f"wrote {FLAGS.workdir}/results.*")
+
+
+if __name__ == "__main__":
+  common.run(main, define_flags)

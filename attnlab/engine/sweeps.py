@@ -1,0 +1,167 @@
+"""Experiment runner: train every variant of a config, then evaluate all of them by length
+(the engine behind ``python -m attnlab.sweep``).
+
+The config holds a base model/data/train setup and ``sweep.variants``: a name
+for each variant and the config fields it overrides. Each variant trains in
+``workdir/<name>`` with the same seed, data and steps, then is evaluated at
+``sweep.factors`` x ``data.seq_len`` under each protocol in ``sweep.protocols``.
+Writes ``results.json``, ``results.csv``, ``results.md`` and ``results.png``.
+
+Resumable: re-running skips finished variants (training and evaluation), and an
+interrupted variant continues from its last checkpoint.
+
+``sweep.runner`` picks what a variant is (``RUNNERS``): ``lm`` (the default, above) or
+``tasks``: sequence-to-sequence models trained on ``sweep.tasks`` (algorithmic tasks) and
+scored by sequence accuracy at ``eval.lengths`` (``attnlab.engine.tasks.run_task_sweep``;
+``configs/length_generalization.py``, ``configs/bottleneck.py``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import pathlib
+
+import ml_collections
+
+from attnlab import config_lib, data, positional
+from attnlab.engine import evaluation, training
+from attnlab.models import num_params
+from attnlab.registry import ConfigError, Registry
+from attnlab.workdir import restore_params
+
+RESULT_FIELDS = ("variant", "eval_length", "eval_mode", "loss", "ppl", "bpb", "tokens", "stride",
+                 "train_length", "params", "step")
+
+
+def variant_configs(config) -> dict[str, ml_collections.ConfigDict]:
+  """{name: full config} for each variant, every one validated before anything trains."""
+  if "sweep" not in config or not config.sweep.variants:
+    raise ConfigError("sweep.variants is empty: name at least one variant and its overrides")
+  base = ml_collections.ConfigDict(config.to_dict())
+  del base["sweep"]
+  out = {}
+  longest = max(config.sweep.factors) * base.data.seq_len
+  for name, overrides in config.sweep.variants.items():
+    cfg = ml_collections.ConfigDict(base.to_dict())
+    config_lib.merge_overrides(cfg, overrides, f"sweep.variants.{name}")
+    try:
+      resolved = config_lib.resolve(cfg)
+      positional.check_length(resolved.model.position, longest, "evaluation length")
+    except ConfigError as e:
+      raise ConfigError(f"sweep.variants.{name}: {e}") from None
+    out[name] = cfg
+  for factor in config.sweep.factors:
+    if not isinstance(factor, int) or factor < 1:
+      raise ConfigError(f"sweep.factors: {factor!r} must be a positive integer")
+  for mode in config.sweep.protocols:
+    if mode not in evaluation.EVAL_MODES:
+      raise ConfigError(f"sweep.protocols: {mode!r} is not valid; valid: "
+                        f"{', '.join(evaluation.EVAL_MODES)}")
+  if "sliding" in config.sweep.protocols:
+    if not 1 <= config.sweep.stride <= base.data.seq_len:
+      raise ConfigError(f"sweep.stride={config.sweep.stride!r} must be in [1, data.seq_len={base.data.seq_len}]")
+    if not config.sweep.sliding_tokens >= 1:
+      raise ConfigError(f"sweep.sliding_tokens={config.sweep.sliding_tokens!r} must be >= 1")
+  return out
+
+
+def _evaluate_variant(run_dir: pathlib.Path, spec: dict, progress: bool) -> list[dict]:
+  """Evaluate a trained variant, or reuse its cached results for the same spec."""
+  cache = run_dir / "sweep_eval.json"
+  if cache.exists():
+    cached = json.loads(cache.read_text())
+    if cached["spec"] == spec:
+      return cached["records"]
+  cfg, params, step = restore_params(run_dir)
+  tokens = data.load_corpus(cfg.data).valid
+  records = []
+  for mode in spec["protocols"]:
+    budget = spec["sliding_tokens"] if mode == "sliding" else spec["max_tokens"]
+    records += evaluation.evaluate_lengths(cfg, params, tokens, spec["lengths"], mode=mode,
+                                         stride=spec["stride"], max_tokens=budget,
+                                         progress=progress)
+  for r in records:
+    r.update(variant=run_dir.name, train_length=cfg.data.seq_len, params=num_params(params), step=step)
+  tmp = cache.with_suffix(".json.tmp")
+  tmp.write_text(json.dumps({"spec": spec, "records": records}, indent=2))
+  tmp.replace(cache)
+  return records
+
+
+def results_markdown(records: list[dict]) -> str:
+  """One table per protocol: rows are variants (with parameter counts), columns lengths."""
+  out = []
+  for mode in dict.fromkeys(r["eval_mode"] for r in records):
+    rs = [r for r in records if r["eval_mode"] == mode]
+    lengths = sorted({r["eval_length"] for r in rs})
+    stride = rs[0]["stride"] if mode == "sliding" else None
+    out.append(f"**{mode}**" + (f" (stride {stride})" if stride else "") + ": perplexity per byte"
+               " (bits per byte)\n")
+    out.append("| variant | params | " + " | ".join(f"L={n}" for n in lengths) + " |")
+    out.append("|---|---|" + "---|" * len(lengths))
+    for name in dict.fromkeys(r["variant"] for r in rs):
+      row = {r["eval_length"]: r for r in rs if r["variant"] == name}
+      params = next(iter(row.values()))["params"]
+      cells = [f"{row[n]['ppl']:.3f} ({row[n]['bpb']:.3f})" if n in row else "—" for n in lengths]
+      out.append(f"| {name} | {params:,} | " + " | ".join(cells) + " |")
+    out.append("")
+  return "\n".join(out)
+
+
+def plot_results(records: list[dict], path) -> None:
+  """results.png: perplexity against evaluation length, a panel per protocol."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  modes = list(dict.fromkeys(r["eval_mode"] for r in records))
+  fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 4.2), squeeze=False)
+  for ax, mode in zip(axes[0], modes):
+    rs = [r for r in records if r["eval_mode"] == mode]
+    evaluation.draw_lengths(ax, rs, f"{mode} evaluation", train_length=rs[0]["train_length"])
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+# sweep.runner -> (run(config, workdir, progress) -> records, records -> markdown).
+RUNNERS: Registry = Registry("sweep.runner")
+
+
+def runner_name(config) -> str:
+  """``sweep.runner`` (default ``lm``), checked against ``RUNNERS``."""
+  name = config.sweep.get("runner", "lm") if "sweep" in config else "lm"
+  RUNNERS.get(name)
+  return name
+
+
+def run_sweep(config, workdir, progress: bool = True) -> list[dict]:
+  """Run the sweep with the runner ``sweep.runner`` names; returns its records."""
+  run, _ = RUNNERS.get(runner_name(config))
+  return run(config, workdir, progress)
+
+
+def run_lm_sweep(config, workdir, progress: bool = True) -> list[dict]:
+  """The ``lm`` runner: train every variant, evaluate each by length, write the results."""
+  workdir = pathlib.Path(workdir)
+  variants = variant_configs(config)           # every variant validated before any training
+  for name, cfg in variants.items():
+    training.train_and_evaluate(cfg, workdir / name, progress=progress)
+  seq_len = config.data.seq_len
+  spec = {"lengths": [f * seq_len for f in config.sweep.factors],
+          "protocols": list(config.sweep.protocols), "stride": config.sweep.stride,
+          "max_tokens": config.eval.max_tokens, "sliding_tokens": config.sweep.sliding_tokens}
+  records = []
+  for name in variants:
+    records += _evaluate_variant(workdir / name, spec, progress)
+  (workdir / "results.json").write_text(json.dumps(records, indent=2))
+  with (workdir / "results.csv").open("w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=RESULT_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(records)
+  (workdir / "results.md").write_text(results_markdown(records))
+  plot_results(records, workdir / "results.png")
+  return records
+
+
+RUNNERS.register("lm")((run_lm_sweep, results_markdown))

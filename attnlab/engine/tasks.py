@@ -1,0 +1,400 @@
+"""Train sequence-to-sequence models on algorithmic tasks and score them by input length
+(the engine behind ``python -m attnlab.tasks_train`` and the sweep runner ``tasks``).
+
+One run:
+
+  python -m attnlab.tasks_train --config=configs/seq2seq.py:gru_bahdanau --workdir=runs/rev
+
+trains on inputs of length ``data.min_length..data.max_length`` (teacher forcing,
+cross-entropy on every output token and ``<eos>``), then decodes greedily
+``eval.examples`` fresh test examples at each of ``eval.lengths`` and reports
+
+- sequence accuracy: the whole output, ``<eos>`` included, is exactly right;
+- token accuracy: the fraction of output positions (``<eos>`` included) right.
+
+A grid of runs (tasks x variants) goes through the sweep runner with
+``sweep.runner = "tasks"`` (``configs/length_generalization.py``,
+``configs/bottleneck.py``): ``python -m attnlab.sweep --config=... --workdir=...``.
+
+The workdir gets ``config.json``, ``metrics.jsonl``, ``params.msgpack`` (written at the
+end; a finished run with the same config is not retrained) and ``eval.json``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import pathlib
+import time
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from attnlab import config_lib, positional
+from attnlab.attention import impl_names
+from attnlab.data import tasks
+from attnlab.engine import sweeps
+from attnlab.engine.training import make_optimizer
+from attnlab.models import NORMS
+from attnlab.models import rnn as rnn_lib
+from attnlab.models import seq2seq
+from attnlab.models.classic_attention import SCORES
+from attnlab.registry import ConfigError
+
+# ----------------------------------------------------------------------------- config
+
+
+def _positive_int(value, field, low=1):
+  if not isinstance(value, int) or isinstance(value, bool) or value < low:
+    raise ConfigError(f"{field}={value!r} must be an integer >= {low}")
+
+
+def _choice(value, field, valid):
+  valid = list(valid)
+  if value not in valid:
+    raise ConfigError(f"{field}={value!r} is not valid; valid: {', '.join(map(str, valid))}")
+
+
+def widths(cfg) -> tuple[int, int]:
+  """(longest source, longest decoder sequence) the run trains or evaluates on."""
+  d, task = cfg.data, cfg.data.task
+  longest = max([d.max_length, *cfg.eval.lengths])
+  return longest, tasks.target_width(task, longest)
+
+
+def resolve(config) -> ml_collections.FrozenConfigDict:
+  """Validated config with derived defaults (vocabulary, learned table size), frozen."""
+  config = config_lib.with_declared_defaults(config)
+  if config.model.vocab_size == 0:
+    config.model.vocab_size = len(tasks.VOCAB)
+  validate(config)
+  p = config.model.position
+  positional.POSITIONS.get(p.kind).resolve(p, max(widths(config)))
+  return ml_collections.FrozenConfigDict(config)
+
+
+def validate(config) -> None:
+  """Raise ``ConfigError`` naming the field, the value and what is valid; nothing compiles."""
+  m, d, t, e = config.model, config.data, config.train, config.eval
+  _choice(m.arch, "model.arch", seq2seq.ARCHS.names())
+  _choice(d.task, "data.task", tasks.TASKS.names())
+  spec = tasks.TASKS.get(d.task)
+  _positive_int(d.min_length, "data.min_length")
+  _positive_int(d.max_length, f"data.max_length (task {d.task!r})", max(spec.min_length, d.min_length))
+  if not isinstance(e.lengths, (tuple, list)) or not e.lengths:
+    raise ConfigError(f"eval.lengths={e.lengths!r} must be a non-empty tuple of integers")
+  for n in e.lengths:
+    _positive_int(n, f"eval.lengths entry (task {d.task!r})", spec.min_length)
+  for field in ("examples", "batch_size"):
+    _positive_int(e[field], f"eval.{field}")
+  _positive_int(m.vocab_size, "model.vocab_size", len(tasks.VOCAB))
+  if m.arch == "rnn":
+    r = m.rnn
+    _choice(r.cell, "model.rnn.cell", rnn_lib.CELLS.names())
+    _choice(r.attention, "model.rnn.attention", rnn_lib.DECODERS)
+    _choice(r.luong_score, "model.rnn.luong_score", SCORES.names())
+    for field in ("hidden", "embed_dim", "attention_dim"):
+      _positive_int(r[field], f"model.rnn.{field}")
+  else:
+    a, p = m.attention, m.position
+    for field in ("num_layers", "d_model", "mlp_ratio"):
+      _positive_int(m[field], f"model.{field}")
+    _positive_int(a.num_heads, "model.attention.num_heads")
+    _choice(m.norm, "model.norm", NORMS.names())
+    _choice(m.mlp, "model.mlp", ("gelu", "swiglu"))
+    _choice(a.impl, "model.attention.impl", impl_names())
+    if m.d_model % a.num_heads:
+      raise ConfigError(f"model.d_model={m.d_model} must be divisible by "
+                        f"model.attention.num_heads={a.num_heads}")
+    longest = max(widths(config))
+    _choice(p.kind, "model.position.kind", positional.POSITIONS.names())
+    p = ml_collections.ConfigDict(p.to_dict())       # resolved copy: derived sizes filled in
+    scheme = positional.POSITIONS.get(p.kind)
+    scheme.resolve(p, longest)
+    limit = scheme(p).max_length()
+    if limit is not None and limit < longest:
+      raise ConfigError(f"model.position.max_len={limit} is shorter than the longest sequence "
+                        f"({longest}, from data.max_length / eval.lengths); valid: >= {longest}, "
+                        f"or 0 to size it automatically")
+    config_lib.check_position(
+        p, head_dim=m.d_model // a.num_heads, d_model=m.d_model, seq_len=longest,
+        trained_length=max(d.max_length, tasks.target_width(d.task, d.max_length)))
+  for field in ("steps", "batch_size", "log_every"):
+    _positive_int(t[field], f"train.{field}")
+  config_lib.check_optimizer(t)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def sequence_loss(logits, targets):
+  """Mean cross-entropy over non-pad targets. logits [B, T, V]; targets int [B, T]."""
+  weights = (targets != tasks.PAD).astype(jnp.float32)
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  return (losses * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+
+
+def make_train_step(model, tx, cfg):
+  """Jitted ``(state, batch) -> (state, loss)``. With randomized positional encodings the
+  source and target positions are each a sorted random subset of [0, random_max_len),
+  drawn from (seed, step)."""
+  p = cfg.model.position
+  randomize = cfg.model.arch == "transformer" and p.randomize
+
+  def step_fn(state, batch):
+    src, tgt_in, tgt_out = batch["src"], batch["tgt_in"], batch["tgt_out"]
+    src_pos = tgt_pos = None
+    if randomize:
+      key = jax.random.fold_in(jax.random.PRNGKey(cfg.train.seed), state["step"])
+      src_pos = jnp.broadcast_to(positional.randomized_positions(
+          jax.random.fold_in(key, 1), src.shape[1], p.random_max_len), src.shape)
+      tgt_pos = jnp.broadcast_to(positional.randomized_positions(
+          jax.random.fold_in(key, 2), tgt_in.shape[1], p.random_max_len), tgt_in.shape)
+
+    def loss_fn(params):
+      return sequence_loss(model.apply({"params": params}, src, tgt_in, src_pos, tgt_pos), tgt_out)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    return {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
+            "opt_state": opt_state}, loss
+
+  return jax.jit(step_fn, donate_argnums=(0,))
+
+
+def _config_json(cfg) -> str:
+  return json.dumps(json.loads(cfg.to_json()), indent=2, sort_keys=True)
+
+
+def train(config, workdir, progress: bool = True):
+  """Train (or reload a finished run with the same config). Returns (cfg, params)."""
+  cfg = resolve(config)
+  workdir = pathlib.Path(workdir)
+  model = seq2seq.build(cfg.model)
+  d, t = cfg.data, cfg.train
+  batch0 = tasks.train_batch(d.task, t.batch_size, d.max_length, t.seed, 0, d.min_length)
+  params = jax.jit(model.init)(jax.random.PRNGKey(t.seed), batch0["src"], batch0["tgt_in"])["params"]
+  saved = workdir / "params.msgpack"
+  if saved.exists() and (workdir / "config.json").read_text() == _config_json(cfg):
+    return cfg, flax.serialization.from_bytes(params, saved.read_bytes())
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "config.json").write_text(_config_json(cfg))
+  tx = make_optimizer(t, cfg.model if cfg.model.arch == "transformer" else None)
+  state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+  train_step = make_train_step(model, tx, cfg)
+  records, window, start = [], [], time.perf_counter()
+  n_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
+  bar = tqdm(total=t.steps, desc=f"{workdir.parent.name}/{workdir.name}", disable=not progress,
+             mininterval=1.0, dynamic_ncols=True)
+  try:
+    for step in range(t.steps):
+      batch = tasks.train_batch(d.task, t.batch_size, d.max_length, t.seed, step, d.min_length)
+      state, loss = train_step(state, batch)
+      window.append(loss)
+      bar.update(1)
+      if (step + 1) % t.log_every == 0 or step + 1 == t.steps:
+        mean = float(np.mean(jax.device_get(window)))
+        if not math.isfinite(mean):
+          raise FloatingPointError(f"{workdir}: loss became {mean} by step {step + 1}")
+        records.append({"step": step + 1, "split": "train", "loss": mean,
+                        "seconds": time.perf_counter() - start})
+        bar.set_postfix(loss=f"{mean:.4f}")
+        window = []
+  finally:
+    bar.close()
+  (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+  tmp = saved.with_suffix(".tmp")
+  tmp.write_bytes(flax.serialization.to_bytes(state["params"]))
+  os.replace(tmp, saved)
+  (workdir / "train.json").write_text(json.dumps(
+      {"params": n_params, "steps": t.steps, "seconds": time.perf_counter() - start,
+       "final_loss": records[-1]["loss"]}, indent=2))
+  return cfg, state["params"]
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def make_generate(model):
+  """Jitted greedy decoding ``(params, src, steps) -> int32 [batch, steps]``."""
+  return jax.jit(lambda params, src, steps: model.apply({"params": params}, src, steps,
+                                                          method=model.generate),
+                 static_argnums=(2,))
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_generate(model_cfg):
+  """One compiled decoder per model config (re-evaluations reuse it)."""
+  return make_generate(seq2seq.build(model_cfg))
+
+
+def score(predictions, targets) -> tuple[np.ndarray, np.ndarray]:
+  """(sequence correct [batch], token accuracy [batch]) over non-pad target positions.
+
+  predictions, targets: int [batch, T] (targets end with ``<eos>`` then ``<pad>``).
+  """
+  predictions, targets = np.asarray(predictions), np.asarray(targets)
+  valid = targets != tasks.PAD
+  hits = (predictions == targets) & valid
+  return np.all(hits | ~valid, axis=1), hits.sum(1) / valid.sum(1)
+
+
+def evaluate(cfg, params, lengths=None, examples=None, seed: int = 1234) -> list[dict]:
+  """Greedy-decode test examples at each input length; one record per length.
+
+  Every length is padded to the longest source and decoded for the longest target, so one
+  compiled decoder serves all lengths (source padding is masked, decoding is causal, and
+  positions past a target's ``<eos>`` are not scored: the results are those of decoding
+  each length alone).
+  """
+  generate = _cached_generate(cfg.model)
+  lengths = cfg.eval.lengths if lengths is None else lengths
+  examples = cfg.eval.examples if examples is None else examples
+  batches = {n: tasks.eval_batch(cfg.data.task, n, examples, seed) for n in lengths}
+  src_width = max(lengths)
+  steps = max(b["tgt_out"].shape[1] for b in batches.values())
+  records = []
+  for length, batch in batches.items():
+    src = np.pad(batch["src"], ((0, 0), (0, src_width - batch["src"].shape[1])))
+    tgt = np.pad(batch["tgt_out"], ((0, 0), (0, steps - batch["tgt_out"].shape[1])))
+    seq, tok = [], []
+    for i in range(0, examples, cfg.eval.batch_size):
+      s, a = score(generate(params, src[i:i + cfg.eval.batch_size], steps),
+                   tgt[i:i + cfg.eval.batch_size])
+      seq.append(s)
+      tok.append(a)
+    records.append({"task": cfg.data.task, "eval_length": int(length),
+                    "seq_acc": float(np.mean(np.concatenate(seq))),
+                    "token_acc": float(np.mean(np.concatenate(tok))), "examples": examples,
+                    "train_max_length": cfg.data.max_length})
+  return records
+
+
+def train_and_evaluate(config, workdir, progress: bool = True) -> list[dict]:
+  """Train (or reuse) and evaluate one run; evaluation is cached in ``eval.json``."""
+  cfg, params = train(config, workdir, progress)
+  cache = pathlib.Path(workdir) / "eval.json"
+  spec = {"lengths": list(cfg.eval.lengths), "examples": cfg.eval.examples}
+  if cache.exists():
+    cached = json.loads(cache.read_text())
+    if cached["spec"] == spec:
+      return cached["records"]
+  records = evaluate(cfg, params)
+  info = json.loads((pathlib.Path(workdir) / "train.json").read_text())
+  for r in records:
+    r.update(params=info["params"], train_seconds=info["seconds"], final_loss=info["final_loss"])
+  cache.write_text(json.dumps({"spec": spec, "records": records}, indent=2))
+  return records
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+
+def variant_configs(config) -> dict[tuple[str, str], ml_collections.ConfigDict]:
+  """{(task, variant): config} for ``sweep.tasks`` x ``sweep.variants``, all validated first."""
+  if not config.sweep.get("tasks"):
+    raise ConfigError("sweep.tasks is empty: name at least one task; valid: "
+                      + ", ".join(tasks.TASKS.names()))
+  if not config.sweep.variants:
+    raise ConfigError("sweep.variants is empty: name at least one variant and its overrides")
+  base = ml_collections.ConfigDict(config.to_dict())
+  del base["sweep"]
+  out = {}
+  for task in config.sweep.tasks:
+    _choice(task, "sweep.tasks entry", tasks.TASKS.names())
+    for name, overrides in config.sweep.variants.items():
+      cfg = ml_collections.ConfigDict(base.to_dict())
+      cfg.data.task = task
+      config_lib.merge_overrides(cfg, overrides, f"sweep.variants.{name}")
+      try:
+        resolve(cfg)
+      except ConfigError as e:
+        raise ConfigError(f"sweep.variants.{name} (task {task!r}): {e}") from None
+      out[(task, name)] = cfg
+  return out
+
+
+def results_markdown(records: list[dict]) -> str:
+  """A table per task: rows are variants, columns input lengths, cells sequence accuracy
+  (token accuracy); lengths beyond training are marked with ``*``."""
+  out = []
+  for task in dict.fromkeys(r["task"] for r in records):
+    rs = [r for r in records if r["task"] == task]
+    lengths = sorted({r["eval_length"] for r in rs})
+    train_max = rs[0]["train_max_length"]
+    out.append(f"**{task}** (level {tasks.TASKS.get(task).level}; trained on lengths "
+               f"<= {train_max}; * = longer than training): sequence accuracy (token accuracy)\n")
+    out.append("| variant | params | train s | " + " | ".join(
+        f"n={n}{'*' if n > train_max else ''}" for n in lengths) + " |")
+    out.append("|---|---|---|" + "---|" * len(lengths))
+    for name in dict.fromkeys(r["variant"] for r in rs):
+      row = {r["eval_length"]: r for r in rs if r["variant"] == name}
+      first = next(iter(row.values()))
+      cells = [f"{row[n]['seq_acc']:.2f} ({row[n]['token_acc']:.2f})" if n in row else "—"
+               for n in lengths]
+      out.append(f"| {name} | {first['params']:,} | {first['train_seconds']:.0f} | "
+                 + " | ".join(cells) + " |")
+    out.append("")
+  return "\n".join(out)
+
+
+def plot_results(records: list[dict], path, metric: str = "seq_acc") -> None:
+  """A panel per task: accuracy against input length, a line per variant."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  task_names = list(dict.fromkeys(r["task"] for r in records))
+  cols = min(3, len(task_names))
+  rows = -(-len(task_names) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
+  for ax, task in zip(axes.flat, task_names):
+    rs = [r for r in records if r["task"] == task]
+    for name in dict.fromkeys(r["variant"] for r in rs):
+      pts = sorted((r["eval_length"], r[metric]) for r in rs if r["variant"] == name)
+      ax.plot(*zip(*pts), marker="o", label=name)
+    ax.axvline(rs[0]["train_max_length"], color="gray", linestyle=":", label="longest training")
+    ax.set_xscale("log", base=2)
+    lengths = sorted({r["eval_length"] for r in rs})
+    ax.set_xticks(lengths, [str(n) for n in lengths])
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("input length")
+    ax.set_ylabel("sequence accuracy" if metric == "seq_acc" else "token accuracy")
+    ax.set_title(f"{task} ({tasks.TASKS.get(task).level})")
+    ax.grid(True, alpha=0.3)
+  for ax in list(axes.flat)[len(task_names):]:
+    ax.axis("off")
+  handles, labels = axes.flat[0].get_legend_handles_labels()
+  fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8)
+  fig.tight_layout(rect=(0, 0.07 if len(labels) <= 5 else 0.12, 1, 1))
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def run_task_sweep(config, workdir, progress: bool = True) -> list[dict]:
+  """Train and evaluate every (task, variant) in ``workdir/<task>/<variant>``; write
+  ``results.{json,md,png}`` (sequence accuracy) and ``results_token.png``."""
+  workdir = pathlib.Path(workdir)
+  runs = variant_configs(config)                # everything validated before any training
+  records = []
+  start = time.perf_counter()
+  for (task, name), cfg in runs.items():
+    for r in train_and_evaluate(cfg, workdir / task / name, progress):
+      records.append(dict(r, variant=name))
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "results.json").write_text(json.dumps(records, indent=2))
+  (workdir / "results.md").write_text(results_markdown(records))
+  plot_results(records, workdir / "results.png", "seq_acc")
+  plot_results(records, workdir / "results_token.png", "token_acc")
+  if progress:
+    print(f"{workdir}: {len(runs)} runs done in {time.perf_counter() - start:.0f} s")
+  return records
+
+
+sweeps.RUNNERS.register("tasks")((run_task_sweep, results_markdown))

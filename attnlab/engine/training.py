@@ -1,0 +1,228 @@
+"""Config-driven language-model training with exact resume (the engine behind
+``python -m attnlab.train``).
+
+Writes into ``workdir`` (layout: ``attnlab.workdir``): ``config.json`` (the resolved config), ``metrics.jsonl``
+(one JSON object per line: ``step``, ``split`` = "train" | "valid", ``loss``, ...),
+``loss.png`` (the curves, at the end),
+TensorBoard events under ``tensorboard/`` and orbax checkpoints under
+``checkpoints/``. Re-running the same command resumes from the last checkpoint;
+batches and dropout keys are pure functions of (seed, step), so the resumed run
+is bit-identical to an uninterrupted one. A non-finite loss stops the run,
+naming the step; the last good checkpoint stays intact.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from attnlab import config_lib, data, parallel, positional
+from attnlab.attention import KINDS
+from attnlab.models import build_lm, decay_mask, num_params
+from attnlab.registry import ConfigError
+from attnlab.workdir import Checkpointer, MetricsLog, plot_metrics, write_or_check_config
+
+LN2 = math.log(2.0)
+
+
+class TrainingDiverged(FloatingPointError):
+  """The loss became NaN or infinite."""
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def make_optimizer(t, model_cfg=None) -> optax.GradientTransformation:
+  """AdamW with linear warmup, cosine decay to ``lr * min_lr_ratio`` and global-norm clipping.
+
+  Weight decay applies as ``models.decay_mask(model_cfg)`` says: parameters a position
+  scheme declares follow their declaration, the others are decayed when of rank >= 2
+  (matrices, embeddings), as in nanoGPT (the rank rule alone when ``model_cfg`` is None).
+  """
+  schedule = learning_rate_schedule(t)
+  mask = (decay_mask(model_cfg) if model_cfg is not None
+          else (lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)))
+  return optax.chain(
+      optax.clip_by_global_norm(t.grad_clip),
+      optax.adamw(schedule, b1=t.b1, b2=t.b2, weight_decay=t.weight_decay, mask=mask))
+
+
+def learning_rate_schedule(t):
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=t.lr, warmup_steps=t.warmup_steps,
+      decay_steps=t.steps, end_value=t.lr * t.min_lr_ratio)
+
+
+def init_state(model, tx, cfg) -> dict[str, Any]:
+  """``{'step', 'params', 'opt_state'}`` from ``train.seed``."""
+  tokens = jnp.zeros((1, cfg.data.seq_len), jnp.int32)
+  params = model.init(jax.random.PRNGKey(cfg.train.seed), tokens)["params"]
+  return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+
+def token_loss(model, params, inputs, targets, weights=None, *, deterministic=True, rng=None,
+               positions=None):
+  """Mean cross-entropy (nats) of next-token prediction. inputs, targets: int [batch, seq].
+
+  ``weights`` (float [batch, seq], optional) scores only some targets (task answers).
+  """
+  rngs = {} if rng is None else {"dropout": rng, "features": jax.random.fold_in(rng, 2)}
+  logits = model.apply({"params": params}, inputs, positions, deterministic=deterministic,
+                       rngs=rngs)
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  if weights is None:
+    return losses.mean()
+  return (losses * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+
+
+def make_train_step(model, tx, seed: int, dropout: bool, random_positions_max: int = 0,
+                    redraw_features: bool = False, state_sharding=None):
+  """Jitted ``(state, inputs, targets) -> (state, metrics)``.
+
+  Dropout keys, Performer feature keys (``redraw_features``) and, when
+  ``random_positions_max`` > 0, the randomized positions of the batch (sorted,
+  distinct, from ``[0, random_positions_max)``) derive from (seed, step).
+  """
+
+  def train_step(state, inputs, targets, weights=None):
+    step_key = jax.random.fold_in(jax.random.PRNGKey(seed), state["step"])
+    rng = step_key if dropout or redraw_features else None
+    positions = None
+    if random_positions_max:
+      positions = positional.randomized_positions(
+          jax.random.fold_in(step_key, 1), inputs.shape[1], random_positions_max)
+      positions = jnp.broadcast_to(positions, inputs.shape)
+    loss, grads = jax.value_and_grad(
+        lambda p: token_loss(model, p, inputs, targets, weights, deterministic=not dropout,
+                             rng=rng, positions=positions))(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
+    return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+  if state_sharding is None:
+    return jax.jit(train_step, donate_argnums=(0,))
+  return jax.jit(train_step, donate_argnums=(0,), out_shardings=(state_sharding, None))
+
+
+def make_eval_step(model):
+  return jax.jit(lambda params, inputs, targets, weights=None:
+                 token_loss(model, params, inputs, targets, weights))
+
+
+def validation_loss(eval_step, params, batches, cfg, mesh=None) -> float:
+  """Mean loss over ``train.eval_batches`` fixed random batches of the valid split."""
+  put = (lambda b: b) if mesh is None else (lambda b: parallel.put_batch(b, mesh))  # noqa: E731
+  losses = [eval_step(params, *put(batches.valid(i))) for i in range(cfg.train.eval_batches)]
+  return float(np.mean(jax.device_get(losses)))
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train_and_evaluate(config, workdir, *, stop_after: int | None = None,
+                       progress: bool = True,
+                       batches: data.Batches | None = None) -> dict[str, Any]:
+  """Train (or resume) the run in ``workdir``; returns the final state and last metrics.
+
+  ``stop_after`` ends this invocation once that many total steps are done (as if
+  interrupted there); re-running continues from the last checkpoint.
+  ``batches`` replaces the data the config describes (``data.make_batches(cfg)``) with
+  any ``data.Batches`` of the same shapes, [train.batch_size, data.seq_len]; it must be
+  a pure function of the step, like the default, for resumed runs to be exact.
+  """
+  cfg = config_lib.resolve(config)
+  workdir = pathlib.Path(workdir)
+  batches = data.make_batches(cfg) if batches is None else batches
+  batches.valid(0)  # fail early (a text too short, a task length too small)
+  mesh = parallel.make_mesh(cfg)  # fail early: the mesh must match the devices
+  workdir.mkdir(parents=True, exist_ok=True)
+  checkpointer = Checkpointer(workdir / "checkpoints", cfg.train.keep_checkpoints)
+  start = checkpointer.latest_step() or 0
+  try:
+    write_or_check_config(cfg, workdir, resuming=bool(start))
+  except ConfigError:
+    checkpointer.close()
+    raise
+
+  model = build_lm(cfg.model)
+  tx = make_optimizer(cfg.train, cfg.model)
+  with jax.set_mesh(mesh):
+    abstract = jax.eval_shape(lambda: init_state(model, tx, cfg))
+    shardings = parallel.state_shardings(abstract, mesh)
+    if start:
+      state = checkpointer.restore(start, abstract, shardings)
+      print(f"{workdir}: resuming from the checkpoint at step {start}")
+    else:
+      state = jax.jit(lambda: init_state(model, tx, cfg), out_shardings=shardings)()
+    return _train_loop(cfg, workdir, model, tx, mesh, shardings, state, checkpointer, start,
+                       stop_after, progress, batches)
+
+
+def _train_loop(cfg, workdir, model, tx, mesh, shardings, state, checkpointer, start,
+                stop_after, progress, batches):
+  """The steps of ``train_and_evaluate`` (inside ``jax.set_mesh(mesh)``)."""
+  metrics = MetricsLog(workdir, start)
+  position = cfg.model.position
+  train_step = make_train_step(
+      model, tx, cfg.train.seed, dropout=cfg.model.dropout > 0,
+      random_positions_max=position.random_max_len if position.get("randomize", False) else 0,
+      redraw_features=KINDS.get(cfg.model.attention.kind).redraws(cfg.model.attention),
+      state_sharding=shardings)
+  eval_step = make_eval_step(model)
+  schedule = learning_rate_schedule(cfg.train)
+  t = cfg.train
+  tokens_per_step = t.batch_size * cfg.data.seq_len
+  if progress:
+    print(f"{workdir}: {num_params(state['params']):,} parameters; data {batches.description}")
+
+  last = {}
+  end = t.steps if stop_after is None else min(t.steps, stop_after)
+  bar = tqdm(total=t.steps, initial=start, desc=workdir.name, disable=not progress,
+             mininterval=1.0, dynamic_ncols=True)
+  window_losses, window_start = [], time.perf_counter()
+  try:
+    for step in range(start, end):
+      state, step_metrics = train_step(state, *parallel.put_batch(batches.train(step), mesh))
+      loss = float(step_metrics["loss"])
+      done = step + 1
+      if not math.isfinite(loss):
+        raise TrainingDiverged(
+            f"loss became {loss} at step {done}; the last good checkpoint is step "
+            f"{checkpointer.latest_step()} in {workdir / 'checkpoints'}")
+      window_losses.append(loss)
+      bar.update(1)
+      if done % t.log_every == 0 or done == t.steps:
+        elapsed = time.perf_counter() - window_start
+        last = {"step": done, "split": "train", "loss": float(np.mean(window_losses)),
+                "lr": float(schedule(done - 1)), "grad_norm": float(step_metrics["grad_norm"]),
+                "ms_per_step": 1000 * elapsed / len(window_losses),
+                "tokens_per_s": tokens_per_step * len(window_losses) / elapsed}
+        metrics.write(last)
+        bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
+        window_losses, window_start = [], time.perf_counter()
+      if done % t.eval_every == 0 or done == t.steps:
+        valid = validation_loss(eval_step, state["params"], batches, cfg, mesh)
+        record = {"step": done, "split": "valid", "loss": valid, "bpb": valid / LN2,
+                  "ppl": math.exp(min(valid, 700.0))}
+        metrics.write(record)
+        last["valid_loss"] = valid
+        bar.write(f"step {done}: valid loss {valid:.4f} ({valid / LN2:.3f} bits/byte)")
+        window_start = time.perf_counter()
+      if done % t.checkpoint_every == 0 or done == t.steps:
+        checkpointer.save(done, state)
+  finally:
+    bar.close()
+    checkpointer.close()
+    metrics.close()
+  if end == t.steps:
+    plot_metrics(workdir)
+  return {"state": state, "metrics": last, "config": cfg}

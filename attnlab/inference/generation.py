@@ -1,0 +1,244 @@
+"""Text generation with a preallocated KV cache: prefill, then a jit-compiled decode loop
+(the library behind ``python -m attnlab.generate``; behaviour in full in docs/inference.md):
+
+- Prompts: byte strings (the models are byte-level), one or more (``--prompt`` repeated: a
+  batch). Every row advances in lockstep: the common prefix is prefilled in one pass,
+  the rest of a longer prompt is fed one token per step. An empty prompt is an error
+  (the models have no beginning-of-text token to start from).
+- Cache: the model's own (full, or rolling for ``sliding_window`` / ``streaming``
+  patterns), which reproduces the full forward pass exactly; or, with
+  ``--streaming.window=W`` (and ``--streaming.sinks=S``), StreamingLLM: S first tokens
+  + W latest, positions by place in the cache, for streams of any length.
+- Length: a learned position table limits prompt + new tokens (a clear error);
+  otherwise the cache grows with prompt + new tokens (rolling caches do not), and text
+  beyond the training length relies on the position scheme's extrapolation.
+- Sampling: ``--temperature=0`` is greedy and deterministic; otherwise temperature,
+  then top-k, then top-p, with keys from (seed, position): the same seed gives the
+  same text. A row stops after a stop token (which is included in its text).
+"""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+import functools
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from attnlab import data, positional
+from attnlab.attention import KINDS
+from attnlab.inference.sampling import Sampling, sample
+from attnlab.models import TransformerLM, kv_cache
+from attnlab.registry import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Streaming:
+  """StreamingLLM cache: ``sinks`` first tokens + ``window`` latest (the current one included)."""
+  sinks: int = 4
+  window: int = 1020
+
+
+@dataclasses.dataclass
+class Generation:
+  """tokens: the generated tokens of each prompt (int32 arrays, stop token included);
+  stopped: whether each row ended on a stop token; seconds: wall time of the call."""
+  tokens: list
+  stopped: list
+  seconds: float
+
+
+def encode_prompts(prompts) -> list[np.ndarray]:
+  """Strings (UTF-8 bytes) or int arrays -> int32 arrays; an empty prompt is an error."""
+  if isinstance(prompts, str) or (isinstance(prompts, np.ndarray) and prompts.ndim == 1):
+    prompts = [prompts]
+  if not len(prompts):
+    raise ConfigError("--prompt: no prompt given; pass at least one")
+  out = []
+  for i, p in enumerate(prompts):
+    ids = data.ByteTokenizer.encode(p) if isinstance(p, str) else np.asarray(p)
+    if ids.size == 0:
+      raise ConfigError(f"--prompt #{i}: the prompt is empty; the model has no "
+                        f"beginning-of-text token, so give it at least one byte to continue")
+    out.append(ids.astype(np.int32).reshape(-1))
+  return out
+
+
+def check_request(model_cfg, lengths, max_new_tokens, stop_tokens, streaming, use_cache) -> None:
+  """Every problem with a generation request as a ``ConfigError``, before compiling."""
+  if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    raise ConfigError(f"--max_new_tokens={max_new_tokens!r} must be an integer >= 1")
+  vocab = int(model_cfg.vocab_size)
+  bad = [t for t in stop_tokens if not (isinstance(t, (int, np.integer)) and 0 <= t < vocab)]
+  if bad:
+    raise ConfigError(f"--stop: tokens {bad} are not in the vocabulary [0, {vocab})")
+  limit = positional.get_scheme(model_cfg.position).max_length()
+  if limit is not None and streaming is None:
+    longest = max(lengths)
+    if longest > limit:
+      raise ConfigError(f"--prompt of {longest} tokens exceeds model.position.max_len={limit}, "
+                        f"the size of the learned position table")
+    if longest + max_new_tokens - 1 > limit:
+      raise ConfigError(
+          f"a prompt of {longest} tokens plus --max_new_tokens={max_new_tokens} needs "
+          f"{longest + max_new_tokens - 1} positions; model.position.max_len={limit} holds "
+          f"{limit}: use --max_new_tokens <= {limit - longest + 1}")
+  if use_cache:
+    layout = None if streaming is None else kv_cache.streaming_layout(streaming.sinks,
+                                                                     streaming.window)
+    kv_cache.check_supported(model_cfg, layout)
+  else:
+    if streaming is not None:
+      raise ConfigError("--streaming needs the KV cache (drop --nocache)")
+    refusal = KINDS.get(model_cfg.attention.kind).generation_refusal
+    if refusal:
+      raise ConfigError(f"model.attention.kind={model_cfg.attention.kind!r} {refusal}")
+
+
+def cache_layout(model_cfg, total_length: int, streaming: Streaming | None):
+  return (kv_cache.layout_for(model_cfg, total_length) if streaming is None
+          else kv_cache.streaming_layout(streaming.sinks, streaming.window))
+
+
+def _pad(prompts: list[np.ndarray], width: int) -> np.ndarray:
+  buf = np.zeros((len(prompts), width), np.int32)
+  for i, p in enumerate(prompts):
+    buf[i, :len(p)] = p
+  return buf
+
+
+def decode_loop(model, params, cache, prompts, lengths, key, *, start: int, total: int,
+                max_new: int, sampling: Sampling, stop_tokens, logits):
+  """The jit-compiled loop after prefill. Position p = start, start+1, ...: a row takes its
+  prompt token while it has one, else a sampled one, then the model advances one token.
+
+  prompts: int32 [B, total] (prompt tokens, zero padded); lengths: int32 [B];
+  logits: [B, vocab] after the prefill. Returns (tokens [B, total], generated counts [B],
+  stopped [B]).
+  """
+  stop = jnp.asarray(list(stop_tokens) or [-1], jnp.int32)
+
+  def cond(state):
+    i, _, _, _, count, done = state
+    return (i < total - start) & jnp.any(~done & (count < max_new))
+
+  def body(state):
+    i, cache, last, buf, count, done = state
+    p = start + i
+    forced = p < lengths
+    sampled = sample(jax.random.fold_in(key, p), last, sampling)
+    generating = ~forced & ~done & (count < max_new)
+    tok = jnp.where(forced, buf[:, p], jnp.where(generating, sampled, 0))
+    buf = buf.at[:, p].set(tok)
+    done = done | (generating & jnp.isin(tok, stop))
+    count = count + generating
+    step_logits, cache = model.apply({"params": params}, tok[:, None], cache=cache)
+    return i + 1, cache, step_logits[:, 0], buf, count, done
+
+  batch = prompts.shape[0]
+  state = (jnp.int32(0), cache, logits, prompts, jnp.zeros(batch, jnp.int32),
+           jnp.zeros(batch, bool))
+  _, _, _, buf, count, done = jax.lax.while_loop(cond, body, state)
+  return buf, count, done
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled(model_cfg, layout, batch, start, total, max_new, sampling, stop_tokens):
+  model = TransformerLM(model_cfg)
+
+  @jax.jit
+  def run(params, prompts, lengths, key):
+    cache = kv_cache.init_cache(model_cfg, batch, layout)
+    logits, cache = model.apply({"params": params}, prompts[:, :start], cache=cache, prefill=True)
+    return decode_loop(model, params, cache, prompts, lengths, key, start=start, total=total,
+                       max_new=max_new, sampling=sampling, stop_tokens=stop_tokens,
+                       logits=logits[:, -1])
+  return run
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_recompute(model_cfg, batch, start, total, max_new, sampling, stop_tokens):
+  """The same loop without a cache: every step runs the model over the whole buffer but
+  its last slot, [B, total - 1] (fixed shape; causal, so later padding does not matter; the
+  last token is only ever predicted), and reads the logits of the last real position."""
+  model = TransformerLM(model_cfg)
+
+  @jax.jit
+  def run(params, prompts, lengths, key):
+    stop = jnp.asarray(list(stop_tokens) or [-1], jnp.int32)
+
+    def body(p, state):
+      buf, count, done = state
+      logits = model.apply({"params": params}, buf[:, :total - 1])
+      last = jax.lax.dynamic_index_in_dim(logits, p - 1, axis=1, keepdims=False)
+      forced = p < lengths
+      generating = ~forced & ~done & (count < max_new)
+      sampled = sample(jax.random.fold_in(key, p), last, sampling)
+      tok = jnp.where(forced, buf[:, p], jnp.where(generating, sampled, 0))
+      done = done | (generating & jnp.isin(tok, stop))
+      return buf.at[:, p].set(tok), count + generating, done
+
+    state = (prompts, jnp.zeros(batch, jnp.int32), jnp.zeros(batch, bool))
+    return jax.lax.fori_loop(start, total, body, state)
+  return run
+
+
+def generate(cfg, params, prompts, max_new_tokens: int, sampling: Sampling = Sampling(), *,
+             seed: int = 0, stop_tokens=(), streaming: Streaming | None = None,
+             use_cache: bool = True) -> Generation:
+  """Continue each prompt by up to ``max_new_tokens`` tokens.
+
+  cfg: a resolved config (``cfg.model`` is used); prompts: a string, or a list of strings
+  or int arrays (a batch). Raises ``ConfigError`` for a request it cannot serve.
+  """
+  model_cfg = cfg.model if "model" in cfg else cfg
+  prompts = encode_prompts(prompts)
+  lengths = [len(p) for p in prompts]
+  stop_tokens = tuple(int(t) for t in stop_tokens)
+  sampling.validate(int(model_cfg.vocab_size))
+  check_request(model_cfg, lengths, max_new_tokens, stop_tokens, streaming, use_cache)
+  total = max(lengths) + max_new_tokens
+  layout = cache_layout(model_cfg, total, streaming)
+  start = min(lengths)
+  if layout.streaming:
+    start = min(start, layout.capacity)    # no eviction inside the prefill
+  buf = jnp.asarray(_pad(prompts, total))
+  lens = jnp.asarray(lengths, jnp.int32)
+  key = jax.random.PRNGKey(seed)
+  t0 = time.perf_counter()
+  if use_cache:
+    run = _compiled(model_cfg, layout, len(prompts), start, total, max_new_tokens, sampling,
+                    stop_tokens)
+  else:
+    run = _compiled_recompute(model_cfg, len(prompts), start, total, max_new_tokens, sampling,
+                              stop_tokens)
+  out, count, done = jax.device_get(run(params, buf, lens, key))
+  seconds = time.perf_counter() - t0
+  tokens = [out[i, n:n + c] for i, (n, c) in enumerate(zip(lengths, count))]
+  return Generation(tokens, [bool(d) for d in done], seconds)
+
+
+def parse_stop(values) -> tuple[int, ...]:
+  """``--stop`` values (Python escapes allowed, e.g. '\\n') -> byte tokens; each value must
+  be one byte."""
+  out = []
+  for value in values or ():
+    text = codecs.decode(value, "unicode_escape")
+    ids = data.ByteTokenizer.encode(text)
+    if len(ids) != 1:
+      raise ConfigError(f"--stop={value!r} must be one byte (one ASCII character, or an escape "
+                        f"such as '\\n'); give --stop several times for several stop tokens")
+    out.append(int(ids[0]))
+  return tuple(out)
+
+
+def streaming_from_flags(cfg) -> Streaming | None:
+  """``--streaming.sinks/window`` -> a ``Streaming`` (None when both are 0), validated."""
+  if cfg.window == 0 and cfg.sinks == 0:
+    return None
+  kv_cache.streaming_layout(cfg.sinks, cfg.window)   # validates both fields
+  return Streaming(int(cfg.sinks), int(cfg.window))
