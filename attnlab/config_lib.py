@@ -166,11 +166,12 @@ def check_attention(a, seq_len: int, position_kind: str) -> None:
                       f"num_heads={a.num_heads}")
 
 
-def check_position(p, *, head_dim: int, d_model: int, seq_len: int, trained_length: int) -> None:
+def check_position(p, *, head_dim: int, d_model: int, seq_len: int, trained_length: int,
+                   trained_what: str = "") -> None:
   """The scheme's declared fields, its own cross-field checks and randomization.
 
   ``seq_len``: the longest sequence the model must encode; ``trained_length``: the longest
-  training sequence (randomized positions must cover it).
+  training sequence (randomized positions must cover it), ``trained_what`` its name.
   """
   _choice(p.kind, "model.position.kind", positional.POSITIONS.names())
   cls = positional.POSITIONS.get(p.kind)
@@ -182,8 +183,9 @@ def check_position(p, *, head_dim: int, d_model: int, seq_len: int, trained_leng
     randomizable = [n for n, c in positional.POSITIONS.items() if c.randomizable]
     _choice(p.kind, "model.position.kind (with model.position.randomize=True)", randomizable)
     if p.random_max_len < trained_length:
+      what = trained_what or f"{trained_length}, the longest training sequence"
       raise ConfigError(f"model.position.random_max_len={p.random_max_len!r} must be an integer "
-                        f">= {trained_length}, the longest training sequence")
+                        f">= {what}")
   cls(p).validate(head_dim, d_model, seq_len)
 
 
@@ -229,7 +231,7 @@ def validate(config) -> None:
   _choice(p.kind, "model.position.kind", positional.POSITIONS.names())
   check_attention(a, d.seq_len, p.kind)
   check_position(p, head_dim=m.d_model // a.num_heads, d_model=m.d_model, seq_len=d.seq_len,
-                 trained_length=d.seq_len)
+                 trained_length=d.seq_len, trained_what=f"data.seq_len={d.seq_len}")
 
   if d.path and not pathlib.Path(d.path).expanduser().is_file():
     raise ConfigError(f"data.path={d.path!r} is not a readable file")

@@ -36,7 +36,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))   # run from anywhere
 
 from attnlab import config_lib, runtime  # noqa: E402
-from attnlab.inference import kv_cache  # noqa: E402
+from attnlab.models import kv_cache  # noqa: E402
 from attnlab.models import TransformerLM, num_params  # noqa: E402
 
 

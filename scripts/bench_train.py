@@ -27,7 +27,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from attnlab import config_lib, data  # noqa: E402
 from attnlab.models import TransformerLM, num_params  # noqa: E402
-from attnlab.train import init_state, make_optimizer, make_train_step  # noqa: E402
+from attnlab.engine.training import init_state, make_optimizer, make_train_step  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/lm.py:baby_gpt", "Config to time.")
 _IMPLS = flags.DEFINE_list("impls", ["auto"], "Values of model.attention.impl to time.")

@@ -16,6 +16,7 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from attnlab import workdir as workdir_lib  # noqa: E402
 from attnlab import runtime  # noqa: E402
 
 runtime.configure()
@@ -49,10 +50,10 @@ def config(mesh, steps, extra):
 
 
 def train(workdir, mesh, steps, stop_after, *extra):
-  from attnlab import train as train_lib
+  from attnlab.engine import training as train_lib
   cfg = config(mesh, int(steps), extra)
   train_lib.train_and_evaluate(cfg, workdir, stop_after=int(stop_after), progress=False)
-  records = train_lib.read_metrics(workdir)
+  records = workdir_lib.read_metrics(workdir)
   return {"losses": {r["step"]: r["loss"] for r in records if r["split"] == "train"}}
 
 
@@ -93,13 +94,14 @@ def ring():
 def restore(workdir, step, mesh):
   """The checkpoint restored under MESH and onto one device holds identical values."""
   import pathlib
-  from attnlab import config_lib, parallel, train as train_lib
+  from attnlab import config_lib, parallel
+  from attnlab.engine import training as train_lib
   from attnlab.models import TransformerLM
   cfg = config_lib.resolve(config(mesh, 10, []))
   model = TransformerLM(cfg.model)
   tx = train_lib.make_optimizer(cfg.train)
   abstract = jax.eval_shape(lambda: train_lib.init_state(model, tx, cfg))
-  ckpt = train_lib.Checkpointer(pathlib.Path(workdir) / "checkpoints", 3)
+  ckpt = workdir_lib.Checkpointer(pathlib.Path(workdir) / "checkpoints", 3)
   mesh_ = parallel.make_mesh(cfg)
   sharded = ckpt.restore(int(step), abstract, parallel.state_shardings(abstract, mesh_))
   single = ckpt.restore(int(step), abstract)

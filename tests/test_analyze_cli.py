@@ -10,7 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-from attnlab import analyze, config_lib, train
+from attnlab import workdir as workdir_lib
+from attnlab import config_lib
+from attnlab.analysis import report as analyze
+from attnlab.engine import training as train
 from attnlab.analysis import capture, metrics
 from attnlab.models import TransformerLM
 from attnlab.registry import ConfigError
@@ -27,7 +30,7 @@ def workdir(tmp_path_factory):
   workdir.mkdir()
   cfg = config_lib.resolve(tiny_config("learned", data__seq_len=64))
   (workdir / "config.json").write_text(cfg.to_json())
-  checkpointer = train.Checkpointer(workdir / "checkpoints", 1)
+  checkpointer = workdir_lib.Checkpointer(workdir / "checkpoints", 1)
   checkpointer.save(3, train.init_state(TransformerLM(cfg.model), train.make_optimizer(cfg.train),
                                         cfg))
   checkpointer.close()

@@ -5,7 +5,8 @@ import pathlib
 import pytest
 from helpers import SHAKESPEARE, tiny_config
 
-from attnlab import ConfigError, config_lib, train
+from attnlab import ConfigError, config_lib
+from attnlab.engine import training as train
 from configs import lm
 
 
@@ -76,8 +77,12 @@ def test_every_preset_is_valid(preset):
 
 
 def test_unknown_preset_lists_the_valid_ones():
-  with pytest.raises(ValueError, match=r"'bogus'.*rope, alibi, sinusoidal, nope, learned"):
+  with pytest.raises(ValueError, match=r"'bogus'.*valid: ") as info:
     lm.get_config("bogus")
+  # one preset per registered position scheme (kind 'none' is the preset 'nope'), + baby_gpt
+  for name in ("rope", "alibi", "sinusoidal", "nope", "learned", "xpos", "t5", "kerple",
+               "baby_gpt"):
+    assert name in str(info.value)
 
 
 def test_resuming_with_a_different_config_is_refused(tmp_path):

@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 from helpers import REPO, tiny_config
 
-from attnlab import ConfigError, data, evaluate, train
+from attnlab import workdir as workdir_lib
+from attnlab import ConfigError, data
+from attnlab.engine import evaluation as evaluate
+from attnlab.engine import training as train
 from attnlab.models import TransformerLM
 
 
@@ -35,7 +38,7 @@ def _nll_oracle(model, params, inputs, targets):
 
 
 def test_losses_by_length_equal_a_direct_computation(trained):
-  cfg, params, step = evaluate.restore_params(trained)
+  cfg, params, step = workdir_lib.restore_params(trained)
   assert step == 10
   tokens = data.load_corpus(cfg.data).valid
   records = evaluate.evaluate_lengths(cfg, params, tokens, [16, 64], max_tokens=256,
@@ -54,7 +57,7 @@ def test_losses_by_length_equal_a_direct_computation(trained):
 def test_restored_params_equal_the_trained_ones(trained, tmp_path):
   again = train.train_and_evaluate(tiny_config("alibi", train__steps=10, train__checkpoint_every=10),
                                    tmp_path / "alibi", progress=False)
-  _, params, _ = evaluate.restore_params(trained)
+  _, params, _ = workdir_lib.restore_params(trained)
   for a, b in zip(jax.tree_util.tree_leaves(params),
                   jax.tree_util.tree_leaves(again["state"]["params"])):
     assert np.array_equal(np.asarray(a), np.asarray(b))
@@ -79,6 +82,6 @@ def test_learned_model_beyond_its_table_is_a_clear_error(tmp_path):
   workdir = tmp_path / "learned"
   train.train_and_evaluate(tiny_config("learned", train__steps=2, train__warmup_steps=1),
                            workdir, progress=False)
-  cfg, params, _ = evaluate.restore_params(workdir)
+  cfg, params, _ = workdir_lib.restore_params(workdir)
   with pytest.raises(ConfigError, match=r"evaluation length=64 exceeds model.position.max_len=32"):
     evaluate.evaluate_lengths(cfg, params, np.zeros(1000, np.uint8), [32, 64], progress=False)

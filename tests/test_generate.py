@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 from helpers import REPO, perturbed_model, tiny_config
 
-from attnlab import ConfigError, config_lib, generate, train
+from attnlab import workdir as workdir_lib
+from attnlab import ConfigError, config_lib
+from attnlab.inference import generation as generate
+from attnlab.engine import training as train
 from attnlab.inference import sampling as sampling_lib
 from attnlab.inference.sampling import Sampling
 from attnlab.models import TransformerLM
@@ -181,7 +184,7 @@ def workdir(tmp_path_factory):
   cfg = config_lib.resolve(tiny_config("rope"))
   (workdir / "config.json").write_text(cfg.to_json())
   model = TransformerLM(cfg.model)
-  checkpointer = train.Checkpointer(workdir / "checkpoints", 1)
+  checkpointer = workdir_lib.Checkpointer(workdir / "checkpoints", 1)
   checkpointer.save(1, train.init_state(model, train.make_optimizer(cfg.train), cfg))
   checkpointer.close()
   return workdir
@@ -194,8 +197,9 @@ def _cli(*args):
 
 
 def test_cli_prints_the_greedy_continuation(workdir):
-  from attnlab import data, evaluate
-  cfg, params, _ = evaluate.restore_params(workdir)
+  from attnlab import data
+  from attnlab.engine import evaluation as evaluate
+  cfg, params, _ = workdir_lib.restore_params(workdir)
   expected = generate.generate(cfg, params, "Thou art", 12)
   result = _cli(f"--workdir={workdir}", "--prompt=Thou art", "--max_new_tokens=12",
                 "--temperature=0", "--streaming.window=0")

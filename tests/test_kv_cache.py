@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 from helpers import perturbed_model, tiny_config
 
-from attnlab import ConfigError, config_lib, generate
-from attnlab.inference import kv_cache
+from attnlab import ConfigError, config_lib
+from attnlab.inference import generation as generate
+from attnlab.models import kv_cache
 from attnlab.models import TransformerLM
 
 TOL = dict(rtol=2e-5, atol=2e-5)

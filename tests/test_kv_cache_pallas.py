@@ -17,7 +17,7 @@ from test_kv_cache import TOL, _tokens, cached_and_full_logits, cached_logits, f
 
 import pallas_kernels.decode
 from attnlab import config_lib
-from attnlab.inference import kv_cache
+from attnlab.models import kv_cache
 from attnlab.models import TransformerLM
 
 # block_kv=4: the decode kernel cuts a 24-slot cache into 6 tiles in 2 splits, so the

@@ -11,7 +11,7 @@ from helpers import tiny_config
 
 from attnlab import config_lib
 from attnlab.models import TransformerLM
-from attnlab.train import init_state, make_optimizer, make_train_step
+from attnlab.engine.training import init_state, make_optimizer, make_train_step
 
 CONFIGS = {
     "rope_causal_mha": dict(),

@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 from helpers import tiny_config
 
-from attnlab import ConfigError, parallel, train
+from attnlab import workdir as workdir_lib
+from attnlab import ConfigError, parallel
+from attnlab.engine import training as train
 from attnlab.attention import ring
 
 WORKER = pathlib.Path(__file__).with_name("mesh_worker.py")
@@ -34,7 +36,7 @@ def single_device_losses(tmp_path, steps, position="rope", **overrides):
   cfg = tiny_config(position, train__steps=steps, train__log_every=1, train__eval_every=steps,
                     train__checkpoint_every=5, train__warmup_steps=1, **overrides)
   train.train_and_evaluate(cfg, tmp_path / "single", progress=False)
-  return {r["step"]: r["loss"] for r in train.read_metrics(tmp_path / "single")
+  return {r["step"]: r["loss"] for r in workdir_lib.read_metrics(tmp_path / "single")
           if r["split"] == "train"}
 
 

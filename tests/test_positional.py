@@ -202,7 +202,7 @@ def test_none_scheme_is_identity():
   x = np.ones((1, 3, 2, 4), np.float32)
   q, k = scheme.rotate_qk(x, x, np.arange(3))
   assert q is x and k is x
-  assert scheme.bias_table_shape(4) is None
+  assert scheme.attention_params(4) == {} and scheme.embedding_params(8) == {}
   assert scheme.embed(np.arange(3), 8) is None and scheme.score_mod(4) is None
   assert scheme.max_length() is None
 
@@ -233,4 +233,6 @@ def test_learned_scheme_embed_is_table_lookup():
   assert scheme.table_size() == 16
   table = np.arange(16 * 4, dtype=np.float32).reshape(16, 4)
   pos = np.array([[3, 0, 15]])
-  np.testing.assert_array_equal(np.asarray(scheme.embed(pos, 4, table)), table[pos])
+  assert scheme.embedding_params(4)["position_table"].shape == (16, 4)
+  np.testing.assert_array_equal(np.asarray(scheme.embed(pos, 4, {"position_table": table})),
+                                table[pos])

@@ -182,7 +182,7 @@ def test_t5_bias_through_every_impl_with_table_gradients():
   sch = scheme("t5")
 
   def loss(table, impl):
-    out = dot_product_attention(q, k, v, mask=masks.causal(), bias=sch.score_mod(heads, table),
+    out = dot_product_attention(q, k, v, mask=masks.causal(), bias=sch.score_mod(heads, {"position_bias": table}),
                                 impl=impl, block_q=16, block_kv=16)
     return jnp.sum(out * jnp.cos(jnp.arange(out.size).reshape(out.shape)))
 
@@ -192,7 +192,7 @@ def test_t5_bias_through_every_impl_with_table_gradients():
   expected = dot_product_attention(q, k, v, mask=masks.causal(), bias=dense, impl="reference")
   grads = {}
   for impl in ("reference", "xla", "blockwise"):
-    out = dot_product_attention(q, k, v, mask=masks.causal(), bias=sch.score_mod(heads, table),
+    out = dot_product_attention(q, k, v, mask=masks.causal(), bias=sch.score_mod(heads, {"position_bias": table}),
                                 impl=impl, block_q=16, block_kv=16)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
     grads[impl] = jax.grad(loss)(table, impl)
@@ -238,7 +238,8 @@ def test_training_step_uses_the_randomized_positions(kind):
   """The step's loss equals the loss at the positions drawn from (seed, step), not at 0..n-1."""
   from helpers import tiny_config
 
-  from attnlab import config_lib, train
+  from attnlab import config_lib
+  from attnlab.engine import training as train
   from attnlab.models import TransformerLM
   cfg = config_lib.resolve(tiny_config(kind, model__position__randomize=True,
                                        model__position__random_max_len=256))

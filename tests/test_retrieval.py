@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 from helpers import REPO
 
-from attnlab import ConfigError, config_lib, retrieval, train
+from attnlab import workdir as workdir_lib
+from attnlab import ConfigError, config_lib
+from attnlab.engine import retrieval
+from attnlab.engine import training as train
 from attnlab.data import retrieval as tasks
 from attnlab.models import TransformerLM
 
@@ -92,8 +95,8 @@ def test_accuracy_grid_equals_a_direct_count(tmp_path):
   records = retrieval.run_study(cfg, tmp_path, progress=False)
   assert {(r["variant"], r["eval_length"], r["depth"]) for r in records} == {
       (v, n, d) for v in ("rope", "alibi", "nope") for n in (80, 160) for d in (0.0, 1.0)}
-  from attnlab import evaluate
-  run_cfg, params, _ = evaluate.restore_params(tmp_path / "rope")
+  from attnlab.engine import evaluation as evaluate
+  run_cfg, params, _ = workdir_lib.restore_params(tmp_path / "rope")
   model = TransformerLM(run_cfg.model)
   for i, n in enumerate((80, 160)):
     for j, d in enumerate((0.0, 1.0)):

@@ -9,12 +9,15 @@ import ml_collections
 import numpy as np
 import pytest
 
-from attnlab import ConfigError, positional, sweep, tasks_train
+from attnlab import workdir as workdir_lib
+from attnlab import ConfigError, positional
+from attnlab.engine import sweeps as sweep
+from attnlab.engine import tasks as tasks_train
 from attnlab.data import tasks
 from attnlab.models import rnn as rnn_lib
 from attnlab.models import seq2seq
 from attnlab.config_lib import load_config_file
-from attnlab.train import make_optimizer
+from attnlab.engine.training import make_optimizer
 from configs import bottleneck, seq2seq as seq2seq_configs
 from helpers import set_fields
 
@@ -143,7 +146,7 @@ def test_task_sweep_results_equal_direct_evaluation(tmp_path):
   for name in ("luong",):
     config = tiny_sweep()
     config.data.task = "copy"
-    sweep._merge(config, config.sweep.variants[name], "v")
+    config_lib.merge_overrides(config, config.sweep.variants[name], "v")
     del config["sweep"]
     cfg, params = tasks_train.train(config, tmp_path / "copy" / name, progress=False)  # reloads
     direct = tasks_train.evaluate(cfg, params)
@@ -191,7 +194,9 @@ def test_rnn_language_model_is_causal(cell):
 @pytest.mark.slow
 def test_rnn_lm_preset_trains_and_evaluates_through_the_lm_trainer(tmp_path):
   from helpers import tiny_config
-  from attnlab import data, evaluate, train
+  from attnlab import data
+  from attnlab.engine import evaluation as evaluate
+  from attnlab.engine import training as train
   from attnlab.models import RNNLM
   config = tiny_config("rope")
   lm = load_config_file("configs/rnn_lm.py")
@@ -200,7 +205,7 @@ def test_rnn_lm_preset_trains_and_evaluates_through_the_lm_trainer(tmp_path):
   config.model.rnn.hidden, config.model.rnn.embed_dim = 16, 8
   config.train.steps = 10
   train.train_and_evaluate(config, tmp_path, progress=False)
-  cfg, params, step = evaluate.restore_params(tmp_path)
+  cfg, params, step = workdir_lib.restore_params(tmp_path)
   assert step == 10 and set(params) == {"embed", "cell_0", "cell_1", "logits"}
   tokens = data.load_corpus(cfg.data).valid[:257]
   got = evaluate.evaluate_lengths(cfg, params, tokens, [64], progress=False)[0]["loss"]

@@ -183,7 +183,7 @@ def test_lsh_model_with_one_chunk_and_bucket_is_causal():
 def test_efficient_kinds_learn(kind):
   """Gradients flow through every kind: 25 Adam steps on one batch cut its loss by a third."""
   import optax
-  from attnlab.train import token_loss
+  from attnlab.engine.training import token_loss
   cfg, model, params = _model_and_params(tiny_config("rope", **KIND_CONFIGS[kind]))
   tokens = np.random.default_rng(6).integers(0, 256, (4, N + 1)).astype(np.int32)
   inputs, targets = tokens[:, :-1], tokens[:, 1:]

@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 from helpers import REPO, SHAKESPEARE
 
-from attnlab import ConfigError, data, evaluate, sweep
+from attnlab import workdir as workdir_lib
+from attnlab import ConfigError, data
+from attnlab.engine import evaluation as evaluate
+from attnlab.engine import sweeps as sweep
 from attnlab.config_lib import load_config_file
 
 
@@ -52,7 +55,7 @@ def test_sweep_results_equal_direct_evaluation(tmp_path):
       (v, m) for v in ("rope", "alibi") for m in ("non_overlapping", "sliding")}
   assert sorted({r["eval_length"] for r in records}) == [16, 32, 64]
   for name in ("rope", "alibi"):
-    cfg, params, _ = evaluate.restore_params(tmp_path / name)
+    cfg, params, _ = workdir_lib.restore_params(tmp_path / name)
     assert cfg.model.position.kind == name
     tokens = data.load_corpus(cfg.data).valid
     direct = evaluate.evaluate_lengths(cfg, params, tokens, [16, 32, 64], mode="sliding",

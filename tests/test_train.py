@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from helpers import REPO, SHAKESPEARE, tiny_config
 
-from attnlab import train
+from attnlab import workdir as workdir_lib
+from attnlab.engine import training as train
 
 
 def _params(result):
@@ -21,7 +22,7 @@ def _params(result):
 
 
 def _train_losses(workdir):
-  return [(r["step"], r["loss"]) for r in train.read_metrics(workdir) if r["split"] == "train"]
+  return [(r["step"], r["loss"]) for r in workdir_lib.read_metrics(workdir) if r["split"] == "train"]
 
 
 @pytest.mark.skipif(not SHAKESPEARE.exists(), reason="../shared/data/tinyshakespeare.txt absent")
@@ -30,7 +31,7 @@ def test_loss_falls_on_tinyshakespeare(tmp_path):
                     train__eval_every=200, train__eval_batches=8, train__checkpoint_every=200,
                     train__lr=3e-3, train__warmup_steps=10)
   train.train_and_evaluate(cfg, tmp_path, progress=False)
-  records = train.read_metrics(tmp_path)
+  records = workdir_lib.read_metrics(tmp_path)
   valid = [r["loss"] for r in records if r["split"] == "valid"][-1]
   first_train = [r["loss"] for r in records if r["split"] == "train"][0]
   # oracle: cross-entropy of the training split's byte frequencies on the valid split (~3.35)
@@ -61,7 +62,7 @@ def test_resume_is_bit_identical(tmp_path):
   for a, b in zip(_params(straight), _params(resumed)):
     assert np.array_equal(np.asarray(a), np.asarray(b))
   assert _train_losses(tmp_path / "straight") == _train_losses(tmp_path / "resumed")
-  valid = lambda d: [(r["step"], r["loss"]) for r in train.read_metrics(d) if r["split"] == "valid"]  # noqa: E731
+  valid = lambda d: [(r["step"], r["loss"]) for r in workdir_lib.read_metrics(d) if r["split"] == "valid"]  # noqa: E731
   assert valid(tmp_path / "straight") == valid(tmp_path / "resumed")
 
 
@@ -114,11 +115,11 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypa
   with pytest.raises(train.TrainingDiverged, match=r"loss became nan at step 7; the last good checkpoint is step 5"):
     train.train_and_evaluate(cfg, tmp_path / "run", progress=False)
   monkeypatch.setattr(train, "make_train_step", original)
-  checkpointer = train.Checkpointer(tmp_path / "run" / "checkpoints", 3)
+  checkpointer = workdir_lib.Checkpointer(tmp_path / "run" / "checkpoints", 3)
   assert checkpointer.latest_step() == 5
   restored = checkpointer.restore(5, clean["state"])
   checkpointer.close()
   for a, b in zip(jax.tree_util.tree_leaves(restored["params"]), _params(clean)):
     assert np.array_equal(np.asarray(a), np.asarray(b))
     assert np.isfinite(np.asarray(a)).all()
-  assert math.isfinite(train.read_metrics(tmp_path / "run")[-1]["loss"])
+  assert math.isfinite(workdir_lib.read_metrics(tmp_path / "run")[-1]["loss"])

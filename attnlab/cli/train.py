@@ -16,8 +16,10 @@ from attnlab.engine import training
 
 
 def define_flags():
-  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/lm.py:rope.",
-                                  lock_config=True)
+  config_flags.DEFINE_config_file(
+      "config", None, "Config file, e.g. configs/lm.py:rope; override any field with "
+      "--config.a.b=value (each variant's fields: docs/variants.md or "
+      "python -m attnlab.config_lib).", lock_config=True)
   flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
 
 

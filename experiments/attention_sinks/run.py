@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
-from attnlab import config_lib, data, runtime, train  # noqa: E402
+from attnlab import config_lib, data, runtime  # noqa: E402
+from attnlab.engine import training as train  # noqa: E402
 from attnlab.analysis import capture, metrics  # noqa: E402
 from attnlab.models import build_lm  # noqa: E402
 

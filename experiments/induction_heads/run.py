@@ -30,7 +30,9 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
-from attnlab import config_lib, runtime, train  # noqa: E402
+from attnlab import workdir as workdir_lib  # noqa: E402
+from attnlab import config_lib, runtime  # noqa: E402
+from attnlab.engine import training as train  # noqa: E402
 from attnlab.analysis import capture, metrics  # noqa: E402
 from attnlab.models import build_lm  # noqa: E402
 
@@ -124,7 +126,7 @@ def save_checkpoint(cfg, model, tx, state, workdir) -> None:
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / "config.json").write_text(cfg.to_json())
-  checkpointer = train.Checkpointer(workdir / "checkpoints", 1)
+  checkpointer = workdir_lib.Checkpointer(workdir / "checkpoints", 1)
   try:
     checkpointer.save(int(state["step"]), state)
   finally:

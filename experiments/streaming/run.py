@@ -40,8 +40,12 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))   # run from anywhere
 
-from attnlab import data, evaluate, positional, runtime, sweep, train  # noqa: E402
-from attnlab.inference import kv_cache  # noqa: E402
+from attnlab import workdir as workdir_lib  # noqa: E402
+from attnlab import data, positional, runtime  # noqa: E402
+from attnlab.engine import evaluation as evaluate  # noqa: E402
+from attnlab.engine import sweeps as sweep  # noqa: E402
+from attnlab.engine import training as train  # noqa: E402
+from attnlab.models import kv_cache  # noqa: E402
 from attnlab.models import TransformerLM  # noqa: E402
 
 LN2 = math.log(2.0)
@@ -130,7 +134,7 @@ def first_token_attention(model_cfg, params, inputs, query_min: int) -> list[lis
     q, k = scheme.rotate_qk(q, k, positions)
     k = jnp.repeat(k, heads // kv_heads, axis=2)
     s = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(head_dim)
-    bias = scheme.score_mod(heads, blk.get("position_bias"), None)
+    bias = scheme.score_mod(heads, {n: blk[n] for n in scheme.attention_params(heads)}, None)
     if bias is not None:
       s = s + bias.dense(length, length)
     s = jnp.where(jnp.tril(jnp.ones((length, length), bool)), s, -jnp.inf)
@@ -157,7 +161,7 @@ def run_study(config, workdir, progress: bool = True):
     train.train_and_evaluate(cfg, workdir / name, progress=progress)
   records, curves, sink_rows = [], {}, []
   for name in tqdm(variants, desc="streams", disable=not progress):
-    cfg, params, step = evaluate.restore_params(workdir / name)
+    cfg, params, step = workdir_lib.restore_params(workdir / name)
     corpus = data.load_corpus(cfg.data)
     windows = streams(corpus.valid, sc.num_streams, sc.stream_length)
     inputs, targets = jnp.asarray(windows[:, :-1]), jnp.asarray(windows[:, 1:])
