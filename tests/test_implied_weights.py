@@ -147,3 +147,52 @@ def test_a_kind_without_weights_cannot_be_captured(monkeypatch):
                      match=r"kind='linear' registers no weights function .* kinds with maps: "
                            r"lsh, performer, softmax"):
     capture.check_capturable(cfg.model)
+
+
+def lsh_float64(q, v, rotations, *, chunk: int, causal: bool):
+  """Reformer LSH attention written from its definition with Python loops (float64):
+  hash (argmax over [xR, -xR]), stable sort by (bucket, position), cut into chunks, attend
+  to the own and the previous chunk with k_j = q_j / |q_j| and a -1e5 self logit, then mix
+  the rounds by their log-sum-exps. q: [B, N, H, D]; rotations: [R, H, D, nb/2]."""
+  q, v, rot = (np.asarray(x, np.float64) for x in (q, v, rotations))
+  b_, n, h_, d = q.shape
+  out = np.zeros(v.shape)
+  for b in range(b_):
+    for h in range(h_):
+      rounds = []
+      for r in range(rot.shape[0]):
+        proj = q[b, :, h] @ rot[r, h]
+        bucket = np.argmax(np.concatenate([proj, -proj], -1), -1) if proj.shape[-1] else \
+            np.zeros(n, int)
+        order = sorted(range(n), key=lambda i: (bucket[i], i))
+        place = {tok: p for p, tok in enumerate(order)}
+        results = {}
+        for i in range(n):
+          ci = place[i] // chunk
+          keys = [order[p] for p in range(max(0, (ci - 1) * chunk), min(n, (ci + 1) * chunk))]
+          if causal:
+            keys = [j for j in keys if j <= i]
+          logits = np.array([-1e5 if j == i else q[b, i, h] @ q[b, j, h]
+                             / np.linalg.norm(q[b, j, h]) / np.sqrt(d) for j in keys])
+          lse = logits.max() + np.log(np.exp(logits - logits.max()).sum())
+          results[i] = (np.exp(logits - lse) @ v[b, keys, h], lse)
+        rounds.append(results)
+      for i in range(n):
+        lses = np.array([rd[i][1] for rd in rounds])
+        mix = np.exp(lses - lses.max())
+        mix /= mix.sum()
+        out[b, i, h] = sum(m * rd[i][0] for m, rd in zip(mix, rounds))
+  return out
+
+
+@pytest.mark.parametrize("causal,n,chunk,buckets,hashes", [
+    (True, 21, 4, 4, 2), (False, 16, 4, 2, 3), (True, 12, 16, 8, 1)])
+def test_lsh_attention_equals_a_loop_from_the_definition(causal, n, chunk, buckets, hashes):
+  q, v = _normal(5, (1, n, 2, 8)), _normal(6, (1, n, 2, 3))
+  key = jax.random.PRNGKey(11)
+  rotations = efficient.lsh_rotations(key, num_hashes=hashes, num_heads=2, dim=8,
+                                      num_buckets=buckets)
+  want = lsh_float64(q, v, rotations, chunk=chunk, causal=causal)
+  got = efficient.lsh_attention(q, v, key=key, num_buckets=buckets, num_hashes=hashes,
+                                chunk_size=chunk, causal=causal)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)

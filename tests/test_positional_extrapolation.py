@@ -55,27 +55,90 @@ def test_dynamic_ntk_uses_the_current_length():
     np.testing.assert_allclose(freqs, base_freqs(D, 10000.0 * s ** (D / (D - 2))), rtol=1e-12)
 
 
-def test_yarn_ramp_and_temperature():
+@pytest.mark.parametrize("factor,seq_len,grown", [
+    (4.0, 8192, 5.0),      # 4 * 8192/4096 - 3
+    (2.0, 4096, 1.0),      # at the training length the base is unchanged
+    (2.0, 1000, 1.0),      # shorter lengths count as the training length
+    (8.0, 16384, 25.0),    # 8 * 4 - 7
+    (32.0, 131072, 993.0)])
+def test_dynamic_ntk_scales_the_base_as_the_reference_does(factor, seq_len, grown):
+  """Hugging Face's dynamic NTK at LLaMA sizes: base * ((s l / L) - (s - 1))^(d/(d-2)),
+  values of the bracket worked by hand."""
+  d = 128
+  freqs, mult = positional.scaled_frequencies(d, scaling="dynamic_ntk", factor=factor,
+                                              original_max_len=4096, seq_len=seq_len)
+  np.testing.assert_allclose(freqs, base_freqs(d, 10000.0 * grown ** (128 / 126)), rtol=1e-12)
+  assert mult == 1.0
+
+
+def _yarn_reference(d, theta, s, L, beta_fast=32.0, beta_slow=1.0):
+  """YaRN as its authors' code computes it, written out with Python floats and loops."""
+  def correction_dim(rotations):
+    return d * math.log(L / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+  low = max(math.floor(correction_dim(beta_fast)), 0)
+  high = min(math.ceil(correction_dim(beta_slow)), d - 1)
+  if low == high:
+    high += 0.001
+  out = []
+  for i in range(d // 2):
+    extrapolation = theta ** (-2 * i / d)
+    interpolation = extrapolation / s
+    keep = 1 - min(max((i - low) / (high - low), 0.0), 1.0)   # 1: keep theta, 0: interpolate
+    out.append(interpolation * (1 - keep) + extrapolation * keep)
+  return np.array(out), (0.1 * math.log(s) + 1.0 if s > 1 else 1.0)
+
+
+def test_yarn_correction_range_by_hand_at_llama_size():
+  # d=128, b=10^4, L=4096: dim(32) = 128 ln(4096/(64 pi)) / (2 ln 10^4) = 20.94 -> 20;
+  # dim(1) = 128 ln(4096/(2 pi)) / (2 ln 10^4) = 45.03 -> 46
+  assert rope_lib.yarn_correction_range(128, 10000.0, 4096, 1.0, 32.0) == (20, 46)
+  freqs, mult = positional.scaled_frequencies(128, scaling="yarn", factor=8.0,
+                                              original_max_len=4096)
+  base = base_freqs(128)
+  assert freqs[20] == base[20] and freqs[46] == pytest.approx(base[46] / 8, rel=1e-12)
+  assert freqs[33] == pytest.approx(0.5 * base[33] / 8 + 0.5 * base[33], rel=1e-12)  # halfway
+  assert mult == pytest.approx(0.1 * math.log(8.0) + 1, rel=1e-12)
+
+
+@pytest.mark.parametrize("d,L,s", [(128, 4096, 2.0), (128, 4096, 4.0), (128, 4096, 8.0),
+                                   (128, 4096, 16.0), (128, 4096, 32.0), (64, 128, 4.0),
+                                   (16, 128, 4.0), (64, 2048, 1.0)])
+def test_yarn_equals_the_reference_code(d, L, s):
+  want, want_mult = _yarn_reference(d, 10000.0, s, L)
+  freqs, mult = positional.scaled_frequencies(d, scaling="yarn", factor=s, original_max_len=L)
+  np.testing.assert_allclose(freqs, want, rtol=1e-12)
+  assert mult == pytest.approx(want_mult, rel=1e-12)
+
+
+def test_yarn_paper_ramp_and_temperature():
+  """The paper's continuous form: a ramp linear in r = L / lambda (``yarn_paper``)."""
   d = 64
-  freqs, mult = positional.scaled_frequencies(d, scaling="yarn", factor=S, original_max_len=L)
+  freqs, mult = positional.scaled_frequencies(d, scaling="yarn_paper", factor=S,
+                                              original_max_len=L)
   for i, theta in enumerate(base_freqs(d)):
     r = L / (2 * math.pi / theta)
     gamma = 0.0 if r < 1 else 1.0 if r > 32 else (r - 1) / 31
     assert freqs[i] == pytest.approx((1 - gamma) * theta / S + gamma * theta, rel=1e-12)
   # at LLaMA's L=4096 the ramp's ends are reached: fast dims untouched, slow dims interpolated
-  llama, _ = positional.scaled_frequencies(d, scaling="yarn", factor=S, original_max_len=4096)
+  llama, _ = positional.scaled_frequencies(d, scaling="yarn_paper", factor=S,
+                                           original_max_len=4096)
   assert llama[0] == base_freqs(d)[0]
   assert llama[-1] == pytest.approx(base_freqs(d)[-1] / S, rel=1e-12)
   assert mult == pytest.approx(0.1 * math.log(S) + 1)
+  # the two forms differ in the transition band (by dimension index vs by rotations)
+  code, _ = positional.scaled_frequencies(d, scaling="yarn", factor=S, original_max_len=L)
+  assert np.abs(code - freqs).max() > 0.01 * freqs.max()
   # logits are divided by t: q.k at equal positions (rotation cancels) grows by 1/t
   q = np.random.default_rng(1).standard_normal((1, 1, 1, d)).astype(np.float32)
   k = np.random.default_rng(2).standard_normal((1, 1, 1, d)).astype(np.float32)
-  rq, rk = scheme(scaling="yarn").rotate_qk(q, k, np.array([7]))
-  inv_t = (0.1 * math.log(S) + 1) ** 2
-  assert float(jnp.sum(rq * rk)) == pytest.approx(inv_t * float(np.sum(q * k)), rel=1e-5)
+  for scaling in ("yarn", "yarn_paper"):
+    rq, rk = scheme(scaling=scaling).rotate_qk(q, k, np.array([7]))
+    inv_t = (0.1 * math.log(S) + 1) ** 2
+    assert float(jnp.sum(rq * rk)) == pytest.approx(inv_t * float(np.sum(q * k)), rel=1e-5)
 
 
-@pytest.mark.parametrize("scaling", ["none", "linear", "ntk", "dynamic_ntk", "yarn"])
+@pytest.mark.parametrize("scaling", ["none", "linear", "ntk", "dynamic_ntk", "yarn",
+                                     "yarn_paper"])
 @pytest.mark.parametrize("fraction", [1.0, 0.5])
 def test_relative_property_under_every_scaling(scaling, fraction):
   """<R(q, m), R(k, n)> depends only on m - n."""

@@ -33,9 +33,9 @@ _F32 = jnp.float32
 SELF_LOGIT = -1e5
 # LSH: the logit of an invisible key (masked or padding): exp(MASKED - SELF) == 0.
 MASKED_LOGIT = -1e9
-# FAVOR+: added to every *query* feature so phi(q) is positive. Keys get none: their
-# stabiliser is a max over all keys, so a key-side eps would scale with future tokens
-# and leak them into causal outputs (a constant without eps cancels exactly).
+# FAVOR+: added to every *query* feature so phi(q) is positive. Keys get none: each key's
+# scale is carried separately (``favor_key_features``), and an eps there would not scale
+# with it.
 FEATURE_EPS = 1e-6
 
 
@@ -251,7 +251,7 @@ def _kernel_attention(phi_q, phi_k, v, eps: float):
   return (num / den[..., None]).reshape(b, n, h, v.shape[-1])
 
 
-def _causal_kernel_attention(phi_q, phi_k, v, chunk_size: int, eps: float):
+def _causal_kernel_attention(phi_q, phi_k, v, chunk_size: int, eps: float, key_log_scale=None):
   """Causal ``out_i = phi(q_i)^T S_i / (phi(q_i)^T z_i + eps)``, S_i, z_i summed over j <= i.
 
   phi_q: [B, N, H, m]; phi_k: [B, N, Hkv, m]; v: [B, N, Hkv, Dv] -> [B, N, H, Dv] f32.
@@ -260,6 +260,13 @@ def _causal_kernel_attention(phi_q, phi_k, v, chunk_size: int, eps: float):
   the chunk's own keys. Memory O(N (m + Dv) + N chunk + m Dv); the backward pass also
   keeps one carried S per chunk, O(N m Dv / chunk). N is padded to a multiple of
   ``chunk_size`` with zero features (padded keys add nothing; padded rows are dropped).
+
+  ``key_log_scale`` (float32 [B, N, Hkv], optional, no gradient): key j's features are
+  ``phi_k[j] * exp(key_log_scale[j])``. The sums are then kept relative to the running
+  maximum ``M_i = max_{j <= i} key_log_scale[j]`` (an online rescaling, as in flash
+  attention's softmax), so no feature overflows or underflows because of a key the query
+  may not see: query i's output depends only on keys j <= i of its own batch row and
+  head, and its denominator is at least ``phi(q_i) . phi_k[argmax]`` > 0.
   """
   b, n, h, m = phi_q.shape
   hkv, dv = v.shape[2], v.shape[3]
@@ -271,21 +278,42 @@ def _causal_kernel_attention(phi_q, phi_k, v, chunk_size: int, eps: float):
   pq = pq.reshape(b, nc, c, hkv, g, m).transpose(1, 0, 3, 4, 2, 5)   # [nc, B, Hkv, G, c, m]
   pk = pk.reshape(b, nc, c, hkv, m).transpose(1, 0, 3, 2, 4)         # [nc, B, Hkv, c, m]
   pv = pv.reshape(b, nc, c, hkv, dv).transpose(1, 0, 3, 2, 4)        # [nc, B, Hkv, c, Dv]
+  scaled = key_log_scale is not None
+  if scaled:
+    pc = _pad_axis(lax.stop_gradient(key_log_scale.astype(_F32)), np_, axis=1, value=-jnp.inf)
+    pc = pc.reshape(b, nc, c, hkv).transpose(1, 0, 3, 2)             # [nc, B, Hkv, c]
+  else:
+    pc = jnp.zeros((nc, b, hkv, c), _F32)
   lower = jnp.tril(jnp.ones((c, c), bool))
 
   def step(carry, chunk):
-    s, z = carry
-    q_c, k_c, v_c = chunk
-    a = jnp.where(lower, _einsum("bhgqm,bhkm->bhgqk", q_c, k_c), 0.0)
-    num = _einsum("bhgqk,bhkd->bhgqd", a, v_c) + _einsum("bhgqm,bhmd->bhgqd", q_c, s)
-    den = a.sum(axis=-1) + _einsum("bhgqm,bhm->bhgq", q_c, z) + eps
+    s, z, m_prev = carry                                             # m_prev [B, Hkv]
+    q_c, k_c, v_c, c_c = chunk
+    a = _einsum("bhgqm,bhkm->bhgqk", q_c, k_c)
+    if scaled:
+      m_q = jnp.maximum(m_prev[..., None], lax.cummax(c_c, axis=c_c.ndim - 1))   # [B, Hkv, c]
+      rel = jnp.where(lower, c_c[..., None, :] - m_q[..., :, None], -jnp.inf)    # <= 0
+      a = a * jnp.exp(rel)[:, :, None]
+      past = jnp.exp(m_prev[..., None] - m_q)[:, :, None, :]         # [B, Hkv, 1, c]
+      m_new = jnp.maximum(m_prev, c_c.max(axis=-1))
+      k_w = k_c * jnp.exp(c_c - m_new[..., None])[..., None]          # weights <= 1
+      decay = jnp.exp(m_prev - m_new)
+    else:
+      a = jnp.where(lower, a, 0.0)
+      past, m_new, k_w, decay = jnp.ones((), _F32), m_prev, k_c, None
+    num = (_einsum("bhgqk,bhkd->bhgqd", a, v_c)
+           + past[..., None] * _einsum("bhgqm,bhmd->bhgqd", q_c, s))
+    den = a.sum(axis=-1) + past * _einsum("bhgqm,bhm->bhgq", q_c, z) + eps
     den = jnp.where(den == 0, 1.0, den)  # only padded rows (zero features) reach 0
-    s = s + _einsum("bhkm,bhkd->bhmd", k_c, v_c)
-    z = z + k_c.sum(axis=-2)
-    return (s, z), num / den[..., None]
+    if decay is not None:
+      s, z = s * decay[..., None, None], z * decay[..., None]
+    s = s + _einsum("bhkm,bhkd->bhmd", k_w, v_c)
+    z = z + k_w.sum(axis=-2)
+    return (s, z, m_new), num / den[..., None]
 
-  init = (jnp.zeros((b, hkv, m, dv), _F32), jnp.zeros((b, hkv, m), _F32))
-  _, out = lax.scan(step, init, (pq, pk, pv))                        # [nc, B, Hkv, G, c, Dv]
+  init = (jnp.zeros((b, hkv, m, dv), _F32), jnp.zeros((b, hkv, m), _F32),
+          jnp.full((b, hkv), -jnp.inf if scaled else 0.0, _F32))
+  _, out = lax.scan(step, init, (pq, pk, pv, pc))                    # [nc, B, Hkv, G, c, Dv]
   out = out.transpose(1, 0, 4, 2, 3, 5).reshape(b, np_, h, dv)
   return out[:, :n]
 
@@ -320,11 +348,10 @@ def favor_features(x, w, *, is_query: bool, scale: float):
   x: [..., D]; w: [m, D] -> [..., m] float32, with ``x' = scale**0.5 x`` so that
   E[phi(q) . phi(k)] = exp(scale q . k) (up to the constants c and eps).
   Stabiliser c (``stop_gradient``): for queries, the row max of ``w x' - ||x'||^2/2``
-  (a per-query constant that cancels in attention's ratio); for keys, one global max
-  over every key, head and position (a constant shared by all keys, so it cancels too).
-  ``eps = FEATURE_EPS`` (queries only) keeps every query feature positive; keys get no
-  eps, so the shared key constant cancels exactly and causal outputs never depend on
-  later keys.
+  (a per-query constant that cancels in attention's ratio); for keys, one max over the
+  whole array (a shared constant: fine for the estimator, but in float32 keys far below
+  it underflow; attention uses ``favor_key_features`` instead, which keeps each key's
+  scale). ``eps = FEATURE_EPS`` (queries only) keeps every query feature positive.
   """
   xs = x.astype(_F32) * math.sqrt(scale)
   logits = _einsum("...d,md->...m", xs, w.astype(_F32))
@@ -337,14 +364,39 @@ def favor_features(x, w, *, is_query: bool, scale: float):
   return (jnp.exp(logits - lax.stop_gradient(c)) + eps) / math.sqrt(w.shape[0])
 
 
+def favor_key_features(k, w, *, scale: float):
+  """Key features in stabilised form ``(psi, c)`` with ``phi(k) = psi * exp(c)`` (same
+  ``phi`` as ``favor_features`` without a shared constant):
+
+  ``psi = exp(w k' - ||k'||^2/2 - c) / sqrt(m)`` (largest entry ``1 / sqrt(m)``) and
+  ``c = max_m (w k' - ||k'||^2/2)`` per key, without gradient.
+  k: [..., D]; w: [m, D] -> (float32 [..., m], float32 [...]).
+  """
+  ks = k.astype(_F32) * math.sqrt(scale)
+  logits = _einsum("...d,md->...m", ks, w.astype(_F32))
+  logits = logits - 0.5 * jnp.sum(ks * ks, axis=-1, keepdims=True)
+  c = lax.stop_gradient(logits.max(axis=-1))
+  return jnp.exp(logits - c[..., None]) / math.sqrt(w.shape[0]), c
+
+
+def _scaled_key_features(psi, c, axis: int = 1):
+  """Bidirectional: ``psi * exp(c - M)`` with M the max of c over the sequence of each
+  (batch, head), so features are relative to that row's largest key (no other row's)."""
+  return psi * jnp.exp(c - c.max(axis=axis, keepdims=True))[..., None]
+
+
 def performer_attention(q, k, v, *, key, num_features: int = 256, causal: bool = False,
                         chunk_size: int = 128, scale: float | None = None):
   """FAVOR+ estimate of softmax attention ``softmax(scale q k^T) v``.
 
-  Features are ``favor_features`` with ``w = orthogonal_random_features(key,
-  num_features, D)``, one projection shared by every head and batch element.
-  Bidirectional: ``phi(Q) (phi(K)^T V) / (phi(Q) (phi(K)^T 1))``; causal: the
-  same with prefix sums, computed by a scan over chunks of ``chunk_size``.
+  Features are ``favor_features`` (queries) and ``favor_key_features`` (keys) with
+  ``w = orthogonal_random_features(key, num_features, D)``, one projection shared by
+  every head and batch element. Bidirectional: ``phi(Q) (phi(K)^T V) / (phi(Q) (phi(K)^T
+  1))``; causal: the same with prefix sums, computed by a scan over chunks of
+  ``chunk_size``. Each key's features carry their own scale ``exp(c_j)``, taken relative
+  to the largest scale among the keys a query may see (its batch row and head; j <= i when
+  causal), so float32 features never underflow or overflow because of another row or a
+  later key, and no row's denominator is 0.
 
   Args:
     q: [B, N, H, D]; k: [B, N, Hkv, D]; v: [B, N, Hkv, Dv], Hkv dividing H.
@@ -359,12 +411,12 @@ def performer_attention(q, k, v, *, key, num_features: int = 256, causal: bool =
   scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
   w = orthogonal_random_features(key, num_features, q.shape[-1])
   phi_q = favor_features(q, w, is_query=True, scale=scale)
-  phi_k = favor_features(k, w, is_query=False, scale=scale)
+  psi_k, c_k = favor_key_features(k, w, scale=scale)
   vf = v.astype(_F32)
   if causal:
-    out = _causal_kernel_attention(phi_q, phi_k, vf, chunk_size, eps=0.0)
+    out = _causal_kernel_attention(phi_q, psi_k, vf, chunk_size, eps=0.0, key_log_scale=c_k)
   else:
-    out = _kernel_attention(phi_q, phi_k, vf, eps=0.0)
+    out = _kernel_attention(phi_q, _scaled_key_features(psi_k, c_k), vf, eps=0.0)
   return out.astype(q.dtype)
 
 
@@ -456,8 +508,17 @@ def performer_attention_weights(q, k, *, key, num_features: int = 256, causal: b
   _check_scale(scale)
   scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
   w = orthogonal_random_features(key, num_features, q.shape[-1])
-  return _kernel_weights(favor_features(q, w, is_query=True, scale=scale),
-                         favor_features(k, w, is_query=False, scale=scale), causal, 0.0)
+  phi_q = favor_features(q, w, is_query=True, scale=scale)
+  psi_k, c_k = favor_key_features(k, w, scale=scale)
+  g = q.shape[2] // k.shape[2]
+  psi_k, c_k = jnp.repeat(psi_k, g, axis=2), jnp.repeat(c_k, g, axis=2)
+  a = _einsum("bqhm,bkhm->bhqk", phi_q, psi_k)
+  c = c_k.transpose(0, 2, 1)[:, :, None, :]                               # [B, H, 1, N]
+  n = q.shape[1]
+  visible = jnp.tril(jnp.ones((n, n), bool)) if causal else jnp.ones((n, n), bool)
+  c = jnp.where(visible, c, -jnp.inf)                                      # [B, H, N, N]
+  a = a * jnp.exp(c - c.max(axis=-1, keepdims=True))                       # 0 where invisible
+  return a / a.sum(axis=-1, keepdims=True)
 
 
 def linear_attention_weights(q, k, *, causal: bool = True, eps: float = 1e-6):

@@ -279,8 +279,8 @@ def _rotary_fraction_problem(value, context):
 
 @POSITIONS.register("rope")
 class Rope(PositionScheme):
-  """RoPE with ``model.position.scaling`` (none | linear | ntk | dynamic_ntk | yarn),
-  ``scale_factor`` s, ``original_max_len`` and ``rotary_fraction``."""
+  """RoPE with ``model.position.scaling`` (none | linear | ntk | dynamic_ntk | yarn |
+  yarn_paper), ``scale_factor`` s, ``original_max_len`` and ``rotary_fraction``."""
   fields = (
       Field("theta", 10000.0, "rope / xpos base", check=_positive),
       Field("scaling", "none", "rope: frequency scaling for longer contexts",
@@ -288,8 +288,8 @@ class Rope(PositionScheme):
       Field("scale_factor", 1.0, "rope scaling s = L_new / L_train", minimum=1.0),
       Field("original_max_len", 0, "rope scaling L_train; 0 means the training length",
             minimum=0),
-      Field("yarn_alpha", 1.0, "yarn: ramp start"),
-      Field("yarn_beta", 32.0, "yarn: ramp end"),
+      Field("yarn_alpha", 1.0, "yarn: rotations below which dims interpolate (beta_slow)"),
+      Field("yarn_beta", 32.0, "yarn: rotations above which dims keep theta (beta_fast)"),
       Field("rotary_fraction", 1.0, "rope: fraction of head dims rotated",
             check=_rotary_fraction_problem),
   )
@@ -304,10 +304,10 @@ class Rope(PositionScheme):
   def validate(self, head_dim, d_model, seq_len):
     c = self.cfg
     _even_head_dim("rope", head_dim)
-    if c.scaling in ("dynamic_ntk", "yarn") and c.original_max_len < 1:
+    if c.scaling in ("dynamic_ntk", "yarn", "yarn_paper") and c.original_max_len < 1:
       raise ConfigError(f"model.position.original_max_len={c.original_max_len!r} must be an "
                         f"integer >= 1 with scaling={c.scaling!r}")
-    if c.scaling == "yarn" and not c.yarn_beta > c.yarn_alpha:
+    if c.scaling in ("yarn", "yarn_paper") and not c.yarn_beta > c.yarn_alpha:
       raise ConfigError(f"model.position.yarn_beta={c.yarn_beta!r} must exceed "
                         f"model.position.yarn_alpha={c.yarn_alpha!r}")
     if int(head_dim * c.rotary_fraction) < 2:

@@ -1,15 +1,26 @@
 """RoPE frequency scalings for length extrapolation, partial rotary, and xPos.
 
-Formulas from the YaRN paper (Peng et al. 2023), with s = L_new / L_train and
+With s = L_new / L_train (``scale_factor``), d the rotary dim, theta_i = b^(-2i/d) and
 wavelength lambda_i = 2 pi / theta_i:
 
 - ``linear`` (position interpolation, Chen et al. 2023): m -> m / s, i.e. theta_i / s.
 - ``ntk``: base b -> b * s^(d / (d - 2)); positions unchanged.
-- ``dynamic_ntk``: ``ntk`` with s = max(1, l / L_train) from the current length l.
-- ``yarn``: NTK-by-parts, r_i = L_train / lambda_i,
-  gamma_i = clip((r_i - alpha) / (beta - alpha), 0, 1),
-  theta'_i = (1 - gamma_i) theta_i / s + gamma_i theta_i; plus an attention
-  temperature t with sqrt(1/t) = 0.1 ln(s) + 1 (q and k are each multiplied by sqrt(1/t)).
+- ``dynamic_ntk``: at the current length l (at least L_train), base
+  b -> b * ((s l / L_train) - (s - 1))^(d / (d - 2)), the formula of the reference
+  implementation (Hugging Face ``transformers``' dynamic NTK); s = 1 gives
+  b * (l / L_train)^(d / (d - 2)).
+- ``yarn``: YaRN as its authors' code computes it (Peng et al. 2023, and every YaRN
+  checkpoint made with that code): correction dims
+  ``dim(r) = d ln(L_train / (2 pi r)) / (2 ln b)``, ``low = floor(dim(beta))``,
+  ``high = ceil(dim(alpha))`` clamped to [0, d - 1] (``beta`` = ``yarn_beta`` = 32, the
+  code's beta_fast; ``alpha`` = ``yarn_alpha`` = 1, its beta_slow); a ramp *linear in the
+  dimension index* ``ramp_i = clip((i - low) / (high - low), 0, 1)`` (high += 0.001 if
+  equal) and ``theta'_i = ramp_i theta_i / s + (1 - ramp_i) theta_i``; plus an attention
+  temperature: q and k are each multiplied by ``0.1 ln(s) + 1`` (1 when s <= 1).
+- ``yarn_paper``: the paper's continuous form, a ramp *linear in r_i = L_train /
+  lambda_i*: gamma_i = clip((r_i - alpha) / (beta - alpha), 0, 1),
+  theta'_i = (1 - gamma_i) theta_i / s + gamma_i theta_i, with the same temperature.
+  It differs from ``yarn`` in the transition band (``docs/attention.md``).
 
 xPos (Sun et al. 2022): RoPE with per-pair scale zeta_i = (2i + 0.4 d) / (1.4 d);
 queries are multiplied by zeta^(m / scale_base), keys by zeta^(-m / scale_base).
@@ -22,11 +33,25 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-ROPE_SCALINGS = ("none", "linear", "ntk", "dynamic_ntk", "yarn")
+ROPE_SCALINGS = ("none", "linear", "ntk", "dynamic_ntk", "yarn", "yarn_paper")
 
 
 def _frequencies(rotary_dim: int, theta: float) -> np.ndarray:
   return theta ** (-np.arange(0, rotary_dim, 2, dtype=np.float64) / rotary_dim)
+
+
+def yarn_correction_range(rotary_dim: int, theta: float, original_max_len: int,
+                          alpha: float, beta: float) -> tuple[int, int]:
+  """(low, high) dims of YaRN's ramp as the authors' code finds them (see the module doc)."""
+  def dim(rotations):
+    return rotary_dim * math.log(original_max_len / (rotations * 2 * math.pi)) / (
+        2 * math.log(theta))
+  return max(math.floor(dim(beta)), 0), min(math.ceil(dim(alpha)), rotary_dim - 1)
+
+
+def yarn_mscale(factor: float) -> float:
+  """YaRN's q and k multiplier sqrt(1/t) = 0.1 ln(s) + 1 (1 for s <= 1)."""
+  return 1.0 if factor <= 1 else 0.1 * math.log(factor) + 1.0
 
 
 def scaled_frequencies(rotary_dim: int, theta: float = 10000.0, scaling: str = "none",
@@ -37,19 +62,25 @@ def scaled_frequencies(rotary_dim: int, theta: float = 10000.0, scaling: str = "
   if scaling not in ROPE_SCALINGS:
     raise ValueError(f"RoPE scaling={scaling!r} is not valid; valid: {', '.join(ROPE_SCALINGS)}")
   d = rotary_dim
+  freqs = _frequencies(d, theta)
   if scaling == "none":
-    return _frequencies(d, theta), 1.0
+    return freqs, 1.0
   if scaling == "linear":
-    return _frequencies(d, theta) / factor, 1.0
+    return freqs / factor, 1.0
   if scaling == "ntk":
     return _frequencies(d, theta * factor ** (d / (d - 2))), 1.0
   if scaling == "dynamic_ntk":
-    s = max(1.0, seq_len / original_max_len)
-    return _frequencies(d, theta * s ** (d / (d - 2))), 1.0
-  freqs = _frequencies(d, theta)                 # yarn
-  ratio = original_max_len / (2 * math.pi / freqs)
+    length = max(seq_len, original_max_len)
+    grown = factor * length / original_max_len - (factor - 1)
+    return _frequencies(d, theta * grown ** (d / (d - 2))), 1.0
+  if scaling == "yarn":
+    low, high = yarn_correction_range(d, theta, original_max_len, alpha, beta)
+    ramp = np.clip((np.arange(d // 2, dtype=np.float64) - low)
+                   / ((high + 0.001 if high == low else high) - low), 0.0, 1.0)
+    return ramp * freqs / factor + (1 - ramp) * freqs, yarn_mscale(factor)
+  ratio = original_max_len / (2 * math.pi / freqs)           # yarn_paper
   gamma = np.clip((ratio - alpha) / (beta - alpha), 0.0, 1.0)
-  return (1 - gamma) * freqs / factor + gamma * freqs, 0.1 * math.log(factor) + 1.0
+  return (1 - gamma) * freqs / factor + gamma * freqs, yarn_mscale(factor)
 
 
 def rotate_half_split(x, angles, scale=None):
