@@ -198,7 +198,6 @@ def _cli(*args):
 
 def test_cli_prints_the_greedy_continuation(workdir):
   from attnlab import data
-  from attnlab.engine import evaluation as evaluate
   cfg, params, _ = workdir_lib.restore_params(workdir)
   expected = generate.generate(cfg, params, "Thou art", 12)
   result = _cli(f"--workdir={workdir}", "--prompt=Thou art", "--max_new_tokens=12",

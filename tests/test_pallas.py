@@ -221,7 +221,7 @@ def test_head_dims_64_and_128(head_dim):
 
 def test_unsupported_requests_fail_with_a_reason():
   q = jnp.zeros((1, 8, 2, 16))
-  with pytest.raises(ConfigError, match="score modifiers ALiBi, T5, soft-cap"):
+  with pytest.raises(ConfigError, match="computes ALiBi, T5, soft-cap and their compositions in-kernel"):
     dot_product_attention(q, q, q, bias=np.zeros((8, 8), np.float32), impl="pallas")
   with pytest.raises(ConfigError, match="explicit positions"):
     dot_product_attention(q, q, q, bias=positional.alibi_bias(2, jnp.zeros((1, 8), jnp.int32)),

@@ -95,7 +95,6 @@ def test_accuracy_grid_equals_a_direct_count(tmp_path):
   records = retrieval.run_study(cfg, tmp_path, progress=False)
   assert {(r["variant"], r["eval_length"], r["depth"]) for r in records} == {
       (v, n, d) for v in ("rope", "alibi", "nope") for n in (80, 160) for d in (0.0, 1.0)}
-  from attnlab.engine import evaluation as evaluate
   run_cfg, params, _ = workdir_lib.restore_params(tmp_path / "rope")
   model = TransformerLM(run_cfg.model)
   for i, n in enumerate((80, 160)):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from attnlab import workdir as workdir_lib
-from attnlab import ConfigError, positional
+from attnlab import ConfigError, config_lib, positional
 from attnlab.engine import sweeps as sweep
 from attnlab.engine import tasks as tasks_train
 from attnlab.data import tasks
@@ -112,7 +112,7 @@ def test_randomized_positions_are_sorted_random_subsets_in_the_train_step():
      r"data.max_length \(task 'binary_addition'\)=2 must be an integer >= 3"),
     ({"model__arch": "transformer", "model__position__kind": "t5", "model__position__randomize": True},
      r"model.position.kind \(with model.position.randomize=True\)='t5' is not valid; valid: "
-     r"sinusoidal, learned, rope, alibi"),
+     r"alibi, learned, rope, sinusoidal"),
     ({"model__arch": "transformer", "model__position__randomize": True,
       "model__position__random_max_len": 5},
      r"model.position.random_max_len=5 must be an integer >= 9, the longest training sequence"),
@@ -170,7 +170,7 @@ def test_bad_task_sweep_entries_fail_before_training(tmp_path):
   with pytest.raises(ConfigError, match=r"sweep.tasks entry='revers' is not valid"):
     sweep.run_sweep(config, tmp_path, progress=False)
   config.sweep.runner = "seq"
-  with pytest.raises(ConfigError, match=r"sweep.runner='seq' is not valid; valid: lm, tasks"):
+  with pytest.raises(ConfigError, match=r"sweep.runner='seq' is not valid; valid names: lm, tasks"):
     sweep.run_sweep(config, tmp_path, progress=False)
   assert not any(tmp_path.iterdir())
 

@@ -2,17 +2,19 @@
 new file) flow, with no edits elsewhere, through the sweep runner, the command line and the
 generated field docs."""
 
+import json
 import math
 import subprocess
 import sys
 
 import numpy as np
-from helpers import REPO
+import pytest
+from helpers import REPO, tiny_config
 from test_sweep import tiny_sweep_config
 
-from attnlab import config_lib, data
+from attnlab import ConfigError, config_lib, data
 from attnlab import workdir as workdir_lib
-from attnlab.engine import evaluation, sweeps
+from attnlab.engine import evaluation, sweeps, training
 from attnlab.models import num_params
 
 
@@ -68,3 +70,21 @@ def test_field_docs_are_generated_from_the_declarations():
   for field in ("`stride` = `16`", "**`kerple`**", "**`cudnn`**"):
     assert field in text
   assert np.all([name in text for name in ("window", "lsh_buckets", "ring_layout", "theta")])
+
+
+def test_a_workdir_written_before_a_variant_existed_still_resumes_and_evaluates(tmp_path):
+  """Fields a variant adds (here: strided's ``stride``) are absent from older config.json
+  files; such a run resumes (the field is at its default) and restores."""
+  cfg = tiny_config("rope", train__steps=4, train__warmup_steps=1, train__checkpoint_every=2,
+                    train__eval_every=4)
+  training.train_and_evaluate(cfg, tmp_path, stop_after=2, progress=False)
+  saved = json.loads((tmp_path / "config.json").read_text())
+  del saved["model"]["attention"]["stride"]                     # as written before strided.py
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  result = training.train_and_evaluate(cfg, tmp_path, progress=False)
+  assert result["metrics"]["step"] == 4
+  assert workdir_lib.restore_params(tmp_path)[0].model.attention.stride == 16
+  # a real difference is still refused
+  changed = tiny_config("rope", train__steps=4, train__warmup_steps=1, model__d_model=64)
+  with pytest.raises(ConfigError, match=r"model.d_model: 32 -> 64"):
+    training.train_and_evaluate(changed, tmp_path, progress=False)

@@ -31,7 +31,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from attnlab.attention import masks as masks_lib
-from attnlab.attention import score_mods
 from attnlab.attention.core import BLOCK_KV, BLOCK_Q, IMPLS, Implementation
 from pallas_kernels import flash
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import functools
-import sys
 import time
 
 import jax

@@ -42,7 +42,6 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))   # run fro
 
 from attnlab import workdir as workdir_lib  # noqa: E402
 from attnlab import data, positional, runtime  # noqa: E402
-from attnlab.engine import evaluation as evaluate  # noqa: E402
 from attnlab.engine import sweeps as sweep  # noqa: E402
 from attnlab.engine import training as train  # noqa: E402
 from attnlab.models import kv_cache  # noqa: E402
