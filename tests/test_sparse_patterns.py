@@ -53,7 +53,7 @@ def np_random(mask: masks.RandomKeys, q_len, kv_len):
   for h in range(mask.num_heads):
     for i in range(q_len):
       for j in draws[h, i]:
-        if j < kv_len:
+        if 0 <= j < kv_len:
           out[h, i, j] = True
   return out
 
@@ -262,3 +262,52 @@ def test_global_index_out_of_range_is_reported():
   with pytest.raises(ValueError, match=r"indices \[40\] are out of range"):
     mask.validate(32, 32)
   mask.validate(41, 41)   # in range: no error
+
+
+# ----------------------------------------------------------------------------- random draws: semantics
+
+
+def test_random_rows_see_exactly_per_row_distinct_keys():
+  """``random(k)``: k distinct keys per row (all earlier keys when a row has fewer)."""
+  k, n = 3, 40
+  mask = masks.random(k, seed=4, num_heads=5)
+  draws = np.asarray(mask.draws(np.arange(n)))
+  dense = np.asarray(mask.dense(n, n))
+  for h in range(5):
+    for i in range(n):
+      picked = [int(j) for j in draws[h, i] if j >= 0]
+      assert len(picked) == len(set(picked)) == min(k, i + 1)
+      assert all(0 <= j <= i for j in picked)
+      assert dense[h, i].sum() == min(k, i + 1)          # counted in the mask itself
+  # the model's pattern adds the query itself: k or k + 1 keys per row
+  from attnlab.attention import PATTERNS
+  import ml_collections
+  att = ml_collections.ConfigDict({"random_per_row": k, "seed": 0, "num_heads": 2})
+  model_mask = np.asarray(PATTERNS.get("random").build(att, 0).dense(n, n))
+  counts = model_mask.sum(-1)
+  assert set(np.unique(counts[:, k:])) <= {k, k + 1} and (counts[:, :k] == np.arange(1, k + 1)).all()
+
+
+def test_random_subsets_are_uniform():
+  """Every 2-subset of 6 keys is drawn equally often (Floyd's algorithm), by counting."""
+  from itertools import combinations
+  heads, rows = 64, 512
+  draws = np.asarray(masks.random(2, seed=9, num_heads=heads, kv_len=6).draws(np.arange(rows)))
+  counts = {pair: 0 for pair in combinations(range(6), 2)}
+  for pair in draws.reshape(-1, 2):
+    counts[tuple(sorted(int(x) for x in pair))] += 1
+  total = heads * rows
+  expected = total / 15
+  sigma = np.sqrt(expected * (1 - 1 / 15))
+  assert sum(counts.values()) == total
+  assert all(abs(c - expected) < 6 * sigma for c in counts.values()), counts
+
+
+def test_bigbird_random_blocks_are_distinct():
+  mask = masks.bigbird(4, 3, 1, 3, seed=2, num_heads=3, causal=True).left   # the BigBird part
+  rand = np.asarray(mask._random_blocks(np.arange(16)))                    # [H, blocks, 3]
+  for h in range(3):
+    for b in range(16):
+      picked = [int(j) for j in rand[h, b] if j >= 0]
+      assert len(picked) == len(set(picked)) == min(3, b + 1)
+      assert all(0 <= j <= b for j in picked)

@@ -273,9 +273,23 @@ def hash_ints(*values) -> jax.Array:
   return h
 
 
-def _draw(seed: int, head, row, draw, span) -> jax.Array:
-  """A pseudo-random integer in ``[0, span)`` for each (head, row, draw); int32, broadcast shape."""
-  return (hash_ints(seed, head, row, draw) % jnp.asarray(span).astype(_U32)).astype(jnp.int32)
+def distinct_draws(seed: int, head, row, count: int, span) -> jax.Array:
+  """``count`` distinct pseudo-random integers from ``[0, span)`` per (head, row), every
+  ``count``-subset equally likely (Floyd's algorithm on counter-based hashes); when
+  ``span < count`` all ``span`` values are drawn and the other entries are -1.
+
+  head, row, span: int arrays broadcast together -> int32 ``[..., count]``.
+  """
+  span = jnp.asarray(span, jnp.int32)
+  picks = []
+  for r in range(count):
+    top = span - count + r                         # Floyd: draw j from [0, top]
+    j = (hash_ints(seed, head, row, r) % jnp.maximum(top + 1, 1).astype(_U32)).astype(jnp.int32)
+    taken = jnp.zeros(jnp.broadcast_shapes(j.shape, top.shape), bool)
+    for p in picks:
+      taken = taken | (p == j)
+    picks.append(jnp.where(top < 0, -1, jnp.where(taken, top, j)))
+  return jnp.stack(jnp.broadcast_arrays(*picks), axis=-1)
 
 
 @pytree_dataclass
@@ -363,10 +377,12 @@ class Sinks(Mask):
 
 @pytree_dataclass
 class RandomKeys(Mask):
-  """Each query sees up to ``per_row`` keys drawn at random, fixed by ``seed`` and per head.
+  """Each query sees ``per_row`` distinct keys drawn at random (every subset of that size
+  equally likely), fixed by ``seed`` and per head.
 
-  With ``kv_len=None`` the draws for query i come from ``[0, i]`` (a causal pattern);
-  otherwise from ``[0, kv_len)``. Duplicate draws are one key. Shape ``[num_heads, q, k]``.
+  With ``kv_len=None`` the keys of query i come from ``[0, i]`` (a causal pattern; a query
+  with fewer than ``per_row`` earlier keys sees all of them); otherwise from
+  ``[0, kv_len)``. Shape ``[num_heads, q, k]``.
   """
   per_row: int
   seed: int
@@ -374,11 +390,12 @@ class RandomKeys(Mask):
   kv_len: int | None
 
   def draws(self, q_idx) -> jax.Array:
-    """Key index of every draw: int32 ``[num_heads, q, per_row]`` for q_idx ``[q]``."""
-    head = jnp.arange(self.num_heads)[:, None, None]
-    row = jnp.asarray(q_idx).reshape(1, -1, 1)
+    """Key index of every draw, distinct per row: int32 ``[num_heads, q, per_row]`` for
+    q_idx ``[q]`` (-1 where a causal row has fewer than ``per_row`` keys)."""
+    head = jnp.arange(self.num_heads)[:, None]
+    row = jnp.asarray(q_idx).reshape(1, -1)
     span = row + 1 if self.kv_len is None else self.kv_len
-    return _draw(self.seed, head, row, jnp.arange(self.per_row)[None, None, :], span)
+    return distinct_draws(self.seed, head, row, self.per_row, span)
 
   def __call__(self, q_idx, kv_idx):
     keys = self.draws(q_idx[..., 0])
@@ -392,7 +409,7 @@ class RandomKeys(Mask):
       keys = np.asarray(self.draws(jnp.arange(q_len)))             # [H, q, R]
     head, row = np.indices(keys.shape[:2])
     head, row = (np.repeat(x[..., None], self.per_row, -1) for x in (head, row))
-    ok = keys < kv_len
+    ok = (keys >= 0) & (keys < kv_len)
     pairs = np.unique(np.stack([head[ok], row[ok], keys[ok]]), axis=1)   # distinct (h, i, j)
     shape = (self.num_heads, -(-q_len // block_q), -(-kv_len // block_kv))
     count = np.zeros(shape, np.int64)
@@ -407,7 +424,8 @@ class RandomKeys(Mask):
 class BigBird(Mask):
   """BigBird (Zaheer et al. 2020) on blocks of ``block`` tokens: block I sees block J iff
   ``|I - J| <= window_blocks // 2`` (sliding window), ``I < global_blocks or J < global_blocks``
-  (global blocks, the ITC form), or J is one of ``random_blocks`` blocks drawn per (head, I).
+  (global blocks, the ITC form), or J is one of ``random_blocks`` distinct blocks drawn per
+  (head, I) (``distinct_draws``; a random block may coincide with a window or global block).
 
   Random blocks come from ``[0, I]`` when ``kv_len`` is None (causal use), else from all key
   blocks. Shape ``[num_heads, q, k]``.
@@ -421,11 +439,11 @@ class BigBird(Mask):
   kv_len: int | None
 
   def _random_blocks(self, q_block) -> jax.Array:
-    """int32 ``[num_heads, n, random_blocks]`` for query blocks ``[n]``."""
-    head = jnp.arange(self.num_heads)[:, None, None]
-    row = jnp.asarray(q_block).reshape(1, -1, 1)
+    """int32 ``[num_heads, n, random_blocks]`` for query blocks ``[n]`` (-1: no draw)."""
+    head = jnp.arange(self.num_heads)[:, None]
+    row = jnp.asarray(q_block).reshape(1, -1)
     span = row + 1 if self.kv_len is None else -(-self.kv_len // self.block)
-    return _draw(self.seed, head, row, jnp.arange(self.random_blocks)[None, None, :], span)
+    return distinct_draws(self.seed, head, row, self.random_blocks, span)
 
   def _blocks_see(self, q_block, kv_block):
     """q_block ``[q, 1]``, kv_block ``[1, k]`` -> bool ``[num_heads, q, k]``."""
