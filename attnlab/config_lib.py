@@ -12,11 +12,12 @@ derived defaults (``resolve``) and describes every variant's fields
 from __future__ import annotations
 
 import importlib.util
+import math
 import pathlib
 
 import ml_collections
 
-from attnlab import parallel, positional
+from attnlab import data, parallel, positional
 from attnlab.attention import IMPLS, KINDS, PATTERNS, impl_names
 from attnlab.data.retrieval import TASKS
 from attnlab.models import DTYPES, MLPS, NORMS
@@ -90,6 +91,16 @@ def with_declared_defaults(config) -> ml_collections.ConfigDict:
         if name not in m[block]:
           m[block][name] = f.default
   return config
+
+
+def position_variant(kind: str) -> dict:
+  """A sweep variant's overrides that set ``model.position.kind`` and hold every other
+  position field as a typed placeholder (None: the base's value), so that the command line
+  can set any of them, e.g. ``--config.sweep.variants.rope.model.position.scaling=yarn``."""
+  from ml_collections import config_dict
+  fields = {name: config_dict.placeholder(type(f.default))
+            for name, f in position_fields().items()}
+  return {"model": {"position": {**fields, "kind": kind}}}
 
 
 def describe_variants() -> str:
@@ -208,6 +219,9 @@ def validate(config) -> None:
   _choice(m.dtype, "model.dtype", DTYPES)
   for field in ("num_layers", "d_model", "vocab_size", "mlp_ratio"):
     _positive_int(m[field], f"model.{field}")
+  if m.vocab_size != data.VOCAB_SIZE:
+    raise ConfigError(f"model.vocab_size={m.vocab_size} must be {data.VOCAB_SIZE}: the data are "
+                      f"UTF-8 bytes (ids 0..{data.VOCAB_SIZE - 1})")
   for field in ("num_heads", "num_kv_heads"):
     _positive_int(a[field], f"model.attention.{field}")
   if a.num_heads % a.num_kv_heads:
@@ -252,22 +266,36 @@ def validate(config) -> None:
   parallel.check_mesh(config)
 
 
+def _number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_optimizer(t) -> None:
-  """``train.lr``, warmup, schedule, AdamW's betas and decay, clipping."""
-  if not (isinstance(t.lr, (int, float)) and t.lr > 0):
-    raise ConfigError(f"train.lr={t.lr!r} must be > 0")
-  if not (isinstance(t.warmup_steps, int) and 0 <= t.warmup_steps < t.steps):
-    raise ConfigError(f"train.warmup_steps={t.warmup_steps!r} must be an integer in "
-                      f"[0, train.steps={t.steps})")
-  if "min_lr_ratio" in t and not 0.0 <= t.min_lr_ratio <= 1.0:
+  """``train.lr``, warmup, schedule, AdamW's betas and decay, clipping: finite and in range.
+  A warmup longer than the run is allowed (it warms up for the steps it has)."""
+  if not (_number(t.lr) and t.lr > 0):
+    raise ConfigError(f"train.lr={t.lr!r} must be > 0 and finite")
+  if not (isinstance(t.warmup_steps, int) and not isinstance(t.warmup_steps, bool)
+          and t.warmup_steps >= 0):
+    raise ConfigError(f"train.warmup_steps={t.warmup_steps!r} must be an integer >= 0")
+  if "min_lr_ratio" in t and not (_number(t.min_lr_ratio) and 0.0 <= t.min_lr_ratio <= 1.0):
     raise ConfigError(f"train.min_lr_ratio={t.min_lr_ratio!r} must be in [0, 1]")
-  if "grad_clip" in t and not t.grad_clip > 0:
-    raise ConfigError(f"train.grad_clip={t.grad_clip!r} must be > 0")
+  if "grad_clip" in t and not (_number(t.grad_clip) and t.grad_clip > 0):
+    raise ConfigError(f"train.grad_clip={t.grad_clip!r} must be > 0 and finite")
+  for field in ("b1", "b2"):
+    if field in t and not (_number(t[field]) and 0.0 <= t[field] < 1.0):
+      raise ConfigError(f"train.{field}={t[field]!r} must be in [0, 1) (AdamW's decay rate)")
+  if "weight_decay" in t and not (_number(t.weight_decay) and t.weight_decay >= 0):
+    raise ConfigError(f"train.weight_decay={t.weight_decay!r} must be >= 0 and finite")
 
 
 def merge_overrides(base: ml_collections.ConfigDict, overrides, path: str) -> None:
-  """Set every leaf of ``overrides`` in ``base``; unknown fields are errors naming the path."""
+  """Set every leaf of ``overrides`` in ``base``; unknown fields are errors naming the path.
+  A leaf that is None keeps the base's value (a variant lists a field only so that the
+  command line can set it: ``--config.sweep.variants.rope.model.position.scaling=yarn``)."""
   for key, value in overrides.items():
+    if value is None:
+      continue
     if key not in base:
       close = nearest(key, base.keys())
       hint = f"; nearest: {', '.join(close)}" if close else ""

@@ -13,6 +13,7 @@ import pathlib
 
 import ml_collections
 
+from attnlab import config_lib
 from attnlab.config_lib import load_module
 
 
@@ -20,8 +21,7 @@ def _lm():
   return load_module(pathlib.Path(__file__).with_name("lm.py"))
 
 
-def _position(kind: str) -> dict:
-  return {"model": {"position": {"kind": kind}}}
+VARIANTS = {"rope": "rope", "alibi": "alibi", "sinusoidal": "sinusoidal", "nope": "none"}
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
@@ -35,21 +35,16 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 250
   c.eval.max_tokens = 16384           # scored tokens per (length, protocol)
 
+  keep = [name.strip() for name in arg.split(",")] if arg else list(VARIANTS)
+  unknown = sorted(set(keep) - set(VARIANTS))
+  if unknown or not keep:
+    raise ValueError(f"configs/extrapolation.py:{arg}: unknown variant(s) {unknown}; valid: "
+                     f"{', '.join(sorted(VARIANTS))} (comma-separated)")
   c.sweep = ml_collections.ConfigDict()
-  c.sweep.variants = ml_collections.ConfigDict({
-      "rope": _position("rope"),
-      "alibi": _position("alibi"),
-      "sinusoidal": _position("sinusoidal"),
-      "nope": _position("none"),
-  })
-  if arg:
-    keep = [name.strip() for name in arg.split(",")]
-    unknown = sorted(set(keep) - set(c.sweep.variants))
-    if unknown or not keep:
-      raise ValueError(f"configs/extrapolation.py:{arg}: unknown variant(s) {unknown}; valid: "
-                       f"{', '.join(c.sweep.variants)} (comma-separated)")
-    c.sweep.variants = ml_collections.ConfigDict(
-        {name: c.sweep.variants[name].to_dict() for name in keep})
+  # each variant sets the position kind; its other position fields are placeholders the
+  # command line can set (config_lib.position_variant)
+  c.sweep.variants = ml_collections.ConfigDict(
+      {name: config_lib.position_variant(VARIANTS[name]) for name in keep})
   c.sweep.factors = (1, 2, 4, 8, 16)  # ... test long: evaluation lengths / data.seq_len
   c.sweep.protocols = ("non_overlapping", "sliding")
   c.sweep.stride = 32                 # sliding protocol: tokens scored per window

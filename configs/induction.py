@@ -31,12 +31,14 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.train.weight_decay = 0.0
   c.train.checkpoint_every = 2500
   c.train.keep_checkpoints = 1
+  c.train.eval_every = 50              # steps between measurements of the heads
+  c.train.eval_batches = 2             # validation batches (held-out segments) per measurement
+  c.train.log_every = 50
   c.induction = ml_collections.ConfigDict()
   c.induction.min_period = 4           # segment lengths drawn uniformly from [min, max]
   c.induction.max_period = 32
   c.induction.token_low = 32           # segment bytes drawn from [token_low, token_high)
   c.induction.token_high = 127
   c.induction.loss_on_repeats = True   # train only on the predictable (repeated) tokens
-  c.induction.eval_every = 50          # steps between measurements
   c.induction.eval_batch = 32          # probe sequences: period seq_len // 2, repeated once
   return c

@@ -68,6 +68,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.b2 = 0.99
   c.train.grad_clip = 1.0
   c.train.log_every = 100
+  c.train.checkpoint_every = 500      # resumable: checkpoints in workdir/checkpoints
+  c.train.keep_checkpoints = 2
 
   c.eval = ml_collections.ConfigDict()
   c.eval.lengths = (5, 10, 20, 40, 80)  # input lengths scored after training

@@ -111,7 +111,7 @@ def test_induction_run_at_initialisation_scores_as_uniform_attention(tmp_path):
   cfg.train.batch_size = 4
   cfg.train.warmup_steps = 0
   cfg.train.checkpoint_every = 2
-  cfg.induction.eval_every = 1
+  cfg.train.eval_every = 1
   cfg.induction.eval_batch = 4
   cfg.data.seq_len = 32
   result = induction.run(cfg, tmp_path / "work", tmp_path / "out")

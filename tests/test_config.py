@@ -26,7 +26,7 @@ from configs import lm
     ({"model__attention__pattern": "full"}, r"model.attention.pattern='full'.*causal language model"),
     ({"model__attention__pattern": "sliding_window", "model__attention__window": 0},
      r"model.attention.window=0 must be an integer >= 1"),
-    ({"train__warmup_steps": 20}, r"train.warmup_steps=20 .*\[0, train.steps=20\)"),
+    ({"train__warmup_steps": -1}, r"train.warmup_steps=-1 must be an integer >= 0"),
     ({"train__lr": -1.0}, r"train.lr=-1.0 must be > 0"),
     ({"mesh__tensor": 3}, r"mesh.tensor=3 must divide model.attention.num_heads=4.*valid: 1, 2, 4"),
     ({"mesh__sequence": 5}, r"mesh.sequence=5 must divide data.seq_len=32"),

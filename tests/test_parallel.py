@@ -126,3 +126,40 @@ def test_distributed_initialize_reads_config_then_environment(monkeypatch):
   cfg.mesh.num_processes = 0
   with pytest.raises(ConfigError, match="num_processes >= 1"):
     parallel.initialize_distributed(cfg)
+
+
+MULTIHOST = pathlib.Path(__file__).with_name("multihost_worker.py")
+
+
+def _free_port() -> int:
+  import socket
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_on_localhost_train_like_one(tmp_path):
+  """Two processes x 4 CPU devices, jax.distributed from the config, a data x fsdp mesh over
+  both: losses equal an 8-device run in one process, only process 0 writes the workdir, and
+  the checkpoint both wrote restores in one process. Five times in a row."""
+  single = worker("train", tmp_path / "one", "4,2,1,1", 4, 4)["losses"]
+  for attempt in range(5):
+    workdir = tmp_path / f"two{attempt}"
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, str(MULTIHOST), str(workdir), str(pid), str(port),
+                               "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for pid in (0, 1)]
+    outs = []
+    for proc in procs:
+      out, err = proc.communicate(timeout=600)
+      assert proc.returncode == 0, err[-3000:]
+      outs.append(json.loads(out.strip().splitlines()[-1]))
+    assert [o["devices"] for o in outs] == [8, 8] and [o["local_devices"] for o in outs] == [4, 4]
+    losses = outs[0]["losses"]
+    np.testing.assert_allclose([losses[s] for s in sorted(single)],
+                               [single[s] for s in sorted(single)], rtol=1e-4)
+    assert outs[1]["losses"] == {} and outs[1]["final_step"] == 4
+    assert not list(workdir.glob(".*.tmp")) and (workdir / "config.json").exists()
+    restored = worker("restore", workdir, 4, "1,1,1,1")
+    assert restored["identical"]

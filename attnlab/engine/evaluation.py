@@ -22,7 +22,8 @@ from tqdm import tqdm
 from attnlab import data, positional
 from attnlab.models import build_lm
 from attnlab.registry import ConfigError
-from attnlab.workdir import restore_params
+from attnlab import workdir as workdir_lib
+from attnlab.workdir import WorkdirError, restore_params
 
 LN2 = math.log(2.0)
 
@@ -130,13 +131,25 @@ def plot_lengths(records: list[dict], path, title: str, key: str = "variant",
   plt.close(fig)
 
 
+def check_finite(records: list[dict], workdir, step: int) -> None:
+  """Refuse (``WorkdirError``) to report a non-finite loss: nothing is written."""
+  bad = [r["eval_length"] for r in records if not math.isfinite(r["loss"])]
+  if bad:
+    raise WorkdirError(f"the checkpoint at step {step} in {workdir} gives a non-finite loss at "
+                       f"length(s) {bad} (its parameters overflow); nothing was written")
+
+
 def evaluate_workdir(workdir, lengths, out=None, progress=True) -> list[dict]:
+  """Evaluate the newest checkpoint of ``workdir`` at ``lengths``; writes
+  ``eval.{json,md,png}`` (with the fingerprint of what was evaluated) into ``out``."""
   cfg, params, step = restore_params(workdir)
   corpus = data.load_corpus(cfg.data)
   records = evaluate_lengths(cfg, params, corpus.valid, lengths, progress=progress)
+  check_finite(records, workdir, step)
+  stamp = workdir_lib.fingerprint(cfg, step, params, data=workdir_lib.data_digest(corpus.valid))
   name = pathlib.Path(workdir).name
   for r in records:
-    r.update(variant=name, train_length=cfg.data.seq_len, step=step)
+    r.update(variant=name, train_length=cfg.data.seq_len, step=step, fingerprint=stamp)
   out = pathlib.Path(out or workdir)
   out.mkdir(parents=True, exist_ok=True)
   (out / "eval.json").write_text(json.dumps(records, indent=2))

@@ -28,6 +28,7 @@ from attnlab import config_lib, data, positional
 from attnlab.engine import evaluation, training
 from attnlab.models import num_params
 from attnlab.registry import ConfigError, Registry
+from attnlab import workdir as workdir_lib
 from attnlab.workdir import restore_params
 
 RESULT_FIELDS = ("variant", "eval_length", "eval_mode", "loss", "ppl", "bpb", "tokens", "stride",
@@ -67,25 +68,31 @@ def variant_configs(config) -> dict[str, ml_collections.ConfigDict]:
 
 
 def _evaluate_variant(run_dir: pathlib.Path, spec: dict, progress: bool) -> list[dict]:
-  """Evaluate a trained variant, or reuse its cached results for the same spec."""
+  """Evaluate a trained variant, or reuse its cached results when the spec and the
+  fingerprint of what they were computed from (config, checkpoint, data) are unchanged."""
   cache = run_dir / "sweep_eval.json"
-  if cache.exists():
-    cached = json.loads(cache.read_text())
-    if cached["spec"] == spec:
-      return cached["records"]
   cfg, params, step = restore_params(run_dir)
   tokens = data.load_corpus(cfg.data).valid
+  stamp = workdir_lib.fingerprint(cfg, step, params, data=workdir_lib.data_digest(tokens))
+  if cache.exists():
+    cached = json.loads(cache.read_text())
+    why = workdir_lib.fingerprint_change(cached.get("fingerprint"), stamp)
+    if cached.get("spec") == spec and not why:
+      return cached["records"]
+    if progress:
+      print(f"{run_dir}: evaluating again ({why or 'another evaluation spec'})")
   records = []
   for mode in spec["protocols"]:
     budget = spec["sliding_tokens"] if mode == "sliding" else spec["max_tokens"]
     records += evaluation.evaluate_lengths(cfg, params, tokens, spec["lengths"], mode=mode,
-                                         stride=spec["stride"], max_tokens=budget,
-                                         progress=progress)
+                                           stride=spec["stride"], max_tokens=budget,
+                                           progress=progress)
+  evaluation.check_finite(records, run_dir, step)
   for r in records:
-    r.update(variant=run_dir.name, train_length=cfg.data.seq_len, params=num_params(params), step=step)
-  tmp = cache.with_suffix(".json.tmp")
-  tmp.write_text(json.dumps({"spec": spec, "records": records}, indent=2))
-  tmp.replace(cache)
+    r.update(variant=run_dir.name, train_length=cfg.data.seq_len, params=num_params(params),
+             step=step)
+  workdir_lib.atomic_write(cache, json.dumps(
+      {"spec": spec, "fingerprint": stamp, "records": records}, indent=2))
   return records
 
 

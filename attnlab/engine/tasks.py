@@ -16,31 +16,29 @@ A grid of runs (tasks x variants) goes through the sweep runner with
 ``sweep.runner = "tasks"`` (``configs/length_generalization.py``,
 ``configs/bottleneck.py``): ``python -m attnlab.sweep --config=... --workdir=...``.
 
-The workdir gets ``config.json``, ``metrics.jsonl``, ``params.msgpack`` (written at the
-end; a finished run with the same config is not retrained) and ``eval.json``.
+The workdir has the layout of every run (``attnlab.workdir``: ``config.json``,
+``checkpoints/``, ``metrics.jsonl``; resumable, a finished run is not retrained), plus
+``train.json`` and ``eval.json`` (fingerprinted: reused only for the same model).
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import math
-import os
 import pathlib
 import time
 
-import flax.serialization
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from tqdm import tqdm
 
 from attnlab import config_lib, positional
+from attnlab import workdir as workdir_lib
 from attnlab.attention import impl_names
 from attnlab.data import tasks
-from attnlab.engine import sweeps
+from attnlab.engine import loop, sweeps
 from attnlab.engine.training import make_optimizer
 from attnlab.models import NORMS
 from attnlab.models import rnn as rnn_lib
@@ -126,7 +124,7 @@ def validate(config) -> None:
     config_lib.check_position(
         p, head_dim=m.d_model // a.num_heads, d_model=m.d_model, seq_len=longest,
         trained_length=max(d.max_length, tasks.target_width(d.task, d.max_length)))
-  for field in ("steps", "batch_size", "log_every"):
+  for field in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
     _positive_int(t[field], f"train.{field}")
   config_lib.check_optimizer(t)
 
@@ -169,54 +167,63 @@ def make_train_step(model, tx, cfg):
   return jax.jit(step_fn, donate_argnums=(0,))
 
 
-def _config_json(cfg) -> str:
-  return json.dumps(json.loads(cfg.to_json()), indent=2, sort_keys=True)
-
-
 def train(config, workdir, progress: bool = True):
-  """Train (or reload a finished run with the same config). Returns (cfg, params)."""
+  """Train (or resume, or reload a finished run with the same config) on the engine's loop.
+
+  The workdir has the layout of every run (``attnlab.workdir``): ``config.json``,
+  ``checkpoints/``, ``metrics.jsonl``, and ``train.json`` (parameter count, seconds, final
+  loss) once training is complete. Returns (cfg, params).
+  """
   cfg = resolve(config)
   workdir = pathlib.Path(workdir)
   model = seq2seq.build(cfg.model)
   d, t = cfg.data, cfg.train
-  batch0 = tasks.train_batch(d.task, t.batch_size, d.max_length, t.seed, 0, d.min_length)
-  params = jax.jit(model.init)(jax.random.PRNGKey(t.seed), batch0["src"], batch0["tgt_in"])["params"]
-  saved = workdir / "params.msgpack"
-  if saved.exists() and (workdir / "config.json").read_text() == _config_json(cfg):
-    return cfg, flax.serialization.from_bytes(params, saved.read_bytes())
-  workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "config.json").write_text(_config_json(cfg))
+  batch = lambda step: tasks.train_batch(d.task, t.batch_size, d.max_length, t.seed, step,  # noqa: E731
+                                         d.min_length)
   tx = make_optimizer(t, cfg.model if cfg.model.arch == "transformer" else None)
-  state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
-  train_step = make_train_step(model, tx, cfg)
-  records, window, start = [], [], time.perf_counter()
-  n_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
-  bar = tqdm(total=t.steps, desc=f"{workdir.parent.name}/{workdir.name}", disable=not progress,
-             mininterval=1.0, dynamic_ncols=True)
-  try:
-    for step in range(t.steps):
-      batch = tasks.train_batch(d.task, t.batch_size, d.max_length, t.seed, step, d.min_length)
-      state, loss = train_step(state, batch)
-      window.append(loss)
-      bar.update(1)
-      if (step + 1) % t.log_every == 0 or step + 1 == t.steps:
-        mean = float(np.mean(jax.device_get(window)))
-        if not math.isfinite(mean):
-          raise FloatingPointError(f"{workdir}: loss became {mean} by step {step + 1}")
-        records.append({"step": step + 1, "split": "train", "loss": mean,
-                        "seconds": time.perf_counter() - start})
-        bar.set_postfix(loss=f"{mean:.4f}")
-        window = []
-  finally:
-    bar.close()
-  (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-  tmp = saved.with_suffix(".tmp")
-  tmp.write_bytes(flax.serialization.to_bytes(state["params"]))
-  os.replace(tmp, saved)
-  (workdir / "train.json").write_text(json.dumps(
-      {"params": n_params, "steps": t.steps, "seconds": time.perf_counter() - start,
-       "final_loss": records[-1]["loss"]}, indent=2))
+
+  def init():
+    batch0 = batch(0)
+    params = jax.jit(model.init)(jax.random.PRNGKey(t.seed), batch0["src"],
+                                 batch0["tgt_in"])["params"]
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+  loop.prepare_workdir(workdir)
+  with workdir_lib.lock(workdir):
+    checkpointer = workdir_lib.Checkpointer(workdir / "checkpoints", t.keep_checkpoints)
+    metrics = None
+    try:
+      workdir_lib.write_or_check_config(cfg, workdir,
+                                        resuming=checkpointer.latest_step() is not None)
+      start, state = loop.restore_or_init(checkpointer, jax.eval_shape(init), None, init)
+      metrics = workdir_lib.MetricsLog(workdir, start, tensorboard=False)
+      train_step = make_train_step(model, tx, cfg)
+      fixed = batch(0)
+      probe = jax.jit(lambda params: sequence_loss(
+          model.apply({"params": params}, fixed["src"], fixed["tgt_in"]), fixed["tgt_out"]))
+      began = time.perf_counter()
+      state, last = loop.run_steps(
+          state=state, step_fn=lambda state, step: _as_metrics(train_step(state, batch(step))),
+          start=start, end=t.steps,
+          schedule=loop.Schedule(t.steps, t.log_every, t.steps, t.checkpoint_every),
+          checkpointer=checkpointer, metrics=metrics, probe=probe,
+          desc=f"{workdir.parent.name}/{workdir.name}", progress=progress)
+    finally:
+      checkpointer.close()
+      if metrics is not None:
+        metrics.close()
+    if start < t.steps or not (workdir / "train.json").exists():
+      n_params = sum(x.size for x in jax.tree_util.tree_leaves(state["params"]))
+      final = [r for r in workdir_lib.read_metrics(workdir) if r["split"] == "train"][-1]
+      workdir_lib.atomic_write(workdir / "train.json", json.dumps(
+          {"params": n_params, "steps": t.steps, "seconds": time.perf_counter() - began,
+           "resumed_from": start, "final_loss": final["loss"]}, indent=2))
   return cfg, state["params"]
+
+
+def _as_metrics(result):
+  state, loss = result
+  return state, {"loss": loss}
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -278,19 +285,29 @@ def evaluate(cfg, params, lengths=None, examples=None, seed: int = 1234) -> list
 
 
 def train_and_evaluate(config, workdir, progress: bool = True) -> list[dict]:
-  """Train (or reuse) and evaluate one run; evaluation is cached in ``eval.json``."""
+  """Train (or reuse) and evaluate one run. The evaluation is cached in ``eval.json`` with
+  the fingerprint of what produced it (config, checkpoint, evaluation data); it is reused
+  only when that is unchanged, otherwise recomputed (and the reason printed)."""
   cfg, params = train(config, workdir, progress)
-  cache = pathlib.Path(workdir) / "eval.json"
-  spec = {"lengths": list(cfg.eval.lengths), "examples": cfg.eval.examples}
+  workdir = pathlib.Path(workdir)
+  cache = workdir / "eval.json"
+  spec = {"lengths": list(cfg.eval.lengths), "examples": cfg.eval.examples, "seed": 1234}
+  step = int(cfg.train.steps)
+  stamp = workdir_lib.fingerprint(cfg, step, params, data=json.dumps(
+      {"task": cfg.data.task, **spec}, sort_keys=True))
   if cache.exists():
     cached = json.loads(cache.read_text())
-    if cached["spec"] == spec:
+    why = workdir_lib.fingerprint_change(cached.get("fingerprint"), stamp)
+    if cached.get("spec") == spec and not why:
       return cached["records"]
+    if progress:
+      print(f"{workdir}: evaluating again ({why or 'another evaluation spec'})")
   records = evaluate(cfg, params)
-  info = json.loads((pathlib.Path(workdir) / "train.json").read_text())
+  info = json.loads((workdir / "train.json").read_text())
   for r in records:
     r.update(params=info["params"], train_seconds=info["seconds"], final_loss=info["final_loss"])
-  cache.write_text(json.dumps({"spec": spec, "records": records}, indent=2))
+  workdir_lib.atomic_write(cache, json.dumps(
+      {"spec": spec, "fingerprint": stamp, "records": records}, indent=2))
   return records
 
 

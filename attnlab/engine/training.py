@@ -15,26 +15,22 @@ from __future__ import annotations
 
 import math
 import pathlib
-import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm import tqdm
 
 from attnlab import config_lib, data, parallel, positional
 from attnlab.attention import KINDS
 from attnlab.models import build_lm, decay_mask, num_params
-from attnlab.registry import ConfigError
-from attnlab.workdir import Checkpointer, MetricsLog, plot_metrics, write_or_check_config
+from attnlab import workdir as workdir_lib
+from attnlab.engine import loop
+from attnlab.engine.loop import TrainingDiverged  # noqa: F401  (raised by the loop)
+from attnlab.workdir import MetricsLog, plot_metrics, write_or_check_config
 
 LN2 = math.log(2.0)
-
-
-class TrainingDiverged(FloatingPointError):
-  """The loss became NaN or infinite."""
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -56,8 +52,10 @@ def make_optimizer(t, model_cfg=None) -> optax.GradientTransformation:
 
 
 def learning_rate_schedule(t):
+  """Linear warmup over ``train.warmup_steps`` (at most ``steps - 1``: a short run warms up
+  for the steps it has), then cosine decay to ``lr * min_lr_ratio`` at ``train.steps``."""
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=t.lr, warmup_steps=t.warmup_steps,
+      init_value=0.0, peak_value=t.lr, warmup_steps=min(t.warmup_steps, max(t.steps - 1, 0)),
       decay_steps=t.steps, end_value=t.lr * t.min_lr_ratio)
 
 
@@ -125,52 +123,63 @@ def validation_loss(eval_step, params, batches, cfg, mesh=None) -> float:
   return float(np.mean(jax.device_get(losses)))
 
 
-# ----------------------------------------------------------------------------- the loop
+# ----------------------------------------------------------------------------- the run
 
 
 def train_and_evaluate(config, workdir, *, stop_after: int | None = None,
-                       progress: bool = True,
-                       batches: data.Batches | None = None) -> dict[str, Any]:
+                       progress: bool = True, batches: data.Batches | None = None,
+                       hooks: tuple = ()) -> dict[str, Any]:
   """Train (or resume) the run in ``workdir``; returns the final state and last metrics.
 
   ``stop_after`` ends this invocation once that many total steps are done (as if
   interrupted there); re-running continues from the last checkpoint.
   ``batches`` replaces the data the config describes (``data.make_batches(cfg)``) with
-  any ``data.Batches`` of the same shapes, [train.batch_size, data.seq_len]; it must be
-  a pure function of the step, like the default, for resumed runs to be exact.
+  any ``data.Batches`` of the same shapes, [train.batch_size, data.seq_len] (a third
+  element, float weights [batch, seq], scores only some targets); it must be a pure
+  function of the step, like the default, for resumed runs to be exact.
+  ``hooks``: ``hook(state, step, train_losses)`` at every evaluation (``loop.run_steps``).
   """
   cfg = config_lib.resolve(config)
   workdir = pathlib.Path(workdir)
   batches = data.make_batches(cfg) if batches is None else batches
   batches.valid(0)  # fail early (a text too short, a task length too small)
   mesh = parallel.make_mesh(cfg)  # fail early: the mesh must match the devices
-  workdir.mkdir(parents=True, exist_ok=True)
-  checkpointer = Checkpointer(workdir / "checkpoints", cfg.train.keep_checkpoints)
-  start = checkpointer.latest_step() or 0
-  try:
-    write_or_check_config(cfg, workdir, resuming=bool(start))
-  except ConfigError:
-    checkpointer.close()
-    raise
+  writer = jax.process_index() == 0      # one process writes the workdir
+  if writer:
+    loop.prepare_workdir(workdir)
+  with workdir_lib.lock(workdir, enabled=writer):
+    checkpointer = workdir_lib.Checkpointer(workdir / "checkpoints", cfg.train.keep_checkpoints)
+    metrics = None
+    try:
+      model = build_lm(cfg.model)
+      tx = make_optimizer(cfg.train, cfg.model)
+      with jax.set_mesh(mesh):
+        abstract = jax.eval_shape(lambda: init_state(model, tx, cfg))
+        shardings = parallel.state_shardings(abstract, mesh)
+        if writer:       # before restoring: another config's checkpoint is refused, not read
+          write_or_check_config(cfg, workdir, resuming=checkpointer.latest_step() is not None)
+        start, state = loop.restore_or_init(
+            checkpointer, abstract, shardings,
+            lambda: jax.jit(lambda: init_state(model, tx, cfg), out_shardings=shardings)())
+        if writer:
+          metrics = MetricsLog(workdir, start)
+        if start and progress:
+          print(f"{workdir}: resuming from the checkpoint at step {start}")
+        state, last = _run(cfg, workdir, model, tx, mesh, shardings, state, checkpointer,
+                           metrics, start, stop_after, progress, batches, hooks, writer)
+    finally:
+      checkpointer.close()
+      if metrics is not None:
+        metrics.close()
+    end = cfg.train.steps if stop_after is None else min(cfg.train.steps, stop_after)
+    if end == cfg.train.steps and writer:
+      plot_metrics(workdir)
+  return {"state": state, "metrics": last, "config": cfg}
 
-  model = build_lm(cfg.model)
-  tx = make_optimizer(cfg.train, cfg.model)
-  with jax.set_mesh(mesh):
-    abstract = jax.eval_shape(lambda: init_state(model, tx, cfg))
-    shardings = parallel.state_shardings(abstract, mesh)
-    if start:
-      state = checkpointer.restore(start, abstract, shardings)
-      print(f"{workdir}: resuming from the checkpoint at step {start}")
-    else:
-      state = jax.jit(lambda: init_state(model, tx, cfg), out_shardings=shardings)()
-    return _train_loop(cfg, workdir, model, tx, mesh, shardings, state, checkpointer, start,
-                       stop_after, progress, batches)
 
-
-def _train_loop(cfg, workdir, model, tx, mesh, shardings, state, checkpointer, start,
-                stop_after, progress, batches):
-  """The steps of ``train_and_evaluate`` (inside ``jax.set_mesh(mesh)``)."""
-  metrics = MetricsLog(workdir, start)
+def _run(cfg, workdir, model, tx, mesh, shardings, state, checkpointer, metrics, start,
+         stop_after, progress, batches, hooks, writer):
+  """The steps of ``train_and_evaluate`` on the engine's loop (inside ``jax.set_mesh``)."""
   position = cfg.model.position
   train_step = make_train_step(
       model, tx, cfg.train.seed, dropout=cfg.model.dropout > 0,
@@ -183,46 +192,23 @@ def _train_loop(cfg, workdir, model, tx, mesh, shardings, state, checkpointer, s
   tokens_per_step = t.batch_size * cfg.data.seq_len
   if progress:
     print(f"{workdir}: {num_params(state['params']):,} parameters; data {batches.description}")
+  put = lambda batch: parallel.put_batch(batch, mesh)  # noqa: E731
 
-  last = {}
+  def evaluate(state, done):
+    valid = validation_loss(eval_step, state["params"], batches, cfg, mesh)
+    return [{"step": done, "split": "valid", "loss": valid, "bpb": valid / LN2,
+             "ppl": math.exp(min(valid, 700.0))}]
+
+  def log_fields(done, step_metrics, count, elapsed):
+    return {"lr": float(schedule(done - 1)), "grad_norm": float(step_metrics["grad_norm"]),
+            "ms_per_step": 1000 * elapsed / count,
+            "tokens_per_s": tokens_per_step * count / elapsed}
+
   end = t.steps if stop_after is None else min(t.steps, stop_after)
-  bar = tqdm(total=t.steps, initial=start, desc=workdir.name, disable=not progress,
-             mininterval=1.0, dynamic_ncols=True)
-  window_losses, window_start = [], time.perf_counter()
-  try:
-    for step in range(start, end):
-      state, step_metrics = train_step(state, *parallel.put_batch(batches.train(step), mesh))
-      loss = float(step_metrics["loss"])
-      done = step + 1
-      if not math.isfinite(loss):
-        raise TrainingDiverged(
-            f"loss became {loss} at step {done}; the last good checkpoint is step "
-            f"{checkpointer.latest_step()} in {workdir / 'checkpoints'}")
-      window_losses.append(loss)
-      bar.update(1)
-      if done % t.log_every == 0 or done == t.steps:
-        elapsed = time.perf_counter() - window_start
-        last = {"step": done, "split": "train", "loss": float(np.mean(window_losses)),
-                "lr": float(schedule(done - 1)), "grad_norm": float(step_metrics["grad_norm"]),
-                "ms_per_step": 1000 * elapsed / len(window_losses),
-                "tokens_per_s": tokens_per_step * len(window_losses) / elapsed}
-        metrics.write(last)
-        bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
-        window_losses, window_start = [], time.perf_counter()
-      if done % t.eval_every == 0 or done == t.steps:
-        valid = validation_loss(eval_step, state["params"], batches, cfg, mesh)
-        record = {"step": done, "split": "valid", "loss": valid, "bpb": valid / LN2,
-                  "ppl": math.exp(min(valid, 700.0))}
-        metrics.write(record)
-        last["valid_loss"] = valid
-        bar.write(f"step {done}: valid loss {valid:.4f} ({valid / LN2:.3f} bits/byte)")
-        window_start = time.perf_counter()
-      if done % t.checkpoint_every == 0 or done == t.steps:
-        checkpointer.save(done, state)
-  finally:
-    bar.close()
-    checkpointer.close()
-    metrics.close()
-  if end == t.steps:
-    plot_metrics(workdir)
-  return {"state": state, "metrics": last, "config": cfg}
+  return loop.run_steps(
+      state=state, step_fn=lambda state, step: train_step(state, *put(batches.train(step))),
+      start=start, end=end,
+      schedule=loop.Schedule(t.steps, t.log_every, t.eval_every, t.checkpoint_every),
+      checkpointer=checkpointer, metrics=metrics,
+      probe=lambda params: eval_step(params, *put(batches.valid(0))), evaluate=evaluate,
+      hooks=hooks, log_fields=log_fields, write=writer, desc=workdir.name, progress=progress)

@@ -69,6 +69,11 @@ def encode_prompts(prompts) -> list[np.ndarray]:
 
 def check_request(model_cfg, lengths, max_new_tokens, stop_tokens, streaming, use_cache) -> None:
   """Every problem with a generation request as a ``ConfigError``, before compiling."""
+  arch = model_cfg.get("arch", "transformer")
+  if arch != "transformer":
+    raise ConfigError(f"model.arch={arch!r}: generation runs Transformer language models "
+                      f"(prefill, then decoding with a KV cache); this workdir holds another "
+                      f"model")
   if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
     raise ConfigError(f"--max_new_tokens={max_new_tokens!r} must be an integer >= 1")
   vocab = int(model_cfg.vocab_size)
@@ -111,23 +116,28 @@ def _pad(prompts: list[np.ndarray], width: int) -> np.ndarray:
 
 
 def decode_loop(model, params, cache, prompts, lengths, key, *, start: int, total: int,
-                max_new: int, sampling: Sampling, stop_tokens, logits):
+                max_new: int, sampling: Sampling, stop_tokens, logits, record: bool = False):
   """The jit-compiled loop after prefill. Position p = start, start+1, ...: a row takes its
   prompt token while it has one, else a sampled one, then the model advances one token.
 
   prompts: int32 [B, total] (prompt tokens, zero padded); lengths: int32 [B];
   logits: [B, vocab] after the prefill. Returns (tokens [B, total], generated counts [B],
-  stopped [B]).
+  stopped [B], finite: whether every logit a token was chosen from was finite) and, with
+  ``record=True``, the logits at every position after the prefill, float32
+  [B, total, vocab] (positions < start are zero). With ``max_new=0`` it only reads the
+  prompts through the cache (teacher forcing): the streaming study's loop.
   """
   stop = jnp.asarray(list(stop_tokens) or [-1], jnp.int32)
 
   def cond(state):
-    i, _, _, _, count, done = state
-    return (i < total - start) & jnp.any(~done & (count < max_new))
+    i, _, _, _, count, done, _, _ = state
+    prompt_left = start + i < jnp.max(lengths)
+    return (i < total - start) & (jnp.any(~done & (count < max_new)) | prompt_left)
 
   def body(state):
-    i, cache, last, buf, count, done = state
+    i, cache, last, buf, count, done, finite, recorded = state
     p = start + i
+    finite = finite & jnp.all(jnp.isfinite(last))
     forced = p < lengths
     sampled = sample(jax.random.fold_in(key, p), last, sampling)
     generating = ~forced & ~done & (count < max_new)
@@ -136,13 +146,18 @@ def decode_loop(model, params, cache, prompts, lengths, key, *, start: int, tota
     done = done | (generating & jnp.isin(tok, stop))
     count = count + generating
     step_logits, cache = model.apply({"params": params}, tok[:, None], cache=cache)
-    return i + 1, cache, step_logits[:, 0], buf, count, done
+    if record:
+      recorded = recorded.at[:, p].set(step_logits[:, 0].astype(jnp.float32))
+    return i + 1, cache, step_logits[:, 0], buf, count, done, finite, recorded
 
   batch = prompts.shape[0]
+  recorded = jnp.zeros((batch, total, logits.shape[-1]) if record else (0,), jnp.float32)
   state = (jnp.int32(0), cache, logits, prompts, jnp.zeros(batch, jnp.int32),
-           jnp.zeros(batch, bool))
-  _, _, _, buf, count, done = jax.lax.while_loop(cond, body, state)
-  return buf, count, done
+           jnp.zeros(batch, bool), jnp.array(True), recorded)
+  _, _, _, buf, count, done, finite, recorded = jax.lax.while_loop(cond, body, state)
+  if record:
+    return buf, count, done, finite, recorded
+  return buf, count, done, finite
 
 
 @functools.lru_cache(maxsize=16)
@@ -160,6 +175,31 @@ def _compiled(model_cfg, layout, batch, start, total, max_new, sampling, stop_to
 
 
 @functools.lru_cache(maxsize=16)
+def _stream(model_cfg, layout, batch: int, total: int):
+  model = TransformerLM(model_cfg)
+  start = min(layout.capacity, total)     # a StreamingLLM prefill must not evict
+
+  @jax.jit
+  def run(params, tokens):
+    cache = kv_cache.init_cache(model_cfg, batch, layout)
+    logits, cache = model.apply({"params": params}, tokens[:, :start], cache=cache, prefill=True)
+    *_, recorded = decode_loop(model, params, cache, tokens, jnp.full((batch,), total, jnp.int32),
+                               jax.random.PRNGKey(0), start=start, total=total, max_new=0,
+                               sampling=Sampling(), stop_tokens=(), logits=logits[:, -1],
+                               record=True)
+    return jnp.concatenate([logits.astype(jnp.float32), recorded[:, start:]], axis=1)
+  return run
+
+
+def stream_logits(model_cfg, params, tokens, layout) -> jax.Array:
+  """Logits at every position of ``tokens`` (int32 [B, N]) read through a KV cache of
+  ``layout`` (e.g. StreamingLLM's): prefill up to the cache's capacity, then the decode
+  loop of ``generate`` one token at a time. float32 [B, N, vocab]."""
+  tokens = jnp.asarray(tokens, jnp.int32)
+  return _stream(model_cfg, layout, tokens.shape[0], tokens.shape[1])(params, tokens)
+
+
+@functools.lru_cache(maxsize=16)
 def _compiled_recompute(model_cfg, batch, start, total, max_new, sampling, stop_tokens):
   """The same loop without a cache: every step runs the model over the whole buffer but
   its last slot, [B, total - 1] (fixed shape; causal, so later padding does not matter; the
@@ -171,17 +211,18 @@ def _compiled_recompute(model_cfg, batch, start, total, max_new, sampling, stop_
     stop = jnp.asarray(list(stop_tokens) or [-1], jnp.int32)
 
     def body(p, state):
-      buf, count, done = state
+      buf, count, done, finite = state
       logits = model.apply({"params": params}, buf[:, :total - 1])
       last = jax.lax.dynamic_index_in_dim(logits, p - 1, axis=1, keepdims=False)
+      finite = finite & jnp.all(jnp.isfinite(last))
       forced = p < lengths
       generating = ~forced & ~done & (count < max_new)
       sampled = sample(jax.random.fold_in(key, p), last, sampling)
       tok = jnp.where(forced, buf[:, p], jnp.where(generating, sampled, 0))
       done = done | (generating & jnp.isin(tok, stop))
-      return buf.at[:, p].set(tok), count + generating, done
+      return buf.at[:, p].set(tok), count + generating, done, finite
 
-    state = (prompts, jnp.zeros(batch, jnp.int32), jnp.zeros(batch, bool))
+    state = (prompts, jnp.zeros(batch, jnp.int32), jnp.zeros(batch, bool), jnp.array(True))
     return jax.lax.fori_loop(start, total, body, state)
   return run
 
@@ -215,7 +256,10 @@ def generate(cfg, params, prompts, max_new_tokens: int, sampling: Sampling = Sam
   else:
     run = _compiled_recompute(model_cfg, len(prompts), start, total, max_new_tokens, sampling,
                               stop_tokens)
-  out, count, done = jax.device_get(run(params, buf, lens, key))
+  out, count, done, finite = jax.device_get(run(params, buf, lens, key))
+  if not finite:
+    raise ConfigError("the model's logits are not finite on this input (its parameters "
+                      "overflow); nothing was generated")
   seconds = time.perf_counter() - t0
   tokens = [out[i, n:n + c] for i, (n, c) in enumerate(zip(lengths, count))]
   return Generation(tokens, [bool(d) for d in done], seconds)

@@ -3,8 +3,9 @@
   python experiments/induction_heads/run.py --config=configs/induction.py \
       --workdir=runs/induction --out=experiments/induction_heads
 
-Trains on repeated random segments (``configs/induction.py``) and, every
-``induction.eval_every`` steps (and at initialisation), measures on a fixed probe batch
+Trains on repeated random segments (``configs/induction.py``) with attnlab's training
+engine and, through its evaluation hook every ``train.eval_every`` steps (and at
+initialisation), measures on a fixed probe batch
 (random printable bytes, period seq_len / 2, repeated once):
   - the induction score of every head (``attnlab.analysis.metrics.induction_score``),
   - the previous-token score of every head,
@@ -21,18 +22,15 @@ import pathlib
 import sys
 import time
 
-import jax
 import numpy as np
 import optax
 from absl import app, flags
 from ml_collections import config_flags
-from tqdm import tqdm
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
-from attnlab import workdir as workdir_lib  # noqa: E402
-from attnlab import config_lib, runtime  # noqa: E402
-from attnlab.engine import training as train  # noqa: E402
+from attnlab import config_lib, data, runtime  # noqa: E402
+from attnlab.engine import training  # noqa: E402
 from attnlab.analysis import capture, metrics  # noqa: E402
 from attnlab.models import build_lm  # noqa: E402
 
@@ -85,32 +83,43 @@ def measure(model, params, probe, period) -> dict:
           "loss_first": first, "loss_repeat": repeat}
 
 
+def segment_batches(cfg) -> data.Batches:
+  """Training batches of repeated random segments, a pure function of (seed, step):
+  (inputs, targets[, weights on the repeats]) of [batch_size, seq_len]."""
+  ind, t = cfg.induction, cfg.train
+
+  def batch(seed_step):
+    rng = np.random.default_rng(seed_step)
+    seq, periods = repeated_segments(rng, t.batch_size, cfg.data.seq_len + 1, ind.min_period,
+                                     ind.max_period, ind.token_low, ind.token_high)
+    if ind.loss_on_repeats:
+      return seq[:, :-1], seq[:, 1:], repeat_weights(periods, cfg.data.seq_len)
+    return seq[:, :-1], seq[:, 1:]
+
+  return data.Batches(lambda step: batch([t.seed, step]),
+                      lambda i: batch([t.seed, 10**6 + 1, i]),
+                      f"repeated random segments of {ind.min_period}..{ind.max_period} bytes")
+
+
 def run(config, workdir, out) -> dict:
+  """Train on the engine (``train_and_evaluate``) with a hook that measures the heads at
+  initialisation and every ``train.eval_every`` steps; write the results into ``out``."""
   cfg = config_lib.resolve(config)
   ind, t = cfg.induction, cfg.train
   model = build_lm(cfg.model)
-  tx = train.make_optimizer(t)
-  state = jax.jit(lambda: train.init_state(model, tx, cfg))()
-  train_step = train.make_train_step(model, tx, t.seed, dropout=False)
   period = cfg.data.seq_len // 2
   probe = metrics.induction_tokens(np.random.default_rng([t.seed, 10**6]), ind.eval_batch,
                                    period, ind.token_high, ind.token_low)
-  records, window = [], []
+  records = []
+
+  def measure_heads(state, step, losses):
+    records.append({"step": step, "train_loss": float(np.mean(losses)) if losses else None,
+                    **measure(model, state["params"], probe, period)})
+
   start = time.perf_counter()
-  records.append({"step": 0, "train_loss": None, **measure(model, state["params"], probe, period)})
-  for step in tqdm(range(t.steps), desc="induction training", mininterval=1.0):
-    rng = np.random.default_rng([t.seed, step])
-    seq, periods = repeated_segments(rng, t.batch_size, cfg.data.seq_len + 1, ind.min_period,
-                                     ind.max_period, ind.token_low, ind.token_high)
-    weights = repeat_weights(periods, cfg.data.seq_len) if ind.loss_on_repeats else None
-    state, m = train_step(state, seq[:, :-1], seq[:, 1:], weights)
-    window.append(float(m["loss"]))
-    if (step + 1) % ind.eval_every == 0 or step + 1 == t.steps:
-      records.append({"step": step + 1, "train_loss": float(np.mean(window)),
-                      **measure(model, state["params"], probe, period)})
-      window = []
+  training.train_and_evaluate(cfg, workdir, batches=segment_batches(cfg),
+                              hooks=(measure_heads,))
   seconds = time.perf_counter() - start
-  save_checkpoint(cfg, model, tx, state, workdir)
   result = {"config": cfg.to_dict(), "probe_period": period, "probe_batch": ind.eval_batch,
             "train_seconds": seconds, "records": records}
   out = pathlib.Path(out)
@@ -119,18 +128,6 @@ def run(config, workdir, out) -> dict:
   (out / "results.md").write_text(markdown(result))
   plot(result, out / "results.png")
   return result
-
-
-def save_checkpoint(cfg, model, tx, state, workdir) -> None:
-  """config.json + the final state in the trainer's checkpoint layout (for attnlab.analyze)."""
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "config.json").write_text(cfg.to_json())
-  checkpointer = workdir_lib.Checkpointer(workdir / "checkpoints", 1)
-  try:
-    checkpointer.save(int(state["step"]), state)
-  finally:
-    checkpointer.close()
 
 
 def first_step_above(records, threshold: float):

@@ -44,6 +44,7 @@ from attnlab import workdir as workdir_lib  # noqa: E402
 from attnlab import data, positional, runtime  # noqa: E402
 from attnlab.engine import sweeps as sweep  # noqa: E402
 from attnlab.engine import training as train  # noqa: E402
+from attnlab.inference import generation  # noqa: E402
 from attnlab.models import kv_cache  # noqa: E402
 from attnlab.models import TransformerLM  # noqa: E402
 
@@ -66,26 +67,10 @@ def _nll(logits, targets):
   return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
 
 
-@functools.lru_cache(maxsize=None)
-def _cached_nll_fn(model_cfg, layout):
-  """jit: (params, inputs [B, N], targets [B, N]) -> nll [B, N] reading the stream through
-  a cache: prefill the first ``capacity`` tokens (no eviction yet), then one at a time."""
-  model = TransformerLM(model_cfg)
-
-  @jax.jit
-  def run(params, inputs, targets):
-    first = min(layout.capacity, inputs.shape[1])
-    cache = kv_cache.init_cache(model_cfg, inputs.shape[0], layout)
-    logits, cache = model.apply({"params": params}, inputs[:, :first], cache=cache, prefill=True)
-
-    def step(cache, tok):
-      step_logits, cache = model.apply({"params": params}, tok[:, None], cache=cache)
-      return cache, step_logits[:, 0]
-
-    _, rest = jax.lax.scan(step, cache, inputs[:, first:].T)
-    logits = jnp.concatenate([logits, rest.transpose(1, 0, 2)], axis=1)
-    return _nll(logits, targets)
-  return run
+def cached_nll(model_cfg, params, inputs, targets, layout):
+  """nll [B, N] of reading the stream through a cache of ``layout``: generation's prefill
+  and decode loop (``attnlab.inference.generation.stream_logits``)."""
+  return _nll(generation.stream_logits(model_cfg, params, inputs, layout), targets)
 
 
 @functools.lru_cache(maxsize=None)
@@ -169,7 +154,7 @@ def run_study(config, workdir, progress: bool = True):
                                                   np.asarray(targets), sc.cache)}
     for method, layout in method_layouts(sc).items():
       methods[method] = functools.partial(
-          lambda lay: _cached_nll_fn(cfg.model, lay)(params, inputs, targets), layout)
+          lambda lay: cached_nll(cfg.model, params, inputs, targets, lay), layout)
     for method, fn in methods.items():
       t0 = time.perf_counter()
       nll = np.asarray(fn()).mean(0)                      # per position, over streams

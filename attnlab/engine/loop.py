@@ -1,0 +1,149 @@
+"""The one training loop every trainer runs on: steps, progress, logged metrics, evaluation
+hooks, checkpoints and the NaN policy, and resume.
+
+``run_steps`` advances a state ``{"step", "params", "opt_state"}`` from its step to
+``end`` with ``step_fn(state, step) -> (state, {"loss", ...})``. Every ``log_every`` steps
+it writes the mean training loss (and ``log_fields``) to ``metrics.jsonl``; every
+``eval_every`` steps it calls ``evaluate(state, step)`` (records to log) and every hook;
+every ``checkpoint_every`` steps (and at the end) it saves a checkpoint, but only a usable
+one: parameters all finite and ``probe(params)`` (the loss on a fixed batch) finite.
+A non-finite training loss or an unusable state stops the run with ``TrainingDiverged``,
+naming the last checkpoint written, which is therefore always usable.
+
+Everything a step depends on is a pure function of (seed, step), so a run resumed from a
+checkpoint continues exactly where it stopped (``docs/guarantees.md``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+import time
+from typing import Any, Callable
+
+import numpy as np
+from tqdm import tqdm
+
+from attnlab import workdir as workdir_lib
+
+
+class TrainingDiverged(FloatingPointError):
+  """The loss or the parameters became NaN or infinite."""
+
+
+@dataclasses.dataclass
+class Schedule:
+  """When the loop logs, evaluates and checkpoints (steps are counted from 1)."""
+  steps: int
+  log_every: int
+  eval_every: int
+  checkpoint_every: int
+
+  def due(self, every: int, done: int) -> bool:
+    return done % every == 0 or done == self.steps
+
+
+def last_good(checkpointer) -> str:
+  step = checkpointer.latest_step()
+  if step is None:
+    return "no checkpoint was written before it"
+  return f"the last good checkpoint is step {step} in {checkpointer.directory}"
+
+
+def run_steps(*, state, step_fn: Callable, start: int, end: int, schedule: Schedule,
+              checkpointer, metrics, probe: Callable, evaluate: Callable | None = None,
+              hooks: tuple = (), log_fields: Callable | None = None, write: bool = True,
+              desc: str = "", progress: bool = True) -> tuple[Any, dict]:
+  """Steps ``start .. end`` (see the module docstring). Returns (state, last logged record).
+
+  ``hooks``: callables ``hook(state, done, losses)`` run at every evaluation point with the
+  training losses since the previous one, and once at step 0 (with no losses) when the
+  run starts from scratch (experiment scripts measure there).
+  ``write``: False in processes other than 0 of a multi-process run (they save checkpoints,
+  which is collective, but write no metrics).
+  """
+  last: dict = {}
+  window, since_eval = [], []
+  window_start = time.perf_counter()
+  bar = tqdm(total=schedule.steps, initial=start, desc=desc, disable=not progress,
+             mininterval=1.0, dynamic_ncols=True)
+  try:
+    if start == 0:
+      for hook in hooks:
+        hook(state, 0, [])
+    for step in range(start, end):
+      state, step_metrics = step_fn(state, step)
+      loss = float(step_metrics["loss"])
+      done = step + 1
+      if not math.isfinite(loss):
+        raise TrainingDiverged(f"loss became {loss} at step {done}; {last_good(checkpointer)}")
+      window.append(loss)
+      since_eval.append(loss)
+      bar.update(1)
+      if schedule.due(schedule.log_every, done):
+        elapsed = time.perf_counter() - window_start
+        last = {"step": done, "split": "train", "loss": float(np.mean(window)),
+                "ms_per_step": 1000 * elapsed / len(window)}
+        if log_fields is not None:
+          last.update(log_fields(done, step_metrics, len(window), elapsed))
+        if write:
+          metrics.write(last)
+        bar.set_postfix(loss=f"{last['loss']:.3f}")
+        window, window_start = [], time.perf_counter()
+      if schedule.due(schedule.eval_every, done):
+        if evaluate is not None:
+          for record in evaluate(state, done):
+            if write:
+              metrics.write(record)
+            last.update({f"{record['split']}_loss": record["loss"]})
+            bar.write(f"step {done}: {record['split']} loss {record['loss']:.4f}")
+        for hook in hooks:
+          hook(state, done, since_eval)
+        since_eval = []
+        window_start = time.perf_counter()
+      if schedule.due(schedule.checkpoint_every, done):
+        save_if_usable(checkpointer, state, done, probe)
+  finally:
+    bar.close()
+  return state, last
+
+
+def save_if_usable(checkpointer, state, done: int, probe: Callable) -> None:
+  """Save ``state`` as step ``done`` if its parameters are finite and their loss is finite;
+  otherwise stop with ``TrainingDiverged`` (the previous checkpoint stays the last)."""
+  problem = workdir_lib.non_finite(state["params"])
+  if problem is None:
+    loss = float(probe(state["params"]))
+    if not math.isfinite(loss):
+      problem = f"a loss of {loss} on a fixed batch"
+  if problem:
+    raise TrainingDiverged(f"the parameters after step {done} have {problem}; they were not "
+                           f"saved, and {last_good(checkpointer)}")
+  try:
+    checkpointer.save(done, state)
+  except OSError as e:
+    raise workdir_lib.WorkdirError(workdir_lib.describe_os_error(
+        e, f"writing the checkpoint of step {done} to", checkpointer.directory)
+        + f"; {last_good(checkpointer)}") from None
+
+
+def restore_or_init(checkpointer, abstract, shardings, init: Callable):
+  """(start step, state): the newest readable checkpoint, or ``init()`` at step 0."""
+  step, state = checkpointer.restore_newest(
+      lambda s: checkpointer.restore(s, abstract, shardings))
+  if step is None:
+    return 0, init()
+  return step, state
+
+
+def prepare_workdir(workdir: pathlib.Path) -> None:
+  """Create the workdir, or say in one line why it cannot be written."""
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    probe = workdir / f".write-test-{__import__('os').getpid()}"
+    probe.write_text("")
+    probe.unlink()
+  except OSError as e:
+    raise workdir_lib.WorkdirError(workdir_lib.describe_os_error(e, "writing to", workdir)) \
+        from None
