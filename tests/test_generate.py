@@ -19,7 +19,7 @@ from attnlab.inference import generation as generate
 from attnlab.engine import training as train
 from attnlab.inference import sampling as sampling_lib
 from attnlab.inference.sampling import Sampling
-from attnlab.models import TransformerLM
+from attnlab.models import TransformerLM, kv_cache
 
 PROMPTS = ["To be, or", "ab", "the quick brown"]   # ragged: lengths 9, 2, 15
 
@@ -207,3 +207,18 @@ def test_cli_prints_the_greedy_continuation(workdir):
   assert "12 tokens in" in result.stderr
   bad = _cli(f"--workdir={workdir}", "--prompt=a", "--top_p=2")
   assert bad.returncode != 0 and "error: --top_p=2.0 must be in (0, 1]" in bad.stderr
+
+
+def test_stream_logits_is_the_cache_read_one_token_at_a_time():
+  """generation.stream_logits (the decode loop, teacher forced: the streaming study's path)
+  equals the prefill + scan of single-token steps in test_kv_cache, and, with a cache that
+  never evicts, the full forward pass."""
+  from test_kv_cache import cached_logits, full_logits
+  cfg, model, params = perturbed_model("alibi")
+  tokens = np.random.default_rng(5).integers(0, 256, (2, 20)).astype(np.int32)
+  layout = kv_cache.streaming_layout(2, 5)
+  got = np.asarray(generate.stream_logits(cfg.model, params, tokens, layout))
+  want, _ = cached_logits(model, params, tokens, layout, prefill=layout.capacity)
+  np.testing.assert_array_equal(got, want)
+  full = np.asarray(generate.stream_logits(cfg.model, params, tokens, kv_cache.CacheLayout(20)))
+  np.testing.assert_allclose(full, full_logits(model, params, tokens), rtol=2e-5, atol=2e-5)

@@ -186,7 +186,8 @@ def lsh_float64(q, v, rotations, *, chunk: int, causal: bool):
 
 
 @pytest.mark.parametrize("causal,n,chunk,buckets,hashes", [
-    (True, 21, 4, 4, 2), (False, 16, 4, 2, 3), (True, 12, 16, 8, 1)])
+    (True, 21, 4, 4, 2), pytest.param(False, 16, 4, 2, 3, marks=pytest.mark.slow),
+    pytest.param(True, 12, 16, 8, 1, marks=pytest.mark.slow)])
 def test_lsh_attention_equals_a_loop_from_the_definition(causal, n, chunk, buckets, hashes):
   q, v = _normal(5, (1, n, 2, 8)), _normal(6, (1, n, 2, 3))
   key = jax.random.PRNGKey(11)

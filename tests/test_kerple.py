@@ -14,6 +14,7 @@ from attnlab import ConfigError, config_lib, positional
 from attnlab.attention import dot_product_attention, masks
 from attnlab.models import TransformerLM, decay_mask, kv_cache
 from attnlab.positional.kerple import EPS, KerpleLogBias
+from test_kv_cache import cached_logits
 
 
 def kerple_numpy(r1, r2, n):
@@ -111,21 +112,16 @@ def test_streaming_cache_positions_keys_by_their_place():
                         params)
   params["block_0"]["attention"]["kerple_r1"] = jnp.array([0.5, 1.0, 1.5, 2.0])
   params["block_0"]["attention"]["kerple_r2"] = jnp.array([0.2, 0.4, 0.6, 0.8])
-  sinks, window, n = 2, 4, 14
+  sinks, window, n = 2, 4, 12
   tokens = np.random.default_rng(3).integers(0, 256, (1, n)).astype(np.int32)
   layout = kv_cache.streaming_layout(sinks, window)
   kv_cache.check_supported(cfg.model, layout)
-  cache = kv_cache.init_cache(cfg.model, 1, layout)
-  logits, cache = model.apply({"params": params}, jnp.asarray(tokens[:, :1]), cache=cache,
-                              prefill=True)
-  got = [np.asarray(logits[0, -1])]
-  for t in range(1, n):
-    step, cache = model.apply({"params": params}, jnp.asarray(tokens[:, t:t + 1]), cache=cache)
-    got.append(np.asarray(step[0, -1]))
+  got, _ = cached_logits(model, params, tokens, layout, prefill=1)     # [1, n, vocab]
+  forward = jax.jit(lambda p, t: model.apply({"params": p}, t))
   for t in range(n):
     kept = [j for j in range(t + 1) if j < sinks or j > t - window]
-    want = model.apply({"params": params}, jnp.asarray(tokens[:, kept]))[0, -1]
-    np.testing.assert_allclose(got[t], want, rtol=2e-5, atol=2e-5)
+    want = forward(params, jnp.asarray(tokens[:, kept]))[0, -1]
+    np.testing.assert_allclose(got[0, t], want, rtol=2e-5, atol=2e-5)
 
 
 def test_scheme_is_picked_up_by_presets_and_config_blocks():

@@ -48,6 +48,7 @@ def test_2x2x2_mesh_matches_one_device(tmp_path):
                              rtol=1e-3)
 
 
+@pytest.mark.slow   # ring attention is checked on 4 and 8 shards in the default suite
 def test_sequence_sharded_training_with_ring_attention_matches_one_device(tmp_path):
   # mesh.sequence=4 -> impl auto picks ring; ALiBi and a sliding window go through the ring
   extra = ["position=alibi", "model__attention__pattern=sliding_window",
@@ -68,6 +69,7 @@ def test_ring_attention_equals_reference_on_4_and_8_shards():
   assert not bad, bad
 
 
+@pytest.mark.slow   # ~45 s; the two-process test (slow) restores across meshes too
 def test_checkpoint_written_under_one_mesh_resumes_under_another(tmp_path):
   run = tmp_path / "run"
   worker("train", run, "2,2,2,1", 10, 5)                       # stops after the step-5 checkpoint

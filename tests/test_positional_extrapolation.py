@@ -239,7 +239,7 @@ def test_t5_buckets_match_the_formula_everywhere():
 
 def test_t5_bias_through_every_impl_with_table_gradients():
   rng = np.random.default_rng(7)
-  n, heads = 45, 4
+  n, heads = 29, 4
   q, k, v = (jnp.asarray(rng.standard_normal((2, n, heads, 8)), jnp.float32) for _ in range(3))
   table = jnp.asarray(rng.standard_normal((32, heads)), jnp.float32)
   sch = scheme("t5")

@@ -14,6 +14,7 @@ from attnlab.attention import PATTERNS, dot_product_attention, masks
 from attnlab.attention.strided import strided
 from attnlab.engine import training
 from attnlab.models import kv_cache
+from test_kv_cache import cached_and_full_logits
 
 
 def loop_mask(n: int, stride: int) -> np.ndarray:
@@ -83,15 +84,8 @@ def test_cached_decoding_is_exact_with_a_full_cache():
   layout = kv_cache.layout_for(cfg.model, 24)
   assert layout.capacity == 24 and layout.lookback is None     # unbounded look-back
   tokens = np.random.default_rng(1).integers(0, 256, (2, 24)).astype(np.int32)
-  cache = kv_cache.init_cache(cfg.model, 2, layout)
-  logits, cache = model.apply({"params": params}, jnp.asarray(tokens[:, :5]), cache=cache,
-                              prefill=True)
-  steps = [logits]
-  for t in range(5, 24):
-    step, cache = model.apply({"params": params}, jnp.asarray(tokens[:, t:t + 1]), cache=cache)
-    steps.append(step)
-  full = model.apply({"params": params}, jnp.asarray(tokens))
-  np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=2e-5, atol=2e-5)
+  cached, _, full = cached_and_full_logits(model, params, tokens, layout, prefill=5)
+  np.testing.assert_allclose(cached, full, rtol=2e-5, atol=2e-5)
   # and the pattern matters: the same weights with causal attention differ
   causal = config_lib.resolve(tiny_config("rope"))
   other = type(model)(causal.model).apply({"params": params}, jnp.asarray(tokens))

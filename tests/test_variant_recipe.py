@@ -21,6 +21,7 @@ from attnlab.models import num_params
 def test_a_sweep_trains_and_evaluates_new_variants(tmp_path):
   config = tiny_sweep_config()
   config.sweep.protocols = ("non_overlapping",)
+  config.sweep.factors = (1,)
   config.sweep.variants = {
       "strided": {"model": {"attention": {"pattern": "strided", "stride": 4}}},
       "kerple": {"model": {"position": {"kind": "kerple"}}}}
