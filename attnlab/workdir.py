@@ -331,7 +331,7 @@ class MetricsLog:
 
   def __init__(self, workdir: pathlib.Path, resume_step: int, tensorboard: bool = True):
     self.path = workdir / "metrics.jsonl"
-    kept = [r for r in read_metrics(workdir) if r["step"] <= resume_step]
+    kept = [r for r in read_metrics(workdir, internal=True) if r["step"] <= resume_step]
     atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in kept))
     self.tensorboard = None
     if tensorboard:
@@ -354,9 +354,14 @@ class MetricsLog:
       self.tensorboard.close()
 
 
-def read_metrics(workdir) -> list[dict]:
+# metrics.jsonl records of this split are the training loop's own state, not measurements
+LOOP_STATE = "loop_state"
+
+
+def read_metrics(workdir, internal: bool = False) -> list[dict]:
   """The records of ``metrics.jsonl``; a torn last line (a write cut short by a kill) is
-  dropped with a warning, a damaged line elsewhere is a ``WorkdirError``."""
+  dropped with a warning, a damaged line elsewhere is a ``WorkdirError``. The loop's own
+  records (``LOOP_STATE``) are left out unless ``internal``."""
   path = pathlib.Path(workdir) / "metrics.jsonl"
   if not path.exists():
     return []
@@ -370,7 +375,7 @@ def read_metrics(workdir) -> list[dict]:
         warn(f"the last line of {path} is incomplete (a write was cut short); dropped it")
       else:
         raise WorkdirError(f"{path} line {i + 1} is not JSON: {line[:80]!r}") from None
-  return records
+  return records if internal else [r for r in records if r.get("split") != LOOP_STATE]
 
 
 def plot_metrics(workdir) -> pathlib.Path:

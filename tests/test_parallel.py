@@ -163,5 +163,5 @@ def test_two_processes_on_localhost_train_like_one(tmp_path):
                                [single[s] for s in sorted(single)], rtol=1e-4)
     assert outs[1]["losses"] == {} and outs[1]["final_step"] == 4
     assert not list(workdir.glob(".*.tmp")) and (workdir / "config.json").exists()
-    restored = worker("restore", workdir, 4, "1,1,1,1")
+    restored = worker("restore", workdir, 4, "8,1,1,1")   # another mesh, and one device
     assert restored["identical"]

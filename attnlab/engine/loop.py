@@ -11,7 +11,9 @@ A non-finite training loss or an unusable state stops the run with ``TrainingDiv
 naming the last checkpoint written, which is therefore always usable.
 
 Everything a step depends on is a pure function of (seed, step), so a run resumed from a
-checkpoint continues exactly where it stopped (``docs/guarantees.md``).
+checkpoint continues exactly where it stopped (``docs/guarantees.md``); the training
+losses of a partly logged window are saved beside each checkpoint (a ``loop_state`` record
+of ``metrics.jsonl``), so the logged means are the same too.
 """
 
 from __future__ import annotations
@@ -65,7 +67,12 @@ def run_steps(*, state, step_fn: Callable, start: int, end: int, schedule: Sched
   """
   last: dict = {}
   window, since_eval = [], []
-  window_start = time.perf_counter()
+  if start and metrics is not None:   # losses since the last log / evaluation, as saved
+    saved = [r for r in workdir_lib.read_metrics(metrics.path.parent, internal=True)
+             if r.get("split") == workdir_lib.LOOP_STATE and r["step"] == start]
+    if saved:
+      window, since_eval = list(saved[-1]["window"]), list(saved[-1]["since_eval"])
+  window_start, timed = time.perf_counter(), 0     # timing covers this process's steps
   bar = tqdm(total=schedule.steps, initial=start, desc=desc, disable=not progress,
              mininterval=1.0, dynamic_ncols=True)
   try:
@@ -80,17 +87,18 @@ def run_steps(*, state, step_fn: Callable, start: int, end: int, schedule: Sched
         raise TrainingDiverged(f"loss became {loss} at step {done}; {last_good(checkpointer)}")
       window.append(loss)
       since_eval.append(loss)
+      timed += 1
       bar.update(1)
       if schedule.due(schedule.log_every, done):
         elapsed = time.perf_counter() - window_start
         last = {"step": done, "split": "train", "loss": float(np.mean(window)),
-                "ms_per_step": 1000 * elapsed / len(window)}
+                "ms_per_step": 1000 * elapsed / timed}
         if log_fields is not None:
-          last.update(log_fields(done, step_metrics, len(window), elapsed))
+          last.update(log_fields(done, step_metrics, timed, elapsed))
         if write:
           metrics.write(last)
         bar.set_postfix(loss=f"{last['loss']:.3f}")
-        window, window_start = [], time.perf_counter()
+        window, window_start, timed = [], time.perf_counter(), 0
       if schedule.due(schedule.eval_every, done):
         if evaluate is not None:
           for record in evaluate(state, done):
@@ -101,8 +109,11 @@ def run_steps(*, state, step_fn: Callable, start: int, end: int, schedule: Sched
         for hook in hooks:
           hook(state, done, since_eval)
         since_eval = []
-        window_start = time.perf_counter()
+        window_start, timed = time.perf_counter(), 0
       if schedule.due(schedule.checkpoint_every, done):
+        if write and (window or since_eval):   # so a run resumed here logs the same means
+          metrics.write({"step": done, "split": workdir_lib.LOOP_STATE, "window": window,
+                         "since_eval": since_eval})
         save_if_usable(checkpointer, state, done, probe)
   finally:
     bar.close()
