@@ -88,6 +88,13 @@ def _jax_bundled_pallas(interpret: bool):
   return fn
 
 
+def _tokamax(implementation: str):
+  def fn(q, k, v, causal):
+    return dot_product_attention(q, k, v, mask=masks.causal() if causal else None,
+                                 impl="tokamax", tokamax_implementation=implementation)
+  return fn
+
+
 def implementations(block: int, window: int, bigbird_block: int) -> dict[str, Callable]:
   interpret = jax.default_backend() not in ("gpu", "tpu")
   impls = {
@@ -95,6 +102,10 @@ def implementations(block: int, window: int, bigbird_block: int) -> dict[str, Ca
       "xla": _jax_nn("xla"),
       "cudnn": _jax_nn("cudnn"),
       "jax_pallas": _jax_bundled_pallas(interpret),
+      # tokamax (the optional [gpu] extra), each implementation it has; one that cannot run
+      # here reports its error in the table
+      **{f"tokamax_{name}": _tokamax(name)
+         for name in ("mosaic", "triton", "cudnn", "xla", "xla_chunked")},
       # block-sparse variants of attnlab's kernel (causal), compared with its dense causal row
       "pallas_sliding_window": _pallas(block, lambda n: masks.sliding_window(window)),
       "pallas_bigbird": _pallas(block, lambda n: masks.bigbird(
@@ -156,14 +167,16 @@ def check_outputs(impls, *, n, heads, head_dim, dtype, causal) -> dict[str, str 
 
 
 def measure(impls, *, lengths, head_dims, causals, batch_tokens, heads, dtype, repeats,
-            max_seconds, progress=True):
-  """One row per (impl, head_dim, causal, N, mode) with seconds, TFLOP/s or a status."""
+            max_seconds, progress=True, budget_s=None):
+  """One row per (impl, head_dim, causal, N, mode) with seconds, TFLOP/s or a status; past
+  ``budget_s`` seconds the remaining rows are recorded as skipped."""
   from tqdm import tqdm
   rows = []
   combos = [(name, d, c, n) for d in head_dims for c in causals for name in impls
             for n in lengths if c or name not in SPARSE]
   bar = tqdm(combos, desc="kernels", disable=not progress)
   slow: set[tuple] = set()
+  started = time.perf_counter()
   for name, d, causal, n in bar:
     batch = max(1, batch_tokens // n)
     args = _inputs(batch, n, heads, d, dtype)
@@ -171,7 +184,9 @@ def measure(impls, *, lengths, head_dims, causals, batch_tokens, heads, dtype, r
       row = dict(impl=name, head_dim=d, causal=causal, n=n, batch=batch, heads=heads,
                  mode="fwd+bwd" if backward else "fwd", seconds=None, tflops=None, status="ok")
       key = (name, d, causal, backward)
-      if key in slow:
+      if budget_s is not None and time.perf_counter() - started > budget_s:
+        row["status"] = f"skipped: over the {budget_s:.0f} s budget"
+      elif key in slow:
         row["status"] = f"skipped: a shorter N took over {max_seconds:.0f} s"
       else:
         try:
@@ -288,6 +303,8 @@ def main(argv=None):
   parser.add_argument("--bigbird_block", type=int, default=128)
   parser.add_argument("--repeats", type=int, default=5 if accelerated else 3)
   parser.add_argument("--max_seconds", type=float, default=30.0)
+  parser.add_argument("--budget_s", type=float, default=None,
+                      help="stop timing after this many seconds; later rows are marked skipped")
   parser.add_argument("--out", default="docs/bench_kernels")
   args = parser.parse_args(argv)
 
@@ -316,7 +333,7 @@ def main(argv=None):
                          dtype=dtype, causal=causals[0])
   rows = measure(impls, lengths=lengths, head_dims=head_dims, causals=causals,
                  batch_tokens=args.batch_tokens, heads=args.heads, dtype=dtype,
-                 repeats=args.repeats, max_seconds=args.max_seconds)
+                 repeats=args.repeats, max_seconds=args.max_seconds, budget_s=args.budget_s)
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   text = markdown(rows, errors, lengths, header)
@@ -327,6 +344,7 @@ def main(argv=None):
   plot(rows, out.with_suffix(".png"))
   print(text)
   print(f"wrote {out.with_suffix('.md')}, .json, .png")
+  return dict(check=errors, rows=rows)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ def test_outputs_checked_against_xla_and_missing_backends_reported(bench):
   errors = bench.check_outputs(impls, n=48, heads=2, head_dim=16, dtype=jnp.float32, causal=True)
   assert errors["attnlab_pallas"] < 1e-5 and errors["jax_pallas"] < 1e-5
   assert isinstance(errors["cudnn"], str) and "cuDNN" in errors["cudnn"]   # CPU: no cuDNN
+  if importlib.util.find_spec("tokamax"):                                    # the [gpu] extra
+    assert errors["tokamax_xla"] < 1e-5 and errors["tokamax_xla_chunked"] < 1e-5
   rows = bench.measure({k: impls[k] for k in ("attnlab_pallas", "cudnn")}, lengths=[32],
                        head_dims=[16], causals=[True], batch_tokens=1, heads=2,
                        dtype=jnp.float32, repeats=1, max_seconds=60, progress=False)

@@ -12,8 +12,6 @@ magnitude); bfloat16/float16 within a few of their ulps.
 
 from __future__ import annotations
 
-import logging
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,7 +19,6 @@ import pytest
 
 from attnlab import positional
 from attnlab.attention import dot_product_attention, masks, score_mods
-from attnlab.attention import core as core_lib
 from attnlab.attention import pallas_impl
 from attnlab.registry import ConfigError
 from pallas_kernels import flash
@@ -240,21 +237,6 @@ def test_kernel_argument_errors_name_the_argument():
     flash.flash_attention(q, q, q, block_q=0)
   with pytest.raises(ValueError, match="sparsity.codes has shape"):
     flash.flash_attention(q, q, q, block_q=8, block_kv=8, sparsity=flash.BlockSparsity.dense(2, 2))
-
-
-def test_auto_picks_pallas_on_accelerators_and_says_why_not(monkeypatch, caplog):
-  q = jnp.zeros((1, 8, 2, 16))
-  assert core_lib.choose_impl(q, q, q, masks.causal(), None)[0] == "xla"       # CPU: never
-  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-  name, why = core_lib.choose_impl(q, q, q, masks.causal(), positional.alibi_bias(2))
-  assert name == "pallas" and "gpu" in why
-  dense_bias = score_mods.as_score_mod(np.zeros((8, 8), np.float32))
-  name, why = core_lib.choose_impl(q, q, q, masks.causal(), dense_bias)
-  assert name == "xla" and why.startswith("not pallas (") and "DenseBias" in why
-  with caplog.at_level(logging.WARNING, logger="attnlab"):
-    core_lib._FALLBACKS_LOGGED.clear()
-    core_lib._log_fallback(name, why)
-  assert "DenseBias" in caplog.text
 
 
 # ----------------------------------------------------------------------------- random sweep (slow)

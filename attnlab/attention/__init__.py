@@ -11,6 +11,7 @@ from attnlab.attention.patterns import PATTERNS
 # Variants in modules of their own register themselves when imported:
 from attnlab.attention import pallas_impl, ring  # noqa: F401,E402  impls 'pallas', 'ring'
 from attnlab.attention import cudnn_impl  # noqa: F401,E402  impl 'cudnn'
+from attnlab.attention import tokamax_impl  # noqa: F401,E402  impl 'tokamax'
 from attnlab.attention import strided  # noqa: F401,E402  pattern 'strided'
 
 __all__ = [

@@ -153,17 +153,38 @@ IMPLS.register("blockwise")(Implementation(
 
 # Above this many score-matrix bytes, ``auto`` avoids the dense paths.
 AUTO_DENSE_LIMIT_BYTES = 64 * 2**20
+DENSE_IMPLS = ("xla", "reference")       # they materialise the [B, H, N, N] scores
+
+# ``auto``: per backend, the implementations it considers, in order of preference ...
+AUTO_ORDER = {
+    "gpu": ("cudnn", "tokamax", "pallas", "xla", "reference", "blockwise"),
+    "tpu": ("pallas", "tokamax", "xla", "reference", "blockwise"),
+    "cpu": ("xla", "reference", "blockwise"),
+}
+# ... and those verified there. This repository's own kernels (``CHECKED_HERE``) count as
+# verified on an accelerator only when a committed check result shows them passing there
+# (docs/gpu/*.json, written by scripts/gpu_check.py; tests/test_auto.py keeps this table
+# and those files together). cuDNN (through jax.nn) and tokamax are kernels their
+# maintainers test on their backends; what attnlab adds, the mapping of a request to their
+# arguments, is tested against the reference on CPU (tests/test_tokamax.py,
+# tests/test_auto.py). xla, reference and blockwise are plain jnp/lax programs.
+CHECKED_HERE = ("pallas",)
+VERIFIED = {
+    "gpu": ("cudnn", "tokamax", "xla", "reference", "blockwise"),   # pallas: no GPU check yet
+    "tpu": ("tokamax", "xla", "reference", "blockwise"),            # pallas: TPU interpreter only
+    "cpu": ("xla", "reference", "blockwise"),
+}
 
 
 def choose_impl(q, k, v, mask, score_mod) -> tuple[str, str]:
   """``impl='auto'``: (chosen name, reason).
 
-  On GPU/TPU the fused Pallas kernel whenever it supports the request; otherwise
-  (and on CPU, where Pallas only interprets) dense XLA while the score matrix is
-  small and blockwise beyond that. The reason says why, including why Pallas
-  was not used.
+  With the sequence sharded over a mesh, the impl that shards it. Otherwise the first
+  implementation of ``AUTO_ORDER[backend]`` that is verified there (``VERIFIED``) and
+  serves the request (the dense ones only while the score matrix is under
+  ``AUTO_DENSE_LIMIT_BYTES``); an unverified one only when no verified one serves, and
+  the reason says so. The reason also says why the preferred ones were passed over.
   """
-  prefix = ""
   if _sequence_shards() > 1:
     reasons = []
     for name, spec in IMPLS.items():
@@ -174,18 +195,38 @@ def choose_impl(q, k, v, mask, score_mod) -> tuple[str, str]:
         reasons.append(why_not)
     raise ConfigError(f"the mesh shards the sequence, but no sequence-sharded impl can serve "
                       f"this request: {'; '.join(reasons) or 'none is registered'}")
-  if jax.default_backend() in ("gpu", "tpu") and "pallas" in IMPLS:
-    why_not = IMPLS.get("pallas").unsupported(q, k, v, mask, score_mod)
-    if why_not is None:
-      return "pallas", f"fused Pallas kernel on {jax.default_backend()}"
-    prefix = f"not pallas ({why_not}); "
+  backend = jax.default_backend()
+  backend = backend if backend in AUTO_ORDER else "cpu"
   score_bytes = 4 * q.shape[0] * q.shape[2] * q.shape[1] * k.shape[1]
-  if score_bytes > AUTO_DENSE_LIMIT_BYTES:
-    return "blockwise", prefix + f"score matrix would take {score_bytes / 2**20:.0f} MiB"
-  reason = _xla_unsupported(q, k, v, mask, score_mod)
-  if reason:
-    return "reference", prefix + reason
-  return "xla", prefix + "small problem supported by jax.nn.dot_product_attention"
+  passed, unverified = [], []
+  for name in AUTO_ORDER[backend]:
+    if name not in IMPLS:
+      continue
+    if name in DENSE_IMPLS and score_bytes > AUTO_DENSE_LIMIT_BYTES:
+      passed.append(f"{name}: the score matrix would take {score_bytes / 2**20:.0f} MiB")
+      continue
+    why_not = IMPLS.get(name).unsupported(q, k, v, mask, score_mod)
+    if why_not:
+      passed.append(f"{name}: {why_not}")
+    elif name not in VERIFIED[backend]:
+      unverified.append(name)
+    else:
+      return name, _reason(f"{name}: first verified impl on {backend} that serves the request",
+                           passed, unverified, backend)
+  if unverified:
+    name = unverified[0]
+    return name, _reason(f"{name}: no verified impl serves this request, and {name} has no "
+                         f"committed {backend} check", passed, [], backend)
+  raise ConfigError("no attention implementation serves this request: " + "; ".join(passed))
+
+
+def _reason(choice: str, passed: list[str], unverified: list[str], backend: str) -> str:
+  parts = [choice]
+  if unverified:
+    parts.append(f"not chosen, unverified on {backend}: {', '.join(unverified)}")
+  if passed:
+    parts.append("passed over: " + "; ".join(passed))
+  return ". ".join(parts)
 
 
 def _sequence_shards() -> int:
@@ -194,13 +235,14 @@ def _sequence_shards() -> int:
   return dict(zip(mesh.axis_names, mesh.axis_sizes)).get("sequence", 1) if mesh.axis_names else 1
 
 
-_FALLBACKS_LOGGED: set[str] = set()
+_CHOICES_LOGGED: set[str] = set()
 
 
-def _log_fallback(name: str, reason: str) -> None:
-  """Say once per distinct reason why ``auto`` did not pick the fused kernel."""
-  if reason.startswith("not pallas") and reason not in _FALLBACKS_LOGGED:
-    _FALLBACKS_LOGGED.add(reason)
+def _log_choice(name: str, reason: str) -> None:
+  """Say once per distinct reason what ``auto`` chose on an accelerator and why (on CPU the
+  choice is the documented size rule and is not logged)."""
+  if jax.default_backend() != "cpu" and reason not in _CHOICES_LOGGED:
+    _CHOICES_LOGGED.add(reason)
     logging.getLogger("attnlab").warning("impl='auto' chose %r: %s", name, reason)
 
 
@@ -244,7 +286,7 @@ def dot_product_attention(q, k, v, *, mask=None, bias=None, scale: float | None 
   scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
   if impl == "auto":
     impl, why = choose_impl(q, k, v, mask, score_mod)
-    _log_fallback(impl, why)
+    _log_choice(impl, why)
   elif impl not in IMPLS:
     raise ConfigError(f"impl={impl!r} is not valid; valid names: {', '.join(impl_names())}")
   implementation = IMPLS.get(impl)
