@@ -23,7 +23,7 @@ from attnlab.data.retrieval import TASKS
 from attnlab.models import DTYPES, MLPS, NORMS
 from attnlab.registry import ConfigError, Field, merge_fields, nearest
 
-CORPORA = ("builtin",)
+CORPORA = ("builtin", "tinyshakespeare")   # attnlab.data.CORPORA
 
 # model.attention fields that are not any one entry's: heads and the four axes' names.
 CORE_ATTENTION_FIELDS = (

@@ -12,6 +12,8 @@ A training workdir holds:
 - ``metrics.jsonl``: one JSON object per line (``step``, ``split``, ``loss``, ...)
   (``MetricsLog``), with TensorBoard events in ``tensorboard/`` and ``loss.png``; a torn
   last line (a write cut short) is dropped with a warning;
+- ``provenance.jsonl``: one line per start or resume of the run: the step it started
+  from, the command, commit, JAX version and machine (``record_start``);
 - ``.lock``: held by the process writing the run (``lock``), so a second writer is
   refused with the holder's pid.
 
@@ -141,6 +143,17 @@ def atomic_write(path: pathlib.Path, text: str) -> None:
   except OSError as e:
     tmp.unlink(missing_ok=True)
     raise WorkdirError(describe_os_error(e, "writing", path)) from None
+
+
+def record_start(workdir: pathlib.Path, step: int) -> None:
+  """Append to ``provenance.jsonl`` who (re)started this run at ``step``, and where."""
+  from attnlab.provenance import provenance
+  line = json.dumps({"start_step": int(step), **provenance()}, sort_keys=True)
+  try:
+    with open(pathlib.Path(workdir) / "provenance.jsonl", "a") as f:
+      f.write(line + "\n")
+  except OSError as e:
+    raise WorkdirError(describe_os_error(e, "writing", pathlib.Path(workdir))) from None
 
 
 # ----------------------------------------------------------------------------- the lock

@@ -35,7 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.position = config_lib.position_block("rope")
 
   c.data = ml_collections.ConfigDict()
-  c.data.corpus = "builtin"           # the Python standard library's source; no download
+  c.data.corpus = "builtin"           # the Python standard library's source; or "tinyshakespeare"
   c.data.path = ""                    # a text file; when set it replaces the corpus
   c.data.seq_len = 128
   c.data.valid_fraction = 0.1
@@ -83,7 +83,7 @@ def get_config(arg: str = "rope") -> ml_collections.ConfigDict:
     # nanoGPT's CPU "baby GPT" on tinyshakespeare (README): 4 layers, 4 heads, d=128,
     # context 64, batch 12, learned positions, 2000 iterations, dropout 0.
     c.model.position.kind = "learned"
-    c.data.path = "../shared/data/tinyshakespeare.txt"
+    c.data.corpus = "tinyshakespeare"   # shipped in attnlab/data/corpora/
     c.data.seq_len = 64
     c.train.batch_size = 12
     c.train.steps = 2000

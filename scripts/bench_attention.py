@@ -83,7 +83,7 @@ def make_paths(window: int, heads: int) -> list[Path]:
            f"blockwise, window {window} + global token 0, causal, 256 tiles"),
       Path("lsh", lambda q, k, v, n: efficient.lsh_attention(
           q, v, key=key, num_buckets=max(2, 2 * (n // 128) // 2), num_hashes=2, chunk_size=64),
-           True, "Reformer LSH, 2 hashes, chunks of 64, ~N/64 buckets, causal"),
+           True, "Reformer LSH, 2 hashes, chunks of 64, ~N/128 buckets, causal"),
       Path("performer", lambda q, k, v, n: efficient.performer_attention(
           q, k, v, key=key, num_features=256, causal=True), True,
            "FAVOR+, 256 features, causal (chunked prefix sums)"),

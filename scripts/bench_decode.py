@@ -135,6 +135,19 @@ def measure(config, context: int, kv_heads: int, *, steps: int = 64, repeats: in
           "greedy_tokens_agree": bool(agree), "impl": cfg.model.attention.impl}
 
 
+def combine(runs: list[dict]) -> dict:
+  """One row from repeated measurements: medians of the timings, the speed-up's range."""
+  row = dict(runs[0])
+  for key in ("cached_ms_per_token", "recompute_ms_per_token", "cached_tokens_per_s",
+              "recompute_tokens_per_s", "speedup"):
+    row[key] = float(np.median([r[key] for r in runs]))
+  row["speedup_min"] = min(r["speedup"] for r in runs)
+  row["speedup_max"] = max(r["speedup"] for r in runs)
+  row["runs"] = len(runs)
+  row["greedy_tokens_agree"] = all(r["greedy_tokens_agree"] for r in runs)
+  return row
+
+
 def markdown(rows: list[dict]) -> str:
   lines = ["| context | kv_heads | cached ms/token | recompute ms/token | cached tok/s | "
            "recompute tok/s | speed-up | cache bytes | greedy tokens agree |",
@@ -142,9 +155,15 @@ def markdown(rows: list[dict]) -> str:
   for r in rows:
     lines.append(f"| {r['context']} | {r['num_kv_heads']} | {r['cached_ms_per_token']:.3f} | "
                  f"{r['recompute_ms_per_token']:.2f} | {r['cached_tokens_per_s']:,.0f} | "
-                 f"{r['recompute_tokens_per_s']:,.1f} | {r['speedup']:.0f}x | "
+                 f"{r['recompute_tokens_per_s']:,.1f} | {_speedup(r)} | "
                  f"{r['cache_bytes']:,} | {'yes' if r['greedy_tokens_agree'] else 'NO'} |")
   return "\n".join(lines) + "\n"
+
+
+def _speedup(r) -> str:
+  if r.get("runs", 1) > 1:
+    return f"{r['speedup']:.0f}x ({r['speedup_min']:.0f}–{r['speedup_max']:.0f})"
+  return f"{r['speedup']:.0f}x"
 
 
 def define_flags():
@@ -153,7 +172,9 @@ def define_flags():
   flags.DEFINE_list("contexts", ["256", "1024", "4096"], "Context lengths N.")
   flags.DEFINE_list("kv_heads", ["4", "1"], "num_kv_heads values (each must divide num_heads).")
   flags.DEFINE_integer("steps", 64, "Decode steps timed per run.")
-  flags.DEFINE_integer("repeats", 3, "Timed runs (median).")
+  flags.DEFINE_integer("repeats", 3, "Timed runs (median) inside one measurement.")
+  flags.DEFINE_integer("runs", 1, "Measurements per row, one after another; the "
+                       "row reports their medians and the speed-up's range.")
   flags.DEFINE_integer("batch", 1, "Sequences decoded together.")
   flags.DEFINE_string("json", None, "Also write the rows to this JSON file.")
 
@@ -167,13 +188,15 @@ def main(argv):
   rows = []
   jobs = [(n, int(h)) for h in FLAGS.kv_heads for n in contexts]
   for n, h in tqdm(jobs, desc="bench_decode"):
-    rows.append(measure(FLAGS.config, n, h, steps=FLAGS.steps, repeats=FLAGS.repeats,
-                        batch=FLAGS.batch))
+    rows.append(combine([measure(FLAGS.config, n, h, steps=FLAGS.steps, repeats=FLAGS.repeats,
+                                 batch=FLAGS.batch) for _ in range(FLAGS.runs)]))
   print(f"{jax.devices()[0].platform}, {rows[0]['params']:,} parameters, batch {FLAGS.batch}, "
         f"impl {rows[0]['impl']}")
   print(markdown(rows))
   if FLAGS.json:
-    pathlib.Path(FLAGS.json).write_text(json.dumps(rows, indent=2))
+    from attnlab.provenance import provenance
+    pathlib.Path(FLAGS.json).write_text(json.dumps(
+        {"provenance": provenance(), "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/lm.py:baby_gpt", "C
 _IMPLS = flags.DEFINE_list("impls", ["auto"], "Values of model.attention.impl to time.")
 _STEPS = flags.DEFINE_integer("steps", 100, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed steps (the first compiles).")
+_JSON = flags.DEFINE_string("json", None, "Also write the rows (and the machine) to this JSON file.")
 
 
 def time_steps(config, steps: int, warmup: int) -> dict:
@@ -65,16 +66,26 @@ def time_steps(config, steps: int, warmup: int) -> dict:
 
 def main(argv):
   del argv
-  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()} ({platform.processor() or platform.machine()}), "
-        f"jax {jax.__version__}, {_STEPS.value} timed steps\n")
+  machine = dict(device=f"{jax.devices()[0].device_kind} x{jax.device_count()}",
+                 processor=platform.processor() or platform.machine(), jax=jax.__version__,
+                 python=platform.python_version(), steps=_STEPS.value, warmup=_WARMUP.value)
+  print(f"device: {machine['device']} ({machine['processor']}), jax {jax.__version__}, "
+        f"{_STEPS.value} timed steps\n")
   print("| impl | params | tokens/step | compile s | median ms/step | mean ms/step | tokens/s |")
   print("|---|---|---|---|---|---|---|")
+  rows = []
   for impl in _IMPLS.value:
     config = _CONFIG.value.copy_and_resolve_references()
     config.model.attention.impl = impl
-    r = time_steps(config, _STEPS.value, _WARMUP.value)
+    r = dict(impl=impl, **time_steps(config, _STEPS.value, _WARMUP.value))
+    rows.append(r)
     print(f"| {impl} | {r['params']:,} | {r['tokens_per_step']} | {r['compile_s']:.1f} | "
           f"{r['median_ms']:.1f} | {r['mean_ms']:.1f} | {r['tokens_per_s']:,.0f} |", flush=True)
+  if _JSON.value:
+    import json
+    from attnlab.provenance import provenance
+    pathlib.Path(_JSON.value).write_text(json.dumps(dict(provenance=provenance(),
+                                                         machine=machine, rows=rows), indent=1))
 
 
 if __name__ == "__main__":

@@ -10,18 +10,18 @@ import ml_collections
 from configs import lm
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+SHAKESPEARE = REPO / "attnlab" / "data" / "corpora" / "tinyshakespeare.txt"
 
 
 def tiny_config(position: str = "rope", **overrides) -> ml_collections.ConfigDict:
-  """A 2-layer, d=32 model on tinyshakespeare (or the built-in corpus if it is absent)."""
+  """A 2-layer, d=32 model on tinyshakespeare (shipped with attnlab)."""
   c = lm.get_config("nope" if position == "none" else position)
   c.model.num_layers = 2
   c.model.d_model = 32
   c.model.attention.num_heads = 4
   c.model.attention.num_kv_heads = 4
   c.data.seq_len = 32
-  c.data.path = str(SHAKESPEARE) if SHAKESPEARE.exists() else ""
+  c.data.corpus = "tinyshakespeare"
   c.train.steps = 20
   c.train.batch_size = 8
   c.train.warmup_steps = 2

@@ -105,6 +105,9 @@ def test_capture_is_the_same_for_impls_that_never_form_probabilities(impl):
   plain = model.apply({"params": params}, tokens)
   captured, state = model.apply({"params": params}, tokens, mutable=["intermediates"])
   _, ref_state = reference.apply({"params": params}, tokens, mutable=["intermediates"])
+  _, layers = model.apply({"params": params}, tokens, capture_intermediates=True,
+                          mutable=["intermediates"])
+  inter = layers["intermediates"]
   np.testing.assert_array_equal(np.asarray(plain), np.asarray(captured))
   for layer in range(cfg.model.num_layers):
     (maps,) = state["intermediates"][f"block_{layer}"]["attention"]["attention_weights"]
@@ -113,6 +116,16 @@ def test_capture_is_the_same_for_impls_that_never_form_probabilities(impl):
     # the window is respected: nothing beyond 6 keys back
     i, j = np.indices((20, 20))
     assert np.asarray(maps)[..., (i - j > 6) | (j > i)].max() == 0.0
+    # and the maps are what the impl applied: maps @ v, through the output projection,
+    # equals the impl's own output projection (numpy, float64, from the layer's values)
+    attn = inter[f"block_{layer}"]["attention"]
+    (qkv,), (out,) = attn["qkv"]["__call__"], attn["out"]["__call__"]
+    v = np.asarray(qkv, np.float64).reshape(2, 20, 4 + 2 + 2, 8)[:, :, 6:]   # [b, k, kv, d]
+    v = np.repeat(v, 2, axis=2)                                              # GQA: 2 per kv
+    heads_out = np.einsum("bhqk,bkhd->bqhd", np.asarray(maps, np.float64), v)
+    kernel = np.asarray(params[f"block_{layer}"]["attention"]["out"]["kernel"], np.float64)
+    np.testing.assert_allclose(heads_out.reshape(40, 32) @ kernel,
+                               np.asarray(out).reshape(40, 32), atol=2e-6)
 
 
 def test_mlp_none_is_attention_only():

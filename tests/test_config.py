@@ -3,7 +3,7 @@
 import pathlib
 
 import pytest
-from helpers import SHAKESPEARE, tiny_config
+from helpers import tiny_config
 
 from attnlab import ConfigError, config_lib
 from attnlab.engine import training as train
@@ -67,10 +67,6 @@ def test_learned_table_defaults_to_the_training_length():
 @pytest.mark.parametrize("preset", lm.PRESETS)
 def test_every_preset_is_valid(preset):
   config = lm.get_config(preset)
-  if config.data.path:   # baby_gpt reads ../shared/data/tinyshakespeare.txt
-    if not SHAKESPEARE.exists():
-      pytest.skip("../shared/data/tinyshakespeare.txt absent")
-    config.data.path = str(SHAKESPEARE)
   cfg = config_lib.resolve(config)
   expected = {"nope": "none", "baby_gpt": "learned"}.get(preset, preset)
   assert cfg.model.position.kind == expected

@@ -61,7 +61,6 @@ def test_too_short_text_is_a_clear_error():
     data.get_batch(np.zeros(10, np.uint8), 2, 64, 0, 0)
 
 
-@pytest.mark.skipif(not SHAKESPEARE.exists(), reason="../shared/data/tinyshakespeare.txt absent")
 def test_text_file_corpus():
   import ml_collections
   corpus = data.load_corpus(ml_collections.ConfigDict(

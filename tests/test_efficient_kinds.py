@@ -246,6 +246,54 @@ def test_favor_features_estimate_the_softmax_kernel():
   np.testing.assert_allclose(ratio, ratio[0], rtol=1e-4)
 
 
+def test_causal_performer_equals_a_loop_over_prefixes_of_the_papers_features():
+  """Independent of the library's feature code and scan: FAVOR+'s positive features from
+  the paper in float64 numpy (on the library's random projection w, an input), and the
+  causal output as an explicit loop over each query's prefix of keys."""
+  b, n, h, d, m = 2, 19, 2, 8, 64
+  scale = 1.0 / np.sqrt(d)
+  q, k, v = _normal(40, (b, n, h, d)), _normal(41, (b, n, h, d)), _normal(42, (b, n, h, 5))
+  key = jax.random.PRNGKey(7)
+  got = np.asarray(efficient.performer_attention(q, k, v, key=key, num_features=m,
+                                                 causal=True, chunk_size=8))
+  w = np.asarray(efficient.orthogonal_random_features(key, m, d), np.float64)
+
+  def logits(x):                       # w x' - |x'|^2 / 2 with x' = scale^(1/2) x
+    x = np.sqrt(scale) * np.asarray(x, np.float64)
+    return x @ w.T - 0.5 * (x * x).sum(-1, keepdims=True)
+
+  lq, lk = logits(q), logits(k)
+  # queries: the paper's features times a per-query constant (cancels) plus eps, as the
+  # docstring defines them; keys: the paper's features, unstabilised (float64)
+  phi_q = (np.exp(lq - lq.max(-1, keepdims=True)) + efficient.FEATURE_EPS) / np.sqrt(m)
+  phi_k = np.exp(lk) / np.sqrt(m)
+  want = np.zeros(got.shape)
+  for bi in range(b):
+    for hi in range(h):
+      for i in range(n):
+        weights = np.array([phi_q[bi, i, hi] @ phi_k[bi, j, hi] for j in range(i + 1)])
+        want[bi, i, hi] = weights @ np.asarray(v, np.float64)[bi, :i + 1, hi] / weights.sum()
+  np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
+
+
+def test_performer_kernel_estimate_is_unbiased_over_independent_draws():
+  """The mean over independent projections of phi(q) . phi(k) is exp(q . k / sqrt(d)):
+  checked on the library's projections with the paper's features (float64), for a spread
+  of q . k, with the standard error of the mean as the tolerance."""
+  d, m, draws = 8, 16, 3000
+  rng = np.random.default_rng(5)
+  q, k = 0.6 * rng.standard_normal((4, d)), 0.6 * rng.standard_normal((4, d))
+  exact = np.exp(np.sum(q * k, -1) / np.sqrt(d))
+  keys = jax.random.split(jax.random.PRNGKey(11), draws)
+  ws = np.asarray(jax.vmap(lambda key: efficient.orthogonal_random_features(key, m, d))(keys),
+                  np.float64)                                         # [draws, m, d]
+  x_q, x_k = q / d ** 0.25, k / d ** 0.25
+  phi = lambda x: np.exp(np.einsum("rmd,pd->rpm", ws, x) - 0.5 * (x * x).sum(-1)[None, :, None])
+  estimates = (phi(x_q) * phi(x_k)).sum(-1) / m                       # [draws, pairs]
+  mean, sem = estimates.mean(0), estimates.std(0) / np.sqrt(draws)
+  assert np.all(np.abs(mean - exact) < 4 * sem + 1e-3 * exact), (mean, exact, sem)
+
+
 def test_orthogonal_random_features_blocks_are_orthogonal():
   d, m = 16, 40                                          # 3 blocks, the last one partial
   features = jax.jit(efficient.orthogonal_random_features, static_argnums=(1, 2))

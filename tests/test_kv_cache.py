@@ -142,8 +142,7 @@ def test_other_patterns_use_a_full_cache_and_their_mask(pattern):
   np.testing.assert_allclose(got, full, **TOL)
 
 
-@pytest.mark.parametrize("impl", [pytest.param("reference", marks=pytest.mark.slow),
-                                  pytest.param("blockwise", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("impl", ["reference", "blockwise"])
 def test_decoding_through_other_impls(impl):
   """The decode attention goes through the model's impl (default auto -> xla above)."""
   cfg, model, params = perturbed_model("alibi", model__attention__num_kv_heads=2,
@@ -155,7 +154,7 @@ def test_decoding_through_other_impls(impl):
   np.testing.assert_allclose(got, full, **TOL)
 
 
-@pytest.mark.parametrize("scaling", [pytest.param("yarn", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("scaling", ["linear", "ntk", "yarn", "yarn_paper"])
 def test_rope_scalings_and_partial_rotary(scaling):
   cfg, model, params = perturbed_model("rope", model__position__scaling=scaling,
                               model__position__scale_factor=4.0,

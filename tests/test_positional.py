@@ -1,4 +1,4 @@
-"""Position schemes against the papers' formulas (REFERENCES.md) written in numpy."""
+"""Position schemes against the papers' formulas (docs/references.md) written in numpy."""
 
 from __future__ import annotations
 

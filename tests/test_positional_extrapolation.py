@@ -282,6 +282,25 @@ def test_randomized_positions_sorted_distinct_in_range():
     positional.randomized_positions(jax.random.PRNGKey(0), 50, 40)
 
 
+def test_randomized_positions_are_uniform_over_sorted_subsets():
+  """Ruoss et al. draw a uniformly random sorted subset: over 6000 independent keys, each
+  of the C(6, 3) = 20 subsets of [0, 6) appears about equally often (chi-square, 19
+  degrees of freedom, below its 1e-4 critical value 50.80), and each position is in
+  about half the draws."""
+  import itertools
+  keys = jax.random.split(jax.random.PRNGKey(123), 6000)
+  draws = np.asarray(jax.vmap(lambda k: positional.randomized_positions(k, 3, 6))(keys))
+  assert np.all(np.diff(draws, axis=1) > 0) and draws.min() >= 0 and draws.max() < 6
+  subsets = {s: 0 for s in itertools.combinations(range(6), 3)}
+  for row in map(tuple, draws):
+    subsets[row] += 1
+  counts = np.array(list(subsets.values()), np.float64)
+  expected = len(draws) / len(subsets)
+  assert ((counts - expected) ** 2 / expected).sum() < 50.80, counts
+  share = np.bincount(draws.ravel(), minlength=6) / len(draws)
+  np.testing.assert_allclose(share, 0.5, atol=0.03)
+
+
 def test_alibi_with_explicit_positions_uses_their_distances():
   rng = np.random.default_rng(8)
   n, heads = 29, 4

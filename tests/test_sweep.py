@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import REPO, SHAKESPEARE
+from helpers import REPO
 
 from attnlab import workdir as workdir_lib
 from attnlab import ConfigError, data
@@ -23,7 +23,7 @@ def tiny_sweep_config():
   c.model.num_layers = 1
   c.model.d_model = 32
   c.data.seq_len = 16
-  c.data.path = str(SHAKESPEARE) if SHAKESPEARE.exists() else ""
+  c.data.corpus = "tinyshakespeare"
   c.train.steps = 6
   c.train.warmup_steps = 1
   c.train.checkpoint_every = 3
@@ -79,8 +79,7 @@ def test_killed_sweep_resumes_without_retraining_finished_variants(tmp_path):
           "--config.train.warmup_steps=1", "--config.train.checkpoint_every=10",
           "--config.train.eval_every=150", "--config.train.eval_batches=1",
           "--config.eval.max_tokens=128", "--config.sweep.factors=(1, 2)", "--config.sweep.stride=8"]
-  if SHAKESPEARE.exists():
-    args.append(f"--config.data.path={SHAKESPEARE}")
+  args.append("--config.data.corpus=tinyshakespeare")
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   cmd = lambda d: [sys.executable, "-m", "attnlab.sweep", f"--workdir={d}", *args]  # noqa: E731
   subprocess.run(cmd(tmp_path / "straight"), cwd=REPO, env=env, check=True, capture_output=True)

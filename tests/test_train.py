@@ -25,7 +25,6 @@ def _train_losses(workdir):
   return [(r["step"], r["loss"]) for r in workdir_lib.read_metrics(workdir) if r["split"] == "train"]
 
 
-@pytest.mark.skipif(not SHAKESPEARE.exists(), reason="../shared/data/tinyshakespeare.txt absent")
 def test_loss_falls_on_tinyshakespeare(tmp_path):
   cfg = tiny_config("rope", model__d_model=64, train__steps=200, train__batch_size=16,
                     train__eval_every=200, train__eval_batches=8, train__checkpoint_every=200,
@@ -73,8 +72,7 @@ def test_resume_after_the_process_is_killed(tmp_path):
           "--config.train.warmup_steps=5", "--config.train.checkpoint_every=25",
           "--config.train.eval_every=400", "--config.train.eval_batches=1",
           "--config.train.log_every=25", "--config.eval.max_tokens=64"]
-  if SHAKESPEARE.exists():
-    args.append(f"--config.data.path={SHAKESPEARE}")
+  args.append("--config.data.corpus=tinyshakespeare")
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   cmd = lambda d: [sys.executable, "-m", "attnlab.train", f"--workdir={d}", *args]  # noqa: E731
   subprocess.run(cmd(tmp_path / "straight"), cwd=REPO, env=env, check=True, capture_output=True)

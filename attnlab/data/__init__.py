@@ -1,9 +1,10 @@
 """Tokenizer, corpora and batches.
 
 - ``ByteTokenizer``: UTF-8 bytes, vocabulary 256; lossless on any text.
-- ``load_corpus(data_cfg)``: the built-in corpus (the Python standard library's
-  own source, present wherever attnlab runs, no download) or any text file
-  (``data.path``), split deterministically into train (first 90%) and valid.
+- ``load_corpus(data_cfg)``: a named corpus (``builtin``: the Python standard
+  library's own source, present wherever attnlab runs; ``tinyshakespeare``: shipped in
+  ``attnlab/data/corpora/``; no download either way) or any text file (``data.path``),
+  split deterministically into train (first 90%) and valid.
 - ``get_batch(tokens, ...)``: a pure function of (seed, step): resumed runs see
   exactly the batches an uninterrupted run would.
 - ``tasks``: algorithmic sequence-to-sequence tasks (Delétang et al. 2023) for length
@@ -82,6 +83,21 @@ def split_tokens(tokens: np.ndarray, valid_fraction: float) -> tuple[np.ndarray,
   return tokens[:n_train], tokens[n_train:]
 
 
+CORPUS_DIR = pathlib.Path(__file__).resolve().parent / "corpora"
+
+
+def _python_stdlib() -> tuple[bytes, str]:
+  return builtin_corpus_bytes(), f"python{sys.version_info[0]}.{sys.version_info[1]}-stdlib"
+
+
+def _tinyshakespeare() -> tuple[bytes, str]:
+  return (CORPUS_DIR / "tinyshakespeare.txt").read_bytes(), "tinyshakespeare"
+
+
+# data.corpus -> () -> (raw bytes, name); each needs nothing beyond the installed package
+CORPORA = {"builtin": _python_stdlib, "tinyshakespeare": _tinyshakespeare}
+
+
 def load_corpus(data_cfg) -> Corpus:
   """Load the corpus named by the ``data`` config block (``data.path`` wins when set)."""
   if data_cfg.path:
@@ -89,11 +105,11 @@ def load_corpus(data_cfg) -> Corpus:
     if not path.is_file():
       raise ConfigError(f"data.path={data_cfg.path!r} is not a readable file")
     raw, name = path.read_bytes(), path.name
-  elif data_cfg.corpus == "builtin":
-    raw, name = builtin_corpus_bytes(), f"python{sys.version_info[0]}.{sys.version_info[1]}-stdlib"
+  elif data_cfg.corpus in CORPORA:
+    raw, name = CORPORA[data_cfg.corpus]()
   else:
-    raise ConfigError(f"data.corpus={data_cfg.corpus!r} is not valid; valid: 'builtin' "
-                      f"(or set data.path=FILE for a text file)")
+    raise ConfigError(f"data.corpus={data_cfg.corpus!r} is not valid; valid: "
+                      f"{', '.join(map(repr, CORPORA))} (or set data.path=FILE for a text file)")
   tokens = np.frombuffer(raw, np.uint8)
   train, valid = split_tokens(tokens, data_cfg.valid_fraction)
   return Corpus(name, train, valid)
@@ -185,5 +201,5 @@ def sliding_windows(tokens: np.ndarray, length: int, stride: int, max_scored: in
 
 from attnlab.data import tasks  # noqa: E402  (algorithmic seq2seq tasks)
 
-__all__ = ["tasks", "ByteTokenizer", "Corpus", "VOCAB_SIZE", "builtin_corpus_bytes", "builtin_corpus_files",
+__all__ = ["tasks", "ByteTokenizer", "CORPORA", "CORPUS_DIR", "Corpus", "VOCAB_SIZE", "builtin_corpus_bytes", "builtin_corpus_files",
            "Batches", "get_batch", "load_corpus", "make_batches", "non_overlapping_windows", "sliding_windows", "split_tokens"]

@@ -197,6 +197,7 @@ def train(config, workdir, progress: bool = True):
                                         resuming=checkpointer.latest_step() is not None)
       start, state = loop.restore_or_init(checkpointer, jax.eval_shape(init), None, init)
       metrics = workdir_lib.MetricsLog(workdir, start, tensorboard=False)
+      workdir_lib.record_start(workdir, start)
       train_step = make_train_step(model, tx, cfg)
       fixed = batch(0)
       probe = jax.jit(lambda params: sequence_loss(

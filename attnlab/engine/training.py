@@ -163,6 +163,7 @@ def train_and_evaluate(config, workdir, *, stop_after: int | None = None,
             lambda: jax.jit(lambda: init_state(model, tx, cfg), out_shardings=shardings)())
         if writer:
           metrics = MetricsLog(workdir, start)
+          workdir_lib.record_start(workdir, start)
         if start and progress:
           print(f"{workdir}: resuming from the checkpoint at step {start}")
         state, last = _run(cfg, workdir, model, tx, mesh, shardings, state, checkpointer,

@@ -1,0 +1,57 @@
+"""Where a result came from: the command, the commit, the JAX version and the machine.
+
+Every results file a script or study writes carries ``provenance()`` so that a number in
+the documentation can be traced to what produced it (``tests/test_docs.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _git(*args: str) -> str | None:
+  try:
+    done = subprocess.run(["git", *args], cwd=_REPO, capture_output=True, text=True, timeout=10)
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return done.stdout.strip() if done.returncode == 0 else None
+
+
+def cpu_model() -> str:
+  """The processor's model name (Linux), else what ``platform`` knows."""
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def provenance(command: str | None = None) -> dict:
+  """``{command, commit, dirty, jax, python, machine}`` for the running process.
+
+  ``commit`` is the checkout's HEAD (None outside a git checkout); ``dirty`` says whether
+  tracked files differed from it when the result was written.
+  """
+  import jax
+  commit = _git("rev-parse", "HEAD")
+  status = _git("status", "--porcelain", "--untracked-files=no")
+  return {
+      "command": command if command is not None else " ".join(
+          ["python", pathlib.Path(sys.argv[0]).as_posix() if sys.argv[0] else "-c"]
+          + sys.argv[1:]),
+      "commit": commit,
+      "dirty": bool(status) if status is not None else None,
+      "jax": jax.__version__,
+      "python": platform.python_version(),
+      "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
+                  "device": f"{jax.devices()[0].device_kind} x{jax.device_count()}",
+                  "backend": jax.default_backend()},
+  }
