@@ -41,12 +41,15 @@ def provenance(command: str | None = None) -> dict:
   tracked files differed from it when the result was written.
   """
   import jax
+  if command is None:
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    program = (f"-m {spec.name.removesuffix('.__main__')}" if spec is not None and spec.name
+               else (pathlib.Path(sys.argv[0]).as_posix() if sys.argv and sys.argv[0] else "-c"))
+    command = " ".join(["python", program, *sys.argv[1:]])
   commit = _git("rev-parse", "HEAD")
   status = _git("status", "--porcelain", "--untracked-files=no")
   return {
-      "command": command if command is not None else " ".join(
-          ["python", pathlib.Path(sys.argv[0]).as_posix() if sys.argv[0] else "-c"]
-          + sys.argv[1:]),
+      "command": command,
       "commit": commit,
       "dirty": bool(status) if status is not None else None,
       "jax": jax.__version__,

@@ -1,0 +1,323 @@
+"""Every measured figure in README.md, docs/ and experiments/*/README.md is tied to the
+committed results file it came from, so an edit of either cannot drift from the other.
+
+Two checks:
+
+- ``CLAIMS``: each documented sentence or table with measured figures is rebuilt here from
+  its results file (JSON / JSONL) and must appear, character for character, in its
+  document. A claim names the file and the command that produced it.
+- Tables copied from a generated ``results*.md`` / ``bench_*.md`` (written by the study or
+  benchmark together with its JSON) must appear verbatim in one of them; hand-written
+  tables of measured figures are rebuilt by a claim instead (``TABLES_BUILT_BY_CLAIMS``),
+  and tables without measured figures (feature lists, formulas) are listed as such.
+"""
+
+import json
+import pathlib
+import re
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _json(path):
+  return json.loads((ROOT / path).read_text())
+
+
+def _jsonl(path):
+  return [json.loads(line) for line in (ROOT / path).read_text().splitlines() if line.strip()]
+
+
+# ----------------------------------------------------------------------------- the claims
+
+def extrapolation_headline():
+  """python -m attnlab.sweep --config=configs/extrapolation.py (README quick start)."""
+  rows = _json("experiments/extrapolation/results.json")
+  ppl = lambda v, n: next(r["ppl"] for r in rows  # noqa: E731
+                          if r["variant"] == v and r["eval_length"] == n
+                          and r["eval_mode"] == "non_overlapping")
+  ratio = {v: ppl(v, 512) / ppl(v, 64) for v in ("alibi", "rope", "sinusoidal")}
+  return "README.md", (f"ALiBi's perplexity is {100 * (1 - ratio['alibi']):.1f}% below its value "
+                       f"at 1×, while RoPE's is {ratio['rope']:.1f}× and\nsinusoidal's "
+                       f"{ratio['sinusoidal']:.1f}× higher")
+
+
+def _valid_at_end(run):
+  return [r for r in _jsonl(f"experiments/baby_gpt/{run}/metrics.jsonl")
+          if r["split"] == "valid"][-1]
+
+
+def baby_gpt_losses():
+  """python -m attnlab.train --config=configs/lm.py:baby_gpt [--config.train.lr=1e-3]."""
+  high, low = _valid_at_end("lr3e-3"), _valid_at_end("lr1e-3")
+  assert high["step"] == low["step"] == 2000
+  return "README.md", (f"**{high['loss']:.4f}** (peak lr 3e-3); {low['loss']:.4f} with "
+                       f"nanoGPT's 1e-3")
+
+
+def baby_gpt_step_table():
+  """python scripts/bench_train.py --config=configs/lm.py:baby_gpt ... --json=..."""
+  result = _json("experiments/baby_gpt/bench_train.json")
+  assert "bench_train.py" in result["provenance"]["command"]
+  lines = [f"| {r['impl']} | {r['params']:,} | {r['tokens_per_step']} | {r['compile_s']:.1f} | "
+           f"{r['median_ms']:.1f} | {r['mean_ms']:.1f} | {r['tokens_per_s']:,.0f} |"
+           for r in result["rows"]]
+  return "README.md", "\n".join(lines)
+
+
+def baby_gpt_step_headline():
+  by = {r["impl"]: r for r in _json("experiments/baby_gpt/bench_train.json")["rows"]}
+  fastest = min(by.values(), key=lambda r: r["median_ms"])
+  return "README.md", (f"**{fastest['median_ms']:.1f}** median (`impl={fastest['impl']}`; "
+                       f"`auto` {by['auto']['median_ms']:.1f})")
+
+
+def induction_headline():
+  """python experiments/induction_heads/run.py --config=configs/induction.py ..."""
+  rec = _json("experiments/induction_heads/results.json")["records"]
+  best = lambda r: max(max(layer) for layer in r["induction"])  # noqa: E731
+  first = next(r["step"] for r in rec if best(r) > 0.5)
+  at = {r["step"]: r for r in rec}
+  return "README.md", (f"Every head scores {best(rec[0]):.3f} at initialisation (uniform "
+                       f"attention). A layer-0\n    previous-token head and four layer-1 induction "
+                       f"heads form between steps 500 and 1500\n    (first head above 0.5 at step "
+                       f"{first}, {best(rec[-1]):.2f} by step {rec[-1]['step']}), while the loss "
+                       f"on the repeat\n    falls from {at[500]['loss_repeat']:.2f} nats at step "
+                       f"500 to {rec[-1]['loss_repeat']:.3f}.")
+
+
+def _attention_summary():
+  return _json("docs/bench_attention.json")["summary"]
+
+
+def bench_attention_headline():
+  """python scripts/bench_attention.py (README and docs/attention.md)."""
+  s = _attention_summary()
+  rows = _json("docs/bench_attention.json")["rows"]
+  t = lambda p: next(r["fwd_bwd_s"] for r in rows if r["path"] == p and r["n"] == 16384)  # noqa
+  return "README.md", (f"(w = 256, causal) grows as N^{s['sliding_window']['time_exponent']:.2f} "
+                       f"and runs {t('blockwise_causal') / t('sliding_window'):.1f}× faster than "
+                       f"dense causal\nblockwise attention at N = 16k; Performer and linear "
+                       f"attention grow as N^{s['performer']['time_exponent']:.2f}\nand "
+                       f"N^{s['linear']['time_exponent']:.2f}")
+
+
+def lra_comparison():
+  rows = _json("docs/bench_attention.json")["rows"]
+
+  def ratios(path):
+    out = []
+    for n in (1024, 2048, 4096):
+      xla = next(r["fwd_bwd_s"] for r in rows if r["path"] == "xla" and r["n"] == n)
+      out.append(f"{xla / next(r['fwd_bwd_s'] for r in rows if r['path'] == path and r['n'] == n):.1f}")
+    return " / ".join(out)
+  return "docs/attention.md", (
+      f"sliding window {ratios('sliding_window')}×, linear\n  {ratios('linear')}×, Performer "
+      f"{ratios('performer')}×, LSH {ratios('lsh')}×,\n  BigBird {ratios('bigbird')}×")
+
+
+def retrieval_alibi_at_8x():
+  """python -m attnlab.retrieval --config=configs/retrieval.py (experiments/retrieval)."""
+  rows = _json("experiments/retrieval/results.json")
+
+  def mean(variant, n):
+    got = [r["byte_accuracy"] for r in rows if r["variant"] == variant and r["eval_length"] == n]
+    return sum(got) / len(got)
+  alibi = [mean("alibi", n) for n in (128, 256, 512, 1024)]
+  nope = [mean("nope", n) for n in (128, 256, 512, 1024)]
+  drop = 100 * (1 - alibi[3] / alibi[0])
+  return "experiments/retrieval/README.md", (
+      f"per-byte accuracy is {nope[0]:.2f}, {nope[1]:.2f}, {nope[2]:.2f} and {nope[3]:.2f} at 1×, "
+      f"2×, 4× and 8×. ALiBi's is\n  {alibi[0]:.2f}, {alibi[1]:.2f}, {alibi[2]:.2f}, then "
+      f"{alibi[3]:.2f} at 8×: {drop:.0f}% below its training length, and no better than\n  "
+      f"RoPE's {mean('rope', 1024):.2f} there.")
+
+
+def sinks_marker_ratios():
+  """python experiments/attention_sinks/run.py ... --out=experiments/attention_sinks/bos."""
+  r = _json("experiments/attention_sinks/bos/results.json")
+  u = r["uniform"]["k=1"]
+  mean = {s: v["trained"]["k=1"]["mean"] for s, v in r["schemes"].items()}
+  top = {s: v["trained"]["k=1"]["max_head"] for s, v in r["schemes"].items()}
+  return "experiments/attention_sinks/README.md", (
+      f"NoPE {mean['none'][0]:.3f} on average and {top['none'][0]:.3f} in its largest head\n"
+      f"   (against {u:.3f}, {mean['none'][0] / u:.1f}×), T5 {mean['t5'][0]:.3f} / "
+      f"{top['t5'][0]:.3f} ({mean['t5'][0] / u:.1f}×)")
+
+
+def sinks_later_layers():
+  r = _json("experiments/attention_sinks/bos/results.json")
+  u = r["uniform"]["k=1"]
+  layer2 = {s: v["trained"]["k=1"]["mean"][2] for s, v in r["schemes"].items()}
+  top2 = max(max(v["trained"]["k=1"]["max_head"][2] for s, v in r["schemes"].items()
+                 if s in ("alibi", "learned")), 0)
+  others = [v["trained"]["k=1"]["mean"][layer] for s, v in r["schemes"].items()
+            for layer in (1, 2) if (s, layer) not in (("alibi", 2), ("learned", 2))]
+  assert max(others) <= u + 1e-9
+  return "experiments/attention_sinks/README.md", (
+      f"layer 2 of ALiBi ({layer2['alibi']:.3f}, {layer2['alibi'] / u:.1f}×) and learned\n"
+      f"   positions ({layer2['learned']:.3f}, {layer2['learned'] / u:.2f}×), whose largest heads "
+      f"reach {top2:.3f}.")
+
+
+def induction_rope_table():
+  """The RoPE runs of experiments/induction_heads (commands in its README)."""
+  lines = []
+  runs = [("learned positions (above)", ""), ("`rope/`", "rope/"),
+          ("`rope_variants/seed1/`", "rope_variants/seed1/"),
+          ("`rope_variants/lr3e-3/`", "rope_variants/lr3e-3/"),
+          ("`rope_variants/8k/`", "rope_variants/8k/")]
+  for label, folder in runs:
+    rec = _json(f"experiments/induction_heads/{folder}results.json")["records"]
+    score = [max(max(layer) for layer in r["induction"]) for r in rec]
+    best = max(range(len(rec)), key=lambda i: score[i])
+    end = rec[-1]
+    lines.append(f"| {label} | {end['step']} | {score[-1]:.3f} ({score[best]:.3f}, "
+                 f"{rec[best]['step']}) | {end['loss_repeat']:.3f} | {end['train_loss']:.3f} |")
+  return "experiments/induction_heads/README.md", "\n".join(lines)
+
+
+def induction_previous_token_peaks():
+  peaks = []
+  for run in ("rope", "rope_variants/seed1", "rope_variants/lr3e-3", "rope_variants/8k"):
+    rec = _json(f"experiments/induction_heads/{run}/results.json")["records"]
+    peaks.append(max(max(r["previous_token"][1]) for r in rec))
+  return "experiments/induction_heads/README.md", (
+      f"(its peak score is {min(peaks):.3f}–{max(peaks):.3f}\n  across the four runs)")
+
+
+def decode_table():
+  """python scripts/bench_decode.py ... --runs=3 --json=docs/bench_decode.json."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("bench_decode", ROOT / "scripts/bench_decode.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  result = _json("docs/bench_decode.json")
+  return "docs/inference.md", module.markdown(result["rows"]).strip()
+
+
+def decode_headline():
+  rows = _json("docs/bench_decode.json")["rows"]
+  at = {(r["context"], r["num_kv_heads"]): r for r in rows}
+  mha, mqa = at[(1024, 4)], at[(1024, 1)]
+  return "README.md", (
+      f"At 1k context, cached decoding is {mha['speedup']:.0f}× faster per token than "
+      f"recomputing the prefix\n  (median of {mha['runs']} runs, "
+      f"{mha['speedup_min']:.0f}–{mha['speedup_max']:.0f}×; MQA {mqa['speedup']:.0f}×, "
+      f"{mqa['speedup_min']:.0f}–{mqa['speedup_max']:.0f}×; `scripts/bench_decode.py`).")
+
+
+def _ppl(path):
+  rows = _json(path)
+  return lambda v, mode, n: next(r["ppl"] for r in rows if r["variant"] == v  # noqa: E731
+                                 and r["eval_mode"] == mode and r["eval_length"] == n)
+
+
+def extrapolation_ratio_table():
+  """python -m attnlab.sweep --config=configs/extrapolation.py (perplexity at 8x and 16x
+  over 1x, both evaluation modes)."""
+  ppl = _ppl("experiments/extrapolation/results.json")
+  lines = []
+  for v in ("alibi", "nope", "rope", "sinusoidal"):
+    cells = [ppl(v, m, n) / ppl(v, m, 64) for m in ("non_overlapping", "sliding")
+             for n in (512, 1024)]
+    lines.append(f"| {v} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+  return "experiments/extrapolation/README.md", "\n".join(lines)
+
+
+def extrapolation_debian_table():
+  """The same command under Debian's CPython 3.11.2 (experiments/extrapolation/debian_...)."""
+  ppl = _ppl("experiments/extrapolation/debian_python3.11.2/results.json")
+  lines = []
+  for v in ("alibi", "nope", "rope", "sinusoidal"):
+    cells = [ppl(v, "non_overlapping", n) for n in (64, 128, 256, 512, 1024)]
+    ratio = cells[3] / cells[0]
+    lines.append(f"| {v} | " + " | ".join(f"{c:.3f}" for c in cells)
+                 + f" | {ratio:.3f} |" if v == "alibi" else
+                 f"| {v} | " + " | ".join(f"{c:.3f}" for c in cells) + f" | {ratio:.2f} |")
+  return "experiments/extrapolation/README.md", "\n".join(lines)
+
+
+def induction_head_table():
+  """The layer-0 previous-token scores per step in experiments/induction_heads/README.md."""
+  rec = {r["step"]: r for r in _json("experiments/induction_heads/results.json")["records"]}
+  steps = (0, 250, 500, 750, 1000, 1250, 1500, 2000, 2500)
+  return "experiments/induction_heads/README.md", "\n".join(
+      f"| L0H{h} | " + " | ".join(f"{rec[s]['previous_token'][0][h]:.3f}" for s in steps) + " |"
+      for h in (0, 2))
+
+
+CLAIMS = [extrapolation_headline, extrapolation_ratio_table, extrapolation_debian_table,
+          induction_head_table, baby_gpt_losses, baby_gpt_step_table, baby_gpt_step_headline,
+          induction_headline, bench_attention_headline, lra_comparison, retrieval_alibi_at_8x,
+          sinks_marker_ratios, sinks_later_layers, induction_rope_table,
+          induction_previous_token_peaks, decode_table, decode_headline]
+
+
+@pytest.mark.parametrize("claim", CLAIMS, ids=lambda c: c.__name__)
+def test_documented_figures_equal_their_results_files(claim):
+  doc, text = claim()
+  assert text in (ROOT / doc).read_text(), (
+      f"{doc} should say, as its results file does ({claim.__doc__ or claim.__name__}):\n{text}")
+
+
+# ----------------------------------------------------------------------------- tables
+
+DOCS = (["README.md", "experiments/README.md"] + [f"docs/{p.name}" for p in
+        sorted((ROOT / "docs").glob("*.md")) if not p.name.startswith("bench_")]
+        + [f"experiments/{p.parent.name}/README.md"
+           for p in sorted((ROOT / "experiments").glob("*/README.md"))])
+GENERATED = sorted(set(ROOT.glob("experiments/**/results*.md")) | set(ROOT.glob("docs/bench_*.md"))
+                   | set(ROOT.glob("experiments/**/analysis*.md")))
+# hand-written tables whose figures a claim above rebuilds (doc -> first cells of their rows)
+TABLES_BUILT_BY_CLAIMS = {
+    "README.md": ("| auto |", "| reference |", "| xla |", "| blockwise |",
+                  "| validation loss after 2000 steps |", "| ms/step, 2 CPU cores |"),
+    "docs/inference.md": ("| 256 |", "| 1024 |", "| 4096 |"),
+    "experiments/induction_heads/README.md": ("| learned positions (above) |", "| `rope",
+                                              "| L0H"),
+    "experiments/extrapolation/README.md": ("| alibi |", "| nope |", "| rope |",
+                                            "| sinusoidal |"),
+}
+# tables that hold no measured figure (features, formulas, choices, configs)
+NOT_MEASURED = {
+    "README.md": ("| `", "| position", "| impl", "| kind", "| pattern", "| extra"),
+    "docs/kernels.md": ("|",),
+    "docs/inference.md": ("| `", "| variant", "| MHA |", "| GQA", "| MQA |"),
+    "docs/variants.md": ("|",),
+    "experiments/README.md": ("|",),
+}
+
+
+def _measured_rows(doc):
+  for line in (ROOT / doc).read_text().splitlines():
+    if (line.startswith("|") and re.search(r"\d\.\d", line)
+            and not set(line) <= set("|-: ")):
+      yield line
+
+
+def test_tables_of_measured_figures_come_from_generated_results():
+  generated = "\n".join(p.read_text() for p in GENERATED)
+  loose = []
+  for doc in DOCS:
+    for row in _measured_rows(doc):
+      if row in generated:
+        continue
+      if row.startswith(TABLES_BUILT_BY_CLAIMS.get(doc, ())):
+        continue
+      if row.startswith(NOT_MEASURED.get(doc, ())):
+        continue
+      loose.append(f"{doc}: {row[:100]}")
+  assert not loose, "rows with figures that no results file produced:\n" + "\n".join(loose)
+
+
+def test_new_results_files_name_their_command_commit_and_machine():
+  for path in ("experiments/baby_gpt/bench_train.json", "docs/bench_decode.json"):
+    p = _json(path)["provenance"]
+    assert p["command"].startswith("python ") and p["jax"] and p["machine"]["cpu"], path
+    assert "commit" in p, path
+  for run in ("lr3e-3", "lr1e-3"):
+    starts = _jsonl(f"experiments/baby_gpt/{run}/provenance.jsonl")
+    assert starts[0]["start_step"] == 0 and "attnlab.train" in starts[0]["command"] or \
+        "attnlab/train.py" in starts[0]["command"]
