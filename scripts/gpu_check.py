@@ -163,7 +163,6 @@ def decode(dry_run: bool, budget: float) -> dict:
 
 def training(dry_run: bool, budget: float) -> dict:
   """``steps`` AdamW steps with impl=pallas and impl=xla from one init and one batch stream."""
-  import jax
   import numpy as np
   from configs import lm
   from attnlab import config_lib, data

@@ -105,7 +105,7 @@ def test_cudnn_mapping_equals_the_reference_through_jax_nn_on_cpu(monkeypatch):
   monkeypatch.setattr(jax.nn, "dot_product_attention",
                       lambda *a, implementation, **kw: real(*a, implementation="xla", **kw))
   q, k, v = _qkv(n=24)
-  for mask in (None, masks.causal(), masks.sliding_window(5)):
+  for mask in (None, masks.full(), masks.causal(), masks.sliding_window(5)):
     for bias in (None, positional.alibi_bias(2)):
       got = cudnn_impl.cudnn_attention(q, k, v, mask=mask, score_mod=bias, scale=0.25)
       want = reference_attention(q, k, v, mask=mask, score_mod=bias, scale=0.25)

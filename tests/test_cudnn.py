@@ -64,6 +64,7 @@ def test_requests_cudnn_cannot_serve_are_refused_on_a_gpu(case, match, monkeypat
 
 def test_patterns_map_to_cudnns_causal_and_window_arguments():
   assert cudnn_impl._band(None) == (False, None)
+  assert cudnn_impl._band(masks.full()) == (False, None)
   assert cudnn_impl._band(masks.causal()) == (True, None)
   assert cudnn_impl._band(masks.sliding_window(7)) == (True, (7, 0))
   assert cudnn_impl._band(masks.sliding_window(7) & masks.causal()) == (True, (7, 0))

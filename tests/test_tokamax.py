@@ -27,7 +27,7 @@ CASES = {
                                                         score_mods.soft_cap(5.0))),
     "window": (lambda: masks.sliding_window(5), lambda: None),
     "bidirectional_band": (lambda: masks.sliding_window(3, 2), lambda: None),
-    "full_t5": (lambda: None,
+    "full_t5": (lambda: masks.full(),
                 lambda: positional.T5Bias(table=jnp.linspace(-1, 1, 32 * 4).reshape(32, 4),
                                           bidirectional=True, num_buckets=32,
                                           max_distance=128)),

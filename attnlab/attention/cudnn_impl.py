@@ -26,6 +26,8 @@ def _band(mask):
   if mask is None:
     return False, None
   band = mask.band()
+  if band == (None, None):
+    return False, None
   if band is None or band[1] != 0:
     return None
   return True, (None if band[0] is None else (int(band[0]), 0))

@@ -149,6 +149,9 @@ class Full(Mask):
   def __call__(self, q_idx, kv_idx):
     return jnp.ones(jnp.broadcast_shapes(jnp.shape(q_idx), jnp.shape(kv_idx)), bool)
 
+  def band(self):
+    return None, None
+
   def block_map(self, q_len, kv_len, block_q, block_kv):
     return np.full((-(-q_len // block_q), -(-kv_len // block_kv)), FULL, np.int8)
 

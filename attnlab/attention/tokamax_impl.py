@@ -48,6 +48,8 @@ def _pattern(mask):
   band = mask.band()
   if band is not None:
     left, right = band
+    if band == (None, None):
+      return {}
     if right == 0:
       return {"is_causal": True} if left is None else {"is_causal": True,
                                                        "local_window_size": (int(left), 0)}
