@@ -321,3 +321,87 @@ def test_new_results_files_name_their_command_commit_and_machine():
     starts = _jsonl(f"experiments/baby_gpt/{run}/provenance.jsonl")
     assert starts[0]["start_step"] == 0 and "attnlab.train" in starts[0]["command"] or \
         "attnlab/train.py" in starts[0]["command"]
+
+
+# ----------------------------------------------------------------------------- prose figures
+
+def _numbers_in(value):
+  if isinstance(value, dict):
+    for v in value.values():
+      yield from _numbers_in(v)
+  elif isinstance(value, list):
+    for v in value:
+      yield from _numbers_in(v)
+  elif isinstance(value, (int, float)) and not isinstance(value, bool):
+    yield float(value)
+
+
+def _printed_forms(folder: pathlib.Path) -> set[str]:
+  """Every number of every results file under ``folder``, printed with 1-4 decimals."""
+  forms = set()
+  for path in list(folder.rglob("*.json")) + list(folder.rglob("*.jsonl")):
+    text = path.read_text()
+    docs = ([json.loads(line) for line in text.splitlines() if line.strip()]
+            if path.suffix == ".jsonl" else [json.loads(text)])
+    for value in _numbers_in(docs):
+      forms.update(f"{value:.{k}f}" for k in range(1, 5))
+  return forms
+
+
+# Decimals in an experiment's prose that are not a results-file number as printed, and why.
+NOT_FROM_RESULTS = {
+    "attention_sinks": {"0.5": "StreamingLLM's sink share (0.5–1), a paper's range",
+                        "1.3": "ratio of two printed figures to uniform (0.046 / 0.035)",
+                        "4.6": "ratio to uniform, checked by sinks_marker_ratios",
+                        "2.9": "ratio to uniform, checked by sinks_marker_ratios",
+                        "1.4": "ratio to uniform, checked by sinks_later_layers",
+                        "1.25": "ratio to uniform, checked by sinks_later_layers"},
+    "bottleneck": {"3.11": "Python version", "0.10": "JAX version"},
+    "extrapolation": {"3.11": "Python version", "10.9": "corpus size in MB", "1.2": "corpus size",
+                      "12.1": "corpus size", "19.73": "ALiBi paper (docs/references.md)",
+                      "18.34": "ALiBi paper", "17.98": "ALiBi paper", "18.3": "ALiBi paper",
+                      "1.25": "ratio 8x/1x, checked by extrapolation_ratio_table",
+                      "0.71": "RMS of a sin/cos pair, 1/sqrt(2)",
+                      "0.02": "config default (token init std)"},
+    "induction_heads": {"8.2": "wall time of one command, printed by it"},
+    "length_generalization": {"3.11": "Python version", "2.08": "ln 8, uniform guessing"},
+    "retrieval": {"0.44": "mean over depths (the table's mean row)",
+                  "0.37": "mean over depths (the table's mean row)"},
+    "streaming": {"0.007": "layer mean of first-token attention, rounded up from 0.0068",
+                  "0.28": "difference of two table figures", "0.30": "difference of two table figures",
+                  "0.022": "difference of two printed figures (2.486 - 2.464)"},
+}
+
+
+@pytest.mark.parametrize("experiment", sorted(p.parent.name for p in
+                                              (ROOT / "experiments").glob("*/README.md")))
+def test_prose_figures_of_each_experiment_come_from_its_results(experiment):
+  folder = ROOT / "experiments" / experiment
+  forms = _printed_forms(folder)
+  allowed = NOT_FROM_RESULTS.get(experiment, {})
+  unexplained = []
+  for number, line in enumerate((folder / "README.md").read_text().splitlines(), 1):
+    if line.startswith(("|", "```", "python ")):
+      continue
+    for match in re.finditer(r"(?<![\w.])(\d+\.\d+)(?![\w.])", line):
+      if match.group(1) not in forms and match.group(1) not in allowed:
+        unexplained.append(f"line {number}: {match.group(1)} in {line.strip()[:90]!r}")
+  assert not unexplained, "figures no results file holds:\n" + "\n".join(unexplained)
+
+
+def test_prose_figures_of_readme_and_docs_come_from_results():
+  """README.md and docs/*.md quote figures of several studies: each must be a number of some
+  committed results file (as printed), or be rebuilt by a claim above."""
+  forms = _printed_forms(ROOT / "experiments") | _printed_forms(ROOT / "docs")
+  rebuilt = {"docs/attention.md": {"17.2", "9.9", "23.4"}}        # lra_comparison
+  skip = {"references.md", "variants.md"}                          # arXiv ids; config docs
+  unexplained = []
+  for doc in ["README.md"] + [f"docs/{p.name}" for p in sorted((ROOT / "docs").glob("*.md"))
+                              if not p.name.startswith("bench_") and p.name not in skip]:
+    for number, line in enumerate((ROOT / doc).read_text().splitlines(), 1):
+      if line.startswith(("|", "```", "python ")):
+        continue
+      for match in re.finditer(r"(?<![\w.])(\d+\.\d+)(?![\w.])", line):
+        if match.group(1) not in forms and match.group(1) not in rebuilt.get(doc, ()):
+          unexplained.append(f"{doc}:{number}: {match.group(1)} in {line.strip()[:90]!r}")
+  assert not unexplained, "figures no results file holds:\n" + "\n".join(unexplained)
