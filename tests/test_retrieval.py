@@ -92,10 +92,10 @@ def test_weighted_loss_scores_only_the_answer():
 
 def test_accuracy_grid_equals_a_direct_count(tmp_path):
   cfg = _tiny()
-  cfg.sweep.variants = {name: cfg.sweep.variants[name].to_dict() for name in ("rope", "alibi")}
+  cfg.sweep.variants = {"rope": cfg.sweep.variants["rope"].to_dict()}   # one variant (time)
   records = retrieval.run_study(cfg, tmp_path, progress=False)
   assert {(r["variant"], r["eval_length"], r["depth"]) for r in records} == {
-      (v, n, d) for v in ("rope", "alibi") for n in (80, 160) for d in (0.0, 1.0)}
+      ("rope", n, d) for n in (80, 160) for d in (0.0, 1.0)}
   run_cfg, params, _ = workdir_lib.restore_params(tmp_path / "rope")
   model = TransformerLM(run_cfg.model)
   for i, n in enumerate((80, 160)):
