@@ -178,6 +178,25 @@ def induction_rope_table():
   return "experiments/induction_heads/README.md", "\n".join(lines)
 
 
+def induction_rope_causes_table():
+  """The five one-change RoPE runs of experiments/induction_heads (commands in its README)."""
+  lines = []
+  for name in ("rotary_half", "theta_1e6", "qkv_bias", "head_dim_32", "width128_head_dim_16"):
+    rec = _json(f"experiments/induction_heads/rope_variants/{name}/results.json")["records"]
+    score = [max(max(layer) for layer in r["induction"]) for r in rec]
+    best = max(range(len(rec)), key=lambda i: score[i])
+    first = next((str(r["step"]) for r, s in zip(rec, score) if s > 0.5), "—")
+    lines.append(f"{score[-1]:.3f} ({score[best]:.3f}, {rec[best]['step']}) | {first} | "
+                 f"{rec[-1]['loss_repeat']:.3f} | {rec[-1]['train_loss']:.3f} |")
+  text = (ROOT / "experiments/induction_heads/README.md").read_text()
+  rows = [line for line in text.splitlines() if line.startswith("| `") and "rope_variants" not in line
+          and line.split(" | ")[0][3:-1] in ("rotary_half", "theta_1e6", "qkv_bias", "head_dim_32",
+                                             "width128_head_dim_16")]
+  assert len(rows) == 5
+  return "experiments/induction_heads/README.md", "\n".join(
+      " | ".join(row.split(" | ")[:2]) + " | " + line for row, line in zip(rows, lines))
+
+
 def induction_previous_token_peaks():
   peaks = []
   for run in ("rope", "rope_variants/seed1", "rope_variants/lr3e-3", "rope_variants/8k"):
@@ -252,7 +271,8 @@ CLAIMS = [extrapolation_headline, extrapolation_ratio_table, extrapolation_debia
           induction_head_table, baby_gpt_losses, baby_gpt_step_table, baby_gpt_step_headline,
           induction_headline, bench_attention_headline, lra_comparison, retrieval_alibi_at_8x,
           sinks_marker_ratios, sinks_later_layers, induction_rope_table,
-          induction_previous_token_peaks, decode_table, decode_headline]
+          induction_previous_token_peaks, induction_rope_causes_table, decode_table,
+          decode_headline]
 
 
 @pytest.mark.parametrize("claim", CLAIMS, ids=lambda c: c.__name__)
@@ -276,7 +296,9 @@ TABLES_BUILT_BY_CLAIMS = {
                   "| validation loss after 2000 steps |", "| ms/step, 2 CPU cores |"),
     "docs/inference.md": ("| 256 |", "| 1024 |", "| 4096 |"),
     "experiments/induction_heads/README.md": ("| learned positions (above) |", "| `rope",
-                                              "| L0H"),
+                                              "| L0H", "| `rotary_half`", "| `theta_1e6`",
+                                              "| `qkv_bias`", "| `head_dim_32`",
+                                              "| `width128_head_dim_16`"),
     "experiments/extrapolation/README.md": ("| alibi |", "| nope |", "| rope |",
                                             "| sinusoidal |"),
 }
@@ -287,6 +309,7 @@ NOT_MEASURED = {
     "docs/inference.md": ("| `", "| variant", "| MHA |", "| GQA", "| MQA |"),
     "docs/variants.md": ("|",),
     "experiments/README.md": ("|",),
+    "experiments/induction_heads/README.md": ("| run |",),
 }
 
 
