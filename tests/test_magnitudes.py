@@ -38,8 +38,8 @@ KINDS = {
         causal=causal),
 }
 CAUSAL = [k for k in KINDS if k != "lsh"]
-# the default suite: every kind in float32, xla and pallas in bfloat16; the rest under -m slow
-FAST = {(k, "float32") for k in KINDS} | {("softmax/xla", "bfloat16"), ("softmax/pallas", "bfloat16")}
+# the default suite: every kind in float32; bfloat16 and float16 under -m slow
+FAST = {(k, "float32") for k in KINDS}
 
 
 def _cases(kinds):

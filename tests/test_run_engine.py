@@ -150,10 +150,15 @@ def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path):
 # ----------------------------------------------------------------------------- fallback
 
 
-def _truncate_one_file(step_dir: pathlib.Path):
-  files = sorted(p for p in step_dir.rglob("*") if p.is_file() and p.stat().st_size > 64)
-  victim = max(files, key=lambda p: p.stat().st_size)
-  victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 3])
+def _truncate_data_files(step_dir: pathlib.Path):
+  """A write cut short: every array data file of the checkpoint loses its last two thirds.
+  (Damaging only the largest file is not enough: it may hold optimizer moments alone, which
+  a params-only restore never reads.)"""
+  files = [p for p in step_dir.rglob("*") if p.is_file() and p.parent.name == "d"
+           and p.stat().st_size > 64]
+  assert files
+  for victim in files:
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 3])
 
 
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, capfd):
@@ -161,7 +166,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, capfd)
                                          progress=False)
   run = tmp_path / "run"
   training.train_and_evaluate(_tiny(train__steps=6), run, stop_after=4, progress=False)
-  _truncate_one_file(run / "checkpoints" / "4")
+  _truncate_data_files(run / "checkpoints" / "4")
   cfg, params, step = workdir_lib.restore_params(run)
   assert step == 2 and "checkpoint step 4" in capfd.readouterr().err
   assert (run / "checkpoints_unreadable" / "4").exists()
