@@ -9,15 +9,10 @@ import json
 import os
 import sys
 
-os.environ["JAX_PLATFORMS"] = "cpu"
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=4").strip()
 sys.path.insert(0, os.path.dirname(__file__))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from cpu_devices import use_cpu_devices  # noqa: E402
 
-from attnlab import runtime  # noqa: E402
-
-runtime.configure()
+use_cpu_devices(4)
 
 import jax  # noqa: E402
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import pathlib
 import time
 from typing import Any, Callable
@@ -152,7 +153,7 @@ def prepare_workdir(workdir: pathlib.Path) -> None:
   """Create the workdir, or say in one line why it cannot be written."""
   try:
     workdir.mkdir(parents=True, exist_ok=True)
-    probe = workdir / f".write-test-{__import__('os').getpid()}"
+    probe = workdir / f".write-test-{os.getpid()}"
     probe.write_text("")
     probe.unlink()
   except OSError as e:
