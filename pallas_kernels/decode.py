@@ -10,9 +10,10 @@ Semantics
   of batch ``b`` sits at absolute position ``p = lengths[b] - q_tokens + t`` and sees
   slots ``j <= p`` (so causal among the new tokens; slots ``>= lengths[b]`` are never
   seen). ``window`` (int >= 0) further restricts to ``j >= p - window``.
-* Logits, in this order: ``s = scale * q.k`` -> ALiBi ``s += -slope[h] * (p - j)`` ->
-  soft-cap ``s = cap * tanh(s / cap)``; then a plain softmax over the visible slots.
-  This is ``Compose(alibi, soft_cap)`` of ``attnlab.attention.score_mods``.
+* Logits ``s = scale * q.k``, then the optional score modifier ``score_fn``
+  (``pallas_kernels.score_fn.ScoreFn``: any JAX function of one head's logits, the
+  rows' query positions ``p`` and the slot indices ``j``), then a plain softmax over
+  the visible slots.
 * GQA/MQA: query head ``h`` uses kv head ``h // (heads // kv_heads)``; K/V are never
   repeated. ``lengths`` must be ``>= q_tokens`` (checked when concrete; with traced
   lengths a query at a negative position simply sees no key). A row that sees no
@@ -24,7 +25,8 @@ The grid is ``(batch, kv_heads, num_splits)``. The cache is cut into ``num_split
 contiguous ranges of ``split_len`` slots (a multiple of ``block_kv``). One program
 takes every query head of one kv-head group, stacked as rows ``[q_tokens * group,
 head_dim]`` (row ``r`` = token ``r // group``, head ``kvh * group + r % group``), so
-one tile matmul serves the group, and loops with an online softmax over the
+one tile matmul serves the group (the modifier is evaluated once per head of the group
+and each row keeps its own head's result), and loops with an online softmax over the
 ``block_kv`` tiles of its range that can hold a visible slot: the loop bounds are
 dynamic (from ``lengths[b]`` and ``window``), so nothing recompiles per length and
 tiles past the length are not read. Each split writes its un-normalised output,
@@ -49,6 +51,8 @@ import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 
+from pallas_kernels.score_fn import ScoreFn, prepare
+
 __all__ = ["flash_decode", "default_num_splits"]
 
 _NEG_INF = float("-inf")
@@ -65,11 +69,8 @@ def default_num_splits(max_len: int, block_kv: int) -> int:
 
 
 def _decode_kernel(len_ref, q_ref, k_ref, v_ref, *rest, scale, block_kv, split_len,
-                   q_tokens, group, window, soft_cap, has_alibi):
-  if has_alibi:
-    slope_ref, o_ref, m_ref, l_ref = rest
-  else:
-    o_ref, m_ref, l_ref = rest
+                   q_tokens, group, window, mod):
+  param_refs, (o_ref, m_ref, l_ref) = rest[:mod.count], rest[mod.count:]
   split = pl.program_id(2)
   length = len_ref[0]
   start = split * split_len                     # first cache slot of this split
@@ -78,7 +79,19 @@ def _decode_kernel(len_ref, q_ref, k_ref, v_ref, *rest, scale, block_kv, split_l
   q = q_ref[...]
   row = lax.broadcasted_iota(jnp.int32, (rows, block_kv), 0)
   pos_q = length - q_tokens + row // group      # absolute position of each row
-  slopes = slope_ref[...].astype(jnp.float32)[:, None] if has_alibi else None
+  head_params = [[ref[g] for ref in param_refs] for g in range(group)]
+  q_idx = length - q_tokens + lax.broadcasted_iota(jnp.int32, (rows, 1), 0) // group
+
+  def modify(s, off):
+    """Each row's own head's modifier (rows interleave the group's heads)."""
+    if mod.fn is None:
+      return s
+    kv_idx = start + off + lax.broadcasted_iota(jnp.int32, (1, block_kv), 1)
+    out = s
+    for g in range(group):
+      mod_g = mod.apply(s, q_idx, kv_idx, head_params[g])
+      out = mod_g if group == 1 else jnp.where(row % group == g, mod_g, out)
+    return out
 
   # tiles [lo, hi) of this split can hold a visible slot: j < length, j >= min_pos - window
   hi_slot = jnp.clip(length - start, 0, split_len)
@@ -97,10 +110,7 @@ def _decode_kernel(len_ref, q_ref, k_ref, v_ref, *rest, scale, block_kv, split_l
     s = lax.dot_general(q, k, (((1,), (1,)), ((), ())),
                         preferred_element_type=jnp.float32) * scale
     j = start + off + lax.broadcasted_iota(jnp.int32, (rows, block_kv), 1)
-    if has_alibi:
-      s = s - slopes * (pos_q - j).astype(jnp.float32)
-    if soft_cap is not None:
-      s = soft_cap * jnp.tanh(s / soft_cap)
+    s = modify(s, off)
     visible = (j <= pos_q) & (j < length)
     if window is not None:
       visible &= j >= pos_q - window
@@ -132,8 +142,8 @@ def _concrete(x):
     return None
 
 
-def flash_decode(q, k_cache, v_cache, lengths, *, scale=None, alibi_slopes=None,
-                 soft_cap=None, window=None, num_splits=None, block_kv=128, interpret=None):
+def flash_decode(q, k_cache, v_cache, lengths, *, scale=None, score_fn: ScoreFn | None = None,
+                 window=None, num_splits=None, block_kv=128, interpret=None):
   """Split-K flash-decoding attention (see the module docstring for semantics).
 
   Args:
@@ -141,8 +151,8 @@ def flash_decode(q, k_cache, v_cache, lengths, *, scale=None, alibi_slopes=None,
     k_cache, v_cache: ``[batch, max_len, kv_heads, head_dim]``; ``kv_heads`` divides ``heads``.
     lengths: int ``[batch]`` valid slots per batch (may be traced), ``q_tokens <= lengths <= max_len``.
     scale: logit scale, default ``head_dim ** -0.5``.
-    alibi_slopes: optional ``[heads]`` slopes; adds ``-slope[h] * (pos_q - j)``.
-    soft_cap: optional ``cap > 0``; ``cap * tanh(s / cap)`` after scale and ALiBi.
+    score_fn: optional ``ScoreFn`` applied to the scaled logits (query positions
+      ``pos_q``, slot indices ``j``); forward only.
     window: optional int ``>= 0``; query at ``p`` sees ``p - window <= j <= p``.
     num_splits: number of contiguous cache ranges (programs per (batch, kv head));
       None -> ``default_num_splits(max_len, block_kv)``.
@@ -183,15 +193,9 @@ def flash_decode(q, k_cache, v_cache, lengths, *, scale=None, alibi_slopes=None,
     raise ValueError(f"flash_decode: block_kv={block_kv!r} must be an int >= 1")
   if window is not None and (not isinstance(window, (int, np.integer)) or window < 0):
     raise ValueError(f"flash_decode: window={window!r} must be None or an int >= 0")
-  if soft_cap is not None and not soft_cap > 0:
-    raise ValueError(f"flash_decode: soft_cap={soft_cap!r} must be None or > 0")
   if num_splits is not None and (not isinstance(num_splits, (int, np.integer)) or num_splits < 1):
     raise ValueError(f"flash_decode: num_splits={num_splits!r} must be None or an int >= 1")
-  if alibi_slopes is not None:
-    alibi_slopes = jnp.asarray(alibi_slopes, jnp.float32)
-    if alibi_slopes.shape != (heads,):
-      raise ValueError(f"flash_decode: alibi_slopes must have shape ({heads},); "
-                       f"got {alibi_slopes.shape}")
+  mod, params = prepare(score_fn, heads, "flash_decode")
 
   interpret = jax.default_backend() not in ("gpu", "tpu") if interpret is None else interpret
   gpu_compiled = (not interpret) and jax.default_backend() == "gpu"
@@ -223,11 +227,10 @@ def flash_decode(q, k_cache, v_cache, lengths, *, scale=None, alibi_slopes=None,
               pl.BlockSpec((None, None, rows_pad, d_pad), lambda b, h, s: (b, h, 0, 0)),
               kv_spec, kv_spec]
   args = [len2, qr, k_cache, v_cache]
-  if alibi_slopes is not None:
-    sl = jnp.tile(alibi_slopes.reshape(kv_heads, 1, group), (1, q_tokens, 1))
-    sl = jnp.pad(sl.reshape(kv_heads, rows), ((0, 0), (0, rows_pad - rows)))
-    in_specs.append(pl.BlockSpec((None, rows_pad), lambda b, h, s: (h, 0)))
-    args.append(sl)
+  for x in params:   # [heads, ...]: the group of kv head h is rows h * group ...
+    zeros = (0,) * (x.ndim - 1)
+    in_specs.append(pl.BlockSpec((group, *x.shape[1:]), lambda b, h, s, z=zeros: (h, *z)))
+    args.append(x)
 
   compiler_params = None
   if gpu_compiled:
@@ -237,8 +240,7 @@ def flash_decode(q, k_cache, v_cache, lengths, *, scale=None, alibi_slopes=None,
   kernel = functools.partial(
       _decode_kernel, scale=scale, block_kv=block_kv, split_len=split_len,
       q_tokens=q_tokens, group=group, window=None if window is None else int(window),
-      soft_cap=None if soft_cap is None else float(soft_cap),
-      has_alibi=alibi_slopes is not None)
+      mod=mod)
   f32 = jnp.float32
   o, m, l = pl.pallas_call(
       kernel,

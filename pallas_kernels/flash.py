@@ -20,10 +20,13 @@ random keys, possibly per head). Each query tile visits its FULL tiles in one
 loop and its partial tiles in a second, so full tiles pay nothing for masking.
 Segment ids (packed documents) are compared in-kernel on partial tiles.
 
-Score modifiers (``terms``), applied in order to the scaled logits ``s = scale q.k``:
-``Alibi(slopes)`` adds ``-slope_h |i - j|``, ``T5(table, ...)`` adds a learned
-``table[bucket(j - i), h]``, ``SoftCap(cap)`` maps ``s -> cap tanh(s / cap)``.
-ALiBi slopes and the T5 table receive gradients (computed in the dq kernel).
+Score modifier (``ScoreFn``, FlexAttention's ``score_mod``): any JAX function
+``fn(params, s, q_idx, kv_idx) -> s'`` of one head's scaled logit tile ``s = scale q.k``
+(float32 ``[rows, cols]``) and its index vectors, evaluated on every visited tile. The
+backward kernels differentiate it (``jax.vjp`` on the tile), so a new modifier needs
+no hand-written backward; its float parameters (one slice per head) receive gradients
+as per-tile partial sums of the dq kernel, reduced outside. ``fn`` must use operations
+Pallas lowers (no gathers: write table lookups as sums of selects).
 
 Layout ``[batch, seq, heads, head_dim]``; K/V may have ``kv_heads`` dividing
 ``heads`` (GQA/MQA). Lengths need not be multiples of the tiles (padding is
@@ -38,13 +41,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
+
+from pallas_kernels.score_fn import Layout, ScoreFn, prepare
 
 _F32 = jnp.float32
 
@@ -53,26 +58,6 @@ EMPTY, FULL, PREDICATE = -3, -1, -2
 
 
 # ----------------------------------------------------------------------------- public specs
-
-@dataclasses.dataclass(frozen=True)
-class Alibi:
-  """ALiBi: ``-slopes[h] * |i - j|``; ``slopes`` float ``[heads]`` (differentiable)."""
-  slopes: Any
-
-
-@dataclasses.dataclass(frozen=True)
-class T5:
-  """T5 relative bias ``table[bucket(j - i), h]``; ``table`` float ``[num_buckets, heads]``."""
-  table: Any
-  bidirectional: bool = False
-  max_distance: int = 128
-
-
-@dataclasses.dataclass(frozen=True)
-class SoftCap:
-  """Logit soft-capping ``cap * tanh(s / cap)``."""
-  cap: float
-
 
 @dataclasses.dataclass(frozen=True)
 class BlockSparsity:
@@ -111,13 +96,17 @@ class _Static:
   q_len: int
   kv_len: int
   group: int
-  terms: tuple        # ("alibi",) | ("t5", bidirectional, num_buckets, max_distance) | ("softcap", cap)
+  mod: Layout                 # the score modifier (ScoreFn) without its arrays
   predicate: Callable | None
   segments: bool
   tile_masks: bool
   per_head_codes: bool
   interpret: bool
   backend: str
+
+  @property
+  def n_params(self) -> int:
+    return self.mod.count
 
 
 # ----------------------------------------------------------------------------- tables
@@ -160,64 +149,15 @@ def _dot(a, b):
   return lax.dot_general(a, b, (((1,), (0,)), ((), ())), preferred_element_type=_F32)
 
 
-def t5_bucket(relative, bidirectional: bool, num_buckets: int, max_distance: int):
-  """T5 bucket of ``relative = j - i`` (int32), Raffel et al. 2020 (same rounding as
-  ``attnlab.positional.t5_buckets``)."""
-  offset = jnp.zeros_like(relative)
-  if bidirectional:
-    num_buckets //= 2
-    offset = jnp.where(relative > 0, num_buckets, 0)
-    n = jnp.abs(relative)
-  else:
-    n = jnp.maximum(-relative, 0)
-  max_exact = num_buckets // 2
-  safe_n = jnp.maximum(n, 1).astype(_F32)
-  large = max_exact + (jnp.log(safe_n / max_exact) / np.log(max_distance / max_exact)
-                       * (num_buckets - max_exact)).astype(jnp.int32)
-  large = jnp.minimum(large, num_buckets - 1)
-  return offset + jnp.where(n < max_exact, n, large)
-
-
-def _t5_lookup(table_ref, bucket, h, num_buckets: int):
-  """``table[bucket, h]`` as a sum of selects (no gather, so it lowers everywhere)."""
-  def add(b, acc):
-    return acc + jnp.where(bucket == b, table_ref[b, h], 0.0)
-  return lax.fori_loop(0, num_buckets, add, jnp.zeros(bucket.shape, _F32))
-
-
-def _apply_terms(st: _Static, s, q_idx, kv_idx, h, slopes_ref, t5_ref):
-  """Scaled logits -> modified logits, plus the inputs of every soft-cap (for backward)."""
-  capped_inputs = []
-  for term in st.terms:
-    if term[0] == "alibi":
-      s = s - slopes_ref[h] * jnp.abs(q_idx - kv_idx).astype(_F32)
-    elif term[0] == "t5":
-      bucket = t5_bucket(kv_idx - q_idx, term[1], term[2], term[3])
-      s = s + _t5_lookup(t5_ref, bucket, h, term[2])
-    else:  # softcap
-      capped_inputs.append(s)
-      s = term[1] * jnp.tanh(s / term[1])
-  return s, capped_inputs
-
-
-def _terms_backward(st: _Static, ds, capped_inputs, q_idx, kv_idx, params_grad):
-  """d(modified logits) -> d(scaled logits); accumulates parameter gradients into
-  ``params_grad`` (float32 [P]: slot 0 ALiBi slope, 1.. T5 buckets) when given."""
-  caps = list(capped_inputs)
-  for term in reversed(st.terms):
-    if term[0] == "softcap":
-      t = jnp.tanh(caps.pop() / term[1])
-      ds = ds * (1.0 - t * t)
-    elif params_grad is not None and term[0] == "alibi":
-      grad = -jnp.sum(ds * jnp.abs(q_idx - kv_idx).astype(_F32))
-      params_grad = params_grad + grad * (lax.broadcasted_iota(jnp.int32, params_grad.shape, 0) == 0)
-    elif params_grad is not None and term[0] == "t5":
-      bucket = t5_bucket(kv_idx - q_idx, term[1], term[2], term[3])
-      slot = lax.broadcasted_iota(jnp.int32, params_grad.shape, 0)
-      def add(b, acc):
-        return acc + jnp.sum(jnp.where(bucket == b, ds, 0.0)) * (slot == b + 1)
-      params_grad = lax.fori_loop(0, term[2], add, params_grad)
-  return ds, params_grad
+def _modify_vjp(st: _Static, s, q_idx, kv_idx, params, *, wrt_params: bool):
+  """(modified logits, backward) where backward(ds) -> (d raw logits, d params or None)."""
+  if st.mod.fn is None:
+    return s, lambda ds: (ds, None)
+  if wrt_params:
+    out, back = jax.vjp(lambda s_, p_: st.mod.apply(s_, q_idx, kv_idx, p_), s, params)
+    return out, back
+  out, back = jax.vjp(lambda s_: st.mod.apply(s_, q_idx, kv_idx, params), s)
+  return out, lambda ds: (back(ds)[0], None)
 
 
 def _tile_mask(st: _Static, code, q_idx, kv_idx, q_seg, kv_seg, tile_masks_ref):
@@ -239,12 +179,13 @@ def _tile_mask(st: _Static, code, q_idx, kv_idx, q_seg, kv_seg, tile_masks_ref):
 # ----------------------------------------------------------------------------- kernels
 
 def _fwd_kernel(count_full_ref, count_ref, index_ref, code_ref, tile_masks_ref,
-                q_seg_ref, kv_seg_ref, slopes_ref, t5_ref, q_ref, k_ref, v_ref,
-                o_ref, lse_ref, *, st: _Static):
+                q_seg_ref, kv_seg_ref, *refs, st: _Static):
+  param_refs, (q_ref, k_ref, v_ref, o_ref, lse_ref) = refs[:st.n_params], refs[st.n_params:]
   h, i = pl.program_id(1), pl.program_id(2)
   hm = h if st.per_head_codes else 0
   bq, bk = st.block_q, st.block_kv
   q = q_ref[...]
+  params = [ref[...] for ref in param_refs]
   q_idx = i * bq + lax.broadcasted_iota(jnp.int32, (bq, 1), 0)
   q_seg = q_seg_ref[...] if st.segments else None
 
@@ -254,7 +195,7 @@ def _fwd_kernel(count_full_ref, count_ref, index_ref, code_ref, tile_masks_ref,
     k = k_ref[pl.ds(j * bk, bk), :]
     v = v_ref[pl.ds(j * bk, bk), :]
     kv_idx = j * bk + lax.broadcasted_iota(jnp.int32, (1, bk), 1)
-    s, _ = _apply_terms(st, _dot_nt(q, k) * st.scale, q_idx, kv_idx, h, slopes_ref, t5_ref)
+    s = st.mod.apply(_dot_nt(q, k) * st.scale, q_idx, kv_idx, params)
     if masked:
       kv_seg = kv_seg_ref[pl.ds(j * bk, bk)] if st.segments else None
       s = jnp.where(_tile_mask(st, code_ref[hm, i, t], q_idx, kv_idx, q_seg, kv_seg,
@@ -279,13 +220,17 @@ def _fwd_kernel(count_full_ref, count_ref, index_ref, code_ref, tile_masks_ref,
 
 
 def _dq_kernel(count_full_ref, count_ref, index_ref, code_ref, tile_masks_ref,
-               q_seg_ref, kv_seg_ref, slopes_ref, t5_ref, q_ref, k_ref, v_ref,
-               do_ref, lse_ref, delta_ref, dq_ref, dparams_ref, *, st: _Static):
+               q_seg_ref, kv_seg_ref, *refs, st: _Static):
+  n = st.n_params
+  param_refs = refs[:n]
+  q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref = refs[n:n + 7]
+  dparam_refs = refs[n + 7:]
   h, i = pl.program_id(1), pl.program_id(2)
   hm = h if st.per_head_codes else 0
   bq, bk = st.block_q, st.block_kv
   q, do = q_ref[...], do_ref[...]
   lse, delta = lse_ref[...], delta_ref[...]
+  params = [ref[...] for ref in param_refs]
   q_idx = i * bq + lax.broadcasted_iota(jnp.int32, (bq, 1), 0)
   q_seg = q_seg_ref[...] if st.segments else None
 
@@ -295,35 +240,39 @@ def _dq_kernel(count_full_ref, count_ref, index_ref, code_ref, tile_masks_ref,
     k = k_ref[pl.ds(j * bk, bk), :]
     v = v_ref[pl.ds(j * bk, bk), :]
     kv_idx = j * bk + lax.broadcasted_iota(jnp.int32, (1, bk), 1)
-    s, capped = _apply_terms(st, _dot_nt(q, k) * st.scale, q_idx, kv_idx, h, slopes_ref, t5_ref)
+    s, back = _modify_vjp(st, _dot_nt(q, k) * st.scale, q_idx, kv_idx, params, wrt_params=True)
     p = jnp.exp(s - lse[:, None])
     if masked:
       kv_seg = kv_seg_ref[pl.ds(j * bk, bk)] if st.segments else None
       p = jnp.where(_tile_mask(st, code_ref[hm, i, t], q_idx, kv_idx, q_seg, kv_seg,
                                tile_masks_ref), p, 0.0)
-    ds = p * (_dot_nt(do, v) - delta[:, None])
-    ds, dparams = _terms_backward(st, ds, capped, q_idx, kv_idx, dparams)
+    ds, dparams_t = back(p * (_dot_nt(do, v) - delta[:, None]))
     dq = dq + _dot(ds.astype(k.dtype), k)
+    if dparams_t is not None:
+      dparams = [a + b for a, b in zip(dparams, dparams_t)]
     return dq, dparams
 
-  carry = (jnp.zeros(q.shape, _F32), jnp.zeros(dparams_ref.shape, _F32))
+  carry = (jnp.zeros(q.shape, _F32), [jnp.zeros_like(x) for x in params])
   n_full, n_all = count_full_ref[i], count_ref[i]
   carry = lax.fori_loop(0, n_full, functools.partial(visit, masked=False), carry)
   dq, dparams = lax.fori_loop(n_full, n_all, functools.partial(visit, masked=True), carry)
   dq_ref[...] = (dq * st.scale).astype(dq_ref.dtype)
-  dparams_ref[...] = dparams
+  for ref, grad in zip(dparam_refs, dparams):
+    ref[...] = grad
 
 
 def _dkv_kernel(count_full_ref, count_ref, index_ref, code_ref, tile_masks_ref,
-                q_seg_ref, kv_seg_ref, slopes_ref, t5_ref, q_ref, k_ref, v_ref,
-                do_ref, lse_ref, delta_ref, dk_ref, dv_ref, *, st: _Static):
+                q_seg_ref, kv_seg_ref, *refs, st: _Static):
+  n = st.n_params
+  param_refs = refs[:n]
+  q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref = refs[n:]
   hkv, j = pl.program_id(1), pl.program_id(2)
   bq, bk = st.block_q, st.block_kv
   k, v = k_ref[...], v_ref[...]
   kv_idx = j * bk + lax.broadcasted_iota(jnp.int32, (1, bk), 1)
   kv_seg = kv_seg_ref[...] if st.segments else None
 
-  def visit(t, carry, g, masked):
+  def visit(t, carry, g, params, masked):
     dk, dv = carry
     h = hkv * st.group + g
     i = index_ref[j, t]
@@ -331,23 +280,25 @@ def _dkv_kernel(count_full_ref, count_ref, index_ref, code_ref, tile_masks_ref,
     q, do = q_ref[g, rows, :], do_ref[g, rows, :]
     lse, delta = lse_ref[g, rows], delta_ref[g, rows]
     q_idx = i * bq + lax.broadcasted_iota(jnp.int32, (bq, 1), 0)
-    s, capped = _apply_terms(st, _dot_nt(q, k) * st.scale, q_idx, kv_idx, h, slopes_ref, t5_ref)
+    s, back = _modify_vjp(st, _dot_nt(q, k) * st.scale, q_idx, kv_idx, params, wrt_params=False)
     p = jnp.exp(s - lse[:, None])
     if masked:
       q_seg = q_seg_ref[rows] if st.segments else None
       code = code_ref[h if st.per_head_codes else 0, j, t]
       p = jnp.where(_tile_mask(st, code, q_idx, kv_idx, q_seg, kv_seg, tile_masks_ref), p, 0.0)
     dv = dv + _dot_tn(p.astype(do.dtype), do)
-    ds = p * (_dot_nt(do, v) - delta[:, None])
-    ds, _ = _terms_backward(st, ds, capped, q_idx, kv_idx, None)
+    ds, _ = back(p * (_dot_nt(do, v) - delta[:, None]))
     dk = dk + _dot_tn(ds.astype(q.dtype), q)
     return dk, dv
 
   carry = (jnp.zeros(k.shape, _F32), jnp.zeros(v.shape, _F32))
   n_full, n_all = count_full_ref[j], count_ref[j]
   for g in range(st.group):   # the query heads sharing this K/V head
-    carry = lax.fori_loop(0, n_full, functools.partial(visit, g=g, masked=False), carry)
-    carry = lax.fori_loop(n_full, n_all, functools.partial(visit, g=g, masked=True), carry)
+    params = [ref[g] for ref in param_refs]
+    carry = lax.fori_loop(0, n_full, functools.partial(visit, g=g, params=params, masked=False),
+                          carry)
+    carry = lax.fori_loop(n_full, n_all, functools.partial(visit, g=g, params=params,
+                                                           masked=True), carry)
   dk, dv = carry
   dk_ref[...] = (dk * st.scale).astype(dk_ref.dtype)
   dv_ref[...] = dv.astype(dv_ref.dtype)
@@ -381,20 +332,23 @@ def _compiler_params(st: _Static, head_dim: int):
 
 def _call(kernel, st: _Static, grid, args_and_specs, out_shape, out_specs, name):
   arrays = [a for a, _ in args_and_specs]
+  head_dim = arrays[-6 if name != "flash_fwd" else -3].shape[-1]   # q's
   specs = [_whole(a, st) if spec is None else spec for a, spec in args_and_specs]
   return pl.pallas_call(
       functools.partial(kernel, st=st), grid=grid, in_specs=specs,
       out_specs=out_specs, out_shape=out_shape, interpret=st.interpret,
-      compiler_params=_compiler_params(st, arrays[-1].shape[-1]), name=name,
+      compiler_params=_compiler_params(st, head_dim), name=name,
   )(*arrays)
 
 
 def _small_operands(st: _Static, tables, extras, q_tile_major: bool):
-  """Tables, tile masks, segment ids, slopes and T5 table with their BlockSpecs.
+  """Tables, tile masks, segment ids and modifier parameters with their BlockSpecs.
 
-  ``q_tile_major``: programs run over query tiles (forward, dq) rather than key tiles.
+  ``q_tile_major``: programs run over query tiles (forward, dq: one head each) rather
+  than key tiles (dk/dv: one K/V head and the ``group`` query heads sharing it).
+  Parameters are ``[heads, ...]``: each program receives its own head's rows.
   """
-  tile_masks, q_seg, kv_seg, slopes, t5_table = extras
+  tile_masks, q_seg, kv_seg, params = extras
   bq, bk = st.block_q, st.block_kv
   if q_tile_major:
     q_seg_spec = pl.BlockSpec((None, bq), lambda b, h, i: (b, i))
@@ -402,8 +356,16 @@ def _small_operands(st: _Static, tables, extras, q_tile_major: bool):
   else:
     q_seg_spec = pl.BlockSpec((None, q_seg.shape[1]), lambda b, h, j: (b, 0))
     kv_seg_spec = pl.BlockSpec((None, bk), lambda b, h, j: (b, j))
+  param_specs = []
+  for x in params:
+    zeros = (0,) * (x.ndim - 1)
+    if q_tile_major:
+      spec = pl.BlockSpec((None, *x.shape[1:]), lambda b, h, i, z=zeros: (h, *z))
+    else:
+      spec = pl.BlockSpec((st.group, *x.shape[1:]), lambda b, hk, j, z=zeros: (hk, *z))
+    param_specs.append((x, spec))
   return ([(t, None) for t in tables] + [(tile_masks, None), (q_seg, q_seg_spec),
-                                         (kv_seg, kv_seg_spec), (slopes, None), (t5_table, None)])
+                                         (kv_seg, kv_seg_spec)] + param_specs)
 
 
 def _forward(st: _Static, fwd_tables, extras, q, k, v):
@@ -422,19 +384,14 @@ def _forward(st: _Static, fwd_tables, extras, q, k, v):
   return _call(_fwd_kernel, st, (b, h, nq_pad // bq), args, out_shape, out_specs, "flash_fwd")
 
 
-def _num_param_slots(st: _Static) -> int:
-  """Slot 0: the ALiBi slope; slots 1..: T5 buckets; rounded up to a power of two."""
-  t5 = [t for t in st.terms if t[0] == "t5"]
-  return pl.next_power_of_2(1 + (t5[0][2] if t5 else 0))
-
-
 def _backward(st: _Static, fwd_tables, bwd_tables, extras, q, k, v, out, lse, do):
-  """Gradients dq, dk, dv (input dtypes) and per-head parameter grads float32 [H, P]."""
+  """dq, dk, dv (input dtypes) and the modifier parameters' gradients (float32, [H, ...])."""
   b, h, nq_pad, d = q.shape
   hkv, nk_pad, dv = k.shape[1], k.shape[2], v.shape[-1]
   g, bq, bk = st.group, st.block_q, st.block_kv
+  nq_tiles = nq_pad // bq
+  params = extras[-1]
   delta = jnp.einsum("bhqd,bhqd->bhq", out.astype(_F32), do.astype(_F32))
-  n_params = _num_param_slots(st)
 
   args = _small_operands(st, fwd_tables, extras, True) + [
       (q, pl.BlockSpec((None, None, bq, d), lambda b_, h_, i: (b_, h_, i, 0))),
@@ -443,12 +400,13 @@ def _backward(st: _Static, fwd_tables, bwd_tables, extras, q, k, v, out, lse, do
       (do, pl.BlockSpec((None, None, bq, dv), lambda b_, h_, i: (b_, h_, i, 0))),
       (lse, pl.BlockSpec((None, None, bq), lambda b_, h_, i: (b_, h_, i))),
       (delta, pl.BlockSpec((None, None, bq), lambda b_, h_, i: (b_, h_, i)))]
-  out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype),
-               jax.ShapeDtypeStruct((b, h, nq_pad // bq, n_params), _F32)]
-  out_specs = [pl.BlockSpec((None, None, bq, d), lambda b_, h_, i: (b_, h_, i, 0)),
-               pl.BlockSpec((None, None, None, n_params), lambda b_, h_, i: (b_, h_, i, 0))]
-  dq, dparams = _call(_dq_kernel, st, (b, h, nq_pad // bq), args, out_shape, out_specs,
-                      "flash_dq")
+  # one partial gradient per (batch, head, query tile), summed below
+  out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype)] + [
+      jax.ShapeDtypeStruct((b, h, nq_tiles, *x.shape[1:]), _F32) for x in params]
+  out_specs = [pl.BlockSpec((None, None, bq, d), lambda b_, h_, i: (b_, h_, i, 0))] + [
+      pl.BlockSpec((None, None, None, *x.shape[1:]),
+                   lambda b_, h_, i, z=(0,) * (x.ndim - 1): (b_, h_, i, *z)) for x in params]
+  dq, *dparams = _call(_dq_kernel, st, (b, h, nq_tiles), args, out_shape, out_specs, "flash_dq")
 
   args = _small_operands(st, bwd_tables, extras, False) + [
       (q, pl.BlockSpec((None, g, nq_pad, d), lambda b_, hk, j: (b_, hk, 0, 0))),
@@ -462,7 +420,7 @@ def _backward(st: _Static, fwd_tables, bwd_tables, extras, q, k, v, out, lse, do
                pl.BlockSpec((None, None, bk, dv), lambda b_, hk, j: (b_, hk, j, 0))]
   dk, dv_ = _call(_dkv_kernel, st, (b, hkv, nk_pad // bk), args, out_shape, out_specs,
                   "flash_dkv")
-  return dq, dk, dv_, dparams.sum(axis=(0, 2))
+  return dq, dk, dv_, [x.sum(axis=(0, 2)) for x in dparams]
 
 
 # ----------------------------------------------------------------------------- public entry
@@ -482,7 +440,8 @@ def default_interpret() -> bool:
 
 
 def flash_attention(q, k, v, *, sparsity: BlockSparsity | None = None,
-                    predicate: Callable | None = None, segment_ids=None, terms=(),
+                    predicate: Callable | None = None, segment_ids=None,
+                    score_fn: ScoreFn | None = None,
                     scale: float | None = None, block_q: int = 128, block_kv: int = 128,
                     interpret: bool | None = None, pad_head_dim: bool | None = None):
   """Fused block-sparse attention.
@@ -494,15 +453,15 @@ def flash_attention(q, k, v, *, sparsity: BlockSparsity | None = None,
     predicate: ``(q_idx [bq, 1], kv_idx [1, bk]) -> bool`` for PREDICATE tiles.
     segment_ids: optional ``(q_ids [batch, q_len], kv_ids [batch, kv_len])`` ints;
       a query sees only keys of its segment (every visited tile is then masked).
-    terms: score modifiers applied in order: ``Alibi``, ``T5``, ``SoftCap``.
+    score_fn: optional ``ScoreFn``, evaluated on every visited tile of every head.
     scale: logit scale, default ``1 / sqrt(head_dim)``.
     interpret: None picks compiled kernels on GPU/TPU and interpret mode elsewhere;
       ``pltpu.InterpretParams()`` with a TPU backend runs the TPU path in JAX's TPU
       interpreter (SMEM tables, TPU memory semantics) on any machine.
     pad_head_dim: zero-pad head dims to a power of two >= 16 (None: when compiling for GPU).
 
-  Returns [batch, q_len, heads, v_dim] in q's dtype; differentiable in q, k, v,
-  ALiBi slopes and the T5 table.
+  Returns [batch, q_len, heads, v_dim] in q's dtype; differentiable in q, k, v and
+  the leaves of ``score_fn.params``.
   """
   _check(q.ndim == k.ndim == v.ndim == 4, f"q, k, v must be [batch, seq, heads, dim]; got "
          f"{q.shape}, {k.shape}, {v.shape}")
@@ -536,11 +495,7 @@ def flash_attention(q, k, v, *, sparsity: BlockSparsity | None = None,
            f"sparsity.tile_masks must be [rows, {bq}, {bk}]; got {sparsity.tile_masks.shape}")
     _check(codes.max() < len(sparsity.tile_masks), "a code names a missing tile-mask row")
   _check(has_tables or codes.max() < 0, "codes >= 0 need sparsity.tile_masks")
-  kinds = [type(t).__name__ for t in terms]
-  _check(all(isinstance(t, (Alibi, T5, SoftCap)) for t in terms),
-         f"terms must be Alibi, T5 or SoftCap; got {kinds}")
-  _check(kinds.count("Alibi") <= 1 and kinds.count("T5") <= 1,
-         f"at most one Alibi and one T5 term; got {kinds}")
+  mod, internal = prepare(score_fn, heads, "flash_attention")
   if segment_ids is not None:
     _check(len(segment_ids) == 2 and segment_ids[0].shape == (b, q_len)
            and segment_ids[1].shape == (b, kv_len),
@@ -553,24 +508,9 @@ def flash_attention(q, k, v, *, sparsity: BlockSparsity | None = None,
     codes[:, :, -1] = np.where(last == FULL, PREDICATE, last)
   if segment_ids is not None:   # data-dependent: every visited tile is masked
     codes = np.where(codes == FULL, PREDICATE, codes)
-  static_terms, slopes, t5_table = [], jnp.zeros((heads,), _F32), jnp.zeros((1, heads), _F32)
-  for t in terms:
-    if isinstance(t, Alibi):
-      static_terms.append(("alibi",))
-      slopes = jnp.asarray(t.slopes, _F32).reshape(heads)
-    elif isinstance(t, T5):
-      table = jnp.asarray(t.table, _F32)
-      _check(table.ndim == 2 and table.shape[1] == heads,
-             f"T5 table must be [num_buckets, {heads}]; got {table.shape}")
-      static_terms.append(("t5", bool(t.bidirectional), table.shape[0], int(t.max_distance)))
-      t5_table = table
-    else:
-      _check(t.cap > 0, f"SoftCap cap={t.cap} must be > 0")
-      static_terms.append(("softcap", float(t.cap)))
-
   st = _Static(scale=float(1.0 / math.sqrt(d) if scale is None else scale), block_q=bq,
                block_kv=bk, q_len=q_len, kv_len=kv_len, group=heads // kv_heads,
-               terms=tuple(static_terms), predicate=predicate,
+               mod=mod, predicate=predicate,
                segments=segment_ids is not None, tile_masks=has_tables,
                per_head_codes=codes.shape[0] > 1, interpret=interpret, backend=backend)
   fwd_tables = tuple(jnp.asarray(x) for x in _visit_tables(codes))
@@ -597,22 +537,22 @@ def flash_attention(q, k, v, *, sparsity: BlockSparsity | None = None,
                        (0, pad_dim(x.shape[-1]) - x.shape[-1]))).transpose(0, 2, 1, 3)
 
   @jax.custom_vjp
-  def attend(q, k, v, slopes, t5_table):
-    return _forward(st, fwd_tables, (tile_masks, q_seg, kv_seg, slopes, t5_table), q, k, v)[0]
+  def attend(q, k, v, params):
+    return _forward(st, fwd_tables, (tile_masks, q_seg, kv_seg, params), q, k, v)[0]
 
-  def attend_fwd(q, k, v, slopes, t5_table):
-    out, lse = _forward(st, fwd_tables, (tile_masks, q_seg, kv_seg, slopes, t5_table), q, k, v)
-    return out, (q, k, v, slopes, t5_table, out, lse)
+  def attend_fwd(q, k, v, params):
+    out, lse = _forward(st, fwd_tables, (tile_masks, q_seg, kv_seg, params), q, k, v)
+    return out, (q, k, v, params, out, lse)
 
   def attend_bwd(res, do):
-    q, k, v, slopes, t5_table, out, lse = res
-    extras = (tile_masks, q_seg, kv_seg, slopes, t5_table)
+    q, k, v, params, out, lse = res
+    extras = (tile_masks, q_seg, kv_seg, params)
     dq, dk, dv, dparams = _backward(st, fwd_tables, bwd_tables, extras, q, k, v, out, lse, do)
-    d_t5 = dparams[:, 1:1 + t5_table.shape[0]].T if any(
-        t[0] == "t5" for t in st.terms) else jnp.zeros_like(t5_table)
-    return dq, dk, dv, dparams[:, 0], d_t5
+    return dq, dk, dv, dparams
 
   attend.defvjp(attend_fwd, attend_bwd)
+  # the parameters' cast and reshape (prepare) sit outside the custom_vjp, so
+  # autodiff maps their gradients back to the leaves' shapes and dtypes
   out = attend(to_internal(q, nq_pad), to_internal(k, nk_pad), to_internal(v, nk_pad),
-               slopes, t5_table)
+               internal)
   return out.transpose(0, 2, 1, 3)[:, :q_len, :, :dv_true]

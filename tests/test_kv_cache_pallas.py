@@ -78,7 +78,7 @@ def test_pallas_cached_decoding_equals_full_forward(position, kv_heads, decode_c
   assert int(length) == 24
   # traced by this test (its model is used by no other): the kernel ran once per layer
   assert len(decode_calls) == cfg.model.num_layers
-  assert all((c["alibi_slopes"] is not None) == (position == "alibi") for c in decode_calls)
+  assert all((c["score_fn"] is not None) == (position == "alibi") for c in decode_calls)
 
 
 def test_pallas_sliding_window_on_a_full_cache(decode_calls):

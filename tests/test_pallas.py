@@ -218,7 +218,7 @@ def test_head_dims_64_and_128(head_dim):
 
 def test_unsupported_requests_fail_with_a_reason():
   q = jnp.zeros((1, 8, 2, 16))
-  with pytest.raises(ConfigError, match="computes ALiBi, T5, soft-cap and their compositions in-kernel"):
+  with pytest.raises(ConfigError, match=r"DenseBias.array has 64 per head|cannot lower DenseBias"):
     dot_product_attention(q, q, q, bias=np.zeros((8, 8), np.float32), impl="pallas")
   with pytest.raises(ConfigError, match="explicit positions"):
     dot_product_attention(q, q, q, bias=positional.alibi_bias(2, jnp.zeros((1, 8), jnp.int32)),
@@ -310,9 +310,10 @@ def test_tpu_code_path_in_the_tpu_interpreter(monkeypatch):
   monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
 
   def loss(q, k, v):
+    alibi = flash.ScoreFn(lambda slope, s, i, j: s - slope * jnp.abs(i - j).astype(jnp.float32),
+                          positional.alibi_slopes(heads))
     out = flash.flash_attention(q, k, v, sparsity=sparsity, predicate=mask, block_q=16,
-                                block_kv=16, terms=(flash.Alibi(positional.alibi_slopes(heads)),),
-                                interpret=pltpu.InterpretParams())
+                                block_kv=16, score_fn=alibi, interpret=pltpu.InterpretParams())
     return jnp.sum(out * w), out
 
   (_, out), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v)

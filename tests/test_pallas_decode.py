@@ -2,7 +2,9 @@
 
 The oracle is independent of the kernel: numpy float64, explicit loops over batch,
 query token and head, a dense softmax over exactly the visible cache slots
-(``max(0, p - window) <= j <= p``, ``p = length - q_tokens + t``), ALiBi then soft-cap.
+(``max(0, p - window) <= j <= p``, ``p = length - q_tokens + t``), ALiBi then soft-cap,
+or any per-head modifier given as a numpy function. The kernel's modifiers are plain
+functions wrapped in ``ScoreFn`` here.
 """
 
 from __future__ import annotations
@@ -13,9 +15,31 @@ import numpy as np
 import pytest
 
 from pallas_kernels import flash_decode
+from pallas_kernels.score_fn import ScoreFn
 
 
-def oracle(q, k, v, lengths, *, scale=None, alibi_slopes=None, soft_cap=None, window=None):
+def modifier(alibi_slopes=None, soft_cap=None):
+  """ALiBi then soft-cap as a kernel ScoreFn (written here, independently of attnlab)."""
+  if alibi_slopes is None and soft_cap is None:
+    return None
+
+  def fn(params, s, q_idx, kv_idx):
+    if alibi_slopes is not None:
+      s = s - params["slope"] * jnp.abs(q_idx - kv_idx).astype(jnp.float32)
+    if soft_cap is not None:
+      s = soft_cap * jnp.tanh(s / soft_cap)
+    return s
+
+  slopes = jnp.zeros((4,)) if alibi_slopes is None else jnp.asarray(alibi_slopes, jnp.float32)
+  return ScoreFn(fn, {"slope": slopes})
+
+
+def flash_decode_mod(q, k, v, lengths, *, alibi_slopes=None, soft_cap=None, **kw):
+  return flash_decode(q, k, v, lengths, score_fn=modifier(alibi_slopes, soft_cap), **kw)
+
+
+def oracle(q, k, v, lengths, *, scale=None, alibi_slopes=None, soft_cap=None, window=None,
+           mod_np=None):
   q, k, v = (np.asarray(jnp.asarray(x, jnp.float32), np.float64) for x in (q, k, v))
   b_, t_, h_, d_ = q.shape
   hkv = k.shape[2]
@@ -37,6 +61,8 @@ def oracle(q, k, v, lengths, *, scale=None, alibi_slopes=None, soft_cap=None, wi
           s = s - float(alibi_slopes[h]) * (p - j)
         if soft_cap is not None:
           s = soft_cap * np.tanh(s / soft_cap)
+        if mod_np is not None:
+          s = mod_np(h, s, p, j)
         w = np.exp(s - s.max())
         out[b, t, h] = (w / w.sum()) @ v[b, j, kh]
   return out
@@ -82,23 +108,41 @@ def test_alibi_softcap_window():
   lengths = np.array([37, 12], np.int32)
   slopes = np.array([0.5, 0.25, 0.125, 0.0625], np.float32)
   kw = dict(block_kv=8, num_splits=3)
-  check(flash_decode(q, k, v, lengths, alibi_slopes=slopes, **kw),
+  check(flash_decode_mod(q, k, v, lengths, alibi_slopes=slopes, **kw),
         oracle(q, k, v, lengths, alibi_slopes=slopes))
-  check(flash_decode(q, k, v, lengths, soft_cap=2.0, scale=0.7, **kw),
+  check(flash_decode_mod(q, k, v, lengths, soft_cap=2.0, scale=0.7, **kw),
         oracle(q, k, v, lengths, soft_cap=2.0, scale=0.7))
   # window 10 skips the leading tiles of the first batch row; window 0 sees one slot
   for window in (10, 0):
     check(flash_decode(q, k, v, lengths, window=window, **kw),
           oracle(q, k, v, lengths, window=window))
-  check(flash_decode(q, k, v, lengths, alibi_slopes=slopes, soft_cap=1.5, window=6, **kw),
+  check(flash_decode_mod(q, k, v, lengths, alibi_slopes=slopes, soft_cap=1.5, window=6, **kw),
         oracle(q, k, v, lengths, alibi_slopes=slopes, soft_cap=1.5, window=6))
+
+
+def test_per_head_modifier_keeps_each_rows_head_under_gqa():
+  # rows of one program interleave the group's heads: a per-head temperature and a
+  # per-head distance gate (a [heads, 3] leaf) must reach the right rows
+  q, k, v = make(batch=2, q_tokens=3, heads=4, kv_heads=2, seed=4)
+  lengths = np.array([33, 9], np.int32)
+  temp = np.array([0.5, 1.0, 2.0, 3.0], np.float32)
+  gate = np.arange(12, dtype=np.float32).reshape(4, 3) / 10.0
+
+  def fn(params, s, q_idx, kv_idx):
+    dist = jnp.abs(q_idx - kv_idx).astype(jnp.float32)
+    return s * params["temp"] - jnp.sum(params["gate"]) * jnp.log1p(dist)
+
+  score_fn = ScoreFn(fn, {"temp": jnp.asarray(temp), "gate": jnp.asarray(gate)})
+  mod_np = lambda h, s, p, j: s * temp[h] - gate[h].sum() * np.log1p(np.abs(p - j))  # noqa: E731
+  check(flash_decode(q, k, v, lengths, score_fn=score_fn, block_kv=8, num_splits=2),
+        oracle(q, k, v, lengths, mod_np=mod_np))
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_low_precision(dtype):
   q, k, v = make(batch=2, q_tokens=2, heads=4, kv_heads=2, dtype=dtype, seed=2)
   lengths = np.array([29, 40], np.int32)
-  out = flash_decode(q, k, v, lengths, block_kv=8, num_splits=2, soft_cap=3.0)
+  out = flash_decode_mod(q, k, v, lengths, block_kv=8, num_splits=2, soft_cap=3.0)
   assert out.dtype == dtype
   # oracle on the rounded inputs; the kernel feeds p to the p.v matmul in the input dtype
   check(out, oracle(q, k, v, lengths, soft_cap=3.0), tol=2e-2 if dtype == jnp.bfloat16 else 4e-3)

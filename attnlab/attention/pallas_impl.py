@@ -8,14 +8,15 @@ The adapter translates the impl contract into ``pallas_kernels.flash_attention``
   pattern in-kernel; other static patterns (BigBird, random keys, per-head
   draws, dense boolean masks) get a tile-mask table with one row per distinct
   partial tile; ``segments`` become in-kernel segment ids;
-- a score modifier becomes the in-kernel terms it declares (``ScoreMod.kernel_terms``:
-  ALiBi, T5, soft-cap and compositions of them), with gradients for the ALiBi slopes
-  and the T5 table.
+- any score modifier runs in the kernel: its leaves are split by head
+  (``select_heads``), and the kernel calls the modifier for one head on each visited
+  tile and differentiates it there (``jax.vjp``), so every float leaf gets gradients.
+  A modifier that cannot lower (a gather, an unsupported primitive, a non-float or
+  oversized leaf) is refused with the reason (``score_mod_problem``).
 
 A cached decoding step (``decode``) runs the split-K decode kernel
 ``pallas_kernels.decode.flash_decode`` when the model's pattern is a causal band
-(``Mask.band``: causal or a sliding window) and its modifier is at most ALiBi then
-soft-cap.
+(``Mask.band``: causal or a sliding window), with any modifier the kernel can lower.
 
 ``unsupported`` says in words what the kernel cannot serve (traced dense masks,
 dense bias arrays, ALiBi with explicit positions, ...): ``impl="pallas"`` then
@@ -31,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attnlab.attention import masks as masks_lib
+from attnlab.attention import score_mods
 from attnlab.attention.core import BLOCK_KV, BLOCK_Q, IMPLS, Implementation
 from pallas_kernels import flash
 
@@ -128,10 +130,132 @@ def _sparsity(pattern, q_len, kv_len, bq, bk, heads):
 
 
 # ----------------------------------------------------------------------------- score modifiers
+# Any ScoreMod runs in the kernel: its float leaves are split by head outside the kernel
+# (``select_heads`` under vmap, so autodiff maps their gradients back), and the kernel
+# calls the modifier for one head on each visited tile and differentiates it there.
 
-def _terms(score_mod):
-  """The modifier's in-kernel terms (it declares them), or a sentence saying why it has none."""
-  return () if score_mod is None else score_mod.kernel_terms()
+# Largest leaf, in elements per head, passed to the kernel (it is held on chip).
+MAX_LEAF_ELEMENTS = 4096
+# A probe tile for the plan-time checks (shapes and primitives do not depend on its size).
+_PROBE = 16
+
+# Primitives with lowering rules in both Pallas backends (GPU Triton and TPU Mosaic;
+# tests/test_pallas_score_mods.py checks each against JAX's rule tables). Not here, so
+# refused: gather/scatter/dynamic_slice (indexing with traced indices), slice (no
+# Triton rule), sort, cumulative ops, random numbers.
+LOWERABLE = frozenset("""
+    abs add add_any and atan2 broadcast_in_dim ceil clamp concatenate cond
+    convert_element_type cos custom_jvp_call div dot_general eq erf_inv exp exp2 floor ge gt
+    integer_pow iota is_finite jit le log log1p logistic lt max min mul ne neg not or pjit
+    pow reduce_max reduce_min reduce_sum rem reshape rsqrt select_n sign sin sqrt square
+    squeeze stop_gradient sub tan tanh transpose xor copy copy_p
+""".split())
+
+_HINTS = {
+    "gather": " (indexing an array with traced indices: look tables up with "
+              "attnlab.attention.score_mods.lookup)",
+    "dynamic_slice": " (slicing at a traced offset)",
+    "slice": " (a static slice such as x[0] of a leaf: give each per-head value its own leaf)",
+}
+
+
+def _per_head(score_mod, heads: int):
+  """The modifier with every leaf stacked by head: leaf ``[heads, ...]`` holds
+  ``score_mod.select_heads(h, 1)``'s leaf for each head h."""
+  return jax.vmap(lambda h: score_mod.select_heads(h, 1))(jnp.arange(heads))
+
+
+def _tile_fn(treedef):
+  """``ScoreFn.fn``: one head's modifier (rebuilt from its leaves) on one tile."""
+  def fn(leaves, s, q_idx, kv_idx):
+    mod = jax.tree_util.tree_unflatten(treedef, leaves)
+    with score_mods.in_kernel():
+      return mod(s[None, None], q_idx, kv_idx).reshape(s.shape)
+  return fn
+
+
+def _primitives(jaxpr) -> set[str]:
+  """Names of every primitive in a jaxpr and its sub-jaxprs."""
+  names = set()
+  for eqn in jaxpr.eqns:
+    names.add(eqn.primitive.name)
+    for sub in jax.core.jaxprs_in_params(eqn.params):
+      names |= _primitives(sub)
+  return names
+
+
+@functools.lru_cache(maxsize=256)
+def _score_mod_problem(treedef, avals: tuple, heads: int) -> str | None:
+  """Why a modifier (given by its treedef and leaf shapes) cannot run in the kernel."""
+  mod = jax.tree_util.tree_unflatten(treedef, [jax.ShapeDtypeStruct(*a) for a in avals])
+  name = type(mod).__name__
+  refusal = "; use impl='blockwise' (any ScoreMod, tile by tile) or 'reference'"
+  try:
+    per_head = jax.eval_shape(lambda m: _per_head(m, heads), mod)
+  except Exception as e:  # noqa: BLE001 - the modifier's own code failed
+    return f"impl='pallas': {name}.select_heads failed ({type(e).__name__}: {e})" + refusal
+  flat, head_treedef = jax.tree_util.tree_flatten_with_path(per_head)
+  for path, leaf in flat:
+    where = f"{name}{jax.tree_util.keystr(path)}"
+    if not jnp.issubdtype(leaf.dtype, jnp.floating):
+      return (f"impl='pallas' passes float leaves to the kernel; {where} is {leaf.dtype}"
+              + refusal)
+    size = int(np.prod(leaf.shape[1:]))
+    if size > MAX_LEAF_ELEMENTS:
+      return (f"impl='pallas' holds a modifier's leaves on chip (at most {MAX_LEAF_ELEMENTS} "
+              f"elements per head); {where} has {size} per head (shape {leaf.shape[1:]})"
+              + refusal)
+  leaves = [jax.ShapeDtypeStruct(x.shape[1:], x.dtype) for _, x in flat]
+  s = jax.ShapeDtypeStruct((_PROBE, _PROBE), jnp.float32)
+  q_idx = jax.ShapeDtypeStruct((_PROBE, 1), jnp.int32)
+  kv_idx = jax.ShapeDtypeStruct((1, _PROBE), jnp.int32)
+  treedef_1 = jax.tree_util.tree_structure(per_head)
+
+  def one_head(leaves, s, q_idx, kv_idx):
+    with score_mods.in_kernel():
+      return jax.tree_util.tree_unflatten(treedef_1, leaves)(s[None, None], q_idx, kv_idx)
+
+  try:
+    out = jax.eval_shape(one_head, leaves, s, q_idx, kv_idx)
+  except Exception as e:  # noqa: BLE001
+    return f"impl='pallas': {name} failed on one head's tile ({type(e).__name__}: {e})" + refusal
+  if out.shape != (1, 1, _PROBE, _PROBE):
+    return (f"impl='pallas' evaluates {name} one head at a time; for one head's tile of "
+            f"scores [1, 1, {_PROBE}, {_PROBE}] it returned {list(out.shape)}: its select_heads"
+            f"(first, count) must restrict its per-head leaves" + refusal)
+
+  def value_and_grads(leaves, s, q_idx, kv_idx):
+    out, back = jax.vjp(lambda s_, l_: one_head(l_, s_, q_idx, kv_idx), s, leaves)
+    return out, back(jnp.ones_like(out))
+
+  jaxpr = jax.make_jaxpr(value_and_grads)(leaves, s, q_idx, kv_idx)
+  missing = sorted(_primitives(jaxpr.jaxpr) - LOWERABLE)
+  if missing:
+    return (f"impl='pallas' cannot lower {name} into the kernel: it uses "
+            f"{', '.join(f'`{m}`' for m in missing)}{_HINTS.get(missing[0], '')}" + refusal)
+  return None
+
+
+def score_mod_problem(score_mod, heads: int) -> str | None:
+  """Why the kernel cannot evaluate ``score_mod`` for ``heads`` heads, or None (cached per
+  modifier structure)."""
+  if score_mod is None:
+    return None
+  if score_mod.explicit_positions:
+    return (f"impl='pallas' evaluates modifiers on token indices; {type(score_mod).__name__} "
+            f"reads explicit positions (randomized positions): use impl='blockwise' or "
+            f"'reference'")
+  leaves, treedef = jax.tree_util.tree_flatten(score_mod)
+  avals = tuple((tuple(np.shape(x)), jnp.result_type(x)) for x in leaves)
+  return _score_mod_problem(treedef, avals, heads)
+
+
+def _score_fn(score_mod, heads: int):
+  """The kernel's ``ScoreFn`` for a modifier (None for none)."""
+  if score_mod is None:
+    return None
+  leaves, treedef = jax.tree_util.tree_flatten(_per_head(score_mod, heads))
+  return flash.ScoreFn(_tile_fn(treedef), leaves)
 
 
 # ----------------------------------------------------------------------------- the impl
@@ -151,9 +275,9 @@ def pallas_unsupported(q, k, v, mask, score_mod) -> str | None:
   if pattern is not None and not pattern.is_static():
     return ("impl='pallas' needs a static pattern (its tiles are planned before the kernel "
             "runs); this mask holds traced arrays: use impl='blockwise'")
-  terms = _terms(score_mod)
-  if isinstance(terms, str):
-    return terms
+  reason = score_mod_problem(score_mod, q.shape[2])
+  if reason:
+    return reason
   for x, name in ((q, "q"), (k, "k"), (v, "v")):
     if x.dtype not in (jnp.float32, jnp.bfloat16, jnp.float16):
       return f"impl='pallas' takes float32, bfloat16 or float16; {name} is {x.dtype}"
@@ -165,7 +289,6 @@ def pallas_attention(q, k, v, *, mask=None, score_mod=None, scale: float,
                      **unused):
   """The impl contract on ``pallas_kernels.flash_attention`` (see the module docstring)."""
   pattern, segments, _ = _split_mask(mask)
-  terms = _terms(score_mod)
   q_len, kv_len, heads = q.shape[1], k.shape[1], q.shape[2]
   bq, bk = _blocks(q_len, kv_len, block_q, block_kv)
   sparsity, predicate = _sparsity(pattern, q_len, kv_len, bq, bk, heads)
@@ -175,7 +298,7 @@ def pallas_attention(q, k, v, *, mask=None, score_mod=None, scale: float,
     segment_ids = (jnp.broadcast_to(jnp.asarray(segments.q_ids), (batch, q_len)),
                    jnp.broadcast_to(jnp.asarray(segments.kv_ids), (batch, kv_len)))
   return flash.flash_attention(q, k, v, sparsity=sparsity, predicate=predicate,
-                               segment_ids=segment_ids, terms=terms, scale=scale,
+                               segment_ids=segment_ids, score_fn=_score_fn(score_mod, heads), scale=scale,
                                block_q=bq, block_kv=bk, interpret=interpret)
 
 
@@ -187,23 +310,17 @@ def pallas_decode(q, k, v, *, lengths, mask, score_mod, scale, block_kv: int = M
   band = None if mask is None else mask.band()
   if mask is not None and (band is None or band[1] != 0):
     return None              # the kernel's only pattern: p - window <= j <= p
-  terms = _terms(score_mod)
-  if isinstance(terms, str):
+  heads = q.shape[2]
+  if score_mod_problem(score_mod, heads):
     return None
-  names = [type(t).__name__ for t in terms]
-  if names not in ([], ["Alibi"], ["SoftCap"], ["Alibi", "SoftCap"]):
-    return None              # the kernel applies ALiBi, then soft-cap
-  slopes = terms[0].slopes if names[:1] == ["Alibi"] else None
-  cap = terms[-1].cap if names[-1:] == ["SoftCap"] else None
-  # on visible slots (j <= p) the kernel's -slope * (p - j) is ALiBi's -slope * |p - j|
   return decode_kernels.flash_decode(
-      q, k, v, lengths, scale=scale, alibi_slopes=slopes, soft_cap=cap,
+      q, k, v, lengths, scale=scale, score_fn=_score_fn(score_mod, heads),
       window=None if band is None else band[0], block_kv=min(int(block_kv), MAX_BLOCK),
       interpret=interpret)
 
 
 IMPLS.register("pallas")(Implementation(
     pallas_attention, pallas_unsupported,
-    doc="fused Pallas flash attention (GPU; CPU in interpret mode): block-sparse, ALiBi/T5/"
-        "soft-cap in-kernel, custom backward",
+    doc="fused Pallas flash attention (GPU; CPU in interpret mode): block-sparse, any "
+        "score modifier in-kernel, custom backward",
     options=(BLOCK_Q, BLOCK_KV), decode=pallas_decode))

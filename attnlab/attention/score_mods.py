@@ -10,13 +10,17 @@ functions of the score.
 Modifiers are JAX pytrees; their float leaves (slopes, bias tables) receive
 gradients through every implementation, including ``blockwise``.
 
-A modifier answers for itself what the implementations need to know about it, so no
-implementation switches on modifier types:
+Every implementation calls the modifier itself (the fused Pallas kernel on each visited
+tile, one head at a time, and differentiates it there), so no implementation switches on
+modifier types. A modifier answers for itself the rest:
 
-- ``kernel_terms()``: the fused Pallas kernel's in-kernel terms for it, or why it has none;
 - ``select_heads(first, count)``: the modifier restricted to a range of heads (tensor-
   parallel ring attention);
 - ``explicit_positions``: whether it reads positions other than the query/key indices.
+
+Inside a Pallas kernel a gather (``table[index]`` with traced indices) does not lower:
+look small tables up with ``lookup(table, index)``, which is a gather elsewhere and a
+sum of selects in a kernel (same values).
 
 ALiBi and T5 live here (not in ``attnlab.positional``, which builds its schemes on them)
 so that implementations can use them without depending on the position axis.
@@ -25,7 +29,9 @@ so that implementations can use them without depending on the position axis.
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
+import threading
 from typing import Any
 
 import jax
@@ -35,18 +41,47 @@ import numpy as np
 from attnlab.attention.pytree import pytree_dataclass
 
 
+_KERNEL = threading.local()
+
+
+@contextlib.contextmanager
+def in_kernel():
+  """While active, modifiers are being traced for a Pallas kernel (see ``lookup``)."""
+  depth = getattr(_KERNEL, "depth", 0)
+  _KERNEL.depth = depth + 1
+  try:
+    yield
+  finally:
+    _KERNEL.depth = depth
+
+
+def lookup(table, index):
+  """``table[index]`` along axis 0: table ``[n, ...]``, int ``index`` of any shape ->
+  ``index.shape + table.shape[1:]``; ``index`` must lie in ``[0, n)``.
+
+  A gather, except while traced for a Pallas kernel (``in_kernel``), where gathers do
+  not lower: there it is a sum of ``n`` selects (exactly one term is non-zero, so the
+  values are the same), whose gradient is a masked sum per row.
+  """
+  table = jnp.asarray(table)
+  if not getattr(_KERNEL, "depth", 0):
+    return jnp.take(table, index, axis=0)
+  rows = jax.lax.broadcasted_iota(jnp.int32, table.shape, 0)
+  index = index.reshape(index.shape + (1,) * (table.ndim - 1))
+  out = None
+  for r in range(table.shape[0]):
+    row = jnp.sum(jnp.where(rows == r, table, 0), axis=0)             # table[r], no slicing
+    term = jnp.where(index == r, row, jnp.zeros((), table.dtype))
+    out = term if out is None else out + term
+  return out
+
+
 class ScoreMod(abc.ABC):
   """Base class: a function of the attention logits and the positions."""
 
   @abc.abstractmethod
   def __call__(self, scores: jax.Array, q_idx: jax.Array, kv_idx: jax.Array) -> jax.Array:
     """Modified float32 scores, same shape as ``scores`` ``[batch, heads, q, k]``."""
-
-  def kernel_terms(self) -> tuple | str:
-    """The Pallas kernel's terms (``pallas_kernels.flash.Alibi`` ...) computing this
-    modifier in-kernel, or a sentence saying why it has none."""
-    return (f"impl='pallas' computes ALiBi, T5, soft-cap and their compositions in-kernel; "
-            f"{type(self).__name__} needs impl='blockwise' or 'reference'")
 
   def select_heads(self, first, count: int) -> "ScoreMod":
     """This modifier for heads ``first .. first + count - 1`` only (``first`` may be traced).
@@ -96,10 +131,6 @@ class SoftCap(ScoreMod):
   def __call__(self, scores, q_idx, kv_idx):
     return self.cap * jnp.tanh(scores / self.cap)
 
-  def kernel_terms(self):
-    from pallas_kernels import flash
-    return (flash.SoftCap(self.cap),)
-
 
 @pytree_dataclass(data=("first", "second"))
 class Compose(ScoreMod):
@@ -109,13 +140,6 @@ class Compose(ScoreMod):
 
   def __call__(self, scores, q_idx, kv_idx):
     return self.second(self.first(scores, q_idx, kv_idx), q_idx, kv_idx)
-
-  def kernel_terms(self):
-    first, second = self.first.kernel_terms(), self.second.kernel_terms()
-    for part in (first, second):
-      if isinstance(part, str):
-        return part
-    return first + second
 
   def select_heads(self, first, count):
     return Compose(self.first.select_heads(first, count), self.second.select_heads(first, count))
@@ -146,13 +170,6 @@ class AlibiBias(AdditiveBias):
     p_k = jnp.take(pos, kv_idx[0], axis=1, mode="clip")                      # [B, k]
     distance = jnp.abs(p_q[:, :, None] - p_k[:, None, :]).astype(jnp.float32)
     return -slopes[None, :, None, None] * distance[:, None]                   # [B, H, q, k]
-
-  def kernel_terms(self):
-    if self.positions is not None:
-      return ("impl='pallas' computes ALiBi distances from token indices; ALiBi with explicit "
-              "positions (randomized positions) needs impl='blockwise' or 'reference'")
-    from pallas_kernels import flash
-    return (flash.Alibi(self.slopes),)
 
   def select_heads(self, first, count):
     return AlibiBias(slopes=jax.lax.dynamic_slice_in_dim(jnp.asarray(self.slopes), first, count),
@@ -201,11 +218,7 @@ class T5Bias(AdditiveBias):
   def bias(self, q_idx, kv_idx):
     buckets = t5_buckets(kv_idx - q_idx, bidirectional=self.bidirectional,
                          num_buckets=self.num_buckets, max_distance=self.max_distance)  # [q, k]
-    return jnp.moveaxis(jnp.take(jnp.asarray(self.table, jnp.float32), buckets, axis=0), -1, 0)
-
-  def kernel_terms(self):
-    from pallas_kernels import flash
-    return (flash.T5(self.table, self.bidirectional, self.max_distance),)
+    return jnp.moveaxis(lookup(jnp.asarray(self.table, jnp.float32), buckets), -1, 0)
 
   def select_heads(self, first, count):
     return dataclasses.replace(
