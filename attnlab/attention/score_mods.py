@@ -61,7 +61,8 @@ def lookup(table, index):
 
   A gather, except while traced for a Pallas kernel (``in_kernel``), where gathers do
   not lower: there it is a sum of ``n`` selects (exactly one term is non-zero, so the
-  values are the same), whose gradient is a masked sum per row.
+  values are the same), whose gradient is a masked sum per row. The choice is made when
+  traced: do not share one ``jax.jit``-wrapped caller between kernel and other uses.
   """
   table = jnp.asarray(table)
   if not getattr(_KERNEL, "depth", 0):
