@@ -1,8 +1,11 @@
 """Attention kernels in TFLOP/s: attnlab's fused Pallas kernel against cuDNN, XLA and
-JAX's bundled Pallas attention, plus block-sparse speed-ups over dense.
+JAX's bundled Pallas attention, plus block-sparse speed-ups over dense and the cost of
+score modifiers in the fused kernel (built-in ALiBi, the same ALiBi as a user-written
+``ScoreMod``, KERPLE, T5; all through the kernel's general modifier path).
 
   python scripts/bench_kernels.py                          # defaults for the backend present
   python scripts/bench_kernels.py --lengths=1024,4096 --head_dims=128 --causal=true
+  python scripts/bench_kernels.py --impls=attnlab_pallas,pallas_alibi,pallas_custom_alibi,pallas_kerple,pallas_t5 --causal=true --out=docs/bench_score_mods
 
 It runs on whatever backend JAX finds. On GPU/TPU the kernels are compiled; on
 CPU Pallas kernels only *interpret* (a correctness mode, orders of magnitude
@@ -41,7 +44,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from attnlab import positional  # noqa: E402
 from attnlab.attention import dot_product_attention, masks  # noqa: E402
+from attnlab.attention.pytree import pytree_dataclass  # noqa: E402
+from attnlab.attention.score_mods import AdditiveBias, T5Bias  # noqa: E402
+from attnlab.positional.kerple import KerpleLogBias  # noqa: E402
 
 DTYPES = {"bfloat16": jnp.bfloat16, "float16": jnp.float16, "float32": jnp.float32}
 
@@ -55,12 +62,38 @@ def attention_flops(batch: int, heads: int, n: int, head_dim: int, causal: bool,
 
 # ----------------------------------------------------------------------------- implementations
 
-def _pallas(block: int, make_mask=None):
+def _pallas(block: int, make_mask=None, make_mod=None):
   def fn(q, k, v, causal):
     mask = make_mask(q.shape[1]) if make_mask else (masks.causal() if causal else None)
-    return dot_product_attention(q, k, v, mask=mask, impl="pallas", block_q=block,
+    bias = make_mod(q.shape[2]) if make_mod else None
+    return dot_product_attention(q, k, v, mask=mask, bias=bias, impl="pallas", block_q=block,
                                  block_kv=block)
   return fn
+
+
+@pytree_dataclass(data=("slopes",))
+class CustomAlibi(AdditiveBias):
+  """ALiBi as a researcher would write it: a class the kernel has never seen."""
+  slopes: jax.Array
+
+  def bias(self, q_idx, kv_idx):
+    return -self.slopes[:, None, None] * jnp.abs(q_idx - kv_idx).astype(jnp.float32)
+
+  def select_heads(self, first, count):
+    return CustomAlibi(jax.lax.dynamic_slice_in_dim(self.slopes, first, count))
+
+
+# score modifiers in the fused kernel, all through its general path (issue 18): the
+# built-in ALiBi, the same formula as a user-written class, a learned KERPLE and T5
+MODIFIERS = {
+    "pallas_alibi": lambda heads: positional.alibi_bias(heads),
+    "pallas_custom_alibi": lambda heads: CustomAlibi(positional.alibi_slopes(heads)),
+    "pallas_kerple": lambda heads: KerpleLogBias(r1=jnp.full((heads,), 1.0),
+                                                 r2=jnp.full((heads,), 0.5)),
+    "pallas_t5": lambda heads: T5Bias(table=0.1 * jnp.arange(32.0 * heads).reshape(32, heads)
+                                      / heads, bidirectional=False, num_buckets=32,
+                                      max_distance=128),
+}
 
 
 def _jax_nn(implementation: str):
@@ -110,6 +143,7 @@ def implementations(block: int, window: int, bigbird_block: int) -> dict[str, Ca
       "pallas_sliding_window": _pallas(block, lambda n: masks.sliding_window(window)),
       "pallas_bigbird": _pallas(block, lambda n: masks.bigbird(
           bigbird_block, window_blocks=3, global_blocks=1, random_blocks=1, causal=True)),
+      **{name: _pallas(block, make_mod=make_mod) for name, make_mod in MODIFIERS.items()},
   }
   return impls
 
@@ -151,13 +185,19 @@ def _short(error: Exception) -> str:
 
 
 def check_outputs(impls, *, n, heads, head_dim, dtype, causal) -> dict[str, str | float]:
-  """Max |out - xla out| per implementation at one size (dense ones only), or an error."""
+  """Max |out - xla out| per implementation at one size (dense ones only; a modifier row
+  against XLA with the same modifier as a dense bias), or an error."""
   q, k, v, _ = _inputs(1, n, heads, head_dim, dtype, seed=1)
-  expected = np.asarray(_jax_nn("xla")(q, k, v, causal).astype(jnp.float32))
+  plain = np.asarray(_jax_nn("xla")(q, k, v, causal).astype(jnp.float32))
   errors = {}
   for name, fn in impls.items():
     if name in SPARSE:
       continue
+    expected = plain
+    if name in MODIFIERS:
+      expected = np.asarray(dot_product_attention(
+          q, k, v, mask=masks.causal() if causal else None, bias=MODIFIERS[name](heads),
+          impl="xla").astype(jnp.float32))
     try:
       got = np.asarray(jax.jit(lambda q, k, v: fn(q, k, v, causal))(q, k, v).astype(jnp.float32))
       errors[name] = float(np.abs(got - expected).max())
@@ -230,11 +270,13 @@ def markdown(rows, errors, lengths, header: str) -> str:
           lines.append(f"| {name} | {mode} | "
                        + " | ".join(_cell(cells.get(n)) for n in lengths) + " |")
     lines.append("")
-  lines += ["### Block-sparse speed-up of attnlab's kernel over its dense causal run "
-            "(forward+backward time ratio)", "",
-            "| pattern | head_dim | " + " | ".join(f"N={n}" for n in lengths) + " |",
-            "|---|---|" + "---|" * len(lengths)]
-  for name in SPARSE:
+  sparse = [name for name in SPARSE if any(r["impl"] == name for r in rows)]
+  if sparse:
+    lines += ["### Block-sparse speed-up of attnlab's kernel over its dense causal run "
+              "(forward+backward time ratio)", "",
+              "| pattern | head_dim | " + " | ".join(f"N={n}" for n in lengths) + " |",
+              "|---|---|" + "---|" * len(lengths)]
+  for name in sparse:
     for d in sorted({r["head_dim"] for r in rows}):
       def t(impl, n):
         hits = [r for r in rows if r["impl"] == impl and r["head_dim"] == d and r["causal"]
@@ -246,6 +288,27 @@ def markdown(rows, errors, lengths, header: str) -> str:
         cells.append(f"{dense / sparse:.2f}×" if dense and sparse else "")
       if any(cells):
         lines.append(f"| {name.removeprefix('pallas_')} | {d} | " + " | ".join(cells) + " |")
+  mods = [name for name in MODIFIERS if any(r["impl"] == name for r in rows)]
+  if mods:
+    lines += ["", "### Score modifiers in attnlab's kernel: time over the same run without one "
+              "(1.00× = free)", "",
+              "| modifier | head_dim | causal | mode | " + " | ".join(f"N={n}" for n in lengths)
+              + " |", "|---|---|---|---|" + "---|" * len(lengths)]
+    for name in mods:
+      for (d, causal) in sorted({(r["head_dim"], r["causal"]) for r in rows}):
+        for mode in ("fwd", "fwd+bwd"):
+          def secs(impl, n):
+            hits = [r for r in rows if r["impl"] == impl and r["head_dim"] == d
+                    and r["causal"] == causal and r["n"] == n and r["mode"] == mode
+                    and r["seconds"]]
+            return hits[0]["seconds"] if hits else None
+          cells = []
+          for n in lengths:
+            base, modded = secs("attnlab_pallas", n), secs(name, n)
+            cells.append(f"{modded / base:.2f}×" if base and modded else "")
+          if any(cells):
+            lines.append(f"| {name.removeprefix('pallas_')} | {d} | {causal} | {mode} | "
+                         + " | ".join(cells) + " |")
   lines += ["", "Forward output against XLA's at the smallest N (max |difference|):", "",
             "| impl | max_err |", "|---|---|"]
   lines += [f"| {k} | {v if isinstance(v, str) else f'{v:.2e}'} |" for k, v in errors.items()]

@@ -7,9 +7,10 @@ cuDNN/XLA/tokamax, decode speed, and 50 training steps with the fused kernel aga
 Parts, each with its own time budget (seconds; what did not fit is recorded as skipped):
 
   kernel_tests  pytest, compiled on the device, over the kernel test files of each impl:
-                pallas (flash forward/backward over every pattern, ALiBi/T5/soft-cap,
-                GQA/MQA, ragged lengths, f32/bf16/f16, the decode kernel, cached decoding,
-                training steps), cudnn, tokamax and auto. Counts per impl.
+                pallas (flash forward/backward over every pattern, the zoo of score
+                modifiers with leaf gradients, GQA/MQA, ragged lengths, f32/bf16/f16, the
+                decode kernel, cached decoding, training steps), cudnn, tokamax and auto.
+                Counts per impl.
   bench         scripts/bench_kernels.py over N = 1k, 4k, 16k; head dim 64 and 128; causal
                 and not; bf16; forward and forward+backward; attnlab's kernel beside
                 jax.nn (cuDNN, XLA), JAX's bundled Pallas kernel and each tokamax
@@ -47,7 +48,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 KERNEL_TESTS = {      # impl -> its test files
-    "pallas": ["tests/test_pallas.py", "tests/test_pallas_decode.py",
+    "pallas": ["tests/test_pallas.py", "tests/test_pallas_score_mods.py",
+               "tests/test_pallas_decode.py",
                "tests/test_kv_cache_pallas.py", "tests/test_pallas_model.py"],
     "cudnn": ["tests/test_cudnn.py"],
     "tokamax": ["tests/test_tokamax.py"],

@@ -38,3 +38,15 @@ def test_outputs_checked_against_xla_and_missing_backends_reported(bench):
   by = {(r["impl"], r["mode"]): r for r in rows}
   assert by[("attnlab_pallas", "fwd+bwd")]["seconds"] > 0
   assert by[("cudnn", "fwd")]["tflops"] is None and "cuDNN" in by[("cudnn", "fwd")]["status"]
+
+
+def test_modifier_rows_are_checked_against_xla_with_the_same_bias(bench):
+  impls = bench.implementations(block=16, window=8, bigbird_block=16)
+  mods = {k: impls[k] for k in bench.MODIFIERS}
+  errors = bench.check_outputs(mods, n=48, heads=2, head_dim=16, dtype=jnp.float32, causal=True)
+  assert set(errors) == set(bench.MODIFIERS)
+  assert all(isinstance(e, float) and e < 1e-5 for e in errors.values()), errors
+  # and the check would see a wrong modifier: ALiBi's output differs from plain attention
+  plain = bench.check_outputs({"pallas_alibi": impls["attnlab_pallas"]}, n=48, heads=2,
+                              head_dim=16, dtype=jnp.float32, causal=True)
+  assert plain["pallas_alibi"] > 1e-3

@@ -426,3 +426,19 @@ def test_prose_figures_of_readme_and_docs_come_from_results():
         if match.group(1) not in forms and match.group(1) not in rebuilt.get(doc, ()):
           unexplained.append(f"{doc}:{number}: {match.group(1)} in {line.strip()[:90]!r}")
   assert not unexplained, "figures no results file holds:\n" + "\n".join(unexplained)
+
+
+def test_score_mod_tutorial_runs_and_its_fused_gradients_equal_the_reference():
+  """docs/score_mods.md's example, executed as written: the fused kernel's gradients of
+  q, k, v and of the modifier's leaf equal impl='reference''s."""
+  import numpy as np
+  text = (ROOT / "docs" / "score_mods.md").read_text()
+  blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+  assert len(blocks) == 1
+  namespace = {}
+  exec(compile(blocks[0], "docs/score_mods.md", "exec"), namespace)   # noqa: S102
+  fused, reference = namespace["fused"], namespace["reference"]
+  for got, want in zip(fused[:3], reference[:3]):
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
+  np.testing.assert_allclose(fused[3].a, reference[3].a, rtol=2e-4, atol=2e-5)
+  assert np.abs(np.asarray(reference[3].a)).max() > 1e-3          # the leaf's gradient is real

@@ -11,8 +11,8 @@ transpose of the same ring (``ppermute`` reversed), with each step rematerialise
 
 Masks and score modifiers are evaluated on *global token positions*, so any
 pattern that is a function of (query position, key position) and is the same
-for every head (causal, windows, prefix, dilated, ...) and ALiBi/T5/soft-cap
-compose with the ring exactly as with the other impls.
+for every head (causal, windows, prefix, dilated, ...) and score modifiers of
+(query position, key position) compose with the ring exactly as with the other impls.
 
 Layouts (which global tokens a shard holds; ``c = N / (2S)``):
 
