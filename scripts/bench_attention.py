@@ -38,7 +38,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from attnlab.attention import dot_product_attention, efficient, masks  # noqa: E402
+from attnlab.attention import IMPLS, dot_product_attention, efficient, masks  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +47,7 @@ class Path:
   fn: Callable            # (q, k, v, n) -> out
   efficient: bool         # expected to scale ~linearly in N
   doc: str
+  tile: Callable | None = None   # n -> the tile dot_product_attention chooses (default options)
 
 
 def _softmax(impl, make_mask, block=512):
@@ -54,6 +55,18 @@ def _softmax(impl, make_mask, block=512):
     return dot_product_attention(q, k, v, mask=make_mask(n), impl=impl, block_q=block,
                                  block_kv=block)
   return fn
+
+
+def _default_tiles(make_mask):
+  """Through the public API with default options: the tile comes from the pattern."""
+  def fn(q, k, v, n):
+    return dot_product_attention(q, k, v, mask=make_mask(n), impl="blockwise")
+  return fn
+
+
+def _chosen_tile(make_mask):
+  smallest, largest = IMPLS.get("blockwise").tiles
+  return lambda n: masks.choose_tile(make_mask(n), n, n, smallest, largest)
 
 
 def make_paths(window: int, heads: int) -> list[Path]:
@@ -89,7 +102,18 @@ def make_paths(window: int, heads: int) -> list[Path]:
            "FAVOR+, 256 features, causal (chunked prefix sums)"),
       Path("linear", lambda q, k, v, n: efficient.linear_attention(q, k, v, causal=True), True,
            "elu+1 linear attention, causal (chunked prefix sums)"),
-  ]
+  ] + [   # the public API with default options: tiles chosen from the pattern (issue 20)
+      Path(f"{name}_default", _default_tiles(make), name != "causal", f"{what}, default tiles",
+           _chosen_tile(make))
+      for name, make, what in (
+          ("causal", causal, "blockwise dense causal"),
+          ("sliding_window", lambda n: masks.sliding_window(window), f"keys i-{window}..i"),
+          ("dilated", lambda n: masks.dilated(window // 4, 4) & masks.causal(),
+           f"every 4th key back to i-{window}"),
+          ("bigbird", lambda n: masks.bigbird(64, 3, 1, 2, seed=0, num_heads=heads, causal=True),
+           "BigBird blocks of 64, causal"),
+          ("longformer", lambda n: masks.longformer(window, [0], causal=True),
+           f"window {window} + global token 0, causal"))]
 
 
 def _compiled(fn, n, heads, head_dim, backward):
@@ -202,7 +226,8 @@ def speedups(rows, n, baseline="blockwise_causal"):
   return {p: at[baseline]["fwd_bwd_s"] / r["fwd_bwd_s"] for p, r in at.items()}
 
 
-def markdown(rows, paths, summary, fit_range, speedup_n, header) -> str:
+def markdown(rows, paths, summary, fit_range, speedup_n, header,
+             baseline="blockwise_causal") -> str:
   lengths = sorted({r["n"] for r in rows})
   lines = [header, "", "Forward+backward time (ms) / forward time (ms) / planned peak memory (MiB):",
            "", "| path | " + " | ".join(f"N={n}" for n in lengths) + " |",
@@ -220,14 +245,15 @@ def markdown(rows, paths, summary, fit_range, speedup_n, header) -> str:
     lines.append(f"| {p.name} | " + " | ".join(cells) + " |")
   lo, hi = fit_range
   lines += ["", f"Fitted exponents over N = {lo}..{hi} (time ~ N^a; memory ~ N^b), and speed-up "
-            f"of forward+backward over blockwise dense causal at N={speedup_n}:", "",
+            f"of forward+backward over `{baseline}` at N={speedup_n}:", "",
             "| path | what | time a (fwd+bwd) | time a (fwd) | memory b | speed-up |",
             "|---|---|---|---|---|---|"]
-  ups = speedups(rows, speedup_n)
+  ups = speedups(rows, speedup_n, baseline)
   for p in paths:
     s = summary[p.name]
+    doc = p.doc if p.tile is None else f"{p.doc} (tile {p.tile(speedup_n)} at N={speedup_n})"
     fmt = lambda x: "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.2f}"  # noqa: E731
-    lines.append(f"| {p.name} | {p.doc} | {fmt(s['time_exponent'])} | {fmt(s['fwd_exponent'])} | "
+    lines.append(f"| {p.name} | {doc} | {fmt(s['time_exponent'])} | {fmt(s['fwd_exponent'])} | "
                  f"{fmt(s['memory_exponent'])} | "
                  f"{fmt(ups.get(p.name)) + '×' if p.name in ups else '—'} |")
   skipped = [r for r in rows if r["status"] != "ok"]
@@ -281,6 +307,8 @@ def main(argv=None):
                       help="skip a size predicted to take longer than this (all repeats)")
   parser.add_argument("--fit", default="4096,16384", help="N range of the fitted exponents")
   parser.add_argument("--speedup_at", type=int, default=16384)
+  parser.add_argument("--baseline", default="blockwise_causal",
+                      help="the path the speed-ups are measured against")
   parser.add_argument("--out", default="docs/bench_attention")
   args = parser.parse_args(argv)
 
@@ -303,11 +331,13 @@ def main(argv=None):
             + f"\n\nDevice: {device.platform} ({device.device_kind}), {os.cpu_count()} cores, "
             f"jax {jax.__version__}, Python {platform.python_version()}; batch 1, "
             f"{args.heads} heads, head dim {args.head_dim}, float32, median of {args.repeats}.")
-  text = markdown(rows, paths, summary, fit_range, args.speedup_at, header)
+  text = markdown(rows, paths, summary, fit_range, args.speedup_at, header, args.baseline)
+  tiles = {p.name: {n: p.tile(n) for n in lengths} for p in paths if p.tile is not None}
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.with_suffix(".md").write_text(text)
-  out.with_suffix(".json").write_text(json.dumps({"rows": rows, "summary": summary}, indent=1))
+  out.with_suffix(".json").write_text(json.dumps({"rows": rows, "summary": summary, "tiles": tiles,
+                                                   "baseline": args.baseline}, indent=1))
   plot(rows, paths, summary, out.with_suffix(".png"))
   print(text)
   print(f"wrote {out.with_suffix('.md')}, .json, .png")

@@ -24,7 +24,7 @@ CONFIGS = {
 }
 POSITION = {"rope_causal_mha": "rope", "alibi_window_gqa": "alibi", "t5_bigbird_mqa": "t5",
             "kerple_causal_gqa": "kerple"}
-DEFAULT_TIER = ("alibi_window_gqa", "kerple_causal_gqa")
+DEFAULT_TIER = ("alibi_window_gqa",)
 
 
 def _losses(name, impl, steps=5):

@@ -53,12 +53,18 @@ class Implementation:
   options: tuple[Field, ...] = ()
   decode: Callable | None = None
   shards_sequence: bool = False   # serves a mesh whose 'sequence' axis splits the tokens
+  # (smallest, largest) square tile it picks from (masks.choose_tile) when the caller
+  # leaves block_q / block_kv unset; None for untiled implementations
+  tiles: tuple[int, int] | None = None
 
 
 IMPLS: Registry[Implementation] = Registry("model.attention.impl")
 
-BLOCK_Q = Field("block_q", 512, "query tile of the blockwise paths", minimum=1)
-BLOCK_KV = Field("block_kv", 512, "key tile of the blockwise paths", minimum=1)
+BLOCK_Q = Field("block_q", 0, "query tile of the tiled paths (blockwise, pallas); 0: chosen "
+                "from the pattern (masks.choose_tile: about a window's or block's extent, "
+                "large for dense patterns)", minimum=0)
+BLOCK_KV = Field("block_kv", 0, "key tile of the tiled paths; 0: chosen from the pattern",
+                 minimum=0)
 
 
 def impl_options(cfg) -> dict:
@@ -149,7 +155,7 @@ IMPLS.register("xla")(Implementation(
     xla_attention, _xla_unsupported, doc="jax.nn.dot_product_attention(implementation='xla')"))
 IMPLS.register("blockwise")(Implementation(
     _blockwise_fn, doc="pure-JAX tiled online softmax; O(N) memory; skips empty tiles",
-    options=(BLOCK_Q, BLOCK_KV)))
+    options=(BLOCK_Q, BLOCK_KV), tiles=(128, 512)))
 
 # Above this many score-matrix bytes, ``auto`` avoids the dense paths.
 AUTO_DENSE_LIMIT_BYTES = 64 * 2**20
@@ -259,8 +265,8 @@ def _check_shapes(q, k, v):
 
 
 def dot_product_attention(q, k, v, *, mask=None, bias=None, scale: float | None = None,
-                          impl: str = "auto", block_q: int = 512, block_kv: int = 512,
-                          **options):
+                          impl: str = "auto", block_q: int | None = None,
+                          block_kv: int | None = None, **options):
   """Scaled dot-product attention through the chosen implementation.
 
   Args:
@@ -272,7 +278,9 @@ def dot_product_attention(q, k, v, *, mask=None, bias=None, scale: float | None 
       array broadcastable to ``[batch, heads, q_len, kv_len]``, or None.
     scale: logit scale, default ``1/sqrt(head_dim)``.
     impl: a name in ``IMPLS`` or ``"auto"``.
-    block_q, block_kv: tile sizes of the blockwise paths.
+    block_q, block_kv: tile sizes of the tiled paths (``blockwise``, ``pallas``); None or
+      0: chosen from the pattern for the implementation that runs (``masks.choose_tile``
+      within its declared ``tiles``).
     **options: passed to the implementation (e.g. ``ring_layout`` for ``impl="ring"``).
 
   Returns:
@@ -293,6 +301,9 @@ def dot_product_attention(q, k, v, *, mask=None, bias=None, scale: float | None 
   reason = implementation.unsupported(q, k, v, mask, score_mod)
   if reason:
     raise ConfigError(reason)
+  if implementation.tiles and not (block_q and block_kv):
+    tile = masks_lib.choose_tile(mask, q.shape[1], k.shape[1], *implementation.tiles)
+    block_q, block_kv = block_q or tile, block_kv or tile
   return implementation.fn(q, k, v, mask=mask, score_mod=score_mod, scale=scale,
                            block_q=block_q, block_kv=block_kv, **options)
 

@@ -468,6 +468,36 @@ class BigBird(Mask):
     return _block_constant_map(matrix, self.block, q_len, kv_len, block_q, block_kv)
 
 
+def _closed_form(mask: Mask) -> bool:
+  """True when the pattern's block map is computed without evaluating it token by token."""
+  if isinstance(mask, (And, Or)):
+    return _closed_form(mask.left) and _closed_form(mask.right)
+  return type(mask).block_map is not Mask.block_map or isinstance(mask, DenseMask)
+
+
+def choose_tile(mask: Mask | None, q_len: int, kv_len: int, smallest: int, largest: int,
+                slack: float = 1.25) -> int:
+  """The default square tile for a tiled implementation: a power of two in
+  ``[smallest, largest]``.
+
+  The work of a tile size T is (visited tiles of the block map) x T^2. The tile is the
+  largest T whose work is within ``slack`` of the least work over the candidate sizes,
+  so a window or block pattern gets tiles about its own extent (larger ones would
+  mostly compute masked entries) while dense patterns keep large tiles (fewer loop
+  steps). No pattern, a traced one, or one whose block map would need the predicate
+  on every token pair: ``largest``.
+  """
+  if mask is None or not mask.is_static() or not _closed_form(mask):
+    return largest
+  sizes, t = [], largest
+  while t >= smallest:
+    sizes.append(t)
+    t //= 2
+  work = [int((mask.block_map(q_len, kv_len, t, t) != EMPTY).sum()) * t * t for t in sizes]
+  least = min(work)
+  return next(t for t, w in zip(sizes, work) if w <= slack * least)
+
+
 def causal() -> Mask:
   """Query i sees key j iff j <= i."""
   return SlidingWindow(left=None, right=0)

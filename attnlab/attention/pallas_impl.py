@@ -315,7 +315,7 @@ def pallas_decode(q, k, v, *, lengths, mask, score_mod, scale, block_kv: int = M
     return None
   return decode_kernels.flash_decode(
       q, k, v, lengths, scale=scale, score_fn=_score_fn(score_mod, heads),
-      window=None if band is None else band[0], block_kv=min(int(block_kv), MAX_BLOCK),
+      window=None if band is None else band[0], block_kv=min(int(block_kv or MAX_BLOCK), MAX_BLOCK),
       interpret=interpret)
 
 
@@ -323,4 +323,4 @@ IMPLS.register("pallas")(Implementation(
     pallas_attention, pallas_unsupported,
     doc="fused Pallas flash attention (GPU; CPU in interpret mode): block-sparse, any "
         "score modifier in-kernel, custom backward",
-    options=(BLOCK_Q, BLOCK_KV), decode=pallas_decode))
+    options=(BLOCK_Q, BLOCK_KV), decode=pallas_decode, tiles=(64, MAX_BLOCK)))
