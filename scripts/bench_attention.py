@@ -65,8 +65,7 @@ def _default_tiles(make_mask):
 
 
 def _chosen_tile(make_mask):
-  smallest, largest = IMPLS.get("blockwise").tiles
-  return lambda n: masks.choose_tile(make_mask(n), n, n, smallest, largest)
+  return lambda n: masks.choose_tile(make_mask(n), n, n, *IMPLS.get("blockwise").tiles)
 
 
 def make_paths(window: int, heads: int) -> list[Path]:
@@ -337,7 +336,11 @@ def main(argv=None):
   out.parent.mkdir(parents=True, exist_ok=True)
   out.with_suffix(".md").write_text(text)
   out.with_suffix(".json").write_text(json.dumps({"rows": rows, "summary": summary, "tiles": tiles,
-                                                   "baseline": args.baseline}, indent=1))
+                                                   "baseline": args.baseline,
+                                                   "speedup_at": args.speedup_at,
+                                                   "speedups": speedups(rows, args.speedup_at,
+                                                                        args.baseline)},
+                                                  indent=1))
   plot(rows, paths, summary, out.with_suffix(".png"))
   print(text)
   print(f"wrote {out.with_suffix('.md')}, .json, .png")

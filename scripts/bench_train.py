@@ -1,6 +1,12 @@
 """Training-step speed of a config: ms/step and tokens/s, one row per attention impl.
 
   python scripts/bench_train.py --config=configs/lm.py:baby_gpt --impls=auto,reference,xla,blockwise
+  python scripts/bench_train.py --config=configs/lm.py:baby_gpt --torch --json=docs/bench_train_torch.json
+
+``--torch`` also times the same model in PyTorch (``scripts/torch_gpt.py``; PyTorch is an
+optional benchmark dependency, never a runtime one) on the same batches, interleaved
+with attnlab's steps in blocks of ``--block`` steps so both see the same machine load,
+and prints the ratio of median ms/step (attnlab / PyTorch).
 
 Times the full jitted step (forward, backward, AdamW update) on real batches,
 after ``--warmup`` untimed steps; reports the median and the mean of ``--steps``
@@ -34,6 +40,67 @@ _IMPLS = flags.DEFINE_list("impls", ["auto"], "Values of model.attention.impl to
 _STEPS = flags.DEFINE_integer("steps", 100, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed steps (the first compiles).")
 _JSON = flags.DEFINE_string("json", None, "Also write the rows (and the machine) to this JSON file.")
+_TORCH = flags.DEFINE_boolean("torch", False, "Also time the PyTorch equivalent, interleaved.")
+_BLOCK = flags.DEFINE_integer("block", 10, "With --torch: steps per turn of each framework.")
+
+
+def attnlab_runner(config):
+  """(params, next_step() -> seconds, tokens/step) for an attnlab config."""
+  cfg = config_lib.resolve(config)
+  model = TransformerLM(cfg.model)
+  tx = make_optimizer(cfg.train)
+  box = {"state": init_state(model, tx, cfg), "i": 0}
+  step_fn = make_train_step(model, tx, cfg.train.seed, dropout=cfg.model.dropout > 0)
+  batch = data.make_batches(cfg).train
+
+  def next_step():
+    arrays = batch(box["i"])
+    box["i"] += 1
+    t0 = time.perf_counter()
+    box["state"], m = step_fn(box["state"], *arrays)
+    float(m["loss"])
+    return time.perf_counter() - t0
+
+  return num_params(box["state"]["params"]), next_step, cfg
+
+
+def torch_runner(cfg):
+  """The same for the PyTorch equivalent (scripts/torch_gpt.py), on the same batches."""
+  import numpy as np
+  import torch
+  import torch_gpt
+  torch.manual_seed(cfg.train.seed)
+  model, _, step = torch_gpt.from_config(cfg)
+  batch = data.make_batches(cfg).train
+  box = {"i": 0}
+
+  def next_step():
+    tokens, targets = (torch.from_numpy(np.asarray(x, np.int64)) for x in batch(box["i"]))
+    box["i"] += 1
+    t0 = time.perf_counter()
+    float(step(tokens, targets))
+    return time.perf_counter() - t0
+
+  return sum(p.numel() for p in model.parameters()), next_step, torch
+
+
+def side_by_side(config, steps: int, warmup: int, block: int) -> dict:
+  """Median ms/step of attnlab and PyTorch, timed in alternating blocks of steps."""
+  n_params, jax_step, cfg = attnlab_runner(config)
+  torch_params, torch_step, torch = torch_runner(cfg)
+  for _ in range(warmup):
+    jax_step()
+    torch_step()
+  times = {"attnlab": [], "torch": []}
+  while len(times["attnlab"]) < steps:
+    times["attnlab"] += [jax_step() for _ in range(block)]
+    times["torch"] += [torch_step() for _ in range(block)]
+  med = {k: 1000 * statistics.median(v) for k, v in times.items()}
+  return {"params": n_params, "torch_params": torch_params,
+          "tokens_per_step": cfg.train.batch_size * cfg.data.seq_len,
+          "attnlab_median_ms": med["attnlab"], "torch_median_ms": med["torch"],
+          "ratio": med["attnlab"] / med["torch"], "torch": torch.__version__,
+          "torch_threads": torch.get_num_threads()}
 
 
 def time_steps(config, steps: int, warmup: int) -> dict:
@@ -71,10 +138,23 @@ def main(argv):
                  python=platform.python_version(), steps=_STEPS.value, warmup=_WARMUP.value)
   print(f"device: {machine['device']} ({machine['processor']}), jax {jax.__version__}, "
         f"{_STEPS.value} timed steps\n")
-  print("| impl | params | tokens/step | compile s | median ms/step | mean ms/step | tokens/s |")
-  print("|---|---|---|---|---|---|---|")
+  if not _TORCH.value:
+    print("| impl | params | tokens/step | compile s | median ms/step | mean ms/step | tokens/s |")
+    print("|---|---|---|---|---|---|---|")
   rows = []
-  for impl in _IMPLS.value:
+  if _TORCH.value:
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+    print("| impl | params (attnlab / torch) | attnlab median ms/step | PyTorch median ms/step "
+          "| ratio |")
+    print("|---|---|---|---|---|")
+    for impl in _IMPLS.value:
+      config = _CONFIG.value.copy_and_resolve_references()
+      config.model.attention.impl = impl
+      r = dict(impl=impl, **side_by_side(config, _STEPS.value, _WARMUP.value, _BLOCK.value))
+      rows.append(r)
+      print(f"| {impl} | {r['params']:,} / {r['torch_params']:,} | {r['attnlab_median_ms']:.1f} "
+            f"| {r['torch_median_ms']:.1f} | {r['ratio']:.2f}× |", flush=True)
+  for impl in ([] if _TORCH.value else _IMPLS.value):
     config = _CONFIG.value.copy_and_resolve_references()
     config.model.attention.impl = impl
     r = dict(impl=impl, **time_steps(config, _STEPS.value, _WARMUP.value))

@@ -53,9 +53,10 @@ class Implementation:
   options: tuple[Field, ...] = ()
   decode: Callable | None = None
   shards_sequence: bool = False   # serves a mesh whose 'sequence' axis splits the tokens
-  # (smallest, largest) square tile it picks from (masks.choose_tile) when the caller
-  # leaves block_q / block_kv unset; None for untiled implementations
-  tiles: tuple[int, int] | None = None
+  # (smallest, largest, per-tile overhead in score entries): the square tiles it picks
+  # from (masks.choose_tile) when the caller leaves block_q / block_kv unset; None for
+  # untiled implementations
+  tiles: tuple[int, int, int] | None = None
 
 
 IMPLS: Registry[Implementation] = Registry("model.attention.impl")
@@ -144,7 +145,7 @@ def _may_have_empty_rows(mask, q_len: int, kv_len: int) -> bool:
 
 
 def _blockwise_fn(q, k, v, *, mask=None, score_mod=None, scale: float,
-                  block_q: int = 512, block_kv: int = 512, **unused):
+                  block_q: int | None = None, block_kv: int | None = None, **unused):
   return blockwise_attention(q, k, v, mask=mask, score_mod=score_mod, scale=scale,
                              block_q=block_q, block_kv=block_kv)
 
@@ -155,7 +156,10 @@ IMPLS.register("xla")(Implementation(
     xla_attention, _xla_unsupported, doc="jax.nn.dot_product_attention(implementation='xla')"))
 IMPLS.register("blockwise")(Implementation(
     _blockwise_fn, doc="pure-JAX tiled online softmax; O(N) memory; skips empty tiles",
-    options=(BLOCK_Q, BLOCK_KV), tiles=(128, 512)))
+    # measured on 2 CPU cores (N = 16k, 4 heads, d = 64, fwd+bwd; docs/bench_tiles.md):
+    # 256 is the fastest dense tile (512 and 128 are slower), 64 the fastest for BigBird
+    # blocks of 64; a tile step costs about half a 256 x 256 tile of scores
+    options=(BLOCK_Q, BLOCK_KV), tiles=(64, 256, 2**15)))
 
 # Above this many score-matrix bytes, ``auto`` avoids the dense paths.
 AUTO_DENSE_LIMIT_BYTES = 64 * 2**20
@@ -301,6 +305,7 @@ def dot_product_attention(q, k, v, *, mask=None, bias=None, scale: float | None 
   reason = implementation.unsupported(q, k, v, mask, score_mod)
   if reason:
     raise ConfigError(reason)
+  block_q, block_kv = block_q or None, block_kv or None     # 0 (the config's default): unset
   if implementation.tiles and not (block_q and block_kv):
     tile = masks_lib.choose_tile(mask, q.shape[1], k.shape[1], *implementation.tiles)
     block_q, block_kv = block_q or tile, block_kv or tile

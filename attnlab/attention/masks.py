@@ -476,26 +476,29 @@ def _closed_form(mask: Mask) -> bool:
 
 
 def choose_tile(mask: Mask | None, q_len: int, kv_len: int, smallest: int, largest: int,
-                slack: float = 1.25) -> int:
+                overhead: int = 0) -> int:
   """The default square tile for a tiled implementation: a power of two in
   ``[smallest, largest]``.
 
-  The work of a tile size T is (visited tiles of the block map) x T^2. The tile is the
-  largest T whose work is within ``slack`` of the least work over the candidate sizes,
-  so a window or block pattern gets tiles about its own extent (larger ones would
-  mostly compute masked entries) while dense patterns keep large tiles (fewer loop
-  steps). No pattern, a traced one, or one whose block map would need the predicate
-  on every token pair: ``largest``.
+  A tile size T costs, per visited tile of the block map, its T^2 scores (twice that
+  on a PARTIAL tile, which also evaluates the pattern and masks) plus ``overhead``, a
+  fixed cost per tile (loop step, slicing) in score entries. The cheapest T wins (the
+  larger on a tie), so a window or block pattern gets tiles about its own extent or
+  block (larger ones would mostly compute masked entries) and dense patterns get
+  ``largest``. No pattern, a traced one, or one whose block map would need the
+  predicate on every token pair: ``largest``.
   """
   if mask is None or not mask.is_static() or not _closed_form(mask):
     return largest
-  sizes, t = [], largest
+  best, best_cost, t = largest, None, largest
   while t >= smallest:
-    sizes.append(t)
+    block_map = mask.block_map(q_len, kv_len, t, t)
+    full, partial = int((block_map == FULL).sum()), int((block_map == PARTIAL).sum())
+    cost = full * (t * t + overhead) + partial * (2 * t * t + overhead)
+    if best_cost is None or cost < best_cost:
+      best, best_cost = t, cost
     t //= 2
-  work = [int((mask.block_map(q_len, kv_len, t, t) != EMPTY).sum()) * t * t for t in sizes]
-  least = min(work)
-  return next(t for t, w in zip(sizes, work) if w <= slack * least)
+  return best
 
 
 def causal() -> Mask:

@@ -323,4 +323,5 @@ IMPLS.register("pallas")(Implementation(
     pallas_attention, pallas_unsupported,
     doc="fused Pallas flash attention (GPU; CPU in interpret mode): block-sparse, any "
         "score modifier in-kernel, custom backward",
-    options=(BLOCK_Q, BLOCK_KV), decode=pallas_decode, tiles=(64, MAX_BLOCK)))
+    options=(BLOCK_Q, BLOCK_KV), decode=pallas_decode,
+    tiles=(64, MAX_BLOCK, 2**13)))   # per-tile overhead not yet measured on a GPU
