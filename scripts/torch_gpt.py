@@ -22,10 +22,10 @@ class Block(nn.Module):
   def __init__(self, d: int, heads: int, mlp_ratio: int, bias: bool):
     super().__init__()
     self.heads = heads
-    self.ln1 = nn.LayerNorm(d, bias=bias)
+    self.ln1 = nn.LayerNorm(d, eps=1e-6, bias=bias)          # flax's epsilon
     self.qkv = nn.Linear(d, 3 * d, bias=bias)
     self.proj = nn.Linear(d, d, bias=bias)
-    self.ln2 = nn.LayerNorm(d, bias=bias)
+    self.ln2 = nn.LayerNorm(d, eps=1e-6, bias=bias)
     self.up = nn.Linear(d, mlp_ratio * d, bias=bias)
     self.down = nn.Linear(mlp_ratio * d, d, bias=bias)
 
@@ -45,7 +45,7 @@ class GPT(nn.Module):
     self.tok = nn.Embedding(vocab, d)
     self.pos = nn.Embedding(context, d)
     self.blocks = nn.ModuleList(Block(d, heads, mlp_ratio, bias) for _ in range(layers))
-    self.ln_f = nn.LayerNorm(d, bias=bias)
+    self.ln_f = nn.LayerNorm(d, eps=1e-6, bias=bias)
     self.head = nn.Linear(d, vocab, bias=False)
     self.head.weight = self.tok.weight                       # tied
     for name, p in self.named_parameters():
@@ -79,6 +79,6 @@ def from_config(cfg):
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
     opt.step()
-    return loss
+    return loss.detach()
 
   return model, opt, step

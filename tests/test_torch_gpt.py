@@ -1,0 +1,68 @@
+"""scripts/torch_gpt.py, the PyTorch model bench_train.py times beside attnlab's, computes
+the same function: loaded with an attnlab baby-GPT's weights it gives the same loss and
+the same gradients (so the side-by-side timing compares equal arithmetic). PyTorch is an
+optional benchmark dependency: without it this test is skipped."""
+
+import importlib.util
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import REPO
+
+torch = pytest.importorskip("torch")
+
+from attnlab import config_lib  # noqa: E402
+from attnlab.models import TransformerLM  # noqa: E402
+
+
+def _load(name, path):
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[name] = module
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_same_loss_and_gradients_as_attnlab():
+  torch_gpt = _load("torch_gpt", REPO / "scripts" / "torch_gpt.py")
+  lm = _load("lm_configs", REPO / "configs" / "lm.py")
+  cfg = config_lib.resolve(lm.get_config("baby_gpt"))
+  model = TransformerLM(cfg.model)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+  params = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(1), x.shape),
+                        params)                          # norms away from 1
+  tokens = np.random.default_rng(0).integers(0, 256, (3, cfg.data.seq_len + 1))
+
+  def loss_fn(p):
+    logits = model.apply({"params": p}, jnp.asarray(tokens[:, :-1], jnp.int32))
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+    return -jnp.mean(jnp.take_along_axis(logp, jnp.asarray(tokens[:, 1:])[..., None], -1))
+
+  loss, grads = jax.value_and_grad(loss_fn)(params)
+
+  tm, _, _ = torch_gpt.from_config(cfg)
+  t = lambda x: torch.tensor(np.asarray(x), dtype=torch.float32)  # noqa: E731
+  with torch.no_grad():
+    tm.tok.weight.copy_(t(params["embed"]["embedding"]))
+    tm.pos.weight.copy_(t(params["position_table"]))
+    tm.ln_f.weight.copy_(t(params["norm_final"]["scale"]))
+    for i, block in enumerate(tm.blocks):
+      p = params[f"block_{i}"]
+      block.ln1.weight.copy_(t(p["norm_attention"]["scale"]))
+      block.ln2.weight.copy_(t(p["norm_mlp"]["scale"]))
+      block.qkv.weight.copy_(t(p["attention"]["qkv"]["kernel"]).T)   # flax [in, out]
+      block.proj.weight.copy_(t(p["attention"]["out"]["kernel"]).T)
+      block.up.weight.copy_(t(p["mlp"]["up"]["kernel"]).T)
+      block.down.weight.copy_(t(p["mlp"]["down"]["kernel"]).T)
+  tl = tm(torch.tensor(tokens[:, :-1]), torch.tensor(tokens[:, 1:]))
+  tl.backward()
+  assert abs(float(tl.detach()) - float(loss)) < 1e-5 * max(1.0, float(loss))
+  pairs = [(tm.tok.weight.grad, grads["embed"]["embedding"]),
+           (tm.blocks[0].qkv.weight.grad.T, grads["block_0"]["attention"]["qkv"]["kernel"]),
+           (tm.blocks[3].down.weight.grad.T, grads["block_3"]["mlp"]["down"]["kernel"]),
+           (tm.pos.weight.grad, grads["position_table"])]
+  for got, want in pairs:
+    np.testing.assert_allclose(got.numpy(), np.asarray(want), rtol=2e-3, atol=2e-6)
