@@ -24,7 +24,7 @@ CONFIGS = {
 }
 POSITION = {"rope_causal_mha": "rope", "alibi_window_gqa": "alibi", "t5_bigbird_mqa": "t5",
             "kerple_causal_gqa": "kerple"}
-DEFAULT_TIER = ("alibi_window_gqa",)
+DEFAULT_TIER = ()   # all slow: tests/test_kv_cache_pallas.py runs models through the kernel by default
 
 
 def _losses(name, impl, steps=5):
