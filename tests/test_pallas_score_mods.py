@@ -342,9 +342,12 @@ def test_zoo_in_the_tpu_interpreter(name, monkeypatch):
 # ----------------------------------------------------------------------------- lowering and refusals
 
 def test_every_allowed_primitive_has_a_lowering_rule_on_both_backends():
-  from jax._src.pallas.mosaic import core as tpu_core
-  from jax._src.pallas.mosaic import lowering as mosaic
-  from jax._src.pallas.triton import lowering as triton
+  try:   # JAX internals: the rule tables move between versions
+    from jax._src.pallas.mosaic import core as tpu_core
+    from jax._src.pallas.mosaic import lowering as mosaic
+    from jax._src.pallas.triton import lowering as triton
+  except ImportError as e:
+    pytest.skip(f"this JAX keeps its Pallas lowering rules elsewhere: {e}")
   triton_rules = {p.name for p in triton.triton_lowering_rules}
   mosaic_rules = {p.name for p in mosaic.lowering_rules[tpu_core.CoreType.TC]}
   aliases = {"pjit": "jit", "copy_p": "copy"}

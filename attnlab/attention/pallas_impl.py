@@ -174,13 +174,25 @@ def _tile_fn(treedef):
   return fn
 
 
+def _sub_jaxprs(value):
+  """The jaxprs an equation parameter holds (a jaxpr, a closed jaxpr, or a sequence)."""
+  if hasattr(value, "eqns"):
+    return [value]
+  if hasattr(value, "jaxpr") and hasattr(value.jaxpr, "eqns"):
+    return [value.jaxpr]
+  if isinstance(value, (list, tuple)):
+    return [j for v in value for j in _sub_jaxprs(v)]
+  return []
+
+
 def _primitives(jaxpr) -> set[str]:
   """Names of every primitive in a jaxpr and its sub-jaxprs."""
   names = set()
   for eqn in jaxpr.eqns:
     names.add(eqn.primitive.name)
-    for sub in jax.core.jaxprs_in_params(eqn.params):
-      names |= _primitives(sub)
+    for value in eqn.params.values():
+      for sub in _sub_jaxprs(value):
+        names |= _primitives(sub)
   return names
 
 
@@ -247,7 +259,10 @@ def score_mod_problem(score_mod, heads: int) -> str | None:
             f"'reference'")
   leaves, treedef = jax.tree_util.tree_flatten(score_mod)
   avals = tuple((tuple(np.shape(x)), jnp.result_type(x)) for x in leaves)
-  return _score_mod_problem(treedef, avals, heads)
+  try:
+    return _score_mod_problem(treedef, avals, heads)
+  except TypeError:   # static fields that cannot be hashed: check without the cache
+    return _score_mod_problem.__wrapped__(treedef, avals, heads)
 
 
 def _score_fn(score_mod, heads: int):
