@@ -330,9 +330,8 @@ def _compiler_params(st: _Static, head_dim: int):
   return None
 
 
-def _call(kernel, st: _Static, grid, args_and_specs, out_shape, out_specs, name):
+def _call(kernel, st: _Static, grid, args_and_specs, out_shape, out_specs, name, head_dim):
   arrays = [a for a, _ in args_and_specs]
-  head_dim = arrays[-6 if name != "flash_fwd" else -3].shape[-1]   # q's
   specs = [_whole(a, st) if spec is None else spec for a, spec in args_and_specs]
   return pl.pallas_call(
       functools.partial(kernel, st=st), grid=grid, in_specs=specs,
@@ -381,7 +380,8 @@ def _forward(st: _Static, fwd_tables, extras, q, k, v):
                jax.ShapeDtypeStruct((b, h, nq_pad), _F32)]
   out_specs = [pl.BlockSpec((None, None, bq, dv), lambda b_, h_, i: (b_, h_, i, 0)),
                pl.BlockSpec((None, None, bq), lambda b_, h_, i: (b_, h_, i))]
-  return _call(_fwd_kernel, st, (b, h, nq_pad // bq), args, out_shape, out_specs, "flash_fwd")
+  return _call(_fwd_kernel, st, (b, h, nq_pad // bq), args, out_shape, out_specs, "flash_fwd",
+               d)
 
 
 def _backward(st: _Static, fwd_tables, bwd_tables, extras, q, k, v, out, lse, do):
@@ -406,7 +406,8 @@ def _backward(st: _Static, fwd_tables, bwd_tables, extras, q, k, v, out, lse, do
   out_specs = [pl.BlockSpec((None, None, bq, d), lambda b_, h_, i: (b_, h_, i, 0))] + [
       pl.BlockSpec((None, None, None, *x.shape[1:]),
                    lambda b_, h_, i, z=(0,) * (x.ndim - 1): (b_, h_, i, *z)) for x in params]
-  dq, *dparams = _call(_dq_kernel, st, (b, h, nq_tiles), args, out_shape, out_specs, "flash_dq")
+  dq, *dparams = _call(_dq_kernel, st, (b, h, nq_tiles), args, out_shape, out_specs, "flash_dq",
+                      d)
 
   args = _small_operands(st, bwd_tables, extras, False) + [
       (q, pl.BlockSpec((None, g, nq_pad, d), lambda b_, hk, j: (b_, hk, 0, 0))),
@@ -419,7 +420,7 @@ def _backward(st: _Static, fwd_tables, bwd_tables, extras, q, k, v, out, lse, do
   out_specs = [pl.BlockSpec((None, None, bk, d), lambda b_, hk, j: (b_, hk, j, 0)),
                pl.BlockSpec((None, None, bk, dv), lambda b_, hk, j: (b_, hk, j, 0))]
   dk, dv_ = _call(_dkv_kernel, st, (b, hkv, nk_pad // bk), args, out_shape, out_specs,
-                  "flash_dkv")
+                  "flash_dkv", d)
   return dq, dk, dv_, [x.sum(axis=(0, 2)) for x in dparams]
 
 

@@ -254,6 +254,13 @@ def _cell(row) -> str:
   return f"{row['tflops']:.1f}"
 
 
+def _seconds(rows, impl, head_dim, causal, n, mode):
+  """The measured seconds of one cell, or None."""
+  hits = [r for r in rows if r["impl"] == impl and r["head_dim"] == head_dim
+          and r["causal"] == causal and r["n"] == n and r["mode"] == mode and r["seconds"]]
+  return hits[0]["seconds"] if hits else None
+
+
 def markdown(rows, errors, lengths, header: str) -> str:
   lines = [header, ""]
   units = ("TFLOP/s" if jax.default_backend() in ("gpu", "tpu")
@@ -278,13 +285,10 @@ def markdown(rows, errors, lengths, header: str) -> str:
               "|---|---|" + "---|" * len(lengths)]
   for name in sparse:
     for d in sorted({r["head_dim"] for r in rows}):
-      def t(impl, n):
-        hits = [r for r in rows if r["impl"] == impl and r["head_dim"] == d and r["causal"]
-                and r["n"] == n and r["mode"] == "fwd+bwd" and r["seconds"]]
-        return hits[0]["seconds"] if hits else None
       cells = []
       for n in lengths:
-        dense, sparse = t("attnlab_pallas", n), t(name, n)
+        dense = _seconds(rows, "attnlab_pallas", d, True, n, "fwd+bwd")
+        sparse = _seconds(rows, name, d, True, n, "fwd+bwd")
         cells.append(f"{dense / sparse:.2f}×" if dense and sparse else "")
       if any(cells):
         lines.append(f"| {name.removeprefix('pallas_')} | {d} | " + " | ".join(cells) + " |")
@@ -297,14 +301,10 @@ def markdown(rows, errors, lengths, header: str) -> str:
     for name in mods:
       for (d, causal) in sorted({(r["head_dim"], r["causal"]) for r in rows}):
         for mode in ("fwd", "fwd+bwd"):
-          def secs(impl, n):
-            hits = [r for r in rows if r["impl"] == impl and r["head_dim"] == d
-                    and r["causal"] == causal and r["n"] == n and r["mode"] == mode
-                    and r["seconds"]]
-            return hits[0]["seconds"] if hits else None
           cells = []
           for n in lengths:
-            base, modded = secs("attnlab_pallas", n), secs(name, n)
+            base = _seconds(rows, "attnlab_pallas", d, causal, n, mode)
+            modded = _seconds(rows, name, d, causal, n, mode)
             cells.append(f"{modded / base:.2f}×" if base and modded else "")
           if any(cells):
             lines.append(f"| {name.removeprefix('pallas_')} | {d} | {causal} | {mode} | "

@@ -79,6 +79,11 @@ def test_pallas_cached_decoding_equals_full_forward(position, kv_heads, decode_c
   # traced by this test (its model is used by no other): the kernel ran once per layer
   assert len(decode_calls) == cfg.model.num_layers
   assert all((c["score_fn"] is not None) == (position == "alibi") for c in decode_calls)
+  for c in decode_calls:   # ALiBi's slopes, per head, reach the kernel: 2^(-8 (h + 1) / H)
+    if c["score_fn"] is not None:
+      heads = cfg.model.attention.num_heads
+      want = 2.0 ** (-8.0 * np.arange(1, heads + 1) / heads)
+      np.testing.assert_allclose(np.ravel(c["score_fn"].params[0]), want, rtol=1e-6)
 
 
 def test_pallas_sliding_window_on_a_full_cache(decode_calls):
