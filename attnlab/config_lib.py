@@ -35,6 +35,20 @@ CORE_ATTENTION_FIELDS = (
 )
 
 
+# model fields added after the first runs were written: configs without them load at these
+# defaults, which are the behaviour before the field existed (pretrained families need them).
+MODEL_FIELDS = (
+    Field("norm_eps", 1e-6, "epsilon of every norm (GPT-2, BLOOM, Pythia: 1e-5)", minimum=0.0),
+    Field("mlp_hidden", 0, "MLP hidden width; 0: mlp_ratio * d_model (gelu) or 2/3 of it "
+          "rounded up to 8 (swiglu)", minimum=0),
+    Field("parallel_residual", False, "x + attn(norm(x)) + mlp(norm'(x)) (GPT-NeoX)"),
+    Field("qkv_bias", False, "biases on the q/k/v projection even when use_bias is False (Qwen2)"),
+    Field("embed_norm", False, "a norm on the token embeddings (BLOOM)"),
+    Field("param_dtype", "float32", "dtype the parameters are stored in",
+          choices=("float32", "bfloat16")),
+)
+
+
 # ----------------------------------------------------------------------------- declarations
 
 def _attention_groups():
@@ -85,6 +99,12 @@ def with_declared_defaults(config) -> ml_collections.ConfigDict:
   added keep loading."""
   config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, "to_dict") else config)
   m = config.model
+  if m.get("arch", "transformer") == "transformer" and "num_layers" in m:
+    for f in MODEL_FIELDS:
+      if f.name not in m:
+        m[f.name] = f.default
+  if "data" in config and "corpus" in config.data and "tokenizer" not in config.data:
+    config.data.tokenizer = "bytes"
   for block, fields in (("attention", attention_fields()), ("position", position_fields())):
     if block in m:
       for name, f in fields.items():
@@ -127,6 +147,8 @@ def describe_variants() -> str:
     out.append("")
   out += ["## Shared fields", ""]
   out += rows(CORE_ATTENTION_FIELDS) + rows(positional.COMMON_FIELDS)
+  out += ["", "## Model fields (`model.*`) for pretrained families", ""]
+  out += rows(MODEL_FIELDS)
   return "\n".join(out) + "\n"
 
 
@@ -219,9 +241,15 @@ def validate(config) -> None:
   _choice(m.dtype, "model.dtype", DTYPES)
   for field in ("num_layers", "d_model", "vocab_size", "mlp_ratio"):
     _positive_int(m[field], f"model.{field}")
-  if m.vocab_size != data.VOCAB_SIZE:
-    raise ConfigError(f"model.vocab_size={m.vocab_size} must be {data.VOCAB_SIZE}: the data are "
-                      f"UTF-8 bytes (ids 0..{data.VOCAB_SIZE - 1})")
+  for f in MODEL_FIELDS:
+    if f.name in m:
+      f.validate(m[f.name], f"model.{f.name}", {"block": m}, "model")
+  tokens = data.tokenizer_vocab_size(d)
+  if m.vocab_size < tokens or (d.get("tokenizer", "bytes") == "bytes" and m.vocab_size != tokens):
+    what = ("the data are UTF-8 bytes (ids 0..255)" if d.get("tokenizer", "bytes") == "bytes"
+            else f"data.tokenizer={d.tokenizer!r} has {tokens} tokens")
+    need = f"must be {tokens}" if d.get("tokenizer", "bytes") == "bytes" else f"must be >= {tokens}"
+    raise ConfigError(f"model.vocab_size={m.vocab_size} {need}: {what}")
   for field in ("num_heads", "num_kv_heads"):
     _positive_int(a[field], f"model.attention.{field}")
   if a.num_heads % a.num_kv_heads:

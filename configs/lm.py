@@ -26,7 +26,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.use_bias = False
   c.model.tie_embeddings = True
   c.model.dropout = 0.0               # embedding and residual dropout
-  c.model.dtype = "float32"           # compute dtype: float32 | bfloat16 (params stay float32)
+  c.model.dtype = "float32"           # compute dtype: float32 | bfloat16
+  c.model.param_dtype = "float32"     # parameter dtype: float32 | bfloat16
+  # what pretrained families need (docs/pretrained.md); the defaults are attnlab's own model
+  c.model.norm_eps = 1e-6             # GPT-2, BLOOM, Pythia: 1e-5
+  c.model.mlp_hidden = 0              # 0: mlp_ratio * d_model (gelu), 2/3 of it (swiglu)
+  c.model.parallel_residual = False   # GPT-NeoX: x + attn(norm(x)) + mlp(norm'(x))
+  c.model.qkv_bias = False            # Qwen2: biases on q/k/v only
+  c.model.embed_norm = False          # BLOOM: a norm on the token embeddings
 
   # Every field the registered kinds, patterns, impls and position schemes declare, at
   # its declared default (docs/variants.md lists them; a new variant's fields appear here
@@ -37,6 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.corpus = "builtin"           # the Python standard library's source; or "tinyshakespeare"
   c.data.path = ""                    # a text file; when set it replaces the corpus
+  c.data.tokenizer = "bytes"          # "bytes" (vocabulary 256) or a tokenizer.json path
   c.data.seq_len = 128
   c.data.valid_fraction = 0.1
 

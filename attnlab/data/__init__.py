@@ -1,10 +1,11 @@
-"""Tokenizer, corpora and batches.
+"""Tokenizers, corpora and batches.
 
-- ``ByteTokenizer``: UTF-8 bytes, vocabulary 256; lossless on any text.
+- ``get_tokenizer(data_cfg)``: ``data.tokenizer`` = ``"bytes"`` (``ByteTokenizer``: UTF-8
+  bytes, vocabulary 256, lossless on any text) or a ``tokenizer.json`` (``tokenization``).
 - ``load_corpus(data_cfg)``: a named corpus (``builtin``: the Python standard
   library's own source, present wherever attnlab runs; ``tinyshakespeare``: shipped in
   ``attnlab/data/corpora/``; no download either way) or any text file (``data.path``),
-  split deterministically into train (first 90%) and valid.
+  split deterministically into train (first 90% of its bytes) and valid, then tokenized.
 - ``get_batch(tokens, ...)``: a pure function of (seed, step): resumed runs see
   exactly the batches an uninterrupted run would.
 - ``tasks``: algorithmic sequence-to-sequence tasks (Delétang et al. 2023) for length
@@ -24,32 +25,31 @@ import numpy as np
 
 from attnlab.registry import ConfigError
 
-VOCAB_SIZE = 256
+from attnlab.data.tokenization import (BYTE_VOCAB_SIZE, ByteTokenizer, HFTokenizer,
+                                       get_tokenizer, tokenizer_vocab_size)
 
-
-class ByteTokenizer:
-  """Text <-> UTF-8 byte ids in [0, 256)."""
-  vocab_size = VOCAB_SIZE
-
-  @staticmethod
-  def encode(text: str) -> np.ndarray:
-    return np.frombuffer(text.encode("utf-8"), np.uint8).copy()
-
-  @staticmethod
-  def decode(ids) -> str:
-    return bytes(np.asarray(ids, np.uint8).tolist()).decode("utf-8", errors="replace")
+VOCAB_SIZE = BYTE_VOCAB_SIZE
 
 
 @dataclasses.dataclass(frozen=True)
 class Corpus:
+  """A corpus's two splits as token ids and, for each token, the UTF-8 bytes it stands for
+  (``*_bytes``; all ones for the byte tokenizer)."""
   name: str
-  train: np.ndarray   # uint8 [n_train]
-  valid: np.ndarray   # uint8 [n_valid]
+  train: np.ndarray         # uint8 (bytes) or int32 (a tokenizer.json) [n_train]
+  valid: np.ndarray         # [n_valid]
+  train_bytes: np.ndarray | None = None   # int32 [n_train]; None: one byte per token
+  valid_bytes: np.ndarray | None = None
 
   def split(self, name: str) -> np.ndarray:
     if name not in ("train", "valid"):
       raise ValueError(f"split={name!r}; valid: 'train', 'valid'")
     return self.train if name == "train" else self.valid
+
+  def token_bytes(self, name: str) -> np.ndarray:
+    """int32 [n]: the UTF-8 bytes each token of split ``name`` stands for."""
+    tokens, counts = self.split(name), self.train_bytes if name == "train" else self.valid_bytes
+    return np.ones(len(tokens), np.int32) if counts is None else counts
 
 
 _STDLIB_SKIP = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test",
@@ -110,9 +110,14 @@ def load_corpus(data_cfg) -> Corpus:
   else:
     raise ConfigError(f"data.corpus={data_cfg.corpus!r} is not valid; valid: "
                       f"{', '.join(map(repr, CORPORA))} (or set data.path=FILE for a text file)")
-  tokens = np.frombuffer(raw, np.uint8)
-  train, valid = split_tokens(tokens, data_cfg.valid_fraction)
-  return Corpus(name, train, valid)
+  train, valid = split_tokens(np.frombuffer(raw, np.uint8), data_cfg.valid_fraction)
+  tokenizer = get_tokenizer(data_cfg)
+  if isinstance(tokenizer, ByteTokenizer):
+    return Corpus(name, train, valid)
+  (train, train_bytes), (valid, valid_bytes) = (
+      tokenizer.encode_with_bytes(part.tobytes().decode("utf-8", errors="replace"))
+      for part in (train, valid))
+  return Corpus(f"{name} ({tokenizer.name})", train, valid, train_bytes, valid_bytes)
 
 
 _SPLIT_TAG = {"train": 0, "valid": 1}
@@ -172,7 +177,8 @@ def make_batches(cfg) -> Batches:
   return Batches(
       lambda step: get_batch(corpus.train, t.batch_size, d.seq_len, t.seed, step, "train"),
       lambda i: get_batch(corpus.valid, t.batch_size, d.seq_len, t.seed, i, "valid"),
-      f"{corpus.name} ({len(corpus.train):,} train / {len(corpus.valid):,} valid bytes)")
+      f"{corpus.name} ({len(corpus.train):,} train / {len(corpus.valid):,} valid "
+      f"{'bytes' if corpus.train_bytes is None else 'tokens'})")
 
 
 def sliding_windows(tokens: np.ndarray, length: int, stride: int, max_scored: int | None = None):
@@ -201,5 +207,5 @@ def sliding_windows(tokens: np.ndarray, length: int, stride: int, max_scored: in
 
 from attnlab.data import tasks  # noqa: E402  (algorithmic seq2seq tasks)
 
-__all__ = ["tasks", "ByteTokenizer", "CORPORA", "CORPUS_DIR", "Corpus", "VOCAB_SIZE", "builtin_corpus_bytes", "builtin_corpus_files",
+__all__ = ["tasks", "ByteTokenizer", "HFTokenizer", "get_tokenizer", "tokenizer_vocab_size", "CORPORA", "CORPUS_DIR", "Corpus", "VOCAB_SIZE", "builtin_corpus_bytes", "builtin_corpus_files",
            "Batches", "get_batch", "load_corpus", "make_batches", "non_overlapping_windows", "sliding_windows", "split_tokens"]

@@ -10,12 +10,26 @@ import jax.numpy as jnp
 from attnlab import positional
 from attnlab.registry import Registry
 
-NORMS: Registry = Registry("model.norm")
-NORMS.register("layernorm")(lambda cfg, name: nn.LayerNorm(use_bias=cfg.use_bias, name=name))
-NORMS.register("rmsnorm")(lambda cfg, name: nn.RMSNorm(name=name))
-
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-MLPS = ("gelu", "swiglu", "none")   # none: attention-only blocks
+# gelu: tanh approximation (GPT-2's gelu_new); gelu_exact: erf (GPT-NeoX); none: attention only
+MLPS = ("gelu", "gelu_exact", "swiglu", "none")
+
+
+def param_dtype(cfg):
+  """The dtype parameters are stored in (``model.param_dtype``; float32 unless set)."""
+  return DTYPES[cfg.get("param_dtype", "float32")]
+
+
+def norm_eps(cfg) -> float:
+  """``model.norm_eps`` (Flax's 1e-6 unless set; GPT-2 and BLOOM use 1e-5)."""
+  return float(cfg.get("norm_eps", 1e-6))
+
+
+NORMS: Registry = Registry("model.norm")
+NORMS.register("layernorm")(lambda cfg, name: nn.LayerNorm(
+    epsilon=norm_eps(cfg), use_bias=cfg.use_bias, param_dtype=param_dtype(cfg), name=name))
+NORMS.register("rmsnorm")(lambda cfg, name: nn.RMSNorm(
+    epsilon=norm_eps(cfg), param_dtype=param_dtype(cfg), name=name))
 
 
 def normal_init(std: float):
@@ -27,9 +41,9 @@ def flat(x):
   return x.reshape(-1, x.shape[-1])
 
 
-def declared_params(module: nn.Module, specs: dict) -> dict:
+def declared_params(module: nn.Module, specs: dict, dtype=jnp.float32) -> dict:
   """Create the parameters a position scheme declares (``{name: ParamSpec}``) in ``module``."""
-  return {name: module.param(name, spec.init, spec.shape) for name, spec in specs.items()}
+  return {name: module.param(name, spec.init, spec.shape, dtype) for name, spec in specs.items()}
 
 
 def decay_mask(model_cfg):

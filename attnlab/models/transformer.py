@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from attnlab import positional
 from attnlab.attention import KINDS, PATTERNS
 from attnlab.models import kv_cache
-from attnlab.models.common import DTYPES, NORMS, declared_params
+from attnlab.models.common import DTYPES, NORMS, declared_params, param_dtype
 from attnlab.models.common import flat as _flat
 from attnlab.models.common import normal_init as _init
 from attnlab.registry import ConfigError
@@ -25,6 +25,23 @@ from attnlab.registry import ConfigError
 
 def _dtype(cfg):
   return DTYPES[cfg.dtype]
+
+
+def _dense(cfg, features: int, name: str, std: float = 0.02, bias: bool | None = None):
+  """A Dense layer in the model's compute and parameter dtypes (bias: ``model.use_bias``)."""
+  return nn.Dense(features, use_bias=cfg.use_bias if bias is None else bias,
+                  kernel_init=_init(std), dtype=_dtype(cfg), param_dtype=param_dtype(cfg),
+                  name=name)
+
+
+def mlp_hidden(cfg) -> int:
+  """The MLP's hidden width: ``model.mlp_hidden`` when set, else ``mlp_ratio * d_model``
+  (gelu) or two thirds of it rounded up to a multiple of 8 (swiglu, as LLaMA)."""
+  if cfg.get("mlp_hidden", 0):
+    return int(cfg.mlp_hidden)
+  if cfg.mlp == "swiglu":
+    return -(-int(2 * cfg.mlp_ratio * cfg.d_model / 3) // 8) * 8
+  return cfg.mlp_ratio * cfg.d_model
 
 
 class SelfAttention(nn.Module):
@@ -50,15 +67,14 @@ class SelfAttention(nn.Module):
     heads, kv_heads = att.num_heads, att.num_kv_heads
     head_dim = cfg.d_model // heads
     kind = KINDS.get(att.kind)
-    dense = lambda n, name, std=0.02: nn.Dense(  # noqa: E731
-        n, use_bias=cfg.use_bias, kernel_init=_init(std), dtype=_dtype(cfg), name=name)
     num_k = 0 if kind.shared_qk else kv_heads       # shared QK (Reformer): keys are the queries
-    qkv = dense((heads + num_k + kv_heads) * head_dim, "qkv")(_flat(x))   # one matmul
+    qkv_bias = cfg.use_bias or cfg.get("qkv_bias", False)
+    qkv = _dense(cfg, (heads + num_k + kv_heads) * head_dim, "qkv", bias=qkv_bias)(_flat(x))
     q, k, v = jnp.split(qkv.reshape(batch, seq, heads + num_k + kv_heads, head_dim),
-                        [heads, heads + num_k], axis=2)
+                        [heads, heads + num_k], axis=2)   # one matmul; columns [q | k | v]
     scheme = positional.get_scheme(cfg.position)
-    params = declared_params(self, scheme.attention_params(heads))
-    out_proj = dense(cfg.d_model, "out", 0.02 / math.sqrt(2 * cfg.num_layers))
+    params = declared_params(self, scheme.attention_params(heads), param_dtype(cfg))
+    out_proj = _dense(cfg, cfg.d_model, "out", 0.02 / math.sqrt(2 * cfg.num_layers))
     if cache is not None:   # incremental decoding: k, v go to the cache before encoding
       out, layer_kv = kv_cache.cached_attention(q, k, v, *cache, scheme=scheme, params=params,
                                                 att=att, layer=self.layer)
@@ -80,28 +96,28 @@ class SelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-  """GELU MLP (hidden = mlp_ratio * d) or SwiGLU (hidden = 2/3 of that, rounded to 8)."""
+  """GELU MLP (tanh approximation, or ``gelu_exact``: erf) or SwiGLU; hidden width
+  ``mlp_hidden(cfg)``. x: [..., d_model] -> [..., d_model]."""
   cfg: Any
 
   @nn.compact
   def __call__(self, x):
     cfg = self.cfg
-    dense = lambda n, name, std=0.02: nn.Dense(  # noqa: E731
-        n, use_bias=cfg.use_bias, kernel_init=_init(std), dtype=_dtype(cfg), name=name)
+    hidden = mlp_hidden(cfg)
     out_std = 0.02 / math.sqrt(2 * cfg.num_layers)
     shape, x = x.shape, _flat(x)
-    if cfg.mlp == "gelu":
-      h = nn.gelu(dense(cfg.mlp_ratio * cfg.d_model, "up")(x), approximate=True)
+    if cfg.mlp in ("gelu", "gelu_exact"):
+      h = nn.gelu(_dense(cfg, hidden, "up")(x), approximate=cfg.mlp == "gelu")
     elif cfg.mlp == "swiglu":
-      hidden = -(-int(2 * cfg.mlp_ratio * cfg.d_model / 3) // 8) * 8
-      h = nn.silu(dense(hidden, "gate")(x)) * dense(hidden, "up")(x)
+      h = nn.silu(_dense(cfg, hidden, "gate")(x)) * _dense(cfg, hidden, "up")(x)
     else:
-      raise ConfigError(f"model.mlp={cfg.mlp!r} is not valid; valid: gelu, swiglu")
-    return dense(cfg.d_model, "down", out_std)(h).reshape(shape)
+      raise ConfigError(f"model.mlp={cfg.mlp!r} is not valid; valid: gelu, gelu_exact, swiglu")
+    return _dense(cfg, cfg.d_model, "down", out_std)(h).reshape(shape)
 
 
 class Block(nn.Module):
-  """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)) (unless mlp="none").
+  """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)) (unless mlp="none");
+  with ``model.parallel_residual`` (GPT-NeoX) x + attn(norm(x)) + mlp(norm'(x)).
 
   With ``cache`` (see ``SelfAttention``) returns ``(x, updated layer_kv)``.
   """
@@ -116,10 +132,12 @@ class Block(nn.Module):
         norm(self.cfg, "norm_attention")(x), positions, cache)
     if cache is not None:
       attn, layer_kv = attn
-    x = x + drop(attn, deterministic)
+    out = x + drop(attn, deterministic)
+    mlp_in = x if self.cfg.get("parallel_residual", False) else out
     if self.cfg.mlp != "none":   # "none": an attention-only block
-      x = x + drop(MLP(self.cfg, name="mlp")(norm(self.cfg, "norm_mlp")(x)), deterministic)
-    return x if cache is None else (x, layer_kv)
+      out = out + drop(MLP(self.cfg, name="mlp")(norm(self.cfg, "norm_mlp")(mlp_in)),
+                       deterministic)
+    return out if cache is None else (out, layer_kv)
 
 
 class TransformerLM(nn.Module):
@@ -148,10 +166,13 @@ class TransformerLM(nn.Module):
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(seq), (batch, seq))
     positional.check_length(cfg.position, seq, "input length")
-    embed = nn.Embed(cfg.vocab_size, cfg.d_model, embedding_init=_init(0.02), name="embed")
+    embed = nn.Embed(cfg.vocab_size, cfg.d_model, embedding_init=_init(0.02),
+                     param_dtype=param_dtype(cfg), name="embed")
     x = embed(tokens).astype(_dtype(cfg))
+    if cfg.get("embed_norm", False):   # BLOOM normalises the token embeddings
+      x = NORMS.get(cfg.norm)(cfg, "norm_embed")(x)
     scheme = positional.get_scheme(cfg.position)
-    params = declared_params(self, scheme.embedding_params(cfg.d_model))
+    params = declared_params(self, scheme.embedding_params(cfg.d_model), param_dtype(cfg))
     absolute = scheme.embed(positions, cfg.d_model, params)
     if absolute is not None:
       x = x + absolute.astype(x.dtype)
@@ -168,7 +189,8 @@ class TransformerLM(nn.Module):
     if cfg.tie_embeddings:
       logits = embed.attend(x)
     else:
-      logits = nn.Dense(cfg.vocab_size, use_bias=False, kernel_init=_init(0.02), name="unembed")(x)
+      logits = nn.Dense(cfg.vocab_size, use_bias=False, kernel_init=_init(0.02),
+                        param_dtype=param_dtype(cfg), name="unembed")(x)
     logits = logits.reshape(batch, seq, cfg.vocab_size).astype(jnp.float32)
     return logits if cache is None else (logits, kv_cache.finish_step(cache, plan, new_layers))
 

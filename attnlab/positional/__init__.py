@@ -280,7 +280,7 @@ def _rotary_fraction_problem(value, context):
 @POSITIONS.register("rope")
 class Rope(PositionScheme):
   """RoPE with ``model.position.scaling`` (none | linear | ntk | dynamic_ntk | yarn |
-  yarn_paper), ``scale_factor`` s, ``original_max_len`` and ``rotary_fraction``."""
+  yarn_paper | llama3), ``scale_factor`` s, ``original_max_len`` and ``rotary_fraction``."""
   fields = (
       Field("theta", 10000.0, "rope / xpos base", check=_positive),
       Field("scaling", "none", "rope: frequency scaling for longer contexts",
@@ -290,6 +290,10 @@ class Rope(PositionScheme):
             minimum=0),
       Field("yarn_alpha", 1.0, "yarn: rotations below which dims interpolate (beta_slow)"),
       Field("yarn_beta", 32.0, "yarn: rotations above which dims keep theta (beta_fast)"),
+      Field("llama3_low_freq_factor", 1.0, "llama3: wavelengths above L_train / this "
+            "interpolate", check=_positive),
+      Field("llama3_high_freq_factor", 4.0, "llama3: wavelengths below L_train / this keep "
+            "theta", check=_positive),
       Field("rotary_fraction", 1.0, "rope: fraction of head dims rotated",
             check=_rotary_fraction_problem),
   )
@@ -304,7 +308,12 @@ class Rope(PositionScheme):
   def validate(self, head_dim, d_model, seq_len):
     c = self.cfg
     _even_head_dim("rope", head_dim)
-    if c.scaling in ("dynamic_ntk", "yarn", "yarn_paper") and c.original_max_len < 1:
+    if (c.scaling == "llama3"
+        and not c.llama3_high_freq_factor > c.llama3_low_freq_factor):
+      raise ConfigError(f"model.position.llama3_high_freq_factor={c.llama3_high_freq_factor!r} "
+                        f"must exceed model.position.llama3_low_freq_factor="
+                        f"{c.llama3_low_freq_factor!r}")
+    if c.scaling in ("dynamic_ntk", "yarn", "yarn_paper", "llama3") and c.original_max_len < 1:
       raise ConfigError(f"model.position.original_max_len={c.original_max_len!r} must be an "
                         f"integer >= 1 with scaling={c.scaling!r}")
     if c.scaling in ("yarn", "yarn_paper") and not c.yarn_beta > c.yarn_alpha:
@@ -327,7 +336,8 @@ class Rope(PositionScheme):
     return scaled_frequencies(
         rope.rotary_dim(head_dim, c.get("rotary_fraction", 1.0)), c.get("theta", 10000.0),
         c.get("scaling", "none"), c.get("scale_factor", 1.0), c.get("original_max_len", 0),
-        seq_len, c.get("yarn_alpha", 1.0), c.get("yarn_beta", 32.0))
+        seq_len, c.get("yarn_alpha", 1.0), c.get("yarn_beta", 32.0),
+        c.get("llama3_low_freq_factor", 1.0), c.get("llama3_high_freq_factor", 4.0))
 
   def rotate_qk(self, q, k, positions):
     freqs, multiplier = self.frequencies(q.shape[-1], q.shape[1])

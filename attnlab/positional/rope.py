@@ -21,6 +21,11 @@ wavelength lambda_i = 2 pi / theta_i:
   lambda_i*: gamma_i = clip((r_i - alpha) / (beta - alpha), 0, 1),
   theta'_i = (1 - gamma_i) theta_i / s + gamma_i theta_i, with the same temperature.
   It differs from ``yarn`` in the transition band (``docs/attention.md``).
+- ``llama3`` (Meta's Llama 3.1): with wavelengths lambda_i, ``low = L_train / lf`` and
+  ``high = L_train / hf`` (lf, hf = ``llama3_low_freq_factor`` 1, ``llama3_high_freq_factor``
+  4): lambda_i < high keeps theta_i, lambda_i > low takes theta_i / s, and in between
+  ``smooth = (L_train / lambda_i - lf) / (hf - lf)``,
+  ``theta'_i = (1 - smooth) theta_i / s + smooth theta_i``. No temperature.
 
 xPos (Sun et al. 2022): RoPE with per-pair scale zeta_i = (2i + 0.4 d) / (1.4 d);
 queries are multiplied by zeta^(m / scale_base), keys by zeta^(-m / scale_base).
@@ -33,7 +38,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-ROPE_SCALINGS = ("none", "linear", "ntk", "dynamic_ntk", "yarn", "yarn_paper")
+ROPE_SCALINGS = ("none", "linear", "ntk", "dynamic_ntk", "yarn", "yarn_paper", "llama3")
 
 
 def _frequencies(rotary_dim: int, theta: float) -> np.ndarray:
@@ -57,7 +62,8 @@ def yarn_mscale(factor: float) -> float:
 def scaled_frequencies(rotary_dim: int, theta: float = 10000.0, scaling: str = "none",
                        factor: float = 1.0, original_max_len: int | None = None,
                        seq_len: int | None = None, alpha: float = 1.0,
-                       beta: float = 32.0) -> tuple[np.ndarray, float]:
+                       beta: float = 32.0, low_freq_factor: float = 1.0,
+                       high_freq_factor: float = 4.0) -> tuple[np.ndarray, float]:
   """(theta'_i float64 ``[rotary_dim/2]``, q/k multiplier sqrt(1/t)) for a RoPE scaling."""
   if scaling not in ROPE_SCALINGS:
     raise ValueError(f"RoPE scaling={scaling!r} is not valid; valid: {', '.join(ROPE_SCALINGS)}")
@@ -78,6 +84,11 @@ def scaled_frequencies(rotary_dim: int, theta: float = 10000.0, scaling: str = "
     ramp = np.clip((np.arange(d // 2, dtype=np.float64) - low)
                    / ((high + 0.001 if high == low else high) - low), 0.0, 1.0)
     return ramp * freqs / factor + (1 - ramp) * freqs, yarn_mscale(factor)
+  if scaling == "llama3":
+    wavelength = 2 * math.pi / freqs
+    smooth = np.clip((original_max_len / wavelength - low_freq_factor)
+                     / (high_freq_factor - low_freq_factor), 0.0, 1.0)
+    return (1 - smooth) * freqs / factor + smooth * freqs, 1.0
   ratio = original_max_len / (2 * math.pi / freqs)           # yarn_paper
   gamma = np.clip((ratio - alpha) / (beta - alpha), 0.0, 1.0)
   return (1 - gamma) * freqs / factor + gamma * freqs, yarn_mscale(factor)

@@ -1,0 +1,104 @@
+"""Tokenizers by ``data.tokenizer``: ``"bytes"`` (UTF-8 bytes, vocabulary 256) or the path of
+a Hugging Face ``tokenizer.json`` (BPE and the other models of the ``tokenizers`` library).
+
+Both give ``encode(text) -> int32 [n]``, ``decode(ids) -> str`` and
+``encode_with_bytes(text) -> (ids, bytes_per_token)``: how many UTF-8 bytes of the text
+each token stands for (the text from its start to the next token's start, so the counts sum
+to the text's length). Evaluation divides nats by those bytes, so bits per byte compare
+byte-level and BPE models on the same text.
+"""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+
+import numpy as np
+
+from attnlab.registry import ConfigError
+
+BYTE_VOCAB_SIZE = 256
+
+
+class ByteTokenizer:
+  """Text <-> UTF-8 byte ids in [0, 256); lossless on any text."""
+  name = "bytes"
+  vocab_size = BYTE_VOCAB_SIZE
+
+  @staticmethod
+  def encode(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-8"), np.uint8).copy()
+
+  @staticmethod
+  def decode(ids) -> str:
+    return bytes(np.asarray(ids, np.uint8).tolist()).decode("utf-8", errors="replace")
+
+  @classmethod
+  def encode_with_bytes(cls, text: str) -> tuple[np.ndarray, np.ndarray]:
+    ids = cls.encode(text)
+    return ids, np.ones(len(ids), np.int32)
+
+  @staticmethod
+  def labels(ids) -> list[str]:
+    """A printable label per token (the viewer's axes)."""
+    return [chr(i) if 32 <= i < 127 else f"\\x{i:02x}" for i in np.asarray(ids).tolist()]
+
+
+class HFTokenizer:
+  """A ``tokenizer.json`` read with the ``tokenizers`` library; no special tokens are added."""
+
+  def __init__(self, path):
+    import tokenizers
+    self.path = str(path)
+    self.name = pathlib.Path(path).name
+    try:
+      self._tok = tokenizers.Tokenizer.from_file(self.path)
+    except Exception as e:  # noqa: BLE001 - the library raises plain Exceptions
+      raise ConfigError(f"data.tokenizer={self.path!r} is not a readable tokenizer.json "
+                        f"({str(e).splitlines()[0]})") from None
+    self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+
+  def encode(self, text: str) -> np.ndarray:
+    return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, np.int32)
+
+  def decode(self, ids) -> str:
+    return self._tok.decode([int(i) for i in np.asarray(ids).reshape(-1)],
+                            skip_special_tokens=False)
+
+  def encode_with_bytes(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+    encoding = self._tok.encode(text, add_special_tokens=False)
+    ids = np.asarray(encoding.ids, np.int32)
+    if not len(ids):
+      return ids, np.zeros(0, np.int32)
+    # byte offset of every character, then of every token's start
+    char_bytes = np.fromiter((len(c.encode("utf-8")) for c in text), np.int64, len(text))
+    byte_at = np.concatenate([[0], np.cumsum(char_bytes)])
+    starts = np.maximum.accumulate(np.asarray([s for s, _ in encoding.offsets], np.int64))
+    starts[0] = 0
+    bounds = np.append(byte_at[starts], byte_at[-1])
+    return ids, np.diff(bounds).astype(np.int32)
+
+  def labels(self, ids) -> list[str]:
+    return [self._tok.id_to_token(int(i)) or f"<{int(i)}>" for i in np.asarray(ids).tolist()]
+
+
+@functools.lru_cache(maxsize=8)
+def _load(path: str) -> HFTokenizer:
+  return HFTokenizer(path)
+
+
+def get_tokenizer(data_cfg=None):
+  """The tokenizer ``data.tokenizer`` names (``"bytes"`` when absent)."""
+  name = "bytes" if data_cfg is None else data_cfg.get("tokenizer", "bytes")
+  if name == "bytes":
+    return ByteTokenizer()
+  path = pathlib.Path(name).expanduser()
+  if not path.is_file():
+    raise ConfigError(f"data.tokenizer={name!r} is not valid; valid: 'bytes' or the path of a "
+                      f"tokenizer.json file")
+  return _load(str(path.resolve()))
+
+
+def tokenizer_vocab_size(data_cfg) -> int:
+  """How many token ids ``data.tokenizer`` produces (the least ``model.vocab_size``)."""
+  return get_tokenizer(data_cfg).vocab_size

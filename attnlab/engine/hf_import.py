@@ -1,0 +1,490 @@
+"""Import a Hugging Face checkpoint (``config.json``, safetensors, ``tokenizer.json``) into
+an attnlab workdir (the engine behind ``python -m attnlab.import_hf``).
+
+One entry of ``FAMILIES`` per Hugging Face ``model_type`` says how that family's config
+becomes attnlab's ``model`` block (``Family.model``) and how its tensors become attnlab's
+parameter tree (``Family.params``). Everything else is shared: reading (sharded)
+safetensors without torch, checking every tensor's shape against what the config implies,
+and writing the workdir (``config.json``, a checkpoint at step 0, ``tokenizer.json``,
+``import.json`` naming the source). The workdir is an ordinary one: ``evaluate``,
+``generate``, ``analyze`` and the sweep read it unchanged.
+
+attnlab keeps q, k and v in one projection whose columns are ``[q heads | k heads | v
+heads]``; separate q/k/v tensors are concatenated, and GPT-NeoX's and BLOOM's fused
+per-head ``[heads, 3, head_dim]`` rows are reordered into that layout. PyTorch ``Linear``
+weights are ``[out, in]`` and are transposed; GPT-2's ``Conv1D`` weights are ``[in, out]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import shutil
+from typing import Callable
+
+import jax
+import ml_collections
+import numpy as np
+
+from attnlab import config_lib
+from attnlab import workdir as workdir_lib
+from attnlab.models import build_lm
+from attnlab.registry import ConfigError, Registry
+
+WEIGHTS = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+
+
+class HFImportError(ConfigError):
+  """A checkpoint that cannot be imported: what is wrong, named (one line)."""
+
+
+# ----------------------------------------------------------------------------- tensors
+
+
+class Tensors:
+  """The tensors of a (possibly sharded) safetensors checkpoint, read on demand as float32
+  numpy arrays (bfloat16 and float16 included), each checked against the shape the config
+  implies. ``prefixes``: optional leading name parts (``transformer.``) a checkpoint of
+  the bare model lacks."""
+
+  def __init__(self, directory: pathlib.Path, what: str):
+    self.directory, self.what = directory, what
+    if (directory / INDEX).is_file():
+      weight_map = json.loads((directory / INDEX).read_text())["weight_map"]
+    elif (directory / WEIGHTS).is_file():
+      weight_map = None
+    else:
+      raise HFImportError(f"--checkpoint={str(directory)!r} has neither {WEIGHTS} nor {INDEX}")
+    from safetensors import safe_open
+    self._files = {}
+    names = {}
+    shards = sorted(set(weight_map.values())) if weight_map else [WEIGHTS]
+    for shard in shards:
+      path = directory / shard
+      if not path.is_file():
+        raise HFImportError(f"--checkpoint={str(directory)!r}: shard {shard} named in {INDEX} "
+                           f"does not exist")
+      handle = safe_open(str(path), framework="flax")
+      self._files[shard] = handle
+      for name in handle.keys():
+        names[name] = shard
+    self._names = names
+    self.used: set[str] = set()
+
+  def find(self, name: str, prefixes=("",)) -> str | None:
+    for prefix in prefixes:
+      if prefix + name in self._names:
+        return prefix + name
+    return None
+
+  def take(self, name: str, shape: tuple[int, ...], prefixes=("",)) -> np.ndarray:
+    """Tensor ``name`` as float32, which must have ``shape``."""
+    full = self.find(name, prefixes)
+    if full is None:
+      raise HFImportError(f"--checkpoint={str(self.directory)!r} lacks tensor {prefixes[0] + name!r}"
+                         f", which {self.what} needs")
+    value = np.asarray(self._files[self._names[full]].get_tensor(full), np.float32)
+    if value.shape != tuple(shape):
+      raise HFImportError(f"tensor {full!r} has shape {tuple(value.shape)}; config.json of "
+                         f"{self.what} implies {tuple(shape)}")
+    self.used.add(full)
+    return value
+
+  def unused(self) -> list[str]:
+    return sorted(set(self._names) - self.used)
+
+
+# ----------------------------------------------------------------------------- families
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """How one Hugging Face ``model_type`` maps onto attnlab.
+
+  ``model(hf) -> (model overrides, data.seq_len)``: attnlab's ``model`` fields from the
+  Hugging Face config dict. ``params(tensors, hf, m) -> params``: the parameter tree, ``m``
+  being the model block built from ``model``. ``ignored``: name fragments of tensors that
+  carry no parameters (cached masks, rotary tables).
+  """
+  model: Callable[[dict], tuple[dict, int]]
+  params: Callable[[Tensors, dict, ml_collections.ConfigDict], dict]
+  ignored: tuple[str, ...] = ()
+
+
+FAMILIES: Registry[Family] = Registry("model_type")
+
+
+def _need(hf: dict, key: str, what: str):
+  if key not in hf:
+    raise HFImportError(f"config.json of {what} lacks {key!r}")
+  return hf[key]
+
+
+def _refuse(condition: bool, message: str) -> None:
+  if condition:
+    raise HFImportError(message)
+
+
+def _rope(hf: dict, head_dim: int, max_len: int, what: str, fraction: float = 1.0) -> dict:
+  """attnlab ``model.position`` for a RoPE family: theta, partial rotary and the scaling in
+  ``rope_parameters`` (transformers >= 5) or ``rope_theta`` / ``rope_scaling`` (before)."""
+  params = {**(hf.get("rope_scaling") or {}), **(hf.get("rope_parameters") or {})}
+  theta = params.get("rope_theta", hf.get("rope_theta", hf.get("rotary_emb_base", 10000.0)))
+  fraction = params.get("partial_rotary_factor", hf.get("partial_rotary_factor", fraction))
+  rope_type = params.get("rope_type", params.get("type", "default"))
+  rotated = int(head_dim * fraction)
+  _refuse(rotated % 2 or rotated < 2, f"{what}: partial rotary factor {fraction} rotates "
+          f"{rotated} of {head_dim} head dims; attnlab rotates an even number >= 2")
+  position = {"kind": "rope", "theta": float(theta), "rotary_fraction": float(fraction)}
+  scalings = {"default": "none", "linear": "linear", "dynamic": "dynamic_ntk", "yarn": "yarn",
+              "llama3": "llama3"}
+  _refuse(rope_type not in scalings, f"{what}: rope type {rope_type!r} is not supported; "
+          f"supported: {', '.join(scalings)}")
+  if rope_type != "default":
+    factor = float(_need(params, "factor", f"{what}'s rope scaling"))
+    position.update(scaling=scalings[rope_type], scale_factor=factor,
+                    original_max_len=int(params.get("original_max_position_embeddings", max_len)))
+  if rope_type == "yarn":
+    _refuse(any(params.get(k) not in (None, d) for k, d in (
+        ("attention_factor", None), ("mscale", None), ("mscale_all_dim", None),
+        ("truncate", True))), f"{what}: YaRN with attention_factor / mscale / truncate=False "
+            f"(DeepSeek's variant) is not supported; attnlab implements the YaRN authors' form")
+    position.update(yarn_beta=float(params.get("beta_fast", 32.0)),
+                    yarn_alpha=float(params.get("beta_slow", 1.0)))
+  if rope_type == "llama3":
+    position.update(llama3_low_freq_factor=float(params.get("low_freq_factor", 1.0)),
+                    llama3_high_freq_factor=float(params.get("high_freq_factor", 4.0)))
+  return position
+
+
+def _activation(name: str, gated: bool, what: str) -> str:
+  table = {("gelu", False): "gelu_exact", ("gelu_new", False): "gelu",
+           ("gelu_pytorch_tanh", False): "gelu", ("gelu_fast", False): "gelu",
+           ("silu", True): "swiglu", ("swish", True): "swiglu"}
+  _refuse((name, gated) not in table, f"{what}: activation {name!r} is not supported "
+          f"({'gated' if gated else 'plain'} MLP); supported: "
+          f"{', '.join(n for n, g in table if g == gated)}")
+  return table[(name, gated)]
+
+
+def _norm(t: Tensors, name: str, d: int, bias: bool, prefixes) -> dict:
+  out = {"scale": t.take(f"{name}.weight", (d,), prefixes)}
+  if bias:
+    out["bias"] = t.take(f"{name}.bias", (d,), prefixes)
+  return out
+
+
+def _linear(t: Tensors, name: str, n_in: int, n_out: int, bias: bool, prefixes) -> dict:
+  """A PyTorch ``Linear`` ([out, in]) as a Flax ``Dense`` ([in, out])."""
+  out = {"kernel": t.take(f"{name}.weight", (n_out, n_in), prefixes).T}
+  if bias:
+    out["bias"] = t.take(f"{name}.bias", (n_out,), prefixes)
+  return out
+
+
+def _per_head_qkv(t: Tensors, name: str, d: int, heads: int, prefixes) -> dict:
+  """A fused ``[heads, 3, head_dim]``-row projection (GPT-NeoX, BLOOM) as attnlab's
+  ``[q heads | k heads | v heads]`` columns."""
+  dh = d // heads
+  w = t.take(f"{name}.weight", (3 * d, d), prefixes).reshape(heads, 3, dh, d)
+  b = t.take(f"{name}.bias", (3 * d,), prefixes).reshape(heads, 3, dh)
+  return {"kernel": w.transpose(1, 0, 2, 3).reshape(3 * d, d).T,
+          "bias": b.transpose(1, 0, 2).reshape(3 * d)}
+
+
+def _head(t: Tensors, m, name: str, prefixes) -> dict:
+  if m.tie_embeddings:
+    return {}
+  return {"unembed": {"kernel": t.take(name, (m.vocab_size, m.d_model), prefixes).T}}
+
+
+# GPT-2 ---------------------------------------------------------------------------------
+
+def _gpt2_model(hf):
+  what = "GPT-2"
+  _refuse(hf.get("scale_attn_by_inverse_layer_idx", False) or hf.get("add_cross_attention"),
+          f"{what}: scale_attn_by_inverse_layer_idx / cross attention are not supported")
+  d = _need(hf, "n_embd", what)
+  model = {"num_layers": _need(hf, "n_layer", what), "d_model": d,
+           "attention": {"num_heads": hf["n_head"], "num_kv_heads": hf["n_head"]},
+           "mlp": _activation(hf.get("activation_function", "gelu_new"), False, what),
+           "mlp_hidden": hf.get("n_inner") or 4 * d, "norm": "layernorm",
+           "norm_eps": hf.get("layer_norm_epsilon", 1e-5), "use_bias": True,
+           "tie_embeddings": True,
+           "position": {"kind": "learned", "max_len": hf["n_positions"]}}
+  return model, hf["n_positions"]
+
+
+def _gpt2_params(t, hf, m):
+  p = ("transformer.", "")
+  d, h = m.d_model, m.mlp_hidden
+  params = {"embed": {"embedding": t.take("wte.weight", (m.vocab_size, d), p)},
+            "position_table": t.take("wpe.weight", (m.position.max_len, d), p),
+            "norm_final": _norm(t, "ln_f", d, True, p)}
+  for i in range(m.num_layers):
+    x = f"h.{i}."
+    conv = lambda name, n_in, n_out: {  # noqa: E731  Conv1D: [in, out]
+        "kernel": t.take(f"{x}{name}.weight", (n_in, n_out), p),
+        "bias": t.take(f"{x}{name}.bias", (n_out,), p)}
+    params[f"block_{i}"] = {
+        "norm_attention": _norm(t, x + "ln_1", d, True, p),
+        "attention": {"qkv": conv("attn.c_attn", d, 3 * d), "out": conv("attn.c_proj", d, d)},
+        "norm_mlp": _norm(t, x + "ln_2", d, True, p),
+        "mlp": {"up": conv("mlp.c_fc", d, h), "down": conv("mlp.c_proj", h, d)}}
+  if t.find("lm_head.weight") is not None and not np.array_equal(
+      t.take("lm_head.weight", (m.vocab_size, d)), params["embed"]["embedding"]):
+    raise HFImportError("GPT-2: lm_head.weight differs from wte.weight; attnlab's GPT-2 ties them")
+  return params
+
+
+FAMILIES.register("gpt2")(Family(_gpt2_model, _gpt2_params, (".attn.bias", ".attn.masked_bias")))
+
+
+# GPT-NeoX (Pythia) ----------------------------------------------------------------------
+
+def _neox_model(hf):
+  what = "GPT-NeoX"
+  d, heads = _need(hf, "hidden_size", what), _need(hf, "num_attention_heads", what)
+  max_len = _need(hf, "max_position_embeddings", what)
+  _refuse(not hf.get("attention_bias", True), f"{what}: attention_bias=False is not supported")
+  model = {"num_layers": _need(hf, "num_hidden_layers", what), "d_model": d,
+           "attention": {"num_heads": heads, "num_kv_heads": heads},
+           "mlp": _activation(hf.get("hidden_act", "gelu"), False, what),
+           "mlp_hidden": _need(hf, "intermediate_size", what), "norm": "layernorm",
+           "norm_eps": hf.get("layer_norm_eps", 1e-5), "use_bias": True,
+           "parallel_residual": bool(hf.get("use_parallel_residual", True)),
+           "tie_embeddings": bool(hf.get("tie_word_embeddings", False)),
+           "position": _rope(hf, d // heads, max_len, what, hf.get("rotary_pct", 1.0))}
+  return model, max_len
+
+
+def _neox_params(t, hf, m):
+  p = ("gpt_neox.", "")
+  d, h, heads = m.d_model, m.mlp_hidden, m.attention.num_heads
+  params = {"embed": {"embedding": t.take("embed_in.weight", (m.vocab_size, d), p)},
+            "norm_final": _norm(t, "final_layer_norm", d, True, p),
+            **_head(t, m, "embed_out.weight", ("",))}
+  for i in range(m.num_layers):
+    x = f"layers.{i}."
+    params[f"block_{i}"] = {
+        "norm_attention": _norm(t, x + "input_layernorm", d, True, p),
+        "attention": {"qkv": _per_head_qkv(t, x + "attention.query_key_value", d, heads, p),
+                      "out": _linear(t, x + "attention.dense", d, d, True, p)},
+        "norm_mlp": _norm(t, x + "post_attention_layernorm", d, True, p),
+        "mlp": {"up": _linear(t, x + "mlp.dense_h_to_4h", d, h, True, p),
+                "down": _linear(t, x + "mlp.dense_4h_to_h", h, d, True, p)}}
+  return params
+
+
+FAMILIES.register("gpt_neox")(Family(_neox_model, _neox_params,
+                                     (".attention.bias", ".attention.masked_bias", "inv_freq")))
+
+
+# LLaMA, Mistral, Qwen2 -------------------------------------------------------------------
+
+def _llama_model(hf, what="LLaMA"):
+  d, heads = _need(hf, "hidden_size", what), _need(hf, "num_attention_heads", what)
+  kv_heads = hf.get("num_key_value_heads") or heads
+  max_len = _need(hf, "max_position_embeddings", what)
+  _refuse(hf.get("head_dim") not in (None, d // heads), f"{what}: head_dim={hf.get('head_dim')} "
+          f"differs from hidden_size / num_attention_heads = {d // heads}; not supported")
+  attention_bias, mlp_bias = hf.get("attention_bias", False), hf.get("mlp_bias", False)
+  qkv_bias = hf.get("model_type") == "qwen2"
+  _refuse(attention_bias != mlp_bias, f"{what}: attention_bias={attention_bias} with "
+          f"mlp_bias={mlp_bias} is not supported (attnlab: biases everywhere or none, or on q/k/v "
+          f"only as Qwen2)")
+  attention = {"num_heads": heads, "num_kv_heads": kv_heads}
+  layer_types = set(hf.get("layer_types") or [])
+  window = hf.get("sliding_window") if hf.get("use_sliding_window", True) else None
+  if hf.get("model_type") == "qwen2":
+    window = hf.get("sliding_window") if hf.get("use_sliding_window", False) else None
+  _refuse(len(layer_types) > 1 or (window and hf.get("max_window_layers", 0) and
+                                   hf.get("max_window_layers") < hf["num_hidden_layers"]),
+          f"{what}: sliding-window attention on some layers only is not supported")
+  if window:   # Hugging Face: key j visible from i when i - j < window; attnlab: <= window
+    attention.update(pattern="sliding_window", window=int(window) - 1)
+  model = {"num_layers": _need(hf, "num_hidden_layers", what), "d_model": d,
+           "attention": attention, "mlp": _activation(hf.get("hidden_act", "silu"), True, what),
+           "mlp_hidden": _need(hf, "intermediate_size", what), "norm": "rmsnorm",
+           "norm_eps": hf.get("rms_norm_eps", 1e-6), "use_bias": bool(attention_bias),
+           "qkv_bias": qkv_bias, "tie_embeddings": bool(hf.get("tie_word_embeddings", False)),
+           "position": _rope(hf, d // heads, max_len, what)}
+  return model, max_len
+
+
+def _llama_params(t, hf, m):
+  p = ("model.", "")
+  d, h = m.d_model, m.mlp_hidden
+  heads, kv_heads = m.attention.num_heads, m.attention.num_kv_heads
+  dh = d // heads
+  bias, qkv_bias = m.use_bias, m.use_bias or m.qkv_bias
+  params = {"embed": {"embedding": t.take("embed_tokens.weight", (m.vocab_size, d), p)},
+            "norm_final": _norm(t, "norm", d, False, p), **_head(t, m, "lm_head.weight", ("",))}
+  for i in range(m.num_layers):
+    x = f"layers.{i}."
+    parts = [_linear(t, f"{x}self_attn.{n}_proj", d, k * dh, qkv_bias, p)
+             for n, k in (("q", heads), ("k", kv_heads), ("v", kv_heads))]
+    qkv = {"kernel": np.concatenate([q["kernel"] for q in parts], axis=1)}
+    if qkv_bias:
+      qkv["bias"] = np.concatenate([q["bias"] for q in parts])
+    params[f"block_{i}"] = {
+        "norm_attention": _norm(t, x + "input_layernorm", d, False, p),
+        "attention": {"qkv": qkv, "out": _linear(t, x + "self_attn.o_proj", d, d, bias, p)},
+        "norm_mlp": _norm(t, x + "post_attention_layernorm", d, False, p),
+        "mlp": {"gate": _linear(t, x + "mlp.gate_proj", d, h, bias, p),
+                "up": _linear(t, x + "mlp.up_proj", d, h, bias, p),
+                "down": _linear(t, x + "mlp.down_proj", h, d, bias, p)}}
+  return params
+
+
+for _name, _what in (("llama", "LLaMA"), ("mistral", "Mistral"), ("qwen2", "Qwen2")):
+  FAMILIES.register(_name)(Family(lambda hf, w=_what: _llama_model(hf, w), _llama_params,
+                                  ("rotary_emb.inv_freq",)))
+
+
+# BLOOM ---------------------------------------------------------------------------------
+
+BLOOM_CONTEXT = 2048   # BLOOM's training length; its config.json does not state it
+
+
+def _bloom_model(hf):
+  what = "BLOOM"
+  _refuse(hf.get("apply_residual_connection_post_layernorm", False),
+          f"{what}: apply_residual_connection_post_layernorm=True is not supported")
+  d, heads = _need(hf, "hidden_size", what), hf.get("n_head", hf.get("num_attention_heads"))
+  model = {"num_layers": hf.get("n_layer", hf.get("num_hidden_layers")), "d_model": d,
+           "attention": {"num_heads": heads, "num_kv_heads": heads},
+           "mlp": "gelu", "mlp_hidden": 4 * d, "norm": "layernorm",
+           "norm_eps": hf.get("layer_norm_epsilon", 1e-5), "use_bias": True, "embed_norm": True,
+           "tie_embeddings": True, "position": {"kind": "alibi"}}
+  return model, int(hf.get("seq_length", BLOOM_CONTEXT))
+
+
+def _bloom_params(t, hf, m):
+  p = ("transformer.", "")
+  d, h, heads = m.d_model, m.mlp_hidden, m.attention.num_heads
+  params = {"embed": {"embedding": t.take("word_embeddings.weight", (m.vocab_size, d), p)},
+            "norm_embed": _norm(t, "word_embeddings_layernorm", d, True, p),
+            "norm_final": _norm(t, "ln_f", d, True, p)}
+  for i in range(m.num_layers):
+    x = f"h.{i}."
+    params[f"block_{i}"] = {
+        "norm_attention": _norm(t, x + "input_layernorm", d, True, p),
+        "attention": {"qkv": _per_head_qkv(t, x + "self_attention.query_key_value", d, heads, p),
+                      "out": _linear(t, x + "self_attention.dense", d, d, True, p)},
+        "norm_mlp": _norm(t, x + "post_attention_layernorm", d, True, p),
+        "mlp": {"up": _linear(t, x + "mlp.dense_h_to_4h", d, h, True, p),
+                "down": _linear(t, x + "mlp.dense_4h_to_h", h, d, True, p)}}
+  return params
+
+
+FAMILIES.register("bloom")(Family(_bloom_model, _bloom_params))
+
+
+# ----------------------------------------------------------------------------- import
+
+
+def _merge(base: ml_collections.ConfigDict, overrides: dict) -> None:
+  for key, value in overrides.items():
+    if isinstance(value, dict):
+      _merge(base[key], value)
+    else:
+      base[key] = value
+
+
+def read_hf_config(directory: pathlib.Path) -> tuple[dict, Family, str]:
+  """(config.json as a dict, its family, a name for messages) of a checkpoint directory."""
+  path = directory / "config.json"
+  if not path.is_file():
+    raise HFImportError(f"--checkpoint={str(directory)!r} has no config.json (a Hugging Face "
+                       f"checkpoint directory holds config.json, *.safetensors, tokenizer.json)")
+  try:
+    hf = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise HFImportError(f"{path} is not valid JSON ({e})") from None
+  model_type = hf.get("model_type")
+  architectures = hf.get("architectures") or []
+  if model_type not in FAMILIES.names():
+    raise HFImportError(f"{path}: model_type {model_type!r} (architectures {architectures}) is not "
+                       f"supported; supported: {', '.join(FAMILIES.names())}")
+  heads = [a for a in architectures if not (a.endswith("ForCausalLM") or a.endswith("LMHeadModel")
+                                            or a.endswith("Model"))]
+  if heads:
+    raise HFImportError(f"{path}: architecture {heads[0]!r} is not a causal language model; "
+                       f"attnlab imports *ForCausalLM / *LMHeadModel checkpoints")
+  return hf, FAMILIES.get(model_type), f"{model_type} checkpoint {directory}"
+
+
+def convert(directory, base_config, dtype: str = "float32"):
+  """(resolved-able attnlab config, params) of the checkpoint in ``directory``.
+
+  ``base_config``: an lm config (``configs/lm.py``) whose data, train and eval blocks the
+  imported config keeps; its model block is replaced. ``dtype``: ``float32`` (weights
+  converted) or ``bfloat16`` (weights and compute in bfloat16).
+  """
+  directory = pathlib.Path(directory)
+  hf, family, what = read_hf_config(directory)
+  if dtype not in ("float32", "bfloat16"):
+    raise ConfigError(f"--dtype={dtype!r} is not valid; valid: float32, bfloat16")
+  overrides, seq_len = family.model(hf)
+  cfg = ml_collections.ConfigDict(base_config.to_dict())
+  position = overrides.pop("position")
+  cfg.model.position = config_lib.position_block(position["kind"])
+  _merge(cfg.model.position, position)
+  _merge(cfg.model, {**overrides, "vocab_size": int(_need(hf, "vocab_size", what)),
+                     "dropout": 0.0, "param_dtype": dtype, "dtype": dtype})
+  tokenizer = directory / "tokenizer.json"
+  if not tokenizer.is_file():
+    raise HFImportError(f"--checkpoint={str(directory)!r} has no tokenizer.json")
+  cfg.data.tokenizer = str(tokenizer.resolve())
+  cfg.data.seq_len = int(seq_len)
+  resolved = config_lib.resolve(cfg)         # a config attnlab cannot express fails here
+  tensors = Tensors(directory, what)
+  params = family.params(tensors, hf, resolved.model)
+  unused = [n for n in tensors.unused() if not any(i in n for i in family.ignored)]
+  if unused:
+    raise HFImportError(f"{what}: {len(unused)} tensor(s) have no place in attnlab's "
+                       f"{hf['model_type']} model, e.g. {unused[0]!r}; not imported")
+  expected = jax.eval_shape(lambda: build_lm(resolved.model).init(
+      jax.random.PRNGKey(0), np.zeros((1, 2), np.int32)))["params"]
+  got = jax.tree_util.tree_structure(params)
+  if got != jax.tree_util.tree_structure(expected):
+    raise HFImportError(f"{what}: the mapped parameters do not form attnlab's tree "
+                        f"(got {got}, expected {jax.tree_util.tree_structure(expected)})")
+  for (path, x), e in zip(jax.tree_util.tree_leaves_with_path(params),
+                          jax.tree_util.tree_leaves(expected)):
+    if x.shape != e.shape:
+      raise HFImportError(f"{what}: parameter {jax.tree_util.keystr(path)} has shape "
+                          f"{x.shape}; attnlab's model needs {e.shape}")
+  cast = jax.numpy.bfloat16 if dtype == "bfloat16" else jax.numpy.float32
+  return cfg, jax.tree.map(lambda x: jax.numpy.asarray(x, cast), params)
+
+
+def import_checkpoint(directory, workdir, base_config, dtype: str = "float32") -> dict:
+  """Write an attnlab workdir for the checkpoint in ``directory``; returns ``import.json``."""
+  import hashlib
+  directory, workdir = pathlib.Path(directory), pathlib.Path(workdir)
+  if not directory.is_dir():
+    raise HFImportError(f"--checkpoint={str(directory)!r} is not a directory")
+  if workdir.exists() and any(workdir.iterdir()):
+    raise workdir_lib.WorkdirError(f"--workdir={str(workdir)!r} is not empty; import into a new "
+                                   f"directory")
+  cfg, params = convert(directory, base_config, dtype)
+  workdir.mkdir(parents=True, exist_ok=True)
+  shutil.copyfile(directory / "tokenizer.json", workdir / "tokenizer.json")
+  cfg.data.tokenizer = str((workdir / "tokenizer.json").resolve())
+  workdir_lib.atomic_write(workdir / "config.json", workdir_lib.config_json(cfg))
+  checkpointer = workdir_lib.Checkpointer(workdir / "checkpoints", 1)
+  try:
+    checkpointer.save(0, {"step": np.zeros((), np.int32), "params": params})
+  finally:
+    checkpointer.close()
+  files = sorted(p for p in directory.iterdir() if p.is_file()
+                 and (p.suffix in (".json", ".safetensors")))
+  record = {"source": str(directory.resolve()), "model_type": json.loads(
+      (directory / "config.json").read_text())["model_type"], "dtype": dtype,
+      "files": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}}
+  workdir_lib.atomic_write(workdir / "import.json", json.dumps(record, indent=2, sort_keys=True))
+  return record

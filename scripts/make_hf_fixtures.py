@@ -1,0 +1,116 @@
+"""Make the tiny random Hugging Face checkpoints that tests/test_import_hf.py imports.
+
+  pip install torch transformers tokenizers safetensors
+  python scripts/make_hf_fixtures.py --out tests/data/hf
+
+For each family (GPT-2, GPT-NeoX, LLaMA, Mistral, Qwen2, BLOOM) it writes
+``<out>/<family>/``: ``config.json`` and ``model.safetensors`` (``save_pretrained`` of a
+randomly initialised ``transformers`` model), ``tokenizer.json`` (a byte-level BPE trained
+here on a few paragraphs of this file's own text) and ``reference.npz``: the input ids, the
+model's float32 logits for them, and the greedy continuation ``generate`` makes of a
+prompt with its KV cache. The test suite reads these files and needs neither torch nor
+the network. Qwen2's weights are stored in bfloat16 (the reference is computed from the
+same rounded weights), GPT-NeoX's, Mistral's and BLOOM's in float16 and GPT-2's and
+LLaMA's in float32 (about 0.8 MB in all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+
+import numpy as np
+
+TEXT = (__doc__ or "") * 4 + """
+Attention is all you need, they said; and then the sequences grew longer than the
+models had ever seen. Position interpolation, NTK-aware scaling and YaRN stretch the
+rotary frequencies; ALiBi simply penalises distance. A sink token soaks up attention
+that has nowhere else to go.
+"""
+PROMPT = "Attention is all you need, they"
+SCORED = "Position interpolation, NTK-aware scaling and YaRN stretch the rotary frequencies."
+TOKENIZER_VOCAB = 280   # 256 byte-level symbols + 24 merges
+MODEL_VOCAB = 288       # padded beyond the tokenizer, as released models often are
+NEW_TOKENS = 12
+SCORED_TOKENS = 24
+STORAGE = {"qwen2": "bfloat16", "gpt_neox": "float16", "mistral": "float16", "bloom": "float16"}
+
+
+def tokenizer():
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+  tok = Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=TOKENIZER_VOCAB, show_progress=False,
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  tok.train_from_iterator([TEXT], trainer)
+  return tok
+
+
+def configs():
+  import transformers as tf
+  common = dict(vocab_size=MODEL_VOCAB)
+  return {
+      "gpt2": tf.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, **common),
+      "gpt_neox": tf.GPTNeoXConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                   intermediate_size=64, max_position_embeddings=64,
+                                   rotary_pct=0.5, use_parallel_residual=True,
+                                   tie_word_embeddings=False, **common),
+      "llama": tf.LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                              num_key_value_heads=2, intermediate_size=40,
+                              max_position_embeddings=64, rms_norm_eps=1e-5,
+                              rope_theta=500.0, tie_word_embeddings=False, **common),
+      "mistral": tf.MistralConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  num_key_value_heads=1, intermediate_size=48,
+                                  max_position_embeddings=64, sliding_window=8,
+                                  tie_word_embeddings=False, **common),
+      "qwen2": tf.Qwen2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                              num_key_value_heads=2, intermediate_size=48,
+                              max_position_embeddings=64, tie_word_embeddings=True, **common),
+      "bloom": tf.BloomConfig(hidden_size=32, n_layer=2, n_head=4, **common),
+  }
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--out", default="tests/data/hf")
+  parser.add_argument("--seed", type=int, default=0)
+  args = parser.parse_args()
+  import torch
+  import transformers as tf
+
+  tok = tokenizer()
+  prompt = tok.encode(PROMPT).ids
+  scored = tok.encode(SCORED).ids
+  assert tok.decode(scored) == SCORED
+  scored = scored[:SCORED_TOKENS]
+  for family, config in configs().items():
+    torch.manual_seed(args.seed)
+    model = tf.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    with torch.no_grad():
+      for p in model.parameters():   # larger than the 0.02 init, so the logits differ by token
+        p.copy_(torch.randn_like(p) * 0.2)
+      if family in STORAGE:
+        model = model.to(getattr(torch, STORAGE[family]))
+    out = pathlib.Path(args.out) / family
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save(str(out / "tokenizer.json"))
+    model = model.float()
+    with torch.no_grad():
+      logits = model(torch.tensor([scored])).logits[0].numpy().astype(np.float32)
+      generated = model.generate(torch.tensor([prompt]), max_new_tokens=NEW_TOKENS,
+                                 do_sample=False, use_cache=True, pad_token_id=0)
+    continuation = generated[0, len(prompt):].numpy().astype(np.int32)
+    np.savez_compressed(out / "reference.npz", ids=np.asarray(scored, np.int32),
+                        logits=logits, prompt=np.asarray(prompt, np.int32),
+                        continuation=continuation)
+    (out / "generation_config.json").unlink(missing_ok=True)
+    size = sum(f.stat().st_size for f in out.iterdir())
+    print(f"{family:10s} {size / 1024:7.1f} KiB  "
+          f"{json.loads((out / 'config.json').read_text())['architectures'][0]}")
+
+
+if __name__ == "__main__":
+  main()
