@@ -84,7 +84,7 @@ def test_bad_input_names_the_argument(workdir, tmp_path):
     analyze.analyze("/nonexistent/run", "abc", tmp_path)
   with pytest.raises(ConfigError, match=r"--text='' is empty"):
     analyze.analyze(workdir, "", tmp_path)
-  with pytest.raises(ConfigError, match=r"--text has 65 byte tokens .* limit of 64 \(data.seq_len"):
+  with pytest.raises(ConfigError, match=r"--text has 65 tokens .* limit of 64 \(data.seq_len"):
     analyze.analyze(workdir, "x" * 65, tmp_path)
   with pytest.raises(ConfigError, match=r"--out is required"):
     analyze.analyze(workdir, "abc", "")

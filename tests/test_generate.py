@@ -168,7 +168,7 @@ def test_length_limits_and_empty_prompts_are_clear_errors(gqa):
 
 def test_parse_stop():
   assert generate.parse_stop(["\\n", "."]) == (10, 46)
-  with pytest.raises(ConfigError, match="--stop='ab' must be one byte"):
+  with pytest.raises(ConfigError, match="--stop='ab' must be one token"):
     generate.parse_stop(["ab"])
 
 

@@ -42,17 +42,17 @@ def check_inputs(workdir: str | None, text: str | None, out: str | None) -> None
 
 
 def encode_text(text: str, cfg) -> np.ndarray:
-  """Byte tokens of ``text`` (int32 [1, n]), checked against the model's limit.
+  """Tokens of ``text`` (int32 [1, n]; the run's tokenizer), checked against the model's limit.
 
   The limit is ``data.seq_len``, the length the model was trained at (and the position
   table's size, for learned positions).
   """
-  tokens = data.ByteTokenizer.encode(text).astype(np.int32)
+  tokens = data.get_tokenizer(cfg.data).encode(text).astype(np.int32)
   limit = cfg.data.seq_len
   if len(tokens) < 2:
-    raise ConfigError(f"--text={text!r} has {len(tokens)} byte token; need at least 2")
+    raise ConfigError(f"--text={text!r} has {len(tokens)} token; need at least 2")
   if len(tokens) > limit:
-    raise ConfigError(f"--text has {len(tokens)} byte tokens ({text[:40]!r}...), more than the "
+    raise ConfigError(f"--text has {len(tokens)} tokens ({text[:40]!r}...), more than the "
                       f"model's limit of {limit} (data.seq_len it was trained at); shorten it")
   positional.check_length(cfg.model.position, len(tokens), "--text length")
   return tokens[None]
@@ -85,12 +85,16 @@ def analyze(workdir, text: str, out, *, induction_batch: int = 8, sink_k: int = 
       {"workdir": str(workdir), "step": step, "text": text, "induction_period": period,
        "induction_batch": induction_batch, "sink_k": sink_k, "heads": records}, indent=1))
   (out / "metrics.md").write_text(
-      f"# Attention heads of {workdir} (step {step})\n\nText: {len(tokens[0])} bytes. Induction "
-      f"score: {induction_batch} sequences of {period} random printable bytes, repeated once.\n\n"
+      f"# Attention heads of {workdir} (step {step})\n\nText: {len(tokens[0])} tokens. Induction "
+      f"score: {induction_batch} sequences of {period} random tokens (ids of printable bytes), "
+      f"repeated once.\n\n"
       + metrics.markdown_table(records))
   files += [out / "metrics.json", out / "metrics.md"]
   maps = text_maps[:, 0]                                                 # [L, H, n, n]
-  labels = [plots.token_label(int(t)) for t in tokens[0]]
+  tokenizer = data.get_tokenizer(cfg.data)
+  byte_level = isinstance(tokenizer, data.ByteTokenizer)
+  labels = ([plots.token_label(int(t)) for t in tokens[0]] if byte_level
+            else tokenizer.labels(tokens[0]))
   files.append(plots.plot_grid(maps, out / "attention_grid.png",
                                f"{pathlib.Path(workdir).name}: attention on the text"))
   if head_pngs:
@@ -98,7 +102,7 @@ def analyze(workdir, text: str, out, *, induction_batch: int = 8, sink_k: int = 
     for l, h in tqdm(pairs, desc="head plots", disable=not progress):
       files.append(plots.plot_head(maps[l, h], labels, out / "heads" / f"L{l}_H{h}.png",
                                    f"layer {l}, head {h}"))
-  shown = [viewer_token(int(t)) for t in tokens[0]]
+  shown = [viewer_token(int(t)) for t in tokens[0]] if byte_level else labels
   files.append(viewer.write_viewer(maps, shown, out / "viewer.html",
                                    f"attnlab attention: {pathlib.Path(workdir).name}, step {step}"))
   return {"records": records, "files": files, "step": step}

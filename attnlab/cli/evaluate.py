@@ -1,4 +1,5 @@
-"""``python -m attnlab.evaluate --workdir=runs/rope --lengths=128,256,512,1024``
+"""``python -m attnlab.evaluate --workdir=runs/rope --lengths=128,256,512,1024
+[--rope_scalings=none,linear,ntk,dynamic_ntk,yarn]``
 
 Scores the validation split at each length and writes ``eval.{json,md,png}``; see
 ``attnlab.engine.evaluation``.
@@ -17,6 +18,9 @@ def define_flags():
   flags.DEFINE_string("workdir", None, "Training workdir to evaluate.")
   flags.DEFINE_list("lengths", None, "Evaluation lengths; default 1x..8x training length.")
   flags.DEFINE_string("out", None, "Where to write eval.{json,md,png}; default the workdir.")
+  flags.DEFINE_list("rope_scalings", None, "RoPE scalings to apply at evaluation time, each "
+                    "at factor length / trained context (none, linear, ntk, dynamic_ntk, yarn, "
+                    "yarn_paper, llama3); default: the model as it is.")
 
 
 def main(argv):
@@ -32,7 +36,8 @@ def main(argv):
   else:
     n = workdir_lib.load_config(FLAGS.workdir).data.seq_len
     lengths = [n, 2 * n, 4 * n, 8 * n]
-  records = evaluation.evaluate_workdir(FLAGS.workdir, lengths, FLAGS.out)
+  records = evaluation.evaluate_workdir(FLAGS.workdir, lengths, FLAGS.out,
+                                        rope_scalings=FLAGS.rope_scalings or ())
   print(evaluation.markdown_table(records))
 
 

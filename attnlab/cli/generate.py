@@ -29,7 +29,7 @@ def define_flags():
   flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens (0 = off).")
   flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass in (0, 1] (1 = off).")
   flags.DEFINE_integer("seed", 0, "Sampling seed.")
-  flags.DEFINE_multi_string("stop", None, "Stop token: one byte, escapes allowed ('\\n').")
+  flags.DEFINE_multi_string("stop", None, "Stop token: one token (byte), escapes allowed ('\\n').")
   flags.DEFINE_bool("cache", True, "Use the KV cache (--nocache recomputes the prefix).")
   config_flags.DEFINE_config_dict(
       "streaming", ml_collections.ConfigDict({"sinks": 0, "window": 0}),
@@ -44,16 +44,17 @@ def main(argv):
     raise app.UsageError("--workdir and --prompt are required")
   streaming = generation.streaming_from_flags(FLAGS.streaming)
   sampling = Sampling(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p)
-  stop = generation.parse_stop(FLAGS.stop)
   cfg, params, step = workdir.restore_params(FLAGS.workdir)
+  tokenizer = data.get_tokenizer(cfg.data)
+  stop = generation.parse_stop(FLAGS.stop, tokenizer)
   result = generation.generate(cfg, params, FLAGS.prompt, FLAGS.max_new_tokens, sampling,
                                seed=FLAGS.seed, stop_tokens=stop, streaming=streaming,
                                use_cache=FLAGS.cache)
   for i, tokens in enumerate(result.tokens):
     if len(result.tokens) > 1:
       print(f"--- prompt {i} ---")
-    print(data.ByteTokenizer.decode(tokens))
-  longest = max(len(data.ByteTokenizer.encode(p)) for p in FLAGS.prompt) + FLAGS.max_new_tokens
+    print(tokenizer.decode(tokens))
+  longest = max(len(tokenizer.encode(p)) for p in FLAGS.prompt) + FLAGS.max_new_tokens
   trained = cfg.data.seq_len
   note = ""
   unbounded = PATTERNS.get(cfg.model.attention.pattern).lookback(cfg.model.attention) is None

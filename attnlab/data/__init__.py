@@ -162,6 +162,8 @@ class Batches:
   train: Any
   valid: Any
   description: str
+  bytes_per_token: float = 1.0   # mean over the validation split (bits per byte = nats/token
+                                 # / (ln 2 * bytes_per_token))
 
 
 def make_batches(cfg) -> Batches:
@@ -178,7 +180,8 @@ def make_batches(cfg) -> Batches:
       lambda step: get_batch(corpus.train, t.batch_size, d.seq_len, t.seed, step, "train"),
       lambda i: get_batch(corpus.valid, t.batch_size, d.seq_len, t.seed, i, "valid"),
       f"{corpus.name} ({len(corpus.train):,} train / {len(corpus.valid):,} valid "
-      f"{'bytes' if corpus.train_bytes is None else 'tokens'})")
+      f"{'bytes' if corpus.train_bytes is None else 'tokens'})",
+      float(corpus.token_bytes("valid").mean()))
 
 
 def sliding_windows(tokens: np.ndarray, length: int, stride: int, max_scored: int | None = None):

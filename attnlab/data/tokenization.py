@@ -79,7 +79,9 @@ class HFTokenizer:
     return ids, np.diff(bounds).astype(np.int32)
 
   def labels(self, ids) -> list[str]:
-    return [self._tok.id_to_token(int(i)) or f"<{int(i)}>" for i in np.asarray(ids).tolist()]
+    """Each token's own text (its vocabulary entry when that decodes to nothing)."""
+    return [self.decode([i]) or self._tok.id_to_token(int(i)) or f"<{int(i)}>"
+            for i in np.asarray(ids).tolist()]
 
 
 @functools.lru_cache(maxsize=8)

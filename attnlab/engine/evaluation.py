@@ -6,6 +6,12 @@ window w predicts tokens ``w*L+1 .. (w+1)*L`` from the tokens before them in the
 same window (so early tokens of a window have short contexts, as in the ALiBi
 paper's non-overlapping protocol). Writes ``eval.json``, ``eval.md`` and
 ``eval.png`` into the workdir (or ``--out``).
+
+Perplexity is per token; bits per byte divide the nats of the scored tokens by the UTF-8
+bytes they stand for (``data.tokenization``), so byte-level and BPE models compare.
+``rope_scalings`` evaluates a RoPE model once per scaling (PI, NTK, dynamic NTK, YaRN,
+Llama 3), each set at evaluation time for every length: factor ``L / original`` (at least
+1; dynamic NTK grows its base with the length by itself).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from attnlab import data, positional
+from attnlab import config_lib, data, positional
 from attnlab.models import build_lm
 from attnlab.registry import ConfigError
 from attnlab import workdir as workdir_lib
@@ -33,15 +39,20 @@ EVAL_MODES = ("non_overlapping", "sliding")
 
 def evaluate_lengths(cfg, params, tokens: np.ndarray, lengths, *, max_tokens: int | None = None,
                      batch_tokens: int | None = None, mode: str = "non_overlapping",
-                     stride: int | None = None, progress: bool = True) -> list[dict]:
+                     stride: int | None = None, progress: bool = True,
+                     token_bytes: np.ndarray | None = None) -> list[dict]:
   """Score ``tokens`` at each length; returns one record per length.
 
   ``mode="non_overlapping"``: consecutive windows, every token of a window scored.
   ``mode="sliding"``: windows advance by ``stride`` and score their last ``stride``
   tokens, so each scored token sees at least ``length - stride`` tokens of context.
-  Record: ``eval_length``, ``eval_mode``, ``loss`` (nats/token), ``ppl``, ``bpb``
-  (bits per byte, tokens being bytes), ``tokens`` (number scored), and ``stride``.
+  Record: ``eval_length``, ``eval_mode``, ``loss`` (nats/token), ``ppl`` (per token),
+  ``bpb`` (bits per byte), ``tokens`` (number scored), ``bytes`` (UTF-8 bytes they stand
+  for) and ``stride``. ``token_bytes``: int [len(tokens)], the bytes each token stands for
+  (None: one each, a byte-level model).
   """
+  if token_bytes is None:
+    token_bytes = np.ones(len(tokens), np.int32)
   max_tokens = max_tokens or cfg.eval.max_tokens
   batch_tokens = batch_tokens or cfg.eval.batch_tokens
   if mode not in EVAL_MODES:
@@ -63,8 +74,11 @@ def evaluate_lengths(cfg, params, tokens: np.ndarray, lengths, *, max_tokens: in
   for length in tqdm(lengths, desc=f"eval lengths ({mode})", disable=not progress):
     if mode == "sliding":
       inputs, targets, weights = data.sliding_windows(tokens, length, stride, max_tokens)
+      target_bytes = data.sliding_windows(token_bytes, length, stride, max_tokens)[1]
     else:
       inputs, targets = data.non_overlapping_windows(tokens, length, max(1, max_tokens // length))
+      target_bytes = data.non_overlapping_windows(token_bytes, length,
+                                                  max(1, max_tokens // length))[1]
       weights = np.ones(targets.shape, np.float32)
     per_batch = max(1, batch_tokens // length)
     total = 0.0
@@ -72,9 +86,11 @@ def evaluate_lengths(cfg, params, tokens: np.ndarray, lengths, *, max_tokens: in
       chunk = slice(start, start + per_batch)
       total += float(weighted_nll(params, inputs[chunk], targets[chunk], weights[chunk]))
     scored = int(weights.sum())
+    scored_bytes = int((target_bytes * weights).sum())
     loss = total / scored
     records.append({"eval_length": length, "eval_mode": mode, "loss": loss,
-                    "ppl": math.exp(min(loss, 700.0)), "bpb": loss / LN2, "tokens": scored,
+                    "ppl": math.exp(min(loss, 700.0)), "bpb": total / max(scored_bytes, 1) / LN2,
+                    "tokens": scored, "bytes": scored_bytes,
                     "stride": stride if mode == "sliding" else length})
   return records
 
@@ -91,7 +107,8 @@ def markdown_table(records: list[dict], key: str = "variant") -> str:
       r = next((r for r in records if r.get(key, "model") == name and r["eval_length"] == n), None)
       cells.append("—" if r is None else f"{r['ppl']:.3f} ({r['bpb']:.3f})")
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
-  return "\n".join(lines) + "\n\nCells: perplexity per byte (bits per byte).\n"
+  unit = "byte" if all(r.get("bytes", r["tokens"]) == r["tokens"] for r in records) else "token"
+  return "\n".join(lines) + f"\n\nCells: perplexity per {unit} (bits per byte).\n"
 
 
 def draw_lengths(ax, records: list[dict], title: str, key: str = "variant",
@@ -112,7 +129,8 @@ def draw_lengths(ax, records: list[dict], title: str, key: str = "variant",
   ppl = [r["ppl"] for r in records]
   ax.set_yticks(np.unique(np.round(np.geomspace(min(ppl), max(ppl), 6), 1 if max(ppl) < 100 else 0)))
   ax.set_xlabel("evaluation length (tokens)")
-  ax.set_ylabel("perplexity per byte")
+  per_byte = all(r.get("bytes", r["tokens"]) == r["tokens"] for r in records)
+  ax.set_ylabel(f"perplexity per {'byte' if per_byte else 'token'}")
   ax.set_title(title)
   ax.grid(True, which="both", alpha=0.3)
   ax.legend()
@@ -139,17 +157,57 @@ def check_finite(records: list[dict], workdir, step: int) -> None:
                        f"length(s) {bad} (its parameters overflow); nothing was written")
 
 
-def evaluate_workdir(workdir, lengths, out=None, progress=True) -> list[dict]:
-  """Evaluate the newest checkpoint of ``workdir`` at ``lengths``; writes
-  ``eval.{json,md,png}`` (with the fingerprint of what was evaluated) into ``out``."""
+def with_rope_scaling(cfg, scaling: str, length: int):
+  """``cfg`` (resolved) with RoPE ``scaling`` applied for evaluation at ``length``: factor
+  ``length / L`` (at least 1; 1 for dynamic NTK, whose base follows the length), ``L`` the
+  model's trained context (``original_max_len``). ``"none"``: ``cfg`` unchanged."""
+  if scaling == "none":
+    return cfg
+  raw = config_lib.with_declared_defaults(cfg)
+  p = raw.model.position
+  original = int(p.original_max_len) or int(raw.data.seq_len)
+  p.scaling = scaling
+  p.original_max_len = original
+  p.scale_factor = 1.0 if scaling == "dynamic_ntk" else max(1.0, length / original)
+  return config_lib.resolve(raw)
+
+
+def check_rope_scalings(cfg, scalings) -> None:
+  """Every ``--rope_scalings`` entry valid for this model, before anything compiles."""
+  if not scalings:
+    return
+  if cfg.model.position.kind != "rope":
+    raise ConfigError(f"--rope_scalings: model.position.kind={cfg.model.position.kind!r} has no "
+                      f"RoPE frequencies to scale; evaluate without --rope_scalings")
+  for s in scalings:
+    if s not in positional.ROPE_SCALINGS:
+      raise ConfigError(f"--rope_scalings: {s!r} is not valid; valid: "
+                        f"{', '.join(positional.ROPE_SCALINGS)}")
+
+
+def evaluate_workdir(workdir, lengths, out=None, progress=True, rope_scalings=()) -> list[dict]:
+  """Evaluate the newest checkpoint of ``workdir`` at ``lengths`` (once per RoPE scaling in
+  ``rope_scalings``, when given); writes ``eval.{json,md,png}`` (with the fingerprint of what
+  was evaluated) into ``out``."""
   cfg, params, step = restore_params(workdir)
+  check_rope_scalings(cfg, rope_scalings)
   corpus = data.load_corpus(cfg.data)
-  records = evaluate_lengths(cfg, params, corpus.valid, lengths, progress=progress)
+  name = pathlib.Path(workdir).name
+  records = []
+  for scaling in rope_scalings or [None]:
+    for length in lengths if scaling else [None]:
+      scaled = cfg if scaling is None else with_rope_scaling(cfg, scaling, length)
+      got = evaluate_lengths(scaled, params, corpus.valid, lengths if length is None else [length],
+                             progress=progress, token_bytes=corpus.token_bytes("valid"))
+      for r in got:
+        r["variant"] = name if scaling is None else scaling
+        if scaling:
+          r.update(rope_scaling=scaling, scale_factor=float(scaled.model.position.scale_factor))
+      records += got
   check_finite(records, workdir, step)
   stamp = workdir_lib.fingerprint(cfg, step, params, data=workdir_lib.data_digest(corpus.valid))
-  name = pathlib.Path(workdir).name
   for r in records:
-    r.update(variant=name, train_length=cfg.data.seq_len, step=step, fingerprint=stamp)
+    r.update(train_length=cfg.data.seq_len, step=step, fingerprint=stamp)
   out = pathlib.Path(out or workdir)
   out.mkdir(parents=True, exist_ok=True)
   (out / "eval.json").write_text(json.dumps(records, indent=2))

@@ -72,7 +72,8 @@ def _evaluate_variant(run_dir: pathlib.Path, spec: dict, progress: bool) -> list
   fingerprint of what they were computed from (config, checkpoint, data) are unchanged."""
   cache = run_dir / "sweep_eval.json"
   cfg, params, step = restore_params(run_dir)
-  tokens = data.load_corpus(cfg.data).valid
+  corpus = data.load_corpus(cfg.data)
+  tokens = corpus.valid
   stamp = workdir_lib.fingerprint(cfg, step, params, data=workdir_lib.data_digest(tokens))
   if cache.exists():
     cached = json.loads(cache.read_text())
@@ -86,7 +87,8 @@ def _evaluate_variant(run_dir: pathlib.Path, spec: dict, progress: bool) -> list
     budget = spec["sliding_tokens"] if mode == "sliding" else spec["max_tokens"]
     records += evaluation.evaluate_lengths(cfg, params, tokens, spec["lengths"], mode=mode,
                                            stride=spec["stride"], max_tokens=budget,
-                                           progress=progress)
+                                           progress=progress,
+                                           token_bytes=corpus.token_bytes("valid"))
   evaluation.check_finite(records, run_dir, step)
   for r in records:
     r.update(variant=run_dir.name, train_length=cfg.data.seq_len, params=num_params(params),
@@ -103,8 +105,9 @@ def results_markdown(records: list[dict]) -> str:
     rs = [r for r in records if r["eval_mode"] == mode]
     lengths = sorted({r["eval_length"] for r in rs})
     stride = rs[0]["stride"] if mode == "sliding" else None
-    out.append(f"**{mode}**" + (f" (stride {stride})" if stride else "") + ": perplexity per byte"
-               " (bits per byte)\n")
+    unit = "byte" if all(r.get("bytes", r["tokens"]) == r["tokens"] for r in rs) else "token"
+    out.append(f"**{mode}**" + (f" (stride {stride})" if stride else "") +
+               f": perplexity per {unit} (bits per byte)\n")
     out.append("| variant | params | " + " | ".join(f"L={n}" for n in lengths) + " |")
     out.append("|---|---|" + "---|" * len(lengths))
     for name in dict.fromkeys(r["variant"] for r in rs):

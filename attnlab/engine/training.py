@@ -197,7 +197,8 @@ def _run(cfg, workdir, model, tx, mesh, shardings, state, checkpointer, metrics,
 
   def evaluate(state, done):
     valid = validation_loss(eval_step, state["params"], batches, cfg, mesh)
-    return [{"step": done, "split": "valid", "loss": valid, "bpb": valid / LN2,
+    return [{"step": done, "split": "valid", "loss": valid,
+             "bpb": valid / (LN2 * batches.bytes_per_token),
              "ppl": math.exp(min(valid, 700.0))}]
 
   def log_fields(done, step_metrics, count, elapsed):

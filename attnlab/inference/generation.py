@@ -1,8 +1,8 @@
 """Text generation with a preallocated KV cache: prefill, then a jit-compiled decode loop
 (the library behind ``python -m attnlab.generate``; behaviour in full in docs/inference.md):
 
-- Prompts: byte strings (the models are byte-level), one or more (``--prompt`` repeated: a
-  batch). Every row advances in lockstep: the common prefix is prefilled in one pass,
+- Prompts: strings, encoded by the run's tokenizer (``data.tokenizer``: bytes, or a
+  ``tokenizer.json`` of an imported model), one or more (``--prompt`` repeated: a batch). Every row advances in lockstep: the common prefix is prefilled in one pass,
   the rest of a longer prompt is fed one token per step. An empty prompt is an error
   (the models have no beginning-of-text token to start from).
 - Cache: the model's own (full, or rolling for ``sliding_window`` / ``streaming``
@@ -51,15 +51,16 @@ class Generation:
   seconds: float
 
 
-def encode_prompts(prompts) -> list[np.ndarray]:
-  """Strings (UTF-8 bytes) or int arrays -> int32 arrays; an empty prompt is an error."""
+def encode_prompts(prompts, tokenizer=data.ByteTokenizer) -> list[np.ndarray]:
+  """Strings (encoded by ``tokenizer``) or int arrays -> int32 arrays; an empty prompt is an
+  error."""
   if isinstance(prompts, str) or (isinstance(prompts, np.ndarray) and prompts.ndim == 1):
     prompts = [prompts]
   if not len(prompts):
     raise ConfigError("--prompt: no prompt given; pass at least one")
   out = []
   for i, p in enumerate(prompts):
-    ids = data.ByteTokenizer.encode(p) if isinstance(p, str) else np.asarray(p)
+    ids = tokenizer.encode(p) if isinstance(p, str) else np.asarray(p)
     if ids.size == 0:
       raise ConfigError(f"--prompt #{i}: the prompt is empty; the model has no "
                         f"beginning-of-text token, so give it at least one byte to continue")
@@ -236,7 +237,7 @@ def generate(cfg, params, prompts, max_new_tokens: int, sampling: Sampling = Sam
   or int arrays (a batch). Raises ``ConfigError`` for a request it cannot serve.
   """
   model_cfg = cfg.model if "model" in cfg else cfg
-  prompts = encode_prompts(prompts)
+  prompts = encode_prompts(prompts, data.get_tokenizer(cfg.data if "data" in cfg else None))
   lengths = [len(p) for p in prompts]
   stop_tokens = tuple(int(t) for t in stop_tokens)
   sampling.validate(int(model_cfg.vocab_size))
@@ -265,15 +266,15 @@ def generate(cfg, params, prompts, max_new_tokens: int, sampling: Sampling = Sam
   return Generation(tokens, [bool(d) for d in done], seconds)
 
 
-def parse_stop(values) -> tuple[int, ...]:
-  """``--stop`` values (Python escapes allowed, e.g. '\\n') -> byte tokens; each value must
-  be one byte."""
+def parse_stop(values, tokenizer=data.ByteTokenizer) -> tuple[int, ...]:
+  """``--stop`` values (Python escapes allowed, e.g. '\\n') -> tokens; each value must be
+  one token (one byte for byte-level models)."""
   out = []
   for value in values or ():
     text = codecs.decode(value, "unicode_escape")
-    ids = data.ByteTokenizer.encode(text)
+    ids = tokenizer.encode(text)
     if len(ids) != 1:
-      raise ConfigError(f"--stop={value!r} must be one byte (one ASCII character, or an escape "
+      raise ConfigError(f"--stop={value!r} must be one token (one ASCII character, or an escape "
                         f"such as '\\n'); give --stop several times for several stop tokens")
     out.append(int(ids[0]))
   return tuple(out)

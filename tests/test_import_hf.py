@@ -1,0 +1,231 @@
+"""Importing Hugging Face checkpoints (attnlab.engine.hf_import).
+
+The oracle is ``transformers`` itself: tests/data/hf/<family>/ holds a tiny random
+checkpoint of each family with the logits and the cached greedy continuation that
+``transformers`` computed for it (scripts/make_hf_fixtures.py). Neither torch nor the
+network is needed here.
+"""
+
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from attnlab import config_lib, data
+from attnlab.engine import evaluation, hf_import
+from attnlab.inference import generation
+from attnlab.models import build_lm
+from attnlab.registry import ConfigError
+from attnlab.workdir import restore_params
+
+FIXTURES = pathlib.Path(__file__).parent / "data" / "hf"
+FAMILIES = ("gpt2", "gpt_neox", "llama", "mistral", "qwen2", "bloom")
+ROOT = pathlib.Path(__file__).parents[1]
+
+
+def base_config():
+  c = config_lib.load_module(ROOT / "configs" / "lm.py").base_config()
+  c.data.corpus = "tinyshakespeare"
+  c.eval.max_tokens = 512
+  c.eval.batch_tokens = 1024
+  return c
+
+
+def reference(family):
+  return np.load(FIXTURES / family / "reference.npz")
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+  """{family: (resolved config, params)}, each imported into a workdir and read back."""
+  root = tmp_path_factory.mktemp("imported")
+  out = {}
+  for family in FAMILIES:
+    hf_import.import_checkpoint(FIXTURES / family, root / family, base_config())
+    cfg, params, step = restore_params(root / family)
+    assert step == 0
+    out[family] = (cfg, params, root / family)
+  return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_logits_match_transformers(imported, family):
+  cfg, params, _ = imported[family]
+  ref = reference(family)
+  logits = build_lm(cfg.model).apply({"params": params}, ref["ids"][None])[0]
+  np.testing.assert_allclose(np.asarray(logits), ref["logits"], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cached_greedy_decoding_reproduces_transformers(imported, family):
+  cfg, params, _ = imported[family]
+  ref = reference(family)
+  result = generation.generate(cfg, params, [ref["prompt"]], len(ref["continuation"]))
+  np.testing.assert_array_equal(result.tokens[0], ref["continuation"])
+
+
+def test_mistral_window_and_qwen2_biases_are_mapped(imported):
+  """Hugging Face's window W lets a query see W keys, itself included (i - j < W)."""
+  mistral = imported["mistral"][0].model
+  hf = json.loads((FIXTURES / "mistral" / "config.json").read_text())
+  assert mistral.attention.pattern == "sliding_window"
+  assert mistral.attention.window == hf["sliding_window"] - 1
+  qwen = imported["qwen2"][1]["block_0"]["attention"]
+  assert "bias" in qwen["qkv"] and "bias" not in qwen["out"]
+
+
+def test_bfloat16_weights(tmp_path):
+  """--dtype=bfloat16 keeps the weights in bfloat16; the logits stay near float32's."""
+  cfg, params = hf_import.convert(FIXTURES / "llama", base_config(), dtype="bfloat16")
+  assert {str(x.dtype) for x in jax.tree.leaves(params)} == {"bfloat16"}
+  cfg = config_lib.resolve(cfg)
+  ref = reference("llama")
+  logits = np.asarray(build_lm(cfg.model).apply({"params": params}, ref["ids"][None])[0])
+  scale = np.abs(ref["logits"]).max()
+  assert np.abs(logits - ref["logits"]).max() < 0.05 * scale
+  assert (logits.argmax(-1) == ref["logits"].argmax(-1)).mean() > 0.9
+
+
+def _copy(family, tmp_path):
+  return pathlib.Path(shutil.copytree(FIXTURES / family, tmp_path / family))
+
+
+def test_sharded_checkpoint_imports_the_same_weights(tmp_path):
+  from safetensors.numpy import load_file, save_file
+  src = _copy("llama", tmp_path)
+  tensors = load_file(src / "model.safetensors")
+  names = sorted(tensors)
+  shards = {"model-00001-of-00002.safetensors": names[::2],
+            "model-00002-of-00002.safetensors": names[1::2]}
+  for shard, keys in shards.items():
+    save_file({k: tensors[k] for k in keys}, src / shard)
+  (src / "model.safetensors").unlink()
+  (src / "model.safetensors.index.json").write_text(json.dumps(
+      {"metadata": {}, "weight_map": {k: s for s, keys in shards.items() for k in keys}}))
+  _, sharded = hf_import.convert(src, base_config())
+  _, whole = hf_import.convert(FIXTURES / "llama", base_config())
+  for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(whole)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_missing_tensor_is_named(tmp_path):
+  from safetensors.numpy import load_file, save_file
+  src = _copy("llama", tmp_path)
+  tensors = load_file(src / "model.safetensors")
+  del tensors["model.layers.1.mlp.up_proj.weight"]
+  save_file(tensors, src / "model.safetensors")
+  with pytest.raises(ConfigError, match=r"lacks tensor 'model\.layers\.1\.mlp\.up_proj\.weight'"):
+    hf_import.convert(src, base_config())
+
+
+def test_unknown_architecture_is_named(tmp_path):
+  src = _copy("llama", tmp_path)
+  hf = json.loads((src / "config.json").read_text())
+  hf.update(model_type="mamba", architectures=["MambaForCausalLM"])
+  (src / "config.json").write_text(json.dumps(hf))
+  with pytest.raises(ConfigError, match=r"model_type 'mamba'.*MambaForCausalLM.*supported: .*llama"):
+    hf_import.convert(src, base_config())
+
+
+def test_mismatched_shape_is_named(tmp_path):
+  src = _copy("llama", tmp_path)
+  hf = json.loads((src / "config.json").read_text())
+  hf["intermediate_size"] = 44
+  (src / "config.json").write_text(json.dumps(hf))
+  with pytest.raises(ConfigError, match=r"gate_proj\.weight' has shape \(40, 32\).*\(44, 32\)"):
+    hf_import.convert(src, base_config())
+
+
+def test_cli_reports_a_bad_checkpoint_in_one_line(tmp_path):
+  src = _copy("gpt2", tmp_path)
+  (src / "tokenizer.json").unlink()
+  result = subprocess.run(
+      [sys.executable, "-m", "attnlab.import_hf", f"--checkpoint={src}",
+       f"--workdir={tmp_path / 'w'}"], capture_output=True, text=True, cwd=ROOT,
+      env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"}, timeout=300)
+  assert result.returncode == 2, result.stderr
+  lines = [line for line in result.stderr.splitlines() if line.strip()]
+  assert lines == [f"error: --checkpoint={str(src)!r} has no tokenizer.json"]
+  assert not (tmp_path / "w").exists()      # nothing written
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+
+TEXTS = ("Attention is all you need.", "naïve café — 東京 🙂\n\ttabs  and  spaces\r\n",
+         "def f(x):\n    return x ** 2  # émoji 🚀🚀")
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_tokenizer_json_round_trips_and_counts_bytes(text):
+  tok = data.HFTokenizer(FIXTURES / "gpt2" / "tokenizer.json")
+  ids, counts = tok.encode_with_bytes(text)
+  assert tok.decode(ids) == text
+  assert np.array_equal(ids, tok.encode(text))
+  assert counts.sum() == len(text.encode("utf-8"))
+  assert len(ids) < len(text.encode("utf-8"))   # merges happened
+
+
+def _direct_nats(model, params, tokens, length, windows):
+  """Summed next-token nats of ``windows`` consecutive windows, in float64 numpy."""
+  total = 0.0
+  for w in range(windows):
+    chunk = tokens[w * length:(w + 1) * length + 1]
+    logits = np.asarray(model.apply({"params": params}, chunk[None, :-1].astype(np.int32))[0],
+                        np.float64)
+    logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    total += float((logz - logits[np.arange(length), chunk[1:]]).sum())
+  return total
+
+
+@pytest.mark.parametrize("family", ["llama", "bloom"])
+def test_evaluation_per_token_and_per_byte_agree_with_a_direct_computation(imported, family):
+  cfg, params, _ = imported[family]
+  tok = data.get_tokenizer(cfg.data)
+  corpus = data.load_corpus(cfg.data)
+  length, windows = 32, 4
+  record, = evaluation.evaluate_lengths(cfg, params, corpus.valid, [length],
+                                        max_tokens=length * windows, progress=False,
+                                        token_bytes=corpus.token_bytes("valid"))
+  nats = _direct_nats(build_lm(cfg.model), params, corpus.valid, length, windows)
+  targets = np.concatenate([corpus.valid[w * length + 1:(w + 1) * length + 1]
+                            for w in range(windows)])
+  scored_bytes = sum(len(tok.decode([t]).encode("utf-8")) for t in targets)  # ASCII text
+  assert record["tokens"] == length * windows and record["bytes"] == scored_bytes
+  np.testing.assert_allclose(record["loss"], nats / (length * windows), rtol=1e-5)
+  np.testing.assert_allclose(record["bpb"], nats / scored_bytes / np.log(2), rtol=1e-5)
+  assert scored_bytes > length * windows      # BPE tokens stand for more than a byte
+
+
+def test_extrapolation_evaluator_applies_each_rope_scaling(imported, tmp_path):
+  _, _, workdir = imported["llama"]
+  scalings = ["none", "linear", "ntk", "dynamic_ntk", "yarn", "llama3"]
+  records = evaluation.evaluate_workdir(workdir, [64, 128], out=tmp_path, progress=False,
+                                        rope_scalings=scalings)
+  by = {(r["variant"], r["eval_length"]): r for r in records}
+  assert set(by) == {(s, n) for s in scalings for n in (64, 128)}
+  for s in scalings:   # at the trained context every scaling is the identity (factor 1)
+    np.testing.assert_allclose(by[(s, 64)]["loss"], by[("none", 64)]["loss"], rtol=1e-6)
+    assert np.isfinite(by[(s, 128)]["loss"])
+  assert by[("linear", 128)]["scale_factor"] == 2.0
+  assert by[("dynamic_ntk", 128)]["scale_factor"] == 1.0
+  for s in ("linear", "ntk", "yarn", "llama3"):   # beyond it they change the model
+    assert by[(s, 128)]["loss"] != by[("none", 128)]["loss"]
+  assert (tmp_path / "eval.md").read_text().startswith("| variant | L=64 | L=128 |")
+
+
+def test_extrapolation_evaluator_runs_bloom_alibi_and_refuses_rope_scalings(imported, tmp_path):
+  cfg, params, workdir = imported["bloom"]
+  records = evaluation.evaluate_workdir(workdir, [32, 64], out=tmp_path, progress=False)
+  assert [r["eval_length"] for r in records] == [32, 64]
+  corpus = data.load_corpus(cfg.data)
+  windows = min(512 // 64, (len(corpus.valid) - 1) // 64)
+  nats = _direct_nats(build_lm(cfg.model), params, corpus.valid, 64, windows)
+  np.testing.assert_allclose(records[1]["loss"], nats / (64 * windows), rtol=1e-5)
+  with pytest.raises(ConfigError, match="model.position.kind='alibi' has no RoPE"):
+    evaluation.evaluate_workdir(workdir, [64], out=tmp_path, rope_scalings=["yarn"])
