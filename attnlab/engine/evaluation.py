@@ -176,8 +176,9 @@ def check_rope_scalings(cfg, scalings) -> None:
   """Every ``--rope_scalings`` entry valid for this model, before anything compiles."""
   if not scalings:
     return
-  if cfg.model.position.kind != "rope":
-    raise ConfigError(f"--rope_scalings: model.position.kind={cfg.model.position.kind!r} has no "
+  kind = cfg.model.position.kind
+  if "scaling" not in {f.name for f in positional.POSITIONS.get(kind).fields}:
+    raise ConfigError(f"--rope_scalings: model.position.kind={kind!r} has no "
                       f"RoPE frequencies to scale; evaluate without --rope_scalings")
   for s in scalings:
     if s not in positional.ROPE_SCALINGS:
