@@ -65,7 +65,8 @@ def describe_os_error(error: OSError, what: str, path) -> str:
 # ----------------------------------------------------------------------------- config
 
 
-def _kind(raw: dict) -> str:
+def run_kind(raw: dict) -> str:
+  """"lm" or "tasks": the kind of run a ``config.json`` (as a dict) describes."""
   return "tasks" if "task" in raw.get("data", {}) else "lm"
 
 
@@ -84,10 +85,10 @@ def load_config(workdir, kind: str | None = "lm") -> ml_collections.FrozenConfig
     raw = json.loads(path.read_text())
   except json.JSONDecodeError as e:
     raise WorkdirError(f"{path} is not valid JSON ({e}); the workdir is damaged") from None
-  if kind is not None and _kind(raw) != kind:
+  if kind is not None and run_kind(raw) != kind:
     what = {"tasks": f"an algorithmic-task run (data.task={raw['data'].get('task')!r}), "
                      f"scored by python -m attnlab.tasks_train",
-            "lm": "a language-model run"}[_kind(raw)]
+            "lm": "a language-model run"}[run_kind(raw)]
     raise WorkdirError(f"{workdir} holds {what}; this command reads "
                        f"{'language-model' if kind == 'lm' else 'algorithmic-task'} workdirs")
   return ml_collections.FrozenConfigDict(config_lib.with_declared_defaults(raw))

@@ -41,6 +41,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     raise ValueError(f"configs/extrapolation.py:{arg}: unknown variant(s) {unknown}; valid: "
                      f"{', '.join(sorted(VARIANTS))} (comma-separated)")
   c.sweep = ml_collections.ConfigDict()
+  c.sweep.train = True                # False: only evaluate the runs already in --workdir
   # each variant sets the position kind; its other position fields are placeholders the
   # command line can set (config_lib.position_variant)
   c.sweep.variants = ml_collections.ConfigDict(

@@ -229,3 +229,25 @@ def test_extrapolation_evaluator_runs_bloom_alibi_and_refuses_rope_scalings(impo
   np.testing.assert_allclose(records[1]["loss"], nats / (64 * windows), rtol=1e-5)
   with pytest.raises(ConfigError, match="model.position.kind='alibi' has no RoPE"):
     evaluation.evaluate_workdir(workdir, [64], out=tmp_path, rope_scalings=["yarn"])
+
+
+def test_evaluation_only_sweep_scores_imported_runs_at_their_own_context(imported, tmp_path):
+  from attnlab.engine import sweeps
+  for family in ("llama", "bloom"):
+    shutil.copytree(imported[family][2], tmp_path / family)
+  config = config_lib.load_module(ROOT / "configs" / "extrapolation.py").get_config("rope")
+  config.sweep.train = False
+  config.sweep.factors = (1,)
+  config.sweep.protocols = ("non_overlapping",)
+  config.eval.max_tokens = 2048
+  records = sweeps.run_sweep(config, tmp_path, progress=False)
+  by = {r["variant"]: r for r in records}
+  assert by["llama"]["eval_length"] == 64 and by["bloom"]["eval_length"] == 2048
+  cfg, params, _ = imported["llama"]
+  corpus = data.load_corpus(cfg.data)
+  direct, = evaluation.evaluate_lengths(cfg, params, corpus.valid, [64], max_tokens=2048,
+                                        progress=False, token_bytes=corpus.token_bytes("valid"))
+  assert by["llama"]["loss"] == direct["loss"] and by["llama"]["bytes"] == direct["bytes"]
+  assert "perplexity per token (bits per byte)" in (tmp_path / "results.md").read_text()
+  with pytest.raises(ConfigError, match="holds none"):
+    sweeps.run_sweep(config, tmp_path / "empty", progress=False)

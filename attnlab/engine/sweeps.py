@@ -10,6 +10,11 @@ Writes ``results.json``, ``results.csv``, ``results.md`` and ``results.png``.
 Resumable: re-running skips finished variants (training and evaluation), and an
 interrupted variant continues from its last checkpoint.
 
+Evaluation only (``sweep.train=False``): every workdir already in ``workdir/`` (trained
+earlier, or a pretrained model written by ``python -m attnlab.import_hf``) is evaluated
+at ``sweep.factors`` x its own ``data.seq_len``; nothing trains and ``sweep.variants`` is
+not read.
+
 ``sweep.runner`` picks what a variant is (``RUNNERS``): ``lm`` (the default, above) or
 ``tasks``: sequence-to-sequence models trained on ``sweep.tasks`` (algorithmic tasks) and
 scored by sequence accuracy at ``eval.lengths`` (``attnlab.engine.tasks.run_task_sweep``;
@@ -31,7 +36,8 @@ from attnlab.registry import ConfigError, Registry
 from attnlab import workdir as workdir_lib
 from attnlab.workdir import restore_params
 
-RESULT_FIELDS = ("variant", "eval_length", "eval_mode", "loss", "ppl", "bpb", "tokens", "stride",
+RESULT_FIELDS = ("variant", "eval_length", "eval_mode", "loss", "ppl", "bpb", "tokens", "bytes",
+                 "stride",
                  "train_length", "params", "step")
 
 
@@ -52,6 +58,13 @@ def variant_configs(config) -> dict[str, ml_collections.ConfigDict]:
     except ConfigError as e:
       raise ConfigError(f"sweep.variants.{name}: {e}") from None
     out[name] = cfg
+  check_evaluation_spec(config, base.data.seq_len)
+  return out
+
+
+def check_evaluation_spec(config, seq_len: int) -> None:
+  """``sweep.factors``, ``protocols``, ``stride`` and ``sliding_tokens``, for runs trained at
+  ``seq_len``."""
   for factor in config.sweep.factors:
     if not isinstance(factor, int) or factor < 1:
       raise ConfigError(f"sweep.factors: {factor!r} must be a positive integer")
@@ -60,11 +73,28 @@ def variant_configs(config) -> dict[str, ml_collections.ConfigDict]:
       raise ConfigError(f"sweep.protocols: {mode!r} is not valid; valid: "
                         f"{', '.join(evaluation.EVAL_MODES)}")
   if "sliding" in config.sweep.protocols:
-    if not 1 <= config.sweep.stride <= base.data.seq_len:
-      raise ConfigError(f"sweep.stride={config.sweep.stride!r} must be in [1, data.seq_len={base.data.seq_len}]")
+    if not 1 <= config.sweep.stride <= seq_len:
+      raise ConfigError(f"sweep.stride={config.sweep.stride!r} must be in [1, data.seq_len={seq_len}]")
     if not config.sweep.sliding_tokens >= 1:
       raise ConfigError(f"sweep.sliding_tokens={config.sweep.sliding_tokens!r} must be >= 1")
-  return out
+
+
+def existing_runs(workdir: pathlib.Path) -> list[str]:
+  """Names of the language-model workdirs inside ``workdir`` (evaluation-only sweeps)."""
+  names = sorted(p.parent.name for p in pathlib.Path(workdir).glob("*/config.json")
+                 if workdir_lib.run_kind(json.loads(p.read_text())) == "lm")
+  if not names:
+    raise ConfigError(f"sweep.train=False evaluates the runs already in --workdir={str(workdir)!r}"
+                      f", which holds none (train them, or import one with python -m "
+                      f"attnlab.import_hf --workdir={workdir}/NAME)")
+  return names
+
+
+def evaluation_spec(config, seq_len: int) -> dict:
+  """What a variant trained at ``seq_len`` is evaluated on (its cache key with the fingerprint)."""
+  return {"lengths": [f * seq_len for f in config.sweep.factors],
+          "protocols": list(config.sweep.protocols), "stride": config.sweep.stride,
+          "max_tokens": config.eval.max_tokens, "sliding_tokens": config.sweep.sliding_tokens}
 
 
 def _evaluate_variant(run_dir: pathlib.Path, spec: dict, progress: bool) -> list[dict]:
@@ -152,18 +182,22 @@ def run_sweep(config, workdir, progress: bool = True) -> list[dict]:
 
 
 def run_lm_sweep(config, workdir, progress: bool = True) -> list[dict]:
-  """The ``lm`` runner: train every variant, evaluate each by length, write the results."""
+  """The ``lm`` runner: train every variant (unless ``sweep.train=False``), evaluate each by
+  length, write the results."""
   workdir = pathlib.Path(workdir)
-  variants = variant_configs(config)           # every variant validated before any training
-  for name, cfg in variants.items():
-    training.train_and_evaluate(cfg, workdir / name, progress=progress)
-  seq_len = config.data.seq_len
-  spec = {"lengths": [f * seq_len for f in config.sweep.factors],
-          "protocols": list(config.sweep.protocols), "stride": config.sweep.stride,
-          "max_tokens": config.eval.max_tokens, "sliding_tokens": config.sweep.sliding_tokens}
+  if config.sweep.get("train", True):
+    variants = variant_configs(config)         # every variant validated before any training
+    for name, cfg in variants.items():
+      training.train_and_evaluate(cfg, workdir / name, progress=progress)
+    lengths = {name: config.data.seq_len for name in variants}
+  else:
+    lengths = {name: workdir_lib.load_config(workdir / name).data.seq_len
+               for name in existing_runs(workdir)}
+    for seq_len in lengths.values():
+      check_evaluation_spec(config, seq_len)
   records = []
-  for name in variants:
-    records += _evaluate_variant(workdir / name, spec, progress)
+  for name, seq_len in lengths.items():
+    records += _evaluate_variant(workdir / name, evaluation_spec(config, seq_len), progress)
   (workdir / "results.json").write_text(json.dumps(records, indent=2))
   with (workdir / "results.csv").open("w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=RESULT_FIELDS, extrasaction="ignore")
