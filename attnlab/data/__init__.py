@@ -26,7 +26,7 @@ import numpy as np
 from attnlab.registry import ConfigError
 
 from attnlab.data.tokenization import (BYTE_VOCAB_SIZE, ByteTokenizer, HFTokenizer,
-                                       get_tokenizer, tokenizer_vocab_size)
+                                       get_tokenizer, tokenizer_vocab_size, train_bpe)
 
 VOCAB_SIZE = BYTE_VOCAB_SIZE
 
@@ -210,5 +210,5 @@ def sliding_windows(tokens: np.ndarray, length: int, stride: int, max_scored: in
 
 from attnlab.data import tasks  # noqa: E402  (algorithmic seq2seq tasks)
 
-__all__ = ["tasks", "ByteTokenizer", "HFTokenizer", "get_tokenizer", "tokenizer_vocab_size", "CORPORA", "CORPUS_DIR", "Corpus", "VOCAB_SIZE", "builtin_corpus_bytes", "builtin_corpus_files",
+__all__ = ["tasks", "ByteTokenizer", "HFTokenizer", "get_tokenizer", "tokenizer_vocab_size", "train_bpe", "CORPORA", "CORPUS_DIR", "Corpus", "VOCAB_SIZE", "builtin_corpus_bytes", "builtin_corpus_files",
            "Batches", "get_batch", "load_corpus", "make_batches", "non_overlapping_windows", "sliding_windows", "split_tokens"]

@@ -101,6 +101,27 @@ def get_tokenizer(data_cfg=None):
   return _load(str(path.resolve()))
 
 
+def train_bpe(text: str, vocab_size: int, path) -> HFTokenizer:
+  """Train a byte-level BPE (GPT-2's scheme: every byte is a symbol, so any text encodes and
+  decodes exactly) of ``vocab_size`` tokens on ``text`` and write it to ``path``
+  (``tokenizer.json``)."""
+  import tokenizers
+  from tokenizers import decoders, models, pre_tokenizers, trainers
+  alphabet = pre_tokenizers.ByteLevel.alphabet()
+  if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < len(alphabet):
+    raise ConfigError(f"--vocab_size={vocab_size!r} must be an integer >= {len(alphabet)} (the "
+                      f"byte alphabet)")
+  tok = tokenizers.Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  tok.train_from_iterator([text], trainers.BpeTrainer(
+      vocab_size=vocab_size, initial_alphabet=alphabet, show_progress=False))
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tok.save(str(path))
+  return HFTokenizer(path)
+
+
 def tokenizer_vocab_size(data_cfg) -> int:
   """How many token ids ``data.tokenizer`` produces (the least ``model.vocab_size``)."""
   return get_tokenizer(data_cfg).vocab_size
