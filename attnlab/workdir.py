@@ -3,7 +3,8 @@ what each promises (docs/guarantees.md).
 
 A training workdir holds:
 
-- ``config.json``: the resolved config of the run (``write_or_check_config``);
+- ``config.json``: the resolved config of the run (``write_or_check_config``); a relative
+  ``data.tokenizer`` is read from the workdir (an imported model's ``tokenizer.json``);
 - ``checkpoints/<step>/``: orbax checkpoints of ``{"step", "params", "opt_state"}``,
   written aside and renamed (atomic), the last ``train.keep_checkpoints`` kept
   (``Checkpointer``). Only finite parameters whose loss is finite are saved, so every
@@ -91,6 +92,10 @@ def load_config(workdir, kind: str | None = "lm") -> ml_collections.FrozenConfig
             "lm": "a language-model run"}[run_kind(raw)]
     raise WorkdirError(f"{workdir} holds {what}; this command reads "
                        f"{'language-model' if kind == 'lm' else 'algorithmic-task'} workdirs")
+  tokenizer = raw.get("data", {}).get("tokenizer", "bytes")
+  if tokenizer != "bytes" and not pathlib.Path(tokenizer).is_absolute():
+    # a tokenizer.json named relative to the workdir (an import) moves with it
+    raw["data"]["tokenizer"] = str((pathlib.Path(workdir) / tokenizer).resolve())
   return ml_collections.FrozenConfigDict(config_lib.with_declared_defaults(raw))
 
 

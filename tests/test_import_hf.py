@@ -251,3 +251,13 @@ def test_evaluation_only_sweep_scores_imported_runs_at_their_own_context(importe
   assert "perplexity per token (bits per byte)" in (tmp_path / "results.md").read_text()
   with pytest.raises(ConfigError, match="holds none"):
     sweeps.run_sweep(config, tmp_path / "empty", progress=False)
+
+
+def test_an_imported_workdir_can_be_moved(imported, tmp_path):
+  _, params, workdir = imported["gpt2"]
+  moved = pathlib.Path(shutil.copytree(workdir, tmp_path / "elsewhere"))
+  assert json.loads((moved / "config.json").read_text())["data"]["tokenizer"] == "tokenizer.json"
+  cfg, moved_params, _ = restore_params(moved)
+  assert cfg.data.tokenizer == str(moved / "tokenizer.json")
+  for a, b in zip(jax.tree.leaves(moved_params), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)

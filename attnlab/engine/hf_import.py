@@ -474,7 +474,7 @@ def import_checkpoint(directory, workdir, base_config, dtype: str = "float32") -
   cfg, params = convert(directory, base_config, dtype)
   workdir.mkdir(parents=True, exist_ok=True)
   shutil.copyfile(directory / "tokenizer.json", workdir / "tokenizer.json")
-  cfg.data.tokenizer = str((workdir / "tokenizer.json").resolve())
+  cfg.data.tokenizer = "tokenizer.json"      # relative: read from the workdir, wherever it is
   workdir_lib.atomic_write(workdir / "config.json", workdir_lib.config_json(cfg))
   checkpointer = workdir_lib.Checkpointer(workdir / "checkpoints", 1)
   try:
