@@ -12,6 +12,11 @@ prompt with its KV cache. The test suite reads these files and needs neither tor
 the network. Qwen2's weights are stored in bfloat16 (the reference is computed from the
 same rounded weights), GPT-NeoX's, Mistral's and BLOOM's in float16 and GPT-2's and
 LLaMA's in float32 (about 0.8 MB in all).
+
+``<out>/llama_rope/<type>/`` holds, for each Hugging Face RoPE scaling type (linear,
+dynamic, yarn, llama3), a ``config.json`` that applies it to the LLaMA checkpoint's
+weights and ``reference.npz`` with the logits ``transformers`` computes with it, on a text
+longer than the scaling's original context.
 """
 
 from __future__ import annotations
@@ -33,6 +38,14 @@ SCORED = "Position interpolation, NTK-aware scaling and YaRN stretch the rotary 
 TOKENIZER_VOCAB = 280   # 256 byte-level symbols + 24 merges
 MODEL_VOCAB = 288       # padded beyond the tokenizer, as released models often are
 NEW_TOKENS = 12
+# RoPE scalings on the LLaMA weights: original context 16, evaluated on 24 tokens
+ROPE_VARIANTS = {
+    "linear": dict(rope_type="linear", factor=4.0),
+    "dynamic": dict(rope_type="dynamic", factor=2.0),
+    "yarn": dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=16),
+    "llama3": dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                   original_max_position_embeddings=16),
+}
 SCORED_TOKENS = 24
 STORAGE = {"qwen2": "bfloat16", "gpt_neox": "float16", "mistral": "float16", "bloom": "float16"}
 
@@ -110,6 +123,27 @@ def main():
     size = sum(f.stat().st_size for f in out.iterdir())
     print(f"{family:10s} {size / 1024:7.1f} KiB  "
           f"{json.loads((out / 'config.json').read_text())['architectures'][0]}")
+    if family == "llama":
+      rope_variants(model, config, scored, pathlib.Path(args.out) / "llama_rope")
+
+
+def rope_variants(model, config, ids, root: pathlib.Path):
+  """The LLaMA weights under each RoPE scaling: config.json and transformers' logits."""
+  import torch
+  import transformers as tf
+  for name, params in ROPE_VARIANTS.items():
+    cfg = tf.LlamaConfig(**{**config.to_dict(), "max_position_embeddings": 16,
+                            "rope_parameters": {"rope_theta": 500.0, **params}})
+    scaled = tf.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    scaled.load_state_dict(model.state_dict())
+    out = root / name
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save_pretrained(out)
+    (out / "generation_config.json").unlink(missing_ok=True)
+    with torch.no_grad():
+      logits = scaled(torch.tensor([ids])).logits[0].numpy().astype(np.float32)
+    np.savez_compressed(out / "reference.npz", ids=np.asarray(ids, np.int32), logits=logits)
+    print(f"llama_rope/{name}: {json.loads((out / 'config.json').read_text())['rope_parameters']}")
 
 
 if __name__ == "__main__":

@@ -152,5 +152,5 @@ def test_mlp_none_is_attention_only():
 
 
 def test_mlp_unknown_name_is_rejected():
-  with pytest.raises(ConfigError, match=r"model.mlp='relu' is not valid; valid: gelu, swiglu, none"):
+  with pytest.raises(ConfigError, match=r"model.mlp='relu' is not valid; valid: gelu, gelu_exact, swiglu, none"):
     config_lib.resolve(tiny_config("rope", model__mlp="relu"))

@@ -261,3 +261,19 @@ def test_an_imported_workdir_can_be_moved(imported, tmp_path):
   assert cfg.data.tokenizer == str(moved / "tokenizer.json")
   for a, b in zip(jax.tree.leaves(moved_params), jax.tree.leaves(params)):
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("rope_type", ["linear", "dynamic", "yarn", "llama3"])
+def test_rope_scalings_match_transformers(tmp_path, rope_type):
+  """The LLaMA weights under each Hugging Face rope_scaling type, on 24 tokens beyond the
+  original context of 16: attnlab's scaled frequencies give transformers' logits."""
+  src = _copy("llama", tmp_path)
+  variant = FIXTURES / "llama_rope" / rope_type
+  shutil.copyfile(variant / "config.json", src / "config.json")
+  cfg, params = hf_import.convert(src, base_config())
+  cfg = config_lib.resolve(cfg)
+  ref = np.load(variant / "reference.npz")
+  logits = build_lm(cfg.model).apply({"params": params}, ref["ids"][None])[0]
+  np.testing.assert_allclose(np.asarray(logits), ref["logits"], atol=1e-4, rtol=0)
+  unscaled = np.load(FIXTURES / "llama" / "reference.npz")["logits"]
+  assert np.abs(unscaled - ref["logits"]).max() > 1e-2      # the scaling changes the model

@@ -30,6 +30,7 @@ import numpy as np
 from attnlab import config_lib
 from attnlab import workdir as workdir_lib
 from attnlab.models import build_lm
+from attnlab.positional import rope
 from attnlab.registry import ConfigError, Registry
 
 WEIGHTS = "model.safetensors"
@@ -143,14 +144,18 @@ def _rope(hf: dict, head_dim: int, max_len: int, what: str, fraction: float = 1.
   _refuse(rope_type not in scalings, f"{what}: rope type {rope_type!r} is not supported; "
           f"supported: {', '.join(scalings)}")
   if rope_type != "default":
-    factor = float(_need(params, "factor", f"{what}'s rope scaling"))
-    position.update(scaling=scalings[rope_type], scale_factor=factor,
-                    original_max_len=int(params.get("original_max_position_embeddings", max_len)))
+    original = int(params.get("original_max_position_embeddings") or max_len)
+    factor = params.get("factor") or (max_len / original if rope_type == "yarn" else None)
+    _refuse(factor is None, f"{what}: rope scaling {rope_type!r} without a factor")
+    position.update(scaling=scalings[rope_type], scale_factor=float(factor),
+                    original_max_len=original)
   if rope_type == "yarn":
-    _refuse(any(params.get(k) not in (None, d) for k, d in (
-        ("attention_factor", None), ("mscale", None), ("mscale_all_dim", None),
-        ("truncate", True))), f"{what}: YaRN with attention_factor / mscale / truncate=False "
-            f"(DeepSeek's variant) is not supported; attnlab implements the YaRN authors' form")
+    temperature = params.get("attention_factor")
+    _refuse((temperature is not None and abs(temperature - rope.yarn_mscale(factor)) > 1e-6)
+            or params.get("mscale") or params.get("mscale_all_dim")
+            or params.get("truncate", True) is False,
+            f"{what}: YaRN with its own attention_factor, mscale or truncate=False (DeepSeek's "
+            f"variant) is not supported; attnlab implements the YaRN authors' form")
     position.update(yarn_beta=float(params.get("beta_fast", 32.0)),
                     yarn_alpha=float(params.get("beta_slow", 1.0)))
   if rope_type == "llama3":
