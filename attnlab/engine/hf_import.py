@@ -66,7 +66,7 @@ class Tensors:
       path = directory / shard
       if not path.is_file():
         raise HFImportError(f"--checkpoint={str(directory)!r}: shard {shard} named in {INDEX} "
-                           f"does not exist")
+                            f"does not exist")
       handle = safe_open(str(path), framework="flax")
       self._files[shard] = handle
       for name in handle.keys():
@@ -85,11 +85,11 @@ class Tensors:
     full = self.find(name, prefixes)
     if full is None:
       raise HFImportError(f"--checkpoint={str(self.directory)!r} lacks tensor {prefixes[0] + name!r}"
-                         f", which {self.what} needs")
+                          f", which {self.what} needs")
     value = np.asarray(self._files[self._names[full]].get_tensor(full), np.float32)
     if value.shape != tuple(shape):
       raise HFImportError(f"tensor {full!r} has shape {tuple(value.shape)}; config.json of "
-                         f"{self.what} implies {tuple(shape)}")
+                          f"{self.what} implies {tuple(shape)}")
     self.used.add(full)
     return value
 
@@ -199,6 +199,19 @@ def _per_head_qkv(t: Tensors, name: str, d: int, heads: int, prefixes) -> dict:
           "bias": b.transpose(1, 0, 2).reshape(3 * d)}
 
 
+def _fused_qkv_block(t: Tensors, m, x: str, attention: str, p) -> dict:
+  """One GPT-NeoX / BLOOM layer ``x`` (e.g. ``layers.3.``): LayerNorms, the fused per-head
+  ``{attention}.query_key_value`` and ``{attention}.dense``, the 4h MLP, all with biases."""
+  d, h, heads = m.d_model, m.mlp_hidden, m.attention.num_heads
+  return {
+      "norm_attention": _norm(t, x + "input_layernorm", d, True, p),
+      "attention": {"qkv": _per_head_qkv(t, f"{x}{attention}.query_key_value", d, heads, p),
+                    "out": _linear(t, f"{x}{attention}.dense", d, d, True, p)},
+      "norm_mlp": _norm(t, x + "post_attention_layernorm", d, True, p),
+      "mlp": {"up": _linear(t, x + "mlp.dense_h_to_4h", d, h, True, p),
+              "down": _linear(t, x + "mlp.dense_4h_to_h", h, d, True, p)}}
+
+
 def _head(t: Tensors, m, name: str, prefixes) -> dict:
   if m.tie_embeddings:
     return {}
@@ -267,19 +280,12 @@ def _neox_model(hf):
 
 def _neox_params(t, hf, m):
   p = ("gpt_neox.", "")
-  d, h, heads = m.d_model, m.mlp_hidden, m.attention.num_heads
+  d = m.d_model
   params = {"embed": {"embedding": t.take("embed_in.weight", (m.vocab_size, d), p)},
             "norm_final": _norm(t, "final_layer_norm", d, True, p),
             **_head(t, m, "embed_out.weight", ("",))}
   for i in range(m.num_layers):
-    x = f"layers.{i}."
-    params[f"block_{i}"] = {
-        "norm_attention": _norm(t, x + "input_layernorm", d, True, p),
-        "attention": {"qkv": _per_head_qkv(t, x + "attention.query_key_value", d, heads, p),
-                      "out": _linear(t, x + "attention.dense", d, d, True, p)},
-        "norm_mlp": _norm(t, x + "post_attention_layernorm", d, True, p),
-        "mlp": {"up": _linear(t, x + "mlp.dense_h_to_4h", d, h, True, p),
-                "down": _linear(t, x + "mlp.dense_4h_to_h", h, d, True, p)}}
+    params[f"block_{i}"] = _fused_qkv_block(t, m, f"layers.{i}.", "attention", p)
   return params
 
 
@@ -369,19 +375,12 @@ def _bloom_model(hf):
 
 def _bloom_params(t, hf, m):
   p = ("transformer.", "")
-  d, h, heads = m.d_model, m.mlp_hidden, m.attention.num_heads
+  d = m.d_model
   params = {"embed": {"embedding": t.take("word_embeddings.weight", (m.vocab_size, d), p)},
             "norm_embed": _norm(t, "word_embeddings_layernorm", d, True, p),
             "norm_final": _norm(t, "ln_f", d, True, p)}
   for i in range(m.num_layers):
-    x = f"h.{i}."
-    params[f"block_{i}"] = {
-        "norm_attention": _norm(t, x + "input_layernorm", d, True, p),
-        "attention": {"qkv": _per_head_qkv(t, x + "self_attention.query_key_value", d, heads, p),
-                      "out": _linear(t, x + "self_attention.dense", d, d, True, p)},
-        "norm_mlp": _norm(t, x + "post_attention_layernorm", d, True, p),
-        "mlp": {"up": _linear(t, x + "mlp.dense_h_to_4h", d, h, True, p),
-                "down": _linear(t, x + "mlp.dense_4h_to_h", h, d, True, p)}}
+    params[f"block_{i}"] = _fused_qkv_block(t, m, f"h.{i}.", "self_attention", p)
   return params
 
 
@@ -404,7 +403,7 @@ def read_hf_config(directory: pathlib.Path) -> tuple[dict, Family, str]:
   path = directory / "config.json"
   if not path.is_file():
     raise HFImportError(f"--checkpoint={str(directory)!r} has no config.json (a Hugging Face "
-                       f"checkpoint directory holds config.json, *.safetensors, tokenizer.json)")
+                        f"checkpoint directory holds config.json, *.safetensors, tokenizer.json)")
   try:
     hf = json.loads(path.read_text())
   except json.JSONDecodeError as e:
@@ -413,12 +412,12 @@ def read_hf_config(directory: pathlib.Path) -> tuple[dict, Family, str]:
   architectures = hf.get("architectures") or []
   if model_type not in FAMILIES.names():
     raise HFImportError(f"{path}: model_type {model_type!r} (architectures {architectures}) is not "
-                       f"supported; supported: {', '.join(FAMILIES.names())}")
+                        f"supported; supported: {', '.join(FAMILIES.names())}")
   heads = [a for a in architectures if not (a.endswith("ForCausalLM") or a.endswith("LMHeadModel")
                                             or a.endswith("Model"))]
   if heads:
     raise HFImportError(f"{path}: architecture {heads[0]!r} is not a causal language model; "
-                       f"attnlab imports *ForCausalLM / *LMHeadModel checkpoints")
+                        f"attnlab imports *ForCausalLM / *LMHeadModel checkpoints")
   return hf, FAMILIES.get(model_type), f"{model_type} checkpoint {directory}"
 
 
@@ -451,7 +450,7 @@ def convert(directory, base_config, dtype: str = "float32"):
   unused = [n for n in tensors.unused() if not any(i in n for i in family.ignored)]
   if unused:
     raise HFImportError(f"{what}: {len(unused)} tensor(s) have no place in attnlab's "
-                       f"{hf['model_type']} model, e.g. {unused[0]!r}; not imported")
+                        f"{hf['model_type']} model, e.g. {unused[0]!r}; not imported")
   expected = jax.eval_shape(lambda: build_lm(resolved.model).init(
       jax.random.PRNGKey(0), np.zeros((1, 2), np.int32)))["params"]
   got = jax.tree_util.tree_structure(params)
