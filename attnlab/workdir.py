@@ -93,9 +93,11 @@ def load_config(workdir, kind: str | None = "lm") -> ml_collections.FrozenConfig
     raise WorkdirError(f"{workdir} holds {what}; this command reads "
                        f"{'language-model' if kind == 'lm' else 'algorithmic-task'} workdirs")
   tokenizer = raw.get("data", {}).get("tokenizer", "bytes")
-  if tokenizer != "bytes" and not pathlib.Path(tokenizer).is_absolute():
-    # a tokenizer.json named relative to the workdir (an import) moves with it
-    raw["data"]["tokenizer"] = str((pathlib.Path(workdir) / tokenizer).resolve())
+  inside = pathlib.Path(workdir) / tokenizer
+  if tokenizer != "bytes" and not pathlib.Path(tokenizer).is_absolute() and inside.is_file():
+    # a tokenizer.json named relative to the workdir (an import) moves with it; other
+    # relative paths are relative to the current directory, as when the run was trained
+    raw["data"]["tokenizer"] = str(inside.resolve())
   return ml_collections.FrozenConfigDict(config_lib.with_declared_defaults(raw))
 
 

@@ -277,3 +277,41 @@ def test_rope_scalings_match_transformers(tmp_path, rope_type):
   np.testing.assert_allclose(np.asarray(logits), ref["logits"], atol=1e-4, rtol=0)
   unscaled = np.load(FIXTURES / "llama" / "reference.npz")["logits"]
   assert np.abs(unscaled - ref["logits"]).max() > 1e-2      # the scaling changes the model
+
+
+def test_sliding_windows_follow_transformers_rules():
+  window = hf_import._sliding_window   # noqa: SLF001 - the rule itself, on config dicts
+  qwen = dict(model_type="qwen2", num_hidden_layers=24, use_sliding_window=True,
+              sliding_window=4096)
+  assert window({**qwen, "max_window_layers": 24}, "Qwen2") is None     # no layer >= 24
+  assert window({**qwen, "max_window_layers": 0}, "Qwen2") == 4096      # every layer
+  assert window({**qwen, "use_sliding_window": False, "max_window_layers": 0}, "Qwen2") is None
+  with pytest.raises(ConfigError, match="some layers only"):
+    window({**qwen, "max_window_layers": 12}, "Qwen2")
+  mistral = dict(model_type="mistral", num_hidden_layers=2)
+  assert window(mistral, "Mistral") == 4096                               # MistralConfig default
+  assert window({**mistral, "sliding_window": None}, "Mistral") is None
+  assert window(dict(model_type="llama", num_hidden_layers=2, sliding_window=8), "LLaMA") is None
+
+
+def test_gpt_neox_without_rotary_pct_rotates_a_quarter_like_transformers():
+  hf = json.loads((FIXTURES / "gpt_neox" / "config.json").read_text())
+  hf.pop("rope_parameters")
+  model, _ = hf_import.FAMILIES.get("gpt_neox").model(hf)
+  assert model["position"]["rotary_fraction"] == 0.25
+
+
+def test_a_tied_checkpoint_may_store_its_head_if_it_equals_the_embedding(tmp_path):
+  from safetensors.numpy import load_file, save_file
+  src = _copy("bloom", tmp_path)
+  tensors = load_file(src / "model.safetensors")
+  tensors["lm_head.weight"] = tensors["transformer.word_embeddings.weight"].copy()
+  save_file(tensors, src / "model.safetensors")
+  cfg, params = hf_import.convert(src, base_config())
+  logits = build_lm(config_lib.resolve(cfg).model).apply(
+      {"params": params}, reference("bloom")["ids"][None])[0]
+  np.testing.assert_allclose(np.asarray(logits), reference("bloom")["logits"], atol=1e-4, rtol=0)
+  tensors["lm_head.weight"][0, 0] += 1
+  save_file(tensors, src / "model.safetensors")
+  with pytest.raises(ConfigError, match="lm_head.weight differs from the token embedding"):
+    hf_import.convert(src, base_config())

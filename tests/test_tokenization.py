@@ -64,3 +64,28 @@ def test_a_bpe_run_reports_bits_per_byte_of_its_text(bpe, tmp_path):
   assert bytes_per_token > 1.2          # 44 merges: tokens stand for more than a byte
   np.testing.assert_allclose(valid["bpb"], valid["loss"] / (math.log(2) * bytes_per_token),
                              rtol=1e-6)
+
+
+def test_a_relative_tokenizer_path_stays_relative_to_where_the_run_started(bpe, tmp_path,
+                                                                          monkeypatch):
+  import json
+  import shutil
+  from attnlab import workdir as workdir_lib
+  monkeypatch.chdir(tmp_path)
+  shutil.copyfile(bpe.path, tmp_path / "bpe.json")
+  cfg = config_lib.load_module(ROOT / "configs" / "lm.py").get_config("rope")
+  cfg.data.tokenizer, cfg.model.vocab_size = "bpe.json", 300
+  (tmp_path / "run").mkdir()
+  (tmp_path / "run" / "config.json").write_text(json.dumps(cfg.to_dict()))
+  assert workdir_lib.load_config(tmp_path / "run").data.tokenizer == "bpe.json"
+  assert config_lib.resolve(workdir_lib.load_config(tmp_path / "run")).model.vocab_size == 300
+
+
+def test_a_saved_tokenizer_with_truncation_still_encodes_whole_texts(bpe, tmp_path):
+  import tokenizers
+  tok = tokenizers.Tokenizer.from_file(bpe.path)
+  tok.enable_truncation(max_length=8)
+  tok.save(str(tmp_path / "truncating.json"))
+  text = "ROMEO:\nBut soft, what light through yonder window breaks?\n" * 4
+  ids, counts = data.HFTokenizer(tmp_path / "truncating.json").encode_with_bytes(text)
+  assert len(ids) > 8 and counts.sum() == len(text.encode())

@@ -54,8 +54,11 @@ class HFTokenizer:
     try:
       self._tok = tokenizers.Tokenizer.from_file(self.path)
     except Exception as e:  # noqa: BLE001 - the library raises plain Exceptions
+      why = (str(e).splitlines() or [type(e).__name__])[0]
       raise ConfigError(f"data.tokenizer={self.path!r} is not a readable tokenizer.json "
-                        f"({str(e).splitlines()[0]})") from None
+                        f"({why})") from None
+    self._tok.no_truncation()    # a saved tokenizer may truncate or pad; corpora must not be
+    self._tok.no_padding()
     self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
 
   def encode(self, text: str) -> np.ndarray:

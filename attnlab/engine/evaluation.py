@@ -180,6 +180,11 @@ def check_rope_scalings(cfg, scalings) -> None:
   if "scaling" not in {f.name for f in positional.POSITIONS.get(kind).fields}:
     raise ConfigError(f"--rope_scalings: model.position.kind={kind!r} has no "
                       f"RoPE frequencies to scale; evaluate without --rope_scalings")
+  if cfg.model.position.scaling != "none":
+    raise ConfigError(f"--rope_scalings: the model already uses model.position.scaling="
+                      f"{cfg.model.position.scaling!r}; another scaling would replace it, so the "
+                      f"rows would not share a model at the trained context. Evaluate it as it "
+                      f"is (without --rope_scalings)")
   for s in scalings:
     if s not in positional.ROPE_SCALINGS:
       raise ConfigError(f"--rope_scalings: {s!r} is not valid; valid: "

@@ -53,7 +53,9 @@ class Tensors:
   def __init__(self, directory: pathlib.Path, what: str):
     self.directory, self.what = directory, what
     if (directory / INDEX).is_file():
-      weight_map = json.loads((directory / INDEX).read_text())["weight_map"]
+      weight_map = json.loads((directory / INDEX).read_text()).get("weight_map")
+      if not isinstance(weight_map, dict):
+        raise HFImportError(f"{directory / INDEX} has no weight_map")
     elif (directory / WEIGHTS).is_file():
       weight_map = None
     else:
@@ -67,7 +69,10 @@ class Tensors:
       if not path.is_file():
         raise HFImportError(f"--checkpoint={str(directory)!r}: shard {shard} named in {INDEX} "
                             f"does not exist")
-      handle = safe_open(str(path), framework="flax")
+      try:
+        handle = safe_open(str(path), framework="flax")
+      except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+        raise HFImportError(f"{path} is not a readable safetensors file ({e})") from None
       self._files[shard] = handle
       for name in handle.keys():
         names[name] = shard
@@ -145,6 +150,8 @@ def _rope(hf: dict, head_dim: int, max_len: int, what: str, fraction: float = 1.
           f"supported: {', '.join(scalings)}")
   if rope_type != "default":
     original = int(params.get("original_max_position_embeddings") or max_len)
+    if rope_type == "dynamic":   # transformers grows the base beyond max_position_embeddings
+      original = max_len
     factor = params.get("factor") or (max_len / original if rope_type == "yarn" else None)
     _refuse(factor is None, f"{what}: rope scaling {rope_type!r} without a factor")
     position.update(scaling=scalings[rope_type], scale_factor=float(factor),
@@ -152,10 +159,11 @@ def _rope(hf: dict, head_dim: int, max_len: int, what: str, fraction: float = 1.
   if rope_type == "yarn":
     temperature = params.get("attention_factor")
     _refuse((temperature is not None and abs(temperature - rope.yarn_mscale(factor)) > 1e-6)
-            or params.get("mscale") or params.get("mscale_all_dim")
+            or (params.get("mscale") and params.get("mscale_all_dim"))
             or params.get("truncate", True) is False,
-            f"{what}: YaRN with its own attention_factor, mscale or truncate=False (DeepSeek's "
-            f"variant) is not supported; attnlab implements the YaRN authors' form")
+            f"{what}: YaRN with its own attention_factor, mscale with mscale_all_dim, or "
+            f"truncate=False (DeepSeek's variant) is not supported; attnlab implements the "
+            f"YaRN authors' form")
     position.update(yarn_beta=float(params.get("beta_fast", 32.0)),
                     yarn_alpha=float(params.get("beta_slow", 1.0)))
   if rope_type == "llama3":
@@ -212,27 +220,37 @@ def _fused_qkv_block(t: Tensors, m, x: str, attention: str, p) -> dict:
               "down": _linear(t, x + "mlp.dense_4h_to_h", h, d, True, p)}}
 
 
-def _head(t: Tensors, m, name: str, prefixes) -> dict:
-  if m.tie_embeddings:
-    return {}
-  return {"unembed": {"kernel": t.take(name, (m.vocab_size, m.d_model), prefixes).T}}
+def _head(t: Tensors, m, name: str, prefixes, embedding: np.ndarray) -> dict:
+  """The untied output head, or nothing when tied (a tied checkpoint may store the head
+  anyway: it must then equal the embedding)."""
+  shape = (m.vocab_size, m.d_model)
+  if not m.tie_embeddings:
+    return {"unembed": {"kernel": t.take(name, shape, prefixes).T}}
+  if t.find(name, prefixes) is not None and not np.array_equal(t.take(name, shape, prefixes),
+                                                               embedding):
+    raise HFImportError(f"{t.what}: tie_word_embeddings is true but {name} differs from the "
+                        f"token embedding")
+  return {}
 
 
 # GPT-2 ---------------------------------------------------------------------------------
 
 def _gpt2_model(hf):
   what = "GPT-2"
-  _refuse(hf.get("scale_attn_by_inverse_layer_idx", False) or hf.get("add_cross_attention"),
-          f"{what}: scale_attn_by_inverse_layer_idx / cross attention are not supported")
-  d = _need(hf, "n_embd", what)
+  _refuse(hf.get("scale_attn_by_inverse_layer_idx", False) or hf.get("add_cross_attention")
+          or not hf.get("scale_attn_weights", True),
+          f"{what}: scale_attn_by_inverse_layer_idx, scale_attn_weights=False and cross "
+          f"attention are not supported")
+  d, heads = _need(hf, "n_embd", what), _need(hf, "n_head", what)
+  positions = _need(hf, "n_positions", what)
   model = {"num_layers": _need(hf, "n_layer", what), "d_model": d,
-           "attention": {"num_heads": hf["n_head"], "num_kv_heads": hf["n_head"]},
+           "attention": {"num_heads": heads, "num_kv_heads": heads},
            "mlp": _activation(hf.get("activation_function", "gelu_new"), False, what),
            "mlp_hidden": hf.get("n_inner") or 4 * d, "norm": "layernorm",
            "norm_eps": hf.get("layer_norm_epsilon", 1e-5), "use_bias": True,
            "tie_embeddings": True,
-           "position": {"kind": "learned", "max_len": hf["n_positions"]}}
-  return model, hf["n_positions"]
+           "position": {"kind": "learned", "max_len": positions}}
+  return model, positions
 
 
 def _gpt2_params(t, hf, m):
@@ -251,10 +269,7 @@ def _gpt2_params(t, hf, m):
         "attention": {"qkv": conv("attn.c_attn", d, 3 * d), "out": conv("attn.c_proj", d, d)},
         "norm_mlp": _norm(t, x + "ln_2", d, True, p),
         "mlp": {"up": conv("mlp.c_fc", d, h), "down": conv("mlp.c_proj", h, d)}}
-  if t.find("lm_head.weight") is not None and not np.array_equal(
-      t.take("lm_head.weight", (m.vocab_size, d)), params["embed"]["embedding"]):
-    raise HFImportError("GPT-2: lm_head.weight differs from wte.weight; attnlab's GPT-2 ties them")
-  return params
+  return {**params, **_head(t, m, "lm_head.weight", ("",), params["embed"]["embedding"])}
 
 
 FAMILIES.register("gpt2")(Family(_gpt2_model, _gpt2_params, (".attn.bias", ".attn.masked_bias")))
@@ -274,7 +289,7 @@ def _neox_model(hf):
            "norm_eps": hf.get("layer_norm_eps", 1e-5), "use_bias": True,
            "parallel_residual": bool(hf.get("use_parallel_residual", True)),
            "tie_embeddings": bool(hf.get("tie_word_embeddings", False)),
-           "position": _rope(hf, d // heads, max_len, what, hf.get("rotary_pct", 1.0))}
+           "position": _rope(hf, d // heads, max_len, what, hf.get("rotary_pct", 0.25))}
   return model, max_len
 
 
@@ -283,7 +298,7 @@ def _neox_params(t, hf, m):
   d = m.d_model
   params = {"embed": {"embedding": t.take("embed_in.weight", (m.vocab_size, d), p)},
             "norm_final": _norm(t, "final_layer_norm", d, True, p),
-            **_head(t, m, "embed_out.weight", ("",))}
+            **_head(t, m, "embed_out.weight", ("",), None)}
   for i in range(m.num_layers):
     params[f"block_{i}"] = _fused_qkv_block(t, m, f"layers.{i}.", "attention", p)
   return params
@@ -307,13 +322,7 @@ def _llama_model(hf, what="LLaMA"):
           f"mlp_bias={mlp_bias} is not supported (attnlab: biases everywhere or none, or on q/k/v "
           f"only as Qwen2)")
   attention = {"num_heads": heads, "num_kv_heads": kv_heads}
-  layer_types = set(hf.get("layer_types") or [])
-  window = hf.get("sliding_window") if hf.get("use_sliding_window", True) else None
-  if hf.get("model_type") == "qwen2":
-    window = hf.get("sliding_window") if hf.get("use_sliding_window", False) else None
-  _refuse(len(layer_types) > 1 or (window and hf.get("max_window_layers", 0) and
-                                   hf.get("max_window_layers") < hf["num_hidden_layers"]),
-          f"{what}: sliding-window attention on some layers only is not supported")
+  window = _sliding_window(hf, what)
   if window:   # Hugging Face: key j visible from i when i - j < window; attnlab: <= window
     attention.update(pattern="sliding_window", window=int(window) - 1)
   model = {"num_layers": _need(hf, "num_hidden_layers", what), "d_model": d,
@@ -325,14 +334,32 @@ def _llama_model(hf, what="LLaMA"):
   return model, max_len
 
 
+def _sliding_window(hf: dict, what: str) -> int | None:
+  """The window every layer uses, or None, as transformers decides it: Mistral's
+  ``sliding_window`` (4096 when absent, null: none); Qwen2's ``layer_types``, or with
+  ``use_sliding_window`` the layers from ``max_window_layers`` on; LLaMA has none."""
+  model_type, layers = hf.get("model_type"), _need(hf, "num_hidden_layers", what)
+  if model_type == "mistral":
+    return hf.get("sliding_window", 4096)
+  if model_type != "qwen2":
+    return None
+  types = hf.get("layer_types") or [
+      "sliding_attention" if hf.get("use_sliding_window", False) and hf.get("sliding_window")
+      and i >= hf.get("max_window_layers", 28) else "full_attention" for i in range(layers)]
+  _refuse(len(set(types)) > 1, f"{what}: sliding-window attention on some layers only "
+          f"(layer_types / max_window_layers) is not supported")
+  return hf.get("sliding_window") if types[0] == "sliding_attention" else None
+
+
 def _llama_params(t, hf, m):
   p = ("model.", "")
   d, h = m.d_model, m.mlp_hidden
   heads, kv_heads = m.attention.num_heads, m.attention.num_kv_heads
   dh = d // heads
   bias, qkv_bias = m.use_bias, m.use_bias or m.qkv_bias
-  params = {"embed": {"embedding": t.take("embed_tokens.weight", (m.vocab_size, d), p)},
-            "norm_final": _norm(t, "norm", d, False, p), **_head(t, m, "lm_head.weight", ("",))}
+  embedding = t.take("embed_tokens.weight", (m.vocab_size, d), p)
+  params = {"embed": {"embedding": embedding}, "norm_final": _norm(t, "norm", d, False, p),
+            **_head(t, m, "lm_head.weight", ("",), embedding)}
   for i in range(m.num_layers):
     x = f"layers.{i}."
     parts = [_linear(t, f"{x}self_attn.{n}_proj", d, k * dh, qkv_bias, p)
@@ -364,8 +391,9 @@ def _bloom_model(hf):
   what = "BLOOM"
   _refuse(hf.get("apply_residual_connection_post_layernorm", False),
           f"{what}: apply_residual_connection_post_layernorm=True is not supported")
-  d, heads = _need(hf, "hidden_size", what), hf.get("n_head", hf.get("num_attention_heads"))
-  model = {"num_layers": hf.get("n_layer", hf.get("num_hidden_layers")), "d_model": d,
+  d = hf.get("n_embed") or _need(hf, "hidden_size", what)
+  heads = hf.get("n_head") or _need(hf, "num_attention_heads", what)
+  model = {"num_layers": hf.get("n_layer") or _need(hf, "num_hidden_layers", what), "d_model": d,
            "attention": {"num_heads": heads, "num_kv_heads": heads},
            "mlp": "gelu", "mlp_hidden": 4 * d, "norm": "layernorm",
            "norm_eps": hf.get("layer_norm_epsilon", 1e-5), "use_bias": True, "embed_norm": True,
@@ -379,6 +407,7 @@ def _bloom_params(t, hf, m):
   params = {"embed": {"embedding": t.take("word_embeddings.weight", (m.vocab_size, d), p)},
             "norm_embed": _norm(t, "word_embeddings_layernorm", d, True, p),
             "norm_final": _norm(t, "ln_f", d, True, p)}
+  params.update(_head(t, m, "lm_head.weight", ("",), params["embed"]["embedding"]))
   for i in range(m.num_layers):
     params[f"block_{i}"] = _fused_qkv_block(t, m, f"h.{i}.", "self_attention", p)
   return params
@@ -435,6 +464,9 @@ def convert(directory, base_config, dtype: str = "float32"):
   overrides, seq_len = family.model(hf)
   cfg = ml_collections.ConfigDict(base_config.to_dict())
   position = overrides.pop("position")
+  impl = cfg.model.attention.impl                # how attention runs is the user's choice
+  cfg.model.attention = config_lib.attention_block()
+  cfg.model.attention.impl = impl
   cfg.model.position = config_lib.position_block(position["kind"])
   _merge(cfg.model.position, position)
   _merge(cfg.model, {**overrides, "vocab_size": int(_need(hf, "vocab_size", what)),
@@ -466,9 +498,14 @@ def convert(directory, base_config, dtype: str = "float32"):
   return cfg, jax.tree.map(lambda x: jax.numpy.asarray(x, cast), params)
 
 
+def _sha256(path: pathlib.Path) -> str:
+  import hashlib
+  with open(path, "rb") as f:
+    return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def import_checkpoint(directory, workdir, base_config, dtype: str = "float32") -> dict:
   """Write an attnlab workdir for the checkpoint in ``directory``; returns ``import.json``."""
-  import hashlib
   directory, workdir = pathlib.Path(directory), pathlib.Path(workdir)
   if not directory.is_dir():
     raise HFImportError(f"--checkpoint={str(directory)!r} is not a directory")
@@ -489,6 +526,6 @@ def import_checkpoint(directory, workdir, base_config, dtype: str = "float32") -
                  and (p.suffix in (".json", ".safetensors")))
   record = {"source": str(directory.resolve()), "model_type": json.loads(
       (directory / "config.json").read_text())["model_type"], "dtype": dtype,
-      "files": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}}
+      "files": {p.name: _sha256(p) for p in files}}
   workdir_lib.atomic_write(workdir / "import.json", json.dumps(record, indent=2, sort_keys=True))
   return record

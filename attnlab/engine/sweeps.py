@@ -81,8 +81,14 @@ def check_evaluation_spec(config, seq_len: int) -> None:
 
 def existing_runs(workdir: pathlib.Path) -> list[str]:
   """Names of the language-model workdirs inside ``workdir`` (evaluation-only sweeps)."""
-  names = sorted(p.parent.name for p in pathlib.Path(workdir).glob("*/config.json")
-                 if workdir_lib.run_kind(json.loads(p.read_text())) == "lm")
+  names = []
+  for path in sorted(pathlib.Path(workdir).glob("*/config.json")):
+    try:
+      raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+      raise ConfigError(f"{path} is not valid JSON ({e}); the workdir is damaged") from None
+    if workdir_lib.run_kind(raw) == "lm":
+      names.append(path.parent.name)
   if not names:
     raise ConfigError(f"sweep.train=False evaluates the runs already in --workdir={str(workdir)!r}"
                       f", which holds none (train them, or import one with python -m "
