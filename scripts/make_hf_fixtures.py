@@ -11,7 +11,7 @@ model's float32 logits for them, and the greedy continuation ``generate`` makes 
 prompt with its KV cache. The test suite reads these files and needs neither torch nor
 the network. Qwen2's weights are stored in bfloat16 (the reference is computed from the
 same rounded weights), GPT-NeoX's, Mistral's and BLOOM's in float16 and GPT-2's and
-LLaMA's in float32 (about 0.8 MB in all).
+LLaMA's in float32.
 
 ``<out>/llama_rope/<type>/`` holds, for each Hugging Face RoPE scaling type (linear,
 dynamic, yarn, llama3), a ``config.json`` that applies it to the LLaMA checkpoint's
