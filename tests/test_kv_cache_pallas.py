@@ -52,14 +52,26 @@ def _decode(params, tokens, *, model, layout, prefill):
   return jnp.concatenate([logits, steps.transpose(1, 0, 2)], axis=1), cache.length
 
 
+class _Calls(list):
+  """The decode kernel's keyword arguments per call (at trace time), and ``leaves``: the
+  values of each call's first score-modifier leaf as they reach the kernel at run time."""
+
+  def __init__(self):
+    super().__init__()
+    self.leaves = []
+
+
 @pytest.fixture
 def decode_calls(monkeypatch):
   """Counts calls to the decode kernel (at trace time), delegating to the real one."""
-  calls = []
+  calls = _Calls()
   real = pallas_kernels.decode.flash_decode
 
   def counting(*args, **kwargs):
     calls.append(kwargs)
+    if kwargs.get("score_fn") is not None:   # traced under jit: read the value when it runs
+      jax.debug.callback(lambda leaf: calls.leaves.append(np.asarray(leaf)),
+                         kwargs["score_fn"].params[0])
     return real(*args, **kwargs)
 
   monkeypatch.setattr(pallas_kernels.decode, "flash_decode", counting)
@@ -79,11 +91,12 @@ def test_pallas_cached_decoding_equals_full_forward(position, kv_heads, decode_c
   # traced by this test (its model is used by no other): the kernel ran once per layer
   assert len(decode_calls) == cfg.model.num_layers
   assert all((c["score_fn"] is not None) == (position == "alibi") for c in decode_calls)
-  for c in decode_calls:   # ALiBi's slopes, per head, reach the kernel: 2^(-8 (h + 1) / H)
-    if c["score_fn"] is not None:
-      heads = cfg.model.attention.num_heads
-      want = 2.0 ** (-8.0 * np.arange(1, heads + 1) / heads)
-      np.testing.assert_allclose(np.ravel(c["score_fn"].params[0]), want, rtol=1e-6)
+  if position == "alibi":   # ALiBi's slopes, per head, reach the kernel: 2^(-8 (h + 1) / H)
+    heads = cfg.model.attention.num_heads
+    want = 2.0 ** (-8.0 * np.arange(1, heads + 1) / heads)
+    assert decode_calls.leaves
+    for leaf in decode_calls.leaves:
+      np.testing.assert_allclose(np.ravel(leaf), want, rtol=1e-6)
 
 
 def test_pallas_sliding_window_on_a_full_cache(decode_calls):
