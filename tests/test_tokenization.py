@@ -89,3 +89,12 @@ def test_a_saved_tokenizer_with_truncation_still_encodes_whole_texts(bpe, tmp_pa
   text = "ROMEO:\nBut soft, what light through yonder window breaks?\n" * 4
   ids, counts = data.HFTokenizer(tmp_path / "truncating.json").encode_with_bytes(text)
   assert len(ids) > 8 and counts.sum() == len(text.encode())
+
+
+def test_evaluation_tokenizes_only_the_split_it_scores(bpe):
+  cfg = config_lib.load_module(ROOT / "configs" / "lm.py").get_config("baby_gpt")
+  cfg.data.tokenizer = bpe.path
+  both, valid_only = data.load_corpus(cfg.data), data.load_corpus(cfg.data, splits=("valid",))
+  assert len(valid_only.train) == 0 and len(both.train) > 0
+  assert np.array_equal(valid_only.valid, both.valid)
+  assert np.array_equal(valid_only.token_bytes("valid"), both.token_bytes("valid"))

@@ -98,8 +98,12 @@ def _tinyshakespeare() -> tuple[bytes, str]:
 CORPORA = {"builtin": _python_stdlib, "tinyshakespeare": _tinyshakespeare}
 
 
-def load_corpus(data_cfg) -> Corpus:
-  """Load the corpus named by the ``data`` config block (``data.path`` wins when set)."""
+def load_corpus(data_cfg, splits=("train", "valid")) -> Corpus:
+  """Load the corpus named by the ``data`` config block (``data.path`` wins when set).
+
+  ``splits``: the splits to tokenize with a ``tokenizer.json`` (evaluation needs only
+  ``valid``; a split left out is empty). Byte-level corpora have both at no cost.
+  """
   if data_cfg.path:
     path = pathlib.Path(data_cfg.path).expanduser()
     if not path.is_file():
@@ -114,9 +118,10 @@ def load_corpus(data_cfg) -> Corpus:
   tokenizer = get_tokenizer(data_cfg)
   if isinstance(tokenizer, ByteTokenizer):
     return Corpus(name, train, valid)
+  empty = (np.zeros(0, np.int32), np.zeros(0, np.int32))
   (train, train_bytes), (valid, valid_bytes) = (
       tokenizer.encode_with_bytes(part.tobytes().decode("utf-8", errors="replace"))
-      for part in (train, valid))
+      if name in splits else empty for name, part in (("train", train), ("valid", valid)))
   return Corpus(f"{name} ({tokenizer.name})", train, valid, train_bytes, valid_bytes)
 
 

@@ -197,7 +197,7 @@ def evaluate_workdir(workdir, lengths, out=None, progress=True, rope_scalings=()
   was evaluated) into ``out``."""
   cfg, params, step = restore_params(workdir)
   check_rope_scalings(cfg, rope_scalings)
-  corpus = data.load_corpus(cfg.data)
+  corpus = data.load_corpus(cfg.data, splits=("valid",))
   name = pathlib.Path(workdir).name
   records = []
   for scaling in rope_scalings or [None]:

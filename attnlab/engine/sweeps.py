@@ -108,7 +108,7 @@ def _evaluate_variant(run_dir: pathlib.Path, spec: dict, progress: bool) -> list
   fingerprint of what they were computed from (config, checkpoint, data) are unchanged."""
   cache = run_dir / "sweep_eval.json"
   cfg, params, step = restore_params(run_dir)
-  corpus = data.load_corpus(cfg.data)
+  corpus = data.load_corpus(cfg.data, splits=("valid",))
   tokens = corpus.valid
   stamp = workdir_lib.fingerprint(cfg, step, params, data=workdir_lib.data_digest(tokens))
   if cache.exists():
