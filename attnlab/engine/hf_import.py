@@ -137,9 +137,10 @@ def _rope(hf: dict, head_dim: int, max_len: int, what: str, fraction: float = 1.
   """attnlab ``model.position`` for a RoPE family: theta, partial rotary and the scaling in
   ``rope_parameters`` (transformers >= 5) or ``rope_theta`` / ``rope_scaling`` (before)."""
   params = {**(hf.get("rope_scaling") or {}), **(hf.get("rope_parameters") or {})}
-  theta = params.get("rope_theta", hf.get("rope_theta", hf.get("rotary_emb_base", 10000.0)))
-  fraction = params.get("partial_rotary_factor", hf.get("partial_rotary_factor", fraction))
-  rope_type = params.get("rope_type", params.get("type", "default"))
+  theta = (params.get("rope_theta") or hf.get("rope_theta") or hf.get("rotary_emb_base")
+           or 10000.0)                      # a key may be present and null
+  fraction = params.get("partial_rotary_factor") or hf.get("partial_rotary_factor") or fraction
+  rope_type = params.get("rope_type") or params.get("type") or "default"
   rotated = int(head_dim * fraction)
   _refuse(rotated % 2 or rotated < 2, f"{what}: partial rotary factor {fraction} rotates "
           f"{rotated} of {head_dim} head dims; attnlab rotates an even number >= 2")
@@ -164,11 +165,11 @@ def _rope(hf: dict, head_dim: int, max_len: int, what: str, fraction: float = 1.
             f"{what}: YaRN with its own attention_factor, mscale with mscale_all_dim, or "
             f"truncate=False (DeepSeek's variant) is not supported; attnlab implements the "
             f"YaRN authors' form")
-    position.update(yarn_beta=float(params.get("beta_fast", 32.0)),
-                    yarn_alpha=float(params.get("beta_slow", 1.0)))
+    position.update(yarn_beta=float(params.get("beta_fast") or 32.0),
+                    yarn_alpha=float(params.get("beta_slow") or 1.0))
   if rope_type == "llama3":
-    position.update(llama3_low_freq_factor=float(params.get("low_freq_factor", 1.0)),
-                    llama3_high_freq_factor=float(params.get("high_freq_factor", 4.0)))
+    position.update(llama3_low_freq_factor=float(params.get("low_freq_factor") or 1.0),
+                    llama3_high_freq_factor=float(params.get("high_freq_factor") or 4.0))
   return position
 
 
