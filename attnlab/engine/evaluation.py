@@ -95,6 +95,11 @@ def evaluate_lengths(cfg, params, tokens: np.ndarray, lengths, *, max_tokens: in
   return records
 
 
+def ppl_unit(records: list[dict]) -> str:
+  """"byte" when every scored token is one byte (a byte-level model), else "token"."""
+  return "byte" if all(r.get("bytes", r["tokens"]) == r["tokens"] for r in records) else "token"
+
+
 def markdown_table(records: list[dict], key: str = "variant") -> str:
   """Rows: variants (or one row); columns: evaluation lengths; cells: perplexity (bpb)."""
   lengths = sorted({r["eval_length"] for r in records})
@@ -107,8 +112,7 @@ def markdown_table(records: list[dict], key: str = "variant") -> str:
       r = next((r for r in records if r.get(key, "model") == name and r["eval_length"] == n), None)
       cells.append("—" if r is None else f"{r['ppl']:.3f} ({r['bpb']:.3f})")
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
-  unit = "byte" if all(r.get("bytes", r["tokens"]) == r["tokens"] for r in records) else "token"
-  return "\n".join(lines) + f"\n\nCells: perplexity per {unit} (bits per byte).\n"
+  return "\n".join(lines) + f"\n\nCells: perplexity per {ppl_unit(records)} (bits per byte).\n"
 
 
 def draw_lengths(ax, records: list[dict], title: str, key: str = "variant",
@@ -129,8 +133,7 @@ def draw_lengths(ax, records: list[dict], title: str, key: str = "variant",
   ppl = [r["ppl"] for r in records]
   ax.set_yticks(np.unique(np.round(np.geomspace(min(ppl), max(ppl), 6), 1 if max(ppl) < 100 else 0)))
   ax.set_xlabel("evaluation length (tokens)")
-  per_byte = all(r.get("bytes", r["tokens"]) == r["tokens"] for r in records)
-  ax.set_ylabel(f"perplexity per {'byte' if per_byte else 'token'}")
+  ax.set_ylabel(f"perplexity per {ppl_unit(records)}")
   ax.set_title(title)
   ax.grid(True, which="both", alpha=0.3)
   ax.legend()
@@ -199,17 +202,18 @@ def evaluate_workdir(workdir, lengths, out=None, progress=True, rope_scalings=()
   check_rope_scalings(cfg, rope_scalings)
   corpus = data.load_corpus(cfg.data, splits=("valid",))
   name = pathlib.Path(workdir).name
+  # (row name, config, lengths): the model as it is, or each scaling at each length
+  runs = ([(name, cfg, lengths)] if not rope_scalings else
+          [(s, with_rope_scaling(cfg, s, n), [n]) for s in rope_scalings for n in lengths])
   records = []
-  for scaling in rope_scalings or [None]:
-    for length in lengths if scaling else [None]:
-      scaled = cfg if scaling is None else with_rope_scaling(cfg, scaling, length)
-      got = evaluate_lengths(scaled, params, corpus.valid, lengths if length is None else [length],
-                             progress=progress, token_bytes=corpus.token_bytes("valid"))
-      for r in got:
-        r["variant"] = name if scaling is None else scaling
-        if scaling:
-          r.update(rope_scaling=scaling, scale_factor=float(scaled.model.position.scale_factor))
-      records += got
+  for variant, run_cfg, run_lengths in runs:
+    got = evaluate_lengths(run_cfg, params, corpus.valid, run_lengths, progress=progress,
+                           token_bytes=corpus.token_bytes("valid"))
+    for r in got:
+      r["variant"] = variant
+      if rope_scalings:
+        r.update(rope_scaling=variant, scale_factor=float(run_cfg.model.position.scale_factor))
+    records += got
   check_finite(records, workdir, step)
   stamp = workdir_lib.fingerprint(cfg, step, params, data=workdir_lib.data_digest(corpus.valid))
   for r in records:

@@ -141,9 +141,8 @@ def results_markdown(records: list[dict]) -> str:
     rs = [r for r in records if r["eval_mode"] == mode]
     lengths = sorted({r["eval_length"] for r in rs})
     stride = rs[0]["stride"] if mode == "sliding" else None
-    unit = "byte" if all(r.get("bytes", r["tokens"]) == r["tokens"] for r in rs) else "token"
     out.append(f"**{mode}**" + (f" (stride {stride})" if stride else "") +
-               f": perplexity per {unit} (bits per byte)\n")
+               f": perplexity per {evaluation.ppl_unit(rs)} (bits per byte)\n")
     out.append("| variant | params | " + " | ".join(f"L={n}" for n in lengths) + " |")
     out.append("|---|---|" + "---|" * len(lengths))
     for name in dict.fromkeys(r["variant"] for r in rs):
