@@ -6,6 +6,7 @@ the documentation can be traced to what produced it (``tests/test_docs.py``).
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import platform
@@ -58,3 +59,18 @@ def provenance(command: str | None = None) -> dict:
                   "device": f"{jax.devices()[0].device_kind} x{jax.device_count()}",
                   "backend": jax.default_backend()},
   }
+
+
+def sidecar_path(results: pathlib.Path) -> pathlib.Path:
+  """``results.json`` -> ``results.provenance.json`` beside it."""
+  results = pathlib.Path(results)
+  return results.with_name(results.stem + ".provenance.json")
+
+
+def write_sidecar(results: pathlib.Path, command: str | None = None) -> pathlib.Path:
+  """Write ``provenance()`` beside a results file whose own format has no room for it
+  (a JSON list of records), as ``{"results": name, "provenance": {...}}``."""
+  path = sidecar_path(results)
+  path.write_text(json.dumps({"results": pathlib.Path(results).name,
+                              "provenance": provenance(command)}, indent=2, sort_keys=True))
+  return path

@@ -31,6 +31,7 @@ from typing import Callable
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from attnlab import runtime  # noqa: E402
+from attnlab.provenance import provenance  # noqa: E402
 
 runtime.configure()
 
@@ -335,7 +336,8 @@ def main(argv=None):
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.with_suffix(".md").write_text(text)
-  out.with_suffix(".json").write_text(json.dumps({"rows": rows, "summary": summary, "tiles": tiles,
+  out.with_suffix(".json").write_text(json.dumps({"provenance": provenance(),
+                                                   "rows": rows, "summary": summary, "tiles": tiles,
                                                    "baseline": args.baseline,
                                                    "speedup_at": args.speedup_at,
                                                    "speedups": speedups(rows, args.speedup_at,

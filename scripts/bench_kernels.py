@@ -37,6 +37,7 @@ from typing import Callable
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from attnlab import runtime  # noqa: E402
+from attnlab.provenance import provenance  # noqa: E402
 
 runtime.configure()
 
@@ -402,7 +403,8 @@ def main(argv=None):
   text = markdown(rows, errors, lengths, header)
   out.with_suffix(".md").write_text(text)
   out.with_suffix(".json").write_text(json.dumps(
-      dict(device=device.device_kind, backend=jax.default_backend(), jax=jax.__version__,
+      dict(provenance=provenance(), device=device.device_kind, backend=jax.default_backend(),
+           jax=jax.__version__,
            args=vars(args), check=errors, rows=rows), indent=1))
   plot(rows, out.with_suffix(".png"))
   print(text)

@@ -15,10 +15,14 @@ Two checks:
 import json
 import pathlib
 import re
+import sys
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import timed  # noqa: E402  (scripts/timed.py: the README's Quick start blocks)
 
 
 def _json(path):
@@ -265,12 +269,52 @@ def induction_head_table():
       for h in (0, 2))
 
 
+def _minutes(seconds):
+  lo, hi = round(min(seconds) / 60), round(max(seconds) / 60)
+  return f"{lo} minutes" if lo == hi else f"{lo}–{hi} minutes"
+
+
+def _quick_start_runs(block):
+  """The last 3 timed runs of the README's current Quick start ``block`` that ran to the
+  end: the main job exited 0; the test suite printed pytest's summary (a run whose tests
+  failed took as long; the README states its time, not its result)."""
+  command = timed.quick_start_blocks((ROOT / "README.md").read_text())[block - 1]
+  runs = [r for r in _jsonl("docs/timings/quickstart.jsonl")
+          if r.get("readme_block") == block and r["command"] == command
+          and (r["returncode"] == 0 if block == 1 else "pytest" in r)]
+  assert runs, f"no timed run of Quick start block {block} as the README has it now: run " \
+               f"python scripts/timed.py --log=docs/timings/quickstart.jsonl --readme_block={block}"
+  return runs[-3:]
+
+
+def quick_start_main_time():
+  """python scripts/timed.py --log=docs/timings/quickstart.jsonl --readme_block=1."""
+  runs = _quick_start_runs(1)
+  return "README.md", f"the main job took {_minutes([r['wall_seconds'] for r in runs])}"
+
+
+def quick_start_tests_time():
+  """python scripts/timed.py --log=docs/timings/quickstart.jsonl --readme_block=2."""
+  runs = _quick_start_runs(2)
+  return "README.md", (f"the test suite took {_minutes([r['wall_seconds'] for r in runs])}, of "
+                       f"which pytest {_minutes([r['pytest']['seconds'] for r in runs])}")
+
+
+def sinks_marker_ratios_in_readme():
+  """The README's summary of the marker runs' layer-0 ratios (learned positions excluded)."""
+  r = _json("experiments/attention_sinks/bos/results.json")
+  u = r["uniform"]["k=1"]
+  ratios = [v["trained"]["k=1"]["mean"][0] / u for s, v in r["schemes"].items() if s != "learned"]
+  return "README.md", f"the layer-0 heads put {min(ratios):.1f}–{max(ratios):.1f}× the uniform share"
+
+
 CLAIMS = [extrapolation_headline, extrapolation_ratio_table, extrapolation_debian_table,
           induction_head_table, baby_gpt_losses, baby_gpt_step_table, baby_gpt_step_headline,
           induction_headline, bench_attention_headline, lra_comparison, retrieval_alibi_at_8x,
           sinks_marker_ratios, sinks_later_layers, induction_rope_table,
           induction_previous_token_peaks, induction_rope_causes_table, decode_table,
-          decode_headline]
+          decode_headline, quick_start_main_time, quick_start_tests_time,
+          sinks_marker_ratios_in_readme]
 
 
 @pytest.mark.parametrize("claim", CLAIMS, ids=lambda c: c.__name__)
@@ -334,23 +378,66 @@ def test_tables_of_measured_figures_come_from_generated_results():
   assert not loose, "rows with figures that no results file produced:\n" + "\n".join(loose)
 
 
-def test_new_results_files_name_their_command_commit_and_machine():
-  for path in ("experiments/baby_gpt/bench_train.json", "docs/bench_decode.json"):
-    p = _json(path)["provenance"]
-    assert p["command"].startswith("python ") and p["jax"] and p["machine"]["cpu"], path
-    assert "commit" in p, path
-  for run in ("lr3e-3", "lr1e-3"):
-    starts = _jsonl(f"experiments/baby_gpt/{run}/provenance.jsonl")
-    assert starts[0]["start_step"] == 0 and "attnlab.train" in starts[0]["command"] or \
-        "attnlab/train.py" in starts[0]["command"]
+def _results_files():
+  """Every committed results file: the studies' and benchmarks' JSON, the runs' metrics and
+  the timing logs (configs and provenance files themselves excluded)."""
+  found = list((ROOT / "docs").glob("*.json")) + list((ROOT / "docs").rglob("timings/*.jsonl"))
+  found += [p for p in (ROOT / "experiments").rglob("*.json*") if p.name != "config.json"]
+  return sorted(p for p in found if "provenance" not in p.name and p.parent.name != "provenance")
+
+
+def _provenance_of(path):
+  """The provenance records that cover ``path``: embedded, in a ``<stem>.provenance.json``
+  beside it, or the run's own ``provenance.jsonl`` / ``provenance/*.jsonl`` in its folder."""
+  sidecar = path.with_name(path.stem + ".provenance.json")
+  if path.suffix == ".jsonl":
+    lines = _jsonl(path.relative_to(ROOT))
+    embedded = [r["provenance"] for r in lines if "provenance" in r]
+  else:
+    value = json.loads(path.read_text())
+    embedded = [value["provenance"]] if isinstance(value, dict) and "provenance" in value else []
+  assert not (embedded and sidecar.exists()), f"{path}: embedded provenance and a stale {sidecar.name}"
+  if embedded:
+    return embedded
+  if sidecar.exists():
+    return [json.loads(sidecar.read_text())["provenance"]]
+  runs = list(path.parent.glob("provenance.jsonl")) + list(path.parent.glob("provenance/*.jsonl"))
+  return [_jsonl(run.relative_to(ROOT))[0] for run in runs]
+
+
+@pytest.mark.parametrize("path", _results_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_results_file_names_its_command_commit_jax_and_machine(path):
+  records = _provenance_of(path)
+  assert records, f"{path.relative_to(ROOT)} has no provenance (see attnlab/provenance.py)"
+  for p in records:
+    assert re.match(r"(python3? |python3 -m venv)", p["command"]), p["command"]
+    assert re.fullmatch(r"[0-9a-f]{40}", p["commit"] or ""), p.get("commit")
+    assert p["jax"] and p["python"] and p["machine"]["cores"] and p["machine"]["cpu"]
+    if "not recorded" in json.dumps(p):
+      assert "from git history" in p["reconstructed"], "unrecorded fields must say how they were filled"
+
+
+def test_a_reconstructed_provenance_names_the_commit_that_last_wrote_its_file():
+  import subprocess
+  for sidecar in sorted(ROOT.rglob("*.provenance.json")):
+    p = json.loads(sidecar.read_text())["provenance"]
+    if "reconstructed" not in p:
+      continue
+    results = sidecar.with_name(sidecar.name.replace(".provenance.json", ".json"))
+    log = subprocess.run(["git", "log", "--format=%H", "--", str(results.relative_to(ROOT))],
+                         cwd=ROOT, capture_output=True, text=True)
+    if log.returncode != 0 or not log.stdout.strip():
+      pytest.skip("not a git checkout")
+    assert p["commit"] in log.stdout.split(), f"{sidecar}: {p['commit']} never wrote {results.name}"
 
 
 # ----------------------------------------------------------------------------- prose figures
 
 def _numbers_in(value):
   if isinstance(value, dict):
-    for v in value.values():
-      yield from _numbers_in(v)
+    for k, v in value.items():
+      if k != "provenance":
+        yield from _numbers_in(v)
   elif isinstance(value, list):
     for v in value:
       yield from _numbers_in(v)
@@ -443,3 +530,116 @@ def test_score_mod_tutorial_runs_and_its_fused_gradients_equal_the_reference():
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
   np.testing.assert_allclose(fused[3].a, reference[3].a, rtol=2e-4, atol=2e-5)
   assert np.abs(np.asarray(reference[3].a)).max() > 1e-3          # the leaf's gradient is real
+
+
+# ----------------------------------------------------------------------------- whole figures
+# The decimal checks above see "0.251" but not "19%", "203×", "78 s" or "12 minutes". Here
+# every whole number followed by ×, %, a time unit is a figure: it must be a number of a
+# results file in scope (times only from fields that hold seconds), or be explained below.
+
+_SECONDS_KEY = re.compile(r"seconds|(^|_)wall|(^|_)s$", re.I)
+_MS_KEY = re.compile(r"(^|_)ms($|_)", re.I)
+_FIGURE = re.compile(r"(?<![\w.×/^−-])(\d+)(?:\s?–\s?(\d+))?(?:(×|%)|\s(ms|s|seconds?|min|minutes?)\b)"
+                     r"(?![\w.])")
+_MIN_SEC = re.compile(r"(?<![\w.])(\d+) min (\d+) s\b")
+
+
+def _keyed_numbers(value, key=""):
+  if isinstance(value, dict):
+    for k, v in value.items():
+      if k != "provenance":
+        yield from _keyed_numbers(v, k)
+  elif isinstance(value, list):
+    for v in value:
+      yield from _keyed_numbers(v, key)
+  elif isinstance(value, (int, float)) and not isinstance(value, bool):
+    yield key, float(value)
+
+
+def _whole_forms(folders) -> dict[str, set[str]]:
+  """Per unit, how each number of the results files under ``folders`` prints as a whole
+  figure: ``×`` any number; ``%`` any number and any fraction as a percentage; ``s``, ``min``
+  and ``M min S s`` only numbers held under a seconds field; ``ms`` only milliseconds fields."""
+  forms = {"×": set(), "%": set(), "s": set(), "min": set(), "min s": set(), "ms": set()}
+  for folder in folders:
+    for path in list(folder.rglob("*.json")) + list(folder.rglob("*.jsonl")):
+      text = path.read_text()
+      docs = ([json.loads(line) for line in text.splitlines() if line.strip()]
+              if path.suffix == ".jsonl" else [json.loads(text)])
+      for key, v in _keyed_numbers(docs):
+        forms["×"].add(f"{v:.0f}")
+        forms["%"].update({f"{v:.0f}", f"{abs(100 * v):.0f}"} if abs(v) <= 1 else {f"{v:.0f}"})
+        if _SECONDS_KEY.search(key):
+          forms["s"].add(f"{v:.0f}")
+          forms["min"].add(f"{v / 60:.0f}")
+          forms["min s"].add(f"{int(round(v)) // 60} min {int(round(v)) % 60} s")
+        if _MS_KEY.search(key):
+          forms["ms"].add(f"{v:.0f}")
+  return forms
+
+
+def _unit(word):
+  return {"seconds": "s", "second": "s", "minutes": "min", "minute": "min"}.get(word, word)
+
+
+def _unexplained_whole_figures(doc, forms, allowed):
+  out = []
+  for number, line in enumerate((ROOT / doc).read_text().splitlines(), 1):
+    if line.startswith(("|", "```", "python ")):
+      continue
+    for match in _MIN_SEC.finditer(line):
+      if match.group(0) not in forms["min s"] and match.group(0) not in allowed:
+        out.append(f"{doc}:{number}: {match.group(0)!r} in {line.strip()[:90]!r}")
+    for match in _FIGURE.finditer(_MIN_SEC.sub("", line)):
+      low, high, sign, word = match.groups()
+      word = sign or word
+      unit = _unit(word)
+      for figure in filter(None, (low, high)):
+        if figure not in forms[unit] and f"{figure}{word}" not in allowed:
+          out.append(f"{doc}:{number}: {figure}{word} in {line.strip()[:90]!r}")
+  return out
+
+
+# Whole figures that are not results-file numbers, and why (doc -> {figure as written: why}).
+WHOLE_NOT_FROM_RESULTS = {
+    "README.md": {"1×": "evaluation factors (configs/extrapolation.py)",
+                  "16×": "evaluation factors", "8×": "evaluation factor", "2×": "evaluation factor",
+                  "4×": "evaluation factor; 4× less cache: kv_heads = heads/4 (arithmetic)",
+                  "90%": "the train/validation split (data.train_fraction)",
+                  "10%": "the cosine schedule's floor and nanoGPT's validation share (configs)"},
+    "docs/attention.md": {"12×": "issue 20's target, quoted"},
+    "docs/inference.md": {"4×": "kv_heads = heads/4 (arithmetic)"},
+    "docs/kernels.md": {"10%": "issue 18's target, quoted"},
+    "docs/parallel.md": {"2×": "mesh shapes (2×2×2)", "1×": "mesh shapes (1×2×1×4)"},
+}
+WHOLE_NOT_FROM_RESULTS_IN = {
+    "bottleneck": {"95%": "the issue's acceptance bar, quoted"},
+    "extrapolation": {"1×": "evaluation factors (configs/extrapolation.py)", "2×": "evaluation factor",
+                      "4×": "evaluation factor", "8×": "evaluation factor",
+                      "16×": "evaluation factor", "10%": "the validation split (configs)"},
+    "induction_heads": {"100×": "theta 1e6 against 1e4 (a config)"},
+    "length_generalization": {"2×": "evaluation factors (configs)", "4×": "evaluation factor"},
+    "retrieval": {"19%": "rebuilt by the retrieval_alibi_at_8x claim",
+                  "1×": "evaluation factors (configs/retrieval.py)", "2×": "evaluation factor",
+                  "4×": "evaluation factor", "8×": "evaluation factor"},
+    "streaming": {"32×": "stream length over L, 2048 / 64 (configs/streaming.py)"},
+}
+
+
+@pytest.mark.parametrize("experiment", sorted(p.parent.name for p in
+                                              (ROOT / "experiments").glob("*/README.md")))
+def test_whole_figures_of_each_experiment_come_from_its_results(experiment):
+  folder = ROOT / "experiments" / experiment
+  out = _unexplained_whole_figures(f"experiments/{experiment}/README.md", _whole_forms([folder]),
+                                   WHOLE_NOT_FROM_RESULTS_IN.get(experiment, {}))
+  assert not out, "whole figures no results file holds:\n" + "\n".join(out)
+
+
+def test_whole_figures_of_readme_and_docs_come_from_results():
+  forms = _whole_forms([ROOT / "experiments", ROOT / "docs"])
+  out = []
+  for doc in ["README.md", "experiments/README.md"] + [
+      f"docs/{p.name}" for p in sorted((ROOT / "docs").glob("*.md"))
+      if not p.name.startswith("bench_") and p.name != "references.md"]:
+    out += _unexplained_whole_figures(doc, forms, WHOLE_NOT_FROM_RESULTS.get(doc, {}))
+  assert not out, "whole figures no results file holds:\n" + "\n".join(out)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 from helpers import REPO
@@ -64,6 +65,8 @@ def test_sweep_results_equal_direct_evaluation(tmp_path):
     assert [r["loss"] for r in got] == [r["loss"] for r in direct]
   saved = json.loads((tmp_path / "results.json").read_text())
   assert saved == records
+  written_by = json.loads((tmp_path / "results.provenance.json").read_text())["provenance"]
+  assert written_by["jax"] == jax.__version__ and written_by["machine"]["cores"] == os.cpu_count()
   csv_lines = (tmp_path / "results.csv").read_text().splitlines()
   assert csv_lines[0].startswith("variant,eval_length,eval_mode,loss,ppl,bpb")
   assert len(csv_lines) == 1 + len(records)

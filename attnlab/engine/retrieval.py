@@ -18,7 +18,7 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
-from attnlab import positional
+from attnlab import positional, provenance
 from attnlab.data import retrieval as tasks
 from attnlab.engine import sweeps, training
 from attnlab.models import TransformerLM
@@ -122,6 +122,7 @@ def run_study(config, workdir, progress: bool = True) -> list[dict]:
       r.update(variant=name, train_length=cfg.data.seq_len, step=step, task=cfg.data.corpus)
       records.append(r)
   (workdir / "results.json").write_text(json.dumps(records, indent=2))
+  provenance.write_sidecar(workdir / "results.json")
   (workdir / "results.md").write_text("\n".join(results_markdown(records, m) for m in METRICS))
   plot_heatmaps(records, workdir / "results.png")
   return records

@@ -29,7 +29,7 @@ import pathlib
 
 import ml_collections
 
-from attnlab import config_lib, data, positional
+from attnlab import config_lib, data, positional, provenance
 from attnlab.engine import evaluation, training
 from attnlab.models import num_params
 from attnlab.registry import ConfigError, Registry
@@ -204,6 +204,7 @@ def run_lm_sweep(config, workdir, progress: bool = True) -> list[dict]:
   for name, seq_len in lengths.items():
     records += _evaluate_variant(workdir / name, evaluation_spec(config, seq_len), progress)
   (workdir / "results.json").write_text(json.dumps(records, indent=2))
+  provenance.write_sidecar(workdir / "results.json")
   with (workdir / "results.csv").open("w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=RESULT_FIELDS, extrasaction="ignore")
     writer.writeheader()

@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from attnlab import config_lib, positional
+from attnlab import config_lib, positional, provenance
 from attnlab import workdir as workdir_lib
 from attnlab.attention import impl_names
 from attnlab.data import tasks
@@ -407,6 +407,7 @@ def run_task_sweep(config, workdir, progress: bool = True) -> list[dict]:
       records.append(dict(r, variant=name))
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / "results.json").write_text(json.dumps(records, indent=2))
+  provenance.write_sidecar(workdir / "results.json")
   (workdir / "results.md").write_text(results_markdown(records))
   plot_results(records, workdir / "results.png", "seq_acc")
   plot_results(records, workdir / "results_token.png", "token_acc")

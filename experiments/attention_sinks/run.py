@@ -29,6 +29,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from attnlab import config_lib, data, runtime  # noqa: E402
+from attnlab.provenance import provenance  # noqa: E402
 from attnlab.engine import training as train  # noqa: E402
 from attnlab.analysis import capture, metrics  # noqa: E402
 from attnlab.models import build_lm  # noqa: E402
@@ -109,7 +110,7 @@ def run(config, workdir, out) -> dict:
         "init": measure(cfg, init["params"], windows, s.first_k),
         "trained": measure(cfg, result["state"]["params"], windows, s.first_k)}
   out.mkdir(parents=True, exist_ok=True)
-  (out / "results.json").write_text(json.dumps(results, indent=1))
+  (out / "results.json").write_text(json.dumps({**results, "provenance": provenance()}, indent=1))
   (out / "results.md").write_text(markdown(results))
   plot(results, out / "results.png")
   return results

@@ -30,6 +30,7 @@ from ml_collections import config_flags
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from attnlab import config_lib, data, runtime  # noqa: E402
+from attnlab.provenance import provenance  # noqa: E402
 from attnlab.engine import training  # noqa: E402
 from attnlab.analysis import capture, metrics  # noqa: E402
 from attnlab.models import build_lm  # noqa: E402
@@ -121,7 +122,7 @@ def run(config, workdir, out) -> dict:
                               hooks=(measure_heads,))
   seconds = time.perf_counter() - start
   result = {"config": cfg.to_dict(), "probe_period": period, "probe_batch": ind.eval_batch,
-            "train_seconds": seconds, "records": records}
+            "train_seconds": seconds, "records": records, "provenance": provenance()}
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
   (out / "results.json").write_text(json.dumps(result, indent=1))

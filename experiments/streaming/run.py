@@ -42,6 +42,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))   # run fro
 
 from attnlab import workdir as workdir_lib  # noqa: E402
 from attnlab import data, positional, runtime  # noqa: E402
+from attnlab.provenance import provenance  # noqa: E402
 from attnlab.engine import sweeps as sweep  # noqa: E402
 from attnlab.engine import training as train  # noqa: E402
 from attnlab.inference import generation  # noqa: E402
@@ -261,7 +262,8 @@ def main(argv):
   out.mkdir(parents=True, exist_ok=True)
   (out / "results.json").write_text(json.dumps(
       {"records": records, "first_token_attention": sink_rows,
-       "curves": {f"{v}/{m}": np.round(c, 4).tolist() for (v, m), c in curves.items()}}, indent=1))
+       "curves": {f"{v}/{m}": np.round(c, 4).tolist() for (v, m), c in curves.items()},
+       "provenance": provenance()}, indent=1))
   table = results_markdown(records, sink_rows, sc)
   (out / "results.md").write_text(table)
   plot(curves, sink_rows, sc, out / "results.png", out / "attention.png")
