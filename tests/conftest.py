@@ -1,14 +1,29 @@
 """Shared pytest setup: JAX on CPU unless the caller chose a platform, the same XLA flags
 as attnlab's command-line entry points (deterministic GPU reductions), and the slow tier:
 the tests listed in ``tests/slow_variants.txt`` (the rule is at its top) are marked
-``slow``, so the default run skips them and ``pytest -m slow`` runs them."""
+``slow``, so the default run skips them and ``pytest -m slow`` runs them.
+
+Many tests compile the same small programs (a tiny model's train step, its evaluation);
+JAX's persistent compilation cache lets them, and the xdist workers, share one compile.
+The cache lives in a fresh directory per run (the workers inherit it from the process
+that started them), removed at the end, so nothing compiled by other code is reused; a
+``JAX_COMPILATION_CACHE_DIR`` the caller set is used as is."""
 
 import os
 import pathlib
+import shutil
+import tempfile
 
 import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _OWN_CACHE = tempfile.mkdtemp(prefix="attnlab_test_jax_cache_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"   # tiny programs too
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+else:
+  _OWN_CACHE = None
 
 from attnlab import runtime  # noqa: E402  (must precede any JAX computation)
 
@@ -35,3 +50,8 @@ def pytest_collection_modifyitems(config, items):
   if whole_suite and stale and not config.getoption("keyword"):
     raise pytest.UsageError(f"tests/slow_variants.txt names tests that do not exist: "
                             f"{', '.join(stale[:5])}{' ...' if len(stale) > 5 else ''}")
+
+
+def pytest_unconfigure(config):
+  if _OWN_CACHE is not None:
+    shutil.rmtree(_OWN_CACHE, ignore_errors=True)

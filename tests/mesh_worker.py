@@ -2,7 +2,7 @@
 fixed when JAX starts). Used by tests/test_parallel.py; prints one JSON line.
 
   python tests/mesh_worker.py train WORKDIR MESH STEPS STOP_AFTER [key=value ...]
-  python tests/mesh_worker.py ring
+  python tests/mesh_worker.py ring [cover|all]
   python tests/mesh_worker.py restore WORKDIR STEP MESH
 """
 
@@ -52,7 +52,14 @@ def train(workdir, mesh, steps, stop_after, *extra):
   return {"losses": {r["step"]: r["loss"] for r in records if r["split"] == "train"}}
 
 
-def ring():
+# (mesh shape, layout, mask, ALiBi): every mesh and layout, each mask and bias twice
+RING_COVER = (((2, 1, 1, 4), "zigzag", "causal", False), ((1, 1, 2, 4), "striped", "full", True),
+              ((1, 1, 1, 8), "contiguous", "causal", True), ((1, 1, 1, 8), "zigzag", "full", False))
+
+
+def ring(which="cover"):
+  """Ring attention against the reference: ``cover`` runs RING_COVER, ``all`` every mesh x
+  {causal, full} x {no bias, ALiBi}."""
   from attnlab import positional
   from attnlab.attention import dot_product_attention, masks
   b, n, h, hkv, d = 2, 32, 4, 2, 8
@@ -63,26 +70,29 @@ def ring():
   slopes = jnp.asarray(positional.alibi_slopes(h))
   auto = (jax.sharding.AxisType.Auto,) * 4
   results = {}
-  for shape, layout in (((2, 1, 1, 4), "zigzag"), ((1, 1, 2, 4), "striped"),
-                        ((1, 1, 1, 8), "contiguous"), ((1, 1, 1, 8), "zigzag")):
+  layouts = (((2, 1, 1, 4), "zigzag"), ((1, 1, 2, 4), "striped"),
+             ((1, 1, 1, 8), "contiguous"), ((1, 1, 1, 8), "zigzag"))
+  cases = RING_COVER if which == "cover" else [
+      (shape, layout, mask, alibi) for shape, layout in layouts
+      for mask in ("causal", "full") for alibi in (False, True)]
+  for shape, layout, mask_name, alibi in cases:
     mesh = jax.make_mesh(shape, ("data", "fsdp", "tensor", "sequence"), axis_types=auto)
-    for mask_name, mask in (("causal", masks.causal()), ("full", None)):
-      for alibi in (False, True):
-        def loss(impl, q, k, v, slopes):
-          bias = positional.AlibiBias(slopes=slopes) if alibi else None
-          out = dot_product_attention(q, k, v, mask=mask, bias=bias, impl=impl,
-                                      ring_layout=layout)
-          return jnp.sum(out * w), out
-        grad = lambda impl: jax.value_and_grad(  # noqa: E731
-            lambda *a: loss(impl, *a), argnums=(0, 1, 2, 3), has_aux=True)
-        with jax.set_mesh(mesh):
-          (_, out), grads = jax.jit(grad("ring"))(q, k, v, slopes)
-        (_, ref), ref_grads = grad("reference")(q, k, v, slopes)
-        errors = [float(jnp.abs(out - ref).max() / jnp.abs(ref).max())]
-        errors += [float(jnp.abs(g - r).max() / max(1e-6, float(jnp.abs(r).max())))
-                   for g, r in zip(grads, ref_grads)]
-        name = f"{'x'.join(map(str, shape))}/{layout}/{mask_name}/{'alibi' if alibi else 'none'}"
-        results[name] = max(errors[:4] + ([errors[4]] if alibi else []))
+    mask = masks.causal() if mask_name == "causal" else None
+    def loss(impl, q, k, v, slopes):
+      bias = positional.AlibiBias(slopes=slopes) if alibi else None
+      out = dot_product_attention(q, k, v, mask=mask, bias=bias, impl=impl,
+                                  ring_layout=layout)
+      return jnp.sum(out * w), out
+    grad = lambda impl: jax.value_and_grad(  # noqa: E731
+        lambda *a: loss(impl, *a), argnums=(0, 1, 2, 3), has_aux=True)
+    with jax.set_mesh(mesh):
+      (_, out), grads = jax.jit(grad("ring"))(q, k, v, slopes)
+    (_, ref), ref_grads = grad("reference")(q, k, v, slopes)
+    errors = [float(jnp.abs(out - ref).max() / jnp.abs(ref).max())]
+    errors += [float(jnp.abs(g - r).max() / max(1e-6, float(jnp.abs(r).max())))
+               for g, r in zip(grads, ref_grads)]
+    name = f"{'x'.join(map(str, shape))}/{layout}/{mask_name}/{'alibi' if alibi else 'none'}"
+    results[name] = max(errors[:4] + ([errors[4]] if alibi else []))
   return {"ring": results}
 
 

@@ -27,7 +27,9 @@ def test_flop_count_follows_flash_attention_convention(bench):
 
 def test_outputs_checked_against_xla_and_missing_backends_reported(bench):
   impls = bench.implementations(block=16, window=8, bigbird_block=16)
-  errors = bench.check_outputs(impls, n=48, heads=2, head_dim=16, dtype=jnp.float32, causal=True)
+  named = ("attnlab_pallas", "jax_pallas", "cudnn", "tokamax_xla", "tokamax_xla_chunked")
+  errors = bench.check_outputs({k: impls[k] for k in named if k in impls}, n=48, heads=2,
+                               head_dim=16, dtype=jnp.float32, causal=True)
   assert errors["attnlab_pallas"] < 1e-5 and errors["jax_pallas"] < 1e-5
   assert isinstance(errors["cudnn"], str) and "cuDNN" in errors["cudnn"]   # CPU: no cuDNN
   if importlib.util.find_spec("tokamax"):                                    # the [gpu] extra

@@ -61,12 +61,24 @@ def test_sequence_sharded_training_with_ring_attention_matches_one_device(tmp_pa
                              rtol=1e-3)
 
 
-def test_ring_attention_equals_reference_on_4_and_8_shards():
-  errors = worker("ring")["ring"]
-  assert len(errors) == 16          # 4 meshes x {causal, full} x {no bias, ALiBi}
+def _check_ring(errors, cases):
+  assert len(errors) == cases
   assert {k.split("/")[0] for k in errors} == {"2x1x1x4", "1x1x2x4", "1x1x1x8"}
+  assert {k.split("/", 1)[1].split("/")[0] for k in errors} == {"zigzag", "striped", "contiguous"}
+  assert {k.split("/")[2] for k in errors} == {"causal", "full"}
+  assert {k.split("/")[3] for k in errors} == {"alibi", "none"}
   bad = {k: v for k, v in errors.items() if not v < 1e-5}
   assert not bad, bad
+
+
+def test_ring_attention_equals_reference_on_4_and_8_shards():
+  """Every mesh and layout, each mask and bias twice (the whole grid is in the slow tier)."""
+  _check_ring(worker("ring", "cover")["ring"], 4)
+
+
+@pytest.mark.slow   # the 16-case grid; the default test runs a covering set of 4
+def test_ring_attention_equals_reference_on_every_mesh_mask_and_bias():
+  _check_ring(worker("ring", "all")["ring"], 16)     # 4 meshes x {causal, full} x {none, ALiBi}
 
 
 @pytest.mark.slow   # ~45 s; the two-process test (slow) restores across meshes too
