@@ -2,11 +2,16 @@
 
   python scripts/bench_train.py --config=configs/lm.py:baby_gpt --impls=auto,reference,xla,blockwise
   python scripts/bench_train.py --config=configs/lm.py:baby_gpt --torch --json=docs/bench_train_torch.json
+  python scripts/bench_train.py --config=configs/lm.py:baby_gpt --torch --train \
+      --json=docs/bench_train_torch_2000.json
 
 ``--torch`` also times the same model in PyTorch (``scripts/torch_gpt.py``; PyTorch is an
 optional benchmark dependency, never a runtime one) on the same batches, interleaved
 with attnlab's steps in blocks of ``--block`` steps so both see the same machine load,
-and prints the ratio of median ms/step (attnlab / PyTorch).
+and prints the ratio of median ms/step (attnlab / PyTorch). ``--torch --train`` trains both
+for the config's ``train.steps`` (nanoGPT's baby GPT: 2000) with the same batches and
+learning-rate schedule, times every step, and reports both validation losses (mean over the
+same ``train.eval_batches`` batches) with a loss-curve PNG beside the JSON.
 
 Times the full jitted step (forward, backward, AdamW update) on real batches,
 after ``--warmup`` untimed steps; reports the median and the mean of ``--steps``
@@ -30,6 +35,7 @@ runtime.configure()
 import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 from attnlab import config_lib, data  # noqa: E402
 from attnlab.models import TransformerLM, num_params  # noqa: E402
@@ -42,6 +48,9 @@ _WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed steps (the first compiles).
 _JSON = flags.DEFINE_string("json", None, "Also write the rows (and the machine) to this JSON file.")
 _TORCH = flags.DEFINE_boolean("torch", False, "Also time the PyTorch equivalent, interleaved.")
 _BLOCK = flags.DEFINE_integer("block", 10, "With --torch: steps per turn of each framework.")
+_TRAIN = flags.DEFINE_boolean(
+    "train", False, "With --torch: train both models for the config's train.steps (same "
+    "batches, same schedule), timing every step, and report each one's validation loss.")
 
 
 def attnlab_runner(config):
@@ -82,6 +91,106 @@ def torch_runner(cfg):
     return time.perf_counter() - t0
 
   return sum(p.numel() for p in model.parameters()), next_step, torch
+
+
+def validation_losses(cfg, jax_params, model, torch_model, torch) -> tuple[float, float]:
+  """Mean loss of both models over the same ``train.eval_batches`` fixed validation batches."""
+  import numpy as np
+  from attnlab.engine.training import make_eval_step, validation_loss
+  batches = data.make_batches(cfg)
+  ours = validation_loss(make_eval_step(model), jax_params, batches, cfg)
+  torch_model.eval()
+  with torch.no_grad():
+    theirs = [float(torch_model(*(torch.from_numpy(np.asarray(x, np.int64))
+                                  for x in batches.valid(i))))
+              for i in range(cfg.train.eval_batches)]
+  torch_model.train()
+  return ours, float(np.mean(theirs))
+
+
+def train_side_by_side(config, block: int, log_every: int = 100) -> dict:
+  """Train attnlab's model and the PyTorch one for ``train.steps`` steps each, in
+  alternating blocks of ``block`` steps on the same batches with the same learning-rate
+  schedule (attnlab's, applied to PyTorch's AdamW step by step); every step is timed.
+  Returns the median ms/step of each over all steps, their train losses every
+  ``log_every`` steps and their validation losses every ``train.eval_every`` steps."""
+  import numpy as np
+  import torch
+  import torch_gpt
+  from attnlab.engine.training import learning_rate_schedule
+  cfg = config_lib.resolve(config)
+  model = TransformerLM(cfg.model)
+  tx = make_optimizer(cfg.train, cfg.model)
+  state = init_state(model, tx, cfg)
+  step_fn = make_train_step(model, tx, cfg.train.seed, dropout=cfg.model.dropout > 0)
+  torch.manual_seed(cfg.train.seed)
+  torch_model, opt, torch_step = torch_gpt.from_config(cfg)
+  schedule = learning_rate_schedule(cfg.train)
+  batches = data.make_batches(cfg)
+  times = {"attnlab": [], "torch": []}
+  curves = {"attnlab": [], "torch": []}
+  valid = {"attnlab": [], "torch": []}
+
+  def run_attnlab(i):
+    nonlocal state
+    arrays = batches.train(i)
+    t0 = time.perf_counter()
+    state, m = step_fn(state, *arrays)
+    loss = float(m["loss"])
+    times["attnlab"].append(time.perf_counter() - t0)
+    return loss
+
+  def run_torch(i):
+    tokens, targets = (torch.from_numpy(np.asarray(x, np.int64)) for x in batches.train(i))
+    for group in opt.param_groups:
+      group["lr"] = float(schedule(i))             # the learning rate optax uses at step i
+    t0 = time.perf_counter()
+    loss = float(torch_step(tokens, targets))
+    times["torch"].append(time.perf_counter() - t0)
+    return loss
+
+  steps = cfg.train.steps
+  with tqdm(total=2 * steps, desc="attnlab and PyTorch steps") as bar:
+    for start in range(0, steps, block):
+      for name, run in (("attnlab", run_attnlab), ("torch", run_torch)):
+        for i in range(start, min(start + block, steps)):
+          loss = run(i)
+          if (i + 1) % log_every == 0 or i == 0:
+            curves[name].append((i + 1, loss))
+          bar.update()
+      done = min(start + block, steps)
+      if done % cfg.train.eval_every == 0 or done == steps:
+        ours, theirs = validation_losses(cfg, state["params"], model, torch_model, torch)
+        valid["attnlab"].append((done, ours))
+        valid["torch"].append((done, theirs))
+        bar.write(f"step {done}: validation loss attnlab {ours:.4f}, PyTorch {theirs:.4f}")
+  skip = min(5, steps - 1)                          # the first steps compile / warm up
+  med = {k: 1000 * statistics.median(v[skip:]) for k, v in times.items()}
+  return {"steps": steps, "tokens_per_step": cfg.train.batch_size * cfg.data.seq_len,
+          "attnlab_median_ms": med["attnlab"], "torch_median_ms": med["torch"],
+          "ratio": med["attnlab"] / med["torch"], "train_loss": curves, "valid_loss": valid,
+          "attnlab_valid_loss": valid["attnlab"][-1][1], "torch_valid_loss": valid["torch"][-1][1],
+          "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+
+
+def plot_training(result: dict, path: pathlib.Path) -> None:
+  """Train and validation loss of both frameworks against step."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for name, color in (("attnlab", "C0"), ("torch", "C1")):
+    label = "attnlab" if name == "attnlab" else "PyTorch"
+    x, y = zip(*result["train_loss"][name])
+    ax.plot(x, y, color=color, alpha=0.5, label=f"{label} train")
+    x, y = zip(*result["valid_loss"][name])
+    ax.plot(x, y, "o-", color=color, label=f"{label} validation")
+  ax.set_xlabel("step")
+  ax.set_ylabel("loss (nats per byte)")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
 
 
 def side_by_side(config, steps: int, warmup: int, block: int) -> dict:
@@ -142,7 +251,19 @@ def main(argv):
     print("| impl | params | tokens/step | compile s | median ms/step | mean ms/step | tokens/s |")
     print("|---|---|---|---|---|---|---|")
   rows = []
-  if _TORCH.value:
+  if _TORCH.value and _TRAIN.value:
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+    config = _CONFIG.value.copy_and_resolve_references()
+    config.model.attention.impl = _IMPLS.value[0]
+    r = dict(impl=_IMPLS.value[0], **train_side_by_side(config, _BLOCK.value))
+    rows.append(r)
+    print("| framework | median ms/step | validation loss |\n|---|---|---|")
+    print(f"| attnlab ({r['impl']}) | {r['attnlab_median_ms']:.1f} | {r['attnlab_valid_loss']:.4f} |")
+    print(f"| PyTorch {r['torch']} | {r['torch_median_ms']:.1f} | {r['torch_valid_loss']:.4f} |")
+    print(f"\nratio of ms/step (attnlab / PyTorch): {r['ratio']:.2f}")
+    if _JSON.value:
+      plot_training(r, pathlib.Path(_JSON.value).with_suffix(".png"))
+  elif _TORCH.value:
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
     print("| impl | params (attnlab / torch) | attnlab median ms/step | PyTorch median ms/step "
           "| ratio |")
