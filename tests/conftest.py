@@ -28,8 +28,9 @@ else:
 # The suite's programs are tiny and compiled once or twice each, so compiling is most of its
 # time: LLVM's -O0 (XLA:CPU's backend optimization level) compiles about a third faster and
 # runs them slower by less than it saves. Semantics are XLA's either way; attnlab's entry
-# points keep the default level.
-if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+# points keep the default level, and so do runs on an accelerator (scripts/gpu_check.py).
+if (os.environ["JAX_PLATFORMS"] == "cpu"
+        and "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", "")):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              " --xla_backend_optimization_level=0").strip()
 
