@@ -300,6 +300,20 @@ def quick_start_tests_time():
                        f"which pytest {_minutes([r['pytest']['seconds'] for r in runs])}")
 
 
+def baby_gpt_against_pytorch_trained():
+  """python scripts/bench_train.py --config=configs/lm.py:baby_gpt --torch --train ..."""
+  r = _json("docs/bench_train_torch_2000.json")["rows"][0]
+  gap = r["attnlab_valid_loss"] - r["torch_valid_loss"]
+  return "README.md", (
+      f"attnlab **{r['attnlab_valid_loss']:.4f}**, PyTorch {r['torch_valid_loss']:.4f}, so attnlab "
+      f"ends {gap:.3f} nats {'higher' if gap > 0 else 'lower'}")
+
+
+def baby_gpt_against_pytorch_step_times():
+  r = _json("docs/bench_train_torch_2000.json")["rows"][0]
+  return "README.md", (f"ratio of {r['ratio']:.2f} (the machine")
+
+
 def sinks_marker_ratios_in_readme():
   """The README's summary of the marker runs' layer-0 ratios (learned positions excluded)."""
   r = _json("experiments/attention_sinks/bos/results.json")
@@ -314,7 +328,8 @@ CLAIMS = [extrapolation_headline, extrapolation_ratio_table, extrapolation_debia
           sinks_marker_ratios, sinks_later_layers, induction_rope_table,
           induction_previous_token_peaks, induction_rope_causes_table, decode_table,
           decode_headline, quick_start_main_time, quick_start_tests_time,
-          sinks_marker_ratios_in_readme]
+          sinks_marker_ratios_in_readme, baby_gpt_against_pytorch_trained,
+          baby_gpt_against_pytorch_step_times]
 
 
 @pytest.mark.parametrize("claim", CLAIMS, ids=lambda c: c.__name__)
