@@ -296,8 +296,11 @@ def quick_start_main_time():
 def quick_start_tests_time():
   """python scripts/timed.py --log=docs/timings/quickstart.jsonl --readme_block=2."""
   runs = _quick_start_runs(2)
-  return "README.md", (f"the test suite took {_minutes([r['wall_seconds'] for r in runs])}, of "
-                       f"which pytest {_minutes([r['pytest']['seconds'] for r in runs])}")
+  return "README.md", (
+      f"the test suite took {_minutes([r['wall_seconds'] for r in runs])} in its last "
+      f"{len(runs)} timed runs, of which pytest\n{_minutes([r['pytest']['seconds'] for r in runs])}; "
+      f"the latest took {_minutes([runs[-1]['wall_seconds']])}, of which pytest "
+      f"{_minutes([runs[-1]['pytest']['seconds']])}")
 
 
 def baby_gpt_against_pytorch_trained():
