@@ -7,7 +7,8 @@ task in ``attnlab.data.retrieval.TASKS``. Each variant trains in
 ``workdir/<name>`` (resumable), then is scored on ``retrieval.trials`` fresh
 examples per (length, depth): an example counts as correct when every answer
 byte is the model's top prediction given the bytes before it. Writes
-``results.json`` and ``results.md``, and ``results.png`` (a heatmap per variant).
+``results.json`` (with ``results.provenance.json`` beside it) and ``results.md``, and
+``results.png`` (a heatmap per variant).
 """
 
 from __future__ import annotations

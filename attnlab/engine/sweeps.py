@@ -5,7 +5,8 @@ The config holds a base model/data/train setup and ``sweep.variants``: a name
 for each variant and the config fields it overrides. Each variant trains in
 ``workdir/<name>`` with the same seed, data and steps, then is evaluated at
 ``sweep.factors`` x ``data.seq_len`` under each protocol in ``sweep.protocols``.
-Writes ``results.json``, ``results.csv``, ``results.md`` and ``results.png``.
+Writes ``results.json``, ``results.csv``, ``results.md`` and ``results.png``, and
+``results.provenance.json`` (command, commit, JAX, machine: ``attnlab.provenance``).
 
 Resumable: re-running skips finished variants (training and evaluation), and an
 interrupted variant continues from its last checkpoint.
