@@ -93,12 +93,12 @@ def torch_runner(cfg):
   return sum(p.numel() for p in model.parameters()), next_step, torch
 
 
-def validation_losses(cfg, jax_params, model, torch_model, torch) -> tuple[float, float]:
+def validation_losses(cfg, batches, eval_step, jax_params, torch_model,
+                      torch) -> tuple[float, float]:
   """Mean loss of both models over the same ``train.eval_batches`` fixed validation batches."""
   import numpy as np
-  from attnlab.engine.training import make_eval_step, validation_loss
-  batches = data.make_batches(cfg)
-  ours = validation_loss(make_eval_step(model), jax_params, batches, cfg)
+  from attnlab.engine.training import validation_loss
+  ours = validation_loss(eval_step, jax_params, batches, cfg)
   torch_model.eval()
   with torch.no_grad():
     theirs = [float(torch_model(*(torch.from_numpy(np.asarray(x, np.int64))
@@ -117,12 +117,13 @@ def train_side_by_side(config, block: int, log_every: int = 100) -> dict:
   import numpy as np
   import torch
   import torch_gpt
-  from attnlab.engine.training import learning_rate_schedule
+  from attnlab.engine.training import learning_rate_schedule, make_eval_step
   cfg = config_lib.resolve(config)
   model = TransformerLM(cfg.model)
   tx = make_optimizer(cfg.train, cfg.model)
   state = init_state(model, tx, cfg)
   step_fn = make_train_step(model, tx, cfg.train.seed, dropout=cfg.model.dropout > 0)
+  eval_step = make_eval_step(model)
   torch.manual_seed(cfg.train.seed)
   torch_model, opt, torch_step = torch_gpt.from_config(cfg)
   schedule = learning_rate_schedule(cfg.train)
@@ -160,7 +161,8 @@ def train_side_by_side(config, block: int, log_every: int = 100) -> dict:
           bar.update()
       done = min(start + block, steps)
       if done % cfg.train.eval_every == 0 or done == steps:
-        ours, theirs = validation_losses(cfg, state["params"], model, torch_model, torch)
+        ours, theirs = validation_losses(cfg, batches, eval_step, state["params"], torch_model,
+                                         torch)
         valid["attnlab"].append((done, ours))
         valid["torch"].append((done, theirs))
         bar.write(f"step {done}: validation loss attnlab {ours:.4f}, PyTorch {theirs:.4f}")

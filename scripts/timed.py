@@ -50,18 +50,16 @@ def pytest_summary(output: str) -> dict | None:
   return {"summary": summary, "seconds": float(seconds)}
 
 
-def run(command: str, cwd: pathlib.Path, env: dict | None, log_to: pathlib.Path) -> tuple[int, float, str]:
-  """Run ``command`` under bash, its output teed to ``log_to``; (status, seconds, output)."""
+def run(command: str, cwd: pathlib.Path, env: dict | None) -> tuple[int, float, str]:
+  """Run ``command`` under bash, its output shown as it comes; (status, seconds, output)."""
   start = time.perf_counter()
-  with open(log_to, "w") as log:
-    proc = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    for line in proc.stdout:
-      sys.stdout.write(line)
-      log.write(line)
-      lines.append(line)
-    status = proc.wait()
+  proc = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  lines = []
+  for line in proc.stdout:
+    sys.stdout.write(line)
+    lines.append(line)
+  status = proc.wait()
   return status, time.perf_counter() - start, "".join(lines)
 
 
@@ -86,7 +84,8 @@ def main(argv=None) -> int:
     clone = scratch / "attnlab"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     env = {"HOME": str(scratch / "home"), "PATH": "/usr/local/bin:/usr/bin:/bin", "CI": "true"}
-    status, seconds, output = run(command, clone, env, scratch / "output.log")
+    status, seconds, output = run(command, clone, env)
+    (scratch / "output.log").write_text(output)
     venv_python = clone / ".venv" / "bin" / "python"
     if venv_python.exists():
       versions = subprocess.run(
@@ -98,8 +97,7 @@ def main(argv=None) -> int:
     print(f"output kept in {scratch / 'output.log'}")
   else:
     command = " ".join(args.command)
-    status, seconds, output = run(command, pathlib.Path.cwd(), dict(os.environ),
-                                  pathlib.Path(tempfile.mkstemp(suffix=".log")[1]))
+    status, seconds, output = run(command, pathlib.Path.cwd(), dict(os.environ))
   record.update(command=command, wall_seconds=round(seconds, 1), returncode=status,
                 provenance=provenance(command=command))
   if (summary := pytest_summary(output)) is not None:

@@ -24,6 +24,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import timed  # noqa: E402  (scripts/timed.py: the README's Quick start blocks)
 
+from attnlab import provenance  # noqa: E402
+
 
 def _json(path):
   return json.loads((ROOT / path).read_text())
@@ -407,7 +409,7 @@ def _results_files():
 def _provenance_of(path):
   """The provenance records that cover ``path``: embedded, in a ``<stem>.provenance.json``
   beside it, or the run's own ``provenance.jsonl`` / ``provenance/*.jsonl`` in its folder."""
-  sidecar = path.with_name(path.stem + ".provenance.json")
+  sidecar = provenance.sidecar_path(path)
   if path.suffix == ".jsonl":
     lines = _jsonl(path.relative_to(ROOT))
     embedded = [r["provenance"] for r in lines if "provenance" in r]
@@ -451,28 +453,40 @@ def test_a_reconstructed_provenance_names_the_commit_that_last_wrote_its_file():
 
 # ----------------------------------------------------------------------------- prose figures
 
-def _numbers_in(value):
+def _keyed_numbers(value, key=""):
+  """(field name, number) for every number in a parsed results file, provenance left out."""
   if isinstance(value, dict):
     for k, v in value.items():
       if k != "provenance":
-        yield from _numbers_in(v)
+        yield from _keyed_numbers(v, k)
   elif isinstance(value, list):
     for v in value:
-      yield from _numbers_in(v)
+      yield from _keyed_numbers(v, key)
   elif isinstance(value, (int, float)) and not isinstance(value, bool):
-    yield float(value)
+    yield key, float(value)
+
+
+def _results_documents(folder: pathlib.Path) -> list:
+  """Every JSON / JSONL results file under ``folder``, parsed (a JSONL file: its lines)."""
+  docs = []
+  for path in list(folder.rglob("*.json")) + list(folder.rglob("*.jsonl")):
+    text = path.read_text()
+    docs += ([json.loads(line) for line in text.splitlines() if line.strip()]
+             if path.suffix == ".jsonl" else [json.loads(text)])
+  return docs
+
+
+def _prose_lines(doc):
+  """(line number, line) of ``doc`` outside tables, code blocks and command lines."""
+  for number, line in enumerate((ROOT / doc).read_text().splitlines(), 1):
+    if not line.startswith(("|", "```", "python ")):
+      yield number, line
 
 
 def _printed_forms(folder: pathlib.Path) -> set[str]:
   """Every number of every results file under ``folder``, printed with 1-4 decimals."""
-  forms = set()
-  for path in list(folder.rglob("*.json")) + list(folder.rglob("*.jsonl")):
-    text = path.read_text()
-    docs = ([json.loads(line) for line in text.splitlines() if line.strip()]
-            if path.suffix == ".jsonl" else [json.loads(text)])
-    for value in _numbers_in(docs):
-      forms.update(f"{value:.{k}f}" for k in range(1, 5))
-  return forms
+  return {f"{value:.{k}f}" for _, value in _keyed_numbers(_results_documents(folder))
+          for k in range(1, 5)}
 
 
 # Decimals in an experiment's prose that are not a results-file number as printed, and why.
@@ -507,9 +521,7 @@ def test_prose_figures_of_each_experiment_come_from_its_results(experiment):
   forms = _printed_forms(folder)
   allowed = NOT_FROM_RESULTS.get(experiment, {})
   unexplained = []
-  for number, line in enumerate((folder / "README.md").read_text().splitlines(), 1):
-    if line.startswith(("|", "```", "python ")):
-      continue
+  for number, line in _prose_lines(f"experiments/{experiment}/README.md"):
     for match in re.finditer(r"(?<![\w.])(\d+\.\d+)(?![\w.])", line):
       if match.group(1) not in forms and match.group(1) not in allowed:
         unexplained.append(f"line {number}: {match.group(1)} in {line.strip()[:90]!r}")
@@ -525,9 +537,7 @@ def test_prose_figures_of_readme_and_docs_come_from_results():
   unexplained = []
   for doc in ["README.md"] + [f"docs/{p.name}" for p in sorted((ROOT / "docs").glob("*.md"))
                               if not p.name.startswith("bench_") and p.name not in skip]:
-    for number, line in enumerate((ROOT / doc).read_text().splitlines(), 1):
-      if line.startswith(("|", "```", "python ")):
-        continue
+    for number, line in _prose_lines(doc):
       for match in re.finditer(r"(?<![\w.])(\d+\.\d+)(?![\w.])", line):
         if match.group(1) not in forms and match.group(1) not in rebuilt.get(doc, ()):
           unexplained.append(f"{doc}:{number}: {match.group(1)} in {line.strip()[:90]!r}")
@@ -562,37 +572,21 @@ _FIGURE = re.compile(r"(?<![\w.×/^−-])(\d+)(?:\s?–\s?(\d+))?(?:(×|%)|\s(ms
 _MIN_SEC = re.compile(r"(?<![\w.])(\d+) min (\d+) s\b")
 
 
-def _keyed_numbers(value, key=""):
-  if isinstance(value, dict):
-    for k, v in value.items():
-      if k != "provenance":
-        yield from _keyed_numbers(v, k)
-  elif isinstance(value, list):
-    for v in value:
-      yield from _keyed_numbers(v, key)
-  elif isinstance(value, (int, float)) and not isinstance(value, bool):
-    yield key, float(value)
-
-
 def _whole_forms(folders) -> dict[str, set[str]]:
   """Per unit, how each number of the results files under ``folders`` prints as a whole
   figure: ``×`` any number; ``%`` any number and any fraction as a percentage; ``s``, ``min``
   and ``M min S s`` only numbers held under a seconds field; ``ms`` only milliseconds fields."""
   forms = {"×": set(), "%": set(), "s": set(), "min": set(), "min s": set(), "ms": set()}
   for folder in folders:
-    for path in list(folder.rglob("*.json")) + list(folder.rglob("*.jsonl")):
-      text = path.read_text()
-      docs = ([json.loads(line) for line in text.splitlines() if line.strip()]
-              if path.suffix == ".jsonl" else [json.loads(text)])
-      for key, v in _keyed_numbers(docs):
-        forms["×"].add(f"{v:.0f}")
-        forms["%"].update({f"{v:.0f}", f"{abs(100 * v):.0f}"} if abs(v) <= 1 else {f"{v:.0f}"})
-        if _SECONDS_KEY.search(key):
-          forms["s"].add(f"{v:.0f}")
-          forms["min"].add(f"{v / 60:.0f}")
-          forms["min s"].add(f"{int(round(v)) // 60} min {int(round(v)) % 60} s")
-        if _MS_KEY.search(key):
-          forms["ms"].add(f"{v:.0f}")
+    for key, v in _keyed_numbers(_results_documents(folder)):
+      forms["×"].add(f"{v:.0f}")
+      forms["%"].update({f"{v:.0f}", f"{abs(100 * v):.0f}"} if abs(v) <= 1 else {f"{v:.0f}"})
+      if _SECONDS_KEY.search(key):
+        forms["s"].add(f"{v:.0f}")
+        forms["min"].add(f"{v / 60:.0f}")
+        forms["min s"].add(f"{int(round(v)) // 60} min {int(round(v)) % 60} s")
+      if _MS_KEY.search(key):
+        forms["ms"].add(f"{v:.0f}")
   return forms
 
 
@@ -602,9 +596,7 @@ def _unit(word):
 
 def _unexplained_whole_figures(doc, forms, allowed):
   out = []
-  for number, line in enumerate((ROOT / doc).read_text().splitlines(), 1):
-    if line.startswith(("|", "```", "python ")):
-      continue
+  for number, line in _prose_lines(doc):
     for match in _MIN_SEC.finditer(line):
       if match.group(0) not in forms["min s"] and match.group(0) not in allowed:
         out.append(f"{doc}:{number}: {match.group(0)!r} in {line.strip()[:90]!r}")

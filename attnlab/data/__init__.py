@@ -121,7 +121,7 @@ def load_corpus(data_cfg, splits=("train", "valid")) -> Corpus:
   empty = (np.zeros(0, np.int32), np.zeros(0, np.int32))
   (train, train_bytes), (valid, valid_bytes) = (
       tokenizer.encode_with_bytes(part.tobytes().decode("utf-8", errors="replace"))
-      if name in splits else empty for name, part in (("train", train), ("valid", valid)))
+      if split in splits else empty for split, part in (("train", train), ("valid", valid)))
   return Corpus(f"{name} ({tokenizer.name})", train, valid, train_bytes, valid_bytes)
 
 
