@@ -12,9 +12,11 @@ flags the user has not set in ``XLA_FLAGS``:
 
 On Linux with glibc it also keeps freed heap memory in the process
 (``keep_freed_memory``): XLA:CPU allocates each execution's temporaries in one
-block, and glibc serves a block over 32 MiB with ``mmap`` and unmaps it on free,
-so every training step page-faults its temporaries in afresh (baby GPT: ~40 MB,
-9,900 minor faults and about a third of the step on 2 cores). Setting any of
+block, and glibc serves a block over 32 MiB with ``mmap`` and unmaps it on free
+(and, from a worker thread's arena, any block over 64 MiB), so every training
+step page-faults its temporaries in afresh (baby GPT: ~40 MB, 9,900 minor faults
+per step, about a quarter of its time on 2 cores; blockwise sliding-window
+attention at 16k tokens: ~30,000 faults per forward+backward). Setting any of
 glibc's ``MALLOC_*`` variables (or ``GLIBC_TUNABLES`` with ``malloc``) leaves
 the allocator as you set it.
 """
@@ -31,14 +33,15 @@ _FLAGS = {
 
 
 # glibc's mallopt parameters (malloc.h) and the values set
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 TRIM_THRESHOLD_BYTES = 512 * 2**20     # free memory kept at the heap's top before returning it
 _USER_MALLOC_ENV = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
                     "MALLOC_TOP_PAD_")
 
 
 def keep_freed_memory() -> bool:
-  """Serve every allocation from glibc's heap (no per-allocation ``mmap``) and keep up to
+  """Serve every allocation from glibc's main heap (no per-allocation ``mmap``; one arena,
+  since a thread's own arena maps anything over 64 MiB separately) and keep up to
   ``TRIM_THRESHOLD_BYTES`` of freed memory there, so a block freed by one step is reused,
   already mapped, by the next. Returns whether it was applied (Linux with glibc, and no
   ``MALLOC_*`` setting of the user's); numerics are unaffected."""
@@ -49,8 +52,8 @@ def keep_freed_memory() -> bool:
   if "malloc" in os.environ.get("GLIBC_TUNABLES", ""):
     return False
   libc = ctypes.CDLL(None)
-  return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(
-      libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+  settings = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES), (_M_ARENA_MAX, 1))
+  return all([bool(libc.mallopt(param, value)) for param, value in settings])
 
 
 def configure() -> None:

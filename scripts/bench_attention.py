@@ -5,7 +5,7 @@
 
 For each path and length N (batch 1, 4 heads, head dim 64, float32, causal) it
 times the jitted forward and forward+backward (median of ``--repeats`` runs after
-one untimed run that compiles) and reads the peak memory XLA plans for the
+one untimed run; the timed runs go round all paths and lengths in turn) and reads the peak memory XLA plans for the
 forward+backward program (arguments + outputs + temporaries, from
 ``compiled.memory_analysis()``). A size whose plan exceeds ``--memory_limit_gb``,
 or whose predicted time (from the previous length and the path's exponent so
@@ -137,14 +137,10 @@ def peak_bytes(compiled) -> int:
              - m.alias_size_in_bytes)
 
 
-def time_compiled(compiled, args, repeats: int) -> float:
-  jax.block_until_ready(compiled(*args))          # untimed first run
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+def time_once(compiled, args) -> float:
+  t0 = time.perf_counter()
+  jax.block_until_ready(compiled(*args))
+  return time.perf_counter() - t0
 
 
 def fit_exponent(ns, values) -> float:
@@ -156,12 +152,19 @@ def fit_exponent(ns, values) -> float:
 
 
 def measure(paths, lengths, *, heads, head_dim, repeats, memory_limit, max_seconds, progress=True):
-  """Rows ``{path, n, fwd_s, fwd_bwd_s, peak_bytes, status}`` (times None when skipped)."""
+  """Rows ``{path, n, fwd_s, fwd_bwd_s, peak_bytes, status}`` (times None when skipped).
+
+  First every (path, N) is compiled and run once, untimed (that run's time predicts the
+  next length's, for ``max_seconds``); then the ``repeats`` timed runs go round every
+  (path, N) in turn, so a change in the machine's load during the benchmark falls on all
+  sizes and paths alike instead of bending one path's exponent or one speed-up.
+  """
   from tqdm import tqdm
-  rows = []
-  bar = tqdm(total=len(paths) * len(lengths), disable=not progress, desc="bench_attention")
+  rows, ready = [], []                    # ready: (row, forward, backward, args)
+  bar = tqdm(total=len(paths) * len(lengths), disable=not progress,
+             desc="bench_attention: compile")
   for path in paths:
-    done = []                                         # (n, fwd_bwd_s) measured so far
+    done = []                                         # (n, untimed fwd+bwd seconds)
     for n in lengths:
       bar.set_postfix_str(f"{path.name} N={n}")
       row = {"path": path.name, "n": n, "fwd_s": None, "fwd_bwd_s": None, "peak_bytes": None,
@@ -186,12 +189,21 @@ def measure(paths, lengths, *, heads, head_dim, repeats, memory_limit, max_secon
                            f"> {memory_limit / 2**30:.1f} GiB")
           continue
         forward = _compiled(path.fn, n, heads, head_dim, backward=False)
-        row["fwd_s"] = time_compiled(forward, args, repeats)
-        row["fwd_bwd_s"] = time_compiled(backward, args, repeats)
-        done.append((n, row["fwd_bwd_s"]))
+        time_once(forward, args)                      # untimed first runs
+        done.append((n, time_once(backward, args)))
+        ready.append((row, forward, backward, args))
       except Exception as e:  # noqa: BLE001  (an allocation failure must not end the table)
         row["status"] = f"skipped: {type(e).__name__}: {str(e).splitlines()[0][:80]}"
   bar.close()
+  times = {id(row): ([], []) for row, *_ in ready}
+  for _ in tqdm(range(repeats), disable=not progress, desc="bench_attention: timed rounds"):
+    for row, forward, backward, args in ready:
+      fwd, fwd_bwd = times[id(row)]
+      fwd.append(time_once(forward, args))
+      fwd_bwd.append(time_once(backward, args))
+  for row, *_ in ready:
+    fwd, fwd_bwd = times[id(row)]
+    row["fwd_s"], row["fwd_bwd_s"] = statistics.median(fwd), statistics.median(fwd_bwd)
   return rows
 
 
@@ -330,7 +342,8 @@ def main(argv=None):
   header = (f"`python scripts/bench_attention.py {' '.join(argv or sys.argv[1:])}`".replace(" `", "`")
             + f"\n\nDevice: {device.platform} ({device.device_kind}), {os.cpu_count()} cores, "
             f"jax {jax.__version__}, Python {platform.python_version()}; batch 1, "
-            f"{args.heads} heads, head dim {args.head_dim}, float32, median of {args.repeats}.")
+            f"{args.heads} heads, head dim {args.head_dim}, float32, median of {args.repeats} "
+            f"timed runs, taken in rounds over every path and length.")
   text = markdown(rows, paths, summary, fit_range, args.speedup_at, header, args.baseline)
   tiles = {p.name: {n: p.tile(n) for n in lengths} for p in paths if p.tile is not None}
   out = pathlib.Path(args.out)

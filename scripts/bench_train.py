@@ -51,6 +51,9 @@ _BLOCK = flags.DEFINE_integer("block", 10, "With --torch: steps per turn of each
 _TRAIN = flags.DEFINE_boolean(
     "train", False, "With --torch: train both models for the config's train.steps (same "
     "batches, same schedule), timing every step, and report each one's validation loss.")
+_SEEDS = flags.DEFINE_list(
+    "seeds", [], "With --torch --train: train once per seed (train.seed: initial weights of "
+    "both models and the batches); default the config's seed.")
 
 
 def attnlab_runner(config):
@@ -175,18 +178,35 @@ def train_side_by_side(config, block: int, log_every: int = 100) -> dict:
           "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
 
 
-def plot_training(result: dict, path: pathlib.Path) -> None:
-  """Train and validation loss of both frameworks against step."""
+def seed_summary(rows: list[dict]) -> dict:
+  """Mean and sample standard deviation over seeds of each framework's final validation
+  loss, the mean gap (attnlab - PyTorch), and the ratio of the medians of every timed step."""
+  import numpy as np
+  out = {"seeds": [r["seed"] for r in rows]}
+  for name in ("attnlab", "torch"):
+    losses = np.array([r[f"{name}_valid_loss"] for r in rows])
+    out[f"{name}_valid_mean"] = float(losses.mean())
+    out[f"{name}_valid_sd"] = float(losses.std(ddof=1)) if len(rows) > 1 else float("nan")
+  gaps = np.array([r["attnlab_valid_loss"] - r["torch_valid_loss"] for r in rows])
+  out["valid_gap_mean"] = float(gaps.mean())
+  out["valid_gap_sd"] = float(gaps.std(ddof=1)) if len(rows) > 1 else float("nan")
+  out["ratio"] = float(np.median([r["ratio"] for r in rows]))
+  return out
+
+
+def plot_training(results: list[dict], path: pathlib.Path) -> None:
+  """Train and validation loss of both frameworks against step (one line per seed)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(6, 4))
-  for name, color in (("attnlab", "C0"), ("torch", "C1")):
-    label = "attnlab" if name == "attnlab" else "PyTorch"
-    x, y = zip(*result["train_loss"][name])
-    ax.plot(x, y, color=color, alpha=0.5, label=f"{label} train")
-    x, y = zip(*result["valid_loss"][name])
-    ax.plot(x, y, "o-", color=color, label=f"{label} validation")
+  for i, result in enumerate(results):
+    for name, color in (("attnlab", "C0"), ("torch", "C1")):
+      label = "attnlab" if name == "attnlab" else "PyTorch"
+      x, y = zip(*result["train_loss"][name])
+      ax.plot(x, y, color=color, alpha=0.3, label=None if i else f"{label} train")
+      x, y = zip(*result["valid_loss"][name])
+      ax.plot(x, y, "o-", color=color, label=None if i else f"{label} validation")
   ax.set_xlabel("step")
   ax.set_ylabel("loss (nats per byte)")
   ax.legend()
@@ -257,14 +277,21 @@ def main(argv):
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
     config = _CONFIG.value.copy_and_resolve_references()
     config.model.attention.impl = _IMPLS.value[0]
-    r = dict(impl=_IMPLS.value[0], **train_side_by_side(config, _BLOCK.value))
-    rows.append(r)
-    print("| framework | median ms/step | validation loss |\n|---|---|---|")
-    print(f"| attnlab ({r['impl']}) | {r['attnlab_median_ms']:.1f} | {r['attnlab_valid_loss']:.4f} |")
-    print(f"| PyTorch {r['torch']} | {r['torch_median_ms']:.1f} | {r['torch_valid_loss']:.4f} |")
-    print(f"\nratio of ms/step (attnlab / PyTorch): {r['ratio']:.2f}")
+    for seed in [int(s) for s in _SEEDS.value] or [config.train.seed]:
+      config.train.seed = seed
+      rows.append(dict(impl=_IMPLS.value[0], seed=seed,
+                       **train_side_by_side(config, _BLOCK.value)))
+    print("| seed | attnlab ms/step | PyTorch ms/step | ratio | attnlab validation loss "
+          "| PyTorch validation loss |\n|---|---|---|---|---|---|")
+    for r in rows:
+      print(f"| {r['seed']} | {r['attnlab_median_ms']:.1f} | {r['torch_median_ms']:.1f} | "
+            f"{r['ratio']:.2f} | {r['attnlab_valid_loss']:.4f} | {r['torch_valid_loss']:.4f} |")
+    summary = seed_summary(rows)
+    print(f"\nvalidation loss over {len(rows)} seed(s): attnlab {summary['attnlab_valid_mean']:.4f}"
+          f" (sd {summary['attnlab_valid_sd']:.4f}), PyTorch {summary['torch_valid_mean']:.4f} "
+          f"(sd {summary['torch_valid_sd']:.4f}); median ratio of ms/step {summary['ratio']:.2f}")
     if _JSON.value:
-      plot_training(r, pathlib.Path(_JSON.value).with_suffix(".png"))
+      plot_training(rows, pathlib.Path(_JSON.value).with_suffix(".png"))
   elif _TORCH.value:
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
     print("| impl | params (attnlab / torch) | attnlab median ms/step | PyTorch median ms/step "
@@ -287,8 +314,10 @@ def main(argv):
   if _JSON.value:
     import json
     from attnlab.provenance import provenance
-    pathlib.Path(_JSON.value).write_text(json.dumps(dict(provenance=provenance(),
-                                                         machine=machine, rows=rows), indent=1))
+    result = dict(provenance=provenance(), machine=machine, rows=rows)
+    if _TORCH.value and _TRAIN.value:
+      result["seed_summary"] = seed_summary(rows)
+    pathlib.Path(_JSON.value).write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

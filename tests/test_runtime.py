@@ -24,18 +24,21 @@ if sys.argv[2] == "configure":
   from attnlab import runtime
   runtime.configure()
 import jax, jax.numpy as jnp
-f = jax.jit(lambda x, w: jnp.sin(x) @ w)      # sin(x): a 41 MB temporary
-x, w = jnp.ones((3200, 3200)), jnp.ones((3200, 8))
-for _ in range(20):                            # the heap settles in the first calls
-  jax.block_until_ready(f(x, w))
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
-  jax.block_until_ready(f(x, w))
-print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10))
+f = jax.jit(lambda x, w: jnp.sin(x) @ w)      # sin(x): a temporary of x's size
+faults = []
+for n in (3200, 4600):                         # 41 MB (over mmap's 32 MiB), 85 MB (over 64 MiB)
+  x, w = jnp.ones((n, n)), jnp.ones((n, 8))
+  for _ in range(20):                          # the heap settles in the first calls
+    jax.block_until_ready(f(x, w))
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  for _ in range(10):
+    jax.block_until_ready(f(x, w))
+  faults.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
+print(json.dumps(faults))
 """
 
 
-def _faults_per_call(mode: str) -> float:
+def _faults_per_call(mode: str) -> list[float]:
   env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
   env["JAX_PLATFORMS"] = "cpu"
   out = subprocess.run([sys.executable, "-c", _PROBE, str(ROOT), mode], env=env,
@@ -46,11 +49,11 @@ def _faults_per_call(mode: str) -> float:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator only")
 def test_configure_stops_the_per_call_page_faults_of_large_temporaries():
   plain = _faults_per_call("plain")
-  if plain < 1000:
-    pytest.skip(f"this allocator keeps large blocks mapped by itself ({plain:.0f} faults/call)")
+  if min(plain) < 1000:
+    pytest.skip(f"this allocator keeps large blocks mapped by itself ({plain} faults/call)")
   # 41 MB of fresh pages is ~10,000 faults of 4 KiB; kept memory is reused without any
-  assert plain > 5000
-  assert _faults_per_call("configure") < 50
+  assert plain[0] > 5000 and plain[1] > 10000
+  assert max(_faults_per_call("configure")) < 50
 
 
 def test_a_users_malloc_setting_is_left_alone(monkeypatch):

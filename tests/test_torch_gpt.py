@@ -19,6 +19,8 @@ from attnlab.models import TransformerLM  # noqa: E402
 
 
 def _load(name, path):
+  if name in sys.modules:         # once per process (bench_train defines absl flags)
+    return sys.modules[name]
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
   sys.modules[name] = module
@@ -88,3 +90,21 @@ def test_side_by_side_training_trains_both_on_the_same_schedule_and_reports_vali
     first, last = r["valid_loss"][name][0][1], r["valid_loss"][name][-1][1]
     assert last < np.log(256) - 2.0 and last <= first + 0.05, (name, r["valid_loss"][name])
   assert r["attnlab_median_ms"] > 0 and r["torch_median_ms"] > 0
+
+
+def test_seed_summary_sets_the_gap_against_the_spread_over_seeds():
+  """Hand-worked: three seeds with losses (attnlab, PyTorch) = (1.80, 1.78), (1.76, 1.77),
+  (1.78, 1.75): means 1.78 and 1.7667, sample sds 0.02 and 0.01528, gaps 0.02, -0.01,
+  0.03 (mean 0.01333, sd 0.02082); step ratios 1.1, 0.9, 1.0 -> median 1.0."""
+  bench = _load("bench_train", REPO / "scripts" / "bench_train.py")
+  rows = [{"seed": s, "attnlab_valid_loss": a, "torch_valid_loss": t, "ratio": r}
+          for s, a, t, r in [(0, 1.80, 1.78, 1.1), (1, 1.76, 1.77, 0.9), (2, 1.78, 1.75, 1.0)]]
+  s = bench.seed_summary(rows)
+  assert s["seeds"] == [0, 1, 2]
+  assert s["attnlab_valid_mean"] == pytest.approx(1.78)
+  assert s["attnlab_valid_sd"] == pytest.approx(0.02)
+  assert s["torch_valid_mean"] == pytest.approx(1.766667, abs=1e-6)
+  assert s["torch_valid_sd"] == pytest.approx(0.0152753, abs=1e-6)
+  assert s["valid_gap_mean"] == pytest.approx(0.0133333, abs=1e-6)
+  assert s["valid_gap_sd"] == pytest.approx(0.0208167, abs=1e-6)
+  assert s["ratio"] == pytest.approx(1.0)
