@@ -100,3 +100,30 @@ def test_dot_product_attention_passes_the_chosen_tile_unless_given(monkeypatch):
   dot_product_attention(q, q, q, mask=window, impl="blockwise", block_q=64, block_kv=32)
   dot_product_attention(q, q, q, mask=window, impl="blockwise", block_kv=32)
   assert seen == [(want, want), (want, want), (64, 32), (want, 32)]
+
+
+def test_blockwise_backward_loops_build_nothing_the_length_of_the_sequence():
+  """The per-tile loops of the blockwise backward may update full-length buffers in place
+  (dq) but must not build one: a sum's cotangent is a constant, which XLA would otherwise
+  sink into the loop and broadcast at full length for every key tile (O(N^2) work, seen
+  as a time exponent above 1 for sliding windows). Read from the compiled HLO: no
+  broadcast in any while-loop body has the sequence length in its shape."""
+  import re
+
+  import jax
+  n = 2048
+  q = jnp.ones((1, n, 2, 16))
+  grad = jax.jit(jax.grad(lambda q, k, v: dot_product_attention(
+      q, k, v, mask=masks.sliding_window(128), impl="blockwise", block_q=128,
+      block_kv=128).sum(), argnums=(0, 1, 2)))
+  text = grad.lower(q, q, q).compile().as_text()
+  bodies = set(re.findall(r"body=%([\w.\-]+)", text))
+  assert bodies, "the blockwise backward should loop over tiles"
+  found = []
+  for computation in re.split(r"\n(?=\S)", text):
+    name = re.match(r"%?([\w.\-]+)", computation.strip())
+    if name and name.group(1) in bodies:
+      found += [line.strip()[:120] for line in computation.splitlines()
+                if re.search(rf"= f32\[[\d,]*\b{n}\b[\d,]*\]\S* (fusion|broadcast)\(", line)
+                and "broadcast" in line and "dynamic-update-slice" not in line]
+  assert not found, found

@@ -184,6 +184,9 @@ def _zero_cotangent(tree):
 
 def _backward(plan: TilePlan, residuals, d_out):
   q, k, v, mask, score_mod, out, lse = residuals
+  # A constant cotangent (the gradient of a sum) would otherwise be sunk into the loops
+  # below and rebuilt at full length for every key tile: O(N^2) work for an O(N) input.
+  d_out = lax.optimization_barrier(d_out)
   b, hkv, g, nq_pad, d = q.shape
   bq, bk = plan.block_q, plan.block_kv
   tables = [(_table(plan.q_full), False), (_table(plan.q_partial), True)]
