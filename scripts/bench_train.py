@@ -15,7 +15,10 @@ same ``train.eval_batches`` batches) with a loss-curve PNG beside the JSON.
 
 Times the full jitted step (forward, backward, AdamW update) on real batches,
 after ``--warmup`` untimed steps; reports the median and the mean of ``--steps``
-steps, each synchronised on its loss as the trainer does.
+steps, each synchronised on its loss as the trainer does, and the process's minor page
+faults per timed step (``attnlab.runtime`` keeps freed memory so that a step reuses the
+previous step's pages; with a ``MALLOC_*`` variable set it leaves glibc as set, e.g.
+``MALLOC_MMAP_MAX_=65536``, glibc's default, shows the cost of remapping).
 """
 
 from __future__ import annotations
@@ -234,6 +237,12 @@ def side_by_side(config, steps: int, warmup: int, block: int) -> dict:
           "torch_threads": torch.get_num_threads()}
 
 
+def minor_faults() -> int:
+  """Minor page faults of this process so far (pages it touched that had to be mapped)."""
+  import resource
+  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def time_steps(config, steps: int, warmup: int) -> dict:
   cfg = config_lib.resolve(config)
   model = TransformerLM(cfg.model)
@@ -249,17 +258,18 @@ def time_steps(config, steps: int, warmup: int) -> dict:
   for i in range(1, warmup):
     state, m = step_fn(state, *batch(i))
     float(m["loss"])
-  times = []
+  times, faults = [], 0
   for i in range(warmup, warmup + steps):
     arrays = batch(i)
-    t0 = time.perf_counter()
+    f0, t0 = minor_faults(), time.perf_counter()
     state, m = step_fn(state, *arrays)
     float(m["loss"])
     times.append(time.perf_counter() - t0)
+    faults += minor_faults() - f0
   tokens = cfg.train.batch_size * cfg.data.seq_len
   return {"params": n_params, "tokens_per_step": tokens, "compile_s": compile_s,
           "median_ms": 1000 * statistics.median(times), "mean_ms": 1000 * statistics.mean(times),
-          "tokens_per_s": tokens / statistics.median(times)}
+          "tokens_per_s": tokens / statistics.median(times), "page_faults_per_step": faults / steps}
 
 
 def main(argv):
@@ -270,8 +280,9 @@ def main(argv):
   print(f"device: {machine['device']} ({machine['processor']}), jax {jax.__version__}, "
         f"{_STEPS.value} timed steps\n")
   if not _TORCH.value:
-    print("| impl | params | tokens/step | compile s | median ms/step | mean ms/step | tokens/s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| impl | params | tokens/step | compile s | median ms/step | mean ms/step | tokens/s "
+          "| page faults/step |")
+    print("|---|---|---|---|---|---|---|---|")
   rows = []
   if _TORCH.value and _TRAIN.value:
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -310,7 +321,8 @@ def main(argv):
     r = dict(impl=impl, **time_steps(config, _STEPS.value, _WARMUP.value))
     rows.append(r)
     print(f"| {impl} | {r['params']:,} | {r['tokens_per_step']} | {r['compile_s']:.1f} | "
-          f"{r['median_ms']:.1f} | {r['mean_ms']:.1f} | {r['tokens_per_s']:,.0f} |", flush=True)
+          f"{r['median_ms']:.1f} | {r['mean_ms']:.1f} | {r['tokens_per_s']:,.0f} | "
+          f"{r['page_faults_per_step']:,.0f} |", flush=True)
   if _JSON.value:
     import json
     from attnlab.provenance import provenance

@@ -67,7 +67,8 @@ def baby_gpt_step_table():
   result = _json("experiments/baby_gpt/bench_train.json")
   assert "bench_train.py" in result["provenance"]["command"]
   lines = [f"| {r['impl']} | {r['params']:,} | {r['tokens_per_step']} | {r['compile_s']:.1f} | "
-           f"{r['median_ms']:.1f} | {r['mean_ms']:.1f} | {r['tokens_per_s']:,.0f} |"
+           f"{r['median_ms']:.1f} | {r['mean_ms']:.1f} | {r['tokens_per_s']:,.0f} | "
+           f"{r['page_faults_per_step']:,.0f} |"
            for r in result["rows"]]
   return "README.md", "\n".join(lines)
 
