@@ -56,8 +56,12 @@ def keep_freed_memory() -> bool:
   return all([bool(libc.mallopt(param, value)) for param, value in settings])
 
 
+KEEPS_FREED_MEMORY = False   # whether configure() applied keep_freed_memory in this process
+
+
 def configure() -> None:
-  keep_freed_memory()
+  global KEEPS_FREED_MEMORY
+  KEEPS_FREED_MEMORY = keep_freed_memory() or KEEPS_FREED_MEMORY
   flags = os.environ.get("XLA_FLAGS", "")
   extra = [f"{k}={v}" for k, v in _FLAGS.items() if k not in flags]
   if extra:

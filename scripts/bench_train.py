@@ -276,7 +276,8 @@ def main(argv):
   del argv
   machine = dict(device=f"{jax.devices()[0].device_kind} x{jax.device_count()}",
                  processor=platform.processor() or platform.machine(), jax=jax.__version__,
-                 python=platform.python_version(), steps=_STEPS.value, warmup=_WARMUP.value)
+                 python=platform.python_version(), steps=_STEPS.value, warmup=_WARMUP.value,
+                 keeps_freed_memory=runtime.KEEPS_FREED_MEMORY)
   print(f"device: {machine['device']} ({machine['processor']}), jax {jax.__version__}, "
         f"{_STEPS.value} timed steps\n")
   if not _TORCH.value:

@@ -59,6 +59,9 @@ def test_configure_stops_the_per_call_page_faults_of_large_temporaries():
 def test_a_users_malloc_setting_is_left_alone(monkeypatch):
   monkeypatch.setenv("MALLOC_MMAP_MAX_", "65536")
   assert runtime.keep_freed_memory() is False
+  monkeypatch.setattr(runtime, "KEEPS_FREED_MEMORY", False)
+  runtime.configure()
+  assert runtime.KEEPS_FREED_MEMORY is False
   monkeypatch.delenv("MALLOC_MMAP_MAX_")
   monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1")
   assert runtime.keep_freed_memory() is False
