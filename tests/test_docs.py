@@ -306,6 +306,17 @@ def quick_start_tests_time():
       f"{_minutes([runs[-1]['pytest']['seconds']])}")
 
 
+def main_job_allocator_ab():
+  """python scripts/timed.py --log=docs/timings/main_job_allocator.jsonl -- [env
+  MALLOC_MMAP_MAX_=65536] python -m attnlab.sweep --config=configs/extrapolation.py ..."""
+  runs = [r for r in _jsonl("docs/timings/main_job_allocator.jsonl") if r["returncode"] == 0]
+  glibc = [r for r in runs if r["command"].startswith("env MALLOC_MMAP_MAX_=65536 ")][-1]
+  ours = [r for r in runs if r["command"].startswith("python -m attnlab.sweep")][-1]
+  assert glibc["command"].split(" --workdir")[0].endswith(ours["command"].split(" --workdir")[0])
+  return "README.md", (f"{glibc['wall_seconds']:.0f} s with glibc's default allocator and "
+                       f"{ours['wall_seconds']:.0f} s with attnlab's")
+
+
 def baby_gpt_against_pytorch_timing():
   """python scripts/bench_train.py --config=configs/lm.py:baby_gpt --torch --steps=400 ..."""
   r = _json("docs/bench_train_torch.json")["rows"][0]
@@ -362,7 +373,7 @@ CLAIMS = [extrapolation_headline, extrapolation_ratio_table, extrapolation_debia
           decode_headline, quick_start_main_time, quick_start_tests_time,
           sinks_marker_ratios_in_readme, baby_gpt_against_pytorch_trained,
           baby_gpt_against_pytorch_step_times, baby_gpt_against_pytorch_timing,
-          baby_gpt_page_faults]
+          baby_gpt_page_faults, main_job_allocator_ab]
 
 
 @pytest.mark.parametrize("claim", CLAIMS, ids=lambda c: c.__name__)
@@ -458,7 +469,9 @@ def test_every_results_file_names_its_command_commit_jax_and_machine(path):
   records = _provenance_of(path)
   assert records, f"{path.relative_to(ROOT)} has no provenance (see attnlab/provenance.py)"
   for p in records:
-    assert re.match(r"(python3? |python3 -m venv)", p["command"]), p["command"]
+    # a command, possibly under environment settings (env MALLOC_MMAP_MAX_=65536 python ...)
+    assert re.match(r"(env ([A-Z_]+=\S* )+)?(python3? |python3 -m venv)", p["command"]), \
+        p["command"]
     assert re.fullmatch(r"[0-9a-f]{40}", p["commit"] or ""), p.get("commit")
     assert p["jax"] and p["python"] and p["machine"]["cores"] and p["machine"]["cpu"]
     if "not recorded" in json.dumps(p):
