@@ -35,8 +35,6 @@ _FLAGS = {
 # glibc's mallopt parameters (malloc.h) and the values set
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 TRIM_THRESHOLD_BYTES = 512 * 2**20     # free memory kept at the heap's top before returning it
-_USER_MALLOC_ENV = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
-                    "MALLOC_TOP_PAD_")
 
 
 def keep_freed_memory() -> bool:
@@ -47,7 +45,7 @@ def keep_freed_memory() -> bool:
   ``MALLOC_*`` setting of the user's); numerics are unaffected."""
   if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
     return False
-  if any(name in os.environ for name in _USER_MALLOC_ENV):
+  if any(name.startswith("MALLOC_") for name in os.environ):
     return False
   if "malloc" in os.environ.get("GLIBC_TUNABLES", ""):
     return False

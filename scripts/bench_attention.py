@@ -160,7 +160,7 @@ def measure(paths, lengths, *, heads, head_dim, repeats, memory_limit, max_secon
   sizes and paths alike instead of bending one path's exponent or one speed-up.
   """
   from tqdm import tqdm
-  rows, ready = [], []                    # ready: (row, forward, backward, args)
+  rows, ready = [], []      # ready: (row, forward, backward, args, fwd times, fwd+bwd times)
   bar = tqdm(total=len(paths) * len(lengths), disable=not progress,
              desc="bench_attention: compile")
   for path in paths:
@@ -191,18 +191,15 @@ def measure(paths, lengths, *, heads, head_dim, repeats, memory_limit, max_secon
         forward = _compiled(path.fn, n, heads, head_dim, backward=False)
         time_once(forward, args)                      # untimed first runs
         done.append((n, time_once(backward, args)))
-        ready.append((row, forward, backward, args))
+        ready.append((row, forward, backward, args, [], []))
       except Exception as e:  # noqa: BLE001  (an allocation failure must not end the table)
         row["status"] = f"skipped: {type(e).__name__}: {str(e).splitlines()[0][:80]}"
   bar.close()
-  times = {id(row): ([], []) for row, *_ in ready}
   for _ in tqdm(range(repeats), disable=not progress, desc="bench_attention: timed rounds"):
-    for row, forward, backward, args in ready:
-      fwd, fwd_bwd = times[id(row)]
+    for _, forward, backward, args, fwd, fwd_bwd in ready:
       fwd.append(time_once(forward, args))
       fwd_bwd.append(time_once(backward, args))
-  for row, *_ in ready:
-    fwd, fwd_bwd = times[id(row)]
+  for row, _, _, _, fwd, fwd_bwd in ready:
     row["fwd_s"], row["fwd_bwd_s"] = statistics.median(fwd), statistics.median(fwd_bwd)
   return rows
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import pathlib
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -239,7 +240,6 @@ def side_by_side(config, steps: int, warmup: int, block: int) -> dict:
 
 def minor_faults() -> int:
   """Minor page faults of this process so far (pages it touched that had to be mapped)."""
-  import resource
   return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
@@ -284,7 +284,7 @@ def main(argv):
     print("| impl | params | tokens/step | compile s | median ms/step | mean ms/step | tokens/s "
           "| page faults/step |")
     print("|---|---|---|---|---|---|---|---|")
-  rows = []
+  rows, extra = [], {}
   if _TORCH.value and _TRAIN.value:
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
     config = _CONFIG.value.copy_and_resolve_references()
@@ -298,7 +298,7 @@ def main(argv):
     for r in rows:
       print(f"| {r['seed']} | {r['attnlab_median_ms']:.1f} | {r['torch_median_ms']:.1f} | "
             f"{r['ratio']:.2f} | {r['attnlab_valid_loss']:.4f} | {r['torch_valid_loss']:.4f} |")
-    summary = seed_summary(rows)
+    summary = extra["seed_summary"] = seed_summary(rows)
     print(f"\nvalidation loss over {len(rows)} seed(s): attnlab {summary['attnlab_valid_mean']:.4f}"
           f" (sd {summary['attnlab_valid_sd']:.4f}), PyTorch {summary['torch_valid_mean']:.4f} "
           f"(sd {summary['torch_valid_sd']:.4f}); median ratio of ms/step {summary['ratio']:.2f}")
@@ -327,9 +327,7 @@ def main(argv):
   if _JSON.value:
     import json
     from attnlab.provenance import provenance
-    result = dict(provenance=provenance(), machine=machine, rows=rows)
-    if _TORCH.value and _TRAIN.value:
-      result["seed_summary"] = seed_summary(rows)
+    result = dict(provenance=provenance(), machine=machine, rows=rows, **extra)
     pathlib.Path(_JSON.value).write_text(json.dumps(result, indent=1))
 
 
