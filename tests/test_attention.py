@@ -529,3 +529,20 @@ def test_block_skipping(name, mask, np_fn, expected):
     assert 2 * 16 - 1 <= plan.num_tiles <= 3 * 16
   else:
     assert plan.num_tiles == expected
+
+
+@pytest.mark.parametrize("left,right", [(None, 0), (3, 0), (0, 0), (None, None), (2, 5),
+                                        (None, -1), (1, -1), (-2, 4), (4, -6)])
+@pytest.mark.parametrize("q_len,kv_len", [(8, 8), (12, 5), (5, 12), (1, 1)])
+def test_empty_row_check_of_a_band_matches_the_dense_definition(left, right, q_len, kv_len):
+  """The closed form the xla path uses to decide whether to zero empty rows, against the
+  band's definition ``i - left <= j <= i + right`` evaluated on the dense grid."""
+  from attnlab.attention.core import _may_have_empty_rows
+  i, j = np.arange(q_len)[:, None], np.arange(kv_len)[None, :]
+  sees = np.ones((q_len, kv_len), bool)
+  if left is not None:
+    sees &= j >= i - left
+  if right is not None:
+    sees &= j <= i + right
+  expected = not sees.any(axis=1).all()
+  assert _may_have_empty_rows(masks.SlidingWindow(left=left, right=right), q_len, kv_len) == expected

@@ -37,6 +37,56 @@ def _nll_oracle(model, params, inputs, targets):
   return total / targets.size
 
 
+def _weighted_nll_oracle(model, params, inputs, targets, weights):
+  """Sum of weight * negative log-likelihood (float64 numpy log-softmax), window by window."""
+  total = 0.0
+  for x, y, w in zip(inputs, targets, weights):
+    logits = np.asarray(model.apply({"params": params}, x[None]), np.float64)[0]
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    total -= (w * logp[np.arange(len(y)), y]).sum()
+  return total
+
+
+def test_protocols_share_one_compiled_program_per_length_and_padding_scores_nothing(trained):
+  """Both protocols at a length run one compiled program (ragged last batches are padded to
+  the batch shape with zero weights); the losses still equal a window-by-window oracle."""
+  cfg, params, _ = workdir_lib.restore_params(trained)
+  tokens = data.load_corpus(cfg.data).valid
+  scorer = evaluate.nll_scorer(cfg.model)
+  assert evaluate.nll_scorer(cfg.model) is scorer
+  before = scorer._cache_size()
+  model = TransformerLM(cfg.model)
+  for mode in ("non_overlapping", "sliding"):
+    # batch_tokens=120: 5 windows of 24, 3 of 40; every (mode, length) has a ragged last batch
+    # but sliding at 40 (21 windows)
+    records = evaluate.evaluate_lengths(cfg, params, tokens, [24, 40], mode=mode, stride=8,
+                                        max_tokens=200, batch_tokens=120, progress=False)
+    for r in records:
+      n = r["eval_length"]
+      if mode == "sliding":
+        inputs, targets, weights = data.sliding_windows(tokens, n, 8, 200)
+      else:
+        inputs, targets = data.non_overlapping_windows(tokens, n, 200 // n)
+        weights = np.ones(targets.shape)
+      assert r["tokens"] == int(weights.sum())
+      expected = _weighted_nll_oracle(model, params, inputs, targets, weights) / weights.sum()
+      assert r["loss"] == pytest.approx(expected, rel=1e-5)
+  assert scorer._cache_size() - before == 2      # one program per length, not per call
+
+
+def test_fixed_batches_pad_only_a_ragged_last_batch_of_several():
+  x = np.arange(7)[:, None] * np.ones((1, 3))
+  w = np.ones((7, 3), np.float32)
+  batches = list(evaluate.fixed_batches((x, w), 3))
+  assert [b[0].shape for b in batches] == [(3, 3)] * 3
+  assert batches[2][0][:, 0].tolist() == [6, 6, 6]             # row 6, then two repeats
+  assert batches[2][1].sum(axis=1).tolist() == [3, 0, 0]       # the repeats weigh nothing
+  assert w.sum() == 21                                          # inputs untouched
+  single, = evaluate.fixed_batches((x[:2], w[:2]), 3)           # one batch: no padding
+  assert single[0].shape == (2, 3)
+
+
 def test_losses_by_length_equal_a_direct_computation(trained):
   cfg, params, step = workdir_lib.restore_params(trained)
   assert step == 10

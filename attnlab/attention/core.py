@@ -25,6 +25,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from attnlab.attention import masks as masks_lib
 from attnlab.attention import score_mods
@@ -140,6 +141,13 @@ def _may_have_empty_rows(mask, q_len: int, kv_len: int) -> bool:
   """False when a static pattern provably gives every query at least one key."""
   if not mask.is_static():
     return True
+  band = mask.band()
+  if band is not None:   # row i sees keys max(0, i - left) .. min(kv_len - 1, i + right)
+    left, right = band
+    rows = np.arange(q_len)
+    first = np.zeros_like(rows) if left is None else np.maximum(0, rows - left)
+    last = np.full_like(rows, kv_len - 1) if right is None else np.minimum(kv_len - 1, rows + right)
+    return bool(np.any(first > last))
   with jax.ensure_compile_time_eval():
     return not bool(jnp.all(jnp.any(mask.dense(q_len, kv_len), axis=-1)))
 

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 from typing import Any
 import sys
@@ -86,6 +87,7 @@ def split_tokens(tokens: np.ndarray, valid_fraction: float) -> tuple[np.ndarray,
 CORPUS_DIR = pathlib.Path(__file__).resolve().parent / "corpora"
 
 
+@functools.lru_cache(maxsize=1)   # ~1.7 s to read; a sweep loads it once per variant and stage
 def _python_stdlib() -> tuple[bytes, str]:
   return builtin_corpus_bytes(), f"python{sys.version_info[0]}.{sys.version_info[1]}-stdlib"
 

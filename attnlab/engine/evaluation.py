@@ -16,11 +16,13 @@ Llama 3), each set at evaluation time for every length: factor ``L / original`` 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import pathlib
 
 import jax
+import ml_collections
 import numpy as np
 import optax
 from tqdm import tqdm
@@ -35,6 +37,43 @@ LN2 = math.log(2.0)
 
 
 EVAL_MODES = ("non_overlapping", "sliding")
+
+
+@functools.lru_cache(maxsize=8)
+def _nll_scorer(model_cfg):
+  model = build_lm(model_cfg)
+
+  @jax.jit
+  def weighted_nll(params, inputs, targets, weights):
+    logits = model.apply({"params": params}, inputs)
+    return (optax.softmax_cross_entropy_with_integer_labels(logits, targets) * weights).sum()
+
+  return weighted_nll
+
+
+def nll_scorer(model_cfg):
+  """Jitted ``(params, inputs int [b, L], targets int [b, L], weights f32 [b, L]) -> sum of
+  weights * next-token NLL`` for the model ``model_cfg`` describes. One function per model
+  config (cached), so every protocol and every call at a batch shape it has seen reuses
+  one compiled program instead of tracing and compiling the model again."""
+  return _nll_scorer(ml_collections.FrozenConfigDict(model_cfg))
+
+
+def fixed_batches(arrays, per_batch: int):
+  """Split equal-length ``arrays`` (leading axis n) into batches of ``per_batch`` rows.
+
+  When there is more than one batch, the last is padded to ``per_batch`` rows by
+  repeating its first row, and the padding's weights (``arrays[-1]``) are zero, so every
+  batch has one shape (one compiled program) and the padding scores nothing.
+  """
+  n = len(arrays[0])
+  for start in range(0, n, per_batch):
+    batch = [a[start:start + per_batch] for a in arrays]
+    pad = per_batch - len(batch[0])
+    if pad and n > per_batch:
+      batch = [np.concatenate([b, np.repeat(b[:1], pad, axis=0)]) for b in batch]
+      batch[-1][-pad:] = 0
+    yield batch
 
 
 def evaluate_lengths(cfg, params, tokens: np.ndarray, lengths, *, max_tokens: int | None = None,
@@ -63,13 +102,7 @@ def evaluate_lengths(cfg, params, tokens: np.ndarray, lengths, *, max_tokens: in
     positional.check_length(cfg.model.position, length, "evaluation length")
     if mode == "sliding" and not (isinstance(stride, int) and 1 <= stride <= length):
       raise ConfigError(f"sliding stride={stride!r} must be an integer in [1, {length}]")
-  model = build_lm(cfg.model)
-
-  @jax.jit
-  def weighted_nll(params, inputs, targets, weights):
-    logits = model.apply({"params": params}, inputs)
-    return (optax.softmax_cross_entropy_with_integer_labels(logits, targets) * weights).sum()
-
+  weighted_nll = nll_scorer(cfg.model)
   records = []
   for length in tqdm(lengths, desc=f"eval lengths ({mode})", disable=not progress):
     if mode == "sliding":
@@ -82,9 +115,8 @@ def evaluate_lengths(cfg, params, tokens: np.ndarray, lengths, *, max_tokens: in
       weights = np.ones(targets.shape, np.float32)
     per_batch = max(1, batch_tokens // length)
     total = 0.0
-    for start in range(0, len(inputs), per_batch):
-      chunk = slice(start, start + per_batch)
-      total += float(weighted_nll(params, inputs[chunk], targets[chunk], weights[chunk]))
+    for batch in fixed_batches((inputs, targets, weights), per_batch):
+      total += float(weighted_nll(params, *batch))
     scored = int(weights.sum())
     scored_bytes = int((target_bytes * weights).sum())
     loss = total / scored
