@@ -56,7 +56,12 @@ def nll_scorer(model_cfg):
   weights * next-token NLL`` for the model ``model_cfg`` describes. One function per model
   config (cached), so every protocol and every call at a batch shape it has seen reuses
   one compiled program instead of tracing and compiling the model again."""
-  return _nll_scorer(ml_collections.FrozenConfigDict(model_cfg))
+  frozen = ml_collections.FrozenConfigDict(model_cfg)
+  try:
+    hash(frozen)
+  except TypeError:      # a field holds something unhashable: a scorer of its own
+    return _nll_scorer.__wrapped__(frozen)
+  return _nll_scorer(frozen)
 
 
 def fixed_batches(arrays, per_batch: int):
