@@ -100,6 +100,10 @@ def main(argv=None) -> int:
     status, seconds, output = run(command, pathlib.Path.cwd(), dict(os.environ))
   record.update(command=command, wall_seconds=round(seconds, 1), returncode=status,
                 provenance=provenance(command=command))
+  if args.readme_block:   # what ran is the clone of HEAD, whatever this checkout holds now
+    record["provenance"]["dirty"] = bool(subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=clone,
+        capture_output=True, text=True).stdout.strip())
   if (summary := pytest_summary(output)) is not None:
     record["pytest"] = summary
   log = pathlib.Path(args.log)

@@ -87,3 +87,19 @@ def test_a_timed_command_logs_its_status_wall_time_and_provenance(tmp_path, caps
 def test_timed_needs_exactly_one_thing_to_run(tmp_path):
   with pytest.raises(SystemExit):
     timed.main(["--log", str(tmp_path / "t.jsonl")])
+
+
+@pytest.mark.parametrize("block,dirty", [("echo ran > ran.txt", False), ("echo x >> README.md", True)])
+def test_a_readme_block_run_records_the_state_of_the_clone_it_ran_in(tmp_path, monkeypatch,
+                                                                     block, dirty):
+  """This checkout may be dirty while a block runs (a previous run appended to the log);
+  what ran is a clone of HEAD, so the record's ``dirty`` is the clone's."""
+  scratch = tmp_path / "scratch"
+  scratch.mkdir()
+  monkeypatch.setattr(timed.tempfile, "mkdtemp", lambda prefix: str(scratch))
+  monkeypatch.setattr(timed, "quick_start_blocks", lambda readme: [block])
+  monkeypatch.setattr(timed, "provenance", lambda command: {"commit": "c", "dirty": not dirty})
+  log = tmp_path / "t.jsonl"
+  assert timed.main(["--log", str(log), "--readme_block=1"]) == 0
+  (record,) = [json.loads(line) for line in log.read_text().splitlines()]
+  assert record["provenance"]["dirty"] is dirty
