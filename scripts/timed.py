@@ -100,10 +100,11 @@ def main(argv=None) -> int:
     status, seconds, output = run(command, pathlib.Path.cwd(), dict(os.environ))
   record.update(command=command, wall_seconds=round(seconds, 1), returncode=status,
                 provenance=provenance(command=command))
-  if args.readme_block:   # what ran is the clone of HEAD, whatever this checkout holds now
-    record["provenance"]["dirty"] = bool(subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=clone,
-        capture_output=True, text=True).stdout.strip())
+  if args.readme_block:   # what ran is the clone, whatever this checkout holds by now
+    git = lambda *a: subprocess.run(["git", *a], cwd=clone, capture_output=True,  # noqa: E731
+                                    text=True).stdout.strip()
+    record["provenance"].update(commit=git("rev-parse", "HEAD"),
+                                dirty=bool(git("status", "--porcelain", "--untracked-files=no")))
   if (summary := pytest_summary(output)) is not None:
     record["pytest"] = summary
   log = pathlib.Path(args.log)

@@ -12,6 +12,7 @@ that started them), removed at the end, so nothing compiled by other code is reu
 import os
 import pathlib
 import shutil
+import sys
 import tempfile
 
 import pytest
@@ -59,6 +60,16 @@ def pytest_collection_modifyitems(config, items):
   if whole_suite and stale and not config.getoption("keyword"):
     raise pytest.UsageError(f"tests/slow_variants.txt names tests that do not exist: "
                             f"{', '.join(stale[:5])}{' ...' if len(stale) > 5 else ''}")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_evaluation_scorers():
+  """Evaluation keeps one jitted scorer per model config; a test that patches what tracing
+  reads (impl tables, the backend) must not inherit a program another test traced."""
+  yield
+  evaluation = sys.modules.get("attnlab.engine.evaluation")
+  if evaluation is not None:
+    evaluation.nll_scorer.cache_clear()
 
 
 def pytest_unconfigure(config):

@@ -103,3 +103,4 @@ def test_a_readme_block_run_records_the_state_of_the_clone_it_ran_in(tmp_path, m
   assert timed.main(["--log", str(log), "--readme_block=1"]) == 0
   (record,) = [json.loads(line) for line in log.read_text().splitlines()]
   assert record["provenance"]["dirty"] is dirty
+  assert record["provenance"]["commit"] == _git_head()      # the clone's HEAD, not "c"

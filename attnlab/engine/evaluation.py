@@ -55,13 +55,18 @@ def nll_scorer(model_cfg):
   """Jitted ``(params, inputs int [b, L], targets int [b, L], weights f32 [b, L]) -> sum of
   weights * next-token NLL`` for the model ``model_cfg`` describes. One function per model
   config (cached), so every protocol and every call at a batch shape it has seen reuses
-  one compiled program instead of tracing and compiling the model again."""
+  one compiled program instead of tracing and compiling the model again. What tracing
+  decided (``impl='auto'``'s choice from the tables in ``attnlab.attention.core``) stays
+  with the shapes already compiled; ``nll_scorer.cache_clear()`` after changing those."""
   frozen = ml_collections.FrozenConfigDict(model_cfg)
   try:
     hash(frozen)
   except TypeError:      # a field holds something unhashable: a scorer of its own
     return _nll_scorer.__wrapped__(frozen)
   return _nll_scorer(frozen)
+
+
+nll_scorer.cache_clear = _nll_scorer.cache_clear
 
 
 def fixed_batches(arrays, per_batch: int):
