@@ -85,6 +85,7 @@ def test_fixed_batches_pad_only_a_ragged_last_batch_of_several():
   assert w.sum() == 21                                          # inputs untouched
   single, = evaluate.fixed_batches((x[:2], w[:2]), 3)           # one batch: no padding
   assert single[0].shape == (2, 3)
+  assert np.array_equal(single[0], x[:2]) and np.array_equal(single[1], w[:2])   # rows as given
 
 
 def test_losses_by_length_equal_a_direct_computation(trained):
