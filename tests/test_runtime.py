@@ -3,11 +3,15 @@
 The allocator setting is checked against the kernel's own count of minor page faults
 (``getrusage``), in fresh processes: a jitted program whose temporaries exceed glibc's
 32 MiB mmap threshold, run repeatedly, with and without ``runtime.configure()``.
+Faults are counted call by call: the kept heap may still grow once after the warm-up
+(a call's temporaries can be requested before the previous call's are freed, which
+depends on the machine's load), so the claim is about the typical call, not every one.
 """
 
 import json
 import os
 import pathlib
+import statistics
 import subprocess
 import sys
 
@@ -25,20 +29,23 @@ if sys.argv[2] == "configure":
   runtime.configure()
 import jax, jax.numpy as jnp
 f = jax.jit(lambda x, w: jnp.sin(x) @ w)      # sin(x): a temporary of x's size
-faults = []
+faults = []                                    # per size, the minor faults of each call
 for n in (3200, 4600):                         # 41 MB (over mmap's 32 MiB), 85 MB (over 64 MiB)
   x, w = jnp.ones((n, n)), jnp.ones((n, 8))
   for _ in range(20):                          # the heap settles in the first calls
     jax.block_until_ready(f(x, w))
-  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  per_call = []
   for _ in range(10):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     jax.block_until_ready(f(x, w))
-  faults.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
+    per_call.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+  faults.append(per_call)
 print(json.dumps(faults))
 """
 
 
-def _faults_per_call(mode: str) -> list[float]:
+def _faults_per_call(mode: str) -> list[list[int]]:
+  """Minor page faults of each of 10 settled calls, for the 41 MB and the 85 MB program."""
   env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
   env["JAX_PLATFORMS"] = "cpu"
   out = subprocess.run([sys.executable, "-c", _PROBE, str(ROOT), mode], env=env,
@@ -48,12 +55,14 @@ def _faults_per_call(mode: str) -> list[float]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator only")
 def test_configure_stops_the_per_call_page_faults_of_large_temporaries():
-  plain = _faults_per_call("plain")
+  plain = [statistics.median(calls) for calls in _faults_per_call("plain")]
   if min(plain) < 1000:
     pytest.skip(f"this allocator keeps large blocks mapped by itself ({plain} faults/call)")
   # 41 MB of fresh pages is ~10,000 faults of 4 KiB; kept memory is reused without any
   assert plain[0] > 5000 and plain[1] > 10000
-  assert max(_faults_per_call("configure")) < 50
+  for calls in _faults_per_call("configure"):
+    assert statistics.median(calls) < 50, calls
+    assert sum(c >= 50 for c in calls) <= 2, calls   # at most a growth or two, not every call
 
 
 def test_a_users_malloc_setting_is_left_alone(monkeypatch):
