@@ -5,7 +5,8 @@ Two checks:
 
 - ``CLAIMS``: each documented sentence or table with measured figures is rebuilt here from
   its results file (JSON / JSONL) and must appear, character for character, in its
-  document. A claim names the file and the command that produced it.
+  document (a claim may return several such texts, and assert the orderings its sentences
+  state). A claim names the file and the command that produced it.
 - Tables copied from a generated ``results*.md`` / ``bench_*.md`` (written by the study or
   benchmark together with its JSON) must appear verbatim in one of them; hand-written
   tables of measured figures are rebuilt by a claim instead (``TABLES_BUILT_BY_CLAIMS``),
@@ -251,6 +252,70 @@ def extrapolation_ratio_table():
   return "experiments/extrapolation/README.md", "\n".join(lines)
 
 
+def extrapolation_tables():
+  """python -m attnlab.sweep --config=configs/extrapolation.py: its results.md (both
+  perplexity tables), embedded whole in the study."""
+  return ("experiments/extrapolation/README.md",
+          (ROOT / "experiments/extrapolation/results.md").read_text().strip())
+
+
+def extrapolation_seeds_table():
+  """python experiments/extrapolation/seeds.py ... --out=experiments/extrapolation/seeds."""
+  return ("experiments/extrapolation/README.md",
+          (ROOT / "experiments/extrapolation/seeds/results.md").read_text().strip())
+
+
+def extrapolation_findings():
+  """The study's "What it shows" figures, from experiments/extrapolation/results.json, and
+  the orderings its sentences assert."""
+  ppl = _ppl("experiments/extrapolation/results.json")
+  no, sl = (lambda v, n: ppl(v, "non_overlapping", n)), (lambda v, n: ppl(v, "sliding", n))
+  ratio = lambda f, v, n: f(v, n) / f(v, 64)  # noqa: E731
+  lengths = (64, 128, 256, 512, 1024)
+  assert all(no("rope", n) < no("sinusoidal", n) for n in lengths)   # "lower at every length"
+  assert sl("rope", 512) < sl("sinusoidal", 512) and sl("rope", 1024) > sl("sinusoidal", 1024)
+  assert ratio(no, "nope", 512) < ratio(no, "rope", 512) < ratio(no, "sinusoidal", 512)
+  assert min(no(v, 64) for v in ("alibi", "nope", "rope", "sinusoidal")) == no("rope", 64)
+  return "experiments/extrapolation/README.md", [
+      f"its perplexity at 8× is {100 * (1 - ratio(no, 'alibi', 512)):.1f}%",
+      f"ALiBi stays flat (+{100 * (ratio(sl, 'alibi', 512) - 1):.1f}%)",
+      f"It is {ratio(no, 'sinusoidal', 512):.1f}× worse at 8×",
+      f"jumps {ratio(sl, 'sinusoidal', 128):.1f}× as soon as positions exceed",
+      f"RoPE lands in between at 8× ({ratio(no, 'rope', 512):.1f}×)",
+      f"({ratio(no, 'rope', 1024):.1f}× against sinusoidal's {ratio(no, 'sinusoidal', 1024):.1f}×)",
+      f"({ratio(sl, 'rope', 512):.1f}× against {ratio(sl, 'sinusoidal', 512):.1f}×)",
+      f"(16×: {no('rope', 1024):.1f} against {no('sinusoidal', 1024):.1f})",
+      f"({sl('rope', 1024):.1f} against {sl('sinusoidal', 1024):.1f})",
+      f"NoPE degrades mildly ({ratio(no, 'nope', 512):.2f}×)",
+      f"({no('nope', 64):.1f} vs {no('rope', 64):.1f} for RoPE at L)",
+      f"({no('rope', 64):.2f}, against {no('alibi', 64):.2f} for ALiBi)"]
+
+
+def extrapolation_seed_findings():
+  """The sentences under the seeds table, from experiments/extrapolation/seeds/results.json."""
+  per_seed = _json("experiments/extrapolation/seeds/results.json")["per_seed"]
+  r = lambda v, m, f: [s[v][m][str(f)] for s in per_seed]  # noqa: E731
+  mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+  no = {v: r(v, "non_overlapping", 8) for v in ("rope", "sinusoidal")}
+  sl = {v: r(v, "sliding", 8) for v in ("rope", "sinusoidal")}
+  assert all(a < b for a, b in zip(no["rope"], no["sinusoidal"]))    # "every seed"
+  assert all(a > b for a, b in zip(sl["rope"], sl["sinusoidal"]))
+  alibi = r("alibi", "non_overlapping", 8) + r("alibi", "non_overlapping", 16)
+  nope = r("nope", "non_overlapping", 8) + r("nope", "non_overlapping", 16)
+  degrade = [x for v in ("rope", "sinusoidal") for m in ("non_overlapping", "sliding")
+             for f in (8, 16) for x in r(v, m, f)]
+  assert 2 <= round(min(degrade)) and round(max(degrade)) <= 5       # "about 2–5×"
+  seed0 = per_seed[0]
+  assert no["sinusoidal"][0] == max(no["sinusoidal"]) and sl["rope"][0] == max(sl["rope"])
+  return "experiments/extrapolation/README.md", [
+      f"within {min(alibi):.3f}–{max(alibi):.3f} (non-overlapping) in every seed",
+      f"NoPE's within\n{min(nope):.3f}–{max(nope):.3f}",
+      f"({mean(no['sinusoidal']):.3f} against {mean(no['rope']):.3f} at 8×, every seed)",
+      f"({mean(sl['rope']):.3f} against {mean(sl['sinusoidal']):.3f} at 8×, every seed)",
+      f"largest 8× ratios ({seed0['sinusoidal']['non_overlapping']['8']:.3f} and "
+      f"{seed0['rope']['sliding']['8']:.3f})"]
+
+
 def extrapolation_debian_table():
   """The same command under Debian's CPython 3.11.2 (experiments/extrapolation/debian_...)."""
   ppl = _ppl("experiments/extrapolation/debian_python3.11.2/results.json")
@@ -260,7 +325,16 @@ def extrapolation_debian_table():
     digits = 3 if v == "alibi" else 2          # the README prints ALiBi's ratio finer
     lines.append(f"| {v} | " + " | ".join(f"{c:.3f}" for c in cells)
                  + f" | {cells[3] / cells[0]:.{digits}f} |")
-  return "experiments/extrapolation/README.md", "\n".join(lines)
+  # "every perplexity is lower on that text ... the findings above hold unchanged"
+  main = _ppl("experiments/extrapolation/results.json")
+  variants, lengths = ("alibi", "nope", "rope", "sinusoidal"), (64, 128, 256, 512, 1024)
+  assert all(ppl(v, m, n) < main(v, m, n) for v in variants for n in lengths
+             for m in ("non_overlapping", "sliding"))
+  r8 = {v: ppl(v, "non_overlapping", 512) / ppl(v, "non_overlapping", 64) for v in variants}
+  assert r8["alibi"] < 1 < r8["nope"] < r8["rope"] < r8["sinusoidal"]
+  assert min(variants, key=lambda v: ppl(v, "non_overlapping", 64)) == "rope"
+  return "experiments/extrapolation/README.md", [
+      "\n".join(lines), f"(−{100 * (1 - r8['alibi']):.1f}% at 8×)"]
 
 
 def induction_head_table():
@@ -386,7 +460,9 @@ def sinks_marker_ratios_in_readme():
   return "README.md", f"the layer-0 heads put {min(ratios):.1f}–{max(ratios):.1f}× the uniform share"
 
 
-CLAIMS = [extrapolation_headline, extrapolation_ratio_table, extrapolation_debian_table,
+CLAIMS = [extrapolation_headline, extrapolation_ratio_table, extrapolation_tables,
+          extrapolation_findings, extrapolation_seeds_table, extrapolation_seed_findings,
+          extrapolation_debian_table,
           induction_head_table, baby_gpt_losses, baby_gpt_step_table, baby_gpt_step_headline,
           induction_headline, bench_attention_headline, lra_comparison, retrieval_alibi_at_8x,
           sinks_marker_ratios, sinks_later_layers, induction_rope_table,
@@ -399,9 +475,10 @@ CLAIMS = [extrapolation_headline, extrapolation_ratio_table, extrapolation_debia
 
 @pytest.mark.parametrize("claim", CLAIMS, ids=lambda c: c.__name__)
 def test_documented_figures_equal_their_results_files(claim):
-  doc, text = claim()
-  assert text in (ROOT / doc).read_text(), (
-      f"{doc} should say, as its results file does ({claim.__doc__ or claim.__name__}):\n{text}")
+  doc, texts = claim()
+  for text in [texts] if isinstance(texts, str) else texts:
+    assert text in (ROOT / doc).read_text(), (
+        f"{doc} should say, as its results file does ({claim.__doc__ or claim.__name__}):\n{text}")
 
 
 # ----------------------------------------------------------------------------- tables
@@ -562,8 +639,8 @@ NOT_FROM_RESULTS = {
     "bottleneck": {"3.11": "Python version", "0.10": "JAX version"},
     "extrapolation": {"3.11": "Python version", "10.9": "corpus size in MB", "1.2": "corpus size",
                       "12.1": "corpus size", "19.73": "ALiBi paper (docs/references.md)",
-                      "18.34": "ALiBi paper", "17.98": "ALiBi paper", "18.3": "ALiBi paper",
-                      "1.25": "ratio 8x/1x, checked by extrapolation_ratio_table",
+                      "18.34": "ALiBi paper", "17.98": "ALiBi paper", "17.92": "ALiBi paper",
+                      "18.3": "ALiBi paper",
                       "0.71": "RMS of a sin/cos pair, 1/sqrt(2)",
                       "0.02": "config default (token init std)"},
     "induction_heads": {"8.2": "wall time of one command, printed by it"},
@@ -594,7 +671,7 @@ def test_prose_figures_of_readme_and_docs_come_from_results():
   """README.md and docs/*.md quote figures of several studies: each must be a number of some
   committed results file (as printed), or be rebuilt by a claim above."""
   forms = _printed_forms(ROOT / "experiments") | _printed_forms(ROOT / "docs")
-  rebuilt = {"docs/attention.md": {"17.2", "9.9", "23.4"}}        # lra_comparison
+  rebuilt = {"docs/attention.md": {"17.2", "9.9", "15.1", "23.4"}}  # lra_comparison
   skip = {"references.md", "variants.md"}                          # arXiv ids; config docs
   unexplained = []
   for doc in ["README.md"] + [f"docs/{p.name}" for p in sorted((ROOT / "docs").glob("*.md"))
