@@ -1,6 +1,13 @@
-"""``python -m attnlab.import_hf``: import a Hugging Face checkpoint (``attnlab.cli.import_hf``)."""
+"""``python -m attnlab.import_hf`` (or ``attnlab-import-hf``): import a Hugging Face checkpoint
+(``attnlab.cli.import_hf``)."""
 
-if __name__ == "__main__":
+
+def run() -> None:
+  """The ``attnlab-import-hf`` console script (setup.cfg's entry points)."""
   from attnlab.cli import common
   from attnlab.cli.import_hf import define_flags, main
   common.run(main, define_flags)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,6 +1,12 @@
-"""``python -m attnlab.train``: the trainer (``attnlab.cli.train``)."""
+"""``python -m attnlab.train`` (or ``attnlab-train``): the trainer (``attnlab.cli.train``)."""
 
-if __name__ == "__main__":
+
+def run() -> None:
+  """The ``attnlab-train`` console script (setup.cfg's entry points)."""
   from attnlab.cli import common
   from attnlab.cli.train import define_flags, main
   common.run(main, define_flags)
+
+
+if __name__ == "__main__":
+  run()
