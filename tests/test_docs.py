@@ -59,8 +59,8 @@ def baby_gpt_losses():
   """python -m attnlab.train --config=configs/lm.py:baby_gpt [--config.train.lr=1e-3]."""
   high, low = _valid_at_end("lr3e-3"), _valid_at_end("lr1e-3")
   assert high["step"] == low["step"] == 2000
-  return "README.md", (f"**{high['loss']:.4f}** (peak lr 3e-3); {low['loss']:.4f} with "
-                       f"nanoGPT's 1e-3")
+  return "docs/benchmarks.md", (f"**{high['loss']:.4f}** (peak lr 3e-3); {low['loss']:.4f} with "
+                                f"nanoGPT's 1e-3")
 
 
 def baby_gpt_step_table():
@@ -71,14 +71,14 @@ def baby_gpt_step_table():
            f"{r['median_ms']:.1f} | {r['mean_ms']:.1f} | {r['tokens_per_s']:,.0f} | "
            f"{r['page_faults_per_step']:,.0f} |"
            for r in result["rows"]]
-  return "README.md", "\n".join(lines)
+  return "docs/benchmarks.md", "\n".join(lines)
 
 
 def baby_gpt_step_headline():
   by = {r["impl"]: r for r in _json("experiments/baby_gpt/bench_train.json")["rows"]}
   fastest = min(by.values(), key=lambda r: r["median_ms"])
-  return "README.md", (f"**{fastest['median_ms']:.1f}** median (`impl={fastest['impl']}`; "
-                       f"`auto` {by['auto']['median_ms']:.1f})")
+  return "docs/benchmarks.md", (f"**{fastest['median_ms']:.1f}** median (`impl={fastest['impl']}`; "
+                                f"`auto` {by['auto']['median_ms']:.1f})")
 
 
 def induction_headline():
@@ -87,12 +87,13 @@ def induction_headline():
   best = lambda r: max(max(layer) for layer in r["induction"])  # noqa: E731
   first = next(r["step"] for r in rec if best(r) > 0.5)
   at = {r["step"]: r for r in rec}
-  return "README.md", (f"Every head scores {best(rec[0]):.3f} at initialisation (uniform "
-                       f"attention). A layer-0\n    previous-token head and four layer-1 induction "
-                       f"heads form between steps 500 and 1500\n    (first head above 0.5 at step "
-                       f"{first}, {best(rec[-1]):.2f} by step {rec[-1]['step']}), while the loss "
-                       f"on the repeat\n    falls from {at[500]['loss_repeat']:.2f} nats at step "
-                       f"500 to {rec[-1]['loss_repeat']:.3f}.")
+  return "docs/analysis.md", (
+      f"Every head scores {best(rec[0]):.3f} at initialisation (uniform "
+      f"attention). A layer-0\n    previous-token head and four layer-1 induction "
+      f"heads form between steps 500 and 1500\n    (first head above 0.5 at step "
+      f"{first}, {best(rec[-1]):.2f} by step {rec[-1]['step']}), while the loss "
+      f"on the repeat\n    falls from {at[500]['loss_repeat']:.2f} nats at step "
+      f"500 to {rec[-1]['loss_repeat']:.3f}.")
 
 
 def _attention_summary():
@@ -100,15 +101,16 @@ def _attention_summary():
 
 
 def bench_attention_headline():
-  """python scripts/bench_attention.py (README and docs/attention.md)."""
+  """python scripts/bench_attention.py (docs/benchmarks.md and docs/attention.md)."""
   s = _attention_summary()
   rows = _json("docs/bench_attention.json")["rows"]
   t = lambda p: next(r["fwd_bwd_s"] for r in rows if r["path"] == p and r["n"] == 16384)  # noqa
-  return "README.md", (f"(w = 256, causal) grows as N^{s['sliding_window']['time_exponent']:.2f} "
-                       f"and runs {t('blockwise_causal') / t('sliding_window'):.1f}× faster than "
-                       f"dense causal\nblockwise attention at N = 16k; Performer and linear "
-                       f"attention grow as N^{s['performer']['time_exponent']:.2f}\nand "
-                       f"N^{s['linear']['time_exponent']:.2f}")
+  return "docs/benchmarks.md", (
+      f"(w = 256, causal) grows as N^{s['sliding_window']['time_exponent']:.2f} "
+      f"and runs {t('blockwise_causal') / t('sliding_window'):.1f}× faster than "
+      f"dense causal\nblockwise attention at N = 16k; Performer and linear "
+      f"attention grow as N^{s['performer']['time_exponent']:.2f}\nand "
+      f"N^{s['linear']['time_exponent']:.2f}")
 
 
 def lra_comparison():
@@ -227,7 +229,7 @@ def decode_headline():
   rows = _json("docs/bench_decode.json")["rows"]
   at = {(r["context"], r["num_kv_heads"]): r for r in rows}
   mha, mqa = at[(1024, 4)], at[(1024, 1)]
-  return "README.md", (
+  return "docs/benchmarks.md", (
       f"At 1k context, cached decoding is {mha['speedup']:.0f}× faster per token than "
       f"recomputing the prefix\n  (median of {mha['runs']} runs, "
       f"{mha['speedup_min']:.0f}–{mha['speedup_max']:.0f}×; MQA {mqa['speedup']:.0f}×, "
@@ -415,8 +417,8 @@ def main_job_allocator_ab():
   glibc = [r for r in runs if r["command"].startswith("env MALLOC_MMAP_MAX_=65536 ")][-1]
   ours = [r for r in runs if r["command"].startswith("python -m attnlab.sweep")][-1]
   assert glibc["command"].split(" --workdir")[0].endswith(ours["command"].split(" --workdir")[0])
-  return "README.md", (f"{glibc['wall_seconds']:.0f} s with glibc's default allocator and "
-                       f"{ours['wall_seconds']:.0f} s with attnlab's")
+  return "docs/benchmarks.md", (f"{glibc['wall_seconds']:.0f} s with glibc's default allocator and "
+                                f"{ours['wall_seconds']:.0f} s with attnlab's")
 
 
 def main_job_before_and_after():
@@ -429,7 +431,7 @@ def main_job_before_and_after():
   mean = lambda rs: sum(r["wall_seconds"] for r in rs) / len(rs)  # noqa: E731
   secs = lambda rs: ", ".join(f"{r['wall_seconds']:.0f}" for r in rs)  # noqa: E731
   dirty = [i + 1 for i, r in enumerate(after) if r["provenance"]["dirty"]]
-  return "README.md", (
+  return "docs/benchmarks.md", (
       f"before: {secs(before)} s; after: {secs(after)} s (mean "
       f"{100 * (1 - mean(after) / mean(before)):.0f}% less). "
       + ("" if not dirty else f"The record of \"after\" run {', '.join(map(str, dirty))} says dirty"))
@@ -441,7 +443,7 @@ MAIN_JOB_BEFORE = "0f8be8e"    # the last commit before issue 20 began (other wo
 def baby_gpt_against_pytorch_timing():
   """python scripts/bench_train.py --config=configs/lm.py:baby_gpt --torch --steps=400 ..."""
   r = _json("docs/bench_train_torch.json")["rows"][0]
-  return "README.md", (
+  return "docs/benchmarks.md", (
       f"attnlab **{r['attnlab_median_ms']:.1f}** ms/step, PyTorch {r['torch'].split('+')[0]} "
       f"(eager, {r['torch_threads']} threads) **{r['torch_median_ms']:.1f}**, a ratio of "
       f"**{r['ratio']:.2f}**")
@@ -450,7 +452,7 @@ def baby_gpt_against_pytorch_timing():
 def baby_gpt_against_pytorch_trained():
   """python scripts/bench_train.py --config=configs/lm.py:baby_gpt --torch --train --seeds=..."""
   s = _json("docs/bench_train_torch_2000.json")["seed_summary"]
-  return "README.md", (
+  return "docs/benchmarks.md", (
       f"attnlab **{s['attnlab_valid_mean']:.4f}** (sd {s['attnlab_valid_sd']:.4f}), PyTorch "
       f"{s['torch_valid_mean']:.4f} (sd {s['torch_valid_sd']:.4f}); the gap, attnlab minus "
       f"PyTorch, is {s['valid_gap_mean']:+.4f} (sd {s['valid_gap_sd']:.4f} over seeds "
@@ -460,8 +462,8 @@ def baby_gpt_against_pytorch_trained():
 def baby_gpt_against_pytorch_step_times():
   rows = _json("docs/bench_train_torch_2000.json")["rows"]
   ratios = sorted(r["ratio"] for r in rows)
-  return "README.md", (f"ratio of attnlab's to PyTorch's median ms/step was "
-                       f"{ratios[0]:.2f}–{ratios[-1]:.2f} over the {len(rows)} runs")
+  return "docs/benchmarks.md", (f"ratio of attnlab's to PyTorch's median ms/step was "
+                                f"{ratios[0]:.2f}–{ratios[-1]:.2f} over the {len(rows)} runs")
 
 
 def baby_gpt_page_faults():
@@ -472,18 +474,20 @@ def baby_gpt_page_faults():
   assert glibc_file["machine"]["keeps_freed_memory"] is False
   ours = {r["impl"]: r for r in ours_file["rows"]}["auto"]
   glibc = glibc_file["rows"][0]
-  return "README.md", (
+  return "docs/benchmarks.md", (
       f"{glibc['page_faults_per_step']:,.0f} minor page faults per step and "
       f"{glibc['median_ms']:.1f} ms/step with glibc's default, {ours['page_faults_per_step']:,.0f} "
       f"and {ours['median_ms']:.1f} ms/step with it")
 
 
-def sinks_marker_ratios_in_readme():
-  """The README's summary of the marker runs' layer-0 ratios (learned positions excluded)."""
+def sinks_marker_ratios_summary():
+  """docs/analysis.md's summary of the marker runs' layer-0 ratios (learned positions
+  excluded)."""
   r = _json("experiments/attention_sinks/bos/results.json")
   u = r["uniform"]["k=1"]
   ratios = [v["trained"]["k=1"]["mean"][0] / u for s, v in r["schemes"].items() if s != "learned"]
-  return "README.md", f"the layer-0 heads put {min(ratios):.1f}–{max(ratios):.1f}× the uniform share"
+  return "docs/analysis.md", (f"the layer-0 heads put {min(ratios):.1f}–{max(ratios):.1f}× the "
+                              f"uniform share")
 
 
 CLAIMS = [extrapolation_headline, extrapolation_ratio_table, extrapolation_tables,
@@ -494,7 +498,7 @@ CLAIMS = [extrapolation_headline, extrapolation_ratio_table, extrapolation_table
           sinks_marker_ratios, sinks_later_layers, induction_rope_table,
           induction_previous_token_peaks, induction_rope_causes_table, decode_table,
           decode_headline, quick_start_main_time, quick_start_tests_time,
-          sinks_marker_ratios_in_readme, baby_gpt_against_pytorch_trained,
+          sinks_marker_ratios_summary, baby_gpt_against_pytorch_trained,
           baby_gpt_against_pytorch_step_times, baby_gpt_against_pytorch_timing,
           baby_gpt_page_faults, main_job_allocator_ab, main_job_before_and_after]
 
@@ -517,8 +521,8 @@ GENERATED = sorted(set(ROOT.glob("experiments/**/results*.md")) | set(ROOT.glob(
                    | set(ROOT.glob("experiments/**/analysis*.md")))
 # hand-written tables whose figures a claim above rebuilds (doc -> first cells of their rows)
 TABLES_BUILT_BY_CLAIMS = {
-    "README.md": ("| auto |", "| reference |", "| xla |", "| blockwise |",
-                  "| validation loss after 2000 steps |", "| ms/step, 2 CPU cores |"),
+    "docs/benchmarks.md": ("| auto |", "| reference |", "| xla |", "| blockwise |",
+                           "| validation loss after 2000 steps |", "| ms/step, 2 CPU cores |"),
     "docs/inference.md": ("| 256 |", "| 1024 |", "| 4096 |"),
     "experiments/induction_heads/README.md": ("| learned positions (above) |", "| `rope",
                                               "| L0H", "| `rotary_half`", "| `theta_1e6`",
@@ -782,10 +786,11 @@ def _unexplained_whole_figures(doc, forms, allowed):
 # Whole figures that are not results-file numbers, and why (doc -> {figure as written: why}).
 WHOLE_NOT_FROM_RESULTS = {
     "README.md": {"1×": "evaluation factors (configs/extrapolation.py)",
-                  "16×": "evaluation factors", "8×": "evaluation factor", "2×": "evaluation factor",
-                  "4×": "evaluation factor; 4× less cache: kv_heads = heads/4 (arithmetic)",
-                  "90%": "the train/validation split (data.train_fraction)",
-                  "10%": "the cosine schedule's floor and nanoGPT's validation share (configs)"},
+                  "16×": "evaluation factors", "8×": "evaluation factor",
+                  "90%": "the train/validation split (data.train_fraction)"},
+    "docs/benchmarks.md": {"10%": "the cosine schedule's floor and nanoGPT's validation share "
+                                  "(configs)"},
+    "docs/tasks.md": {"2×": "evaluation factors (configs)", "4×": "evaluation factor"},
     "docs/attention.md": {"12×": "issue 20's target, quoted"},
     "docs/inference.md": {"4×": "kv_heads = heads/4 (arithmetic)"},
     "docs/kernels.md": {"10%": "issue 18's target, quoted"},
