@@ -33,11 +33,9 @@ from absl import app, flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))   # run from anywhere
-
-from attnlab import config_lib, runtime  # noqa: E402
-from attnlab.models import kv_cache  # noqa: E402
-from attnlab.models import TransformerLM, num_params  # noqa: E402
+from attnlab import config_lib, runtime
+from attnlab.models import kv_cache
+from attnlab.models import TransformerLM, num_params
 
 
 def with_kv_heads(config, kv_heads: int):

@@ -34,10 +34,8 @@ import sys
 import time
 from typing import Callable
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from attnlab import runtime  # noqa: E402
-from attnlab.provenance import provenance  # noqa: E402
+from attnlab import runtime
+from attnlab.provenance import provenance
 
 runtime.configure()
 

@@ -30,9 +30,7 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from attnlab import runtime  # noqa: E402
+from attnlab import runtime
 
 runtime.configure()
 
@@ -80,11 +78,23 @@ def attnlab_runner(config):
   return num_params(box["state"]["params"]), next_step, cfg
 
 
+def _torch_gpt():
+  """scripts/torch_gpt.py, the module beside this one, loaded by its path (once)."""
+  import importlib.util
+  if "torch_gpt" not in sys.modules:
+    spec = importlib.util.spec_from_file_location(
+        "torch_gpt", pathlib.Path(__file__).resolve().with_name("torch_gpt.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules["torch_gpt"] = module
+  return sys.modules["torch_gpt"]
+
+
 def torch_runner(cfg):
   """The same for the PyTorch equivalent (scripts/torch_gpt.py), on the same batches."""
   import numpy as np
   import torch
-  import torch_gpt
+  torch_gpt = _torch_gpt()
   torch.manual_seed(cfg.train.seed)
   model, _, step = torch_gpt.from_config(cfg)
   batch = data.make_batches(cfg).train
@@ -123,7 +133,7 @@ def train_side_by_side(config, block: int, log_every: int = 100) -> dict:
   ``log_every`` steps and their validation losses every ``train.eval_every`` steps."""
   import numpy as np
   import torch
-  import torch_gpt
+  torch_gpt = _torch_gpt()
   from attnlab.engine.training import learning_rate_schedule, make_eval_step
   cfg = config_lib.resolve(config)
   model = TransformerLM(cfg.model)
@@ -286,7 +296,6 @@ def main(argv):
     print("|---|---|---|---|---|---|---|---|")
   rows, extra = [], {}
   if _TORCH.value and _TRAIN.value:
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
     config = _CONFIG.value.copy_and_resolve_references()
     config.model.attention.impl = _IMPLS.value[0]
     for seed in [int(s) for s in _SEEDS.value] or [config.train.seed]:
@@ -305,7 +314,6 @@ def main(argv):
     if _JSON.value:
       plot_training(rows, pathlib.Path(_JSON.value).with_suffix(".png"))
   elif _TORCH.value:
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
     print("| impl | params (attnlab / torch) | attnlab median ms/step | PyTorch median ms/step "
           "| ratio |")
     print("|---|---|---|---|---|")

@@ -45,7 +45,6 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 KERNEL_TESTS = {      # impl -> its test files
     "pallas": ["tests/test_pallas.py", "tests/test_pallas_score_mods.py",
@@ -109,6 +108,12 @@ def _script(name: str):
   return module
 
 
+def _lm_configs():
+  """configs/lm.py, loaded by its path (the configs are files, not a package)."""
+  from attnlab import config_lib
+  return config_lib.load_module(ROOT / "configs" / "lm.py")
+
+
 def bench(out: pathlib.Path, dry_run: bool, budget: float) -> dict:
   """scripts/bench_kernels.py on the fixed grid (tiny and interpreted in a dry run)."""
   if dry_run:
@@ -132,7 +137,7 @@ def bench(out: pathlib.Path, dry_run: bool, budget: float) -> dict:
 
 def decode(dry_run: bool, budget: float) -> dict:
   """scripts/bench_decode.py's measurement with the fused decode kernel and with XLA."""
-  from configs import lm
+  lm = _lm_configs()
   bench_decode = _script("bench_decode")
   cfg = lm.get_config("rope")
   if dry_run:
@@ -166,7 +171,7 @@ def decode(dry_run: bool, budget: float) -> dict:
 def training(dry_run: bool, budget: float) -> dict:
   """``steps`` AdamW steps with impl=pallas and impl=xla from one init and one batch stream."""
   import numpy as np
-  from configs import lm
+  lm = _lm_configs()
   from attnlab import config_lib, data
   from attnlab.engine.training import init_state, make_optimizer, make_train_step
   from attnlab.models import build_lm

@@ -27,10 +27,9 @@ import sys
 import tempfile
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))                       # run from anywhere
+from attnlab.provenance import provenance
 
-from attnlab.provenance import provenance  # noqa: E402
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 PYTEST_SUMMARY = re.compile(r"^=+ (.*?) in ([\d.]+)s(?: \([\d:]+\))? =+$", re.M)
 

@@ -1,9 +1,10 @@
 """Start-up shared by the worker scripts that run JAX in a process of their own: the CPU
 backend with ``count`` virtual devices (fixed when JAX starts, so this must run before
-JAX is imported), the repository on ``sys.path``, and attnlab's runtime flags."""
+JAX is imported) and attnlab's runtime flags. The workers import this file and
+tests/helpers.py from their own folder (Python puts a script's folder first on its path);
+helpers imports ``configs``, so their parent passes the repository root in ``PYTHONPATH``."""
 
 import os
-import sys
 
 
 def use_cpu_devices(count: int) -> None:
@@ -14,6 +15,5 @@ def use_cpu_devices(count: int) -> None:
   # docs/parallel.md), which the default level does not.
   flags = os.environ.get("XLA_FLAGS", "").replace("--xla_backend_optimization_level=0", "")
   os.environ["XLA_FLAGS"] = (flags + f" --xla_force_host_platform_device_count={count}").strip()
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from attnlab import runtime
   runtime.configure()

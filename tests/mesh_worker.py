@@ -7,11 +7,9 @@ fixed when JAX starts). Used by tests/test_parallel.py; prints one JSON line.
 """
 
 import json
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(__file__))
-from cpu_devices import use_cpu_devices  # noqa: E402
+from cpu_devices import use_cpu_devices
 
 use_cpu_devices(8)
 

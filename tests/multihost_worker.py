@@ -6,11 +6,9 @@ one JSON line.
 """
 
 import json
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(__file__))
-from cpu_devices import use_cpu_devices  # noqa: E402
+from cpu_devices import use_cpu_devices
 
 use_cpu_devices(4)
 

@@ -1,9 +1,11 @@
 """How attnlab's code is started: every ``python -m attnlab.<name>`` command is also an
-installed console script (setup.cfg's ``[options.entry_points]``)."""
+installed console script (setup.cfg's ``[options.entry_points]``), and scripts, experiments
+and tests import the installed package rather than editing ``sys.path``."""
 
 import configparser
 import importlib.metadata
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -58,3 +60,24 @@ def test_a_console_script_runs_like_python_m_and_reports_a_bad_flag_in_one_line(
   assert done.returncode == 2 and done.stderr.startswith("error: ") \
       and "no_such_flag" in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
+
+SYS_PATH_EDIT = re.compile(r"sys\.path\.(insert|append|extend)\(|sys\.path\s*(\+=|=[^=])")
+# files another change is editing: each must still hold its edit (then leave this list)
+PENDING = {"tests/test_docs.py"}
+
+
+def test_no_code_edits_sys_path():
+  """Scripts and experiments import the installed package (``pip install -e .``); a script
+  shared by another is loaded by its path (``importlib.util.spec_from_file_location``)."""
+  offenders = []
+  for folder in ("attnlab", "pallas_kernels", "scripts", "experiments", "tests"):
+    for path in sorted((ROOT / folder).rglob("*.py")):
+      for number, line in enumerate(path.read_text().splitlines(), 1):
+        if SYS_PATH_EDIT.search(line):
+          offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+  offenders = [o for o in offenders if not o.startswith("tests/test_entry_points.py:")]
+  pending = {o.split(":")[0] for o in offenders} & PENDING
+  assert pending == PENDING, f"{sorted(PENDING - pending)} no longer edit sys.path: " \
+      f"remove them from PENDING"
+  offenders = [o for o in offenders if o.split(":")[0] not in PENDING]
+  assert not offenders, "\n".join(offenders)

@@ -8,6 +8,7 @@ against the reference attention.
 """
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -23,11 +24,14 @@ from attnlab.engine import training as train
 from attnlab.attention import ring
 
 WORKER = pathlib.Path(__file__).with_name("mesh_worker.py")
+# the workers import tests/helpers.py (beside them) and configs/ (the repository root)
+WORKER_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
+    filter(None, [str(WORKER.parents[1]), os.environ.get("PYTHONPATH")])))
 
 
 def worker(*args) -> dict:
   done = subprocess.run([sys.executable, str(WORKER), *map(str, args)], capture_output=True,
-                        text=True, timeout=600)
+                        text=True, timeout=600, env=WORKER_ENV)
   assert done.returncode == 0, done.stderr[-3000:]
   return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -162,7 +166,8 @@ def test_two_processes_on_localhost_train_like_one(tmp_path):
     workdir = tmp_path / f"two{attempt}"
     port = _free_port()
     procs = [subprocess.Popen([sys.executable, str(MULTIHOST), str(workdir), str(pid), str(port),
-                               "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=WORKER_ENV)
              for pid in (0, 1)]
     outs = []
     for proc in procs:

@@ -1,9 +1,9 @@
 """Provenance of results files and the timing log the README's wall times come from."""
 
+import importlib.util
 import json
 import pathlib
 import subprocess
-import sys
 
 import jax
 import pytest
@@ -11,9 +11,17 @@ import pytest
 from attnlab import provenance
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
 
-import timed  # noqa: E402
+
+def _load_script(name: str):
+  """scripts/<name>.py, loaded by its path (scripts are files, not a package)."""
+  spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+timed = _load_script("timed")
 
 
 def _git_head():

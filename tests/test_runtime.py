@@ -10,7 +10,6 @@ depends on the machine's load), so the claim is about the typical call, not ever
 
 import json
 import os
-import pathlib
 import statistics
 import subprocess
 import sys
@@ -19,12 +18,9 @@ import pytest
 
 from attnlab import runtime
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
 _PROBE = r"""
 import json, resource, sys
-sys.path.insert(0, sys.argv[1])
-if sys.argv[2] == "configure":
+if sys.argv[1] == "configure":
   from attnlab import runtime
   runtime.configure()
 import jax, jax.numpy as jnp
@@ -48,7 +44,7 @@ def _faults_per_call(mode: str) -> list[list[int]]:
   """Minor page faults of each of 10 settled calls, for the 41 MB and the 85 MB program."""
   env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
   env["JAX_PLATFORMS"] = "cpu"
-  out = subprocess.run([sys.executable, "-c", _PROBE, str(ROOT), mode], env=env,
+  out = subprocess.run([sys.executable, "-c", _PROBE, mode], env=env,
                        capture_output=True, text=True, timeout=300, check=True)
   return json.loads(out.stdout.strip().splitlines()[-1])
 

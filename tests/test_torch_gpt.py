@@ -75,7 +75,6 @@ def test_side_by_side_training_trains_both_on_the_same_schedule_and_reports_vali
   evaluated at the same steps on the same batches, and both learn (validation loss well
   below the uniform ln 256 = 5.545 after 40 steps on tinyshakespeare): a PyTorch model left
   at learning rate 0 (a schedule not applied) would stay near 5.5."""
-  sys.path.insert(0, str(REPO / "scripts"))
   bench = _load("bench_train", REPO / "scripts" / "bench_train.py")
   lm = _load("lm_configs", REPO / "configs" / "lm.py")
   cfg = lm.get_config("baby_gpt")

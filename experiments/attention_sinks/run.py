@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import sys
 import time
 
 import jax
@@ -26,13 +25,11 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-
-from attnlab import config_lib, data, runtime  # noqa: E402
-from attnlab.provenance import provenance  # noqa: E402
-from attnlab.engine import training as train  # noqa: E402
-from attnlab.analysis import capture, metrics  # noqa: E402
-from attnlab.models import build_lm  # noqa: E402
+from attnlab import config_lib, data, runtime
+from attnlab.provenance import provenance
+from attnlab.engine import training as train
+from attnlab.analysis import capture, metrics
+from attnlab.models import build_lm
 
 
 def define_flags() -> None:

@@ -16,9 +16,6 @@ import argparse
 import json
 import pathlib
 import statistics
-import sys
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 FACTORS = (8, 16)
 MODES = ("non_overlapping", "sliding")

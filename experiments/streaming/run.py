@@ -25,7 +25,6 @@ import functools
 import json
 import math
 import pathlib
-import sys
 import time
 
 import flax.linen as nn
@@ -38,16 +37,14 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))   # run from anywhere
-
-from attnlab import workdir as workdir_lib  # noqa: E402
-from attnlab import data, positional, runtime  # noqa: E402
-from attnlab.provenance import provenance  # noqa: E402
-from attnlab.engine import sweeps as sweep  # noqa: E402
-from attnlab.engine import training as train  # noqa: E402
-from attnlab.inference import generation  # noqa: E402
-from attnlab.models import kv_cache  # noqa: E402
-from attnlab.models import TransformerLM  # noqa: E402
+from attnlab import workdir as workdir_lib
+from attnlab import data, positional, runtime
+from attnlab.provenance import provenance
+from attnlab.engine import sweeps as sweep
+from attnlab.engine import training as train
+from attnlab.inference import generation
+from attnlab.models import kv_cache
+from attnlab.models import TransformerLM
 
 LN2 = math.log(2.0)
 
