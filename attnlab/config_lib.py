@@ -1,29 +1,33 @@
-"""Configs from the registries' declarations: defaults, validation and resolution.
+"""Configs from the declarations: defaults, validation, resolution and run identity.
 
-Every field of ``model.attention`` and ``model.position`` that a pattern, kind, impl or
-position scheme reads is declared by that entry (``attnlab.registry.Field``). This
-module builds the config blocks from those declarations (``attention_block``,
-``position_block``), validates a config against them before anything compiles
-(``validate``: a bad value names the field, the value and what would be valid), fills
-derived defaults (``resolve``) and describes every variant's fields
+Every config field is declared once, with its default and valid range
+(``attnlab.registry.Field``): the fields of ``model.attention`` and ``model.position`` by
+the pattern, kind, impl or position scheme that reads them; ``model.*`` by the models
+(``models.common.MODEL_FIELDS``); ``data.*`` by the data package; ``mesh.*`` by
+``attnlab.parallel``; ``train.*`` and ``eval.*`` here. This module builds configs from
+those declarations (``lm_config``, ``attention_block``, ``position_block``), validates a
+config against them before anything compiles (``validate``: a bad value names the field,
+the value and what would be valid), fills derived defaults (``resolve``), says which fields
+a run reads (``run_identity``: a field the run does not use neither blocks its resume nor
+invalidates its cached results) and describes every variant's fields
 (``describe_variants``, the source of ``docs/variants.md``).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import pathlib
+from collections.abc import Mapping
 
 import ml_collections
 
 from attnlab import data, parallel, positional
 from attnlab.attention import IMPLS, KINDS, PATTERNS, impl_names
 from attnlab.data.retrieval import TASKS
-from attnlab.models import DTYPES, MLPS, NORMS
+from attnlab.models import MLPS, MODEL_FIELDS
 from attnlab.registry import ConfigError, Field, merge_fields, nearest
-
-CORPORA = ("builtin", "tinyshakespeare")   # attnlab.data.CORPORA
 
 # model.attention fields that are not any one entry's: heads and the four axes' names.
 CORE_ATTENTION_FIELDS = (
@@ -33,20 +37,54 @@ CORE_ATTENTION_FIELDS = (
     Field("pattern", "causal", "who sees whom (PATTERNS)"),
     Field("impl", "auto", "how it is computed (IMPLS or auto)"),
 )
+POSITION_KIND = Field("kind", "rope", "how order enters (POSITIONS)")
 
 
-# model fields added after the first runs were written: configs without them load at these
-# defaults, which are the behaviour before the field existed (pretrained families need them).
-MODEL_FIELDS = (
-    Field("norm_eps", 1e-6, "epsilon of every norm (GPT-2, BLOOM, Pythia: 1e-5)", minimum=0.0),
-    Field("mlp_hidden", 0, "MLP hidden width; 0: mlp_ratio * d_model (gelu) or 2/3 of it "
-          "rounded up to 8 (swiglu)", minimum=0),
-    Field("parallel_residual", False, "x + attn(norm(x)) + mlp(norm'(x)) (GPT-NeoX)"),
-    Field("qkv_bias", False, "biases on the q/k/v projection even when use_bias is False (Qwen2)"),
-    Field("embed_norm", False, "a norm on the token embeddings (BLOOM)"),
-    Field("param_dtype", "float32", "dtype the parameters are stored in",
-          choices=("float32", "bfloat16")),
+def _seed(value, context):
+  return None if isinstance(value, int) and not isinstance(value, bool) else "must be an integer"
+
+
+# train.*: the optimizer and the loop, shared by every trainer (LM, tasks, sweeps).
+TRAIN_FIELDS = (
+    Field("steps", 1000, "optimizer steps", minimum=1),
+    Field("batch_size", 12, "sequences per step", minimum=1),
+    Field("seed", 0, "parameters, data order and dropout derive from it", check=_seed),
+    # the optimizer's ranges are checked by check_optimizer (one message per rule)
+    Field("lr", 2e-3, "peak learning rate (AdamW), > 0"),
+    Field("min_lr_ratio", 0.1, "cosine decays to lr * min_lr_ratio, in [0, 1]"),
+    Field("warmup_steps", 100, "linear warmup steps", minimum=0),
+    Field("weight_decay", 0.1, "AdamW decay, >= 0, on matrices and embeddings only"),
+    Field("b1", 0.9, "AdamW's first-moment decay, in [0, 1)"),
+    Field("b2", 0.99, "AdamW's second-moment decay, in [0, 1)"),
+    Field("grad_clip", 1.0, "global gradient-norm clip, > 0"),
+    Field("log_every", 50, "steps between training-loss records", minimum=1),
+    Field("checkpoint_every", 250, "steps between checkpoints", minimum=1),
+    Field("keep_checkpoints", 3, "checkpoints kept", minimum=1),
 )
+# ... and what the language-model trainer adds.
+LM_TRAIN_FIELDS = (
+    Field("eval_every", 250, "steps between validation losses", minimum=1),
+    Field("eval_batches", 20, "validation batches per evaluation", minimum=1),
+)
+# eval.*: the language-model evaluation's budget.
+EVAL_FIELDS = (
+    Field("max_tokens", 65536, "tokens scored per evaluation length", minimum=1),
+    Field("batch_tokens", 8192, "tokens per evaluation batch", minimum=1),
+)
+
+
+def lm_config() -> ml_collections.ConfigDict:
+  """A language-model config with every declared field at its declared default: what
+  ``configs/lm.py`` starts from (a preset states only what it changes)."""
+  c = ml_collections.ConfigDict()
+  c.model = _block({f.name: f for f in MODEL_FIELDS})
+  c.model.attention = attention_block()
+  c.model.position = position_block()
+  c.data = _block({f.name: f for f in data.DATA_FIELDS})
+  c.train = _block({f.name: f for f in TRAIN_FIELDS + LM_TRAIN_FIELDS})
+  c.eval = _block({f.name: f for f in EVAL_FIELDS})
+  c.mesh = _block({f.name: f for f in parallel.MESH_FIELDS})
+  return c
 
 
 # ----------------------------------------------------------------------------- declarations
@@ -86,7 +124,7 @@ def attention_block() -> ml_collections.ConfigDict:
   return _block(attention_fields())
 
 
-def position_block(kind: str = "rope") -> ml_collections.ConfigDict:
+def position_block(kind: str = POSITION_KIND.default) -> ml_collections.ConfigDict:
   """``model.position`` for scheme ``kind`` with every declared field at its default."""
   c = ml_collections.ConfigDict({"kind": kind})
   c.update(_block(position_fields()))
@@ -124,12 +162,13 @@ def position_variant(kind: str) -> dict:
 
 
 def describe_variants() -> str:
-  """Markdown: every registered kind, pattern, impl and position scheme with the fields it
-  reads (defaults and meaning), generated from the declarations."""
+  """Markdown: every registered kind, pattern, impl, position scheme, RoPE scaling and MLP
+  with the fields it reads (defaults and meaning), and every other declared section,
+  generated from the declarations."""
   def rows(fields):
     return [f"  - `{f.name}` = `{f.default!r}`: {f.doc}" for f in fields]
   out = ["# Variants and their config fields", "",
-         "Generated from the registries' declarations by "
+         "Generated from the declarations by "
          "`python -m attnlab.config_lib > docs/variants.md`; a test keeps it current.", ""]
   for title, field_path, items in (
       ("Kinds", "model.attention.kind", [(n, s.doc, s.fields) for n, s in KINDS.items()]),
@@ -139,17 +178,104 @@ def describe_variants() -> str:
        [(n, s.doc, s.options) for n, s in IMPLS.items()]),
       ("Position schemes", "model.position.kind",
        [(n, (cls.__doc__ or "").strip().splitlines()[0], cls.fields)
-        for n, cls in positional.POSITIONS.items()])):
+        for n, cls in positional.POSITIONS.items()]),
+      ("RoPE scalings", "model.position.scaling",
+       [(n, s.doc, s.fields) for n, s in positional.ROPE_SCALINGS.items()]),
+      ("MLPs", "model.mlp", [(n, s.doc, ()) for n, s in MLPS.items()])):
     out += [f"## {title} (`{field_path}`)", ""]
     for name, doc, fields in items:
       out.append(f"- **`{name}`**: {doc}")
       out += rows(fields)
     out.append("")
   out += ["## Shared fields", ""]
-  out += rows(CORE_ATTENTION_FIELDS) + rows(positional.COMMON_FIELDS)
-  out += ["", "## Model fields (`model.*`) for pretrained families", ""]
-  out += rows(MODEL_FIELDS)
+  out += rows(CORE_ATTENTION_FIELDS) + rows((POSITION_KIND,) + positional.COMMON_FIELDS)
+  for title, fields in (("Model fields (`model.*`)", MODEL_FIELDS),
+                        ("Data (`data.*`)", data.DATA_FIELDS),
+                        ("Training (`train.*`)", TRAIN_FIELDS + LM_TRAIN_FIELDS),
+                        ("Evaluation (`eval.*`)", EVAL_FIELDS),
+                        ("Mesh (`mesh.*`)", parallel.MESH_FIELDS)):
+    out += ["", f"## {title}", ""]
+    out += rows(fields)
   return "\n".join(out) + "\n"
+
+
+# ----------------------------------------------------------------------------- run identity
+
+def as_plain(config) -> dict:
+  """A config (``ConfigDict``, ``FrozenConfigDict`` or dict) as plain JSON data."""
+  if hasattr(config, "to_json"):
+    return json.loads(config.to_json())
+  return json.loads(json.dumps(config))
+
+
+def flatten(tree: Mapping, prefix: str = "") -> dict:
+  """``{"a.b.c": leaf}`` of a nested mapping."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      out.update(flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def _unread(block: Mapping, declared: Mapping[str, Field], read: set[str], path: str) -> set:
+  """Paths of the declared fields of ``block`` that the run does not read: not in ``read``
+  (their owner is not chosen), or whose ``applies`` says no."""
+  out = set()
+  for name in block:
+    field = declared.get(name)
+    if field is None:
+      continue                      # undeclared: kept (we cannot tell)
+    if name not in read or (field.applies is not None and not field.applies(block)):
+      out.add(f"{path}.{name}")
+  return out
+
+
+def unused_fields(config) -> set[str]:
+  """Dotted paths of the fields a run does not read: a pattern's, kind's, impl's or
+  position scheme's fields when another one is chosen, a field whose ``applies`` says it
+  is idle (a YaRN field without YaRN), the attention and position blocks of a recurrent
+  model, the recurrent block of a Transformer, and ``mesh.*`` (how to run, not what)."""
+  raw = as_plain(config)
+  unused = {f"mesh.{k}" for k in raw.get("mesh", {})}
+  m = raw.get("model", {})
+  arch = m.get("arch", MODEL_FIELDS[0].default)
+  model_fields = {f.name: f for f in MODEL_FIELDS}
+  unused |= _unread(m, model_fields, set(model_fields), "model")
+  if arch != "transformer":
+    unused |= {f"model.{k}" for k in flatten({"attention": m.get("attention", {}),
+                                              "position": m.get("position", {})})}
+  else:
+    a = m.get("attention")
+    if a is not None and a.get("pattern") in PATTERNS and a.get("kind") in KINDS:
+      read = {f.name for f in CORE_ATTENTION_FIELDS}
+      read |= {f.name for f in PATTERNS.get(a["pattern"]).fields}
+      read |= {f.name for f in KINDS.get(a["kind"]).fields}
+      impls = IMPLS.names() if a.get("impl", "auto") == "auto" else [a["impl"]]
+      read |= {f.name for n in impls if n in IMPLS for f in IMPLS.get(n).options}
+      unused |= _unread(a, attention_fields(), read, "model.attention")
+    p = m.get("position")
+    if p is not None and p.get("kind") in positional.POSITIONS:
+      scheme = positional.POSITIONS.get(p["kind"])
+      read = {"kind"} | {f.name for f in positional.COMMON_FIELDS + tuple(scheme.fields)}
+      declared = {f.name: f for f in positional.COMMON_FIELDS + tuple(scheme.fields)}
+      declared.update({n: f for n, f in position_fields().items() if n not in declared})
+      unused |= _unread(p, declared, read, "model.position")
+    if "rnn" in m:
+      unused |= {f"model.rnn.{k}" for k in m["rnn"]}
+  return unused
+
+
+def run_identity(config) -> dict:
+  """What a run computes, as ``{dotted path: value}``: the config with its declared fields
+  filled in and the fields it does not read (``unused_fields``) left out. Two configs with
+  the same identity train and evaluate the same model: a resume compares identities, and a
+  cached result's fingerprint hashes it."""
+  raw = as_plain(config)
+  filled = as_plain(with_declared_defaults(raw)) if "model" in raw else raw
+  unused = unused_fields(filled)
+  return {k: v for k, v in flatten(filled).items() if k not in unused}
 
 
 # ----------------------------------------------------------------------------- validation
@@ -232,23 +358,24 @@ def resolve(config) -> ml_collections.FrozenConfigDict:
   return ml_collections.FrozenConfigDict(config)
 
 
+def check_fields(block, fields, path: str, context: Mapping | None = None) -> None:
+  """Validate every declared field present in ``block`` (a config block at ``path``)."""
+  context = {"block": block, **(context or {})}
+  for f in fields:
+    if f.name in block:
+      f.validate(block[f.name], f"{path}.{f.name}", context)
+
+
 def validate(config) -> None:
   """Check every field that could fail later; raise the first problem as ``ConfigError``."""
   m, a, p, d, t = config.model, config.model.attention, config.model.position, config.data, config.train
 
-  _choice(m.norm, "model.norm", NORMS.names())
-  _choice(m.mlp, "model.mlp", MLPS)
-  _choice(m.dtype, "model.dtype", DTYPES)
-  for field in ("num_layers", "d_model", "vocab_size", "mlp_ratio"):
-    _positive_int(m[field], f"model.{field}")
-  for f in MODEL_FIELDS:
-    if f.name in m:
-      f.validate(m[f.name], f"model.{f.name}", {"block": m}, "model")
+  check_fields(m, MODEL_FIELDS, "model")
   tokens = data.tokenizer_vocab_size(d)
-  if m.vocab_size < tokens or (d.get("tokenizer", "bytes") == "bytes" and m.vocab_size != tokens):
-    what = ("the data are UTF-8 bytes (ids 0..255)" if d.get("tokenizer", "bytes") == "bytes"
+  if m.vocab_size < tokens or (d.tokenizer == "bytes" and m.vocab_size != tokens):
+    what = ("the data are UTF-8 bytes (ids 0..255)" if d.tokenizer == "bytes"
             else f"data.tokenizer={d.tokenizer!r} has {tokens} tokens")
-    need = f"must be {tokens}" if d.get("tokenizer", "bytes") == "bytes" else f"must be >= {tokens}"
+    need = f"must be {tokens}" if d.tokenizer == "bytes" else f"must be >= {tokens}"
     raise ConfigError(f"model.vocab_size={m.vocab_size} {need}: {what}")
   for field in ("num_heads", "num_kv_heads"):
     _positive_int(a[field], f"model.attention.{field}")
@@ -260,10 +387,8 @@ def validate(config) -> None:
   if m.d_model % a.num_heads:
     raise ConfigError(f"model.d_model={m.d_model} must be divisible by "
                       f"model.attention.num_heads={a.num_heads}")
-  if not 0.0 <= m.dropout < 1.0:
-    raise ConfigError(f"model.dropout={m.dropout!r} must be in [0, 1)")
 
-  _positive_int(d.seq_len, "data.seq_len")
+  check_fields(d, data.DATA_FIELDS, "data")
   _choice(a.pattern, "model.attention.pattern", PATTERNS.names())
   if not PATTERNS.get(a.pattern).causal:
     causal = [n for n, spec in PATTERNS.items() if spec.causal]
@@ -278,19 +403,11 @@ def validate(config) -> None:
   if d.path and not pathlib.Path(d.path).expanduser().is_file():
     raise ConfigError(f"data.path={d.path!r} is not a readable file")
   if not d.path:
-    _choice(d.corpus, "data.corpus", CORPORA + tuple(TASKS))
-  if not 0.0 < d.valid_fraction < 1.0:
-    raise ConfigError(f"data.valid_fraction={d.valid_fraction!r} must be in (0, 1)")
+    _choice(d.corpus, "data.corpus", tuple(data.CORPORA) + tuple(TASKS))
 
-  for field in ("steps", "batch_size", "log_every", "eval_every", "eval_batches",
-                "checkpoint_every", "keep_checkpoints"):
-    _positive_int(t[field], f"train.{field}")
-  if not isinstance(t.seed, int):
-    raise ConfigError(f"train.seed={t.seed!r} must be an integer")
   check_optimizer(t)
-
-  for field in ("max_tokens", "batch_tokens"):
-    _positive_int(config.eval[field], f"eval.{field}")
+  check_fields(t, TRAIN_FIELDS + LM_TRAIN_FIELDS, "train")
+  check_fields(config.eval, EVAL_FIELDS, "eval")
   parallel.check_mesh(config)
 
 

@@ -28,9 +28,20 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from attnlab.attention import IMPLS, KINDS
-from attnlab.registry import ConfigError
+from attnlab.registry import ConfigError, Field
 
 AXES = ("data", "fsdp", "tensor", "sequence")
+
+# mesh.*: every default is here and only here.
+MESH_FIELDS = (
+    Field("data", 1, "data parallel (batch)", minimum=1),
+    Field("fsdp", 1, "batch + parameters and optimizer state sharded", minimum=1),
+    Field("tensor", 1, "attention heads and MLP hidden units", minimum=1),
+    Field("sequence", 1, "ring attention over the sequence (impl auto -> ring)", minimum=1),
+    Field("coordinator_address", "", "multi-host: host:port of process 0 (or JAX_* env)"),
+    Field("num_processes", 0, "multi-host: processes (0: from the environment)", minimum=0),
+    Field("process_id", -1, "multi-host: this process (-1: from the environment)", minimum=-1),
+)
 BATCH = ("data", "fsdp")
 
 # Parameter name -> role. "in": reads the residual stream [d_model, hidden];

@@ -84,6 +84,7 @@ class Field:
   maximum: float | None = None
   choices: tuple | None = None
   check: Callable[[Any, Mapping], str | None] | None = None
+  applies: Callable[[Mapping], bool] | None = None
 
   def problem(self, value, context: Mapping | None = None) -> str | None:
     """Why ``value`` is invalid for this field (a sentence without the field name), or None."""
@@ -130,6 +131,41 @@ class Field:
       suffix = f" ({owner})" if owner else ""
       sep = "" if why.startswith(":") else " "
       raise ConfigError(f"{path}={value!r}{sep}{why}{suffix}")
+
+
+class Declared(Mapping):
+  """A config block read through its declarations: a declared field the block lacks reads
+  as its declared default, so no reader writes a default of its own.
+
+  ``block``: a mapping (a ``ConfigDict`` or dict); ``fields``: the ``Field``s that may be
+  read. Attribute and item access both work (``view.theta``, ``view["theta"]``).
+  """
+
+  def __init__(self, block: Mapping, fields: Iterable[Field]):
+    object.__setattr__(self, "_block", block)
+    object.__setattr__(self, "_defaults", {f.name: f.default for f in fields})
+
+  def __getitem__(self, name: str):
+    if name in self._block:
+      return self._block[name]
+    if name in self._defaults:
+      return self._defaults[name]
+    raise KeyError(name)
+
+  def __getattr__(self, name: str):
+    try:
+      return self[name]
+    except KeyError:
+      raise AttributeError(name) from None
+
+  def __iter__(self):
+    return iter(dict.fromkeys([*self._block, *self._defaults]))
+
+  def __len__(self) -> int:
+    return len(dict.fromkeys([*self._block, *self._defaults]))
+
+  def __setattr__(self, name, value):
+    raise TypeError("a Declared view is read-only")
 
 
 def merge_fields(groups: Iterable[tuple[str, Iterable[Field]]]) -> dict[str, Field]:

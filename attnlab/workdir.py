@@ -101,39 +101,24 @@ def load_config(workdir, kind: str | None = "lm") -> ml_collections.FrozenConfig
   return ml_collections.FrozenConfigDict(config_lib.with_declared_defaults(raw))
 
 
-def _flatten(d, prefix=""):
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def config_json(cfg) -> str:
   """The canonical text of a config (sorted keys): what ``config.json`` holds."""
   return json.dumps(json.loads(cfg.to_json()), indent=2, sort_keys=True)
 
 
 def write_or_check_config(cfg, workdir: pathlib.Path, resuming: bool) -> None:
-  """Write ``config.json``; when resuming a checkpoint, refuse a config that differs from it.
+  """Write ``config.json``; when resuming a checkpoint, refuse a config whose run identity
+  (``config_lib.run_identity``) differs from the saved one's.
 
-  The mesh may differ (it says how to run, not what), and a field the saved config lacks
-  may be present at its declared default (a variant added after the run was written).
+  A field the run does not read (another pattern's window, a YaRN field without YaRN, the
+  mesh: how to run, not what) may differ, and a field the saved config lacks may be present
+  at its declared default (a variant added after the run was written).
   """
   path = workdir / "config.json"
-  current = json.loads(cfg.to_json())
   if resuming and path.exists():
-    saved_raw = json.loads(path.read_text())
-    saved = _flatten(saved_raw)
-    upgraded = _flatten(json.loads(json.dumps(config_lib.with_declared_defaults(
-        saved_raw).to_dict())))
-    now = _flatten(current)
-    diff = sorted(k for k in set(saved) | set(now)
-                  if not k.startswith("mesh.")
-                  and not (k not in saved and upgraded.get(k) == now.get(k))
-                  and saved.get(k) != now.get(k))
+    saved = config_lib.run_identity(json.loads(path.read_text()))
+    now = config_lib.run_identity(cfg)
+    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     if diff:
       details = "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff)
       raise ConfigError(f"{workdir} holds a run with a different config ({details}); resuming "
@@ -327,9 +312,11 @@ def data_digest(tokens) -> str:
 
 
 def fingerprint(cfg, step: int, params, data: str = "") -> dict:
-  """What a result was computed from: the resolved config, the checkpoint (step and content),
-  the data and attnlab's version. A cached result is reused only when this is equal."""
-  return {"config_sha256": hashlib.sha256(config_json(cfg).encode()).hexdigest(),
+  """What a result was computed from: the resolved config's run identity (the fields the run
+  reads, ``config_lib.run_identity``), the checkpoint (step and content), the data and
+  attnlab's version. A cached result is reused only when this is equal."""
+  identity = json.dumps(config_lib.run_identity(cfg), sort_keys=True)
+  return {"config_sha256": hashlib.sha256(identity.encode()).hexdigest(),
           "checkpoint_step": int(step), "params_sha256": params_digest(params),
           "data_sha256": data, "attnlab": attnlab.__version__}
 

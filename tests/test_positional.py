@@ -177,10 +177,12 @@ def test_sinusoidal_matches_vaswani():
 
 def test_sinusoidal_scheme_embed():
   pos = np.arange(12)[None, :]
-  got = np.asarray(positional.get_scheme(cfg("sinusoidal", base=100.0)).embed(pos, 8))
+  # the encoding, rescaled to RMS embed_scale (0.5 / sqrt(2): the raw encoding's scale)
+  got = np.asarray(positional.get_scheme(
+      cfg("sinusoidal", base=100.0, embed_scale=0.5 ** 0.5)).embed(pos, 8))
   np.testing.assert_allclose(got[0], sinusoidal_np(np.arange(12), 8, base=100.0), atol=2e-6)
-  # with embed_scale, the same encoding rescaled to that RMS
-  scaled = np.asarray(positional.get_scheme(cfg("sinusoidal", embed_scale=0.02)).embed(pos, 64))
+  # at the declared default embed_scale (0.02)
+  scaled = np.asarray(positional.get_scheme(cfg("sinusoidal")).embed(pos, 64))
   np.testing.assert_allclose(scaled[0], sinusoidal_np(np.arange(12), 64) * 0.02 * np.sqrt(2),
                              atol=2e-8)
   assert np.sqrt(np.mean(scaled ** 2)) == pytest.approx(0.02, rel=1e-6)

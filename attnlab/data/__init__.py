@@ -24,7 +24,7 @@ import sysconfig
 
 import numpy as np
 
-from attnlab.registry import ConfigError
+from attnlab.registry import ConfigError, Field
 
 from attnlab.data.tokenization import (BYTE_VOCAB_SIZE, ByteTokenizer, HFTokenizer,
                                        get_tokenizer, tokenizer_vocab_size, train_bpe)
@@ -98,6 +98,17 @@ def _tinyshakespeare() -> tuple[bytes, str]:
 
 # data.corpus -> () -> (raw bytes, name); each needs nothing beyond the installed package
 CORPORA = {"builtin": _python_stdlib, "tinyshakespeare": _tinyshakespeare}
+
+# data.* of a language-model run: every default is here and only here.
+DATA_FIELDS = (
+    Field("corpus", "builtin", "builtin (the running Python's standard library source), "
+          "tinyshakespeare, or a retrieval task (passkey, associative_recall)"),
+    Field("path", "", "a text file; when set it replaces the corpus"),
+    Field("tokenizer", "bytes", "bytes (vocabulary 256) or a tokenizer.json path"),
+    Field("seq_len", 128, "training sequence length", minimum=1),
+    Field("valid_fraction", 0.1, "the last fraction of the text is validation data",
+          check=lambda v, c: None if 0.0 < v < 1.0 else "must be in (0, 1)"),
+)
 
 
 def load_corpus(data_cfg, splits=("train", "valid")) -> Corpus:

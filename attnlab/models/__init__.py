@@ -6,7 +6,7 @@ incremental decoding; ``common``: dtypes, norms and declared position parameters
 from ``rnn`` and ``classic_attention``), and ``rnn.RNNLM``, a recurrent LM baseline.
 """
 
-from attnlab.models.common import DTYPES, MLPS, NORMS, decay_mask
+from attnlab.models.common import DTYPES, MLPS, MODEL_FIELDS, NORMS, decay_mask
 from attnlab.models.transformer import MLP, Block, SelfAttention, TransformerLM, num_params
 from attnlab.models.classic_attention import AdditiveAttention, MultiplicativeAttention  # noqa: E402
 from attnlab.models.rnn import RNNLM, RNNSeq2Seq  # noqa: E402
@@ -23,6 +23,6 @@ def build_lm(model_cfg):
   return LM_ARCHS.get(model_cfg.get("arch", "transformer"))(model_cfg)
 
 
-__all__ = ["ARCHS", "AdditiveAttention", "Block", "DTYPES", "LM_ARCHS", "MLP", "MLPS", "decay_mask",
+__all__ = ["ARCHS", "AdditiveAttention", "Block", "DTYPES", "LM_ARCHS", "MLP", "MLPS", "MODEL_FIELDS", "decay_mask",
            "MultiplicativeAttention", "NORMS", "RNNLM", "RNNSeq2Seq", "SelfAttention",
            "TransformerLM", "TransformerSeq2Seq", "build_lm", "num_params"]

@@ -1,31 +1,113 @@
-"""What every model shares: compute dtypes, norms, initialisers, and the parameters a
-position scheme declares (``positional.ParamSpec``), created and weight-decayed as declared."""
+"""What every model shares: the ``model.*`` fields (``MODEL_FIELDS``), compute dtypes, the
+norm and MLP registries, initialisers, and the parameters a position scheme declares
+(``positional.ParamSpec``), created and weight-decayed as declared."""
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from attnlab import positional
-from attnlab.registry import Registry
+from attnlab.registry import Declared, Field, Registry
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-# gelu: tanh approximation (GPT-2's gelu_new); gelu_exact: erf (GPT-NeoX); none: attention only
-MLPS = ("gelu", "gelu_exact", "swiglu", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class MLPSpec:
+  """An entry of ``MLPS`` (``model.mlp``): the block's feed-forward layer.
+
+  ``activation``: applied to the up projection (None: no MLP, an attention-only block);
+  ``gated``: ``activation(gate(x)) * up(x)`` (GLU variants) instead of ``activation(up(x))``;
+  ``hidden(cfg)``: the hidden width when ``model.mlp_hidden`` is 0.
+  """
+  activation: Callable | None
+  gated: bool = False
+  hidden: Callable = lambda cfg: cfg.mlp_ratio * cfg.d_model
+  doc: str = ""
+
+
+MLPS: Registry[MLPSpec] = Registry("model.mlp")
+MLPS.register("gelu")(MLPSpec(lambda x: nn.gelu(x, approximate=True),
+                              doc="GELU, tanh approximation (GPT-2's gelu_new)"))
+MLPS.register("gelu_exact")(MLPSpec(lambda x: nn.gelu(x, approximate=False),
+                                    doc="GELU with erf (GPT-NeoX)"))
+MLPS.register("swiglu")(MLPSpec(
+    nn.silu, gated=True, hidden=lambda cfg: -(-int(2 * cfg.mlp_ratio * cfg.d_model / 3) // 8) * 8,
+    doc="SiLU-gated (LLaMA); hidden 2/3 of mlp_ratio * d_model rounded up to 8"))
+MLPS.register("none")(MLPSpec(None, doc="no MLP: attention-only blocks"))
+
+NORMS: Registry = Registry("model.norm")
+
+
+def _norms(value, context):
+  return None if value in NORMS else f"is not valid; valid: {', '.join(NORMS.names())}"
+
+
+def _mlps(value, context):
+  return None if value in MLPS else f"is not valid; valid: {', '.join(MLPS.names())}"
+
+
+def _transformer(block) -> bool:
+  return block["arch"] == "transformer"
+
+
+# The ``model.*`` fields of the language models (attention and position blocks aside: their
+# fields are the registries' entries'). Every default is here and only here.
+MODEL_FIELDS = (
+    Field("arch", "transformer", "transformer | rnn (attnlab.models.LM_ARCHS)"),
+    Field("vocab_size", 256, "vocabulary (256: UTF-8 bytes)", minimum=1),
+    Field("num_layers", 4, "blocks", minimum=1),
+    Field("d_model", 128, "residual width", minimum=1, applies=_transformer),
+    Field("mlp", "gelu", "feed-forward layer (MLPS)", check=_mlps, applies=_transformer),
+    Field("mlp_ratio", 4, "MLP hidden width / d_model", minimum=1, applies=_transformer),
+    Field("norm", "layernorm", "layernorm | rmsnorm (NORMS)", check=_norms, applies=_transformer),
+    Field("use_bias", False, "biases on every projection", applies=_transformer),
+    Field("tie_embeddings", True, "the unembedding is the embedding's transpose",
+          applies=_transformer),
+    Field("dropout", 0.0, "embedding and residual dropout", applies=_transformer,
+          check=lambda v, c: None if 0.0 <= v < 1.0 else "must be in [0, 1)"),
+    Field("dtype", "float32", "compute dtype", choices=tuple(DTYPES), applies=_transformer),
+    Field("param_dtype", "float32", "dtype the parameters are stored in",
+          choices=tuple(DTYPES), applies=_transformer),
+    Field("norm_eps", 1e-6, "epsilon of every norm (GPT-2, BLOOM, Pythia: 1e-5)", minimum=0.0,
+          applies=_transformer),
+    Field("mlp_hidden", 0, "MLP hidden width; 0: the MLP's own default (mlp_ratio * d_model "
+          "for gelu, 2/3 of it rounded up to 8 for swiglu)", minimum=0, applies=_transformer),
+    Field("parallel_residual", False, "x + attn(norm(x)) + mlp(norm'(x)) (GPT-NeoX)",
+          applies=_transformer),
+    Field("qkv_bias", False, "biases on the q/k/v projection even when use_bias is False "
+          "(Qwen2)", applies=_transformer),
+    Field("embed_norm", False, "a norm on the token embeddings (BLOOM)", applies=_transformer),
+)
+
+
+def model_settings(cfg) -> Declared:
+  """The ``model`` block read through ``MODEL_FIELDS`` (a field it lacks reads as its
+  declared default)."""
+  return cfg if isinstance(cfg, Declared) else Declared(cfg, MODEL_FIELDS)
 
 
 def param_dtype(cfg):
-  """The dtype parameters are stored in (``model.param_dtype``; float32 unless set)."""
-  return DTYPES[cfg.get("param_dtype", "float32")]
+  """The dtype parameters are stored in (``model.param_dtype``)."""
+  return DTYPES[model_settings(cfg).param_dtype]
 
 
 def norm_eps(cfg) -> float:
-  """``model.norm_eps`` (Flax's 1e-6 unless set; GPT-2 and BLOOM use 1e-5)."""
-  return float(cfg.get("norm_eps", 1e-6))
+  """``model.norm_eps`` (Flax's 1e-6 by default; GPT-2 and BLOOM use 1e-5)."""
+  return float(model_settings(cfg).norm_eps)
 
 
-NORMS: Registry = Registry("model.norm")
+def mlp_hidden(cfg) -> int:
+  """The MLP's hidden width: ``model.mlp_hidden`` when set, else the MLP's own default."""
+  cfg = model_settings(cfg)
+  return int(cfg.mlp_hidden) if cfg.mlp_hidden else int(MLPS.get(cfg.mlp).hidden(cfg))
+
+
 NORMS.register("layernorm")(lambda cfg, name: nn.LayerNorm(
     epsilon=norm_eps(cfg), use_bias=cfg.use_bias, param_dtype=param_dtype(cfg), name=name))
 NORMS.register("rmsnorm")(lambda cfg, name: nn.RMSNorm(

@@ -17,10 +17,10 @@ import jax.numpy as jnp
 from attnlab import positional
 from attnlab.attention import KINDS, PATTERNS
 from attnlab.models import kv_cache
-from attnlab.models.common import DTYPES, NORMS, declared_params, param_dtype
+from attnlab.models.common import (DTYPES, MLPS, NORMS, declared_params, mlp_hidden,
+                                   model_settings, param_dtype)
 from attnlab.models.common import flat as _flat
 from attnlab.models.common import normal_init as _init
-from attnlab.registry import ConfigError
 
 
 def _dtype(cfg):
@@ -32,16 +32,6 @@ def _dense(cfg, features: int, name: str, std: float = 0.02, bias: bool | None =
   return nn.Dense(features, use_bias=cfg.use_bias if bias is None else bias,
                   kernel_init=_init(std), dtype=_dtype(cfg), param_dtype=param_dtype(cfg),
                   name=name)
-
-
-def mlp_hidden(cfg) -> int:
-  """The MLP's hidden width: ``model.mlp_hidden`` when set, else ``mlp_ratio * d_model``
-  (gelu) or two thirds of it rounded up to a multiple of 8 (swiglu, as LLaMA)."""
-  if cfg.get("mlp_hidden", 0):
-    return int(cfg.mlp_hidden)
-  if cfg.mlp == "swiglu":
-    return -(-int(2 * cfg.mlp_ratio * cfg.d_model / 3) // 8) * 8
-  return cfg.mlp_ratio * cfg.d_model
 
 
 class SelfAttention(nn.Module):
@@ -68,7 +58,7 @@ class SelfAttention(nn.Module):
     head_dim = cfg.d_model // heads
     kind = KINDS.get(att.kind)
     num_k = 0 if kind.shared_qk else kv_heads       # shared QK (Reformer): keys are the queries
-    qkv_bias = cfg.use_bias or cfg.get("qkv_bias", False)
+    qkv_bias = cfg.use_bias or model_settings(cfg).qkv_bias
     qkv = _dense(cfg, (heads + num_k + kv_heads) * head_dim, "qkv", bias=qkv_bias)(_flat(x))
     q, k, v = jnp.split(qkv.reshape(batch, seq, heads + num_k + kv_heads, head_dim),
                         [heads, heads + num_k], axis=2)   # one matmul; columns [q | k | v]
@@ -96,22 +86,22 @@ class SelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-  """GELU MLP (tanh approximation, or ``gelu_exact``: erf) or SwiGLU; hidden width
-  ``mlp_hidden(cfg)``. x: [..., d_model] -> [..., d_model]."""
+  """The feed-forward layer ``model.mlp`` names (an ``MLPS`` entry): ``act(up(x))``, or
+  ``act(gate(x)) * up(x)`` when gated, then ``down``; hidden width ``mlp_hidden(cfg)``.
+  x: [..., d_model] -> [..., d_model]."""
   cfg: Any
 
   @nn.compact
   def __call__(self, x):
     cfg = self.cfg
+    spec = MLPS.get(cfg.mlp)
     hidden = mlp_hidden(cfg)
     out_std = 0.02 / math.sqrt(2 * cfg.num_layers)
     shape, x = x.shape, _flat(x)
-    if cfg.mlp in ("gelu", "gelu_exact"):
-      h = nn.gelu(_dense(cfg, hidden, "up")(x), approximate=cfg.mlp == "gelu")
-    elif cfg.mlp == "swiglu":
-      h = nn.silu(_dense(cfg, hidden, "gate")(x)) * _dense(cfg, hidden, "up")(x)
+    if spec.gated:
+      h = spec.activation(_dense(cfg, hidden, "gate")(x)) * _dense(cfg, hidden, "up")(x)
     else:
-      raise ConfigError(f"model.mlp={cfg.mlp!r} is not valid; valid: gelu, gelu_exact, swiglu")
+      h = spec.activation(_dense(cfg, hidden, "up")(x))
     return _dense(cfg, cfg.d_model, "down", out_std)(h).reshape(shape)
 
 
@@ -133,8 +123,8 @@ class Block(nn.Module):
     if cache is not None:
       attn, layer_kv = attn
     out = x + drop(attn, deterministic)
-    mlp_in = x if self.cfg.get("parallel_residual", False) else out
-    if self.cfg.mlp != "none":   # "none": an attention-only block
+    mlp_in = x if model_settings(self.cfg).parallel_residual else out
+    if MLPS.get(self.cfg.mlp).activation is not None:   # "none": an attention-only block
       out = out + drop(MLP(self.cfg, name="mlp")(norm(self.cfg, "norm_mlp")(mlp_in)),
                        deterministic)
     return out if cache is None else (out, layer_kv)
@@ -169,7 +159,7 @@ class TransformerLM(nn.Module):
     embed = nn.Embed(cfg.vocab_size, cfg.d_model, embedding_init=_init(0.02),
                      param_dtype=param_dtype(cfg), name="embed")
     x = embed(tokens).astype(_dtype(cfg))
-    if cfg.get("embed_norm", False):   # BLOOM normalises the token embeddings
+    if model_settings(cfg).embed_norm:   # BLOOM normalises the token embeddings
       x = NORMS.get(cfg.norm)(cfg, "norm_embed")(x)
     scheme = positional.get_scheme(cfg.position)
     params = declared_params(self, scheme.embedding_params(cfg.d_model), param_dtype(cfg))

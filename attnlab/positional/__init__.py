@@ -36,8 +36,8 @@ import numpy as np
 
 from attnlab.attention.score_mods import AlibiBias, T5Bias, t5_buckets
 from attnlab.positional import rope
-from attnlab.positional.rope import ROPE_SCALINGS, scaled_frequencies
-from attnlab.registry import ConfigError, Field, Registry
+from attnlab.positional.rope import ROPE_SCALINGS, RopeScaling, scaled_frequencies
+from attnlab.registry import ConfigError, Declared, Field, Registry
 
 # ----------------------------------------------------------------------------- functions
 
@@ -137,14 +137,27 @@ def _positive(value, context):
 # Fields every scheme has (Ruoss et al.'s randomized positions apply to any randomizable one).
 COMMON_FIELDS = (
     Field("randomize", False, "Ruoss et al.: train on sorted random positions ..."),
-    Field("random_max_len", 2048, "... drawn from [0, random_max_len)", minimum=1),
+    Field("random_max_len", 2048, "... drawn from [0, random_max_len)", minimum=1,
+          applies=lambda block: block["randomize"]),
 )
+
+
+class computed_fields:
+  """A class attribute computed on access: ``fields`` of a scheme whose fields come from
+  another registry (RoPE's scalings), so an entry registered later is included."""
+
+  def __init__(self, fn):
+    self.fn = fn
+
+  def __get__(self, obj, cls):
+    return self.fn(cls)
 
 
 class PositionScheme:
   """Base scheme: no position information (every hook is the identity).
 
-  ``cfg`` is the ``model.position`` config block.
+  ``cfg`` is the ``model.position`` config block, read through the declarations
+  (``registry.Declared``): a declared field the block lacks reads as its default.
   """
   fields: tuple[Field, ...] = ()   # model.position fields it reads (besides kind)
   embeds = False                   # adds an absolute embedding to the token embeddings
@@ -154,7 +167,7 @@ class PositionScheme:
   symmetric_qk = True              # transforms q and k alike (needed when keys are queries)
 
   def __init__(self, cfg):
-    self.cfg = cfg
+    self.cfg = Declared(cfg, COMMON_FIELDS + tuple(type(self).fields))
 
   @classmethod
   def streamable(cls) -> bool:
@@ -237,9 +250,8 @@ class Sinusoidal(PositionScheme):
                         f"got {d_model}")
 
   def embed(self, positions, d_model, params=None):
-    pe = sinusoidal_embedding(positions, d_model, self.cfg.get("base", 10000.0))
-    rms = self.cfg.get("embed_scale", None)
-    return pe if rms is None else pe * (rms * math.sqrt(2.0))
+    pe = sinusoidal_embedding(positions, d_model, self.cfg.base)
+    return pe * (self.cfg.embed_scale * math.sqrt(2.0))
 
 
 @POSITIONS.register("learned")
@@ -252,7 +264,7 @@ class Learned(PositionScheme):
   @classmethod
   def resolve(cls, block, length):
     if block.max_len == 0:
-      block.max_len = block.random_max_len if block.get("randomize", False) else length
+      block.max_len = block.random_max_len if block.randomize else length
 
   def validate(self, head_dim, d_model, seq_len):
     if self.cfg.max_len < 1:
@@ -277,67 +289,59 @@ def _rotary_fraction_problem(value, context):
   return None if 0.0 < value <= 1.0 else "must be in (0, 1]"
 
 
+THETA = Field("theta", 10000.0, "rope / xpos base", check=_positive)
+
+
 @POSITIONS.register("rope")
 class Rope(PositionScheme):
-  """RoPE with ``model.position.scaling`` (none | linear | ntk | dynamic_ntk | yarn |
-  yarn_paper | llama3), ``scale_factor`` s, ``original_max_len`` and ``rotary_fraction``."""
-  fields = (
-      Field("theta", 10000.0, "rope / xpos base", check=_positive),
-      Field("scaling", "none", "rope: frequency scaling for longer contexts",
-            choices=ROPE_SCALINGS),
-      Field("scale_factor", 1.0, "rope scaling s = L_new / L_train", minimum=1.0),
-      Field("original_max_len", 0, "rope scaling L_train; 0 means the training length",
-            minimum=0),
-      Field("yarn_alpha", 1.0, "yarn: rotations below which dims interpolate (beta_slow)"),
-      Field("yarn_beta", 32.0, "yarn: rotations above which dims keep theta (beta_fast)"),
-      Field("llama3_low_freq_factor", 1.0, "llama3: wavelengths above L_train / this "
-            "interpolate", check=_positive),
-      Field("llama3_high_freq_factor", 4.0, "llama3: wavelengths below L_train / this keep "
-            "theta", check=_positive),
-      Field("rotary_fraction", 1.0, "rope: fraction of head dims rotated",
-            check=_rotary_fraction_problem),
-  )
+  """RoPE with ``model.position.scaling`` (an entry of ``ROPE_SCALINGS``: none, linear, ntk,
+  dynamic_ntk, yarn, yarn_paper, llama3, ...), its fields and ``rotary_fraction``."""
   rotates = True
   randomizable = True
+
+  @computed_fields
+  def fields(cls):
+    return (THETA,
+            Field("scaling", "none", "rope: frequency scaling for longer contexts "
+                  "(ROPE_SCALINGS)", choices=tuple(ROPE_SCALINGS.names())),
+            *rope.scaling_fields(),
+            Field("rotary_fraction", 1.0, "rope: fraction of head dims rotated",
+                  check=_rotary_fraction_problem))
 
   @classmethod
   def resolve(cls, block, length):
     if "original_max_len" in block and block.original_max_len == 0:
       block.original_max_len = length
 
+  def scaling(self) -> RopeScaling:
+    return ROPE_SCALINGS.get(self.cfg.scaling)
+
   def validate(self, head_dim, d_model, seq_len):
-    c = self.cfg
+    c, scaling = self.cfg, self.scaling()
     _even_head_dim("rope", head_dim)
-    if (c.scaling == "llama3"
-        and not c.llama3_high_freq_factor > c.llama3_low_freq_factor):
-      raise ConfigError(f"model.position.llama3_high_freq_factor={c.llama3_high_freq_factor!r} "
-                        f"must exceed model.position.llama3_low_freq_factor="
-                        f"{c.llama3_low_freq_factor!r}")
-    if c.scaling in ("dynamic_ntk", "yarn", "yarn_paper", "llama3") and c.original_max_len < 1:
+    if scaling.needs_original_len and c.original_max_len < 1:
       raise ConfigError(f"model.position.original_max_len={c.original_max_len!r} must be an "
                         f"integer >= 1 with scaling={c.scaling!r}")
-    if c.scaling in ("yarn", "yarn_paper") and not c.yarn_beta > c.yarn_alpha:
-      raise ConfigError(f"model.position.yarn_beta={c.yarn_beta!r} must exceed "
-                        f"model.position.yarn_alpha={c.yarn_alpha!r}")
+    problem = scaling.check(c)
+    if problem:
+      raise ConfigError(problem)
     if int(head_dim * c.rotary_fraction) < 2:
       raise ConfigError(f"model.position.rotary_fraction={c.rotary_fraction!r} must be in (0, 1] "
                         f"and rotate at least 2 of the {head_dim} head dims")
 
   def cache_refusal(self):
-    if self.cfg.get("scaling", "none") == "dynamic_ntk":
-      return ("model.position.scaling='dynamic_ntk' rescales every key with the current "
-              "length, so keys cached at shorter lengths would be stale; KV-cache decoding "
-              f"supports scalings {', '.join(s for s in ROPE_SCALINGS if s != 'dynamic_ntk')} "
-              "(or use --nocache)")
+    refusal = self.scaling().cache_refusal
+    if refusal:
+      valid = [n for n, entry in ROPE_SCALINGS.items() if entry.cache_refusal is None]
+      return (f"{refusal}; KV-cache decoding supports scalings {', '.join(valid)} "
+              f"(or use --nocache)")
     return None
 
   def frequencies(self, head_dim: int, seq_len: int) -> tuple[np.ndarray, float]:
     c = self.cfg
-    return scaled_frequencies(
-        rope.rotary_dim(head_dim, c.get("rotary_fraction", 1.0)), c.get("theta", 10000.0),
-        c.get("scaling", "none"), c.get("scale_factor", 1.0), c.get("original_max_len", 0),
-        seq_len, c.get("yarn_alpha", 1.0), c.get("yarn_beta", 32.0),
-        c.get("llama3_low_freq_factor", 1.0), c.get("llama3_high_freq_factor", 4.0))
+    rotary = rope.rotary_dim(head_dim, c.rotary_fraction)
+    return self.scaling().frequencies(rope.unscaled_frequencies(rotary, c.theta), rotary,
+                                      c.theta, c, seq_len)
 
   def rotate_qk(self, q, k, positions):
     freqs, multiplier = self.frequencies(q.shape[-1], q.shape[1])
@@ -350,8 +354,7 @@ class Rope(PositionScheme):
 @POSITIONS.register("xpos")
 class XPos(PositionScheme):
   """RoPE whose pairs decay with distance: q * zeta^(m/B), k * zeta^(-m/B), B = ``xpos_scale_base``."""
-  fields = (Field("theta", 10000.0, "rope / xpos base", check=_positive),
-            Field("xpos_scale_base", 512.0, "xpos: decay scale B", check=_positive))
+  fields = (THETA, Field("xpos_scale_base", 512.0, "xpos: decay scale B", check=_positive))
   rotates = True
   symmetric_qk = False   # q and k are scaled in opposite directions
 
@@ -360,10 +363,10 @@ class XPos(PositionScheme):
 
   def rotate_qk(self, q, k, positions):
     head_dim = q.shape[-1]
-    freqs = rope_frequencies(head_dim, self.cfg.get("theta", 10000.0))
+    freqs = rope_frequencies(head_dim, self.cfg.theta)
     angles = jnp.broadcast_to(jnp.asarray(positions, jnp.float32)[..., None] * freqs,
                               q.shape[:2] + (head_dim // 2,))
-    base = self.cfg.get("xpos_scale_base", 512.0)
+    base = self.cfg.xpos_scale_base
     up = jnp.broadcast_to(rope.xpos_scale(positions, head_dim, base, +1.0), angles.shape)
     down = jnp.broadcast_to(rope.xpos_scale(positions, head_dim, base, -1.0), angles.shape)
     return rope.rotate_half_split(q, angles, up), rope.rotate_half_split(k, angles, down)
@@ -376,7 +379,7 @@ class Alibi(PositionScheme):
   randomizable = True
 
   def score_mod(self, num_heads, params=None, positions=None):
-    return alibi_bias(num_heads, positions if self.cfg.get("randomize", False) else None)
+    return alibi_bias(num_heads, positions if self.cfg.randomize else None)
 
 
 @POSITIONS.register("t5")
@@ -396,14 +399,14 @@ class T5(PositionScheme):
 
   def attention_params(self, num_heads):
     # zeros: every head starts without a position preference (T5's table is learned)
-    return {"position_bias": ParamSpec((self.cfg.get("num_buckets", 32), num_heads),
+    return {"position_bias": ParamSpec((self.cfg.num_buckets, num_heads),
                                        nn.initializers.zeros, decay=True)}
 
   def score_mod(self, num_heads, params=None, positions=None):
     return T5Bias(table=params["position_bias"],
-                  bidirectional=bool(self.cfg.get("bidirectional", False)),
-                  num_buckets=int(self.cfg.get("num_buckets", 32)),
-                  max_distance=int(self.cfg.get("max_distance", 128)))
+                  bidirectional=bool(self.cfg.bidirectional),
+                  num_buckets=int(self.cfg.num_buckets),
+                  max_distance=int(self.cfg.max_distance))
 
 
 def get_scheme(cfg) -> PositionScheme:
@@ -425,7 +428,7 @@ def check_length(cfg, length: int, what: str = "sequence length") -> None:
 from attnlab.positional import kerple  # noqa: E402,F401  (registers 'kerple')
 
 __all__ = [
-    "COMMON_FIELDS", "POSITIONS", "ROPE_SCALINGS", "AlibiBias", "ParamSpec", "PositionScheme",
+    "COMMON_FIELDS", "POSITIONS", "ROPE_SCALINGS", "RopeScaling", "AlibiBias", "ParamSpec", "PositionScheme",
     "T5Bias", "alibi_bias", "alibi_slopes", "apply_rope", "check_length", "get_scheme",
     "randomized_positions", "rope_frequencies", "scaled_frequencies", "sinusoidal_embedding",
     "t5_buckets",

@@ -1,5 +1,9 @@
 """RoPE frequency scalings for length extrapolation, partial rotary, and xPos.
 
+Each scaling is an entry of the registry ``ROPE_SCALINGS`` (``model.position.scaling``)
+that declares the fields it reads; a new scaling is one ``RopeScaling`` registered here or
+in a module of its own imported by ``attnlab/positional/__init__.py``.
+
 With s = L_new / L_train (``scale_factor``), d the rotary dim, theta_i = b^(-2i/d) and
 wavelength lambda_i = 2 pi / theta_i:
 
@@ -33,15 +37,57 @@ queries are multiplied by zeta^(m / scale_base), keys by zeta^(-m / scale_base).
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Mapping
+from typing import Callable
 
 import jax.numpy as jnp
 import numpy as np
 
-ROPE_SCALINGS = ("none", "linear", "ntk", "dynamic_ntk", "yarn", "yarn_paper", "llama3")
+from attnlab.registry import Field, Registry
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+  """A RoPE frequency scaling (an entry of ``ROPE_SCALINGS``, ``model.position.scaling``).
+
+  ``frequencies(freqs, rotary_dim, theta, s, seq_len) -> (theta'_i, multiplier)``: the
+  scaled frequencies (float64 ``[rotary_dim/2]``) from the unscaled ``freqs`` and the
+  ``model.position`` settings ``s`` (a mapping holding every field below), and the
+  multiplier sqrt(1/t) applied to q and k (1.0: none).
+  ``fields``: the ``model.position`` fields it reads (they apply only when it is chosen).
+  ``needs_original_len``: it reads ``original_max_len`` (which must be >= 1).
+  ``check(s)``: why the settings are invalid across fields (a sentence), or None.
+  ``cache_refusal``: why a KV cache cannot decode with it, or None.
+  """
+  frequencies: Callable[..., tuple[np.ndarray, float]]
+  fields: tuple[Field, ...] = ()
+  doc: str = ""
+  needs_original_len: bool = False
+  check: Callable[[Mapping], str | None] = lambda s: None
+  cache_refusal: str | None = None
 
 
-def _frequencies(rotary_dim: int, theta: float) -> np.ndarray:
+ROPE_SCALINGS: Registry[RopeScaling] = Registry("model.position.scaling")
+
+
+def _positive(value, context):
+  return None if value > 0 else "must be > 0"
+
+
+SCALE_FACTOR = Field("scale_factor", 1.0, "rope scaling s = L_new / L_train", minimum=1.0)
+ORIGINAL_MAX_LEN = Field("original_max_len", 0, "rope scaling L_train; 0 means the training "
+                         "length", minimum=0)
+YARN_ALPHA = Field("yarn_alpha", 1.0, "yarn: rotations below which dims interpolate (beta_slow)")
+YARN_BETA = Field("yarn_beta", 32.0, "yarn: rotations above which dims keep theta (beta_fast)")
+LLAMA3_LOW = Field("llama3_low_freq_factor", 1.0, "llama3: wavelengths above L_train / this "
+                   "interpolate", check=_positive)
+LLAMA3_HIGH = Field("llama3_high_freq_factor", 4.0, "llama3: wavelengths below L_train / this "
+                    "keep theta", check=_positive)
+
+
+def unscaled_frequencies(rotary_dim: int, theta: float) -> np.ndarray:
+  """``theta^(-2i/rotary_dim)`` for i < rotary_dim/2, float64."""
   return theta ** (-np.arange(0, rotary_dim, 2, dtype=np.float64) / rotary_dim)
 
 
@@ -59,6 +105,103 @@ def yarn_mscale(factor: float) -> float:
   return 1.0 if factor <= 1 else 0.1 * math.log(factor) + 1.0
 
 
+def _none(freqs, d, theta, s, seq_len):
+  return freqs, 1.0
+
+
+def _linear(freqs, d, theta, s, seq_len):
+  return freqs / s["scale_factor"], 1.0
+
+
+def _ntk(freqs, d, theta, s, seq_len):
+  return unscaled_frequencies(d, theta * s["scale_factor"] ** (d / (d - 2))), 1.0
+
+
+def _dynamic_ntk(freqs, d, theta, s, seq_len):
+  factor, original = s["scale_factor"], s["original_max_len"]
+  length = max(seq_len, original)
+  grown = factor * length / original - (factor - 1)
+  return unscaled_frequencies(d, theta * grown ** (d / (d - 2))), 1.0
+
+
+def _yarn(freqs, d, theta, s, seq_len):
+  low, high = yarn_correction_range(d, theta, s["original_max_len"], s["yarn_alpha"],
+                                    s["yarn_beta"])
+  ramp = np.clip((np.arange(d // 2, dtype=np.float64) - low)
+                 / ((high + 0.001 if high == low else high) - low), 0.0, 1.0)
+  factor = s["scale_factor"]
+  return ramp * freqs / factor + (1 - ramp) * freqs, yarn_mscale(factor)
+
+
+def _yarn_paper(freqs, d, theta, s, seq_len):
+  ratio = s["original_max_len"] / (2 * math.pi / freqs)
+  alpha, beta, factor = s["yarn_alpha"], s["yarn_beta"], s["scale_factor"]
+  gamma = np.clip((ratio - alpha) / (beta - alpha), 0.0, 1.0)
+  return (1 - gamma) * freqs / factor + gamma * freqs, yarn_mscale(factor)
+
+
+def _llama3(freqs, d, theta, s, seq_len):
+  low, high = s["llama3_low_freq_factor"], s["llama3_high_freq_factor"]
+  wavelength = 2 * math.pi / freqs
+  smooth = np.clip((s["original_max_len"] / wavelength - low) / (high - low), 0.0, 1.0)
+  factor = s["scale_factor"]
+  return (1 - smooth) * freqs / factor + smooth * freqs, 1.0
+
+
+def _yarn_check(s):
+  if not s["yarn_beta"] > s["yarn_alpha"]:
+    return (f"model.position.yarn_beta={s['yarn_beta']!r} must exceed "
+            f"model.position.yarn_alpha={s['yarn_alpha']!r}")
+  return None
+
+
+def _llama3_check(s):
+  if not s["llama3_high_freq_factor"] > s["llama3_low_freq_factor"]:
+    return (f"model.position.llama3_high_freq_factor={s['llama3_high_freq_factor']!r} must "
+            f"exceed model.position.llama3_low_freq_factor={s['llama3_low_freq_factor']!r}")
+  return None
+
+
+_YARN_FIELDS = (SCALE_FACTOR, ORIGINAL_MAX_LEN, YARN_ALPHA, YARN_BETA)
+ROPE_SCALINGS.register("none")(RopeScaling(_none, doc="plain RoPE"))
+ROPE_SCALINGS.register("linear")(RopeScaling(
+    _linear, (SCALE_FACTOR,), "position interpolation: theta_i / s"))
+ROPE_SCALINGS.register("ntk")(RopeScaling(
+    _ntk, (SCALE_FACTOR,), "NTK-aware: base b * s^(d / (d - 2))"))
+ROPE_SCALINGS.register("dynamic_ntk")(RopeScaling(
+    _dynamic_ntk, (SCALE_FACTOR, ORIGINAL_MAX_LEN), "NTK base grown with the current length "
+    "(transformers' dynamic NTK)", needs_original_len=True,
+    cache_refusal=("model.position.scaling='dynamic_ntk' rescales every key with the current "
+                   "length, so keys cached at shorter lengths would be stale")))
+ROPE_SCALINGS.register("yarn")(RopeScaling(
+    _yarn, _YARN_FIELDS, "YaRN as its authors' code computes it (ramp in the dimension index, "
+    "temperature)", needs_original_len=True, check=_yarn_check))
+ROPE_SCALINGS.register("yarn_paper")(RopeScaling(
+    _yarn_paper, _YARN_FIELDS, "YaRN's paper form (ramp in r_i = L_train / lambda_i, "
+    "temperature)", needs_original_len=True, check=_yarn_check))
+ROPE_SCALINGS.register("llama3")(RopeScaling(
+    _llama3, (SCALE_FACTOR, ORIGINAL_MAX_LEN, LLAMA3_LOW, LLAMA3_HIGH), "Llama 3.1: keep "
+    "short wavelengths, interpolate long ones, blend between", needs_original_len=True,
+    check=_llama3_check))
+
+
+def scaling_fields() -> tuple[Field, ...]:
+  """Every field a registered scaling reads, each applying when a scaling that reads it is
+  chosen (``model.position.scaling``)."""
+  owners: dict[str, list[str]] = {}
+  fields: dict[str, Field] = {}
+  for name, entry in ROPE_SCALINGS.items():
+    for f in entry.fields:
+      fields.setdefault(f.name, f)
+      owners.setdefault(f.name, []).append(name)
+  return tuple(dataclasses.replace(f, applies=_scaling_in(tuple(owners[n])))
+               for n, f in fields.items())
+
+
+def _scaling_in(names: tuple[str, ...]):
+  return lambda block: block["scaling"] in names
+
+
 def scaled_frequencies(rotary_dim: int, theta: float = 10000.0, scaling: str = "none",
                        factor: float = 1.0, original_max_len: int | None = None,
                        seq_len: int | None = None, alpha: float = 1.0,
@@ -66,32 +209,14 @@ def scaled_frequencies(rotary_dim: int, theta: float = 10000.0, scaling: str = "
                        high_freq_factor: float = 4.0) -> tuple[np.ndarray, float]:
   """(theta'_i float64 ``[rotary_dim/2]``, q/k multiplier sqrt(1/t)) for a RoPE scaling."""
   if scaling not in ROPE_SCALINGS:
-    raise ValueError(f"RoPE scaling={scaling!r} is not valid; valid: {', '.join(ROPE_SCALINGS)}")
-  d = rotary_dim
-  freqs = _frequencies(d, theta)
-  if scaling == "none":
-    return freqs, 1.0
-  if scaling == "linear":
-    return freqs / factor, 1.0
-  if scaling == "ntk":
-    return _frequencies(d, theta * factor ** (d / (d - 2))), 1.0
-  if scaling == "dynamic_ntk":
-    length = max(seq_len, original_max_len)
-    grown = factor * length / original_max_len - (factor - 1)
-    return _frequencies(d, theta * grown ** (d / (d - 2))), 1.0
-  if scaling == "yarn":
-    low, high = yarn_correction_range(d, theta, original_max_len, alpha, beta)
-    ramp = np.clip((np.arange(d // 2, dtype=np.float64) - low)
-                   / ((high + 0.001 if high == low else high) - low), 0.0, 1.0)
-    return ramp * freqs / factor + (1 - ramp) * freqs, yarn_mscale(factor)
-  if scaling == "llama3":
-    wavelength = 2 * math.pi / freqs
-    smooth = np.clip((original_max_len / wavelength - low_freq_factor)
-                     / (high_freq_factor - low_freq_factor), 0.0, 1.0)
-    return (1 - smooth) * freqs / factor + smooth * freqs, 1.0
-  ratio = original_max_len / (2 * math.pi / freqs)           # yarn_paper
-  gamma = np.clip((ratio - alpha) / (beta - alpha), 0.0, 1.0)
-  return (1 - gamma) * freqs / factor + gamma * freqs, yarn_mscale(factor)
+    raise ValueError(f"RoPE scaling={scaling!r} is not valid; valid: "
+                     f"{', '.join(ROPE_SCALINGS.names())}")
+  settings = {"scale_factor": factor, "original_max_len": original_max_len,
+              "yarn_alpha": alpha, "yarn_beta": beta, "llama3_low_freq_factor": low_freq_factor,
+              "llama3_high_freq_factor": high_freq_factor}
+  entry = ROPE_SCALINGS.get(scaling)
+  return entry.frequencies(unscaled_frequencies(rotary_dim, theta), rotary_dim, theta,
+                           settings, seq_len)
 
 
 def rotate_half_split(x, angles, scale=None):
