@@ -4,22 +4,24 @@
       --kv_heads=4,1 [--steps=64 --repeats=3 --json=docs/bench_decode.json]
 
 For each context N and head layout (``num_kv_heads``) of the config's model (random
-weights: speed does not depend on them):
+weights: speed does not depend on them), what ``attnlab.generate`` runs
+(``attnlab.inference.generation``), greedy:
 
-- cached: prefill N - steps tokens, then time ``steps`` greedy decode steps (one jitted
-  loop; each step attends over an N-slot cache): tokens/s = steps / time;
-- recompute: one forward pass over N tokens per new token (what generation without a
-  cache does): tokens/s = 1 / time of that pass;
-- both continue the same prompt greedily, and the first ``check`` tokens must agree
-  (the comparison is of equal work);
-- cache bytes: the K/V arrays of the N-slot cache.
+- cached: prefill N - steps tokens, then time the decode loop for ``steps`` tokens (the
+  second half of ``generation.decode_program``: one jitted loop; each step attends over
+  the model's N-slot cache): tokens/s = steps / time;
+- recompute: generation without a cache (``generation.recompute_program``) for the N-th
+  token: one forward pass over the N - 1 tokens before it: tokens/s = 1 / time;
+- both continue the same prompt, and the first ``check`` tokens must agree (the
+  comparison is of equal work);
+- cache bytes: the K/V arrays of that cache (N slots; a pattern with a bounded look-back,
+  such as ``sliding_window``, decodes with a rolling cache of its window).
 
 Times are medians of ``repeats`` runs after a compiling run.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import pathlib
 import sys
@@ -34,8 +36,11 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from attnlab import config_lib, runtime
+from attnlab.inference import generation
 from attnlab.models import kv_cache
 from attnlab.models import TransformerLM, num_params
+
+GREEDY = generation.Sampling()          # temperature 0: argmax
 
 
 def with_kv_heads(config, kv_heads: int):
@@ -44,54 +49,45 @@ def with_kv_heads(config, kv_heads: int):
   return config_lib.resolve(cfg)
 
 
-@functools.lru_cache(maxsize=None)
-def cached_fns(model_cfg, context: int, steps: int):
-  """(prefill, decode): jitted greedy generation of ``steps`` tokens into an N-slot cache."""
-  model = TransformerLM(model_cfg)
-  layout = kv_cache.CacheLayout(capacity=context)
-
-  @jax.jit
-  def prefill(params, prompt):
-    cache = kv_cache.init_cache(model_cfg, prompt.shape[0], layout)
-    logits, cache = model.apply({"params": params}, prompt, cache=cache, prefill=True)
-    return cache, logits[:, -1]
-
-  @jax.jit
-  def decode(params, cache, logits):
-    def step(i, state):
-      cache, logits, out = state
-      tok = jnp.argmax(logits, -1).astype(jnp.int32)
-      logits, cache = model.apply({"params": params}, tok[:, None], cache=cache)
-      return cache, logits[:, 0], out.at[:, i].set(tok)
-    out = jnp.zeros((logits.shape[0], steps), jnp.int32)
-    return jax.lax.fori_loop(0, steps, step, (cache, logits, out))[2]
-
-  return prefill, decode
+def _buffer(prompt, total: int) -> jax.Array:
+  """The prompt, zero padded to ``total`` tokens: int32 [B, total] (generate's buffer)."""
+  prompt = jnp.asarray(prompt, jnp.int32)
+  return jnp.pad(prompt, ((0, 0), (0, total - prompt.shape[1])))
 
 
-@functools.lru_cache(maxsize=None)
-def recompute_fn(model_cfg):
-  """Jitted: the greedy token after position ``last`` from a full forward pass over
-  ``tokens`` [B, N] (later tokens cannot change it: the model is causal)."""
-  model = TransformerLM(model_cfg)
+def cached_decoder(model_cfg, prompt, steps: int):
+  """``generate``'s cached program for ``steps`` greedy tokens after ``prompt`` (int32
+  [B, n]), in the cache it would use (n + steps slots for a full-attention model):
+  (prefill(params) -> (cache, logits), decode(params, cache, logits) -> decode_loop's
+  outputs; ``new_tokens`` reads the int32 [B, steps] tokens from them)."""
+  batch, n = prompt.shape
+  total = n + steps
+  layout = generation.cache_layout(model_cfg, total, None)
+  prefill, decode = generation.decode_program(model_cfg, layout, batch, n, total, steps, GREEDY)
+  buf, lengths = _buffer(prompt, total), jnp.full((batch,), n, jnp.int32)
+  key = jax.random.PRNGKey(0)
+  return (lambda params: prefill(params, buf),
+          lambda params, cache, logits: decode(params, cache, logits, buf, lengths, key))
 
-  @jax.jit
-  def next_token(params, tokens, last):
-    logits = model.apply({"params": params}, tokens)
-    return jnp.argmax(jax.lax.dynamic_index_in_dim(logits, last, 1, False), -1).astype(jnp.int32)
-  return next_token
+
+def new_tokens(outputs, n: int) -> np.ndarray:
+  """The generated tokens of a program's outputs (tokens, counts, stopped, finite): int32
+  [B, total - n]; every logit they were chosen from must be finite."""
+  tokens, _, _, finite = jax.device_get(outputs)
+  if not finite:
+    raise FloatingPointError("the model's logits are not finite")
+  return np.asarray(tokens)[:, n:]
 
 
-def recompute_greedy(model_cfg, params, prompt, steps: int) -> np.ndarray:
-  """Greedy continuation by recomputation, one token at a time: int32 [B, steps].
-  Every step runs the model over the whole buffer (prompt + steps tokens, fixed shape)."""
-  fwd = recompute_fn(model_cfg)
-  n = prompt.shape[1]
-  buf = np.zeros((prompt.shape[0], n + steps), np.int32)
-  buf[:, :n] = np.asarray(prompt)
-  for i in range(steps):
-    buf[:, n + i] = np.asarray(fwd(params, jnp.asarray(buf), n + i - 1))
-  return buf[:, n:]
+def recompute_decoder(model_cfg, prompt, steps: int):
+  """``generate(use_cache=False)``'s program for ``steps`` greedy tokens after ``prompt``
+  (int32 [B, n]): run(params) -> its outputs (``new_tokens`` reads them). Every step is one
+  forward pass over n + steps - 1 tokens."""
+  batch, n = prompt.shape
+  run = generation.recompute_program(model_cfg, batch, n, n + steps, steps, GREEDY)
+  buf, lengths = _buffer(prompt, n + steps), jnp.full((batch,), n, jnp.int32)
+  key = jax.random.PRNGKey(0)
+  return lambda params: run(params, buf, lengths, key)
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -111,16 +107,17 @@ def measure(config, context: int, kv_heads: int, *, steps: int = 64, repeats: in
   model = TransformerLM(cfg.model)
   params = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 8), jnp.int32))["params"]
   rng = np.random.default_rng(seed)
-  prompt = jnp.asarray(rng.integers(0, cfg.model.vocab_size, (batch, context - steps)), jnp.int32)
-  prefill, decode = cached_fns(cfg.model, context, steps)
-  cache, logits = prefill(params, prompt)
+  n = context - steps
+  prompt = rng.integers(0, cfg.model.vocab_size, (batch, n)).astype(np.int32)
+  prefill, decode = cached_decoder(cfg.model, prompt, steps)
+  cache, logits = prefill(params)
   cached_s = _median_seconds(lambda: decode(params, cache, logits), repeats)
-  cached_tokens = np.asarray(decode(params, cache, logits))
-  full = jnp.asarray(rng.integers(0, cfg.model.vocab_size, (batch, context)), jnp.int32)
-  fwd = recompute_fn(cfg.model)
-  recompute_s = _median_seconds(lambda: fwd(params, full, context - 1), repeats)
+  cached_tokens = new_tokens(decode(params, cache, logits), n)
+  full = rng.integers(0, cfg.model.vocab_size, (batch, context - 1)).astype(np.int32)
+  recompute = recompute_decoder(cfg.model, full, 1)        # the N-th token, no cache
+  recompute_s = _median_seconds(lambda: recompute(params), repeats)
   agree = np.array_equal(cached_tokens[:, :check],
-                         recompute_greedy(cfg.model, params, prompt, check))
+                         new_tokens(recompute_decoder(cfg.model, prompt, check)(params), n))
   per_token_cached = cached_s / steps
   return {"context": context, "num_heads": int(cfg.model.attention.num_heads),
           "num_kv_heads": kv_heads, "params": num_params(params), "batch": batch,

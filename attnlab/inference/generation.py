@@ -15,6 +15,9 @@
 - Sampling: ``--temperature=0`` is greedy and deterministic; otherwise temperature,
   then top-k, then top-p, with keys from (seed, position): the same seed gives the
   same text. A row stops after a stop token (which is included in its text).
+- Programs: ``decode_program`` (prefill and decode loop, each compiled on its own) and
+  ``recompute_program`` are the programs ``generate`` runs, so ``scripts/bench_decode.py``
+  times the same code.
 """
 
 from __future__ import annotations
@@ -161,18 +164,62 @@ def decode_loop(model, params, cache, prompts, lengths, key, *, start: int, tota
   return buf, count, done, finite
 
 
+def _prefill(model, params, tokens, layout):
+  """An empty cache of ``layout`` after reading ``tokens`` (int32 [B, n]) in one pass:
+  (cache, logits [B, n, vocab])."""
+  cache = kv_cache.init_cache(model.cfg, tokens.shape[0], layout)
+  logits, cache = model.apply({"params": params}, tokens, cache=cache, prefill=True)
+  return cache, logits
+
+
+def _halves(model_cfg, layout, start, total, max_new, sampling, stop_tokens):
+  """``generate``'s cached program as two functions (not compiled): prefill(params, prompts)
+  -> (cache, logits [B, vocab] of position start - 1), and decode(params, cache, logits,
+  prompts, lengths, key) -> ``decode_loop``'s (tokens, counts, stopped, finite)."""
+  model = TransformerLM(model_cfg)
+
+  def prefill(params, prompts):
+    cache, logits = _prefill(model, params, prompts[:, :start], layout)
+    return cache, logits[:, -1]
+
+  def decode(params, cache, logits, prompts, lengths, key):
+    return decode_loop(model, params, cache, prompts, lengths, key, start=start, total=total,
+                       max_new=max_new, sampling=sampling, stop_tokens=stop_tokens,
+                       logits=logits)
+  return prefill, decode
+
+
 @functools.lru_cache(maxsize=16)
 def _compiled(model_cfg, layout, batch, start, total, max_new, sampling, stop_tokens):
-  model = TransformerLM(model_cfg)
+  del batch                               # a cache key: one program per batch size
+  prefill, decode = _halves(model_cfg, layout, start, total, max_new, sampling, stop_tokens)
 
   @jax.jit
   def run(params, prompts, lengths, key):
-    cache = kv_cache.init_cache(model_cfg, batch, layout)
-    logits, cache = model.apply({"params": params}, prompts[:, :start], cache=cache, prefill=True)
-    return decode_loop(model, params, cache, prompts, lengths, key, start=start, total=total,
-                       max_new=max_new, sampling=sampling, stop_tokens=stop_tokens,
-                       logits=logits[:, -1])
+    return decode(params, *prefill(params, prompts), prompts, lengths, key)
   return run
+
+
+@functools.lru_cache(maxsize=16)
+def decode_program(model_cfg, layout, batch: int, start: int, total: int, max_new: int,
+                   sampling: Sampling = Sampling(), stop_tokens: tuple = ()):
+  """``generate``'s cached program in its two halves, each jit-compiled on its own, so that
+  the decode loop can be timed without the prefill (``scripts/bench_decode.py``):
+
+  - ``prefill(params, prompts) -> (cache, logits)``: prompts int32 [batch, total] (zero
+    padded); reads ``prompts[:, :start]`` into an empty cache of ``layout`` (e.g.
+    ``cache_layout(model_cfg, total, None)``, the one ``generate`` uses); logits
+    [batch, vocab] of position ``start - 1``;
+  - ``decode(params, cache, logits, prompts, lengths, key)``: ``decode_loop`` from
+    position ``start``: (tokens int32 [batch, total], generated counts, stopped, finite).
+
+  ``generate`` runs ``decode(params, *prefill(params, prompts), prompts, lengths, key)`` as
+  one program: the same functions, so the tokens are the same.
+  """
+  del batch                               # a cache key, as in ``_compiled``
+  prefill, decode = _halves(model_cfg, layout, start, total, max_new, sampling,
+                            tuple(stop_tokens))
+  return jax.jit(prefill), jax.jit(decode)
 
 
 @functools.lru_cache(maxsize=16)
@@ -182,8 +229,7 @@ def _stream(model_cfg, layout, batch: int, total: int):
 
   @jax.jit
   def run(params, tokens):
-    cache = kv_cache.init_cache(model_cfg, batch, layout)
-    logits, cache = model.apply({"params": params}, tokens[:, :start], cache=cache, prefill=True)
+    cache, logits = _prefill(model, params, tokens[:, :start], layout)
     *_, recorded = decode_loop(model, params, cache, tokens, jnp.full((batch,), total, jnp.int32),
                                jax.random.PRNGKey(0), start=start, total=total, max_new=0,
                                sampling=Sampling(), stop_tokens=(), logits=logits[:, -1],
@@ -201,10 +247,14 @@ def stream_logits(model_cfg, params, tokens, layout) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled_recompute(model_cfg, batch, start, total, max_new, sampling, stop_tokens):
-  """The same loop without a cache: every step runs the model over the whole buffer but
-  its last slot, [B, total - 1] (fixed shape; causal, so later padding does not matter; the
-  last token is only ever predicted), and reads the logits of the last real position."""
+def recompute_program(model_cfg, batch: int, start: int, total: int, max_new: int,
+                      sampling: Sampling = Sampling(), stop_tokens: tuple = ()):
+  """``generate(use_cache=False)``'s program, jit-compiled: run(params, prompts, lengths,
+  key) -> (tokens int32 [batch, total], generated counts, stopped, finite), as
+  ``decode_program``'s halves give. The same loop without a cache: every step runs the
+  model over the whole buffer but its last slot, [B, total - 1] (fixed shape; causal, so
+  later padding does not matter; the last token is only ever predicted), and reads the
+  logits of the last real position."""
   model = TransformerLM(model_cfg)
 
   @jax.jit
@@ -255,8 +305,8 @@ def generate(cfg, params, prompts, max_new_tokens: int, sampling: Sampling = Sam
     run = _compiled(model_cfg, layout, len(prompts), start, total, max_new_tokens, sampling,
                     stop_tokens)
   else:
-    run = _compiled_recompute(model_cfg, len(prompts), start, total, max_new_tokens, sampling,
-                              stop_tokens)
+    run = recompute_program(model_cfg, len(prompts), start, total, max_new_tokens, sampling,
+                            stop_tokens)
   out, count, done, finite = jax.device_get(run(params, buf, lens, key))
   if not finite:
     raise ConfigError("the model's logits are not finite on this input (its parameters "
