@@ -1,4 +1,5 @@
-"""Helpers of experiments/induction_heads and experiments/attention_sinks, against oracles.
+"""Helpers of experiments/induction_heads, experiments/attention_sinks and
+experiments/streaming, against oracles.
 
 The runners' training loops are exercised by the studies themselves; here the pieces that
 decide what those studies measure are checked: the training data really repeats, the loss
@@ -14,7 +15,7 @@ import optax
 import pytest
 
 from attnlab.analysis import metrics
-from helpers import REPO
+from helpers import REPO, perturbed_model
 
 
 def _load(name: str, path: str):
@@ -26,6 +27,7 @@ def _load(name: str, path: str):
 
 induction = _load("induction_run", "experiments/induction_heads/run.py")
 sinks = _load("sinks_run", "experiments/attention_sinks/run.py")
+streaming = _load("streaming_run", "experiments/streaming/run.py")
 
 
 def _uniform_causal(n: int) -> np.ndarray:
@@ -163,3 +165,28 @@ def test_sinks_run_with_a_marker_measures_trained_and_initial_maps(tmp_path):
   md = (tmp_path / "out" / "results.md").read_text()
   assert md.startswith("Every training and validation window starts with byte 0.")
   assert (tmp_path / "out" / "results.png").stat().st_size > 0
+
+
+def test_streaming_first_token_attention_reads_the_layers_maps():
+  """The streaming study's sink diagnostic reads the maps the layers apply
+  (attnlab.analysis.capture): with the query and key projections zeroed every causal row
+  is uniform, so each layer and head puts exactly the study's ``uniform`` reference on the
+  first token (a map without the causal mask would put 1/L on it); with the perturbed
+  (sharp) weights it equals the captured maps' own average."""
+  import jax
+  import jax.numpy as jnp
+  from attnlab.analysis import capture
+  cfg, model, params = perturbed_model("rope")
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, 256, (3, 32)), jnp.int32)
+  query_min = 8
+  uniform = float(np.mean(1.0 / (np.arange(query_min, 32) + 1)))   # as run_study writes it
+  qk = 2 * cfg.model.d_model            # q and k columns of the fused projection (MHA)
+  flat = jax.tree_util.tree_map_with_path(
+      lambda path, x: x.at[:, :qk].set(0) if "qkv" in jax.tree_util.keystr(path) else x, params)
+  mass = np.array(streaming.first_token_attention(cfg.model, flat, tokens, query_min))
+  assert mass.shape == (cfg.model.num_layers, cfg.model.attention.num_heads)
+  np.testing.assert_allclose(mass, uniform, rtol=1e-4)
+  mass = np.array(streaming.first_token_attention(cfg.model, params, tokens, query_min))
+  _, maps = capture.capture_attention(model, params, tokens)
+  np.testing.assert_allclose(mass, maps[:, :, :, query_min:, 0].mean(axis=(1, 3)), atol=1e-5)
+  assert np.abs(mass - uniform).max() > 0.01            # sharp maps are not uniform

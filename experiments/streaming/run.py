@@ -27,7 +27,6 @@ import math
 import pathlib
 import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -38,13 +37,14 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from attnlab import workdir as workdir_lib
-from attnlab import data, positional, runtime
+from attnlab import data, runtime
 from attnlab.provenance import provenance
 from attnlab.engine import sweeps as sweep
 from attnlab.engine import training as train
 from attnlab.inference import generation
 from attnlab.models import kv_cache
-from attnlab.models import TransformerLM
+from attnlab.analysis import capture
+from attnlab.models import TransformerLM, build_lm
 
 LN2 = math.log(2.0)
 
@@ -97,32 +97,12 @@ def recompute_nll(model_cfg, params, inputs, targets, window: int, chunk: int = 
 
 def first_token_attention(model_cfg, params, inputs, query_min: int) -> list[list[float]]:
   """Attention probability on token 0, per layer and head (streams and queries at
-  positions >= ``query_min`` averaged): [layers][heads]. inputs: int32 [B, L]."""
-  model = TransformerLM(model_cfg)
-  _, state = model.apply({"params": params}, inputs, mutable=["intermediates"],
-                         capture_intermediates=lambda mdl, _: isinstance(mdl, nn.LayerNorm))
-  att = model_cfg.attention
-  heads, kv_heads = att.num_heads, att.num_kv_heads
-  head_dim = model_cfg.d_model // heads
-  scheme = positional.get_scheme(model_cfg.position)
-  batch, length = inputs.shape
-  positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
-  out = []
-  for i in range(model_cfg.num_layers):
-    h = state["intermediates"][f"block_{i}"]["norm_attention"]["__call__"][0]
-    blk = params[f"block_{i}"]["attention"]
-    qkv = (h @ blk["qkv"]["kernel"]).reshape(batch, length, heads + 2 * kv_heads, head_dim)
-    q, k = qkv[:, :, :heads], qkv[:, :, heads:heads + kv_heads]
-    q, k = scheme.rotate_qk(q, k, positions)
-    k = jnp.repeat(k, heads // kv_heads, axis=2)
-    s = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(head_dim)
-    bias = scheme.score_mod(heads, {n: blk[n] for n in scheme.attention_params(heads)}, None)
-    if bias is not None:
-      s = s + bias.dense(length, length)
-    s = jnp.where(jnp.tril(jnp.ones((length, length), bool)), s, -jnp.inf)
-    p = jax.nn.softmax(s, axis=-1)
-    out.append(np.asarray(p[:, :, query_min:, 0].mean(axis=(0, 2))).round(5).tolist())
-  return out
+  positions >= ``query_min`` averaged): [layers][heads]. inputs: int32 [B, L]. The maps
+  are the ones the layers apply (``attnlab.analysis.capture``: each layer's mask, position
+  scheme and bias, whatever the impl)."""
+  _, weights = capture.capture_attention(build_lm(model_cfg), params, inputs)
+  mass = weights[:, :, :, query_min:, 0].mean(axis=(1, 3))   # [layers, batch, heads, q, k]
+  return np.asarray(mass).round(5).tolist()
 
 
 def method_layouts(sc) -> dict:
