@@ -1,9 +1,11 @@
-"""``impl="auto"`` (``attnlab/attention/core.py``: ``AUTO_ORDER``, ``VERIFIED``,
-``choose_impl``): on each backend it picks the first verified implementation that serves
+"""``impl="auto"`` (``attnlab/attention/core.py``: ``choose_impl`` over each implementation's
+declared ``auto_rank`` and ``verified_on``): on each backend it picks the first verified
+implementation that serves
 the request, an unverified one only when nothing verified serves (and says so), and logs
 its choice once on accelerators. GPU and TPU are simulated by monkeypatching the backend.
 The table of verified kernels is tied to the committed check results in ``docs/gpu/``."""
 
+import dataclasses
 import json
 import logging
 import pathlib
@@ -23,6 +25,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def _qkv(dtype=jnp.float32, n=16, heads=2, d=16):
   rng = np.random.default_rng(0)
   return tuple(jnp.asarray(rng.standard_normal((1, n, heads, d)), dtype) for _ in range(3))
+
+
+def declare(monkeypatch, name, **changes):
+  """Replace the registered implementation ``name`` by a copy with ``changes`` (undone at
+  the end of the test)."""
+  monkeypatch.setitem(IMPLS._entries, name, dataclasses.replace(IMPLS.get(name), **changes))
 
 
 @pytest.fixture
@@ -62,14 +70,16 @@ def test_gpu_prefers_cudnn_then_tokamax_and_never_the_unverified_pallas_kernel(b
 
 def test_an_unverified_kernel_is_chosen_only_when_nothing_verified_serves(backend, monkeypatch):
   backend("gpu")
-  monkeypatch.setitem(core.AUTO_ORDER, "gpu", ("cudnn", "tokamax", "pallas"))
+  for name in ("xla", "reference", "blockwise"):      # auto on GPU: cudnn, tokamax, pallas
+    declare(monkeypatch, name, auto_rank={})
+  assert core.auto_order("gpu") == ("cudnn", "tokamax", "pallas")
   q, k, v = _qkv()
   name, why = core.choose_impl(q, k, v, strided(4), None)
   assert name == "pallas"
   assert "no verified impl serves this request, and pallas has no committed gpu check" in why
   # once a committed check verifies it, it is the preferred path for what only it serves
-  monkeypatch.setitem(core.VERIFIED, "gpu", core.VERIFIED["gpu"] + ("pallas",))
-  monkeypatch.setitem(core.AUTO_ORDER, "gpu", ("cudnn", "tokamax", "pallas", "xla"))
+  declare(monkeypatch, "pallas", verified_on=("gpu",))
+  declare(monkeypatch, "xla", auto_rank={"gpu": 4})
   name, why = core.choose_impl(q, k, v, strided(4), None)
   assert name == "pallas" and why.startswith("pallas: first verified impl on gpu")
 
@@ -79,9 +89,9 @@ def test_tpu_order_puts_the_fused_kernel_first_but_picks_it_only_when_verified(b
   backend("tpu")
   q, k, v = _qkv()
   name, why = core.choose_impl(q, k, v, masks.causal(), None)
-  assert core.AUTO_ORDER["tpu"][0] == "pallas" and name != "pallas"
+  assert core.auto_order("tpu")[0] == "pallas" and name != "pallas"
   assert "not chosen, unverified on tpu: pallas" in why
-  monkeypatch.setitem(core.VERIFIED, "tpu", core.VERIFIED["tpu"] + ("pallas",))
+  declare(monkeypatch, "pallas", verified_on=("tpu",))
   assert core.choose_impl(q, k, v, masks.causal(), None)[0] == "pallas"
 
 
@@ -130,14 +140,22 @@ def _passes(result, backend, name):
 
 def test_a_kernel_of_this_repository_is_verified_only_by_a_committed_passing_check():
   for backend in ("gpu", "tpu"):
-    for name in set(core.VERIFIED[backend]) & set(core.CHECKED_HERE):
-      assert any(_passes(r, backend, name) for _, r in _committed_checks()), (
-          f"core.VERIFIED[{backend!r}] lists {name!r}, but no committed docs/gpu/*.json shows "
-          f"its kernel tests passing on {backend}")
+    for name, spec in IMPLS.items():
+      if spec.checked_here and backend in spec.verified_on:
+        assert any(_passes(r, backend, name) for _, r in _committed_checks()), (
+            f"impl {name!r} declares verified_on={backend!r}, but no committed "
+            f"docs/gpu/*.json shows its kernel tests passing on {backend}")
 
 
-def test_the_tables_name_registered_impls_and_verify_only_what_they_order():
-  for backend, order in core.AUTO_ORDER.items():
-    assert set(order) <= set(IMPLS.names()), backend
-    assert set(core.VERIFIED[backend]) <= set(order), backend
-  assert set(core.AUTO_ORDER) == set(core.VERIFIED) == {"gpu", "tpu", "cpu"}
+def test_declarations_verify_only_what_auto_ranks_on_known_backends():
+  for name, spec in IMPLS.items():
+    assert set(spec.auto_rank) <= set(core.BACKENDS), name
+    assert set(spec.verified_on) <= set(spec.auto_rank), name
+  for backend in core.BACKENDS:
+    ranks = [spec.auto_rank[backend] for _, spec in IMPLS.items() if backend in spec.auto_rank]
+    assert len(ranks) == len(set(ranks)), f"two impls share a rank on {backend}"
+  # the documented orders (docs/kernels.md)
+  assert core.auto_order("gpu") == ("cudnn", "tokamax", "pallas", "xla", "reference",
+                                    "blockwise")
+  assert core.auto_order("tpu") == ("pallas", "tokamax", "xla", "reference", "blockwise")
+  assert core.auto_order("cpu") == ("xla", "reference", "blockwise")

@@ -13,17 +13,17 @@ Two checks:
   and tables without measured figures (feature lists, formulas) are listed as such.
 """
 
+import importlib.util
 import json
 import pathlib
 import re
-import sys
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import timed  # noqa: E402  (scripts/timed.py: the README's Quick start blocks)
+_spec = importlib.util.spec_from_file_location("timed", ROOT / "scripts" / "timed.py")
+timed = importlib.util.module_from_spec(_spec)   # the README's Quick start blocks
+_spec.loader.exec_module(timed)
 
 from attnlab import provenance  # noqa: E402
 

@@ -7,6 +7,7 @@ from attnlab.attention.core import (IMPLS, Implementation, choose_impl, dot_prod
                                     reference_weights, xla_attention)
 from attnlab.attention.kinds import KINDS
 from attnlab.attention.patterns import PATTERNS
+from attnlab.attention.score_mods import SCORE_MODS
 
 # Variants in modules of their own register themselves when imported:
 from attnlab.attention import pallas_impl, ring  # noqa: F401,E402  impls 'pallas', 'ring'
@@ -15,7 +16,7 @@ from attnlab.attention import tokamax_impl  # noqa: F401,E402  impl 'tokamax'
 from attnlab.attention import strided  # noqa: F401,E402  pattern 'strided'
 
 __all__ = [
-    "IMPLS", "Implementation", "KINDS", "PATTERNS", "blockwise_attention", "choose_impl",
+    "IMPLS", "Implementation", "KINDS", "PATTERNS", "SCORE_MODS", "blockwise_attention", "choose_impl",
     "dot_product_attention", "impl_names", "impl_options", "masks", "reference_attention", "reference_weights",
     "score_mods", "xla_attention",
 ]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Mapping
 from typing import Callable
 
 import jax
@@ -58,6 +59,16 @@ class Implementation:
   # from (masks.choose_tile) when the caller leaves block_q / block_kv unset; None for
   # untiled implementations
   tiles: tuple[int, int, int] | None = None
+  # materialises the [B, H, Nq, Nk] scores (auto avoids it above AUTO_DENSE_LIMIT_BYTES)
+  dense: bool = False
+  # its place in auto's order per backend ("gpu", "tpu", "cpu"; lower first); a backend
+  # it is not ranked on: auto never picks it there
+  auto_rank: Mapping[str, int] = dataclasses.field(default_factory=dict)
+  # backends where it counts as verified (auto prefers verified impls; see choose_impl)
+  verified_on: tuple[str, ...] = ()
+  # a kernel of this repository: verified on an accelerator only when a committed check
+  # result shows it passing there (docs/gpu/*.json; tests/test_auto.py ties the two)
+  checked_here: bool = False
 
 
 IMPLS: Registry[Implementation] = Registry("model.attention.impl")
@@ -158,47 +169,45 @@ def _blockwise_fn(q, k, v, *, mask=None, score_mod=None, scale: float,
                              block_q=block_q, block_kv=block_kv)
 
 
+# xla, reference and blockwise are plain jnp/lax programs: verified wherever JAX runs.
+_EVERYWHERE = ("gpu", "tpu", "cpu")
 IMPLS.register("reference")(Implementation(
-    reference_attention, doc="materialises scores; the oracle every path is tested against"))
+    reference_attention, doc="materialises scores; the oracle every path is tested against",
+    dense=True, auto_rank={"gpu": 5, "tpu": 4, "cpu": 2}, verified_on=_EVERYWHERE))
 IMPLS.register("xla")(Implementation(
-    xla_attention, _xla_unsupported, doc="jax.nn.dot_product_attention(implementation='xla')"))
+    xla_attention, _xla_unsupported, doc="jax.nn.dot_product_attention(implementation='xla')",
+    dense=True, auto_rank={"gpu": 4, "tpu": 3, "cpu": 1}, verified_on=_EVERYWHERE))
 IMPLS.register("blockwise")(Implementation(
     _blockwise_fn, doc="pure-JAX tiled online softmax; O(N) memory; skips empty tiles",
     # measured on 2 CPU cores (N = 16k, 4 heads, d = 64, fwd+bwd; docs/bench_tiles.md):
     # 256 is the fastest dense tile (512 and 128 are slower), 64 the fastest for BigBird
     # blocks of 64; a tile step costs about half a 256 x 256 tile of scores
-    options=(BLOCK_Q, BLOCK_KV), tiles=(64, 256, 2**15)))
+    options=(BLOCK_Q, BLOCK_KV), tiles=(64, 256, 2**15),
+    auto_rank={"gpu": 6, "tpu": 5, "cpu": 3}, verified_on=_EVERYWHERE))
 
 # Above this many score-matrix bytes, ``auto`` avoids the dense paths.
 AUTO_DENSE_LIMIT_BYTES = 64 * 2**20
-DENSE_IMPLS = ("xla", "reference")       # they materialise the [B, H, N, N] scores
+BACKENDS = ("gpu", "tpu", "cpu")
 
-# ``auto``: per backend, the implementations it considers, in order of preference ...
-AUTO_ORDER = {
-    "gpu": ("cudnn", "tokamax", "pallas", "xla", "reference", "blockwise"),
-    "tpu": ("pallas", "tokamax", "xla", "reference", "blockwise"),
-    "cpu": ("xla", "reference", "blockwise"),
-}
-# ... and those verified there. This repository's own kernels (``CHECKED_HERE``) count as
-# verified on an accelerator only when a committed check result shows them passing there
-# (docs/gpu/*.json, written by scripts/gpu_check.py; tests/test_auto.py keeps this table
-# and those files together). cuDNN (through jax.nn) and tokamax are kernels their
-# maintainers test on their backends; what attnlab adds, the mapping of a request to their
-# arguments, is tested against the reference on CPU (tests/test_tokamax.py,
-# tests/test_auto.py). xla, reference and blockwise are plain jnp/lax programs.
-CHECKED_HERE = ("pallas",)
-VERIFIED = {
-    "gpu": ("cudnn", "tokamax", "xla", "reference", "blockwise"),   # pallas: no GPU check yet
-    "tpu": ("tokamax", "xla", "reference", "blockwise"),            # pallas: TPU interpreter only
-    "cpu": ("xla", "reference", "blockwise"),
-}
+
+def auto_order(backend: str) -> tuple[str, ...]:
+  """The implementations ``auto`` considers on ``backend``, in order of preference (each
+  entry's ``auto_rank``)."""
+  ranked = [(spec.auto_rank[backend], name) for name, spec in IMPLS.items()
+            if backend in spec.auto_rank]
+  return tuple(name for _, name in sorted(ranked))
+
+
+def verified(backend: str) -> tuple[str, ...]:
+  """The implementations verified on ``backend`` (each entry's ``verified_on``)."""
+  return tuple(name for name, spec in IMPLS.items() if backend in spec.verified_on)
 
 
 def choose_impl(q, k, v, mask, score_mod) -> tuple[str, str]:
   """``impl='auto'``: (chosen name, reason).
 
   With the sequence sharded over a mesh, the impl that shards it. Otherwise the first
-  implementation of ``AUTO_ORDER[backend]`` that is verified there (``VERIFIED``) and
+  implementation of ``auto_order(backend)`` that is verified there (``verified``) and
   serves the request (the dense ones only while the score matrix is under
   ``AUTO_DENSE_LIMIT_BYTES``); an unverified one only when no verified one serves, and
   the reason says so. The reason also says why the preferred ones were passed over.
@@ -214,19 +223,18 @@ def choose_impl(q, k, v, mask, score_mod) -> tuple[str, str]:
     raise ConfigError(f"the mesh shards the sequence, but no sequence-sharded impl can serve "
                       f"this request: {'; '.join(reasons) or 'none is registered'}")
   backend = jax.default_backend()
-  backend = backend if backend in AUTO_ORDER else "cpu"
+  backend = backend if backend in BACKENDS else "cpu"
   score_bytes = 4 * q.shape[0] * q.shape[2] * q.shape[1] * k.shape[1]
   passed, unverified = [], []
-  for name in AUTO_ORDER[backend]:
-    if name not in IMPLS:
-      continue
-    if name in DENSE_IMPLS and score_bytes > AUTO_DENSE_LIMIT_BYTES:
+  for name in auto_order(backend):
+    spec = IMPLS.get(name)
+    if spec.dense and score_bytes > AUTO_DENSE_LIMIT_BYTES:
       passed.append(f"{name}: the score matrix would take {score_bytes / 2**20:.0f} MiB")
       continue
-    why_not = IMPLS.get(name).unsupported(q, k, v, mask, score_mod)
+    why_not = spec.unsupported(q, k, v, mask, score_mod)
     if why_not:
       passed.append(f"{name}: {why_not}")
-    elif name not in VERIFIED[backend]:
+    elif backend not in spec.verified_on:
       unverified.append(name)
     else:
       return name, _reason(f"{name}: first verified impl on {backend} that serves the request",

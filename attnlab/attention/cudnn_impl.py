@@ -69,4 +69,7 @@ def cudnn_attention(q, k, v, *, mask=None, score_mod=None, scale: float, **unuse
 IMPLS.register("cudnn")(Implementation(
     cudnn_attention, cudnn_unsupported,
     doc="cuDNN fused flash attention (NVIDIA GPU; float16/bfloat16; full, causal or causal "
-        "sliding window; additive biases)"))
+        "sliding window; additive biases)",
+    # NVIDIA tests cuDNN; what attnlab adds (the mapping of a request to jax.nn's
+    # arguments) is tested against the reference on CPU (tests/test_auto.py)
+    auto_rank={"gpu": 1}, verified_on=("gpu",)))

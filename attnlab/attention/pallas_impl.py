@@ -8,8 +8,8 @@ The adapter translates the impl contract into ``pallas_kernels.flash_attention``
   pattern in-kernel; other static patterns (BigBird, random keys, per-head
   draws, dense boolean masks) get a tile-mask table with one row per distinct
   partial tile; ``segments`` become in-kernel segment ids;
-- any score modifier runs in the kernel: its leaves are split by head
-  (``select_heads``), and the kernel calls the modifier for one head on each visited
+- any score modifier runs in the kernel: its per-head leaves (declared,
+  ``ScoreMod.per_head``) are split by head (``select_heads``), and the kernel calls the modifier for one head on each visited
   tile and differentiates it there (``jax.vjp``), so every float leaf gets gradients.
   A modifier that cannot lower (a gather, an unsupported primitive, a non-float or
   oversized leaf) is refused with the reason (``score_mod_problem``).
@@ -233,8 +233,9 @@ def _score_mod_problem(treedef, avals: tuple, heads: int) -> str | None:
     return f"impl='pallas': {name} failed on one head's tile ({type(e).__name__}: {e})" + refusal
   if out.shape != (1, 1, _PROBE, _PROBE):
     return (f"impl='pallas' evaluates {name} one head at a time; for one head's tile of "
-            f"scores [1, 1, {_PROBE}, {_PROBE}] it returned {list(out.shape)}: its select_heads"
-            f"(first, count) must restrict its per-head leaves" + refusal)
+            f"scores [1, 1, {_PROBE}, {_PROBE}] it returned {list(out.shape)}: declare its "
+            f"per-head leaves (pytree_dataclass(data=..., per_head=...)) so that "
+            f"select_heads(first, count) restricts them" + refusal)
 
   def value_and_grads(leaves, s, q_idx, kv_idx):
     out, back = jax.vjp(lambda s_, l_: one_head(l_, s_, q_idx, kv_idx), s, leaves)
@@ -339,4 +340,6 @@ IMPLS.register("pallas")(Implementation(
     doc="fused Pallas flash attention (GPU; CPU in interpret mode): block-sparse, any "
         "score modifier in-kernel, custom backward",
     options=(BLOCK_Q, BLOCK_KV), decode=pallas_decode,
-    tiles=(64, MAX_BLOCK, 2**13)))   # per-tile overhead not yet measured on a GPU
+    tiles=(64, MAX_BLOCK, 2**13),    # per-tile overhead not yet measured on a GPU
+    # first on TPU, third on GPU; verified nowhere yet: no committed GPU/TPU check
+    auto_rank={"gpu": 3, "tpu": 1}, verified_on=(), checked_here=True))

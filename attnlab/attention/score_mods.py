@@ -14,9 +14,15 @@ Every implementation calls the modifier itself (the fused Pallas kernel on each 
 tile, one head at a time, and differentiates it there), so no implementation switches on
 modifier types. A modifier answers for itself the rest:
 
-- ``select_heads(first, count)``: the modifier restricted to a range of heads (tensor-
-  parallel ring attention);
+- ``per_head``: which leaves are indexed by head (declared with
+  ``pytree_dataclass(data=..., per_head=...)``); ``select_heads(first, count)``, the
+  modifier restricted to a range of heads (the kernel, tensor-parallel ring attention),
+  slices them, so a modifier's author writes only its function;
 - ``explicit_positions``: whether it reads positions other than the query/key indices.
+
+``SCORE_MODS`` registers every modifier attnlab ships with an example instance, so the
+conformance suite (``tests/test_conformance.py``) checks each one through every
+implementation that serves it, leaf gradients included.
 
 Inside a Pallas kernel a gather (``table[index]`` with traced indices) does not lower:
 look small tables up with ``lookup(table, index)``, which is a gather elsewhere and a
@@ -39,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attnlab.attention.pytree import pytree_dataclass
+from attnlab.registry import Registry
 
 
 _KERNEL = threading.local()
@@ -80,14 +87,21 @@ def lookup(table, index):
 class ScoreMod(abc.ABC):
   """Base class: a function of the attention logits and the positions."""
 
+  # {leaf name: axis} of the leaves indexed by head (pytree_dataclass(per_head=...))
+  per_head: dict = {}
+
   @abc.abstractmethod
   def __call__(self, scores: jax.Array, q_idx: jax.Array, kv_idx: jax.Array) -> jax.Array:
     """Modified float32 scores, same shape as ``scores`` ``[batch, heads, q, k]``."""
 
   def select_heads(self, first, count: int) -> "ScoreMod":
-    """This modifier for heads ``first .. first + count - 1`` only (``first`` may be traced).
-    The default suits modifiers that treat every head alike."""
-    return self
+    """This modifier for heads ``first .. first + count - 1`` only (``first`` may be traced):
+    every ``per_head`` leaf sliced along its head axis; the others as they are."""
+    if not self.per_head:
+      return self
+    return dataclasses.replace(self, **{
+        name: jax.lax.dynamic_slice_in_dim(jnp.asarray(getattr(self, name)), first, count, axis)
+        for name, axis in self.per_head.items() if getattr(self, name) is not None})
 
   @property
   def explicit_positions(self) -> bool:
@@ -123,6 +137,13 @@ class DenseBias(AdditiveBias):
     cols = jnp.clip(kv_idx[0], 0, a.shape[3] - 1)
     return a[:, :, rows][:, :, :, cols]
 
+  def select_heads(self, first, count):
+    a = jnp.asarray(self.array)
+    a = a.reshape((1,) * (4 - a.ndim) + a.shape)
+    if a.shape[1] == 1:             # broadcast over heads: the same for every head
+      return self
+    return DenseBias(array=jax.lax.dynamic_slice_in_dim(a, first, count, 1))
+
 
 @pytree_dataclass
 class SoftCap(ScoreMod):
@@ -150,7 +171,7 @@ class Compose(ScoreMod):
     return self.first.explicit_positions or self.second.explicit_positions
 
 
-@pytree_dataclass(data=("slopes", "positions"))
+@pytree_dataclass(data=("slopes", "positions"), per_head=("slopes",))
 class AlibiBias(AdditiveBias):
   """ALiBi (Press et al. 2022): ``-slope_h * |p_i - p_j|``; for causal attention exactly the
   paper's ``-m_h (i - j)``.
@@ -171,10 +192,6 @@ class AlibiBias(AdditiveBias):
     p_k = jnp.take(pos, kv_idx[0], axis=1, mode="clip")                      # [B, k]
     distance = jnp.abs(p_q[:, :, None] - p_k[:, None, :]).astype(jnp.float32)
     return -slopes[None, :, None, None] * distance[:, None]                   # [B, H, q, k]
-
-  def select_heads(self, first, count):
-    return AlibiBias(slopes=jax.lax.dynamic_slice_in_dim(jnp.asarray(self.slopes), first, count),
-                     positions=self.positions)
 
   @property
   def explicit_positions(self):
@@ -207,7 +224,7 @@ def t5_buckets(relative_position, *, bidirectional: bool, num_buckets: int = 32,
   return offset + jnp.where(n < max_exact, n, large)
 
 
-@pytree_dataclass(data=("table",))
+@pytree_dataclass(data=("table",), per_head={"table": 1})
 class T5Bias(AdditiveBias):
   """T5 relative bias (Raffel et al. 2020): ``table[bucket(j - i), h]`` added to the logits;
   ``table``: float ``[num_buckets, heads]``."""
@@ -221,9 +238,58 @@ class T5Bias(AdditiveBias):
                          num_buckets=self.num_buckets, max_distance=self.max_distance)  # [q, k]
     return jnp.moveaxis(lookup(jnp.asarray(self.table, jnp.float32), buckets), -1, 0)
 
-  def select_heads(self, first, count):
-    return dataclasses.replace(
-        self, table=jax.lax.dynamic_slice_in_dim(jnp.asarray(self.table), first, count, 1))
+
+# ----------------------------------------------------------------------------- the registry
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreModSpec:
+  """An entry of ``SCORE_MODS``: a modifier attnlab ships, and how to make one to test it by.
+
+  ``example(heads, batch, length, key) -> ScoreMod``: an instance for ``heads`` heads
+  (self-attention over ``length`` tokens, ``batch`` rows), its learned leaves at random
+  values of the scale training gives them. The conformance suite runs every entry through
+  every implementation that serves it, values and gradients (leaves included).
+  """
+  example: Any
+  doc: str = ""
+
+
+SCORE_MODS: Registry[ScoreModSpec] = Registry("score modifier")
+
+
+def _normal(key, shape, scale=1.0):
+  return scale * jax.random.normal(key, shape, jnp.float32)
+
+
+SCORE_MODS.register("soft_cap")(ScoreModSpec(
+    lambda heads, batch, length, key: SoftCap(cap=1.5),
+    "cap * tanh(s / cap) (Gemma 2)"))
+SCORE_MODS.register("alibi")(ScoreModSpec(
+    lambda heads, batch, length, key: AlibiBias(
+        slopes=jnp.abs(_normal(key, (heads,), 0.3)) + 0.05),
+    "-slope_h |i - j| (learnable slopes)"))
+SCORE_MODS.register("alibi_positions")(ScoreModSpec(
+    lambda heads, batch, length, key: AlibiBias(
+        slopes=jnp.abs(_normal(key, (heads,), 0.3)) + 0.05,
+        positions=jnp.sort(jax.random.choice(jax.random.fold_in(key, 1), 4 * length,
+                                             (batch, length), replace=False), axis=-1)),
+    "ALiBi at explicit (randomized) positions"))
+SCORE_MODS.register("t5")(ScoreModSpec(
+    lambda heads, batch, length, key: T5Bias(table=_normal(key, (8, heads)),
+                                             bidirectional=False, num_buckets=8, max_distance=20),
+    "T5's causal bucket table"))
+SCORE_MODS.register("t5_bidirectional")(ScoreModSpec(
+    lambda heads, batch, length, key: T5Bias(table=_normal(key, (8, heads)),
+                                             bidirectional=True, num_buckets=8, max_distance=20),
+    "T5's bidirectional bucket table"))
+SCORE_MODS.register("dense_bias")(ScoreModSpec(
+    lambda heads, batch, length, key: DenseBias(array=_normal(key, (1, heads, length, length))),
+    "an explicit bias array [1, H, N, N]"))
+SCORE_MODS.register("alibi_then_soft_cap")(ScoreModSpec(
+    lambda heads, batch, length, key: Compose(
+        AlibiBias(slopes=jnp.abs(_normal(key, (heads,), 0.3)) + 0.05), SoftCap(cap=2.0)),
+    "Compose(ALiBi, soft-cap)"))
 
 
 def soft_cap(cap: float) -> ScoreMod:

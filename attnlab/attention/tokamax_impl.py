@@ -129,4 +129,7 @@ IMPLS.register("tokamax")(Implementation(
     doc="tokamax.dot_product_attention (Mosaic-GPU, Triton, cuDNN, XLA, chunked XLA): banded "
         "patterns, additive biases, soft-cap; optional dependency",
     options=(Field("tokamax_implementation", "auto", "impl=tokamax: which of its "
-                   "implementations (auto: tokamax chooses)", choices=IMPLEMENTATIONS),)))
+                   "implementations (auto: tokamax chooses)", choices=IMPLEMENTATIONS),),
+    # tokamax's maintainers test its kernels; attnlab's mapping is tested against the
+    # reference on CPU (tests/test_tokamax.py)
+    auto_rank={"gpu": 2, "tpu": 2}, verified_on=("gpu", "tpu")))

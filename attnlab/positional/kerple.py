@@ -20,13 +20,13 @@ import jax
 import jax.numpy as jnp
 
 from attnlab.attention.pytree import pytree_dataclass
-from attnlab.attention.score_mods import AdditiveBias
+from attnlab.attention.score_mods import SCORE_MODS, AdditiveBias, ScoreModSpec
 from attnlab.positional import POSITIONS, ParamSpec, PositionScheme
 
 EPS = 1e-2
 
 
-@pytree_dataclass(data=("r1", "r2"))
+@pytree_dataclass(data=("r1", "r2"), per_head=("r1", "r2"))
 class KerpleLogBias(AdditiveBias):
   """``-max(r1_h, EPS) * log(1 + max(r2_h, EPS) * |i - j|)``; ``r1``, ``r2``: float ``[heads]``."""
   r1: Any
@@ -38,9 +38,12 @@ class KerpleLogBias(AdditiveBias):
     distance = jnp.abs(q_idx - kv_idx).astype(jnp.float32)                  # [q, k]
     return -r1 * jnp.log1p(r2 * distance)                                    # [H, q, k]
 
-  def select_heads(self, first, count):
-    take = lambda r: jax.lax.dynamic_slice_in_dim(jnp.asarray(r), first, count)  # noqa: E731
-    return KerpleLogBias(r1=take(self.r1), r2=take(self.r2))
+
+SCORE_MODS.register("kerple")(ScoreModSpec(
+    lambda heads, batch, length, key: KerpleLogBias(
+        r1=jax.random.uniform(key, (heads,), jnp.float32, 0.1, 2.0),
+        r2=jax.random.uniform(jax.random.fold_in(key, 1), (heads,), jnp.float32, 0.1, 1.0)),
+    "KERPLE-log: -r1_h log(1 + r2_h |i - j|)"))
 
 
 def _uniform(high: float):
