@@ -24,6 +24,12 @@ modifier, every position scheme with every pattern) are marked ``slow``.
 
 from __future__ import annotations
 
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -279,3 +285,18 @@ def test_layouts_follow_the_declared_look_back():
       pinned, lookback = bounded
       assert (layout.capacity, layout.pinned, layout.lookback) == (
           pinned + lookback + 1, pinned, lookback), name
+
+
+@pytest.mark.slow
+def test_ring_serves_every_pattern_and_modifier_on_a_sequence_mesh():
+  """``impl='ring'`` needs a mesh that shards the sequence: the same impl checks on 4
+  virtual devices (tests/ring_conformance_worker.py), every pattern and modifier."""
+  tests = pathlib.Path(__file__).resolve().parent
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      filter(None, [str(tests.parent), str(tests), os.environ.get("PYTHONPATH")])))
+  done = subprocess.run([sys.executable, str(tests / "ring_conformance_worker.py")],
+                        capture_output=True, text=True, timeout=1200, env=env)
+  assert done.returncode == 0, done.stderr[-3000:]
+  report = json.loads(done.stdout.strip().splitlines()[-1])
+  assert not report["failed"], report["failed"]
+  assert len(report["passed"]) >= 10, report

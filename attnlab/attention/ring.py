@@ -74,9 +74,11 @@ def _axis_size(mesh, name: str) -> int:
   return dict(zip(mesh.axis_names, mesh.axis_sizes)).get(name, 1)
 
 
-def _ring_shard(q, k, v, q_pos, kv_pos, *, mask, score_mod, scale, shards, kv_sharded,
-                heads_per_shard, group):
-  """Per-device body. q [b, n, h, D], k/v [b, n, hkv, D], positions [n] (global)."""
+def _ring_shard(q, k, v, q_pos, kv_pos, mod_leaves, *, mask, mod_def, scale, shards,
+                kv_sharded, heads_per_shard, group):
+  """Per-device body. q [b, n, h, D], k/v [b, n, hkv, D], positions [n] (global);
+  mod_leaves: the score modifier's leaves (replicated), rebuilt with ``mod_def``."""
+  score_mod = None if mod_def is None else jax.tree_util.tree_unflatten(mod_def, mod_leaves)
   if heads_per_shard and score_mod is not None:
     score_mod = score_mod.select_heads(lax.axis_index(HEAD_AXIS) * heads_per_shard,
                                        heads_per_shard)
@@ -149,8 +151,12 @@ def ring_attention(q, k, v, *, mask=None, score_mod=None, scale: float, mesh=Non
     q, k, v = (jnp.take(x, order, axis=1) for x in (q, k, v))
   pos = jnp.asarray(order, jnp.int32)
 
+  # the modifier's leaves (learned slopes, tables) enter the map as replicated inputs: a
+  # closed-over array carries the outer mesh's sharding, which the per-device body rejects
+  mod_leaves, mod_def = (jax.tree_util.tree_flatten(score_mod) if score_mod is not None
+                         else ([], None))
   body = functools.partial(
-      _ring_shard, mask=mask, score_mod=score_mod, scale=scale, shards=shards,
+      _ring_shard, mask=mask, mod_def=mod_def, scale=scale, shards=shards,
       kv_sharded=kv_sharded, heads_per_shard=heads // tensor if head_spec else 0,
       group=heads // kv_heads)
   out = jax.shard_map(
@@ -158,9 +164,9 @@ def ring_attention(q, k, v, *, mask=None, score_mod=None, scale: float, mesh=Non
       in_specs=(P(batch_spec, SEQUENCE_AXIS, head_spec, None),
                 P(batch_spec, SEQUENCE_AXIS, kv_head_spec, None),
                 P(batch_spec, SEQUENCE_AXIS, kv_head_spec, None),
-                P(SEQUENCE_AXIS), P(SEQUENCE_AXIS)),
+                P(SEQUENCE_AXIS), P(SEQUENCE_AXIS), [P()] * len(mod_leaves)),
       out_specs=P(batch_spec, SEQUENCE_AXIS, head_spec, None), check_vma=False,
-  )(q, k, v, pos, pos)
+  )(q, k, v, pos, pos, list(mod_leaves))
   if layout != "contiguous":
     out = jnp.take(out, np.argsort(order), axis=1)
   return out
