@@ -44,6 +44,7 @@ def _record_attention_calls(monkeypatch):
   return calls
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("position,overrides", [
     ("rope", {}),
     ("alibi", {"model__attention__num_kv_heads": 2}),          # GQA + additive bias

@@ -103,6 +103,7 @@ def test_sink_stats_per_layer_mean_and_largest_head():
   np.testing.assert_allclose(stats["per_head"][1], [uniform, uniform, 1.0])
 
 
+@pytest.mark.slow   # a run of the real runner; the induction metric is checked above
 def test_induction_run_at_initialisation_scores_as_uniform_attention(tmp_path):
   """Two steps of the real runner: at step 0 every head is near-uniform (tiny random init),
   so its induction score is close to the uniform-attention value the table quotes; the
@@ -141,6 +142,7 @@ def test_with_bos_leads_every_window_with_the_marker():
     np.testing.assert_array_equal(inputs[:, 1:], targets[:, :-1])  # next-token pairs
 
 
+@pytest.mark.slow   # a run of the real runner; the sink metric and the marker are checked above
 def test_sinks_run_with_a_marker_measures_trained_and_initial_maps(tmp_path):
   """Two steps of the real runner with a BOS byte: the table and plot are written, the
   marker is recorded, and the initial sink mass of NoPE (near-uniform attention at a tiny

@@ -37,6 +37,7 @@ def workdir(tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow
 def test_cli_writes_maps_metrics_and_viewer(workdir, tmp_path):
   out = tmp_path / "out"
   env = dict(os.environ, JAX_PLATFORMS="cpu")

@@ -24,6 +24,7 @@ def bench():
   return module
 
 
+@pytest.mark.slow
 def test_cached_loop_equals_recomputation_and_bytes_follow_the_formula(bench):
   config = tiny_config("rope")
   row = bench.measure(config, context=40, kv_heads=2, steps=8, repeats=1, check=8)

@@ -106,8 +106,11 @@ def _batch(lengths, width, seed=0):
 
 
 @pytest.mark.parametrize("preset,rnn", [
-    ("gru_bahdanau", {}), ("lstm_luong", {"luong_score": "dot", "bidirectional": False}),
-    ("gru_luong", {"luong_score": "concat", "input_feeding": False})])
+    ("gru_bahdanau", {}),     # the default tier runs the first case, the slow tier the others
+    pytest.param("lstm_luong", {"luong_score": "dot", "bidirectional": False},
+                 marks=pytest.mark.slow),
+    pytest.param("gru_luong", {"luong_score": "concat", "input_feeding": False},
+                 marks=pytest.mark.slow)])
 def test_model_attention_weights_sum_to_one_and_skip_source_padding(preset, rnn):
   cfg = _model_cfg(preset, **rnn)
   model = seq2seq.build(cfg)
@@ -125,7 +128,7 @@ def test_model_attention_weights_sum_to_one_and_skip_source_padding(preset, rnn)
   np.testing.assert_allclose(np.asarray(weights2)[..., :7], weights, atol=1e-6)
 
 
-@pytest.mark.parametrize("preset", ["gru", "transformer"])
+@pytest.mark.parametrize("preset", ["gru", pytest.param("transformer", marks=pytest.mark.slow)])
 def test_models_without_rnn_attention_ignore_source_padding(preset):
   cfg = _model_cfg(preset)
   model = seq2seq.build(cfg)

@@ -81,6 +81,7 @@ def test_unknown_preset_lists_the_valid_ones():
     assert name in str(info.value)
 
 
+@pytest.mark.slow
 def test_resuming_with_a_different_config_is_refused(tmp_path):
   train.train_and_evaluate(tiny_config("rope", train__steps=3, train__warmup_steps=1),
                            tmp_path, progress=False)

@@ -196,6 +196,7 @@ def _cli(*args):
                         capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_cli_prints_the_greedy_continuation(workdir):
   from attnlab import data
   cfg, params, _ = workdir_lib.restore_params(workdir)

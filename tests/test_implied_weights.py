@@ -32,9 +32,9 @@ def _apply(weights, v):
 
 
 @pytest.mark.parametrize("causal,n,chunk,buckets,hashes", [
-    (True, 45, 8, 4, 3),      # 6 chunks, the last padded, 3 rounds
-    (False, 40, 8, 4, 2),
-    (True, 20, 64, 8, 1),     # one chunk holds everything
+    (True, 45, 8, 4, 3),      # 6 chunks, the last padded, 3 rounds (the slow tier: the others)
+    pytest.param(False, 40, 8, 4, 2, marks=pytest.mark.slow),
+    pytest.param(True, 20, 64, 8, 1, marks=pytest.mark.slow),     # one chunk holds everything
 ])
 def test_lsh_weights_reproduce_lsh_attention(causal, n, chunk, buckets, hashes):
   b, h, d, dv = 2, 2, 8, 5
@@ -71,7 +71,10 @@ def test_lsh_weights_single_bucket_by_hand():
   assert w[0, 0] == pytest.approx(1.0) and w[1, 0] == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("causal,heads,kv_heads", [(True, 4, 2), (False, 4, 4), (True, 2, 1)])
+@pytest.mark.parametrize("causal,heads,kv_heads", [
+    (True, 4, 2),   # the other cases run in the slow tier
+    pytest.param(False, 4, 4, marks=pytest.mark.slow),
+    pytest.param(True, 2, 1, marks=pytest.mark.slow)])
 def test_performer_weights_reproduce_performer_attention(causal, heads, kv_heads):
   b, n, d = 2, 37, 8
   q, k, v = _normal(5, (b, n, heads, d)), _normal(6, (b, n, kv_heads, d)), _normal(7, (b, n, kv_heads, 3))
@@ -86,6 +89,7 @@ def test_performer_weights_reproduce_performer_attention(causal, heads, kv_heads
     assert np.abs(np.triu(w, 1)).max() == 0.0
 
 
+@pytest.mark.slow
 def test_performer_weights_approach_softmax_with_more_features():
   b, n, h, d = 1, 16, 2, 8
   q, k = _normal(8, (b, n, h, d)) * 0.5, _normal(9, (b, n, h, d)) * 0.5
@@ -117,6 +121,7 @@ def test_linear_weights_by_hand():
   np.testing.assert_allclose(w[0], [1.0, 0.0], rtol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,extra", [
     ("lsh", {"model__attention__lsh_chunk": 8, "model__attention__lsh_buckets": 4}),
     ("performer", {"model__attention__num_features": 16, "model__attention__num_kv_heads": 2}),

@@ -237,6 +237,7 @@ def test_t5_buckets_match_the_formula_everywhere():
     assert got.tolist() == [t5_bucket_py(int(r), bidirectional, 16, 64) for r in rel]
 
 
+@pytest.mark.slow
 def test_t5_bias_through_every_impl_with_table_gradients():
   rng = np.random.default_rng(7)
   n, heads = 29, 4
@@ -315,7 +316,8 @@ def test_alibi_with_explicit_positions_uses_their_distances():
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["sinusoidal", "learned", "rope", "alibi"])
+@pytest.mark.parametrize("kind", ["sinusoidal"] + [   # the other kinds in the slow tier
+    pytest.param(kind, marks=pytest.mark.slow) for kind in ("learned", "rope", "alibi")])
 def test_training_step_uses_the_randomized_positions(kind):
   """The step's loss equals the loss at the positions drawn from (seed, step), not at 0..n-1."""
   from helpers import tiny_config

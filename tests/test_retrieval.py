@@ -75,6 +75,7 @@ def _tiny(corpus="passkey"):
   return cfg
 
 
+@pytest.mark.slow
 def test_weighted_loss_scores_only_the_answer():
   cfg = config_lib.resolve(_tiny())
   model = TransformerLM(cfg.model)

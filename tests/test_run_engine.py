@@ -62,6 +62,7 @@ def test_task_results_belong_to_the_model_that_produced_them(tmp_path):
   assert cached["fingerprint"]["params_sha256"] == workdir_lib.params_digest(params)
 
 
+@pytest.mark.slow
 def test_lm_sweep_evaluation_is_recomputed_for_a_retrained_variant(tmp_path):
   from test_sweep import tiny_sweep_config
   config = tiny_sweep_config()
@@ -83,6 +84,7 @@ def test_lm_sweep_evaluation_is_recomputed_for_a_retrained_variant(tmp_path):
 # ----------------------------------------------------------------------------- usable checkpoints
 
 
+@pytest.mark.slow
 def test_divergence_names_a_checkpoint_that_evaluates_finite(tmp_path):
   with pytest.raises(training.TrainingDiverged) as info:
     training.train_and_evaluate(_tiny(train__lr=1e6, train__checkpoint_every=1,
@@ -131,6 +133,7 @@ def test_evaluate_and_generate_refuse_unusable_parameters(tmp_path):
 # ----------------------------------------------------------------------------- one writer
 
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path):
   with workdir_lib.lock(tmp_path):
     with pytest.raises(workdir_lib.WorkdirError, match=rf"in use by process {os.getpid()}"):
@@ -197,6 +200,7 @@ def test_values_that_failed_late_are_refused_before_anything_is_written(fields, 
   assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_a_warmup_longer_than_the_run_warms_up_for_the_steps_it_has(tmp_path):
   cfg = config_lib.resolve(_tiny(train__steps=10, train__warmup_steps=100))
   schedule = training.learning_rate_schedule(cfg.train)
@@ -250,6 +254,7 @@ def test_the_override_in_the_extrapolation_docstring_works():
   assert variants["rope"].model.position.theta == fv.config.model.position.theta
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("code,words", [(errno.ENOSPC, "the disk is full"),
                                         (errno.EROFS, "the file system is read-only")])
 def test_a_full_disk_or_read_only_workdir_is_one_line_and_keeps_the_last_checkpoint(

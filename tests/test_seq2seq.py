@@ -36,6 +36,7 @@ def small(preset="gru_bahdanau", **fields):
   return set_fields(c, **fields)
 
 
+@pytest.mark.slow
 def test_gru_bahdanau_learns_reverse_at_training_lengths(tmp_path):
   cfg, params = tasks_train.train(small(), tmp_path / "run", progress=False)
   records = tasks_train.evaluate(cfg, params)
@@ -59,6 +60,7 @@ def test_score_counts_whole_sequences_and_tokens_including_eos():
   np.testing.assert_allclose(tok, [1.0, 0.5])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset,rnn", [("lstm", {}), ("gru_luong", {"luong_score": "general"}),
                                         ("transformer", {})])
 def test_greedy_decoding_equals_argmax_under_teacher_forcing_of_its_own_output(preset, rnn):
@@ -75,6 +77,7 @@ def test_greedy_decoding_equals_argmax_under_teacher_forcing_of_its_own_output(p
   np.testing.assert_array_equal(jnp.argmax(logits, -1), out)
 
 
+@pytest.mark.slow
 def test_randomized_positions_are_sorted_random_subsets_in_the_train_step():
   cfg = tasks_train.resolve(small("transformer", model__position__kind="sinusoidal",
                                   model__position__randomize=True,
@@ -139,6 +142,7 @@ def tiny_sweep():
   return c
 
 
+@pytest.mark.slow
 def test_task_sweep_results_equal_direct_evaluation(tmp_path):
   records = sweep.run_sweep(tiny_sweep(), tmp_path, progress=False)
   assert [(r["variant"], r["task"], r["eval_length"]) for r in records] == [

@@ -76,7 +76,7 @@ def test_sweep_results_equal_direct_evaluation(tmp_path):
   assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.slow   # ~90 s on 2 cores; resume after kill is in the default suite via test_train
+@pytest.mark.slow   # ~90 s on 2 cores; resume is in the default suite via test_train
 def test_killed_sweep_resumes_without_retraining_finished_variants(tmp_path):
   args = ["--config=configs/extrapolation.py:alibi,nope", "--config.model.num_layers=1",
           "--config.model.d_model=32", "--config.data.seq_len=16", "--config.train.steps=150",
@@ -127,6 +127,7 @@ def test_bad_sweep_entries_name_the_field_before_training(tmp_path):
   assert not any(tmp_path.iterdir())      # nothing was trained
 
 
+@pytest.mark.slow
 def test_learned_variant_beyond_its_table_fails_before_training(tmp_path):
   config = tiny_sweep_config()
   config.sweep.variants = {"rope": {"model": {"position": {"kind": "rope"}}},

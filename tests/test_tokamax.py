@@ -36,9 +36,11 @@ CASES = {
 }
 
 
-# every case through tokamax's XLA implementation; its other CPU paths on one case (time)
-RUNS = [(case, "xla") for case in CASES] + [("causal_alibi_softcap", "xla_chunked"),
-                                            ("causal_alibi_softcap", "auto")]
+# every case through tokamax's XLA implementation; its other CPU paths on one case (time),
+# in the slow tier
+RUNS = [(case, "xla") for case in CASES] + [
+    pytest.param("causal_alibi_softcap", path, marks=pytest.mark.slow)
+    for path in ("xla_chunked", "auto")]
 
 
 @pytest.mark.parametrize("case,implementation", RUNS)

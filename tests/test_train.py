@@ -65,6 +65,7 @@ def test_resume_is_bit_identical(tmp_path):
   assert valid(tmp_path / "straight") == valid(tmp_path / "resumed")
 
 
+@pytest.mark.slow
 def test_resume_after_the_process_is_killed(tmp_path):
   """SIGKILL mid-run, re-run the same command: final params equal an uninterrupted run."""
   args = ["--config=configs/lm.py:rope", "--config.model.num_layers=1", "--config.model.d_model=32",

@@ -18,6 +18,7 @@ from attnlab.engine import evaluation, sweeps, training
 from attnlab.models import num_params
 
 
+@pytest.mark.slow
 def test_a_sweep_trains_and_evaluates_new_variants(tmp_path):
   config = tiny_sweep_config()
   config.sweep.protocols = ("non_overlapping",)
@@ -73,6 +74,7 @@ def test_field_docs_are_generated_from_the_declarations():
   assert np.all([name in text for name in ("window", "lsh_buckets", "ring_layout", "theta")])
 
 
+@pytest.mark.slow
 def test_a_workdir_written_before_a_variant_existed_still_resumes_and_evaluates(tmp_path):
   """Fields a variant adds (here: strided's ``stride``) are absent from older config.json
   files; such a run resumes (the field is at its default) and restores."""
