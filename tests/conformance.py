@@ -1,6 +1,6 @@
 """The checks of the conformance suite, as functions of a registry entry.
 
-``tests/test_conformance.py`` walks the registries (patterns, position schemes, score
+``tests/test_conformance_*.py`` walk the registries (patterns, position schemes, score
 modifiers, kinds, implementations) and calls these checks on every entry, for every
 combination its declarations say it supports; ``tests/test_conformance_catches.py`` calls
 them on deliberately broken entries to show they fail. Each check raises
@@ -75,9 +75,9 @@ def attention_block(pattern="causal", kind="softmax", impl="auto", heads=HEADS,
 
 def model_config(pattern="causal", position="rope", kind="softmax", impl="auto",
                  kv_heads=KV_HEADS, seq_len=32, **position_fields) -> ml_collections.ConfigDict:
-  """A tiny language model (2 layers, d = 32, 4 heads) with the given axes."""
+  """A tiny language model (1 layer, d = 32, 4 heads) with the given axes."""
   c = config_lib.lm_config()
-  c.model.num_layers, c.model.d_model = 2, 32
+  c.model.num_layers, c.model.d_model = 1, 32
   c.model.attention = attention_block(pattern, kind, impl, HEADS, kv_heads)
   c.model.position.kind = position
   c.model.position.update(position_fields)
@@ -348,6 +348,58 @@ def check_generation(config, what="", prompt_length=6, new=6) -> str | None:
     want = logits[prompt_length - 1:prompt_length + new - 1].argmax(-1)
     assert np.array_equal(out, want), f"{what}: generated {out.tolist()}, argmax {want.tolist()}"
   return None
+
+
+# ----------------------------------------------------------------------------- decoding by hand
+# prefill, then a scan of one-token steps, in one program, with an optional deliberate
+# position bug (``gap``): for the tests of the cache itself
+
+TOL = dict(rtol=2e-5, atol=2e-5)   # cached decoding against the full forward
+
+
+@functools.partial(jax.jit, static_argnames=("model", "layout", "prefill"))
+def _decode_all(params, tokens, gap, *, model, layout, prefill):
+  cache = kv_cache.init_cache(model.cfg, tokens.shape[0], layout)
+  logits, cache = model.apply({"params": params}, tokens[:, :prefill], cache=cache, prefill=True)
+  cache = dataclasses.replace(cache, length=cache.length + gap)
+
+  def step(cache, tok):
+    step_logits, cache = model.apply({"params": params}, tok[:, None], cache=cache)
+    return cache, step_logits[:, 0]
+
+  cache, steps = jax.lax.scan(step, cache, tokens[:, prefill:].T)
+  full = model.apply({"params": params}, tokens)   # the oracle, compiled in the same program
+  return jnp.concatenate([logits, steps.transpose(1, 0, 2)], axis=1), cache, full
+
+
+def cached_logits(model, params, tokens, layout, prefill: int, gap: int = 0):
+  """Logits [B, N, V] from prefilling ``prefill`` tokens, then decoding one at a time
+  (one jit: prefill + a scan of decode steps). ``gap`` > 0 skips that many positions
+  after the prefill: a deliberate position bug, to show the tests can fail."""
+  logits, cache, _ = _decode_all(params, jnp.asarray(tokens), gap, model=model, layout=layout,
+                                 prefill=prefill)
+  return np.asarray(logits), cache
+
+
+def cached_and_full_logits(model, params, tokens, layout, prefill: int, gap: int = 0):
+  """``cached_logits`` and the full forward pass over ``tokens`` (one compilation)."""
+  logits, cache, full = _decode_all(params, jnp.asarray(tokens), gap, model=model,
+                                    layout=layout, prefill=prefill)
+  return np.asarray(logits), cache, np.asarray(full)
+
+
+@functools.lru_cache(maxsize=None)
+def _jit_forward(model):
+  return jax.jit(lambda params, tokens: model.apply({"params": params}, tokens))
+
+
+def full_logits(model, params, tokens):
+  """The oracle: one forward pass over the whole sequence."""
+  return np.asarray(_jit_forward(model)(params, jnp.asarray(tokens)))
+
+
+def _tokens(batch=2, length=24, seed=0):
+  return np.random.default_rng(seed).integers(0, 256, (batch, length)).astype(np.int32)
 
 
 # ----------------------------------------------------------------------------- declarations

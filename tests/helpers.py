@@ -58,3 +58,25 @@ def perturbed_model(position: str = "rope", **overrides):
   keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
   leaves = [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
   return cfg, model, jax.tree_util.tree_unflatten(tree, leaves)
+
+
+def tiny_sweep_config():
+  """The extrapolation sweep (rope and alibi) at a size that trains in seconds."""
+  from attnlab import config_lib
+  c = config_lib.load_config_file(str(REPO / "configs" / "extrapolation.py"), "")
+  c.model.num_layers = 1
+  c.model.d_model = 32
+  c.data.seq_len = 16
+  c.data.corpus = "tinyshakespeare"
+  c.train.steps = 6
+  c.train.warmup_steps = 1
+  c.train.checkpoint_every = 3
+  c.train.eval_every = 6
+  c.train.eval_batches = 1
+  c.eval.max_tokens = 256
+  c.sweep.factors = (1, 2, 4)
+  c.sweep.stride = 8
+  c.sweep.sliding_tokens = 128
+  c.sweep.variants = {"rope": {"model": {"position": {"kind": "rope"}}},
+                      "alibi": {"model": {"position": {"kind": "alibi"}}}}
+  return c

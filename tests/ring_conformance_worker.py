@@ -1,6 +1,6 @@
 """The conformance suite's impl checks for ``impl="ring"``, on 4 virtual CPU devices whose
 mesh shards the sequence (the device count is fixed when JAX starts, so this runs in its
-own process). Used by tests/test_conformance.py (slow tier); prints one JSON line:
+own process). Used by tests/test_conformance_impls.py (slow tier); prints one JSON line:
 {"passed": [...], "skipped": {case: reason}, "failed": {case: message}}.
 
   python tests/ring_conformance_worker.py

@@ -6,7 +6,7 @@
   whose gradient rule is wrong, a field that accepts what its declaration forbids.
 - Three new variants (``tests/data/new_variants.py``: a pattern, a position scheme and a
   score modifier, registered and nothing else) get the suite's tests by name, which run
-  and pass: ``pytest -p new_variants tests/test_conformance.py -k NAME``.
+  and pass: ``pytest -p new_variants tests/test_conformance_*.py -k NAME``.
 """
 
 from __future__ import annotations
@@ -20,12 +20,10 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 import conformance as C
 from attnlab.attention import PATTERNS, masks
-from attnlab.attention.patterns import PatternSpec
 from attnlab.attention.pytree import pytree_dataclass
 from attnlab.attention.score_mods import AdditiveBias
 from attnlab.registry import ConfigError, Field
@@ -151,6 +149,7 @@ def test_a_refusal_that_does_not_name_the_field_fails():
 # ----------------------------------------------------------------------------- new entries
 
 NEW = ("dilated_sinks", "log_distance", "learned_temperature")
+SUITE = [str(p) for p in sorted(TESTS.glob("test_conformance_*.py")) if "catches" not in p.name]
 
 
 def test_new_entries_get_the_suites_tests_by_name_and_pass():
@@ -160,7 +159,7 @@ def test_new_entries_get_the_suites_tests_by_name_and_pass():
       [str(TESTS / "data"), str(TESTS.parent), os.environ.get("PYTHONPATH", "")]))
   done = subprocess.run(
       [sys.executable, "-m", "pytest", "-p", "new_variants", "-p", "no:cacheprovider", "-n", "0",
-       "-m", "not slow", "-q", "-rs", str(TESTS / "test_conformance.py"),
+       "-m", "not slow", "-q", "-rs", *SUITE,
        "-k", " or ".join(NEW)],
       cwd=TESTS.parent, env=env, capture_output=True, text=True, timeout=900)
   tail = done.stdout[-3000:] + done.stderr[-2000:]
@@ -170,7 +169,7 @@ def test_new_entries_get_the_suites_tests_by_name_and_pass():
   for name in NEW:
     collect = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "new_variants", "-p", "no:cacheprovider",
-         "-n", "0", "-m", "not slow", "--collect-only", "-q", str(TESTS / "test_conformance.py"),
+         "-n", "0", "-m", "not slow", "--collect-only", "-q", *SUITE,
          "-k", name], cwd=TESTS.parent, env=env, capture_output=True, text=True, timeout=300)
     ids = [line for line in collect.stdout.splitlines() if "::" in line]
     assert len(ids) >= 3, f"{name}: {collect.stdout[-1000:]}"

@@ -11,10 +11,9 @@ import pytest
 from helpers import tiny_config
 
 from attnlab import ConfigError, config_lib, positional
-from attnlab.attention import dot_product_attention, masks
 from attnlab.models import TransformerLM, decay_mask, kv_cache
 from attnlab.positional.kerple import EPS, KerpleLogBias
-from test_kv_cache import cached_logits
+from conformance import cached_logits
 
 
 def kerple_numpy(r1, r2, n):
@@ -49,44 +48,6 @@ def test_linear_attention_cannot_silently_drop_it():
   with pytest.raises(ConfigError, match=r"kind='linear' never forms the score matrix, so it "
                                         r"cannot add the 'kerple' bias"):
     config_lib.resolve(cfg)
-
-
-def _numpy_attention(q, k, v, bias):
-  s = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1]) + bias[None]
-  s = np.where(np.tril(np.ones(s.shape[-2:], bool)), s, -np.inf)
-  p = np.exp(s - s.max(-1, keepdims=True))
-  p /= p.sum(-1, keepdims=True)
-  return np.einsum("bhqk,bkhd->bqhd", p, v)
-
-
-@pytest.mark.parametrize("impl", ["reference", "xla", "blockwise", "pallas"])
-def test_values_and_gradients_of_r1_r2_through_the_impls(impl):
-  rng = np.random.default_rng(0)
-  n, heads = 24, 2
-  q, k, v, w = (rng.standard_normal((1, n, heads, 8)) for _ in range(4))
-  r1, r2 = np.array([0.7, 1.3]), np.array([0.3, 0.8])
-
-  def loss(r1, r2):
-    out = dot_product_attention(*(jnp.asarray(x, jnp.float32) for x in (q, k, v)),
-                                mask=masks.causal(), bias=KerpleLogBias(r1=r1, r2=r2),
-                                impl=impl, block_q=8, block_kv=8)
-    return jnp.sum(out * jnp.asarray(w, jnp.float32)), out
-
-  (_, out), (g1, g2) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
-      jnp.asarray(r1, jnp.float32), jnp.asarray(r2, jnp.float32))
-  np.testing.assert_allclose(out, _numpy_attention(q, k, v, kerple_numpy(r1, r2, n)),
-                             rtol=1e-5, atol=1e-5)
-  # central differences of the float64 oracle
-  oracle = lambda a, b: np.sum(_numpy_attention(q, k, v, kerple_numpy(a, b, n)) * w)  # noqa: E731
-  h = 1e-6
-  for got, which in ((g1, 0), (g2, 1)):
-    for head in range(heads):
-      e = np.zeros(heads)
-      e[head] = h
-      args_plus = (r1 + e, r2) if which == 0 else (r1, r2 + e)
-      args_minus = (r1 - e, r2) if which == 0 else (r1, r2 - e)
-      want = (oracle(*args_plus) - oracle(*args_minus)) / (2 * h)
-      np.testing.assert_allclose(got[head], want, rtol=2e-3, atol=2e-4)
 
 
 def test_streaming_cache_positions_keys_by_their_place():

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import perturbed_model, tiny_config
-from test_kv_cache import TOL, _tokens, cached_and_full_logits, cached_logits, full_logits
+from conformance import TOL, _tokens, cached_and_full_logits, cached_logits, full_logits
 
 import pallas_kernels.decode
 from attnlab import config_lib

@@ -10,49 +10,9 @@ import pytest
 from attnlab.attention import masks
 from attnlab.attention.masks import EMPTY, FULL, PARTIAL
 
-# ----------------------------------------------------------------------------- numpy oracles
-
-
-def np_causal(i, j):
-  return j <= i
-
-
-def np_full(i, j):
-  return np.ones(np.broadcast_shapes(np.shape(i), np.shape(j)), bool)
-
-
-def np_window(left, right):
-  def fn(i, j):
-    ok = np_full(i, j)
-    if left is not None:
-      ok = ok & (i - left <= j)
-    if right is not None:
-      ok = ok & (j <= i + right)
-    return ok
-  return fn
-
-
-def np_prefix(n):
-  return lambda i, j: (j < n) | (j <= i)
-
-
-def grid(q_len, kv_len):
-  return np.arange(q_len)[:, None], np.arange(kv_len)[None, :]
-
-
-def np_block_map(dense, block_q, block_kv):
-  """Exact tile classes of a dense boolean [..., q, k] mask (all leading dims must agree)."""
-  dense = np.asarray(dense, bool)
-  dense = dense.reshape((-1,) + dense.shape[-2:])
-  q_len, kv_len = dense.shape[-2:]
-  nq, nk = -(-q_len // block_q), -(-kv_len // block_kv)
-  out = np.empty((nq, nk), np.int8)
-  for a in range(nq):
-    for b in range(nk):
-      tile = dense[:, a * block_q:(a + 1) * block_q, b * block_kv:(b + 1) * block_kv]
-      out[a, b] = FULL if tile.all() else (EMPTY if not tile.any() else PARTIAL)
-  return out
-
+from oracles import BLOCK_MAP_SHAPES as SHAPES  # noqa: E402
+from oracles import grid, np_causal, np_full, np_prefix, np_window  # noqa: E402
+from oracles import tile_classes as np_block_map  # noqa: E402
 
 # (name, Mask factory, numpy predicate)
 CLOSED_FORM = [
@@ -65,17 +25,6 @@ CLOSED_FORM = [
     ("window_right_unbounded", lambda: masks.SlidingWindow(left=3, right=None), np_window(3, None)),
 ]
 
-# (q_len, kv_len, block_q, block_kv): divisible, non-divisible, q != kv, blocks larger than lengths.
-SHAPES = [
-    (64, 64, 16, 16),
-    (37, 37, 8, 16),
-    (50, 29, 16, 8),
-    (13, 40, 4, 7),
-    (29, 50, 6, 5),
-    (1, 17, 8, 8),
-    (30, 30, 64, 64),
-    (100, 100, 32, 32),
-]
 
 
 # ----------------------------------------------------------------------------- dense predicates

@@ -4,7 +4,9 @@
 and gradients, for every pattern route of the kernel (no mask, in-kernel predicate,
 tile-mask table, segment ids), every score modifier (ALiBi, T5, soft-cap), GQA/MQA,
 ragged lengths and float32/bfloat16/float16. The oracle is ``naive_attention`` of
-``test_attention.py`` (numpy float64, explicit loops).
+``tests/oracles.py`` (numpy float64, explicit loops). Every registered pattern and score
+modifier through the kernel is in the conformance suite (``tests/test_conformance_*.py``);
+here are the kernel's own routes and options.
 
 Tolerance (issue 5): float32 within 1e-4 relative (atol 1e-4 x the largest oracle
 magnitude); bfloat16/float16 within a few of their ulps.
@@ -23,8 +25,7 @@ from attnlab.attention import pallas_impl
 from attnlab.registry import ConfigError
 from pallas_kernels import flash
 
-import test_attention as ta
-import test_sparse_patterns as sp
+import oracles
 
 RTOL = 1e-4
 BLOCK = 16
@@ -55,33 +56,15 @@ def check(q, k, v, w, mask_bool, *, mask=None, bias=None, bias_np=None, cap=None
           dtype=jnp.float32):
   """Compare out, dq, dk, dv with the oracle; return the oracle's dscores and the bias grad."""
   out, dq, dk, dv, dbias = run_pallas(q, k, v, w, mask=mask, bias=bias, dtype=dtype)
-  ref = ta.naive_attention(q, k, v, mask_bool, bias_np, cap=cap, d_out=w)
+  ref = oracles.naive_attention(q, k, v, mask_bool, bias_np, cap=cap, d_out=w)
   for name, got, want in zip(("out", "dq", "dk", "dv"), (out, dq, dk, dv), ref[:4]):
     assert_close(got, want, f"pallas {name}", rtol)
   return ref[4], dbias
 
 
-# ----------------------------------------------------------------------------- patterns
-
-# (name, mask, numpy definition, q_len, kv_len, heads, kv_heads): lengths not multiples
-# of the 16-wide tiles; every route of the kernel: none, predicate, table, per head.
-CASES = [
-    ("causal_mha", masks.causal(), ta.np_causal, 40, 40, 2, 2),
-    ("full_cross", None, ta.np_full, 24, 40, 2, 2),
-    ("sliding_window_gqa", masks.sliding_window(5), ta.np_window(5, 0), 40, 40, 4, 2),
-    ("prefix_mqa", masks.prefix_lm(7), ta.np_prefix(7), 37, 37, 4, 1),
-    ("dilated", masks.dilated(4, 3) & masks.causal(),
-     lambda i, j: sp.np_dilated(4, 3)(i, j) & (j <= i), 40, 40, 2, 2),
-    ("longformer", masks.longformer(4, (0, 17), causal=True), sp.np_longformer(4, (0, 17), True),
-     40, 40, 2, 2),
-    ("streaming", masks.streaming(3, 6), sp.np_streaming(3, 6), 40, 40, 2, 1),
-]
-
-
-@pytest.mark.parametrize("name,mask,np_fn,nq,nk,h,hkv", CASES, ids=[c[0] for c in CASES])
-def test_patterns_match_oracle(name, mask, np_fn, nq, nk, h, hkv):
-  q, k, v, w = ta.make_qkv(1, 2, nq, nk, h, hkv, d=16)
-  check(q, k, v, w, ta.dense_np(np_fn, nq, nk), mask=mask)
+# ----------------------------------------------------------------------------- kernel routes
+# (values and gradients of every registered pattern and modifier through the kernel:
+# tests/test_conformance_*.py)
 
 
 def test_bigbird_per_head_tile_table_matches_oracle():
@@ -91,33 +74,17 @@ def test_bigbird_per_head_tile_table_matches_oracle():
   mask = masks.bigbird(8, window_blocks=3, global_blocks=1, random_blocks=1, seed=5,
                        num_heads=heads, causal=True)
   dense = np.asarray(mask.dense(n, n))
-  q, k, v, w = ta.make_qkv(2, 1, n, n, heads, heads, d=16)
+  q, k, v, w = oracles.make_qkv(2, 1, n, n, heads, heads, d=16)
   sparsity, predicate = pallas_impl._sparsity(mask, n, n, BLOCK, BLOCK, heads)
   assert predicate is None and sparsity.tile_masks is not None and sparsity.codes.shape[0] == heads
   check(q, k, v, w, dense[None], mask=mask)
 
 
-def test_random_keys_per_head_matches_oracle():
-  n, heads = 40, 2
-  mask = masks.random(2, seed=3, num_heads=heads) & masks.causal() | masks.sliding_window(0)
-  q, k, v, w = ta.make_qkv(3, 1, n, n, heads, 1, d=16)
-  check(q, k, v, w, np.asarray(mask.dense(n, n))[None], mask=mask)
-
-
-def test_segments_with_causal_match_oracle():
-  n = 36
-  ids = np.array([[0] * 10 + [1] * 20 + [2] * 6, [0] * 36], np.int32)
-  mask = masks.segments(ids) & masks.causal()
-  dense = (ids[:, None, :, None] == ids[:, None, None, :]) & ta.dense_np(ta.np_causal, n, n)
-  q, k, v, w = ta.make_qkv(4, 2, n, n, 2, 2, d=16)
-  check(q, k, v, w, dense, mask=mask)
-
-
 def test_row_that_sees_nothing_is_zero_without_nan():
   n = 20
   mask = masks.DenseMask(np.arange(n)[:, None] > np.arange(n)[None, :] + 0)  # row 0 sees nothing
-  q, k, v, w = ta.make_qkv(5, 1, n, n, 2, 2, d=16)
-  dense = ta.dense_np(lambda i, j: i > j, n, n)
+  q, k, v, w = oracles.make_qkv(5, 1, n, n, 2, 2, d=16)
+  dense = oracles.dense_np(lambda i, j: i > j, n, n)
   check(q, k, v, w, dense, mask=mask)
   out = run_pallas(q, k, v, w, mask=mask)[0]
   assert np.all(out[:, 0] == 0.0)
@@ -127,13 +94,13 @@ def test_empty_tiles_are_never_read():
   # NaN keys/values in key tile 0, which the block map marks empty for query tiles
   # 2 and 3 of a sliding window: any visit would poison those rows (0 * NaN).
   n, window = 64, 4
-  q, k, v, _ = ta.make_qkv(6, 1, n, n, 2, 2, d=16)
+  q, k, v, _ = oracles.make_qkv(6, 1, n, n, 2, 2, d=16)
   k_bad, v_bad = k.copy(), v.copy()
   k_bad[:, :16], v_bad[:, :16] = np.nan, np.nan
   out = np.asarray(dot_product_attention(jnp.asarray(q), jnp.asarray(k_bad), jnp.asarray(v_bad),
                                          mask=masks.sliding_window(window), impl="pallas",
                                          block_q=16, block_kv=16))
-  ref = ta.naive_attention(q, k, v, ta.dense_np(ta.np_window(window, 0), n, n))
+  ref = oracles.naive_attention(q, k, v, oracles.dense_np(oracles.np_window(window, 0), n, n))
   np.testing.assert_allclose(out[:, 32:], ref[:, 32:], rtol=RTOL, atol=RTOL)
   sparsity = flash.BlockSparsity.from_block_map(
       masks.sliding_window(window).block_map(n, n, 16, 16))
@@ -149,69 +116,22 @@ def test_visit_tables_list_full_tiles_first():
   assert code[0, 1].tolist() == [flash.FULL, flash.FULL, flash.PREDICATE]
 
 
-# ----------------------------------------------------------------------------- score modifiers
-
-def test_alibi_matches_oracle_with_slope_gradients():
-  n, heads = 40, 4
-  slopes = positional.alibi_slopes(heads)
-  bias = positional.alibi_bias(heads)
-  q, k, v, w = ta.make_qkv(7, 1, n, n, heads, 2, d=16)
-  ds, dbias = check(q, k, v, w, ta.dense_np(ta.np_causal, n, n), mask=masks.causal(), bias=bias,
-                    bias_np=ta.alibi_np(slopes, n, n))
-  dist = np.abs(np.arange(n)[:, None] - np.arange(n)[None, :])
-  expected = -(ds * dist).sum(axis=(0, 2, 3))                      # d loss / d slope_h
-  assert_close(np.asarray(dbias.slopes), expected, "d slopes")
-
-
-@pytest.mark.parametrize("bidirectional", [False, True])
-def test_t5_bias_matches_oracle_with_table_gradients(bidirectional):
-  n, heads, buckets = 40, 2, 8
-  rng = np.random.default_rng(8)
-  table = rng.standard_normal((buckets, heads)).astype(np.float32)
-  bias = positional.T5Bias(table=jnp.asarray(table), bidirectional=bidirectional,
-                           num_buckets=buckets, max_distance=20)
-  rel = np.arange(n)[None, :] - np.arange(n)[:, None]
-  bucket = np.asarray(positional.t5_buckets(rel, bidirectional=bidirectional, num_buckets=buckets,
-                                            max_distance=20))
-  bias_np = np.moveaxis(table[bucket], -1, 0)[None]                # [1, H, q, k]
-  mask, mask_np = (None, None) if bidirectional else (masks.causal(),
-                                                      ta.dense_np(ta.np_causal, n, n))
-  q, k, v, w = ta.make_qkv(9, 1, n, n, heads, heads, d=16)
-  ds, dbias = check(q, k, v, w, mask_np, mask=mask, bias=bias, bias_np=bias_np)
-  expected = np.zeros((buckets, heads))
-  for h in range(heads):
-    np.add.at(expected[:, h], bucket.ravel(), ds[:, h].sum(0).ravel())
-  assert_close(np.asarray(dbias.table), expected, "d table")
-
-
-def test_soft_cap_and_composition_with_alibi_match_oracle():
-  n, heads, cap = 32, 2, 2.0
-  q, k, v, w = ta.make_qkv(10, 1, n, n, heads, heads, d=16, q_scale=3.0)   # logits beyond the cap
-  check(q, k, v, w, ta.dense_np(ta.np_causal, n, n), mask=masks.causal(),
-        bias=score_mods.soft_cap(cap), cap=cap)
-  # Compose(soft_cap, alibi): the oracle caps first, then adds the bias.
-  slopes = positional.alibi_slopes(heads)
-  bias = score_mods.Compose(score_mods.soft_cap(cap), positional.alibi_bias(heads))
-  check(q, k, v, w, ta.dense_np(ta.np_causal, n, n), mask=masks.causal(), bias=bias,
-        bias_np=ta.alibi_np(slopes, n, n), cap=cap)
-
-
 # ----------------------------------------------------------------------------- dtypes, head dims
 
 @pytest.mark.parametrize("dtype,rtol", [(jnp.bfloat16, 3e-2), (jnp.float16, 5e-3)])
 def test_half_precision_within_tolerance(dtype, rtol):
   n = 40
-  q, k, v, w = ta.make_qkv(11, 1, n, n, 2, 1, d=16)
+  q, k, v, w = oracles.make_qkv(11, 1, n, n, 2, 1, d=16)
   # the oracle sees the same rounded inputs
   q, k, v = (np.asarray(jnp.asarray(x, dtype).astype(jnp.float32)) for x in (q, k, v))
-  check(q, k, v, w, ta.dense_np(ta.np_causal, n, n), mask=masks.causal(), rtol=rtol, dtype=dtype)
+  check(q, k, v, w, oracles.dense_np(oracles.np_causal, n, n), mask=masks.causal(), rtol=rtol, dtype=dtype)
 
 
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_head_dims_64_and_128(head_dim):
   n = 20
-  q, k, v, w = ta.make_qkv(12, 1, n, n, 2, 2, d=head_dim)
-  check(q, k, v, w, ta.dense_np(ta.np_causal, n, n), mask=masks.causal())
+  q, k, v, w = oracles.make_qkv(12, 1, n, n, 2, 2, d=head_dim)
+  check(q, k, v, w, oracles.dense_np(oracles.np_causal, n, n), mask=masks.causal())
 
 
 # ----------------------------------------------------------------------------- selection and errors
@@ -249,10 +169,10 @@ except ImportError:   # hypothesis comes with the [test] extra
 
 if given is not None:
   PATTERN_CHOICES = {
-      "none": (lambda: None, ta.np_full),
-      "causal": (masks.causal, ta.np_causal),
-      "window": (lambda: masks.sliding_window(3, 2), ta.np_window(3, 2)),
-      "prefix": (lambda: masks.prefix_lm(5), ta.np_prefix(5)),
+      "none": (lambda: None, oracles.np_full),
+      "causal": (masks.causal, oracles.np_causal),
+      "window": (lambda: masks.sliding_window(3, 2), oracles.np_window(3, 2)),
+      "prefix": (lambda: masks.prefix_lm(5), oracles.np_prefix(5)),
   }
 
   @pytest.mark.slow
@@ -266,16 +186,16 @@ if given is not None:
                                       alibi, cap, seed):
     heads = kv_heads * group
     make_mask, np_fn = PATTERN_CHOICES[pattern]
-    q, k, v, w = ta.make_qkv(seed, batch, nq, nk, heads, kv_heads, d=head_dim)
+    q, k, v, w = oracles.make_qkv(seed, batch, nq, nk, heads, kv_heads, d=head_dim)
     bias, bias_np = None, None
     if alibi:
       bias = positional.alibi_bias(heads)
-      bias_np = ta.alibi_np(positional.alibi_slopes(heads), nq, nk)
+      bias_np = oracles.alibi_np(positional.alibi_slopes(heads), nq, nk)
     if cap is not None:
       soft = score_mods.soft_cap(cap)
       bias = soft if bias is None else score_mods.Compose(soft, bias)
     out, dq, dk, dv, _ = run_pallas(q, k, v, w, mask=make_mask(), bias=bias, block=block)
-    ref = ta.naive_attention(q, k, v, ta.dense_np(np_fn, nq, nk), bias_np, cap=cap, d_out=w)
+    ref = oracles.naive_attention(q, k, v, oracles.dense_np(np_fn, nq, nk), bias_np, cap=cap, d_out=w)
     for name, got, want in zip(("out", "dq", "dk", "dv"), (out, dq, dk, dv), ref[:4]):
       assert_close(got, want, f"pallas {name}")
 
@@ -283,8 +203,8 @@ if given is not None:
 def test_padded_head_dim_gives_the_same_result():
   # The GPU path zero-pads head dims to powers of two; check that path in interpret mode.
   n, d = 24, 24
-  q, k, v, w = ta.make_qkv(13, 1, n, n, 2, 1, d=d)
-  ref = ta.naive_attention(q, k, v, ta.dense_np(ta.np_causal, n, n), d_out=w)
+  q, k, v, w = oracles.make_qkv(13, 1, n, n, 2, 1, d=d)
+  ref = oracles.naive_attention(q, k, v, oracles.dense_np(oracles.np_causal, n, n), d_out=w)
   sparsity = flash.BlockSparsity.from_block_map(masks.causal().block_map(n, n, 16, 16))
 
   def loss(q, k, v):
@@ -302,11 +222,11 @@ def test_tpu_code_path_in_the_tpu_interpreter(monkeypatch):
   # The TPU variant (tile tables in SMEM) run by JAX's TPU interpreter on CPU.
   from jax.experimental.pallas import tpu as pltpu
   n, heads = 40, 2
-  q, k, v, w = ta.make_qkv(14, 1, n, n, heads, 1, d=16)
+  q, k, v, w = oracles.make_qkv(14, 1, n, n, heads, 1, d=16)
   mask = masks.sliding_window(6)
   sparsity = flash.BlockSparsity.from_block_map(mask.block_map(n, n, 16, 16))
-  ref = ta.naive_attention(q, k, v, ta.dense_np(ta.np_window(6, 0), n, n),
-                           ta.alibi_np(positional.alibi_slopes(heads), n, n), d_out=w)
+  ref = oracles.naive_attention(q, k, v, oracles.dense_np(oracles.np_window(6, 0), n, n),
+                           oracles.alibi_np(positional.alibi_slopes(heads), n, n), d_out=w)
   monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
 
   def loss(q, k, v):

@@ -28,8 +28,7 @@ from attnlab.attention.pytree import pytree_dataclass
 from attnlab.attention.score_mods import AdditiveBias, ScoreMod
 from attnlab.registry import ConfigError
 
-import test_attention as ta
-import test_sparse_patterns as sp
+import oracles
 
 BLOCK = 16
 F32 = jnp.float32
@@ -254,7 +253,7 @@ def assert_close(got, want, what, rtol):
 def check_against_oracle(impl, zoo, mask, visible, *, heads=4, kv_heads=2, n=40, seed=0,
                          dtype=F32, rtol=1e-4):
   mod, leaves, formula = zoo
-  q, k, v, w = ta.make_qkv(seed, 1, n, n, heads, kv_heads, d=16, q_scale=2.0)
+  q, k, v, w = oracles.make_qkv(seed, 1, n, n, heads, kv_heads, d=16, q_scale=2.0)
   if dtype != F32:   # the oracle sees the same rounded inputs
     q, k, v = (np.asarray(jnp.asarray(x, dtype).astype(F32)) for x in (q, k, v))
   out, dq, dk, dv, dmod = run(impl, q, k, v, w, mask, mod, dtype=dtype)
@@ -269,7 +268,7 @@ def check_against_oracle(impl, zoo, mask, visible, *, heads=4, kv_heads=2, n=40,
 
 
 ZOO = ["alibi", "t5", "softcap", "kerple", "temperature", "gated"]
-CAUSAL = ta.dense_np(ta.np_causal, 40, 40)
+CAUSAL = oracles.dense_np(oracles.np_causal, 40, 40)
 
 
 @pytest.mark.parametrize("impl", ["pallas", "blockwise"])
@@ -283,11 +282,11 @@ def _patterns():
                           causal=True)
   block_level = bigbird.left if isinstance(bigbird, masks.And) else bigbird
   return {
-      "sliding_window": (masks.sliding_window(5), ta.dense_np(ta.np_window(5, 0), 40, 40)),
+      "sliding_window": (masks.sliding_window(5), oracles.dense_np(oracles.np_window(5, 0), 40, 40)),
       "dilated": (masks.dilated(4, 3) & masks.causal(),
-                  ta.dense_np(lambda i, j: sp.np_dilated(4, 3)(i, j) & (j <= i), 40, 40)),
+                  oracles.dense_np(lambda i, j: oracles.np_dilated(4, 3)(i, j) & (j <= i), 40, 40)),
       # the oracle's mask from BigBird's block-level definition, token by token
-      "bigbird": (bigbird, sp.np_bigbird(block_level, 40, 40, True)),
+      "bigbird": (bigbird, oracles.np_bigbird(block_level, 40, 40, True)),
   }
 
 
@@ -313,7 +312,7 @@ def test_zoo_with_block_sparse_patterns(spec, pattern, kv_heads):
 @pytest.mark.parametrize("spec", ["alibi", "kerple", "gated", "t5+temperature"])
 def test_zoo_bfloat16(spec):
   check_against_oracle("pallas", _zoo_or_composition(spec, 4), masks.sliding_window(9),
-                       ta.dense_np(ta.np_window(9, 0), 40, 40), dtype=jnp.bfloat16, rtol=3e-2)
+                       oracles.dense_np(oracles.np_window(9, 0), 40, 40), dtype=jnp.bfloat16, rtol=3e-2)
 
 
 @pytest.mark.parametrize("name", ["kerple", "t5"])
@@ -322,7 +321,7 @@ def test_zoo_in_the_tpu_interpreter(name, monkeypatch):
   # TPU interpreter on CPU; called below the impl registry to pass interpret=
   from jax.experimental.pallas import tpu as pltpu
   mod, leaves, formula = make_zoo(name, 2)
-  q, k, v, w = ta.make_qkv(3, 1, 40, 40, 2, 1, d=16)
+  q, k, v, w = oracles.make_qkv(3, 1, 40, 40, 2, 1, d=16)
   monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
 
   def loss(q, k, v, mod):
@@ -400,7 +399,7 @@ class GatheringT5(AdditiveBias):
 
 @pytree_dataclass(data=("tau",))
 class ForgotSelectHeads(ScoreMod):
-  """A per-head leaf without ``select_heads``: one head's tile would see every head."""
+  """A per-head leaf not declared ``per_head``: one head's tile would see every head."""
   tau: Any
 
   def __call__(self, scores, q_idx, kv_idx):
@@ -426,7 +425,7 @@ class HugeLeaf(AdditiveBias):
 @pytest.mark.parametrize("mod,reason", [
     (GatheringT5(jnp.zeros((8, 2))), r"cannot lower GatheringT5 into the kernel: it uses "
                                      r"`gather`.*score_mods.lookup"),
-    (ForgotSelectHeads(jnp.ones(2)), r"returned \[1, 2, 16, 16\]: its select_heads"),
+    (ForgotSelectHeads(jnp.ones(2)), r"returned \[1, 2, 16, 16\]: declare its per-head leaves"),
     (IntegerLeaf(jnp.ones((), jnp.int32)), r"IntegerLeaf.shift is int32"),
     (HugeLeaf(jnp.zeros(5000)), r"HugeLeaf.big has 5000 per head"),
 ])

@@ -10,69 +10,9 @@ import pytest
 from attnlab.attention import masks
 from attnlab.attention.masks import EMPTY, FULL, PARTIAL
 
-from test_masks import SHAPES, grid, np_block_map
-
-# ----------------------------------------------------------------------------- numpy definitions
-
-
-def np_dilated(window, dilation):
-  def fn(i, j):
-    d = np.abs(i - j)
-    return (d % dilation == 0) & (d <= window * dilation)
-  return fn
-
-
-def np_block_local(block):
-  return lambda i, j: i // block == j // block
-
-
-def np_global(indices):
-  return lambda i, j: np.isin(i, indices) | np.isin(j, indices)
-
-
-def np_causal(i, j):
-  return j <= i
-
-
-def np_longformer(window, indices, causal):
-  def fn(i, j):
-    local = (j >= i - window) & (j <= i + (0 if causal else window))
-    ok = local | np_global(indices)(i, j)
-    return ok & np_causal(i, j) if causal else ok
-  return fn
-
-
-def np_streaming(sinks, window):
-  return lambda i, j: (j <= i) & ((j < sinks) | (i - j <= window))
-
-
-def np_random(mask: masks.RandomKeys, q_len, kv_len):
-  """[H, q, k]: row i sees exactly the keys the pattern drew for it (loops, no broadcasting)."""
-  draws = np.asarray(mask.draws(np.arange(q_len)))      # [H, q, R]
-  out = np.zeros((mask.num_heads, q_len, kv_len), bool)
-  for h in range(mask.num_heads):
-    for i in range(q_len):
-      for j in draws[h, i]:
-        if 0 <= j < kv_len:
-          out[h, i, j] = True
-  return out
-
-
-def np_bigbird(mask: masks.BigBird, q_len, kv_len, causal):
-  """[H, q, k] from the block-level definition, token by token."""
-  nqb = -(-q_len // mask.block)
-  rand = np.asarray(mask._random_blocks(np.arange(nqb)))   # [H, nqb, R]
-  out = np.zeros((mask.num_heads, q_len, kv_len), bool)
-  for h in range(mask.num_heads):
-    for i in range(q_len):
-      bi = i // mask.block
-      for j in range(kv_len):
-        bj = j // mask.block
-        ok = (abs(bi - bj) <= mask.window_blocks // 2 or bi < mask.global_blocks
-              or bj < mask.global_blocks or bj in rand[h, bi])
-        out[h, i, j] = ok and (j <= i or not causal)
-  return out
-
+from oracles import (BLOCK_MAP_SHAPES as SHAPES, grid, np_bigbird, np_block_local,
+                     np_causal, np_dilated, np_global, np_longformer, np_random, np_streaming)
+from oracles import tile_classes as np_block_map
 
 # (name, factory, numpy predicate)
 CLOSED = [

@@ -14,7 +14,7 @@ from attnlab.attention import PATTERNS, dot_product_attention, masks
 from attnlab.attention.strided import strided
 from attnlab.engine import training
 from attnlab.models import kv_cache
-from test_kv_cache import cached_and_full_logits
+from conformance import cached_and_full_logits
 
 
 def loop_mask(n: int, stride: int) -> np.ndarray:

@@ -10,33 +10,12 @@ import time
 import jax
 import numpy as np
 import pytest
-from helpers import REPO
+from helpers import REPO, tiny_sweep_config
 
 from attnlab import workdir as workdir_lib
 from attnlab import ConfigError, data
 from attnlab.engine import evaluation as evaluate
 from attnlab.engine import sweeps as sweep
-from attnlab.config_lib import load_config_file
-
-
-def tiny_sweep_config():
-  c = load_config_file(str(REPO / "configs" / "extrapolation.py"), "")
-  c.model.num_layers = 1
-  c.model.d_model = 32
-  c.data.seq_len = 16
-  c.data.corpus = "tinyshakespeare"
-  c.train.steps = 6
-  c.train.warmup_steps = 1
-  c.train.checkpoint_every = 3
-  c.train.eval_every = 6
-  c.train.eval_batches = 1
-  c.eval.max_tokens = 256
-  c.sweep.factors = (1, 2, 4)
-  c.sweep.stride = 8
-  c.sweep.sliding_tokens = 128
-  c.sweep.variants = {"rope": {"model": {"position": {"kind": "rope"}}},
-                      "alibi": {"model": {"position": {"kind": "alibi"}}}}
-  return c
 
 
 def test_sliding_windows_score_each_token_once_with_full_context():

@@ -14,8 +14,7 @@ import pytest
 
 from attnlab.attention import IMPLS, core, dot_product_attention, masks
 
-import test_attention as ta
-import test_sparse_patterns as sp
+import oracles
 
 
 def oracle_tile(dense: np.ndarray, smallest: int, largest: int, overhead: int) -> int:
@@ -38,14 +37,14 @@ def oracle_tile(dense: np.ndarray, smallest: int, largest: int, overhead: int) -
 
 N = 1024
 PATTERNS = {
-    "causal": (masks.causal(), ta.dense_np(ta.np_causal, N, N)),
-    "window_24": (masks.sliding_window(24), ta.dense_np(ta.np_window(24, 0), N, N)),
-    "window_300": (masks.sliding_window(300), ta.dense_np(ta.np_window(300, 0), N, N)),
+    "causal": (masks.causal(), oracles.dense_np(oracles.np_causal, N, N)),
+    "window_24": (masks.sliding_window(24), oracles.dense_np(oracles.np_window(24, 0), N, N)),
+    "window_300": (masks.sliding_window(300), oracles.dense_np(oracles.np_window(300, 0), N, N)),
     "dilated": (masks.dilated(8, 4) & masks.causal(),
-                ta.dense_np(lambda i, j: sp.np_dilated(8, 4)(i, j) & (j <= i), N, N)),
+                oracles.dense_np(lambda i, j: oracles.np_dilated(8, 4)(i, j) & (j <= i), N, N)),
     "longformer": (masks.longformer(40, (0, 500), causal=True),
-                   ta.dense_np(sp.np_longformer(40, (0, 500), True), N, N)),
-    "block_local": (masks.block_local(32), ta.dense_np(sp.np_block_local(32), N, N)),
+                   oracles.dense_np(oracles.np_longformer(40, (0, 500), True), N, N)),
+    "block_local": (masks.block_local(32), oracles.dense_np(oracles.np_block_local(32), N, N)),
 }
 
 

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 from helpers import REPO, tiny_config
-from test_sweep import tiny_sweep_config
+from helpers import tiny_sweep_config
 
 from attnlab import ConfigError, config_lib, data
 from attnlab import workdir as workdir_lib

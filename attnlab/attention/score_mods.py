@@ -21,7 +21,7 @@ modifier types. A modifier answers for itself the rest:
 - ``explicit_positions``: whether it reads positions other than the query/key indices.
 
 ``SCORE_MODS`` registers every modifier attnlab ships with an example instance, so the
-conformance suite (``tests/test_conformance.py``) checks each one through every
+conformance suite (``tests/test_conformance_*.py``) checks each one through every
 implementation that serves it, leaf gradients included.
 
 Inside a Pallas kernel a gather (``table[index]`` with traced indices) does not lower:
