@@ -25,7 +25,7 @@ import ml_collections
 
 from attnlab import data, parallel, positional
 from attnlab.attention import IMPLS, KINDS, PATTERNS, impl_names
-from attnlab.data.retrieval import TASKS
+from attnlab.data.retrieval_tasks import RETRIEVAL_TASKS
 from attnlab.models import MLPS, MODEL_FIELDS
 from attnlab.registry import ConfigError, Field, merge_fields, nearest
 
@@ -403,7 +403,7 @@ def validate(config) -> None:
   if d.path and not pathlib.Path(d.path).expanduser().is_file():
     raise ConfigError(f"data.path={d.path!r} is not a readable file")
   if not d.path:
-    _choice(d.corpus, "data.corpus", tuple(data.CORPORA) + tuple(TASKS))
+    _choice(d.corpus, "data.corpus", tuple(data.CORPORA) + tuple(RETRIEVAL_TASKS))
 
   check_optimizer(t)
   check_fields(t, TRAIN_FIELDS + LM_TRAIN_FIELDS, "train")

@@ -40,6 +40,23 @@ def test_a_broken_contract_is_detected(tmp_path, monkeypatch):
   assert code != 0
 
 
+def test_every_entry_point_is_in_the_contracts():
+  """Each ``attnlab/cli/<name>.py`` (but ``common``) is a runner and its shim
+  ``attnlab/<name>.py`` is in the top layer, so a new entry point cannot slip past both."""
+  import configparser
+  contracts = configparser.ConfigParser()
+  contracts.read(REPO / ".importlinter")
+  top = {m.strip() for m in
+         contracts["importlinter:contract:layers"]["layers"].strip().splitlines()[0].split("|")}
+  runners = set(contracts["importlinter:contract:runners"]["modules"].split())
+  names = sorted(p.stem for p in (PACKAGE / "cli").glob("*.py")
+                 if p.stem not in ("__init__", "common"))
+  assert names and all((PACKAGE / f"{n}.py").is_file() for n in names)
+  assert {f"attnlab.{n}" for n in names} <= top, sorted({f"attnlab.{n}" for n in names} - top)
+  assert {f"attnlab.cli.{n}" for n in names} == runners, sorted(
+      {f"attnlab.cli.{n}" for n in names} ^ runners)
+
+
 AXIS_ATTRIBUTES = {"kind", "pattern", "impl"}
 REMOVED = {"RANDOMIZABLE", "STREAMABLE_POSITIONS", "_ATTENTION_INT_MINIMUM", "_local_heads",
            "_pallas_decode_request", "_static_prefill", "bias_table_shape"}

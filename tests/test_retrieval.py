@@ -10,9 +10,9 @@ from helpers import REPO
 
 from attnlab import workdir as workdir_lib
 from attnlab import ConfigError, config_lib
-from attnlab.engine import retrieval
+from attnlab.engine import retrieval_study
 from attnlab.engine import training as train
-from attnlab.data import retrieval as tasks
+from attnlab.data import retrieval_tasks
 from attnlab.models import TransformerLM
 
 
@@ -24,7 +24,7 @@ def text(ids):
 @pytest.mark.parametrize("depth", [0.0, 0.5, 1.0])
 def test_passkey_answer_is_the_hidden_key(length, depth):
   rng = np.random.default_rng(length)
-  inputs, targets, weights = tasks.passkey(rng, length, depth)
+  inputs, targets, weights = retrieval_tasks.passkey(rng, length, depth)
   assert inputs.shape == targets.shape == weights.shape == (length,)
   assert np.array_equal(inputs[1:], targets[:-1])
   whole = text(inputs) + text(targets[-1:])
@@ -41,7 +41,7 @@ def test_passkey_answer_is_the_hidden_key(length, depth):
 @pytest.mark.parametrize("length", [60, 200, 1000])
 def test_associative_recall_answer_matches_a_plain_solution(length):
   for step in range(5):
-    inputs, targets, weights = tasks.task_batch("associative_recall", 1, length, 3, step)
+    inputs, targets, weights = retrieval_tasks.task_batch("associative_recall", 1, length, 3, step)
     whole = text(inputs[0]) + text(targets[0, -1:])
     pairs = dict(re.findall(r"([a-z]{3})=(\d{3}) ", whole))
     asked = re.search(r" ([a-z]{3})\?=(\d{3})$", whole)
@@ -51,19 +51,30 @@ def test_associative_recall_answer_matches_a_plain_solution(length):
 
 
 def test_batches_are_pure_functions_of_seed_step_split():
-  a = tasks.task_batch("passkey", 3, 100, 1, 5)
-  b = tasks.task_batch("passkey", 3, 100, 1, 5)
-  c = tasks.task_batch("passkey", 3, 100, 1, 6)
-  d = tasks.task_batch("passkey", 3, 100, 1, 5, split="valid")
+  a = retrieval_tasks.task_batch("passkey", 3, 100, 1, 5)
+  b = retrieval_tasks.task_batch("passkey", 3, 100, 1, 5)
+  c = retrieval_tasks.task_batch("passkey", 3, 100, 1, 6)
+  d = retrieval_tasks.task_batch("passkey", 3, 100, 1, 5, split="valid")
   assert all(np.array_equal(x, y) for x, y in zip(a, b))
   assert not np.array_equal(a[0], c[0]) and not np.array_equal(a[0], d[0])
 
 
 def test_too_short_lengths_are_clear_errors():
   with pytest.raises(ConfigError, match=r"passkey: length=50 is too short; it needs at least 80 tokens"):
-    tasks.task_batch("passkey", 1, 50, 0, 0)
+    retrieval_tasks.task_batch("passkey", 1, 50, 0, 0)
   with pytest.raises(ConfigError, match=r"associative_recall: length=10 is too short"):
-    tasks.task_batch("associative_recall", 1, 10, 0, 0)
+    retrieval_tasks.task_batch("associative_recall", 1, 10, 0, 0)
+
+
+def test_retrieval_tasks_are_a_registry_apart_from_the_algorithmic_tasks():
+  from attnlab.data import tasks as algorithmic
+  assert retrieval_tasks.RETRIEVAL_TASKS.names() == ["associative_recall", "passkey"]
+  assert retrieval_tasks.RETRIEVAL_TASKS.get("passkey") is retrieval_tasks.passkey
+  assert retrieval_tasks.RETRIEVAL_TASKS.field == "data.corpus"
+  assert algorithmic.TASKS.field == "data.task"     # its associative_recall is another task
+  with pytest.raises(ConfigError, match=r"data.corpus='needle' is not a retrieval task; "
+                     r"valid: associative_recall, passkey"):
+    retrieval_tasks.task_batch("needle", 1, 100, 0, 0)
 
 
 def _tiny(corpus="passkey"):
@@ -80,7 +91,7 @@ def test_weighted_loss_scores_only_the_answer():
   cfg = config_lib.resolve(_tiny())
   model = TransformerLM(cfg.model)
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 80), jnp.int32))["params"]
-  inputs, targets, weights = tasks.task_batch("passkey", 2, 80, 0, 0)
+  inputs, targets, weights = retrieval_tasks.task_batch("passkey", 2, 80, 0, 0)
   logits = np.asarray(model.apply({"params": params}, inputs), np.float64)
   logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
       - logits.max(-1, keepdims=True)
@@ -94,14 +105,14 @@ def test_weighted_loss_scores_only_the_answer():
 def test_accuracy_grid_equals_a_direct_count(tmp_path):
   cfg = _tiny()
   cfg.sweep.variants = {"rope": cfg.sweep.variants["rope"].to_dict()}   # one variant (time)
-  records = retrieval.run_study(cfg, tmp_path, progress=False)
+  records = retrieval_study.run_study(cfg, tmp_path, progress=False)
   assert {(r["variant"], r["eval_length"], r["depth"]) for r in records} == {
       ("rope", n, d) for n in (80, 160) for d in (0.0, 1.0)}
   run_cfg, params, _ = workdir_lib.restore_params(tmp_path / "rope")
   model = TransformerLM(run_cfg.model)
   for i, n in enumerate((80, 160)):
     for j, d in enumerate((0.0, 1.0)):
-      x, y, w = tasks.task_batch("passkey", 4, n, 1234, i * 2 + j, "valid", depth=d)
+      x, y, w = retrieval_tasks.task_batch("passkey", 4, n, 1234, i * 2 + j, "valid", depth=d)
       pred = np.asarray(model.apply({"params": params}, x)).argmax(-1)
       expected = np.mean([(pred[k][w[k] > 0] == y[k][w[k] > 0]).all() for k in range(4)])
       per_byte = np.mean([(pred[k][w[k] > 0] == y[k][w[k] > 0]).mean() for k in range(4)])
@@ -115,5 +126,6 @@ def test_accuracy_grid_equals_a_direct_count(tmp_path):
 
 def test_study_refuses_a_text_corpus(tmp_path):
   cfg = _tiny("builtin")
-  with pytest.raises(ConfigError, match=r"data.corpus='builtin'.*not a retrieval task; valid: passkey"):
-    retrieval.run_study(cfg, tmp_path, progress=False)
+  with pytest.raises(ConfigError, match=r"data.corpus='builtin'.*not a retrieval task; "
+                     r"valid: associative_recall, passkey"):
+    retrieval_study.run_study(cfg, tmp_path, progress=False)

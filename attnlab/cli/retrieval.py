@@ -1,7 +1,7 @@
 """``python -m attnlab.retrieval --config=configs/retrieval.py --workdir=runs/retrieval``
 
 Trains each variant on a synthetic retrieval task, then scores answer accuracy by context
-length and needle depth; see ``attnlab.engine.retrieval``.
+length and needle depth; see ``attnlab.engine.retrieval_study``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from attnlab.cli import common
-from attnlab.engine import retrieval
+from attnlab.engine import retrieval_study
 
 
 def define_flags():
@@ -22,9 +22,9 @@ def define_flags():
 def main(argv):
   del argv
   FLAGS = flags.FLAGS
-  records = retrieval.run_study(FLAGS.config, FLAGS.workdir)
-  for metric in retrieval.METRICS:
-    print(retrieval.results_markdown(records, metric))
+  records = retrieval_study.run_study(FLAGS.config, FLAGS.workdir)
+  for metric in retrieval_study.METRICS:
+    print(retrieval_study.results_markdown(records, metric))
   print(f"wrote {FLAGS.workdir}/results.{{json,md,png}}")
 
 

@@ -186,11 +186,11 @@ class Batches:
 
 def make_batches(cfg) -> Batches:
   """Batches for a resolved config: a text corpus, or a synthetic retrieval task."""
-  from attnlab.data import retrieval
+  from attnlab.data.retrieval_tasks import RETRIEVAL_TASKS, task_batch
   d, t = cfg.data, cfg.train
-  if not d.path and d.corpus in retrieval.TASKS:
+  if not d.path and d.corpus in RETRIEVAL_TASKS:
     def batch(step, split):
-      return retrieval.task_batch(d.corpus, t.batch_size, d.seq_len, t.seed, step, split)
+      return task_batch(d.corpus, t.batch_size, d.seq_len, t.seed, step, split)
     return Batches(lambda step: batch(step, "train"), lambda i: batch(i, "valid"),
                    f"task {d.corpus} at length {d.seq_len}")
   corpus = load_corpus(d)

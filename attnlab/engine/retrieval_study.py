@@ -3,7 +3,7 @@ answer accuracy by context length and needle depth (the engine behind
 ``python -m attnlab.retrieval --config=configs/retrieval.py --workdir=runs/retrieval``).
 
 The config is a sweep config (``sweep.variants``) whose ``data.corpus`` names a
-task in ``attnlab.data.retrieval.TASKS``. Each variant trains in
+task in ``attnlab.data.retrieval_tasks.RETRIEVAL_TASKS``. Each variant trains in
 ``workdir/<name>`` (resumable), then is scored on ``retrieval.trials`` fresh
 examples per (length, depth): an example counts as correct when every answer
 byte is the model's top prediction given the bytes before it. Writes
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from attnlab import positional, provenance
-from attnlab.data import retrieval as tasks
+from attnlab.data.retrieval_tasks import RETRIEVAL_TASKS, task_batch
 from attnlab.engine import sweeps, training
 from attnlab.models import TransformerLM
 from attnlab.registry import ConfigError
@@ -43,7 +43,7 @@ def accuracy_grid(cfg, params, lengths, depths, trials: int, seed: int = 1234) -
   records = []
   for i, length in enumerate(lengths):
     for j, depth in enumerate(depths):
-      inputs, targets, weights = tasks.task_batch(cfg.data.corpus, trials, length, seed,
+      inputs, targets, weights = task_batch(cfg.data.corpus, trials, length, seed,
                                                   step=i * len(depths) + j, split="valid",
                                                   depth=depth)
       exact, per_byte = jax.device_get(correct(params, inputs, targets, weights))
@@ -107,9 +107,9 @@ def plot_heatmaps(records: list[dict], path) -> None:
 
 
 def run_study(config, workdir, progress: bool = True) -> list[dict]:
-  if config.data.path or config.data.corpus not in tasks.TASKS:
+  if config.data.path or config.data.corpus not in RETRIEVAL_TASKS:
     raise ConfigError(f"data.corpus={config.data.corpus!r} (with data.path={config.data.path!r}) "
-                      f"is not a retrieval task; valid: {', '.join(tasks.TASKS)}")
+                      f"is not a retrieval task; valid: {', '.join(RETRIEVAL_TASKS.names())}")
   workdir = pathlib.Path(workdir)
   variants = sweeps.variant_configs(config)
   lengths = [f * config.data.seq_len for f in config.sweep.factors]

@@ -9,18 +9,23 @@ the last ``length``, and ``weights`` mark the answer bytes (the only ones scored
   then one of the keys is asked for.
 
 Examples are pure functions of their ``numpy`` generator, and batches of
-(seed, step, split), like the text batches.
+(seed, step, split), like the text batches. ``RETRIEVAL_TASKS`` is the registry of the
+task functions, under the config field ``data.corpus`` (which also names text corpora);
+the algorithmic seq2seq tasks are ``attnlab.data.tasks.TASKS``, a different registry.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from attnlab.registry import ConfigError
+from attnlab.registry import ConfigError, Registry
 
 FILLER = (b"The grass is green. The sky is blue. The sun is yellow. "
           b"Here we go. There and back again. ")
 _SPLIT_TAG = {"train": 0, "valid": 1}
+
+# data.corpus names a text corpus (attnlab.data.CORPORA) or one of these tasks.
+RETRIEVAL_TASKS: Registry = Registry("data.corpus")
 
 
 def _example(prefix: bytes, answer: bytes, length: int):
@@ -31,6 +36,7 @@ def _example(prefix: bytes, answer: bytes, length: int):
   return seq[:-1], seq[1:], weights
 
 
+@RETRIEVAL_TASKS.register("passkey")
 def passkey(rng: np.random.Generator, length: int, depth: float | None = None):
   """One passkey example. ``depth`` in [0, 1] places the needle (None: uniform).
 
@@ -50,6 +56,7 @@ def passkey(rng: np.random.Generator, length: int, depth: float | None = None):
   return _example(filler[:at] + needle + filler[at:] + question, key, length)
 
 
+@RETRIEVAL_TASKS.register("associative_recall")
 def associative_recall(rng: np.random.Generator, length: int, depth: float | None = None):
   """``k1=v1 k2=v2 ... kq?`` -> ``v``; ``depth`` in [0, 1] picks which pair is asked for."""
   letters = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz", np.uint8)
@@ -71,17 +78,16 @@ def associative_recall(rng: np.random.Generator, length: int, depth: float | Non
   return _example(body + b" " + keys[asked] + b"?=", values[asked], length)
 
 
-TASKS = {"passkey": passkey, "associative_recall": associative_recall}
-
-
 def task_batch(task: str, batch_size: int, length: int, seed: int, step: int,
                split: str = "train", depth: float | None = None):
   """A batch of ``task`` examples, a pure function of (seed, step, split, depth).
 
   Returns int32 ``inputs, targets [batch, length]`` and float32 ``weights [batch, length]``.
   """
-  if task not in TASKS:
-    raise ConfigError(f"data.corpus={task!r} is not a task; valid: {', '.join(TASKS)}")
+  if task not in RETRIEVAL_TASKS:   # data.corpus also names text corpora: say which kind
+    raise ConfigError(f"data.corpus={task!r} is not a retrieval task; valid: "
+                      f"{', '.join(RETRIEVAL_TASKS.names())}")
+  make = RETRIEVAL_TASKS.get(task)
   rng = np.random.default_rng([seed, step, _SPLIT_TAG[split], 7])
-  examples = [TASKS[task](rng, length, depth) for _ in range(batch_size)]
+  examples = [make(rng, length, depth) for _ in range(batch_size)]
   return tuple(np.stack(parts) for parts in zip(*examples))
