@@ -27,7 +27,7 @@ from attnlab import data, parallel, positional
 from attnlab.attention import IMPLS, KINDS, PATTERNS, impl_names
 from attnlab.data.retrieval_tasks import RETRIEVAL_TASKS
 from attnlab.models import MLPS, MODEL_FIELDS
-from attnlab.registry import ConfigError, Field, merge_fields, nearest
+from attnlab.registry import ConfigError, Declared, Field, merge_fields, nearest
 
 # model.attention fields that are not any one entry's: heads and the four axes' names.
 CORE_ATTENTION_FIELDS = (
@@ -137,7 +137,7 @@ def with_declared_defaults(config) -> ml_collections.ConfigDict:
   added keep loading."""
   config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, "to_dict") else config)
   m = config.model
-  if m.get("arch", "transformer") == "transformer" and "num_layers" in m:
+  if Declared(m, MODEL_FIELDS).arch == "transformer" and "num_layers" in m:
     for f in MODEL_FIELDS:
       if f.name not in m:
         m[f.name] = f.default
@@ -240,7 +240,7 @@ def unused_fields(config) -> set[str]:
   raw = as_plain(config)
   unused = {f"mesh.{k}" for k in raw.get("mesh", {})}
   m = raw.get("model", {})
-  arch = m.get("arch", MODEL_FIELDS[0].default)
+  arch = Declared(m, MODEL_FIELDS).arch
   model_fields = {f.name: f for f in MODEL_FIELDS}
   unused |= _unread(m, model_fields, set(model_fields), "model")
   if arch != "transformer":
@@ -252,7 +252,8 @@ def unused_fields(config) -> set[str]:
       read = {f.name for f in CORE_ATTENTION_FIELDS}
       read |= {f.name for f in PATTERNS.get(a["pattern"]).fields}
       read |= {f.name for f in KINDS.get(a["kind"]).fields}
-      impls = IMPLS.names() if a.get("impl", "auto") == "auto" else [a["impl"]]
+      impl = Declared(a, CORE_ATTENTION_FIELDS).impl
+      impls = IMPLS.names() if impl == "auto" else [impl]
       read |= {f.name for n in impls if n in IMPLS for f in IMPLS.get(n).options}
       unused |= _unread(a, attention_fields(), read, "model.attention")
     p = m.get("position")
@@ -338,7 +339,7 @@ def check_position(p, *, head_dim: int, d_model: int, seq_len: int, trained_leng
   for f in positional.COMMON_FIELDS + cls.fields:
     if f.name in p:
       f.validate(p[f.name], f"model.position.{f.name}", context, f"position {p.kind!r}")
-  if p.get("randomize", False):
+  if Declared(p, positional.COMMON_FIELDS).randomize:
     randomizable = [n for n, c in positional.POSITIONS.items() if c.randomizable]
     _choice(p.kind, "model.position.kind (with model.position.randomize=True)", randomizable)
     if p.random_max_len < trained_length:
@@ -366,17 +367,15 @@ def check_fields(block, fields, path: str, context: Mapping | None = None) -> No
       f.validate(block[f.name], f"{path}.{f.name}", context)
 
 
-def validate(config) -> None:
-  """Check every field that could fail later; raise the first problem as ``ConfigError``."""
-  m, a, p, d, t = config.model, config.model.attention, config.model.position, config.data, config.train
-
+def check_model(m, *, seq_len: int, trained_length: int, trained_what: str = "",
+                position=None) -> None:
+  """A Transformer's ``model`` block: its declared fields, heads, the attention block (the
+  pattern must be causal: a language model, or a seq2seq decoder's self-attention) and the
+  position block (``position``: a resolved copy of ``m.position``; default ``m.position``).
+  ``seq_len``: the longest sequence it must encode; ``trained_length``: the longest it trains
+  on (``trained_what`` names it)."""
+  a, p = m.attention, m.position if position is None else position
   check_fields(m, MODEL_FIELDS, "model")
-  tokens = data.tokenizer_vocab_size(d)
-  if m.vocab_size < tokens or (d.tokenizer == "bytes" and m.vocab_size != tokens):
-    what = ("the data are UTF-8 bytes (ids 0..255)" if d.tokenizer == "bytes"
-            else f"data.tokenizer={d.tokenizer!r} has {tokens} tokens")
-    need = f"must be {tokens}" if d.tokenizer == "bytes" else f"must be >= {tokens}"
-    raise ConfigError(f"model.vocab_size={m.vocab_size} {need}: {what}")
   for field in ("num_heads", "num_kv_heads"):
     _positive_int(a[field], f"model.attention.{field}")
   if a.num_heads % a.num_kv_heads:
@@ -387,8 +386,6 @@ def validate(config) -> None:
   if m.d_model % a.num_heads:
     raise ConfigError(f"model.d_model={m.d_model} must be divisible by "
                       f"model.attention.num_heads={a.num_heads}")
-
-  check_fields(d, data.DATA_FIELDS, "data")
   _choice(a.pattern, "model.attention.pattern", PATTERNS.names())
   if not PATTERNS.get(a.pattern).causal:
     causal = [n for n, spec in PATTERNS.items() if spec.causal]
@@ -396,10 +393,24 @@ def validate(config) -> None:
         f"model.attention.pattern={a.pattern!r} lets a token see the token it must predict, "
         f"which a causal language model cannot use; valid: {', '.join(causal)}")
   _choice(p.kind, "model.position.kind", positional.POSITIONS.names())
-  check_attention(a, d.seq_len, p.kind)
-  check_position(p, head_dim=m.d_model // a.num_heads, d_model=m.d_model, seq_len=d.seq_len,
-                 trained_length=d.seq_len, trained_what=f"data.seq_len={d.seq_len}")
+  check_attention(a, seq_len, p.kind)
+  check_position(p, head_dim=m.d_model // a.num_heads, d_model=m.d_model, seq_len=seq_len,
+                 trained_length=trained_length, trained_what=trained_what)
 
+
+def validate(config) -> None:
+  """Check every field that could fail later; raise the first problem as ``ConfigError``."""
+  m, d, t = config.model, config.data, config.train
+  check_fields(m, MODEL_FIELDS, "model")
+  tokens = data.tokenizer_vocab_size(d)
+  if m.vocab_size < tokens or (d.tokenizer == "bytes" and m.vocab_size != tokens):
+    what = ("the data are UTF-8 bytes (ids 0..255)" if d.tokenizer == "bytes"
+            else f"data.tokenizer={d.tokenizer!r} has {tokens} tokens")
+    need = f"must be {tokens}" if d.tokenizer == "bytes" else f"must be >= {tokens}"
+    raise ConfigError(f"model.vocab_size={m.vocab_size} {need}: {what}")
+  check_fields(d, data.DATA_FIELDS, "data")
+  check_model(m, seq_len=d.seq_len, trained_length=d.seq_len,
+              trained_what=f"data.seq_len={d.seq_len}")
   if d.path and not pathlib.Path(d.path).expanduser().is_file():
     raise ConfigError(f"data.path={d.path!r} is not a readable file")
   if not d.path:

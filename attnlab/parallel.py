@@ -28,7 +28,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from attnlab.attention import IMPLS, KINDS
-from attnlab.registry import ConfigError, Field
+from attnlab.registry import ConfigError, Declared, Field
 
 AXES = ("data", "fsdp", "tensor", "sequence")
 
@@ -71,7 +71,7 @@ def check_mesh(cfg, device_count: int | None = None) -> None:
                       f"{', '.join(map(str, divisors))}")
   if cfg.data.seq_len % m.sequence:
     raise ConfigError(f"mesh.sequence={m.sequence} must divide data.seq_len={cfg.data.seq_len}")
-  layout = a.get("ring_layout", "zigzag")
+  layout = Declared(a, IMPLS.get("ring").options).ring_layout
   if m.sequence > 1 and layout == "zigzag" and cfg.data.seq_len % (2 * m.sequence):
     raise ConfigError(f"model.attention.ring_layout='zigzag' needs data.seq_len="
                       f"{cfg.data.seq_len} divisible by 2 x mesh.sequence = {2 * m.sequence}; "
@@ -165,12 +165,12 @@ def initialize_distributed(cfg=None) -> bool:
   """``jax.distributed.initialize`` from ``mesh.coordinator_address`` / ``num_processes`` /
   ``process_id``, or from ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``,
   ``JAX_PROCESS_ID``. Returns True when it initialized; single-host runs do nothing."""
-  mesh = cfg.mesh if cfg is not None else {}
-  address = mesh.get("coordinator_address", "") or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
+  mesh = Declared(cfg.mesh if cfg is not None else {}, MESH_FIELDS)
+  address = mesh.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
   if not address:
     return False
-  num = int(mesh.get("num_processes", 0) or os.environ.get("JAX_NUM_PROCESSES", 0))
-  pid = mesh.get("process_id", -1)
+  num = int(mesh.num_processes or os.environ.get("JAX_NUM_PROCESSES", 0))
+  pid = mesh.process_id
   pid = int(pid if pid is not None and pid >= 0 else os.environ.get("JAX_PROCESS_ID", -1))
   if num < 1 or pid < 0:
     raise ConfigError(f"multi-host: coordinator_address={address!r} needs num_processes >= 1 "

@@ -43,7 +43,8 @@ import orbax.checkpoint as ocp
 
 import attnlab
 from attnlab import config_lib
-from attnlab.registry import ConfigError
+from attnlab import data as data_lib
+from attnlab.registry import ConfigError, Declared
 
 
 class WorkdirError(ConfigError):
@@ -92,7 +93,7 @@ def load_config(workdir, kind: str | None = "lm") -> ml_collections.FrozenConfig
             "lm": "a language-model run"}[run_kind(raw)]
     raise WorkdirError(f"{workdir} holds {what}; this command reads "
                        f"{'language-model' if kind == 'lm' else 'algorithmic-task'} workdirs")
-  tokenizer = raw.get("data", {}).get("tokenizer", "bytes")
+  tokenizer = Declared(raw.get("data", {}), data_lib.DATA_FIELDS).tokenizer
   inside = pathlib.Path(workdir) / tokenizer
   if tokenizer != "bytes" and not pathlib.Path(tokenizer).is_absolute() and inside.is_file():
     # a tokenizer.json named relative to the workdir (an import) moves with it; other

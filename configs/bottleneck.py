@@ -23,16 +23,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   del arg
   c = load_module(pathlib.Path(__file__).with_name("seq2seq.py")).base_config()
   c.model.arch = "rnn"
-  c.model.rnn.cell = "gru"
-  c.model.rnn.hidden = 64
-  c.model.rnn.bidirectional = True
-  c.data.min_length = 1
   c.data.max_length = 40
   c.eval.lengths = (5, 10, 15, 20, 25, 30, 35, 40, 60)
   c.eval.examples = 256
   c.train.steps = 1000
-  c.train.batch_size = 32
-  c.train.lr = 3e-3
 
   c.sweep = ml_collections.ConfigDict()
   c.sweep.runner = "tasks"

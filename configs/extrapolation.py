@@ -28,11 +28,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   """``arg``: comma-separated variant names to keep (default: all four)."""
   c = _lm().base_config()
   c.data.seq_len = 64                 # train short ...
-  c.train.steps = 1000
-  c.train.batch_size = 12
   c.train.lr = 3e-3
   c.train.eval_every = 500
-  c.train.checkpoint_every = 250
   c.eval.max_tokens = 16384           # scored tokens per (length, protocol)
 
   keep = [name.strip() for name in arg.split(",")] if arg else list(VARIANTS)

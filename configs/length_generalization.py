@@ -24,15 +24,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   del arg
   c = load_module(pathlib.Path(__file__).with_name("seq2seq.py")).base_config()
   c.model.num_layers = 1              # one encoder and one decoder block: CPU minutes
-  c.model.d_model = 64
-  c.model.position.random_max_len = 256   # L_max for randomized positions (>= every test length)
-  c.data.min_length = 1
-  c.data.max_length = 20              # train on lengths 1..20 ...
   c.eval.lengths = (10, 20, 40, 80)   # ... test up to 4x longer
-  c.eval.examples = 128
   c.train.steps = 1000
-  c.train.batch_size = 32
-  c.train.lr = 3e-3
 
   c.sweep = ml_collections.ConfigDict()
   c.sweep.runner = "tasks"

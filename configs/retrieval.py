@@ -20,12 +20,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   del arg
   c = _lm().base_config()
   c.data.corpus = "passkey"           # or associative_recall
-  c.data.seq_len = 128
-  c.train.steps = 1000
-  c.train.batch_size = 12
   c.train.lr = 3e-3
   c.train.eval_every = 500
-  c.train.checkpoint_every = 250
 
   c.sweep = ml_collections.ConfigDict()
   c.sweep.variants = ml_collections.ConfigDict({

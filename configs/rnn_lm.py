@@ -17,7 +17,7 @@ from attnlab.config_lib import load_module
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   del arg
   c = load_module(pathlib.Path(__file__).with_name("lm.py")).base_config()
-  c.model.arch = "rnn"                # transformer | rnn (attnlab.models.LM_ARCHS)
+  c.model.arch = "rnn"                # transformer | rnn (attnlab.models.ARCHS)
   c.model.rnn = ml_collections.ConfigDict({"cell": "lstm", "hidden": 256, "embed_dim": 128})
   c.model.num_layers = 2
   c.model.position.kind = "none"

@@ -23,7 +23,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = _lm().base_config()
   c.data.seq_len = 64                 # training length L
   c.train.steps = 1200
-  c.train.batch_size = 12
   c.train.lr = 3e-3
   c.train.eval_every = 600
   c.train.checkpoint_every = 600

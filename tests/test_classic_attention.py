@@ -6,9 +6,9 @@ import ml_collections
 import numpy as np
 import pytest
 
+from attnlab.models import build_seq2seq
 from attnlab.data import tasks
 from attnlab.models import classic_attention as ca
-from attnlab.models import seq2seq
 from configs import seq2seq as seq2seq_configs
 
 # The tiny example worked by hand below: query s = (1, 2); keys h1 = (1, 0), h2 = (0, 1),
@@ -113,7 +113,7 @@ def _batch(lengths, width, seed=0):
                  marks=pytest.mark.slow)])
 def test_model_attention_weights_sum_to_one_and_skip_source_padding(preset, rnn):
   cfg = _model_cfg(preset, **rnn)
-  model = seq2seq.build(cfg)
+  model = build_seq2seq(cfg)
   src, tgt_in = _batch([4, 7, 1], 7)
   params = jax.jit(model.init)(jax.random.PRNGKey(0), src, tgt_in)
   apply = jax.jit(model.apply, static_argnames=("return_weights",))
@@ -131,7 +131,7 @@ def test_model_attention_weights_sum_to_one_and_skip_source_padding(preset, rnn)
 @pytest.mark.parametrize("preset", ["gru", pytest.param("transformer", marks=pytest.mark.slow)])
 def test_models_without_rnn_attention_ignore_source_padding(preset):
   cfg = _model_cfg(preset)
-  model = seq2seq.build(cfg)
+  model = build_seq2seq(cfg)
   src, tgt_in = _batch([4, 7, 2], 7, seed=1)
   params = jax.jit(model.init)(jax.random.PRNGKey(0), src, tgt_in)
   apply = jax.jit(model.apply)

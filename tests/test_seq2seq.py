@@ -9,13 +9,13 @@ import ml_collections
 import numpy as np
 import pytest
 
+from attnlab.models import build_seq2seq
 from attnlab import workdir as workdir_lib
 from attnlab import ConfigError, config_lib, positional
 from attnlab.engine import sweeps as sweep
 from attnlab.engine import tasks as tasks_train
 from attnlab.data import tasks
 from attnlab.models import rnn as rnn_lib
-from attnlab.models import seq2seq
 from attnlab.config_lib import load_config_file
 from attnlab.engine.training import make_optimizer
 from configs import bottleneck, seq2seq as seq2seq_configs
@@ -68,7 +68,7 @@ def test_greedy_decoding_equals_argmax_under_teacher_forcing_of_its_own_output(p
   for k, v in rnn.items():
     c.model.rnn[k] = v
   cfg = tasks_train.resolve(c)
-  model = seq2seq.build(cfg.model)
+  model = build_seq2seq(cfg.model)
   batch = tasks.train_batch("reverse", 6, 8, seed=0, step=0)
   params = jax.jit(model.init)(jax.random.PRNGKey(1), batch["src"], batch["tgt_in"])["params"]
   out = tasks_train.make_generate(model)(params, batch["src"], 9)
@@ -82,7 +82,7 @@ def test_randomized_positions_are_sorted_random_subsets_in_the_train_step():
   cfg = tasks_train.resolve(small("transformer", model__position__kind="sinusoidal",
                                   model__position__randomize=True,
                                   model__position__random_max_len=64))
-  model = seq2seq.build(cfg.model)
+  model = build_seq2seq(cfg.model)
   tx = make_optimizer(cfg.train)
   batch = tasks.train_batch("reverse", 4, 8, seed=0, step=0)
   params = jax.jit(model.init)(jax.random.PRNGKey(0), batch["src"], batch["tgt_in"])["params"]
@@ -219,3 +219,63 @@ def test_rnn_lm_preset_trains_and_evaluates_through_the_lm_trainer(tmp_path):
   logp -= np.log(np.exp(logp).sum(-1, keepdims=True))                 # numpy log-softmax
   expected = -np.take_along_axis(logp, targets[..., None], -1).mean()
   np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- the shared layer
+
+
+def _transformer(**fields):
+  cfg = tasks_train.resolve(small("transformer", **fields))
+  model = build_seq2seq(cfg.model)
+  batch = tasks.train_batch("reverse", 3, 8, seed=0, step=0)
+  params = jax.jit(model.init)(jax.random.PRNGKey(2), batch["src"], batch["tgt_in"])["params"]
+  return cfg, model, params, batch
+
+
+def test_encoder_decoder_uses_the_language_models_attention_layer():
+  """GQA, a sliding-window decoder pattern and the impl axis reach the seq2seq Transformer
+  through the one attention layer (``models.transformer.SelfAttention``)."""
+  fields = dict(model__attention__num_kv_heads=2, model__attention__pattern="sliding_window",
+                model__attention__window=2)
+  cfg, model, params, batch = _transformer(**fields)
+  layer = params["decoder_0"]
+  heads, head_dim = 4, cfg.model.d_model // 4
+  # self-attention: one fused q|k|v projection with 2 kv heads; cross: query + key_value
+  assert layer["self_attention"]["qkv"]["kernel"].shape == (cfg.model.d_model,
+                                                            (heads + 2 * 2) * head_dim)
+  assert layer["cross_attention"]["key_value"]["kernel"].shape == (cfg.model.d_model,
+                                                                   2 * 2 * head_dim)
+  logits = {impl: np.asarray(jax.jit(build_seq2seq(tasks_train.resolve(small(
+      "transformer", model__attention__impl=impl, **fields)).model).apply)(
+          {"params": params}, batch["src"], batch["tgt_in"]))
+            for impl in ("reference", "blockwise", "xla")}
+  np.testing.assert_allclose(logits["blockwise"], logits["reference"], rtol=2e-5, atol=2e-5)
+  np.testing.assert_allclose(logits["xla"], logits["reference"], rtol=2e-5, atol=2e-5)
+  # the decoder's window: output t does not depend on target inputs before t - window
+  # (one decoder block; the encoder and cross-attention do not see the targets)
+  changed = np.asarray(batch["tgt_in"]).copy()
+  changed[:, 0] = (changed[:, 0] + 1) % 10 + 3
+  apply = jax.jit(model.apply)
+  a = np.asarray(apply({"params": params}, batch["src"], batch["tgt_in"]))
+  b = np.asarray(apply({"params": params}, batch["src"], changed))
+  assert np.abs(a[:, :3] - b[:, :3]).max() > 1e-4          # positions 0..2 see target 0
+  np.testing.assert_allclose(a[:, 3:], b[:, 3:], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fields,match", [
+    ({"model__attention__num_kv_heads": 3}, r"model.attention.num_kv_heads=3 must divide"),
+    ({"model__attention__pattern": "full"}, r"model.attention.pattern='full' lets a token see"),
+    ({"model__attention__kind": "performer"},
+     r"model.attention.kind='performer' cannot mask the source's padding"),
+    ({"model__attention__window": 0}, None),            # a field the causal pattern does not read
+    ({"model__attention__pattern": "sliding_window", "model__attention__window": 0},
+     r"model.attention.window=0 must be an integer >= 1"),
+    ({"model__mlp": "relu2"}, r"model.mlp='relu2' is not valid; valid: gelu, gelu_exact, none"),
+])
+def test_encoder_decoder_configs_get_the_language_models_validation(fields, match):
+  config = small("transformer", **fields)
+  if match is None:
+    tasks_train.resolve(config)
+    return
+  with pytest.raises(ConfigError, match=match):
+    tasks_train.resolve(config)

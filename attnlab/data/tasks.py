@@ -35,7 +35,7 @@ from typing import Callable
 
 import numpy as np
 
-from attnlab.registry import ConfigError, Registry
+from attnlab.registry import ConfigError, Field, Registry
 
 PAD, BOS, EOS = 0, 1, 2
 DIGITS = [str(i) for i in range(10)]
@@ -60,6 +60,14 @@ class Task:
 
 
 TASKS: Registry[Task] = Registry("data.task")
+
+# data.* of the task trainer: every default is here and only here.
+TASK_DATA_FIELDS = (
+    Field("task", "reverse", "a name in attnlab.data.tasks.TASKS", check=lambda v, c: None if (
+        v in TASKS) else f"is not valid; valid: {', '.join(TASKS.names())}"),
+    Field("min_length", 1, "training input lengths are uniform in [min_length, ...", minimum=1),
+    Field("max_length", 20, "... max_length]", minimum=1),
+)
 
 
 def _symbols(rng: np.random.Generator, n: int, k: int) -> list[str]:

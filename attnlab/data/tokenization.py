@@ -15,7 +15,7 @@ import pathlib
 
 import numpy as np
 
-from attnlab.registry import ConfigError
+from attnlab.registry import ConfigError, Declared
 
 BYTE_VOCAB_SIZE = 256
 
@@ -93,8 +93,9 @@ def _load(path: str) -> HFTokenizer:
 
 
 def get_tokenizer(data_cfg=None):
-  """The tokenizer ``data.tokenizer`` names (``"bytes"`` when absent)."""
-  name = "bytes" if data_cfg is None else data_cfg.get("tokenizer", "bytes")
+  """The tokenizer ``data.tokenizer`` names (its declared default when absent)."""
+  from attnlab.data import DATA_FIELDS   # the package declares data.*; imported when called
+  name = Declared(data_cfg or {}, DATA_FIELDS).tokenizer
   if name == "bytes":
     return ByteTokenizer()
   path = pathlib.Path(name).expanduser()

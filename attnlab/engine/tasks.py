@@ -36,15 +36,13 @@ import optax
 
 from attnlab import config_lib, positional, provenance
 from attnlab import workdir as workdir_lib
-from attnlab.attention import impl_names
+from attnlab.attention import KINDS
 from attnlab.data import tasks
 from attnlab.engine import loop, sweeps
 from attnlab.engine.training import make_optimizer
-from attnlab.models import NORMS
+from attnlab.models import ARCHS, MODEL_FIELDS, build_seq2seq
 from attnlab.models import rnn as rnn_lib
-from attnlab.models import seq2seq
-from attnlab.models.classic_attention import SCORES
-from attnlab.registry import ConfigError
+from attnlab.registry import ConfigError, Field
 
 # ----------------------------------------------------------------------------- config
 
@@ -58,6 +56,32 @@ def _choice(value, field, valid):
   valid = list(valid)
   if value not in valid:
     raise ConfigError(f"{field}={value!r} is not valid; valid: {', '.join(map(str, valid))}")
+
+
+# eval.* of the task trainer: every default is here and only here.
+TASK_EVAL_FIELDS = (
+    Field("lengths", (5, 10, 20, 40, 80), "input lengths scored after training"),
+    Field("examples", 128, "examples per length", minimum=1),
+    Field("batch_size", 128, "examples per evaluation batch", minimum=1),
+)
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """A task-trainer config with every declared field at its declared default: the model
+  (a Transformer's fields, attention and position blocks, and the RNNs' ``model.rnn``),
+  ``data`` (``TASK_DATA_FIELDS``), ``train`` (the trainers' shared fields) and ``eval``
+  (``TASK_EVAL_FIELDS``). ``configs/seq2seq.py`` states what its presets change."""
+  def block(fields):
+    return ml_collections.ConfigDict({f.name: f.default for f in fields})
+  c = ml_collections.ConfigDict()
+  c.model = block(MODEL_FIELDS)
+  c.model.attention = config_lib.attention_block()
+  c.model.position = config_lib.position_block()
+  c.model.rnn = block(rnn_lib.RNN_FIELDS)
+  c.data = block(tasks.TASK_DATA_FIELDS)
+  c.train = block(config_lib.TRAIN_FIELDS)
+  c.eval = block(TASK_EVAL_FIELDS)
+  return c
 
 
 def widths(cfg) -> tuple[int, int]:
@@ -79,54 +103,44 @@ def resolve(config) -> ml_collections.FrozenConfigDict:
 
 
 def validate(config) -> None:
-  """Raise ``ConfigError`` naming the field, the value and what is valid; nothing compiles."""
+  """Raise ``ConfigError`` naming the field, the value and what is valid; nothing compiles.
+  A Transformer's ``model`` block gets the language models' own checks
+  (``config_lib.check_model``)."""
   m, d, t, e = config.model, config.data, config.train, config.eval
-  _choice(m.arch, "model.arch", seq2seq.ARCHS.names())
-  _choice(d.task, "data.task", tasks.TASKS.names())
+  _choice(m.arch, "model.arch", ARCHS.names())
+  config_lib.check_fields(d, tasks.TASK_DATA_FIELDS, "data")
   spec = tasks.TASKS.get(d.task)
-  _positive_int(d.min_length, "data.min_length")
   _positive_int(d.max_length, f"data.max_length (task {d.task!r})", max(spec.min_length, d.min_length))
   if not isinstance(e.lengths, (tuple, list)) or not e.lengths:
     raise ConfigError(f"eval.lengths={e.lengths!r} must be a non-empty tuple of integers")
   for n in e.lengths:
     _positive_int(n, f"eval.lengths entry (task {d.task!r})", spec.min_length)
-  for field in ("examples", "batch_size"):
-    _positive_int(e[field], f"eval.{field}")
+  config_lib.check_fields(e, TASK_EVAL_FIELDS, "eval")
   _positive_int(m.vocab_size, "model.vocab_size", len(tasks.VOCAB))
   if m.arch == "rnn":
-    r = m.rnn
-    _choice(r.cell, "model.rnn.cell", rnn_lib.CELLS.names())
-    _choice(r.attention, "model.rnn.attention", rnn_lib.DECODERS)
-    _choice(r.luong_score, "model.rnn.luong_score", SCORES.names())
-    for field in ("hidden", "embed_dim", "attention_dim"):
-      _positive_int(r[field], f"model.rnn.{field}")
+    config_lib.check_fields(m.rnn, rnn_lib.RNN_FIELDS, "model.rnn")
   else:
-    a, p = m.attention, m.position
-    for field in ("num_layers", "d_model", "mlp_ratio"):
-      _positive_int(m[field], f"model.{field}")
-    _positive_int(a.num_heads, "model.attention.num_heads")
-    _choice(m.norm, "model.norm", NORMS.names())
-    _choice(m.mlp, "model.mlp", ("gelu", "swiglu"))
-    _choice(a.impl, "model.attention.impl", impl_names())
-    if m.d_model % a.num_heads:
-      raise ConfigError(f"model.d_model={m.d_model} must be divisible by "
-                        f"model.attention.num_heads={a.num_heads}")
     longest = max(widths(config))
-    _choice(p.kind, "model.position.kind", positional.POSITIONS.names())
-    p = ml_collections.ConfigDict(p.to_dict())       # resolved copy: derived sizes filled in
-    scheme = positional.POSITIONS.get(p.kind)
-    scheme.resolve(p, longest)
-    limit = scheme(p).max_length()
-    if limit is not None and limit < longest:
-      raise ConfigError(f"model.position.max_len={limit} is shorter than the longest sequence "
-                        f"({longest}, from data.max_length / eval.lengths); valid: >= {longest}, "
-                        f"or 0 to size it automatically")
-    config_lib.check_position(
-        p, head_dim=m.d_model // a.num_heads, d_model=m.d_model, seq_len=longest,
+    p = ml_collections.ConfigDict(m.position.to_dict())   # resolved copy: derived sizes filled in
+    config_lib.check_fields(p, (config_lib.POSITION_KIND,), "model.position")
+    if p.kind in positional.POSITIONS:
+      scheme = positional.POSITIONS.get(p.kind)
+      scheme.resolve(p, longest)
+      limit = scheme(p).max_length()
+      if limit is not None and limit < longest:
+        raise ConfigError(f"model.position.max_len={limit} is shorter than the longest sequence "
+                          f"({longest}, from data.max_length / eval.lengths); valid: >= "
+                          f"{longest}, or 0 to size it automatically")
+    config_lib.check_model(
+        m, position=p, seq_len=longest,
         trained_length=max(d.max_length, tasks.target_width(d.task, d.max_length)))
-  for field in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
-    _positive_int(t[field], f"train.{field}")
+    kind = KINDS.get(m.attention.kind)
+    if not kind.uses_impl:
+      valid = [n for n, k in KINDS.items() if k.uses_impl]
+      raise ConfigError(f"model.attention.kind={m.attention.kind!r} cannot mask the source's "
+                        f"padding, which the encoder-decoder needs; valid: {', '.join(valid)}")
   config_lib.check_optimizer(t)
+  config_lib.check_fields(t, config_lib.TRAIN_FIELDS, "train")
 
 
 # ----------------------------------------------------------------------------- training
@@ -176,7 +190,7 @@ def train(config, workdir, progress: bool = True):
   """
   cfg = resolve(config)
   workdir = pathlib.Path(workdir)
-  model = seq2seq.build(cfg.model)
+  model = build_seq2seq(cfg.model)
   d, t = cfg.data, cfg.train
   batch = lambda step: tasks.train_batch(d.task, t.batch_size, d.max_length, t.seed, step,  # noqa: E731
                                          d.min_length)
@@ -240,7 +254,7 @@ def make_generate(model):
 @functools.lru_cache(maxsize=8)
 def _cached_generate(model_cfg):
   """One compiled decoder per model config (re-evaluations reuse it)."""
-  return make_generate(seq2seq.build(model_cfg))
+  return make_generate(build_seq2seq(model_cfg))
 
 
 def score(predictions, targets) -> tuple[np.ndarray, np.ndarray]:

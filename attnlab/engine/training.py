@@ -184,7 +184,7 @@ def _run(cfg, workdir, model, tx, mesh, shardings, state, checkpointer, metrics,
   position = cfg.model.position
   train_step = make_train_step(
       model, tx, cfg.train.seed, dropout=cfg.model.dropout > 0,
-      random_positions_max=position.random_max_len if position.get("randomize", False) else 0,
+      random_positions_max=position.random_max_len if position.randomize else 0,
       redraw_features=KINDS.get(cfg.model.attention.kind).redraws(cfg.model.attention),
       state_sharding=shardings)
   eval_step = make_eval_step(model)

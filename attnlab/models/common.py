@@ -59,7 +59,7 @@ def _transformer(block) -> bool:
 # The ``model.*`` fields of the language models (attention and position blocks aside: their
 # fields are the registries' entries'). Every default is here and only here.
 MODEL_FIELDS = (
-    Field("arch", "transformer", "transformer | rnn (attnlab.models.LM_ARCHS)"),
+    Field("arch", "transformer", "transformer | rnn (attnlab.models.ARCHS)"),
     Field("vocab_size", 256, "vocabulary (256: UTF-8 bytes)", minimum=1),
     Field("num_layers", 4, "blocks", minimum=1),
     Field("d_model", 128, "residual width", minimum=1, applies=_transformer),

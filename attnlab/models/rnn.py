@@ -29,14 +29,35 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from attnlab.data.tasks import BOS, PAD
-from attnlab.models.classic_attention import AdditiveAttention, MultiplicativeAttention
-from attnlab.registry import Registry
+from attnlab.models.classic_attention import SCORES, AdditiveAttention, MultiplicativeAttention
+from attnlab.registry import Field, Registry
 
 CELLS: Registry = Registry("model.rnn.cell")
 CELLS.register("gru")(lambda features, name: nn.GRUCell(features, name=name))
 CELLS.register("lstm")(lambda features, name: nn.OptimizedLSTMCell(features, name=name))
 
 DECODERS = ("none", "bahdanau", "luong")
+
+
+def _in(registry):
+  return lambda value, context: None if value in registry else (
+      f"is not valid; valid: {', '.join(registry.names())}")
+
+
+# model.rnn.*: every default is here and only here.
+RNN_FIELDS = (
+    Field("cell", "gru", "gru | lstm (CELLS)", check=_in(CELLS)),
+    Field("hidden", 64, "units per encoder direction (and per layer of the RNN LM)", minimum=1),
+    Field("embed_dim", 32, "token embedding width", minimum=1),
+    Field("bidirectional", True, "encoder reads both directions; the decoder state has the "
+          "encoder output width"),
+    Field("attention", "bahdanau", "decoder attention: none | bahdanau | luong",
+          choices=DECODERS),
+    Field("luong_score", "general", "luong: dot | general | concat (SCORES)", check=_in(SCORES)),
+    Field("attention_dim", 64, "bahdanau (and luong concat): width A of the score MLP",
+          minimum=1),
+    Field("input_feeding", True, "luong: feed h~_{t-1} to the next step"),
+)
 
 
 def cell_output(carry):

@@ -1,12 +1,15 @@
-"""Sequence-to-sequence models selected by ``model.arch`` (registry ``ARCHS``).
+"""The encoder–decoder Transformer (``model.arch = "transformer"`` of the task trainer; the
+registry ``attnlab.models.ARCHS`` gives each architecture's language-model and seq2seq
+forms).
 
-- ``transformer``: encoder–decoder Transformer (Vaswani et al. 2017), pre-norm. The
-  encoder attends bidirectionally over valid source tokens; each decoder block has
-  causal self-attention, cross-attention to the encoder output, and an MLP. All
-  attention goes through ``attnlab.attention.dot_product_attention`` (the same core,
-  ``model.attention.impl``), with the position axis of ``model.position`` applied in
-  the self-attention of both stacks (absolute embeddings, RoPE, ALiBi, ...; cross-attention
-  is content-only, as in T5).
+- ``transformer``: encoder–decoder Transformer (Vaswani et al. 2017), pre-norm, built from
+  the language models' own attention layer (``transformer.SelfAttention``: the kind,
+  pattern, GQA, impl and position scheme of ``model.attention`` / ``model.position``).
+  The encoder attends with the ``full`` pattern over valid source tokens; each decoder
+  block has self-attention with ``model.attention.pattern`` (causal, as a language
+  model's), cross-attention to the encoder output, and an MLP. The position axis acts in
+  the self-attention of both stacks (absolute embeddings, RoPE, ALiBi, ...);
+  cross-attention is content-only, as in T5.
 - ``rnn``: GRU / LSTM encoder–decoder with no, Bahdanau or Luong attention
   (``attnlab.models.rnn.RNNSeq2Seq``).
 
@@ -19,7 +22,6 @@ training). ``<pad>`` = 0 marks padding at the end of ``src``.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import flax.linen as nn
@@ -27,12 +29,9 @@ import jax
 import jax.numpy as jnp
 
 from attnlab import positional
-from attnlab.attention import dot_product_attention, impl_options
 from attnlab.data.tasks import BOS, PAD
 from attnlab.models.common import NORMS, declared_params
-from attnlab.models.rnn import RNNSeq2Seq
-from attnlab.models.transformer import MLP
-from attnlab.registry import Registry
+from attnlab.models.transformer import MLP, SelfAttention
 
 
 def _default_positions(tokens):
@@ -45,69 +44,36 @@ def padding_mask(src_valid, q_len: int):
                                                         src_valid.shape[1]))
 
 
-def causal_mask(length: int):
-  """Bool [1, 1, length, length]: query i sees keys j <= i."""
-  return jnp.tril(jnp.ones((length, length), bool))[None, None]
-
-
-class Attention(nn.Module):
-  """Multi-head attention through the shared core.
-
-  x_q: [batch, q, d]; x_kv: [batch, k, d]; mask: bool [batch or 1, 1, q, k];
-  positions: int [batch, q] for self-attention (then q == k and the position scheme
-  applies), None for cross-attention -> [batch, q, d].
-  """
-  cfg: Any
-  layers: int
-
-  @nn.compact
-  def __call__(self, x_q, x_kv, mask, positions=None):
-    cfg, att = self.cfg, self.cfg.attention
-    heads, d = att.num_heads, cfg.d_model
-    head_dim = d // heads
-    dense = lambda n, name, std=0.02: nn.Dense(  # noqa: E731
-        n, use_bias=cfg.use_bias, kernel_init=nn.initializers.normal(std), name=name)
-    batch, q_len, _ = x_q.shape
-    k_len = x_kv.shape[1]
-    # projections on [batch * len, d]: XLA:CPU differentiates 2-D matmuls much faster
-    q = dense(d, "query")(x_q.reshape(-1, d)).reshape(batch, q_len, heads, head_dim)
-    kv = dense(2 * d, "key_value")(x_kv.reshape(-1, d)).reshape(batch, k_len, 2 * heads, head_dim)
-    k, v = kv[:, :, :heads], kv[:, :, heads:]
-    bias = None
-    if positions is not None:
-      scheme = positional.get_scheme(cfg.position)
-      q, k = scheme.rotate_qk(q, k, positions)
-      bias = scheme.score_mod(heads, declared_params(self, scheme.attention_params(heads)),
-                              positions)
-    out = dot_product_attention(q, k, v, mask=mask, bias=bias, impl=att.impl,
-                                **impl_options(att))
-    out = dense(d, "out", 0.02 / math.sqrt(2 * self.layers))(out.reshape(batch * q_len, d))
-    return out.reshape(batch, q_len, d)
-
-
 class EncoderBlock(nn.Module):
+  """Pre-norm: x + attn(norm(x)) with the ``full`` pattern over valid source tokens, then
+  the MLP. ``layer``: this block's index (seeds random features)."""
   cfg: Any
+  layer: int = 0
 
   @nn.compact
   def __call__(self, x, mask, positions):
     norm = NORMS.get(self.cfg.norm)
-    layers = 2 * self.cfg.num_layers
+    depth = 2 * self.cfg.num_layers
     h = norm(self.cfg, "norm_attention")(x)
-    x = x + Attention(self.cfg, layers, name="attention")(h, h, mask, positions)
+    x = x + SelfAttention(self.cfg, self.layer, pattern="full", depth=depth,
+                          name="attention")(h, positions, mask=mask)
     return x + MLP(self.cfg, name="mlp")(norm(self.cfg, "norm_mlp")(x))
 
 
 class DecoderBlock(nn.Module):
+  """Pre-norm: self-attention with ``model.attention.pattern`` (causal), cross-attention to
+  the encoder output (valid source tokens), then the MLP."""
   cfg: Any
+  layer: int = 0
 
   @nn.compact
-  def __call__(self, x, memory, self_mask, cross_mask, positions):
+  def __call__(self, x, memory, cross_mask, positions):
     norm = NORMS.get(self.cfg.norm)
-    layers = 2 * self.cfg.num_layers
+    depth = 2 * self.cfg.num_layers
     h = norm(self.cfg, "norm_self")(x)
-    x = x + Attention(self.cfg, layers, name="self_attention")(h, h, self_mask, positions)
-    x = x + Attention(self.cfg, layers, name="cross_attention")(
-        norm(self.cfg, "norm_cross")(x), memory, cross_mask)
+    x = x + SelfAttention(self.cfg, self.layer, depth=depth, name="self_attention")(h, positions)
+    x = x + SelfAttention(self.cfg, self.layer, depth=depth, name="cross_attention")(
+        norm(self.cfg, "norm_cross")(x), mask=cross_mask, memory=memory)
     return x + MLP(self.cfg, name="mlp")(norm(self.cfg, "norm_mlp")(x))
 
 
@@ -121,8 +87,9 @@ class TransformerSeq2Seq(nn.Module):
                           embedding_init=nn.initializers.normal(0.02), name="embed")
     scheme = positional.get_scheme(cfg.position)
     self.position_params = declared_params(self, scheme.embedding_params(cfg.d_model))
-    self.encoder = [EncoderBlock(cfg, name=f"encoder_{i}") for i in range(cfg.num_layers)]
-    self.decoder = [DecoderBlock(cfg, name=f"decoder_{i}") for i in range(cfg.num_layers)]
+    self.encoder = [EncoderBlock(cfg, i, name=f"encoder_{i}") for i in range(cfg.num_layers)]
+    self.decoder = [DecoderBlock(cfg, cfg.num_layers + i, name=f"decoder_{i}")
+                    for i in range(cfg.num_layers)]
     self.norm_encoder = NORMS.get(cfg.norm)(cfg, "norm_encoder")
     self.norm_decoder = NORMS.get(cfg.norm)(cfg, "norm_decoder")
 
@@ -148,9 +115,9 @@ class TransformerSeq2Seq(nn.Module):
     positions = _default_positions(tgt_in) if tgt_positions is None else tgt_positions
     positional.check_length(self.cfg.position, tgt_in.shape[1], "target length")
     x = self._embed(tgt_in, positions)
-    self_mask, cross_mask = causal_mask(tgt_in.shape[1]), padding_mask(valid, tgt_in.shape[1])
+    cross_mask = padding_mask(valid, tgt_in.shape[1])
     for block in self.decoder:
-      x = block(x, memory, self_mask, cross_mask, positions)
+      x = block(x, memory, cross_mask, positions)
     return self.embed.attend(self.norm_decoder(x)).astype(jnp.float32)
 
   def __call__(self, src, tgt_in, src_positions=None, tgt_positions=None,
@@ -176,15 +143,4 @@ class TransformerSeq2Seq(nn.Module):
     return out
 
 
-ARCHS: Registry = Registry("model.arch")
-ARCHS.register("transformer")(TransformerSeq2Seq)
-ARCHS.register("rnn")(RNNSeq2Seq)
-
-
-def build(model_cfg) -> nn.Module:
-  """The seq2seq model named by ``model_cfg.arch``."""
-  return ARCHS.get(model_cfg.arch)(model_cfg)
-
-
-__all__ = ["ARCHS", "Attention", "DecoderBlock", "EncoderBlock", "TransformerSeq2Seq", "build",
-           "causal_mask", "padding_mask"]
+__all__ = ["DecoderBlock", "EncoderBlock", "TransformerSeq2Seq", "padding_mask"]

@@ -7,6 +7,7 @@ string is the whole interface.
 
 from __future__ import annotations
 
+import collections
 import math
 from typing import Any
 
@@ -15,11 +16,12 @@ import jax
 import jax.numpy as jnp
 
 from attnlab import positional
-from attnlab.attention import KINDS, PATTERNS
+from attnlab.attention import KINDS, PATTERNS, masks
 from attnlab.models import kv_cache
 from attnlab.models.common import (DTYPES, MLPS, NORMS, declared_params, mlp_hidden,
                                    model_settings, param_dtype)
 from attnlab.models.common import flat as _flat
+from attnlab.registry import Declared
 from attnlab.models.common import normal_init as _init
 
 
@@ -34,11 +36,27 @@ def _dense(cfg, features: int, name: str, std: float = 0.02, bias: bool | None =
                   name=name)
 
 
+def _with_pattern(att, pattern: str | None):
+  """``model.attention`` read with another registered pattern (a seq2seq encoder's "full")."""
+  if pattern is None or pattern == att.pattern:
+    return att
+  return Declared(collections.ChainMap({"pattern": pattern}, att), ())
+
+
 class SelfAttention(nn.Module):
-  """Multi-head self-attention: MHA, GQA or MQA by ``num_kv_heads``.
+  """Multi-head attention, the one layer of every Transformer here: MHA, GQA or MQA by
+  ``num_kv_heads``; the kind, pattern, position scheme and impl of ``model.attention``.
 
   x: [batch, seq, d_model]; positions: int [batch, seq] -> [batch, seq, d_model].
-  ``layer`` (the block index) seeds random patterns and random features.
+  ``layer`` (the block index) seeds random patterns and random features; ``pattern``
+  replaces ``model.attention.pattern`` (a seq2seq encoder attends with ``"full"``);
+  ``depth``: residual layers of the whole model, for the output projection's initial
+  scale (0: ``model.num_layers``).
+
+  ``mask``: bool broadcastable to [batch, heads, q, k], and-ed with the pattern (source
+  padding). ``memory`` [batch, src, d_model]: cross-attention, queries from ``x`` and keys
+  and values from ``memory`` (projections ``query`` and ``key_value``; content only: no
+  position scheme, every memory token visible but for ``mask``).
   With ``cache=(layer_kv, plan)`` (incremental decoding, see ``attnlab.models.kv_cache``)
   returns ``(output, updated layer_kv)``.
 
@@ -49,38 +67,51 @@ class SelfAttention(nn.Module):
   """
   cfg: Any
   layer: int = 0
+  pattern: str | None = None
+  depth: int = 0
 
   @nn.compact
-  def __call__(self, x, positions, cache=None):
-    cfg, att = self.cfg, self.cfg.attention
+  def __call__(self, x, positions=None, cache=None, *, mask=None, memory=None):
+    cfg = self.cfg
+    att = _with_pattern(cfg.attention, "full" if memory is not None else self.pattern)
     batch, seq, _ = x.shape
     heads, kv_heads = att.num_heads, att.num_kv_heads
     head_dim = cfg.d_model // heads
     kind = KINDS.get(att.kind)
-    num_k = 0 if kind.shared_qk else kv_heads       # shared QK (Reformer): keys are the queries
     qkv_bias = cfg.use_bias or model_settings(cfg).qkv_bias
-    qkv = _dense(cfg, (heads + num_k + kv_heads) * head_dim, "qkv", bias=qkv_bias)(_flat(x))
-    q, k, v = jnp.split(qkv.reshape(batch, seq, heads + num_k + kv_heads, head_dim),
-                        [heads, heads + num_k], axis=2)   # one matmul; columns [q | k | v]
-    scheme = positional.get_scheme(cfg.position)
-    params = declared_params(self, scheme.attention_params(heads), param_dtype(cfg))
-    out_proj = _dense(cfg, cfg.d_model, "out", 0.02 / math.sqrt(2 * cfg.num_layers))
-    if cache is not None:   # incremental decoding: k, v go to the cache before encoding
-      out, layer_kv = kv_cache.cached_attention(q, k, v, *cache, scheme=scheme, params=params,
-                                                att=att, layer=self.layer)
-      return out_proj(out.reshape(batch * seq, heads * head_dim)).reshape(x.shape), layer_kv
-    if kind.shared_qk:
-      q, _ = scheme.rotate_qk(q, q, positions)
-      k = q
+    depth = self.depth or cfg.num_layers
+    out_proj = _dense(cfg, cfg.d_model, "out", 0.02 / math.sqrt(2 * depth))
+    if memory is not None:
+      src = memory.shape[1]
+      q = _dense(cfg, heads * head_dim, "query", bias=qkv_bias)(_flat(x))
+      kv = _dense(cfg, 2 * kv_heads * head_dim, "key_value", bias=qkv_bias)(_flat(memory))
+      q = q.reshape(batch, seq, heads, head_dim)
+      k, v = jnp.split(kv.reshape(batch, src, 2 * kv_heads, head_dim), 2, axis=2)
+      scheme, bias = None, None
     else:
-      q, k = scheme.rotate_qk(q, k, positions)
+      num_k = 0 if kind.shared_qk else kv_heads     # shared QK (Reformer): keys are the queries
+      qkv = _dense(cfg, (heads + num_k + kv_heads) * head_dim, "qkv", bias=qkv_bias)(_flat(x))
+      q, k, v = jnp.split(qkv.reshape(batch, seq, heads + num_k + kv_heads, head_dim),
+                          [heads, heads + num_k], axis=2)   # one matmul; columns [q | k | v]
+      scheme = positional.get_scheme(cfg.position)
+      params = declared_params(self, scheme.attention_params(heads), param_dtype(cfg))
+      if cache is not None:   # incremental decoding: k, v go to the cache before encoding
+        out, layer_kv = kv_cache.cached_attention(q, k, v, *cache, scheme=scheme,
+                                                  params=params, att=att, layer=self.layer)
+        return out_proj(out.reshape(batch * seq, heads * head_dim)).reshape(x.shape), layer_kv
+      if kind.shared_qk:
+        q, _ = scheme.rotate_qk(q, q, positions)
+        k = q
+      else:
+        q, k = scheme.rotate_qk(q, k, positions)
+      bias = scheme.score_mod(heads, params, positions)
     rng = self.make_rng("features") if self.has_rng("features") else None
-    mask = PATTERNS.get(att.pattern).build(att, self.layer)
-    bias = scheme.score_mod(heads, params, positions)
+    pattern = PATTERNS.get(att.pattern).build(att, self.layer)
+    pattern = pattern if mask is None else pattern & masks.as_mask(mask)
     if kind.weights is not None and self.is_mutable_collection("intermediates"):
       self.sow("intermediates", "attention_weights",
-               kind.weights(q, k, mask=mask, bias=bias, cfg=att, layer=self.layer, rng=rng))
-    out = kind.apply(q, k, v, mask=mask, bias=bias, cfg=att, layer=self.layer, rng=rng)
+               kind.weights(q, k, mask=pattern, bias=bias, cfg=att, layer=self.layer, rng=rng))
+    out = kind.apply(q, k, v, mask=pattern, bias=bias, cfg=att, layer=self.layer, rng=rng)
     out = out_proj(out.reshape(batch * seq, heads * head_dim))
     return out.reshape(x.shape)
 
