@@ -50,6 +50,7 @@ def test_linear_attention_cannot_silently_drop_it():
     config_lib.resolve(cfg)
 
 
+@pytest.mark.slow   # StreamingLLM itself: tests/test_kv_cache.py
 def test_streaming_cache_positions_keys_by_their_place():
   """StreamingLLM with KERPLE (a bias: it streams). With one layer, token t's output is the
   last position of a full forward pass over exactly the kept tokens (sinks + window), since

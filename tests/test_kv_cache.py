@@ -148,7 +148,8 @@ def streaming_oracle(cfg, params, tokens, sinks, window):
 
 
 @pytest.mark.parametrize("position,kv_heads,sinks,window", [
-    ("rope", 4, 2, 5), ("rope", 2, 0, 6), ("alibi", 2, 2, 5),
+    ("rope", 4, 2, 5), pytest.param("rope", 2, 0, 6, marks=pytest.mark.slow),
+    pytest.param("alibi", 2, 2, 5, marks=pytest.mark.slow),
     pytest.param("none", 1, 1, 4, marks=pytest.mark.slow),
     pytest.param("xpos", 2, 2, 5, marks=pytest.mark.slow),
     pytest.param("t5", 1, 3, 4, marks=pytest.mark.slow)])

@@ -78,8 +78,11 @@ def decode_calls(monkeypatch):
   return calls
 
 
-@pytest.mark.parametrize("position", ["rope", "alibi"])
-@pytest.mark.parametrize("kv_heads", [4, 2, 1], ids=["mha", "gqa", "mqa"])
+# MHA with RoPE in the default tier; the other head layouts and ALiBi in the slow tier
+@pytest.mark.parametrize("kv_heads,position", [
+    pytest.param(kv, pos, id=f"{name}-{pos}",
+                 marks=() if (name, pos) == ("mha", "rope") else pytest.mark.slow)
+    for pos in ("rope", "alibi") for kv, name in ((4, "mha"), (2, "gqa"), (1, "mqa"))])
 def test_pallas_cached_decoding_equals_full_forward(position, kv_heads, decode_calls):
   cfg, model, xla, params = _models(position, model__attention__num_kv_heads=kv_heads)
   tokens = _tokens()
@@ -120,6 +123,7 @@ def _step(model, params, cache, tokens, prefill=False):
   return model.apply({"params": params}, jnp.asarray(tokens), cache=cache, prefill=prefill)
 
 
+@pytest.mark.slow
 def test_decode_kernel_is_not_called_on_non_qualifying_steps(decode_calls):
   """The matrix above shows the kernel runs once per layer for a qualifying program
   (prefill + decode steps, so not at the prefill). Here it does not run: a rolling cache

@@ -142,7 +142,9 @@ class Stripes(masks.Mask):
     return ((kv_idx // 3) % 2 == 0) | (kv_idx <= q_idx - 10)
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=[str(s) for s in SHAPES])
+@pytest.mark.parametrize("shape", [SHAPES[0]] + [pytest.param(s, marks=pytest.mark.slow)
+                                                  for s in SHAPES[1:]],
+                         ids=[str(s) for s in SHAPES])
 def test_generic_block_map_is_exact(shape):
   q_len, kv_len, bq, bk = shape
   rng = np.random.default_rng(q_len * 1000 + kv_len)

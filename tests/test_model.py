@@ -71,6 +71,7 @@ def test_other_block_variants_are_causal(variant):
   assert np.abs(a[:, 20:] - b[:, 20:]).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_tracks_float32():
   model32, params = _model_and_params(tiny_config("alibi"))
   model16, _ = _model_and_params(tiny_config("alibi", model__dtype="bfloat16"))

@@ -67,6 +67,7 @@ def check(q, k, v, w, mask_bool, *, mask=None, bias=None, bias_np=None, cap=None
 # tests/test_conformance_*.py)
 
 
+@pytest.mark.slow
 def test_bigbird_per_head_tile_table_matches_oracle():
   # BigBird blocks of 8 inside 16-wide tiles: partial tiles differ by head (random
   # blocks), so the kernel masks them with rows of its tile-mask table.
@@ -80,6 +81,7 @@ def test_bigbird_per_head_tile_table_matches_oracle():
   check(q, k, v, w, dense[None], mask=mask)
 
 
+@pytest.mark.slow   # rows that see nothing, every impl: tests/test_conformance_impls.py
 def test_row_that_sees_nothing_is_zero_without_nan():
   n = 20
   mask = masks.DenseMask(np.arange(n)[:, None] > np.arange(n)[None, :] + 0)  # row 0 sees nothing

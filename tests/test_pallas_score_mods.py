@@ -271,8 +271,13 @@ ZOO = ["alibi", "t5", "softcap", "kerple", "temperature", "gated"]
 CAUSAL = oracles.dense_np(oracles.np_causal, 40, 40)
 
 
-@pytest.mark.parametrize("impl", ["pallas", "blockwise"])
-@pytest.mark.parametrize("name", ZOO)
+# registered modifiers (ALiBi, T5, soft-cap, KERPLE) run through every impl in the
+# conformance suite; here the zoo's own classes, temperature through the kernel by default
+@pytest.mark.parametrize("name,impl", [
+    pytest.param(name, impl, id=f"{name}-{impl}",
+                 marks=() if (name, impl) in (("alibi", "pallas"), ("t5", "blockwise"),
+                                               ("temperature", "pallas")) else pytest.mark.slow)
+    for name in ZOO for impl in ("pallas", "blockwise")])
 def test_zoo_causal_gqa_float32(name, impl):
   check_against_oracle(impl, make_zoo(name, 4), masks.causal(), CAUSAL)
 
@@ -303,18 +308,21 @@ def _zoo_or_composition(spec: str, heads: int):
   return parts[0] if len(parts) == 1 else compose(*parts)
 
 
-@pytest.mark.parametrize("spec,pattern,kv_heads", SPARSE_CASES)
+@pytest.mark.parametrize("spec,pattern,kv_heads", [SPARSE_CASES[0]] + [
+    pytest.param(*case, marks=pytest.mark.slow) for case in SPARSE_CASES[1:]])
 def test_zoo_with_block_sparse_patterns(spec, pattern, kv_heads):
   mask, visible = _patterns()[pattern]
   check_against_oracle("pallas", _zoo_or_composition(spec, 4), mask, visible, kv_heads=kv_heads)
 
 
-@pytest.mark.parametrize("spec", ["alibi", "kerple", "gated", "t5+temperature"])
+@pytest.mark.parametrize("spec", [pytest.param(s, marks=pytest.mark.slow)
+                                  for s in ("alibi", "kerple", "gated")] + ["t5+temperature"])
 def test_zoo_bfloat16(spec):
   check_against_oracle("pallas", _zoo_or_composition(spec, 4), masks.sliding_window(9),
                        oracles.dense_np(oracles.np_window(9, 0), 40, 40), dtype=jnp.bfloat16, rtol=3e-2)
 
 
+@pytest.mark.slow   # the kernel's TPU path in the interpreter: tests/test_pallas.py
 @pytest.mark.parametrize("name", ["kerple", "t5"])
 def test_zoo_in_the_tpu_interpreter(name, monkeypatch):
   # the TPU variant of the kernel (tables in SMEM, TPU memory semantics), run by JAX's

@@ -53,7 +53,8 @@ def _influence(model, params, n=N, seed=0):
   return change.T > 1e-6
 
 
-@pytest.mark.parametrize("pattern", list(SPARSE))
+@pytest.mark.parametrize("pattern", [p if p == "dilated" else pytest.param(p, marks=pytest.mark.slow)
+                                     for p in SPARSE])
 def test_one_layer_model_sees_exactly_its_pattern(pattern):
   cfg, model, params = _model_and_params(_config(pattern, model__num_layers=1))
   mask = PATTERNS.get(pattern).build(cfg.model.attention, 0)
@@ -150,7 +151,8 @@ def test_lsh_model_with_one_chunk_and_bucket_is_causal():
   np.testing.assert_allclose(a[:, :20], b[:, :20], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", list(KIND_CONFIGS))
+@pytest.mark.parametrize("kind", [k if k == "performer" else pytest.param(k, marks=pytest.mark.slow)
+                                  for k in KIND_CONFIGS])
 def test_efficient_kinds_learn(kind):
   """Gradients flow through every kind: 25 Adam steps on one batch cut its loss by a third."""
   import optax

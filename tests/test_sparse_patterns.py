@@ -141,7 +141,7 @@ def test_random_draws_are_uniform():
   assert hist.min() > 0.9 * hist.mean()
 
 
-@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("causal", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_bigbird_matches_block_definition(causal):
   n = 37
   mask = masks.bigbird(4, window_blocks=3, global_blocks=1, random_blocks=2, seed=3,

@@ -43,6 +43,7 @@ def test_block_map_classifies_every_tile_exactly(stride, n, block_q, block_kv):
       assert got[a, b] == want, (a, b)
 
 
+@pytest.mark.slow   # the registered pattern through every impl: tests/test_conformance_patterns.py
 @pytest.mark.parametrize("impl", ["xla", "blockwise", "pallas"])
 def test_impls_equal_the_reference_with_the_loop_mask(impl):
   rng = np.random.default_rng(0)
