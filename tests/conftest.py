@@ -1,7 +1,10 @@
 """Shared pytest setup: JAX on CPU unless the caller chose a platform, the same XLA flags
-as attnlab's command-line entry points (deterministic GPU reductions), and the slow tier:
-the tests listed in ``tests/slow_variants.txt`` (the rule is at its top) are marked
-``slow``, so the default run skips them and ``pytest -m slow`` runs them.
+as attnlab's command-line entry points (deterministic GPU reductions). The slow tier is
+marked in the test files (``@pytest.mark.slow``, or ``pytest.param(..., marks=...)`` on a
+case): the default run skips it and ``pytest -m slow`` runs it. The rule that chooses it:
+a parametrized check runs its first case (or the cases that cover distinct code paths) by
+default and the others in the slow tier; a long end-to-end test is slow when a default
+test covers its property; the cross products of the conformance suite are slow.
 
 Many tests compile the same small programs (a tiny model's train step, its evaluation);
 JAX's persistent compilation cache lets them, and the xdist workers, share one compile.
@@ -10,7 +13,6 @@ that started them), removed at the end, so nothing compiled by other code is reu
 ``JAX_COMPILATION_CACHE_DIR`` the caller set is used as is."""
 
 import os
-import pathlib
 import shutil
 import sys
 import tempfile
@@ -38,29 +40,6 @@ if (os.environ["JAX_PLATFORMS"] == "cpu"
 from attnlab import runtime  # noqa: E402  (must precede any JAX computation)
 
 runtime.configure()
-
-_SLOW_LIST = pathlib.Path(__file__).with_name("slow_variants.txt")
-
-
-def _slow_variants() -> set[str]:
-  lines = _SLOW_LIST.read_text().splitlines()
-  return {line.strip() for line in lines if line.strip() and not line.startswith("#")}
-
-
-def pytest_collection_modifyitems(config, items):
-  listed = _slow_variants()
-  seen = set()
-  for item in items:
-    name = f"{pathlib.Path(item.fspath).name}::{item.name}"
-    if name in listed:
-      item.add_marker(pytest.mark.slow)
-      seen.add(name)
-  whole_suite = not config.args or [pathlib.Path(a).name for a in config.args] == ["tests"]
-  stale = sorted(listed - seen)
-  if whole_suite and stale and not config.getoption("keyword"):
-    raise pytest.UsageError(f"tests/slow_variants.txt names tests that do not exist: "
-                            f"{', '.join(stale[:5])}{' ...' if len(stale) > 5 else ''}")
-
 
 @pytest.fixture(autouse=True)
 def _fresh_evaluation_scorers():
