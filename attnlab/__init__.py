@@ -6,7 +6,8 @@ and impl (how it is computed).
 """
 
 from attnlab.registry import ConfigError
+from attnlab.runtime import clear_compiled_caches
 
 __version__ = "0.1.0"
 
-__all__ = ["ConfigError", "__version__"]
+__all__ = ["ConfigError", "__version__", "clear_compiled_caches"]

@@ -19,12 +19,20 @@ per step, about a quarter of its time on 2 cores; blockwise sliding-window
 attention at 16k tokens: ~30,000 faults per forward+backward). Setting any of
 glibc's ``MALLOC_*`` variables (or ``GLIBC_TUNABLES`` with ``malloc``) leaves
 the allocator as you set it.
+
+It also keeps the one list of module-level caches of compiled programs (and of other
+results decided while tracing). What a trace decides (``impl='auto'``'s choice, a
+kernel's trace-time checks) depends on the backend and the mesh at trace time, so a
+cache made with ``compiled_cache`` keys on ``trace_context()`` as well as on its
+arguments, and ``clear_compiled_caches()`` empties every such cache and JAX's own.
 """
 
 import ctypes
+import functools
 import os
 import platform
 import sys
+import weakref
 
 _FLAGS = {
     "--xla_gpu_deterministic_ops": "true",
@@ -64,3 +72,54 @@ def configure() -> None:
   extra = [f"{k}={v}" for k, v in _FLAGS.items() if k not in flags]
   if extra:
     os.environ["XLA_FLAGS"] = " ".join([flags] + extra).strip()
+
+
+# ----------------------------------------------------------------------------- compiled caches
+
+_COMPILED_CACHES: "weakref.WeakSet" = weakref.WeakSet()   # the lru_caches compiled_cache made
+
+
+def trace_context() -> tuple:
+  """What a trace may read besides its arguments: ``(jax.default_backend(), the abstract
+  mesh's axes as (name, size, type) triples)`` (no axes outside ``jax.set_mesh``).
+  ``impl='auto'`` chooses by the backend and by how the mesh splits the sequence."""
+  import jax   # here, not at import: configure() runs before JAX starts its backend
+  mesh = jax.sharding.get_abstract_mesh()
+  axes = tuple(zip(mesh.axis_names, mesh.axis_sizes, map(str, mesh.axis_types)))
+  return jax.default_backend(), axes
+
+
+def compiled_cache(maxsize: int | None = 128):
+  """``functools.lru_cache(maxsize)`` for a function that builds (or traces) a program,
+  keyed on ``trace_context()`` as well as the arguments, so a program traced under one
+  backend or mesh is never reused under another; registered, so
+  ``clear_compiled_caches()`` empties it. The decorated function keeps ``cache_clear``,
+  ``cache_info`` and ``__wrapped__`` (the undecorated function, for unhashable arguments).
+  """
+
+  def decorate(fn):
+    @functools.lru_cache(maxsize=maxsize)
+    def cached(context, *args, **kwargs):
+      del context                         # a cache key only
+      return fn(*args, **kwargs)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+      return cached(trace_context(), *args, **kwargs)
+
+    wrapper.cache_clear = cached.cache_clear
+    wrapper.cache_info = cached.cache_info
+    _COMPILED_CACHES.add(cached)
+    return wrapper
+
+  return decorate
+
+
+def clear_compiled_caches() -> None:
+  """Empty every ``compiled_cache`` and JAX's own caches (``jax.clear_caches()``), so the
+  next call traces again and reads what tracing reads (impl tables, the backend, the mesh,
+  anything a test patched) afresh."""
+  for cache in list(_COMPILED_CACHES):
+    cache.cache_clear()
+  if "jax" in sys.modules:              # nothing of JAX's to clear before it is imported
+    sys.modules["jax"].clear_caches()

@@ -14,7 +14,6 @@ that started them), removed at the end, so nothing compiled by other code is reu
 
 import os
 import shutil
-import sys
 import tempfile
 
 import pytest
@@ -41,14 +40,14 @@ from attnlab import runtime  # noqa: E402  (must precede any JAX computation)
 
 runtime.configure()
 
+
 @pytest.fixture(autouse=True)
-def _fresh_evaluation_scorers():
-  """Evaluation keeps one jitted scorer per model config; a test that patches what tracing
-  reads (impl tables, the backend) must not inherit a program another test traced."""
+def _fresh_compiled_caches():
+  """attnlab keeps compiled programs (evaluation's scorers, generation's programs, capture)
+  per config, backend and mesh; a test that patches what tracing reads (impl tables, the
+  backend) must not leave a program traced under its patch to the tests after it."""
   yield
-  evaluation = sys.modules.get("attnlab.engine.evaluation")
-  if evaluation is not None:
-    evaluation.nll_scorer.cache_clear()
+  runtime.clear_compiled_caches()
 
 
 def pytest_unconfigure(config):

@@ -12,7 +12,6 @@ kernel, normalised), so ``weights @ v`` is the layer's attention output.
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +20,7 @@ import numpy as np
 from attnlab.attention import KINDS
 from attnlab.models import build_lm
 from attnlab.registry import ConfigError
+from attnlab.runtime import compiled_cache
 from attnlab.workdir import restore_params
 
 
@@ -42,7 +42,7 @@ def check_capturable(model_cfg) -> None:
         f"its attention maps cannot be captured; kinds with maps: {with_weights}")
 
 
-@functools.lru_cache(maxsize=8)
+@compiled_cache(maxsize=8)
 def _capture_fn(model):
   """Jitted (params, tokens) -> (logits, tuple of per-layer weights)."""
 

@@ -34,6 +34,7 @@ import numpy as np
 from attnlab.attention import masks as masks_lib
 from attnlab.attention import score_mods
 from attnlab.attention.core import BLOCK_KV, BLOCK_Q, IMPLS, Implementation
+from attnlab.runtime import compiled_cache
 from pallas_kernels import flash
 
 # Largest tile of the Pallas path (CPU interpret mode and GPU alike).
@@ -196,7 +197,7 @@ def _primitives(jaxpr) -> set[str]:
   return names
 
 
-@functools.lru_cache(maxsize=256)
+@compiled_cache(maxsize=256)   # a trace-time check: per backend and mesh, cleared with the programs
 def _score_mod_problem(treedef, avals: tuple, heads: int) -> str | None:
   """Why a modifier (given by its treedef and leaf shapes) cannot run in the kernel."""
   mod = jax.tree_util.tree_unflatten(treedef, [jax.ShapeDtypeStruct(*a) for a in avals])

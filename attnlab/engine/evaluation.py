@@ -16,7 +16,6 @@ Llama 3), each set at evaluation time for every length: factor ``L / original`` 
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import pathlib
@@ -30,6 +29,7 @@ from tqdm import tqdm
 from attnlab import config_lib, data, positional
 from attnlab.models import build_lm
 from attnlab.registry import ConfigError
+from attnlab.runtime import compiled_cache
 from attnlab import workdir as workdir_lib
 from attnlab.workdir import WorkdirError, restore_params
 
@@ -39,7 +39,7 @@ LN2 = math.log(2.0)
 EVAL_MODES = ("non_overlapping", "sliding")
 
 
-@functools.lru_cache(maxsize=8)
+@compiled_cache(maxsize=8)
 def _nll_scorer(model_cfg):
   model = build_lm(model_cfg)
 
@@ -55,9 +55,11 @@ def nll_scorer(model_cfg):
   """Jitted ``(params, inputs int [b, L], targets int [b, L], weights f32 [b, L]) -> sum of
   weights * next-token NLL`` for the model ``model_cfg`` describes. One function per model
   config (cached), so every protocol and every call at a batch shape it has seen reuses
-  one compiled program instead of tracing and compiling the model again. What tracing
-  decided (``impl='auto'``'s choice from the tables in ``attnlab.attention.core``) stays
-  with the shapes already compiled; ``nll_scorer.cache_clear()`` after changing those."""
+  one compiled program instead of tracing and compiling the model again. The cache keys on
+  the backend and mesh too (``attnlab.runtime.compiled_cache``); what tracing decided
+  from anything else (``impl='auto'``'s choice from the tables in ``attnlab.attention.core``)
+  stays with the programs already traced: ``attnlab.clear_compiled_caches()`` after
+  changing those."""
   frozen = ml_collections.FrozenConfigDict(model_cfg)
   try:
     hash(frozen)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
-import functools
 import time
 
 import jax
@@ -36,6 +35,7 @@ from attnlab.attention import KINDS
 from attnlab.inference.sampling import Sampling, sample
 from attnlab.models import TransformerLM, kv_cache
 from attnlab.registry import ConfigError
+from attnlab.runtime import compiled_cache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,7 +189,7 @@ def _halves(model_cfg, layout, start, total, max_new, sampling, stop_tokens):
   return prefill, decode
 
 
-@functools.lru_cache(maxsize=16)
+@compiled_cache(maxsize=16)
 def _compiled(model_cfg, layout, batch, start, total, max_new, sampling, stop_tokens):
   del batch                               # a cache key: one program per batch size
   prefill, decode = _halves(model_cfg, layout, start, total, max_new, sampling, stop_tokens)
@@ -200,7 +200,7 @@ def _compiled(model_cfg, layout, batch, start, total, max_new, sampling, stop_to
   return run
 
 
-@functools.lru_cache(maxsize=16)
+@compiled_cache(maxsize=16)
 def decode_program(model_cfg, layout, batch: int, start: int, total: int, max_new: int,
                    sampling: Sampling = Sampling(), stop_tokens: tuple = ()):
   """``generate``'s cached program in its two halves, each jit-compiled on its own, so that
@@ -222,7 +222,7 @@ def decode_program(model_cfg, layout, batch: int, start: int, total: int, max_ne
   return jax.jit(prefill), jax.jit(decode)
 
 
-@functools.lru_cache(maxsize=16)
+@compiled_cache(maxsize=16)
 def _stream(model_cfg, layout, batch: int, total: int):
   model = TransformerLM(model_cfg)
   start = min(layout.capacity, total)     # a StreamingLLM prefill must not evict
@@ -246,7 +246,7 @@ def stream_logits(model_cfg, params, tokens, layout) -> jax.Array:
   return _stream(model_cfg, layout, tokens.shape[0], tokens.shape[1])(params, tokens)
 
 
-@functools.lru_cache(maxsize=16)
+@compiled_cache(maxsize=16)
 def recompute_program(model_cfg, batch: int, start: int, total: int, max_new: int,
                       sampling: Sampling = Sampling(), stop_tokens: tuple = ()):
   """``generate(use_cache=False)``'s program, jit-compiled: run(params, prompts, lengths,
