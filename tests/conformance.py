@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pytest
 
 import oracles
 from attnlab import config_lib, positional
@@ -47,6 +48,17 @@ def _grad_close(actual, expected, what, rtol=1e-5):
   assert np.all(np.isfinite(actual)), f"{what}: non-finite gradient"
   atol = rtol * max(1.0, float(np.abs(expected).max()))
   np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
+
+
+def skip_if(reason):
+  """Skip the test with the entry's own reason, if it gave one."""
+  if reason:
+    pytest.skip(reason[:300])
+
+
+def slow(*values):
+  """A parametrize case of the slow tier."""
+  return pytest.param(*values, marks=pytest.mark.slow)
 
 
 # ----------------------------------------------------------------------------- configs
@@ -176,12 +188,8 @@ def check_lookback(spec, att, length: int, what: str = "") -> None:
 
 def qkvw(seed: int, nq=LENGTH, nk=LENGTH, heads=HEADS, kv_heads=KV_HEADS, d=HEAD_DIM,
          batch=BATCH, q_scale=1.0):
-  rng = np.random.default_rng(seed)
-  q = (q_scale * rng.standard_normal((batch, nq, heads, d))).astype(np.float32)
-  k = rng.standard_normal((batch, nk, kv_heads, d)).astype(np.float32)
-  v = rng.standard_normal((batch, nk, kv_heads, d)).astype(np.float32)
-  w = rng.standard_normal((batch, nq, heads, d)).astype(np.float32)
-  return q, k, v, w
+  """Test inputs at the suite's sizes (``oracles.make_qkv``)."""
+  return oracles.make_qkv(seed, batch, nq, nk, heads, kv_heads, d=d, q_scale=q_scale)
 
 
 def run_impl(impl: str, q, k, v, w, mask=None, score_mod=None, tiles=None):

@@ -1,13 +1,5 @@
-"""Conformance suite, implementations (``IMPLS``): every registered entry is tested because it is registered.
-
-The checks are ``tests/conformance.py``'s, against the float64 oracles of
-``tests/oracles.py``; the suite is split by registry so the test workers share it
-(``test_conformance_{patterns,positions,score_mods,kinds,impls}.py``). A test id names
-the entry (``test_pattern_values_and_gradients[strided-pallas]``), so ``pytest -k strided``
-runs every test of one entry. What an entry cannot do is skipped with the reason its
-declaration gives, never because a list forgot it. The default tier runs each entry once
-with each impl that serves it; cross products are marked ``slow``.
-"""
+"""The conformance suite for implementations (``IMPLS``): every registered entry is tested
+because it is registered (the checks, the oracles and the tiers: ``tests/conformance.py``)."""
 
 from __future__ import annotations
 
@@ -25,15 +17,6 @@ from attnlab import positional
 from attnlab.attention import IMPLS, masks, score_mods
 
 IMPL_NAMES = IMPLS.names()
-
-def _skip_if(reason):
-  if reason:
-    pytest.skip(reason[:300])
-
-
-def _slow(*values):
-  return pytest.param(*values, marks=pytest.mark.slow)
-
 
 # ----------------------------------------------------------------------------- impls
 
@@ -63,7 +46,7 @@ def test_impl_serves_the_contract(impl, request_name):
   r = REQUESTS[request_name]
   heads, kv_heads = r["heads"]
   mod = r.get("mod", lambda: None)()
-  _skip_if(C.check_impl(impl, r["mask"](), mod, heads=heads, kv_heads=kv_heads,
+  C.skip_if(C.check_impl(impl, r["mask"](), mod, heads=heads, kv_heads=kv_heads,
                         nq=r.get("nq", C.LENGTH), what=f"{impl}/{request_name}"))
 
 

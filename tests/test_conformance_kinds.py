@@ -1,13 +1,5 @@
-"""Conformance suite, kinds (``KINDS``): every registered entry is tested because it is registered.
-
-The checks are ``tests/conformance.py``'s, against the float64 oracles of
-``tests/oracles.py``; the suite is split by registry so the test workers share it
-(``test_conformance_{patterns,positions,score_mods,kinds,impls}.py``). A test id names
-the entry (``test_pattern_values_and_gradients[strided-pallas]``), so ``pytest -k strided``
-runs every test of one entry. What an entry cannot do is skipped with the reason its
-declaration gives, never because a list forgot it. The default tier runs each entry once
-with each impl that serves it; cross products are marked ``slow``.
-"""
+"""The conformance suite for kinds (``KINDS``): every registered entry is tested
+because it is registered (the checks, the oracles and the tiers: ``tests/conformance.py``)."""
 
 from __future__ import annotations
 
@@ -17,22 +9,13 @@ import pytest
 import conformance as C
 from attnlab.attention import KINDS, PATTERNS
 
-def _skip_if(reason):
-  if reason:
-    pytest.skip(reason[:300])
-
-
-def _slow(*values):
-  return pytest.param(*values, marks=pytest.mark.slow)
-
-
 # ----------------------------------------------------------------------------- kinds
 
 
 @pytest.mark.parametrize("kind", KINDS.names())
 def test_kind_weights_reproduce_its_output(kind):
   spec = KINDS.get(kind)
-  _skip_if(None if spec.weights is not None else f"kind {kind!r} declares no weights")
+  C.skip_if(None if spec.weights is not None else f"kind {kind!r} declares no weights")
   att = C.attention_block("causal", kind, heads=C.HEADS,
                           kv_heads=C.HEADS if spec.shared_qk else C.KV_HEADS)
   q, k, v, _ = C.qkvw(0, 24, 24, C.HEADS, att.num_kv_heads)
@@ -55,10 +38,10 @@ def test_kind_in_a_language_model(kind):
                           kv_heads=C.HEADS if spec.shared_qk else C.KV_HEADS)
   # a kind that cannot generate says why: its outputs over a prefix depend on what follows
   # (LSH hashes the whole sequence); its weights never reach a later key (test above)
-  _skip_if(spec.generation_refusal and f"kind {kind!r} {spec.generation_refusal}")
+  C.skip_if(spec.generation_refusal and f"kind {kind!r} {spec.generation_refusal}")
   C.check_causal(config, kind)
   reasons = [C.check_cached_decoding(config, kind), C.check_generation(config, kind)]
-  _skip_if("; ".join(r for r in reasons if r))
+  C.skip_if("; ".join(r for r in reasons if r))
 
 
 @pytest.mark.parametrize("kind", KINDS.names())

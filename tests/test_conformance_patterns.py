@@ -1,13 +1,5 @@
-"""Conformance suite, patterns (``PATTERNS``): every registered entry is tested because it is registered.
-
-The checks are ``tests/conformance.py``'s, against the float64 oracles of
-``tests/oracles.py``; the suite is split by registry so the test workers share it
-(``test_conformance_{patterns,positions,score_mods,kinds,impls}.py``). A test id names
-the entry (``test_pattern_values_and_gradients[strided-pallas]``), so ``pytest -k strided``
-runs every test of one entry. What an entry cannot do is skipped with the reason its
-declaration gives, never because a list forgot it. The default tier runs each entry once
-with each impl that serves it; cross products are marked ``slow``.
-"""
+"""The conformance suite for patterns (``PATTERNS``): every registered entry is tested
+because it is registered (the checks, the oracles and the tiers: ``tests/conformance.py``)."""
 
 from __future__ import annotations
 
@@ -30,15 +22,6 @@ def _example(name: str, heads=C.HEADS, length=C.LENGTH, seed=0):
   import jax
   return SCORE_MODS.get(name).example(heads, C.BATCH, length, jax.random.PRNGKey(seed))
 
-def _skip_if(reason):
-  if reason:
-    pytest.skip(reason[:300])
-
-
-def _slow(*values):
-  return pytest.param(*values, marks=pytest.mark.slow)
-
-
 # ----------------------------------------------------------------------------- patterns
 
 
@@ -60,17 +43,17 @@ def test_pattern_band_and_look_back_match_its_predicate(pattern):
 @pytest.mark.parametrize("pattern", PATTERNS.names())
 def test_pattern_values_and_gradients(pattern, impl):
   mask, _ = C.pattern_mask(pattern)
-  _skip_if(C.check_impl(impl, mask, what=f"{pattern}/{impl}"))
+  C.skip_if(C.check_impl(impl, mask, what=f"{pattern}/{impl}"))
 
 
 @pytest.mark.parametrize("pattern", PATTERNS.names())
 def test_pattern_in_a_language_model(pattern):
-  _skip_if(None if _causal(pattern) else
+  C.skip_if(None if _causal(pattern) else
            f"pattern {pattern!r} is not causal: a language model cannot use it")
   config = C.model_config(pattern, "rope")
   C.check_causal(config, pattern)
-  _skip_if(C.check_cached_decoding(config, pattern))
-  _skip_if(C.check_generation(config, pattern))
+  C.skip_if(C.check_cached_decoding(config, pattern))
+  C.skip_if(C.check_generation(config, pattern))
 
 
 @pytest.mark.parametrize("pattern", PATTERNS.names())
@@ -104,16 +87,16 @@ def test_layouts_follow_the_declared_look_back():
 # ----------------------------------------------------------------------------- slow tier: cross products
 
 @pytest.mark.parametrize("pattern,name,impl", [
-    _slow(p, m, i) for p in PATTERNS.names() for m in SCORE_MODS.names() for i in IMPL_NAMES])
+    C.slow(p, m, i) for p in PATTERNS.names() for m in SCORE_MODS.names() for i in IMPL_NAMES])
 def test_pattern_with_score_mod(pattern, name, impl):
   mask, _ = C.pattern_mask(pattern, heads=C.HEADS)
-  _skip_if(C.check_impl(impl, mask, _example(name), kv_heads=1, what=f"{pattern}/{name}/{impl}"))
+  C.skip_if(C.check_impl(impl, mask, _example(name), kv_heads=1, what=f"{pattern}/{name}/{impl}"))
 
 
 @pytest.mark.parametrize("pattern,impl", [
-    _slow(p, i) for p in PATTERNS.names() if PATTERNS.get(p).causal for i in ("blockwise", "pallas")])
+    C.slow(p, i) for p in PATTERNS.names() if PATTERNS.get(p).causal for i in ("blockwise", "pallas")])
 def test_pattern_model_through_an_impl_decodes_from_its_cache(pattern, impl):
   """The cached step through the impl's own decode path (the Pallas split-K kernel for
   bands), against the same model's full forward."""
-  _skip_if(C.check_cached_decoding(C.model_config(pattern, "alibi", impl=impl),
+  C.skip_if(C.check_cached_decoding(C.model_config(pattern, "alibi", impl=impl),
                                    f"{pattern}/{impl}"))

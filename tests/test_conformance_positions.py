@@ -1,13 +1,5 @@
-"""Conformance suite, position schemes (``POSITIONS``) and RoPE scalings (``ROPE_SCALINGS``): every registered entry is tested because it is registered.
-
-The checks are ``tests/conformance.py``'s, against the float64 oracles of
-``tests/oracles.py``; the suite is split by registry so the test workers share it
-(``test_conformance_{patterns,positions,score_mods,kinds,impls}.py``). A test id names
-the entry (``test_pattern_values_and_gradients[strided-pallas]``), so ``pytest -k strided``
-runs every test of one entry. What an entry cannot do is skipped with the reason its
-declaration gives, never because a list forgot it. The default tier runs each entry once
-with each impl that serves it; cross products are marked ``slow``.
-"""
+"""The conformance suite for position schemes (``POSITIONS``) and RoPE scalings (``ROPE_SCALINGS``): every registered entry is tested
+because it is registered (the checks, the oracles and the tiers: ``tests/conformance.py``)."""
 
 from __future__ import annotations
 
@@ -32,15 +24,6 @@ def _registered_modifier(mod) -> str | None:
   return None
 
 
-def _skip_if(reason):
-  if reason:
-    pytest.skip(reason[:300])
-
-
-def _slow(*values):
-  return pytest.param(*values, marks=pytest.mark.slow)
-
-
 # ----------------------------------------------------------------------------- positions
 
 
@@ -50,11 +33,11 @@ def test_position_bias_values_and_gradients(position, impl):
   """The scheme's modifier, with its declared parameters initialised as a model does, through
   every impl (a modifier class registered in SCORE_MODS is tested there, once)."""
   mod = C.example_position_mod(position)
-  _skip_if(None if mod is not None else f"position {position!r} adds no score modifier")
+  C.skip_if(None if mod is not None else f"position {position!r} adds no score modifier")
   registered = _registered_modifier(mod)
-  _skip_if(registered and f"its modifier {type(mod).__name__} is the registered score "
+  C.skip_if(registered and f"its modifier {type(mod).__name__} is the registered score "
            f"modifier {registered!r}, tested by test_conformance_score_mods.py")
-  _skip_if(C.check_impl(impl, masks.causal(), mod, what=f"{position}/{impl}"))
+  C.skip_if(C.check_impl(impl, masks.causal(), mod, what=f"{position}/{impl}"))
 
 
 @pytest.mark.parametrize("position", POSITION_NAMES)
@@ -62,8 +45,8 @@ def test_position_in_a_language_model(position):
   """A sliding window of 5 over 24 tokens: the rolling cache wraps several times."""
   config = C.model_config("sliding_window", position)
   C.check_causal(config, position)
-  _skip_if(C.check_cached_decoding(config, position))
-  _skip_if(C.check_generation(config, position))
+  C.skip_if(C.check_cached_decoding(config, position))
+  C.skip_if(C.check_generation(config, position))
 
 
 @pytest.mark.parametrize("position", POSITION_NAMES)
@@ -90,7 +73,7 @@ def _scaled(scaling: str):
 def test_rope_scaling_in_a_language_model(scaling):
   config = _scaled(scaling)
   C.check_causal(config, scaling)
-  _skip_if(C.check_cached_decoding(config, scaling))
+  C.skip_if(C.check_cached_decoding(config, scaling))
 
 
 @pytest.mark.parametrize("scaling", SCALING_NAMES)
@@ -120,8 +103,8 @@ def test_rope_scaling_changes_frequencies_only_beyond_none(scaling):
 # ----------------------------------------------------------------------------- slow tier: cross products
 
 @pytest.mark.parametrize("position,pattern", [
-    _slow(p, q) for p in POSITION_NAMES for q in PATTERNS.names() if PATTERNS.get(q).causal])
+    C.slow(p, q) for p in POSITION_NAMES for q in PATTERNS.names() if PATTERNS.get(q).causal])
 def test_position_with_pattern_in_a_language_model(position, pattern):
   config = C.model_config(pattern, position)
   C.check_causal(config, f"{position}/{pattern}")
-  _skip_if(C.check_cached_decoding(config, f"{position}/{pattern}"))
+  C.skip_if(C.check_cached_decoding(config, f"{position}/{pattern}"))

@@ -1,13 +1,5 @@
-"""Conformance suite, score modifiers (``SCORE_MODS``): every registered entry is tested because it is registered.
-
-The checks are ``tests/conformance.py``'s, against the float64 oracles of
-``tests/oracles.py``; the suite is split by registry so the test workers share it
-(``test_conformance_{patterns,positions,score_mods,kinds,impls}.py``). A test id names
-the entry (``test_pattern_values_and_gradients[strided-pallas]``), so ``pytest -k strided``
-runs every test of one entry. What an entry cannot do is skipped with the reason its
-declaration gives, never because a list forgot it. The default tier runs each entry once
-with each impl that serves it; cross products are marked ``slow``.
-"""
+"""The conformance suite for score modifiers (``SCORE_MODS``): every registered entry is tested
+because it is registered (the checks, the oracles and the tiers: ``tests/conformance.py``)."""
 
 from __future__ import annotations
 
@@ -25,22 +17,13 @@ IMPL_NAMES = IMPLS.names()
 def _example(name: str, heads=C.HEADS, length=C.LENGTH, seed=0):
   return SCORE_MODS.get(name).example(heads, C.BATCH, length, jax.random.PRNGKey(seed))
 
-def _skip_if(reason):
-  if reason:
-    pytest.skip(reason[:300])
-
-
-def _slow(*values):
-  return pytest.param(*values, marks=pytest.mark.slow)
-
-
 # ----------------------------------------------------------------------------- score modifiers
 
 
 @pytest.mark.parametrize("impl", IMPL_NAMES)
 @pytest.mark.parametrize("name", SCORE_MODS.names())
 def test_score_mod_values_and_gradients(name, impl):
-  _skip_if(C.check_impl(impl, masks.causal(), _example(name), what=f"{name}/{impl}"))
+  C.skip_if(C.check_impl(impl, masks.causal(), _example(name), what=f"{name}/{impl}"))
 
 
 def test_score_mod_per_head_leaves_are_split_by_their_declaration():

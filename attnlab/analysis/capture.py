@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attnlab.attention import KINDS
-from attnlab.models import build_lm
+from attnlab.models import build_lm, model_settings
 from attnlab.registry import ConfigError
 from attnlab.runtime import compiled_cache
 from attnlab.workdir import restore_params
@@ -30,7 +30,7 @@ class CaptureUnavailable(ConfigError):
 
 def check_capturable(model_cfg) -> None:
   """Raise ``CaptureUnavailable`` unless every layer is attention whose kind has weights."""
-  arch = model_cfg.get("arch", "transformer")
+  arch = model_settings(model_cfg).arch
   if arch != "transformer":
     raise CaptureUnavailable(f"model.arch={arch!r} has no attention layers to analyse; "
                              f"attention maps need model.arch='transformer'")

@@ -23,7 +23,6 @@ The workdir has the layout of every run (``attnlab.workdir``: ``config.json``,
 
 from __future__ import annotations
 
-import functools
 import json
 import pathlib
 import time
@@ -43,6 +42,7 @@ from attnlab.engine.training import make_optimizer
 from attnlab.models import ARCHS, MODEL_FIELDS, build_seq2seq
 from attnlab.models import rnn as rnn_lib
 from attnlab.registry import ConfigError, Field
+from attnlab.runtime import compiled_cache
 
 # ----------------------------------------------------------------------------- config
 
@@ -251,7 +251,7 @@ def make_generate(model):
                  static_argnums=(2,))
 
 
-@functools.lru_cache(maxsize=8)
+@compiled_cache(maxsize=8)
 def _cached_generate(model_cfg):
   """One compiled decoder per model config (re-evaluations reuse it)."""
   return make_generate(build_seq2seq(model_cfg))

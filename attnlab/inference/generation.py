@@ -33,7 +33,7 @@ import numpy as np
 from attnlab import data, positional
 from attnlab.attention import KINDS
 from attnlab.inference.sampling import Sampling, sample
-from attnlab.models import TransformerLM, kv_cache
+from attnlab.models import TransformerLM, kv_cache, model_settings
 from attnlab.registry import ConfigError
 from attnlab.runtime import compiled_cache
 
@@ -73,7 +73,7 @@ def encode_prompts(prompts, tokenizer=data.ByteTokenizer) -> list[np.ndarray]:
 
 def check_request(model_cfg, lengths, max_new_tokens, stop_tokens, streaming, use_cache) -> None:
   """Every problem with a generation request as a ``ConfigError``, before compiling."""
-  arch = model_cfg.get("arch", "transformer")
+  arch = model_settings(model_cfg).arch
   if arch != "transformer":
     raise ConfigError(f"model.arch={arch!r}: generation runs Transformer language models "
                       f"(prefill, then decoding with a KV cache); this workdir holds another "
