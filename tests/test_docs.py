@@ -312,6 +312,7 @@ def extrapolation_seed_findings():
     for v, modes in ratios.items():
       for m, by_factor in modes.items():
         for f, value in by_factor.items():
+          # exact: seeds.py divides the same two JSON floats (one correctly rounded division)
           assert value == ppl(v, m, 64 * int(f)) / ppl(v, m, 64), (run, v, m, f)
   r = lambda v, m, f: [s[v][m][str(f)] for s in per_seed]  # noqa: E731
   mean = lambda xs: sum(xs) / len(xs)  # noqa: E731

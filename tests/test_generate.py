@@ -212,14 +212,16 @@ def test_cli_prints_the_greedy_continuation(workdir):
 
 def test_stream_logits_is_the_cache_read_one_token_at_a_time():
   """generation.stream_logits (the decode loop, teacher forced: the streaming study's path)
-  equals the prefill + scan of single-token steps in test_kv_cache, and, with a cache that
-  never evicts, the full forward pass."""
-  from test_kv_cache import cached_logits, full_logits
+  equals the prefill + scan of single-token steps in tests/conformance.py, and, with a cache
+  that never evicts, the full forward pass."""
+  from conformance import cached_logits, full_logits
   cfg, model, params = perturbed_model("alibi")
   tokens = np.random.default_rng(5).integers(0, 256, (2, 20)).astype(np.int32)
   layout = kv_cache.streaming_layout(2, 5)
   got = np.asarray(generate.stream_logits(cfg.model, params, tokens, layout))
   want, _ = cached_logits(model, params, tokens, layout, prefill=layout.capacity)
-  np.testing.assert_array_equal(got, want)
+  # the same steps compiled as two programs (XLA may fuse them differently): equal to rounding;
+  # a slot or position bug moves the logits by more than 1e-2 (test_kv_cache)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
   full = np.asarray(generate.stream_logits(cfg.model, params, tokens, kv_cache.CacheLayout(20)))
   np.testing.assert_allclose(full, full_logits(model, params, tokens), rtol=2e-5, atol=2e-5)

@@ -128,7 +128,7 @@ def test_linear_weights_by_hand():
     ("linear", {}),
 ])
 def test_capture_of_efficient_kinds(kind, extra):
-  """Whole models: capture leaves logits bit-identical, maps are causal distributions, and
+  """Whole models: capture leaves logits unchanged, maps are causal distributions, and
   the metrics read them (a map that is all on the diagonal would score diagonal 1)."""
   cfg = config_lib.resolve(tiny_config("rope", model__attention__kind=kind, **extra))
   model = build_lm(cfg.model)
@@ -136,7 +136,8 @@ def test_capture_of_efficient_kinds(kind, extra):
   params = model.init(jax.random.PRNGKey(0), tokens)["params"]
   plain = jax.jit(lambda p, t: model.apply({"params": p}, t))(params, tokens)
   logits, maps = capture.capture_attention(model, params, tokens)
-  np.testing.assert_array_equal(np.asarray(plain), logits)
+  # capture's program also computes the maps, so XLA may fuse it differently: equal to rounding
+  np.testing.assert_allclose(np.asarray(plain), logits, rtol=1e-6, atol=1e-6)
   assert maps.shape == (cfg.model.num_layers, 2, 4, 24, 24)
   np.testing.assert_allclose(maps.sum(-1), 1.0, atol=1e-5)
   assert np.abs(np.triu(maps, 1)).max() == 0.0

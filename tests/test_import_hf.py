@@ -215,7 +215,8 @@ def test_extrapolation_evaluator_applies_each_rope_scaling(imported, tmp_path):
   assert by[("linear", 128)]["scale_factor"] == 2.0
   assert by[("dynamic_ntk", 128)]["scale_factor"] == 1.0
   for s in ("linear", "ntk", "yarn", "llama3"):   # beyond it they change the model
-    assert by[(s, 128)]["loss"] != by[("none", 128)]["loss"]
+    # by more than rounding (~1e-7); this near-uniform model's loss moves 2e-6 (yarn) to 8e-6
+    assert by[(s, 128)]["loss"] != pytest.approx(by[("none", 128)]["loss"], rel=5e-7)
   assert (tmp_path / "eval.md").read_text().startswith("| variant | L=64 | L=128 |")
 
 
@@ -247,6 +248,8 @@ def test_evaluation_only_sweep_scores_imported_runs_at_their_own_context(importe
   corpus = data.load_corpus(cfg.data)
   direct, = evaluation.evaluate_lengths(cfg, params, corpus.valid, [64], max_tokens=2048,
                                         progress=False, token_bytes=corpus.token_bytes("valid"))
+  # exact: the sweep calls evaluation.evaluate_lengths with these arguments on the values it
+  # restores from the workdir, so the same program scores the same windows
   assert by["llama"]["loss"] == direct["loss"] and by["llama"]["bytes"] == direct["bytes"]
   assert "perplexity per token (bits per byte)" in (tmp_path / "results.md").read_text()
   with pytest.raises(ConfigError, match="holds none"):

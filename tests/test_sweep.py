@@ -42,6 +42,8 @@ def test_sweep_results_equal_direct_evaluation(tmp_path):
     direct = evaluate.evaluate_lengths(cfg, params, tokens, [16, 32], mode="sliding",
                                        stride=8, max_tokens=128, progress=False)
     got = [r for r in records if r["variant"] == name and r["eval_mode"] == "sliding"]
+    # exact: the sweep calls evaluate_lengths with these arguments on the parameters it saved,
+    # so the same program scores the same windows
     assert [r["loss"] for r in got] == [r["loss"] for r in direct]
   saved = json.loads((tmp_path / "results.json").read_text())
   assert saved == records
