@@ -223,11 +223,12 @@ def _unread(block: Mapping, declared: Mapping[str, Field], read: set[str], path:
   """Paths of the declared fields of ``block`` that the run does not read: not in ``read``
   (their owner is not chosen), or whose ``applies`` says no."""
   out = set()
+  view = Declared(block, declared.values())       # an absent field reads as its default
   for name in block:
     field = declared.get(name)
     if field is None:
       continue                      # undeclared: kept (we cannot tell)
-    if name not in read or (field.applies is not None and not field.applies(block)):
+    if name not in read or (field.applies is not None and not field.applies(view)):
       out.add(f"{path}.{name}")
   return out
 
