@@ -5,11 +5,14 @@ A training workdir holds:
 
 - ``config.json``: the resolved config of the run (``write_or_check_config``); a relative
   ``data.tokenizer`` is read from the workdir (an imported model's ``tokenizer.json``);
-- ``checkpoints/<step>/``: orbax checkpoints of ``{"step", "params", "opt_state"}``,
-  written aside and renamed (atomic), the last ``train.keep_checkpoints`` kept
-  (``Checkpointer``). Only finite parameters whose loss is finite are saved, so every
-  checkpoint is usable; one that cannot be read (a truncated file) is reported, moved to
-  ``checkpoints_unreadable/`` and the newest intact one is used instead;
+- ``checkpoints/<step>/``: orbax checkpoints of ``{"step", "params", "opt_state"}``
+  (item ``default``) and their record (item ``attnlab``: a sha256 of every array, the probe
+  loss), written aside and renamed (atomic), the last ``train.keep_checkpoints`` kept
+  (``Checkpointer``). Only usable states are saved (``engine.loop.save_if_usable``); a
+  checkpoint that cannot be read or whose arrays differ from their checksums is reported
+  and skipped; the writer (and only the writer) moves it to ``checkpoints_unreadable/``;
+- ``data.json``: what the run was trained on (``check_data``), so a resume on other data is
+  refused;
 - ``metrics.jsonl``: one JSON object per line (``step``, ``split``, ``loss``, ...)
   (``MetricsLog``), with TensorBoard events in ``tensorboard/`` and ``loss.png``; a torn
   last line (a write cut short) is dropped with a warning;
@@ -19,7 +22,8 @@ A training workdir holds:
   refused with the holder's pid.
 
 ``restore_params`` reads the parameters of the newest intact checkpoint without building
-an optimizer, so evaluation, generation and analysis need nothing from the trainer, and
+an optimizer and without writing anything (readers never change a run, even while a trainer
+writes it), so evaluation, generation and analysis need nothing from the trainer, and
 ``fingerprint`` names what a result was computed from, so cached results are reused only
 for the same config, checkpoint and data.
 """
@@ -33,7 +37,6 @@ import hashlib
 import json
 import os
 import pathlib
-import shutil
 import sys
 
 import jax
@@ -107,17 +110,22 @@ def config_json(cfg) -> str:
   return json.dumps(json.loads(cfg.to_json()), indent=2, sort_keys=True)
 
 
-def write_or_check_config(cfg, workdir: pathlib.Path, resuming: bool) -> None:
-  """Write ``config.json``; when resuming a checkpoint, refuse a config whose run identity
-  (``config_lib.run_identity``) differs from the saved one's.
+def write_or_check_config(cfg, workdir: pathlib.Path, resuming: bool | None = None) -> None:
+  """Write ``config.json``, or refuse a config whose run identity (``config_lib.run_identity``)
+  differs from the saved one's, whatever the state of the checkpoints (``resuming`` is
+  ignored: a workdir holds one run).
 
   A field the run does not read (another pattern's window, a YaRN field without YaRN, the
   mesh: how to run, not what) may differ, and a field the saved config lacks may be present
   at its declared default (a variant added after the run was written).
   """
+  del resuming
   path = workdir / "config.json"
-  if resuming and path.exists():
-    saved = config_lib.run_identity(json.loads(path.read_text()))
+  if path.exists():
+    try:
+      saved = config_lib.run_identity(json.loads(path.read_text()))
+    except json.JSONDecodeError as e:
+      raise WorkdirError(f"{path} is not valid JSON ({e}); the workdir is damaged") from None
     now = config_lib.run_identity(cfg)
     diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     if diff:
@@ -126,6 +134,134 @@ def write_or_check_config(cfg, workdir: pathlib.Path, resuming: bool) -> None:
                         f"it would not continue that run. Use a new --workdir.")
     return
   atomic_write(path, config_json(cfg))
+
+
+# ----------------------------------------------------------------------------- run state
+
+
+def _first_checkpoint_step(raw: dict) -> int:
+  train = Declared(raw.get("train", {}), config_lib.TRAIN_FIELDS)
+  return min(int(train.checkpoint_every), int(train.steps))
+
+
+def progress_on_disk(workdir) -> str | None:
+  """Why the run in ``workdir`` must not start again from step 0 (a sentence), or None.
+
+  Evidence that a checkpoint was written: set-aside checkpoints, a start from a checkpoint
+  in ``provenance.jsonl``, or metrics past the first checkpoint's step (the loop writes a
+  checkpoint before it goes on). Metrics of a run stopped before its first checkpoint are
+  no such evidence: training again from step 0 writes them again, identically.
+  """
+  workdir = pathlib.Path(workdir)
+  aside = workdir / "checkpoints_unreadable"
+  if aside.is_dir() and any(aside.iterdir()):
+    names = sorted(p.name for p in aside.iterdir())
+    return f"its checkpoint(s) {', '.join(names)} were set aside in {aside} as unreadable"
+  provenance = workdir / "provenance.jsonl"
+  if provenance.exists():
+    for line in provenance.read_text().splitlines():
+      try:
+        step = json.loads(line).get("start_step", 0)
+      except json.JSONDecodeError:
+        continue
+      if step:
+        return f"it was resumed from its checkpoint at step {step} before ({provenance})"
+  config = workdir / "config.json"
+  steps = [r["step"] for r in read_metrics(workdir, internal=True) if "step" in r]
+  if steps and config.exists():
+    first = _first_checkpoint_step(json.loads(config.read_text()))
+    if max(steps) > first:
+      return (f"its metrics.jsonl reaches step {max(steps)}, past its first checkpoint "
+              f"(step {first})")
+  return None
+
+
+def refuse_silent_restart(workdir, start: int, restart: bool) -> None:
+  """At the start of training: a run that is starting from step 0 although it wrote a
+  checkpoint before is refused, unless ``restart`` (``--restart``), which keeps the earlier
+  metrics under ``restarts/<n>/``. Nothing is changed when refused."""
+  if start:
+    return
+  why = progress_on_disk(workdir)
+  if why is None:
+    return
+  if not restart:
+    raise WorkdirError(f"{workdir} has no readable checkpoint, but {why}: training from step 0 "
+                       f"would overwrite that run. Nothing was changed. Pass --restart to "
+                       f"train it again from step 0 (its metrics are kept in "
+                       f"{pathlib.Path(workdir) / 'restarts'}/), or use a new --workdir")
+  workdir = pathlib.Path(workdir)
+  n = 1
+  while (workdir / "restarts" / str(n)).exists():
+    n += 1
+  keep = workdir / "restarts" / str(n)
+  try:
+    keep.mkdir(parents=True)
+    for name in ("metrics.jsonl", "loss.png", "train.json", "eval.json"):
+      if (workdir / name).exists():
+        os.replace(workdir / name, keep / name)
+  except OSError as e:
+    raise WorkdirError(describe_os_error(e, "moving the earlier metrics to", keep)) from None
+  warn(f"--restart: training {workdir} again from step 0 ({why}); the earlier metrics are in "
+       f"{keep}")
+
+
+# ----------------------------------------------------------------------------- data identity
+
+
+def tree_digest(*arrays) -> str:
+  """sha256 of arrays' shapes, dtypes and bytes (a cheap fingerprint of generated data)."""
+  h = hashlib.sha256()
+  for a in jax.tree.leaves(arrays):
+    a = np.ascontiguousarray(np.asarray(a))
+    h.update(f"{a.shape}|{a.dtype}|".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
+def _same_data(a: dict, b: dict) -> bool:
+  keys = (set(a) | set(b)) - {"from_step", "description"}
+  return all(a.get(k) == b.get(k) for k in keys)
+
+
+def check_data(workdir, identity: dict, step: int, accept_change: bool = False) -> None:
+  """Record what the run trains on (``data.json``, at its first step) and refuse to resume
+  it on other data: a changed file, tokenizer or generator is a ``WorkdirError`` naming the
+  field and both fingerprints, unless ``accept_change`` (``--accept_data_change``), which
+  records the new data and the step it starts at.
+
+  ``identity``: ``{"field": the config field naming the data, "source", "sha256", ...}``
+  (``data.Batches.identity``); for the built-in corpus also ``"python"``: the standard
+  library it is read from changes with the interpreter.
+  """
+  path = pathlib.Path(workdir) / "data.json"
+  history = []
+  if path.exists():
+    try:
+      history = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+      raise WorkdirError(f"{path} is not valid JSON ({e}); the workdir is damaged") from None
+  now = {"from_step": int(step), **identity}
+  if history and _same_data(history[-1], now):
+    return
+  if history:
+    before = history[-1]
+    field = identity.get("field", "data")
+    what = (f"{field}={before.get('source')!r} had sha256 {before.get('sha256', '')[:16]}, "
+            f"now {field}={identity.get('source')!r} has sha256 {identity.get('sha256', '')[:16]}")
+    if before.get("python") != identity.get("python") and identity.get("python"):
+      what += (f" (the built-in corpus is the running Python's standard library: the run was "
+               f"trained on Python {before.get('python')}'s, this is Python "
+               f"{identity['python']}'s)")
+    if not accept_change:
+      raise WorkdirError(f"{workdir} was trained on other data: {what}; resuming would not "
+                         f"continue that run. Use a new --workdir, or pass "
+                         f"--accept_data_change to continue on the new data (recorded in {path})")
+    warn(f"--accept_data_change: {workdir} continues from step {step} on other data ({what})")
+  elif step:
+    warn(f"{workdir} recorded no data identity (written before attnlab checked it); recording "
+         f"the data it resumes on in {path}")
+  atomic_write(path, json.dumps(history + [now], indent=2, sort_keys=True))
 
 
 def atomic_write(path: pathlib.Path, text: str) -> None:
@@ -174,10 +310,13 @@ def lock(workdir: pathlib.Path, enabled: bool = True):
       holder = handle.read().strip() or "unknown"
       raise WorkdirError(f"{workdir} is in use by process {holder}, which holds {path}; wait "
                          f"for it to finish or use another --workdir") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
+    try:
+      handle.seek(0)
+      handle.truncate()
+      handle.write(str(os.getpid()))
+      handle.flush()
+    except OSError as e:
+      raise WorkdirError(describe_os_error(e, "writing the pid to the lock file", path)) from None
     yield
   finally:
     handle.close()     # closing releases the lock
@@ -186,9 +325,105 @@ def lock(workdir: pathlib.Path, enabled: bool = True):
 # ----------------------------------------------------------------------------- checkpoints
 
 
+# the orbax item beside a checkpoint's state ("default") holding its record: a sha256 of
+# every array and the probe loss (the loss on a fixed batch when it was saved)
+RECORD_ITEM = "attnlab"
+
+
+class CorruptCheckpoint(ValueError):
+  """A checkpoint's arrays differ from the checksums written with them."""
+
+
+def tree_checksums(tree) -> dict | None:
+  """{path: sha256 of the leaf's shape, dtype and bytes} of a state tree; None when an array
+  is not wholly held by this process (a multi-process run: orbax checks its own writes)."""
+  leaves = jax.tree_util.tree_leaves_with_path(tree)
+  if any(isinstance(x, jax.Array) and not x.is_fully_addressable for _, x in leaves):
+    return None
+  sums = {}
+  for path, leaf in leaves:
+    a = np.ascontiguousarray(np.asarray(leaf))
+    sums[jax.tree_util.keystr(path)] = hashlib.sha256(
+        f"{a.shape}|{a.dtype}|".encode() + a.tobytes()).hexdigest()
+  return sums
+
+
+def verify_checksums(tree, record: dict, step: int) -> None:
+  """Raise ``CorruptCheckpoint`` when a leaf of ``tree`` (all or part of a restored state)
+  differs from the checksum ``record`` holds for it; a record without checksums (written
+  before attnlab kept them, or by a multi-process run) checks nothing."""
+  sums = record.get("checksums") or {}
+  if not sums:
+    return
+  now = tree_checksums(tree) or {}
+  bad = [k for k, v in now.items() if k in sums and sums[k] != v]
+  if bad:
+    raise CorruptCheckpoint(f"checksum mismatch at step {step} in {', '.join(bad[:3])}"
+                            + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+                            + " (its files changed after they were written)")
+
+
+def checkpoint_steps(directory) -> list[int]:
+  """The finished checkpoints in ``directory`` (orbax renames a step's folder to its number
+  once every file is written), oldest first. Reads only."""
+  directory = pathlib.Path(directory)
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def read_record(directory, step: int) -> dict:
+  """The record saved with checkpoint ``step`` (checksums, probe loss); {} when it has none."""
+  path = pathlib.Path(directory) / str(step) / RECORD_ITEM / "metadata"
+  if not path.exists():
+    return {}
+  return json.loads(path.read_text())
+
+
+def _restore_state(directory: pathlib.Path, step: int, abstract):
+  with ocp.StandardCheckpointer() as checkpointer:
+    return checkpointer.restore(directory / str(step) / "default", abstract)
+
+
+def _short(error: Exception) -> str:
+  return f"{type(error).__name__}: {' '.join(str(error).split())[:160]}"
+
+
+def newest_readable(directory, read, on_unreadable=None):
+  """``(step, read(step))`` of the newest checkpoint in ``directory`` that ``read`` succeeds
+  on; (None, None) when there is none; a ``WorkdirError`` when there are some and none can be
+  read. An unreadable step is reported and skipped (``on_unreadable(step, error)`` is called,
+  if given); a step removed while it was read (a writer's rotation) is skipped silently.
+  Steps are listed again after each failure, so a checkpoint finished meanwhile is found."""
+  directory = pathlib.Path(directory)
+  tried, failed = set(), []
+  while True:
+    steps = [s for s in checkpoint_steps(directory) if s not in tried]
+    if not steps:
+      break
+    step = steps[-1]
+    tried.add(step)
+    try:
+      return step, read(step)
+    except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many kinds
+      if not (directory / str(step)).exists():
+        continue
+      failed.append(step)
+      if on_unreadable is not None:
+        on_unreadable(step, e)
+      else:
+        warn(f"checkpoint step {step} in {directory} cannot be read ({_short(e)}); skipped "
+             f"(left in place), using an older one")
+  if failed:
+    raise WorkdirError(f"no checkpoint in {directory} can be read (tried step(s) "
+                       f"{', '.join(map(str, sorted(failed)))})")
+  return None, None
+
+
 class Checkpointer:
-  """Orbax CheckpointManager: atomic saves (written aside, then renamed), keeps the last few,
-  and restores the newest checkpoint that can be read."""
+  """The writer's checkpoints: orbax CheckpointManager saves (written aside, then renamed),
+  keeps the last few, and restores the newest checkpoint that can be read and matches its
+  checksums, setting unreadable ones aside (the writer holds the workdir's lock)."""
 
   def __init__(self, directory: pathlib.Path, keep: int):
     self.directory = pathlib.Path(directory).absolute()
@@ -197,7 +432,11 @@ class Checkpointer:
 
   def _open(self):
     self.manager = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True))
+        self.directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=self.keep, create=True,
+            # saves finish before the loop goes on anyway; synchronous, a failed write is an
+            # exception here rather than a traceback printed by a background thread
+            enable_async_checkpointing=False))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -205,70 +444,110 @@ class Checkpointer:
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
-  def save(self, step: int, state) -> None:
-    self.manager.save(step, args=ocp.args.StandardSave(state))
+  def best_probe_loss(self) -> tuple[float, int] | None:
+    """(the lowest probe loss of the checkpoints written so far, its step), from their
+    records (each carries the best before it, so rotated-out steps still count)."""
+    best = None
+    for step in self.steps():
+      record = read_record(self.directory, step)
+      for loss, at in ((record.get("probe_loss"), step),
+                       tuple(record.get("best_probe_loss") or (None, None))):
+        if loss is not None and (best is None or loss < best[0]):
+          best = (float(loss), int(at))
+    return best
+
+  def save(self, step: int, state, probe_loss: float | None = None) -> None:
+    """Save ``state`` as ``step`` with its record: the checksum of every array, the probe
+    loss and the best probe loss before it."""
+    best = self.best_probe_loss()
+    if probe_loss is not None and (best is None or probe_loss < best[0]):
+      best = (float(probe_loss), int(step))
+    record = {"format": 1, "step": int(step), "checksums": tree_checksums(state),
+              "probe_loss": probe_loss, "best_probe_loss": list(best) if best else None}
+    self.manager.save(step, args=ocp.args.Composite(
+        default=ocp.args.StandardSave(state), **{RECORD_ITEM: ocp.args.JsonSave(record)}))
     self.manager.wait_until_finished()
 
   def restore(self, step: int, like, shardings=None):
     """Restore ``step`` with ``shardings`` (a tree like ``like``; default: this process's
-    first device), whatever mesh or device saved the checkpoint."""
+    first device), whatever mesh or device saved the checkpoint; a ``CorruptCheckpoint``
+    when its arrays differ from their checksums."""
     if shardings is None:
       device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
       shardings = jax.tree.map(lambda _: device, like)
     abstract = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), like, shardings)
-    return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    state = _restore_state(self.directory, step, abstract)
+    verify_checksums(state, read_record(self.directory, step), step)
+    return state
+
+  def read(self, step: int):
+    """The whole saved state of ``step`` as numpy arrays (no template; for inspection)."""
+    with ocp.StandardCheckpointer() as checkpointer:
+      state = checkpointer.restore(self.directory / str(step) / "default")
+    verify_checksums(state, read_record(self.directory, step), step)
+    return state
 
   def _set_aside(self, step: int, error: Exception) -> None:
+    """Move ``step`` to ``checkpoints_unreadable/<step>`` (``<step>.<n>`` when that exists:
+    nothing set aside is ever deleted)."""
     aside = self.directory.parent / f"{self.directory.name}_unreadable"
-    warn(f"checkpoint step {step} in {self.directory} cannot be read "
-         f"({type(error).__name__}: {' '.join(str(error).split())[:160]}); moved to {aside} "
-         f"and using the newest intact checkpoint")
-    self.manager.close()
-    aside.mkdir(parents=True, exist_ok=True)
     target = aside / str(step)
-    if target.exists():
-      shutil.rmtree(target)
-    shutil.move(str(self.directory / str(step)), str(target))
-    self._open()
+    n = 1
+    while target.exists():
+      target = aside / f"{step}.{n}"
+      n += 1
+    warn(f"checkpoint step {step} in {self.directory} cannot be used ({_short(error)}); moved "
+         f"to {target} and using the newest intact checkpoint")
+    self.manager.close()
+    try:
+      aside.mkdir(parents=True, exist_ok=True)
+      os.replace(self.directory / str(step), target)
+    except OSError as e:
+      raise WorkdirError(describe_os_error(e, "setting aside the unreadable checkpoint in",
+                                           target)) from None
+    finally:
+      self._open()
 
   def restore_newest(self, read) -> tuple[int, object] | tuple[None, None]:
     """``(step, read(step))`` of the newest checkpoint ``read`` succeeds on; unreadable
-    newer ones are reported and set aside. (None, None) when there is no checkpoint;
-    a ``WorkdirError`` when there are some but none can be read."""
-    tried = False
-    while (step := self.latest_step()) is not None:
-      tried = True
-      try:
-        return step, read(step)
-      except Exception as e:  # noqa: BLE001 - orbax raises many kinds for a damaged step
-        self._set_aside(step, e)
-    if tried:
+    newer ones are reported and set aside (the caller holds the workdir's lock). (None,
+    None) when there is no checkpoint; a ``WorkdirError`` when none can be read."""
+    try:
+      return newest_readable(self.directory, read, on_unreadable=self._set_aside)
+    except WorkdirError:
       raise WorkdirError(f"no checkpoint in {self.directory} can be read (all were set aside "
-                         f"in {self.directory.name}_unreadable/); the run must start again")
-    return None, None
+                         f"in {self.directory.name}_unreadable/); nothing was deleted. Train "
+                         f"again from step 0 with --restart, or use a new --workdir") from None
 
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
 
 
-def _read_params(manager, directory: pathlib.Path, step: int):
+def _read_params(directory: pathlib.Path, step: int):
+  """The parameters of checkpoint ``step`` on this process's first device, checked against
+  their checksums. Reads only."""
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  metadata = ocp.StandardCheckpointHandler().metadata(directory / str(step) / "default")
+  path = directory / str(step) / "default"
+  metadata = ocp.StandardCheckpointHandler().metadata(path)
   tree = metadata.tree if hasattr(metadata, "tree") else metadata
   abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                           tree["params"])
-  return manager.restore(step, args=ocp.args.PyTreeRestore(
-      {"params": abstract},
-      restore_args={"params": jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device),
-                                           abstract)},
-      partial_restore=True))["params"]
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    params = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+        {"params": abstract},
+        restore_args={"params": jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device),
+                                             abstract)},
+        partial_restore=True))["params"]
+  verify_checksums({"params": params}, read_record(directory, step), step)
+  return params
 
 
-def non_finite(params) -> str | None:
-  """Where a parameter tree holds NaN or infinity (a sentence), or None."""
-  bad = [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+def non_finite(params, what: str = "") -> str | None:
+  """Where a tree holds NaN or infinity (a sentence), or None."""
+  bad = [what + jax.tree_util.keystr(path)
+         for path, leaf in jax.tree_util.tree_leaves_with_path(params)
          if not bool(np.all(np.isfinite(np.asarray(leaf))))]
   return None if not bad else f"non-finite values in {', '.join(bad[:3])}" + (
       f" and {len(bad) - 3} more" if len(bad) > 3 else "")
@@ -276,15 +555,16 @@ def non_finite(params) -> str | None:
 
 def restore_params(workdir, kind: str = "lm"):
   """(resolved config, params of the newest intact checkpoint, its step) of a training
-  workdir; a ``WorkdirError`` when there is none, or its parameters are not finite."""
+  workdir; a ``WorkdirError`` when there is none, or its parameters are not finite.
+
+  A reader: it writes, moves and deletes nothing, so it is safe beside a trainer writing
+  the same workdir. A checkpoint it cannot read (or whose checksums differ) is reported on
+  stderr and skipped; only the trainer sets it aside.
+  """
   raw = load_config(workdir, kind)
   cfg = config_lib.resolve(raw) if kind == "lm" else raw
-  checkpointer = Checkpointer(pathlib.Path(workdir) / "checkpoints", 3)
-  try:
-    step, params = checkpointer.restore_newest(
-        lambda s: _read_params(checkpointer.manager, checkpointer.directory, s))
-  finally:
-    checkpointer.close()
+  directory = (pathlib.Path(workdir) / "checkpoints").absolute()
+  step, params = newest_readable(directory, lambda s: _read_params(directory, s))
   if step is None:
     raise WorkdirError(f"no checkpoint in {workdir}/checkpoints: train the run first")
   problem = non_finite(params)

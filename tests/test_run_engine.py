@@ -53,7 +53,11 @@ def test_task_results_belong_to_the_model_that_produced_them(tmp_path):
   # another model in the same workdir is refused, not silently mixed with old results
   with pytest.raises(ConfigError, match=r"model.rnn.hidden: 16 -> 24"):
     tasks.train_and_evaluate(_task_config(24), run, progress=False)
-  shutil.rmtree(run / "checkpoints")                       # the user starts it over
+  shutil.rmtree(run / "checkpoints")           # without its checkpoints: still that run
+  with pytest.raises(ConfigError, match=r"model.rnn.hidden: 16 -> 24"):
+    tasks.train_and_evaluate(_task_config(24), run, progress=False)
+  for name in ("config.json", "metrics.jsonl", "provenance.jsonl", "data.json"):
+    (run / name).unlink()                      # the user starts it over, eval.json left behind
   second = tasks.train_and_evaluate(_task_config(24), run, progress=False)
   cfg, params = tasks.train(_task_config(24), run, progress=False)
   assert second[0]["params"] == num_params(params) != first[0]["params"]
@@ -172,13 +176,15 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, capfd)
   run = tmp_path / "run"
   training.train_and_evaluate(_tiny(train__steps=6), run, stop_after=4, progress=False)
   _truncate_data_files(run / "checkpoints" / "4")
-  cfg, params, step = workdir_lib.restore_params(run)
+  cfg, params, step = workdir_lib.restore_params(run)      # a reader skips it, moves nothing
   assert step == 2 and "checkpoint step 4" in capfd.readouterr().err
-  assert (run / "checkpoints_unreadable" / "4").exists()
+  assert (run / "checkpoints" / "4").exists() and not (run / "checkpoints_unreadable").exists()
   with (run / "metrics.jsonl").open("a") as f:
     f.write('{"step": 5, "split": "tr')                    # a torn last line
   resumed = training.train_and_evaluate(_tiny(train__steps=6), run, progress=False)
-  assert "incomplete" in capfd.readouterr().err
+  err = capfd.readouterr().err
+  assert "incomplete" in err and "checkpoint step 4" in err
+  assert (run / "checkpoints_unreadable" / "4").exists()   # the writer set it aside
   for a, b in zip(jax.tree.leaves(straight["state"]), jax.tree.leaves(resumed["state"])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert ([r for r in workdir_lib.read_metrics(run) if r["split"] == "train"][-1]["loss"]

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import pathlib
+import platform
 from typing import Any
 import sys
 import sysconfig
@@ -41,6 +43,7 @@ class Corpus:
   valid: np.ndarray         # [n_valid]
   train_bytes: np.ndarray | None = None   # int32 [n_train]; None: one byte per token
   valid_bytes: np.ndarray | None = None
+  identity: dict = dataclasses.field(default_factory=dict)   # what it was read from (data_identity)
 
   def split(self, name: str) -> np.ndarray:
     if name not in ("train", "valid"):
@@ -121,21 +124,44 @@ def load_corpus(data_cfg, splits=("train", "valid")) -> Corpus:
     path = pathlib.Path(data_cfg.path).expanduser()
     if not path.is_file():
       raise ConfigError(f"data.path={data_cfg.path!r} is not a readable file")
-    raw, name = path.read_bytes(), path.name
+    try:
+      raw, name = path.read_bytes(), path.name
+    except OSError as e:
+      raise ConfigError(f"data.path={data_cfg.path!r} cannot be read: "
+                        f"{e.strerror or e}") from None
   elif data_cfg.corpus in CORPORA:
     raw, name = CORPORA[data_cfg.corpus]()
   else:
     raise ConfigError(f"data.corpus={data_cfg.corpus!r} is not valid; valid: "
                       f"{', '.join(map(repr, CORPORA))} (or set data.path=FILE for a text file)")
+  identity = data_identity(data_cfg, raw)
   train, valid = split_tokens(np.frombuffer(raw, np.uint8), data_cfg.valid_fraction)
   tokenizer = get_tokenizer(data_cfg)
   if isinstance(tokenizer, ByteTokenizer):
-    return Corpus(name, train, valid)
+    return Corpus(name, train, valid, identity=identity)
   empty = (np.zeros(0, np.int32), np.zeros(0, np.int32))
   (train, train_bytes), (valid, valid_bytes) = (
       tokenizer.encode_with_bytes(part.tobytes().decode("utf-8", errors="replace"))
       if split in splits else empty for split, part in (("train", train), ("valid", valid)))
-  return Corpus(f"{name} ({tokenizer.name})", train, valid, train_bytes, valid_bytes)
+  return Corpus(f"{name} ({tokenizer.name})", train, valid, train_bytes, valid_bytes,
+                identity=identity)
+
+
+def data_identity(data_cfg, raw: bytes) -> dict:
+  """What a text corpus is, for the resume check (``workdir.check_data``): the field that
+  names it, its source, the sha256 of its bytes and of the tokenizer file; for the built-in
+  corpus also the Python version whose standard library it is."""
+  field, source = ("data.path", str(data_cfg.path)) if data_cfg.path else (
+      "data.corpus", data_cfg.corpus)
+  identity = {"field": field, "source": source, "sha256": hashlib.sha256(raw).hexdigest(),
+              "tokenizer": data_cfg.tokenizer}
+  if data_cfg.tokenizer != "bytes":
+    path = pathlib.Path(data_cfg.tokenizer).expanduser()
+    if path.is_file():
+      identity["tokenizer_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+  if not data_cfg.path and data_cfg.corpus == "builtin":
+    identity["python"] = platform.python_version()
+  return identity
 
 
 _SPLIT_TAG = {"train": 0, "valid": 1}
@@ -182,6 +208,8 @@ class Batches:
   description: str
   bytes_per_token: float = 1.0   # mean over the validation split (bits per byte = nats/token
                                  # / (ln 2 * bytes_per_token))
+  identity: dict | None = None   # what the data is (a corpus's data_identity); None: the
+                                 # trainer fingerprints the first batches
 
 
 def make_batches(cfg) -> Batches:
@@ -192,14 +220,14 @@ def make_batches(cfg) -> Batches:
     def batch(step, split):
       return task_batch(d.corpus, t.batch_size, d.seq_len, t.seed, step, split)
     return Batches(lambda step: batch(step, "train"), lambda i: batch(i, "valid"),
-                   f"task {d.corpus} at length {d.seq_len}")
+                   f"task {d.corpus} at length {d.seq_len}")   # generated: fingerprinted
   corpus = load_corpus(d)
   return Batches(
       lambda step: get_batch(corpus.train, t.batch_size, d.seq_len, t.seed, step, "train"),
       lambda i: get_batch(corpus.valid, t.batch_size, d.seq_len, t.seed, i, "valid"),
       f"{corpus.name} ({len(corpus.train):,} train / {len(corpus.valid):,} valid "
       f"{'bytes' if corpus.train_bytes is None else 'tokens'})",
-      float(corpus.token_bytes("valid").mean()))
+      float(corpus.token_bytes("valid").mean()), corpus.identity)
 
 
 def sliding_windows(tokens: np.ndarray, length: int, stride: int, max_scored: int | None = None):

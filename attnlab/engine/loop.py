@@ -19,6 +19,7 @@ of ``metrics.jsonl``), so the logged means are the same too.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
 import os
 import pathlib
@@ -121,23 +122,69 @@ def run_steps(*, state, step_fn: Callable, start: int, end: int, schedule: Sched
   return state, last
 
 
-def save_if_usable(checkpointer, state, done: int, probe: Callable) -> None:
-  """Save ``state`` as step ``done`` if its parameters are finite and their loss is finite;
-  otherwise stop with ``TrainingDiverged`` (the previous checkpoint stays the last)."""
-  problem = workdir_lib.non_finite(state["params"])
-  if problem is None:
-    loss = float(probe(state["params"]))
-    if not math.isfinite(loss):
-      problem = f"a loss of {loss} on a fixed batch"
+# A checkpoint is saved only if its probe loss (the loss on a fixed batch) is at most
+# PROBE_FACTOR times the best probe loss of the run's checkpoints so far, or that best plus
+# PROBE_MARGIN nats when larger (a near-zero loss may double by noise alone).
+PROBE_FACTOR = 2.0
+PROBE_MARGIN = 1.0
+
+
+def usable(state, probe_loss: float, best: tuple[float, int] | None) -> str | None:
+  """Why ``state`` must not be saved (a phrase), or None: non-finite parameters or optimizer
+  state, a non-finite probe loss, or one far above the best so far (``PROBE_FACTOR``)."""
+  problem = (workdir_lib.non_finite(state["params"])
+             or workdir_lib.non_finite(state.get("opt_state", {}), "the optimizer state"))
   if problem:
-    raise TrainingDiverged(f"the parameters after step {done} have {problem}; they were not "
-                           f"saved, and {last_good(checkpointer)}")
+    return problem
+  if not math.isfinite(probe_loss):
+    return f"a loss of {probe_loss} on a fixed batch"
+  if best is not None:
+    limit = max(PROBE_FACTOR * best[0], best[0] + PROBE_MARGIN)
+    if probe_loss > limit:
+      return (f"a loss of {probe_loss:.6g} on a fixed batch, above {limit:.6g} (the best "
+              f"checkpoint's, {best[0]:.6g} at step {best[1]}, times {PROBE_FACTOR:g} or plus "
+              f"{PROBE_MARGIN:g}): the run is diverging")
+  return None
+
+
+def save_if_usable(checkpointer, state, done: int, probe: Callable) -> None:
+  """Save ``state`` as step ``done`` if it is usable (``usable``); otherwise stop with
+  ``TrainingDiverged`` (the previous checkpoint stays the last). A failed write (a full or
+  read-only disk, which orbax may report as a ``ValueError``) is one ``WorkdirError``."""
+  loss = (float(probe(state["params"])) if workdir_lib.non_finite(state["params"]) is None
+          else float("nan"))
+  problem = usable(state, loss, checkpointer.best_probe_loss())
+  if problem:
+    raise TrainingDiverged(f"the state after step {done} has {problem}; it was not saved, and "
+                           f"{last_good(checkpointer)}")
   try:
-    checkpointer.save(done, state)
-  except OSError as e:
+    checkpointer.save(done, state, probe_loss=loss)
+  except Exception as e:  # noqa: BLE001 - orbax wraps OS errors in ValueError and others
+    error = _os_error(e)
+    if error is None:
+      raise
     raise workdir_lib.WorkdirError(workdir_lib.describe_os_error(
-        e, f"writing the checkpoint of step {done} to", checkpointer.directory)
+        error, f"writing the checkpoint of step {done} to", checkpointer.directory)
         + f"; {last_good(checkpointer)}") from None
+
+
+_OS_WORDS = {"no space left on device": errno.ENOSPC, "read-only file system": errno.EROFS,
+             "permission denied": errno.EACCES, "disk quota exceeded": errno.EDQUOT}
+
+
+def _os_error(error: BaseException) -> OSError | None:
+  """The OS error behind ``error`` (itself, its causes, or an OS error named in the text of
+  a wrapped one, as orbax and tensorstore report them), or None."""
+  seen = error
+  while seen is not None:
+    if isinstance(seen, OSError):
+      return seen
+    text = str(seen).lower()
+    for words, code in _OS_WORDS.items():
+      if words in text:
+        return OSError(code, os.strerror(code))
+    seen = seen.__cause__ or seen.__context__
+  return None
 
 
 def restore_or_init(checkpointer, abstract, shardings, init: Callable):

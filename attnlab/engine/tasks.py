@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from attnlab import config_lib, positional, provenance
+from attnlab import config_lib, outputs, positional, provenance
 from attnlab import workdir as workdir_lib
 from attnlab.attention import KINDS
 from attnlab.data import tasks
@@ -181,7 +181,8 @@ def make_train_step(model, tx, cfg):
   return jax.jit(step_fn, donate_argnums=(0,))
 
 
-def train(config, workdir, progress: bool = True):
+def train(config, workdir, progress: bool = True, restart: bool = False,
+          accept_data_change: bool = False):
   """Train (or resume, or reload a finished run with the same config) on the engine's loop.
 
   The workdir has the layout of every run (``attnlab.workdir``): ``config.json``,
@@ -207,9 +208,12 @@ def train(config, workdir, progress: bool = True):
     checkpointer = workdir_lib.Checkpointer(workdir / "checkpoints", t.keep_checkpoints)
     metrics = None
     try:
-      workdir_lib.write_or_check_config(cfg, workdir,
-                                        resuming=checkpointer.latest_step() is not None)
+      workdir_lib.write_or_check_config(cfg, workdir)
       start, state = loop.restore_or_init(checkpointer, jax.eval_shape(init), None, init)
+      workdir_lib.refuse_silent_restart(workdir, start, restart)
+      workdir_lib.check_data(workdir, {"field": "data.task", "source": f"task {d.task} (generated)",
+                                       "sha256": workdir_lib.tree_digest(batch(0))},
+                             start, accept_data_change)
       metrics = workdir_lib.MetricsLog(workdir, start, tensorboard=False)
       workdir_lib.record_start(workdir, start)
       train_step = make_train_step(model, tx, cfg)
@@ -299,11 +303,12 @@ def evaluate(cfg, params, lengths=None, examples=None, seed: int = 1234) -> list
   return records
 
 
-def train_and_evaluate(config, workdir, progress: bool = True) -> list[dict]:
+def train_and_evaluate(config, workdir, progress: bool = True, restart: bool = False,
+                       accept_data_change: bool = False) -> list[dict]:
   """Train (or reuse) and evaluate one run. The evaluation is cached in ``eval.json`` with
   the fingerprint of what produced it (config, checkpoint, evaluation data); it is reused
   only when that is unchanged, otherwise recomputed (and the reason printed)."""
-  cfg, params = train(config, workdir, progress)
+  cfg, params = train(config, workdir, progress, restart, accept_data_change)
   workdir = pathlib.Path(workdir)
   cache = workdir / "eval.json"
   spec = {"lengths": list(cfg.eval.lengths), "examples": cfg.eval.examples, "seed": 1234}
@@ -342,6 +347,7 @@ def variant_configs(config) -> dict[tuple[str, str], ml_collections.ConfigDict]:
   for task in config.sweep.tasks:
     _choice(task, "sweep.tasks entry", tasks.TASKS.names())
     for name, overrides in config.sweep.variants.items():
+      config_lib.check_plain_name(name, "sweep.variants")   # it names a directory
       cfg = ml_collections.ConfigDict(base.to_dict())
       cfg.data.task = task
       config_lib.merge_overrides(cfg, overrides, f"sweep.variants.{name}")
@@ -419,12 +425,13 @@ def run_task_sweep(config, workdir, progress: bool = True) -> list[dict]:
   for (task, name), cfg in runs.items():
     for r in train_and_evaluate(cfg, workdir / task / name, progress):
       records.append(dict(r, variant=name))
-  workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "results.json").write_text(json.dumps(records, indent=2))
-  provenance.write_sidecar(workdir / "results.json")
-  (workdir / "results.md").write_text(results_markdown(records))
-  plot_results(records, workdir / "results.png", "seq_acc")
-  plot_results(records, workdir / "results_token.png", "token_acc")
+  with outputs.staged(workdir, "--workdir") as stage:        # all of results.* or none
+    stage.write_text("results.json", json.dumps(records, indent=2))
+    provenance.write_sidecar(stage.path("results.json"))
+    stage.path(provenance.sidecar_path("results.json"))
+    stage.write_text("results.md", results_markdown(records))
+    plot_results(records, stage.path("results.png"), "seq_acc")
+    plot_results(records, stage.path("results_token.png"), "token_acc")
   if progress:
     print(f"{workdir}: {len(runs)} runs done in {time.perf_counter() - start:.0f} s")
   return records

@@ -128,7 +128,8 @@ def validation_loss(eval_step, params, batches, cfg, mesh=None) -> float:
 
 def train_and_evaluate(config, workdir, *, stop_after: int | None = None,
                        progress: bool = True, batches: data.Batches | None = None,
-                       hooks: tuple = ()) -> dict[str, Any]:
+                       hooks: tuple = (), restart: bool = False,
+                       accept_data_change: bool = False) -> dict[str, Any]:
   """Train (or resume) the run in ``workdir``; returns the final state and last metrics.
 
   ``stop_after`` ends this invocation once that many total steps are done (as if
@@ -138,6 +139,10 @@ def train_and_evaluate(config, workdir, *, stop_after: int | None = None,
   element, float weights [batch, seq], scores only some targets); it must be a pure
   function of the step, like the default, for resumed runs to be exact.
   ``hooks``: ``hook(state, step, train_losses)`` at every evaluation (``loop.run_steps``).
+
+  A workdir holds one run: another config is refused, other data is refused unless
+  ``accept_data_change``, and a run that wrote a checkpoint never starts again from step 0
+  (all its checkpoints unreadable, say) unless ``restart`` (``docs/guarantees.md``).
   """
   cfg = config_lib.resolve(config)
   workdir = pathlib.Path(workdir)
@@ -157,11 +162,13 @@ def train_and_evaluate(config, workdir, *, stop_after: int | None = None,
         abstract = jax.eval_shape(lambda: init_state(model, tx, cfg))
         shardings = parallel.state_shardings(abstract, mesh)
         if writer:       # before restoring: another config's checkpoint is refused, not read
-          write_or_check_config(cfg, workdir, resuming=checkpointer.latest_step() is not None)
+          write_or_check_config(cfg, workdir)
         start, state = loop.restore_or_init(
             checkpointer, abstract, shardings,
             lambda: jax.jit(lambda: init_state(model, tx, cfg), out_shardings=shardings)())
         if writer:
+          workdir_lib.refuse_silent_restart(workdir, start, restart)
+          workdir_lib.check_data(workdir, data_identity(batches, cfg), start, accept_data_change)
           metrics = MetricsLog(workdir, start)
           workdir_lib.record_start(workdir, start)
         if start and progress:
@@ -176,6 +183,16 @@ def train_and_evaluate(config, workdir, *, stop_after: int | None = None,
     if end == cfg.train.steps and writer:
       plot_metrics(workdir)
   return {"state": state, "metrics": last, "config": cfg}
+
+
+def data_identity(batches: data.Batches, cfg) -> dict:
+  """What ``batches`` are, for the resume check: a corpus's own identity, or (generated
+  data, a caller's batches) a fingerprint of the first training and validation batches."""
+  if batches.identity is not None:
+    return dict(batches.identity)
+  field = "data.corpus" if not cfg.data.path else "data.path"
+  return {"field": field, "source": batches.description,
+          "sha256": workdir_lib.tree_digest(batches.train(0), batches.valid(0))}
 
 
 def _run(cfg, workdir, model, tx, mesh, shardings, state, checkpointer, metrics, start,
