@@ -37,6 +37,7 @@ import hashlib
 import json
 import os
 import pathlib
+import shutil
 import sys
 
 import jax
@@ -328,10 +329,22 @@ def lock(workdir: pathlib.Path, enabled: bool = True):
 # the orbax item beside a checkpoint's state ("default") holding its record: a sha256 of
 # every array and the probe loss (the loss on a fixed batch when it was saved)
 RECORD_ITEM = "attnlab"
+ROTATED = "rotated"     # where orbax moves a step that max_to_keep drops, before we delete it
+
+
+class NoReadableCheckpoint(WorkdirError):
+  """A workdir has checkpoints, and none of them can be read."""
 
 
 class CorruptCheckpoint(ValueError):
   """A checkpoint's arrays differ from the checksums written with them."""
+
+
+def leaf_name(path) -> str:
+  """A tree path as ``a/1/b``, the same whatever containers hold it (a checkpoint read
+  without a template has dicts and lists where the saved state had named tuples)."""
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
+                  for k in path)
 
 
 def tree_checksums(tree) -> dict | None:
@@ -343,7 +356,7 @@ def tree_checksums(tree) -> dict | None:
   sums = {}
   for path, leaf in leaves:
     a = np.ascontiguousarray(np.asarray(leaf))
-    sums[jax.tree_util.keystr(path)] = hashlib.sha256(
+    sums[leaf_name(path)] = hashlib.sha256(
         f"{a.shape}|{a.dtype}|".encode() + a.tobytes()).hexdigest()
   return sums
 
@@ -356,7 +369,7 @@ def verify_checksums(tree, record: dict, step: int) -> None:
   if not sums:
     return
   now = tree_checksums(tree) or {}
-  bad = [k for k, v in now.items() if k in sums and sums[k] != v]
+  bad = [k for k, v in now.items() if sums.get(k) != v]
   if bad:
     raise CorruptCheckpoint(f"checksum mismatch at step {step} in {', '.join(bad[:3])}"
                             + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
@@ -386,7 +399,7 @@ def _restore_state(directory: pathlib.Path, step: int, abstract):
 
 
 def _short(error: Exception) -> str:
-  return f"{type(error).__name__}: {' '.join(str(error).split())[:160]}"
+  return f"{type(error).__name__}: {' '.join(str(error).split())[:240]}"
 
 
 def newest_readable(directory, read, on_unreadable=None):
@@ -415,7 +428,7 @@ def newest_readable(directory, read, on_unreadable=None):
         warn(f"checkpoint step {step} in {directory} cannot be read ({_short(e)}); skipped "
              f"(left in place), using an older one")
   if failed:
-    raise WorkdirError(f"no checkpoint in {directory} can be read (tried step(s) "
+    raise NoReadableCheckpoint(f"no checkpoint in {directory} can be read (tried step(s) "
                        f"{', '.join(map(str, sorted(failed)))})")
   return None, None
 
@@ -434,6 +447,9 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(
             max_to_keep=self.keep, create=True,
+            # an old step leaves by one rename (a reader sees it whole or not at all), then
+            # is deleted (``_drop_rotated``)
+            todelete_subdir=ROTATED,
             # saves finish before the loop goes on anyway; synchronous, a failed write is an
             # exception here rather than a traceback printed by a background thread
             enable_async_checkpointing=False))
@@ -467,6 +483,10 @@ class Checkpointer:
     self.manager.save(step, args=ocp.args.Composite(
         default=ocp.args.StandardSave(state), **{RECORD_ITEM: ocp.args.JsonSave(record)}))
     self.manager.wait_until_finished()
+    self._drop_rotated()
+
+  def _drop_rotated(self) -> None:
+    shutil.rmtree(self.directory / ROTATED, ignore_errors=True)
 
   def restore(self, step: int, like, shardings=None):
     """Restore ``step`` with ``shardings`` (a tree like ``like``; default: this process's
@@ -515,8 +535,8 @@ class Checkpointer:
     None) when there is no checkpoint; a ``WorkdirError`` when none can be read."""
     try:
       return newest_readable(self.directory, read, on_unreadable=self._set_aside)
-    except WorkdirError:
-      raise WorkdirError(f"no checkpoint in {self.directory} can be read (all were set aside "
+    except NoReadableCheckpoint:
+      raise NoReadableCheckpoint(f"no checkpoint in {self.directory} can be read (all were set aside "
                          f"in {self.directory.name}_unreadable/); nothing was deleted. Train "
                          f"again from step 0 with --restart, or use a new --workdir") from None
 
