@@ -441,6 +441,7 @@ class Checkpointer:
   def __init__(self, directory: pathlib.Path, keep: int):
     self.directory = pathlib.Path(directory).absolute()
     self.keep = keep
+    self._drop_rotated()       # left by a writer killed between the rename and the delete
     self._open()
 
   def _open(self):
