@@ -8,9 +8,9 @@ the pattern, kind, impl or position scheme that reads them; ``model.*`` by the m
 those declarations (``lm_config``, ``attention_block``, ``position_block``), validates a
 config against them before anything compiles (``validate``: a bad value names the field,
 the value and what would be valid), fills derived defaults (``resolve``), says which fields
-a run reads (``run_identity``: a field the run does not use neither blocks its resume nor
-invalidates its cached results) and describes every variant's fields
-(``describe_variants``, the source of ``docs/variants.md``).
+a run trains (``run_identity``: a field the run does not use, or an evaluation setting,
+neither blocks its resume nor invalidates its cached results) and describes every variant's
+fields (``describe_variants``, the source of ``docs/variants.md``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import importlib.util
 import json
 import math
 import pathlib
+import re
 from collections.abc import Mapping
 
 import ml_collections
@@ -269,15 +270,45 @@ def unused_fields(config) -> set[str]:
   return unused
 
 
+# Config blocks that say how a trained model is evaluated, not what is trained: ``eval.*``
+# (the LM evaluation's budget; the task trainer's lengths, examples and batch size) and
+# ``retrieval.*`` (the retrieval study's depths and trials). They are not part of a run's
+# identity: changing them re-evaluates a finished run and keeps its training. (A sweep's own
+# ``sweep.*`` block, with its evaluation factors and protocols, is never part of a variant's
+# config.) Every evaluation cache (a sweep's ``sweep_eval.json``, the task trainer's
+# ``eval.json``) records the evaluation settings it was computed with (its ``spec``) and is
+# recomputed when they change. What an evaluation setting decides about the model itself is
+# in the resolved model block (the task trainer sizes a learned ``model.position.max_len``
+# from ``eval.lengths``), so that still counts.
+EVALUATION_BLOCKS = ("eval", "retrieval")
+
+
 def run_identity(config) -> dict:
-  """What a run computes, as ``{dotted path: value}``: the config with its declared fields
-  filled in and the fields it does not read (``unused_fields``) left out. Two configs with
-  the same identity train and evaluate the same model: a resume compares identities, and a
-  cached result's fingerprint hashes it."""
+  """What a run trains, as ``{dotted path: value}``: the config with its declared fields
+  filled in, the fields it does not read (``unused_fields``) and the evaluation settings
+  (``EVALUATION_BLOCKS``) left out. Two configs with the same identity train the same
+  model: a resume compares identities, and a cached result's fingerprint hashes it (beside
+  the evaluation settings the cache records itself)."""
   raw = as_plain(config)
   filled = as_plain(with_declared_defaults(raw)) if "model" in raw else raw
   unused = unused_fields(filled)
-  return {k: v for k, v in flatten(filled).items() if k not in unused}
+  return {k: v for k, v in flatten(filled).items()
+          if k not in unused and k.split(".", 1)[0] not in EVALUATION_BLOCKS}
+
+
+# Characters of a name that becomes a directory (a sweep variant's workdir).
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def check_plain_name(name, field: str) -> None:
+  """A config value that becomes a directory name must be a plain name: letters, digits,
+  ``_``, ``-`` and ``.``, not starting with ``.`` (so not ``.``, ``..`` or hidden), so it
+  can neither leave the directory it is made in nor hide in it; otherwise ``ConfigError``
+  naming ``field`` and the value."""
+  if not (isinstance(name, str) and _PLAIN_NAME.fullmatch(name) and not name.startswith(".")):
+    raise ConfigError(f"{field}: {name!r} cannot name a directory; valid: a plain name of "
+                      f"letters, digits, '_', '-' and '.', not starting with '.' (no '/', "
+                      f"not '.' or '..', not an absolute path)")
 
 
 # ----------------------------------------------------------------------------- validation

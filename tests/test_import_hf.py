@@ -247,9 +247,11 @@ def test_evaluation_only_sweep_scores_imported_runs_at_their_own_context(importe
   cfg, params, _ = imported["llama"]
   corpus = data.load_corpus(cfg.data)
   direct, = evaluation.evaluate_lengths(cfg, params, corpus.valid, [64], max_tokens=2048,
-                                        progress=False, token_bytes=corpus.token_bytes("valid"))
-  # exact: the sweep calls evaluation.evaluate_lengths with these arguments on the values it
-  # restores from the workdir, so the same program scores the same windows
+                                        batch_tokens=config.eval.batch_tokens, progress=False,
+                                        token_bytes=corpus.token_bytes("valid"))
+  # exact: the sweep calls evaluation.evaluate_lengths with these arguments (the sweep's
+  # evaluation settings) on the values it restores from the workdir, so the same program
+  # scores the same windows in the same batches
   assert by["llama"]["loss"] == direct["loss"] and by["llama"]["bytes"] == direct["bytes"]
   assert "perplexity per token (bits per byte)" in (tmp_path / "results.md").read_text()
   with pytest.raises(ConfigError, match="holds none"):

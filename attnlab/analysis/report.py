@@ -10,7 +10,9 @@ Writes into ``out``:
       (self-contained: no network resources).
 
 Scores other than induction are measured on the text; the induction score on
-``--induction_batch`` sequences of random printable bytes repeated once.
+``--induction_batch`` sequences of random printable bytes repeated once. The files are
+written all or none (``attnlab.outputs``): a failed write leaves an earlier analysis in
+``out`` as it was.
 """
 
 from __future__ import annotations
@@ -21,14 +23,15 @@ import pathlib
 import numpy as np
 from tqdm import tqdm
 
-from attnlab import data, positional
+from attnlab import data, outputs, positional
 from attnlab.analysis import capture, metrics, plots, viewer
 from attnlab.registry import ConfigError
 
 PRINTABLE_LOW, PRINTABLE_HIGH = 32, 127   # induction sequences use bytes in [32, 127)
 
 
-def check_inputs(workdir: str | None, text: str | None, out: str | None) -> None:
+def check_inputs(workdir: str | None, text: str | None, out: str | None, *,
+                 induction_batch: int = 8, sink_k: int = 1, seed: int = 0) -> None:
   """Raise ``ConfigError`` naming the flag and value when an input cannot be analysed."""
   if not workdir:
     raise ConfigError("--workdir is required (a training workdir with config.json)")
@@ -37,8 +40,20 @@ def check_inputs(workdir: str | None, text: str | None, out: str | None) -> None
                       f"{pathlib.Path(workdir) / 'config.json'} does not exist")
   if text is None or not text:
     raise ConfigError(f"--text={text!r} is empty; give at least 2 characters to analyse")
+  try:
+    text.encode("utf-8")
+  except UnicodeEncodeError:
+    raise ConfigError(f"--text={text.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8 "
+                      f"text; give UTF-8 text") from None
   if not out:
     raise ConfigError("--out is required (the folder for the PNGs, tables and viewer)")
+  outputs.check_out(out)
+  for flag, value, low, what in (
+      ("--induction_batch", induction_batch, 1, "repeated random sequences to score"),
+      ("--sink_k", sink_k, 1, "first tokens whose attention counts as sink mass"),
+      ("--seed", seed, 0, "seed of the random induction sequences")):
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+      raise ConfigError(f"{flag}={value!r} must be an integer >= {low} ({what})")
 
 
 def encode_text(text: str, cfg) -> np.ndarray:
@@ -66,12 +81,11 @@ def default_period(cfg) -> int:
 def analyze(workdir, text: str, out, *, induction_batch: int = 8, sink_k: int = 1,
             seed: int = 0, head_pngs: bool = True, progress: bool = True) -> dict:
   """Run the whole analysis; returns {"records", "files", "step"}."""
-  check_inputs(str(workdir) if workdir else workdir, text, str(out) if out else out)
+  check_inputs(str(workdir) if workdir else workdir, text, str(out) if out else out,
+               induction_batch=induction_batch, sink_k=sink_k, seed=seed)
   cfg, model, params, step = capture.restore_model(workdir)
   capture.check_capturable(cfg.model)
   tokens = encode_text(text, cfg)
-  out = pathlib.Path(out)
-  (out / "heads").mkdir(parents=True, exist_ok=True)
 
   _, text_maps = capture.capture_attention(model, params, tokens)       # [L, 1, H, n, n]
   period = default_period(cfg)
@@ -80,32 +94,31 @@ def analyze(workdir, text: str, out, *, induction_batch: int = 8, sink_k: int = 
   _, rep_maps = capture.capture_attention(model, params, rep)
   records = metrics.head_metrics(text_maps, rep_maps, period, sink_k)
 
-  files = []
-  (out / "metrics.json").write_text(json.dumps(
-      {"workdir": str(workdir), "step": step, "text": text, "induction_period": period,
-       "induction_batch": induction_batch, "sink_k": sink_k, "heads": records}, indent=1))
-  (out / "metrics.md").write_text(
-      f"# Attention heads of {workdir} (step {step})\n\nText: {len(tokens[0])} tokens. Induction "
-      f"score: {induction_batch} sequences of {period} random tokens (ids of printable bytes), "
-      f"repeated once.\n\n"
-      + metrics.markdown_table(records))
-  files += [out / "metrics.json", out / "metrics.md"]
   maps = text_maps[:, 0]                                                 # [L, H, n, n]
   tokenizer = data.get_tokenizer(cfg.data)
   byte_level = isinstance(tokenizer, data.ByteTokenizer)
   labels = ([plots.token_label(int(t)) for t in tokens[0]] if byte_level
             else tokenizer.labels(tokens[0]))
-  files.append(plots.plot_grid(maps, out / "attention_grid.png",
-                               f"{pathlib.Path(workdir).name}: attention on the text"))
-  if head_pngs:
-    pairs = [(l, h) for l in range(maps.shape[0]) for h in range(maps.shape[1])]
-    for l, h in tqdm(pairs, desc="head plots", disable=not progress):
-      files.append(plots.plot_head(maps[l, h], labels, out / "heads" / f"L{l}_H{h}.png",
-                                   f"layer {l}, head {h}"))
-  shown = [viewer_token(int(t)) for t in tokens[0]] if byte_level else labels
-  files.append(viewer.write_viewer(maps, shown, out / "viewer.html",
-                                   f"attnlab attention: {pathlib.Path(workdir).name}, step {step}"))
-  return {"records": records, "files": files, "step": step}
+  with outputs.staged(out) as stage:        # every file or none (an earlier set stays whole)
+    stage.write_text("metrics.json", json.dumps(
+        {"workdir": str(workdir), "step": step, "text": text, "induction_period": period,
+         "induction_batch": induction_batch, "sink_k": sink_k, "heads": records}, indent=1))
+    stage.write_text(
+        "metrics.md",
+        f"# Attention heads of {workdir} (step {step})\n\nText: {len(tokens[0])} tokens. "
+        f"Induction score: {induction_batch} sequences of {period} random tokens (ids of "
+        f"printable bytes), repeated once.\n\n" + metrics.markdown_table(records))
+    plots.plot_grid(maps, stage.path("attention_grid.png"),
+                    f"{pathlib.Path(workdir).name}: attention on the text")
+    if head_pngs:
+      pairs = [(l, h) for l in range(maps.shape[0]) for h in range(maps.shape[1])]
+      for l, h in tqdm(pairs, desc="head plots", disable=not progress):
+        plots.plot_head(maps[l, h], labels, stage.path(f"heads/L{l}_H{h}.png"),
+                        f"layer {l}, head {h}")
+    shown = [viewer_token(int(t)) for t in tokens[0]] if byte_level else labels
+    viewer.write_viewer(maps, shown, stage.path("viewer.html"),
+                        f"attnlab attention: {pathlib.Path(workdir).name}, step {step}")
+  return {"records": records, "files": stage.files(), "step": step}
 
 
 def viewer_token(token: int) -> str:

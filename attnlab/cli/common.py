@@ -1,14 +1,40 @@
 """What every entry point shares: runtime flags, flag parsing with one-line errors, and
-turning a user error into one line on stderr (exit status 2) instead of a traceback."""
+one error path that turns a user's or the disk's error into one line on stderr (exit
+status 2) instead of a traceback.
+
+What becomes one line (``user_error``): a ``ConfigError`` (a bad value, flag, workdir or
+checkpoint; ``WorkdirError`` and ``HFImportError`` included), any ``OSError`` (disk full,
+read-only file system, no permission, a missing file, a file where a directory belongs:
+``error: <doing what> <path> failed: <why>``), an orbax / tensorstore error that reports an
+OS error in its text (tensorstore raises them as ``ValueError`` or ``RuntimeError``), and a
+``ValueError`` (how libraries reject a value). Anything else (a ``TypeError``, ``KeyError``,
+``AttributeError``, ... from inside attnlab or a library) is a bug, not the user's error, and
+keeps its traceback. ``ATTNLAB_TRACEBACK=1`` in the environment prints the traceback of
+every error as well (for a bug report).
+
+Background threads: orbax writes checkpoints in threads and logs a failed write with its
+traceback (through absl logging) before the main thread raises the same error, and
+tensorstore's other pending writes then report "Event loop is closed" as unraisable
+exceptions. During a command those records, a thread's uncaught exception
+(``threading.excepthook``) and an unraisable exception (``sys.unraisablehook``) are dropped
+when the exception is a user or disk error (the main thread reports it in one line) or that
+aftermath, and shown as before otherwise.
+"""
 
 from __future__ import annotations
 
+import errno
+import logging as py_logging
+import os
+import re
 import sys
+import threading
 
 from absl import app, flags, logging
 
-from attnlab import config_lib, runtime
+from attnlab import config_lib, outputs, runtime
 from attnlab.registry import ConfigError, nearest
+from attnlab.workdir import describe_os_error
 
 
 def _config_flag_names() -> list[str]:
@@ -50,10 +76,32 @@ def _missing_field(argv, config_flags: list[str]) -> str | None:
   return None
 
 
-def parse_flags(argv):
-  """``flags.FLAGS(argv)``, with a bad flag or config override reported in one line."""
+def _unloaded_config(name: str) -> str | None:
+  """Why the config file of flag ``--<name>`` could not be loaded, or None. (ml_collections
+  defers that error to the first use of the config, deep inside a command.)"""
+  flag = flags.FLAGS[name]
+  if type(flag.value).__name__ != "_ErrorConfig":
+    return None
   try:
-    return flags.FLAGS(argv)
+    path = flag.config_filename
+  except Exception:  # noqa: BLE001 - a flag without a file name
+    path = "?"
+  cause = getattr(flag.value, "_error", None)
+  while cause is not None and cause.__cause__ is not None:
+    cause = cause.__cause__
+  lines = [line.strip() for line in str(cause or "").splitlines() if line.strip()]
+  why = lines[-1] if lines else "it cannot be read"
+  why = re.sub(r"^\[Errno \d+\] ", "", why)
+  if not os.path.exists(path):
+    why = f"no such file ({why})" if "No such file" not in why else "no such file"
+  return f"--{name}={path!r}: cannot load the config file: {why}"
+
+
+def parse_flags(argv):
+  """``flags.FLAGS(argv)``, with a bad flag or config override, or a config file that
+  cannot be loaded, reported in one line."""
+  try:
+    parsed = flags.FLAGS(argv)
   except Exception as e:  # noqa: BLE001 - absl and ml_collections raise many kinds
     message = _missing_field(argv, _config_flag_names())
     if message is None:
@@ -61,6 +109,11 @@ def parse_flags(argv):
       message = lines[-1] if lines else type(e).__name__
       message = message.strip().strip("'\"")
     fail(message)
+  for name in _config_flag_names():
+    message = _unloaded_config(name)
+    if message:
+      fail(message)
+  return parsed
 
 
 def fail(message: str) -> None:
@@ -69,20 +122,128 @@ def fail(message: str) -> None:
   sys.exit(2)
 
 
+# What an OS error reported in an exception's text means (tensorstore's messages carry the
+# OS's words and often [os_error_code='N']).
+_OS_WORDS = {"No space left on device": errno.ENOSPC, "Read-only file system": errno.EROFS,
+             "Permission denied": errno.EACCES, "Disk quota exceeded": errno.EDQUOT,
+             "No such file or directory": errno.ENOENT, "Not a directory": errno.ENOTDIR,
+             "Is a directory": errno.EISDIR}
+# what tensorstore appends to its messages for debugging (the whole spec, source lines)
+_TENSORSTORE_NOISE = re.compile(r"\s*\[(tensorstore_spec|source locations)='.*?'\]", re.DOTALL)
+
+
+def _os_error_in_text(error: BaseException) -> OSError | None:
+  """The OS error an orbax / tensorstore exception reports in its text (tensorstore raises
+  ``ValueError`` / ``RuntimeError`` whose message names the file and the OS's words), as an
+  ``OSError`` with that path; None when the text reports none."""
+  text = str(error)
+  code = re.search(r"\[os_error_code='(\d+)'\]", text)
+  number = int(code.group(1)) if code else next(
+      (n for words, n in _OS_WORDS.items() if words in text), None)
+  if number is None:
+    return None
+  found = (re.search(r'local file "([^"]+)"', text) or re.search(r'Failed writing: "([^"]+)"', text)
+           or re.search(r'"(/[^"]+)"', text))
+  return OSError(number, os.strerror(number), found.group(1) if found else None)
+
+
+def _describe_os_error(error: OSError) -> str:
+  """One sentence naming the path and the reason of an ``OSError`` nobody caught nearer."""
+  writing = error.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG)
+  if error.filename is None:          # the OS did not say which file
+    return describe_os_error(error, "writing" if writing else "accessing", "a file")
+  path = os.fsdecode(error.filename)
+  if error.filename2 is not None:
+    return describe_os_error(error, f"moving {path} to", os.fsdecode(error.filename2))
+  if writing or ".orbax-checkpoint-tmp" in path:
+    return outputs.describe_write_error(error, path)    # an orbax checkpoint: named as such
+  if error.errno == errno.ENOENT:
+    return f"{path}: no such file or directory"
+  return describe_os_error(error, "accessing", path)
+
+
+def user_error(error: BaseException) -> str | None:
+  """The one line to print for an error that is the user's or the disk's, or None for one
+  that is a bug (its traceback is shown). See the module docstring."""
+  if isinstance(error, ConfigError):
+    return str(error)
+  if isinstance(error, OSError):
+    if error.errno is None:             # raised with a message only (a library's own words)
+      lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+      return lines[-1] if lines else type(error).__name__
+    return _describe_os_error(error)
+  if isinstance(error, (ValueError, RuntimeError)):
+    inner = _os_error_in_text(error)
+    if inner is not None:
+      return _describe_os_error(inner)
+    if isinstance(error, ValueError):
+      return _TENSORSTORE_NOISE.sub("", str(error))
+  return None
+
+
+def _quiet_background_errors() -> None:
+  """Drop background threads' reports of user and disk errors (orbax logs a failed async
+  write with its traceback, ~200 lines, before the main thread raises it); show the rest."""
+
+  def keep(record) -> bool:
+    info = record.exc_info
+    if info and info[1] is not None and user_error(info[1]) is not None:
+      return False
+    if record.levelno >= py_logging.ERROR and "/orbax/" in (record.pathname or "") and \
+        _os_error_in_text(Exception(record.getMessage())) is not None:
+      return False
+    return True
+
+  # absl's logger (orbax logs through absl) and every handler of the root logger (records
+  # that other loggers propagate)
+  for target in (py_logging.getLogger("absl"), *py_logging.getLogger().handlers):
+    target.addFilter(keep)
+  previous = threading.excepthook
+
+  def excepthook(args):
+    if args.exc_value is not None and user_error(args.exc_value) is not None:
+      return                       # the main thread reports it, in one line
+    previous(args)
+
+  threading.excepthook = excepthook
+  previous_unraisable = sys.unraisablehook
+
+  def unraisablehook(unraisable):
+    error = unraisable.exc_value
+    if error is not None and (user_error(error) is not None or _late_callback(error)):
+      return
+    previous_unraisable(unraisable)
+
+  sys.unraisablehook = unraisablehook
+
+
+def _late_callback(error: BaseException) -> bool:
+  """The aftermath of a failed asynchronous write: tensorstore completes the other pending
+  writes into orbax's event loop, already closed by the failure ("Event loop is closed")."""
+  return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+
+
 def run(main, define_flags) -> None:
-  """Configure the runtime, define the flags, parse them and call ``main(argv)``; a
-  ``ConfigError`` / ``ValueError`` / ``FileNotFoundError`` from ``main`` becomes one line."""
+  """Configure the runtime, define the flags, parse them and call ``main(argv)``; a user's
+  or the disk's error from ``main`` becomes one line (``user_error``), exit status 2."""
   runtime.configure()
   define_flags()
 
   def guarded(argv):
     logging.set_verbosity(logging.WARNING)   # orbax logs every checkpoint access at INFO
+    _quiet_background_errors()
     try:
       return main(argv)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-      fail(str(e))
+    except Exception as e:  # noqa: BLE001 - sorted into user errors and bugs below
+      message = user_error(e)
+      if message is None:
+        raise                                # a bug: its traceback
+      if os.environ.get("ATTNLAB_TRACEBACK"):
+        import traceback
+        traceback.print_exc()
+      fail(message)
 
   app.run(guarded, flags_parser=parse_flags)
 
 
-__all__ = ["ConfigError", "fail", "parse_flags", "run"]
+__all__ = ["ConfigError", "fail", "parse_flags", "run", "user_error"]

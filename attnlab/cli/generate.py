@@ -37,11 +37,25 @@ def define_flags():
       "--streaming.sinks=S (first tokens kept); window 0 = off (the model's own cache).")
 
 
+def check_text(flag: str, values) -> None:
+  """Every value of a text flag is valid UTF-8 (the shell passes bytes; Python keeps bytes
+  that are not UTF-8 as surrogates, which no tokenizer can encode)."""
+  for value in values or ():
+    try:
+      value.encode("utf-8")
+    except UnicodeEncodeError:
+      raw = value.encode("utf-8", "surrogateescape")
+      raise common.ConfigError(f"{flag}={raw!r} is not valid UTF-8; give UTF-8 text (for "
+                               f"--stop one character, or an escape such as '\\n')") from None
+
+
 def main(argv):
   del argv
   FLAGS = flags.FLAGS
   if not FLAGS.workdir or FLAGS.prompt is None:
     raise app.UsageError("--workdir and --prompt are required")
+  check_text("--prompt", FLAGS.prompt)
+  check_text("--stop", FLAGS.stop)
   streaming = generation.streaming_from_flags(FLAGS.streaming)
   sampling = Sampling(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p)
   cfg, params, step = workdir.restore_params(FLAGS.workdir)

@@ -9,6 +9,8 @@ byte-level one compare directly.
 
 from __future__ import annotations
 
+import pathlib
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -28,6 +30,9 @@ def main(argv):
   FLAGS = flags.FLAGS
   if not FLAGS.out:
     raise app.UsageError("--out is required")
+  if pathlib.Path(FLAGS.out).is_dir():
+    common.fail(f"--out={FLAGS.out!r} is a directory; give the path of the tokenizer.json "
+                f"file to write")
   d = FLAGS.config.data
   d.tokenizer = "bytes"
   corpus = data.load_corpus(d)

@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from attnlab import config_lib, data, positional
+from attnlab import config_lib, data, outputs, positional
 from attnlab.models import build_lm
 from attnlab.registry import ConfigError
 from attnlab.runtime import compiled_cache
@@ -241,7 +241,9 @@ def check_rope_scalings(cfg, scalings) -> None:
 def evaluate_workdir(workdir, lengths, out=None, progress=True, rope_scalings=()) -> list[dict]:
   """Evaluate the newest checkpoint of ``workdir`` at ``lengths`` (once per RoPE scaling in
   ``rope_scalings``, when given); writes ``eval.{json,md,png}`` (with the fingerprint of what
-  was evaluated) into ``out``."""
+  was evaluated) into ``out``, all three or none (``attnlab.outputs``)."""
+  if out:
+    outputs.check_out(out)                    # before anything is read or compiled
   cfg, params, step = restore_params(workdir)
   check_rope_scalings(cfg, rope_scalings)
   corpus = data.load_corpus(cfg.data, splits=("valid",))
@@ -262,10 +264,9 @@ def evaluate_workdir(workdir, lengths, out=None, progress=True, rope_scalings=()
   stamp = workdir_lib.fingerprint(cfg, step, params, data=workdir_lib.data_digest(corpus.valid))
   for r in records:
     r.update(train_length=cfg.data.seq_len, step=step, fingerprint=stamp)
-  out = pathlib.Path(out or workdir)
-  out.mkdir(parents=True, exist_ok=True)
-  (out / "eval.json").write_text(json.dumps(records, indent=2))
-  (out / "eval.md").write_text(markdown_table(records))
-  plot_lengths(records, out / "eval.png", f"{name} (trained at {cfg.data.seq_len})",
-               train_length=cfg.data.seq_len)
+  with outputs.staged(out or workdir, "--out" if out else "--workdir") as stage:
+    stage.write_text("eval.json", json.dumps(records, indent=2))
+    stage.write_text("eval.md", markdown_table(records))
+    plot_lengths(records, stage.path("eval.png"), f"{name} (trained at {cfg.data.seq_len})",
+                 train_length=cfg.data.seq_len)
   return records

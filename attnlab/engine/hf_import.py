@@ -27,7 +27,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from attnlab import config_lib
+from attnlab import config_lib, outputs
 from attnlab import workdir as workdir_lib
 from attnlab.models import build_lm
 from attnlab.positional import rope
@@ -53,9 +53,14 @@ class Tensors:
   def __init__(self, directory: pathlib.Path, what: str):
     self.directory, self.what = directory, what
     if (directory / INDEX).is_file():
-      weight_map = json.loads((directory / INDEX).read_text()).get("weight_map")
-      if not isinstance(weight_map, dict):
-        raise HFImportError(f"{directory / INDEX} has no weight_map")
+      try:
+        index = json.loads((directory / INDEX).read_text())
+      except json.JSONDecodeError as e:
+        raise HFImportError(f"{directory / INDEX} is not valid JSON ({e})") from None
+      weight_map = index.get("weight_map") if isinstance(index, dict) else None
+      if not isinstance(weight_map, dict) or not weight_map:
+        raise HFImportError(f"{directory / INDEX} has no weight_map (an object naming the "
+                            f"shard of every tensor)")
     elif (directory / WEIGHTS).is_file():
       weight_map = None
     else:
@@ -63,7 +68,10 @@ class Tensors:
     from safetensors import safe_open
     self._files = {}
     names = {}
-    shards = sorted(set(weight_map.values())) if weight_map else [WEIGHTS]
+    shards = sorted(set(map(str, weight_map.values()))) if weight_map else [WEIGHTS]
+    for shard in shards:
+      _check_shard(directory, shard)
+    self.shards = shards       # the files read, relative to ``directory`` (import.json hashes them)
     for shard in shards:
       path = directory / shard
       if not path.is_file():
@@ -102,6 +110,17 @@ class Tensors:
     return sorted(set(self._names) - self.used)
 
 
+def _check_shard(directory: pathlib.Path, shard: str) -> None:
+  """A shard named in the index must be a relative path inside the checkpoint folder (no
+  absolute path, no ``..``): an index cannot make the import read files from elsewhere."""
+  rel = pathlib.PurePosixPath(shard)
+  if not shard or rel.is_absolute() or "\\" in shard or ".." in rel.parts or \
+      pathlib.PureWindowsPath(shard).drive:
+    raise HFImportError(f"{directory / INDEX}: shard {shard!r} is not inside the checkpoint "
+                        f"folder; valid: a file name (or relative path without '..') in "
+                        f"{directory}")
+
+
 # ----------------------------------------------------------------------------- families
 
 
@@ -122,10 +141,23 @@ class Family:
 FAMILIES: Registry[Family] = Registry("model_type")
 
 
-def _need(hf: dict, key: str, what: str):
-  if key not in hf:
+def _need(hf: dict, key: str, what: str, kind=int):
+  """``hf[key]``, which must be present; a count or size (``kind=int``, the default) must
+  be an integer >= 1."""
+  if key not in hf or hf[key] is None:
     raise HFImportError(f"config.json of {what} lacks {key!r}")
-  return hf[key]
+  return _valid(hf, key, what) if kind is int else hf[key]
+
+
+def _valid(hf: dict, key: str, what: str, default=None):
+  """``hf[key]`` (``default`` when absent or null) as a count or size: an integer >= 1."""
+  value = hf.get(key)
+  if value is None:
+    return default
+  if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    raise HFImportError(f"config.json of {what}: {key}={value!r} is not valid; valid: an "
+                        f"integer >= 1")
+  return value
 
 
 def _refuse(condition: bool, message: str) -> None:
@@ -247,7 +279,7 @@ def _gpt2_model(hf):
   model = {"num_layers": _need(hf, "n_layer", what), "d_model": d,
            "attention": {"num_heads": heads, "num_kv_heads": heads},
            "mlp": _activation(hf.get("activation_function", "gelu_new"), False, what),
-           "mlp_hidden": hf.get("n_inner") or 4 * d, "norm": "layernorm",
+           "mlp_hidden": _valid(hf, "n_inner", what) or 4 * d, "norm": "layernorm",
            "norm_eps": hf.get("layer_norm_epsilon", 1e-5), "use_bias": True,
            "tie_embeddings": True,
            "position": {"kind": "learned", "max_len": positions}}
@@ -313,7 +345,7 @@ FAMILIES.register("gpt_neox")(Family(_neox_model, _neox_params,
 
 def _llama_model(hf, what="LLaMA"):
   d, heads = _need(hf, "hidden_size", what), _need(hf, "num_attention_heads", what)
-  kv_heads = hf.get("num_key_value_heads") or heads
+  kv_heads = _valid(hf, "num_key_value_heads", what) or heads
   max_len = _need(hf, "max_position_embeddings", what)
   _refuse(hf.get("head_dim") not in (None, d // heads), f"{what}: head_dim={hf.get('head_dim')} "
           f"differs from hidden_size / num_attention_heads = {d // heads}; not supported")
@@ -392,14 +424,15 @@ def _bloom_model(hf):
   what = "BLOOM"
   _refuse(hf.get("apply_residual_connection_post_layernorm", False),
           f"{what}: apply_residual_connection_post_layernorm=True is not supported")
-  d = hf.get("n_embed") or _need(hf, "hidden_size", what)
-  heads = hf.get("n_head") or _need(hf, "num_attention_heads", what)
-  model = {"num_layers": hf.get("n_layer") or _need(hf, "num_hidden_layers", what), "d_model": d,
+  d = _valid(hf, "n_embed", what) or _need(hf, "hidden_size", what)
+  heads = _valid(hf, "n_head", what) or _need(hf, "num_attention_heads", what)
+  model = {"num_layers": _valid(hf, "n_layer", what) or _need(hf, "num_hidden_layers", what),
+           "d_model": d,
            "attention": {"num_heads": heads, "num_kv_heads": heads},
            "mlp": "gelu", "mlp_hidden": 4 * d, "norm": "layernorm",
            "norm_eps": hf.get("layer_norm_epsilon", 1e-5), "use_bias": True, "embed_norm": True,
            "tie_embeddings": True, "position": {"kind": "alibi"}}
-  return model, int(hf.get("seq_length", BLOOM_CONTEXT))
+  return model, _valid(hf, "seq_length", what, BLOOM_CONTEXT)
 
 
 def _bloom_params(t, hf, m):
@@ -428,6 +461,11 @@ def _merge(base: ml_collections.ConfigDict, overrides: dict) -> None:
       base[key] = value
 
 
+def _short(value, limit: int = 60) -> str:
+  text = repr(value)
+  return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def read_hf_config(directory: pathlib.Path) -> tuple[dict, Family, str]:
   """(config.json as a dict, its family, a name for messages) of a checkpoint directory."""
   path = directory / "config.json"
@@ -436,11 +474,21 @@ def read_hf_config(directory: pathlib.Path) -> tuple[dict, Family, str]:
                         f"checkpoint directory holds config.json, *.safetensors, tokenizer.json)")
   try:
     hf = json.loads(path.read_text())
-  except json.JSONDecodeError as e:
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise HFImportError(f"{path} is not valid JSON ({e})") from None
+  if not isinstance(hf, dict):
+    raise HFImportError(f"{path}: the top level is {type(hf).__name__} {_short(hf)}; valid: a "
+                        f"JSON object of the model's settings (model_type, hidden_size, ...)")
   model_type = hf.get("model_type")
   architectures = hf.get("architectures") or []
-  if model_type not in FAMILIES.names():
+  if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
+    raise HFImportError(f"{path}: architectures={_short(architectures)} is not valid; valid: a "
+                        f"list of class names such as ['LlamaForCausalLM']")
+  for key in ("rope_scaling", "rope_parameters"):
+    if hf.get(key) is not None and not isinstance(hf[key], dict):
+      raise HFImportError(f"{path}: {key}={_short(hf[key])} is not valid; valid: an object "
+                          f"(rope_type, factor, ...) or null")
+  if not isinstance(model_type, str) or model_type not in FAMILIES.names():
     raise HFImportError(f"{path}: model_type {model_type!r} (architectures {architectures}) is not "
                         f"supported; supported: {', '.join(FAMILIES.names())}")
   heads = [a for a in architectures if not (a.endswith("ForCausalLM") or a.endswith("LMHeadModel")
@@ -451,8 +499,9 @@ def read_hf_config(directory: pathlib.Path) -> tuple[dict, Family, str]:
   return hf, FAMILIES.get(model_type), f"{model_type} checkpoint {directory}"
 
 
-def convert(directory, base_config, dtype: str = "float32"):
-  """(resolved-able attnlab config, params) of the checkpoint in ``directory``.
+def convert(directory, base_config, dtype: str = "float32", with_shards: bool = False):
+  """(resolved-able attnlab config, params) of the checkpoint in ``directory``, and with
+  ``with_shards`` the safetensors files read (relative to ``directory``).
 
   ``base_config``: an lm config (``configs/lm.py``) whose data, train and eval blocks the
   imported config keeps; its model block is replaced. ``dtype``: ``float32`` (weights
@@ -462,7 +511,15 @@ def convert(directory, base_config, dtype: str = "float32"):
   hf, family, what = read_hf_config(directory)
   if dtype not in ("float32", "bfloat16"):
     raise ConfigError(f"--dtype={dtype!r} is not valid; valid: float32, bfloat16")
-  overrides, seq_len = family.model(hf)
+  try:
+    overrides, seq_len = family.model(hf)
+  except HFImportError:
+    raise
+  except (TypeError, ValueError, AttributeError, KeyError, ZeroDivisionError) as e:
+    # a value of another type or range than the family's config.json has (the checks above
+    # name the common ones); the mapping reads nothing else
+    raise HFImportError(f"{directory / 'config.json'}: a value has the wrong type or range for "
+                        f"{what} ({type(e).__name__}: {e})") from e
   cfg = ml_collections.ConfigDict(base_config.to_dict())
   position = overrides.pop("position")
   impl = cfg.model.attention.impl                # how attention runs is the user's choice
@@ -496,7 +553,8 @@ def convert(directory, base_config, dtype: str = "float32"):
       raise HFImportError(f"{what}: parameter {jax.tree_util.keystr(path)} has shape "
                           f"{x.shape}; attnlab's model needs {e.shape}")
   cast = jax.numpy.bfloat16 if dtype == "bfloat16" else jax.numpy.float32
-  return cfg, jax.tree.map(lambda x: jax.numpy.asarray(x, cast), params)
+  params = jax.tree.map(lambda x: jax.numpy.asarray(x, cast), params)
+  return (cfg, params, list(tensors.shards)) if with_shards else (cfg, params)
 
 
 def _sha256(path: pathlib.Path) -> str:
@@ -510,23 +568,27 @@ def import_checkpoint(directory, workdir, base_config, dtype: str = "float32") -
   directory, workdir = pathlib.Path(directory), pathlib.Path(workdir)
   if not directory.is_dir():
     raise HFImportError(f"--checkpoint={str(directory)!r} is not a directory")
-  if workdir.exists() and any(workdir.iterdir()):
+  if workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
     raise workdir_lib.WorkdirError(f"--workdir={str(workdir)!r} is not empty; import into a new "
                                    f"directory")
-  cfg, params = convert(directory, base_config, dtype)
-  workdir.mkdir(parents=True, exist_ok=True)
-  shutil.copyfile(directory / "tokenizer.json", workdir / "tokenizer.json")
-  cfg.data.tokenizer = "tokenizer.json"      # relative: read from the workdir, wherever it is
-  workdir_lib.atomic_write(workdir / "config.json", workdir_lib.config_json(cfg))
-  checkpointer = workdir_lib.Checkpointer(workdir / "checkpoints", 1)
-  try:
-    checkpointer.save(0, {"step": np.zeros((), np.int32), "params": params})
-  finally:
-    checkpointer.close()
-  files = sorted(p for p in directory.iterdir() if p.is_file()
-                 and (p.suffix in (".json", ".safetensors")))
+  cfg, params, shards = convert(directory, base_config, dtype, with_shards=True)
+  # every file read (config, tokenizer, index, each shard wherever in the folder it is) and
+  # the other top-level .json / .safetensors files, by their path relative to the folder
+  names = {p.name for p in directory.iterdir() if p.is_file()
+           and p.suffix in (".json", ".safetensors")} | set(shards)
   record = {"source": str(directory.resolve()), "model_type": json.loads(
       (directory / "config.json").read_text())["model_type"], "dtype": dtype,
-      "files": {p.name: _sha256(p) for p in files}}
-  workdir_lib.atomic_write(workdir / "import.json", json.dumps(record, indent=2, sort_keys=True))
+      "files": {name: _sha256(directory / name) for name in sorted(names)}}
+  # built aside and renamed into place: a failed import leaves no partial workdir
+  with outputs.staged_directory(workdir) as building:
+    shutil.copyfile(directory / "tokenizer.json", building / "tokenizer.json")
+    cfg.data.tokenizer = "tokenizer.json"    # relative: read from the workdir, wherever it is
+    workdir_lib.atomic_write(building / "config.json", workdir_lib.config_json(cfg))
+    checkpointer = workdir_lib.Checkpointer(building / "checkpoints", 1)
+    try:
+      checkpointer.save(0, {"step": np.zeros((), np.int32), "params": params})
+    finally:
+      checkpointer.close()
+    workdir_lib.atomic_write(building / "import.json",
+                             json.dumps(record, indent=2, sort_keys=True))
   return record

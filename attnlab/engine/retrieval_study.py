@@ -19,7 +19,7 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
-from attnlab import positional, provenance
+from attnlab import outputs, positional, provenance
 from attnlab.data.retrieval_tasks import RETRIEVAL_TASKS, task_batch
 from attnlab.engine import sweeps, training
 from attnlab.models import TransformerLM
@@ -106,14 +106,37 @@ def plot_heatmaps(records: list[dict], path) -> None:
   plt.close(fig)
 
 
+def check_retrieval(config) -> None:
+  """``retrieval.trials`` (an integer >= 1) and ``retrieval.depths`` (a non-empty list of
+  numbers in [0, 1]), before anything trains; ``ConfigError`` naming the field."""
+  r = config.get("retrieval")
+  if r is None:
+    raise ConfigError("retrieval: the config has no retrieval block (retrieval.depths, "
+                      "retrieval.trials; see configs/retrieval.py)")
+  trials = r.get("trials")
+  if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
+    raise ConfigError(f"retrieval.trials={trials!r} must be an integer >= 1 (examples per "
+                      f"length and depth)")
+  depths = r.get("depths")
+  if (not isinstance(depths, (tuple, list)) or not depths
+      or not all(isinstance(d, (int, float)) and not isinstance(d, bool) and 0.0 <= d <= 1.0
+                 for d in depths)):
+    raise ConfigError(f"retrieval.depths={depths!r} must be a non-empty list of numbers in "
+                      f"[0, 1] (0: the needle at the start, 1: at the end)")
+
+
 def run_study(config, workdir, progress: bool = True) -> list[dict]:
+  """Train every variant (resumable), score each on the grid, write ``results.*`` (all of
+  them or none, ``attnlab.outputs``). The ``retrieval`` block is an evaluation setting: a
+  new depth grid or trial count re-scores the trained variants without retraining them."""
   if config.data.path or config.data.corpus not in RETRIEVAL_TASKS:
     raise ConfigError(f"data.corpus={config.data.corpus!r} (with data.path={config.data.path!r}) "
                       f"is not a retrieval task; valid: {', '.join(RETRIEVAL_TASKS.names())}")
+  check_retrieval(config)
   workdir = pathlib.Path(workdir)
   variants = sweeps.variant_configs(config)
   lengths = [f * config.data.seq_len for f in config.sweep.factors]
-  depths = list(config.retrieval.depths)
+  depths = [float(d) for d in config.retrieval.depths]
   for name, cfg in variants.items():
     training.train_and_evaluate(cfg, workdir / name, progress=progress)
   records = []
@@ -122,8 +145,10 @@ def run_study(config, workdir, progress: bool = True) -> list[dict]:
     for r in accuracy_grid(cfg, params, lengths, depths, config.retrieval.trials):
       r.update(variant=name, train_length=cfg.data.seq_len, step=step, task=cfg.data.corpus)
       records.append(r)
-  (workdir / "results.json").write_text(json.dumps(records, indent=2))
-  provenance.write_sidecar(workdir / "results.json")
-  (workdir / "results.md").write_text("\n".join(results_markdown(records, m) for m in METRICS))
-  plot_heatmaps(records, workdir / "results.png")
+  with outputs.staged(workdir, "--workdir") as stage:
+    stage.write_text("results.json", json.dumps(records, indent=2))
+    provenance.write_sidecar(stage.path("results.json"))
+    stage.path(provenance.sidecar_path("results.json"))
+    stage.write_text("results.md", "\n".join(results_markdown(records, m) for m in METRICS))
+    plot_heatmaps(records, stage.path("results.png"))
   return records

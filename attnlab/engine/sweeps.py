@@ -30,7 +30,7 @@ import pathlib
 
 import ml_collections
 
-from attnlab import config_lib, data, positional, provenance
+from attnlab import config_lib, data, outputs, positional, provenance
 from attnlab.engine import evaluation, training
 from attnlab.models import num_params
 from attnlab.registry import ConfigError, Registry
@@ -51,6 +51,7 @@ def variant_configs(config) -> dict[str, ml_collections.ConfigDict]:
   out = {}
   longest = max(config.sweep.factors) * base.data.seq_len
   for name, overrides in config.sweep.variants.items():
+    config_lib.check_plain_name(name, "sweep.variants")     # it names a directory
     cfg = ml_collections.ConfigDict(base.to_dict())
     config_lib.merge_overrides(cfg, overrides, f"sweep.variants.{name}")
     try:
@@ -104,9 +105,14 @@ def evaluation_spec(config, seq_len: int) -> dict:
           "max_tokens": config.eval.max_tokens, "sliding_tokens": config.sweep.sliding_tokens}
 
 
-def _evaluate_variant(run_dir: pathlib.Path, spec: dict, progress: bool) -> list[dict]:
+def _evaluate_variant(run_dir: pathlib.Path, spec: dict, progress: bool,
+                      batch_tokens: int | None = None) -> list[dict]:
   """Evaluate a trained variant, or reuse its cached results when the spec and the
-  fingerprint of what they were computed from (config, checkpoint, data) are unchanged."""
+  fingerprint of what they were computed from (config, checkpoint, data) are unchanged.
+  The spec comes from the sweep's config, not the variant's ``config.json``: evaluation
+  settings are not part of a run (``config_lib.EVALUATION_BLOCKS``), so changing them
+  re-evaluates and keeps the training. ``batch_tokens`` (default: the variant's
+  ``eval.batch_tokens``) only splits the work, so it is not part of the spec."""
   cache = run_dir / "sweep_eval.json"
   cfg, params, step = restore_params(run_dir)
   corpus = data.load_corpus(cfg.data, splits=("valid",))
@@ -124,7 +130,7 @@ def _evaluate_variant(run_dir: pathlib.Path, spec: dict, progress: bool) -> list
     budget = spec["sliding_tokens"] if mode == "sliding" else spec["max_tokens"]
     records += evaluation.evaluate_lengths(cfg, params, tokens, spec["lengths"], mode=mode,
                                            stride=spec["stride"], max_tokens=budget,
-                                           progress=progress,
+                                           batch_tokens=batch_tokens, progress=progress,
                                            token_bytes=corpus.token_bytes("valid"))
   evaluation.check_finite(records, run_dir, step)
   for r in records:
@@ -203,15 +209,18 @@ def run_lm_sweep(config, workdir, progress: bool = True) -> list[dict]:
       check_evaluation_spec(config, seq_len)
   records = []
   for name, seq_len in lengths.items():
-    records += _evaluate_variant(workdir / name, evaluation_spec(config, seq_len), progress)
-  (workdir / "results.json").write_text(json.dumps(records, indent=2))
-  provenance.write_sidecar(workdir / "results.json")
-  with (workdir / "results.csv").open("w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=RESULT_FIELDS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(records)
-  (workdir / "results.md").write_text(results_markdown(records))
-  plot_results(records, workdir / "results.png")
+    records += _evaluate_variant(workdir / name, evaluation_spec(config, seq_len), progress,
+                                 batch_tokens=config.eval.batch_tokens)
+  with outputs.staged(workdir, "--workdir") as stage:        # all of results.* or none
+    stage.write_text("results.json", json.dumps(records, indent=2))
+    provenance.write_sidecar(stage.path("results.json"))
+    stage.path(provenance.sidecar_path("results.json"))
+    with stage.path("results.csv").open("w", newline="") as f:
+      writer = csv.DictWriter(f, fieldnames=RESULT_FIELDS, extrasaction="ignore")
+      writer.writeheader()
+      writer.writerows(records)
+    stage.write_text("results.md", results_markdown(records))
+    plot_results(records, stage.path("results.png"))
   return records
 
 
