@@ -133,10 +133,26 @@ def evaluate_lengths(cfg, params, tokens: np.ndarray, lengths, *, max_tokens: in
     scored_bytes = int((target_bytes * weights).sum())
     loss = total / scored
     records.append({"eval_length": length, "eval_mode": mode, "loss": loss,
-                    "ppl": math.exp(min(loss, 700.0)), "bpb": total / max(scored_bytes, 1) / LN2,
+                    "ppl": perplexity(loss), "bpb": total / max(scored_bytes, 1) / LN2,
                     "tokens": scored, "bytes": scored_bytes,
                     "stride": stride if mode == "sliding" else length})
   return records
+
+
+def perplexity(loss: float) -> float | None:
+  """exp(loss), or None when it overflows a float (loss > 709): reported as "overflow",
+  never as a capped number."""
+  return math.exp(loss) if loss < MAX_LOG_PPL else None
+
+
+MAX_LOG_PPL = math.log(np.finfo(np.float64).max)
+
+
+def ppl_cell(record: dict) -> str:
+  """A table cell: perplexity (bits per byte), or "overflow" with the loss."""
+  if record.get("ppl") is None:
+    return f"overflow (loss {record['loss']:.4g} nats)"
+  return f"{record['ppl']:.3f} ({record['bpb']:.3f})"
 
 
 def ppl_unit(records: list[dict]) -> str:
@@ -154,7 +170,7 @@ def markdown_table(records: list[dict], key: str = "variant") -> str:
     cells = []
     for n in lengths:
       r = next((r for r in records if r.get(key, "model") == name and r["eval_length"] == n), None)
-      cells.append("—" if r is None else f"{r['ppl']:.3f} ({r['bpb']:.3f})")
+      cells.append("—" if r is None else ppl_cell(r))
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + f"\n\nCells: perplexity per {ppl_unit(records)} (bits per byte).\n"
 
@@ -163,6 +179,7 @@ def draw_lengths(ax, records: list[dict], title: str, key: str = "variant",
                  train_length: int | None = None) -> None:
   """Perplexity against evaluation length (log-log, plain tick labels), a line per variant."""
   from matplotlib.ticker import NullFormatter, ScalarFormatter
+  records = [r for r in records if r.get("ppl") is not None]   # an overflow has no point
   for name in dict.fromkeys(r.get(key, "model") for r in records):
     rs = sorted((r for r in records if r.get(key, "model") == name), key=lambda r: r["eval_length"])
     ax.plot([r["eval_length"] for r in rs], [r["ppl"] for r in rs], marker="o", label=name)

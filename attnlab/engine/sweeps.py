@@ -155,7 +155,7 @@ def results_markdown(records: list[dict]) -> str:
     for name in dict.fromkeys(r["variant"] for r in rs):
       row = {r["eval_length"]: r for r in rs if r["variant"] == name}
       params = next(iter(row.values()))["params"]
-      cells = [f"{row[n]['ppl']:.3f} ({row[n]['bpb']:.3f})" if n in row else "—" for n in lengths]
+      cells = [evaluation.ppl_cell(row[n]) if n in row else "—" for n in lengths]
       out.append(f"| {name} | {params:,} | " + " | ".join(cells) + " |")
     out.append("")
   return "\n".join(out)

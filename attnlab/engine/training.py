@@ -26,7 +26,7 @@ from attnlab import config_lib, data, parallel, positional
 from attnlab.attention import KINDS
 from attnlab.models import build_lm, decay_mask, num_params
 from attnlab import workdir as workdir_lib
-from attnlab.engine import loop
+from attnlab.engine import evaluation, loop
 from attnlab.engine.loop import TrainingDiverged  # noqa: F401  (raised by the loop)
 from attnlab.workdir import MetricsLog, plot_metrics, write_or_check_config
 
@@ -216,7 +216,7 @@ def _run(cfg, workdir, model, tx, mesh, shardings, state, checkpointer, metrics,
     valid = validation_loss(eval_step, state["params"], batches, cfg, mesh)
     return [{"step": done, "split": "valid", "loss": valid,
              "bpb": valid / (LN2 * batches.bytes_per_token),
-             "ppl": math.exp(min(valid, 700.0))}]
+             "ppl": evaluation.perplexity(valid)}]
 
   def log_fields(done, step_metrics, count, elapsed):
     return {"lr": float(schedule(done - 1)), "grad_norm": float(step_metrics["grad_norm"]),
