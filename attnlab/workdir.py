@@ -37,6 +37,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import shutil
 import sys
 
@@ -66,6 +67,29 @@ def describe_os_error(error: OSError, what: str, path) -> str:
             errno.EACCES: "permission denied", errno.EDQUOT: "the disk quota is exceeded"}.get(
                 error.errno, error.strerror or str(error))
   return f"{what} {path} failed: {reason}"
+
+
+# What an OS error reported in an exception's text means (tensorstore's messages carry the
+# OS's words and often [os_error_code='N']).
+_OS_WORDS = {"No space left on device": errno.ENOSPC, "Read-only file system": errno.EROFS,
+             "Permission denied": errno.EACCES, "Disk quota exceeded": errno.EDQUOT,
+             "No such file or directory": errno.ENOENT, "Not a directory": errno.ENOTDIR,
+             "Is a directory": errno.EISDIR}
+
+
+def os_error_in_text(error: BaseException) -> OSError | None:
+  """The OS error an orbax / tensorstore exception reports in its text (tensorstore raises
+  ``ValueError`` / ``RuntimeError`` whose message names the file and the OS's words), as an
+  ``OSError`` with that path; None when the text reports none."""
+  text = str(error)
+  code = re.search(r"\[os_error_code='(\d+)'\]", text)
+  number = int(code.group(1)) if code else next(
+      (n for words, n in _OS_WORDS.items() if words in text), None)
+  if number is None:
+    return None
+  found = (re.search(r'local file "([^"]+)"', text) or re.search(r'Failed writing: "([^"]+)"', text)
+           or re.search(r'"(/[^"]+)"', text))
+  return OSError(number, os.strerror(number), found.group(1) if found else None)
 
 
 # ----------------------------------------------------------------------------- config
@@ -131,6 +155,8 @@ def write_or_check_config(cfg, workdir: pathlib.Path, resuming: bool | None = No
     diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     if diff:
       details = "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff)
+      if "model.position.max_len" in diff and "data.task" in now:
+        details += " (a task run sizes a learned position table from eval.lengths)"
       raise ConfigError(f"{workdir} holds a run with a different config ({details}); resuming "
                         f"it would not continue that run. Use a new --workdir.")
     return
@@ -542,8 +568,10 @@ class Checkpointer:
                          f"again from step 0 with --restart, or use a new --workdir") from None
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self.manager.wait_until_finished()
+    finally:
+      self.manager.close()
 
 
 def _read_params(directory: pathlib.Path, step: int):
@@ -706,6 +734,13 @@ def plot_metrics(workdir) -> pathlib.Path:
   ax.legend()
   fig.tight_layout()
   path = pathlib.Path(workdir) / "loss.png"
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+  try:
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+  except OSError as e:
+    tmp.unlink(missing_ok=True)
+    raise WorkdirError(describe_os_error(e, "writing", path)) from None
+  finally:
+    plt.close(fig)
   return path

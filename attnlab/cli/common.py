@@ -34,7 +34,7 @@ from absl import app, flags, logging
 
 from attnlab import config_lib, outputs, runtime
 from attnlab.registry import ConfigError, nearest
-from attnlab.workdir import describe_os_error
+from attnlab.workdir import describe_os_error, os_error_in_text
 
 
 def _config_flag_names() -> list[str]:
@@ -116,35 +116,29 @@ def parse_flags(argv):
   return parsed
 
 
+def define_run_flags() -> None:
+  """``--restart`` and ``--accept_data_change``: the two ways a trainer may be told to do
+  what it otherwise refuses (``docs/guarantees.md``); ``run_options()`` passes them on."""
+  flags.DEFINE_bool("restart", False, "Train again from step 0 a run whose checkpoints are "
+                    "all unreadable (set aside); its earlier metrics are kept under restarts/.")
+  flags.DEFINE_bool("accept_data_change", False, "Resume on data that differs from what the "
+                    "run was trained on (a changed file, another Python's built-in corpus); "
+                    "recorded in data.json.")
+
+
+def run_options() -> dict:
+  """The trainer options of ``define_run_flags``, as keyword arguments."""
+  return {"restart": flags.FLAGS.restart, "accept_data_change": flags.FLAGS.accept_data_change}
+
+
 def fail(message: str) -> None:
   """Print ``error: <message>`` (one line) and exit with status 2."""
   print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
   sys.exit(2)
 
 
-# What an OS error reported in an exception's text means (tensorstore's messages carry the
-# OS's words and often [os_error_code='N']).
-_OS_WORDS = {"No space left on device": errno.ENOSPC, "Read-only file system": errno.EROFS,
-             "Permission denied": errno.EACCES, "Disk quota exceeded": errno.EDQUOT,
-             "No such file or directory": errno.ENOENT, "Not a directory": errno.ENOTDIR,
-             "Is a directory": errno.EISDIR}
 # what tensorstore appends to its messages for debugging (the whole spec, source lines)
 _TENSORSTORE_NOISE = re.compile(r"\s*\[(tensorstore_spec|source locations)='.*?'\]", re.DOTALL)
-
-
-def _os_error_in_text(error: BaseException) -> OSError | None:
-  """The OS error an orbax / tensorstore exception reports in its text (tensorstore raises
-  ``ValueError`` / ``RuntimeError`` whose message names the file and the OS's words), as an
-  ``OSError`` with that path; None when the text reports none."""
-  text = str(error)
-  code = re.search(r"\[os_error_code='(\d+)'\]", text)
-  number = int(code.group(1)) if code else next(
-      (n for words, n in _OS_WORDS.items() if words in text), None)
-  if number is None:
-    return None
-  found = (re.search(r'local file "([^"]+)"', text) or re.search(r'Failed writing: "([^"]+)"', text)
-           or re.search(r'"(/[^"]+)"', text))
-  return OSError(number, os.strerror(number), found.group(1) if found else None)
 
 
 def _describe_os_error(error: OSError) -> str:
@@ -173,7 +167,7 @@ def user_error(error: BaseException) -> str | None:
       return lines[-1] if lines else type(error).__name__
     return _describe_os_error(error)
   if isinstance(error, (ValueError, RuntimeError)):
-    inner = _os_error_in_text(error)
+    inner = os_error_in_text(error)
     if inner is not None:
       return _describe_os_error(inner)
     if isinstance(error, ValueError):
@@ -190,7 +184,7 @@ def _quiet_background_errors() -> None:
     if info and info[1] is not None and user_error(info[1]) is not None:
       return False
     if record.levelno >= py_logging.ERROR and "/orbax/" in (record.pathname or "") and \
-        _os_error_in_text(Exception(record.getMessage())) is not None:
+        os_error_in_text(Exception(record.getMessage())) is not None:
       return False
     return True
 

@@ -16,13 +16,15 @@ from attnlab.engine import retrieval_study
 def define_flags():
   config_flags.DEFINE_config_file("config", "configs/retrieval.py", "Retrieval study config.",
                                   lock_config=True)
+  common.define_run_flags()
   flags.DEFINE_string("workdir", "runs/retrieval", "Output directory.")
 
 
 def main(argv):
   del argv
   FLAGS = flags.FLAGS
-  records = retrieval_study.run_study(FLAGS.config, FLAGS.workdir)
+  records = retrieval_study.run_study(FLAGS.config, FLAGS.workdir,
+                                       **common.run_options())
   for metric in retrieval_study.METRICS:
     print(retrieval_study.results_markdown(records, metric))
   print(f"wrote {FLAGS.workdir}/results.{{json,md,png}}")

@@ -16,13 +16,14 @@ from attnlab.cli import common
 def define_flags():
   config_flags.DEFINE_config_file("config", "configs/extrapolation.py", "Sweep config file.",
                                   lock_config=True)
+  common.define_run_flags()
   flags.DEFINE_string("workdir", "runs/extrapolation", "Output directory.")
 
 
 def main(argv):
   del argv
   FLAGS = flags.FLAGS
-  records = engine.sweeps.run_sweep(FLAGS.config, FLAGS.workdir)
+  records = engine.sweeps.run_sweep(FLAGS.config, FLAGS.workdir, **common.run_options())
   _, markdown = engine.sweeps.RUNNERS.get(engine.sweeps.runner_name(FLAGS.config))
   print(markdown(records))
   print(f"wrote {FLAGS.workdir}/results.*")

@@ -18,11 +18,7 @@ from attnlab.engine import tasks
 def define_flags():
   config_flags.DEFINE_config_file("config", "configs/seq2seq.py", "Config file.", lock_config=True)
   flags.DEFINE_string("workdir", None, "Output directory.")
-  flags.DEFINE_bool("restart", False, "Train again from step 0 a run whose checkpoints are all "
-                    "unreadable (set aside); its earlier metrics are kept under restarts/.")
-  flags.DEFINE_bool("accept_data_change", False, "Resume on data that differs from what the "
-                    "run was trained on (a changed file, another Python's built-in corpus); "
-                    "recorded in data.json.")
+  common.define_run_flags()
 
 
 def main(argv):
@@ -30,8 +26,7 @@ def main(argv):
   FLAGS = flags.FLAGS
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required")
-  records = tasks.train_and_evaluate(FLAGS.config, FLAGS.workdir, restart=FLAGS.restart,
-                                     accept_data_change=FLAGS.accept_data_change)
+  records = tasks.train_and_evaluate(FLAGS.config, FLAGS.workdir, **common.run_options())
   for r in records:
     r["variant"] = pathlib.Path(FLAGS.workdir).name
   print(tasks.results_markdown(records))

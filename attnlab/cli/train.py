@@ -21,11 +21,7 @@ def define_flags():
       "--config.a.b=value (each variant's fields: docs/variants.md or "
       "python -m attnlab.config_lib).", lock_config=True)
   flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
-  flags.DEFINE_bool("restart", False, "Train again from step 0 a run whose checkpoints are all "
-                    "unreadable (set aside); its earlier metrics are kept under restarts/.")
-  flags.DEFINE_bool("accept_data_change", False, "Resume on data that differs from what the "
-                    "run was trained on (a changed file, another Python's built-in corpus); "
-                    "recorded in data.json.")
+  common.define_run_flags()
 
 
 def main(argv):
@@ -35,8 +31,7 @@ def main(argv):
     raise app.UsageError("--config and --workdir are required")
   try:
     parallel.initialize_distributed(FLAGS.config)
-    result = training.train_and_evaluate(FLAGS.config, FLAGS.workdir, restart=FLAGS.restart,
-                                          accept_data_change=FLAGS.accept_data_change)
+    result = training.train_and_evaluate(FLAGS.config, FLAGS.workdir, **common.run_options())
   except training.TrainingDiverged as e:
     common.fail(str(e))
   print(json.dumps(result["metrics"]))

@@ -11,6 +11,7 @@ byte-level and BPE models on the same text.
 from __future__ import annotations
 
 import functools
+import os
 import pathlib
 
 import numpy as np
@@ -122,7 +123,12 @@ def train_bpe(text: str, vocab_size: int, path) -> HFTokenizer:
       vocab_size=vocab_size, initial_alphabet=alphabet, show_progress=False))
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  tok.save(str(path))
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  try:                              # written aside and renamed: never a partial tokenizer.json
+    tok.save(str(tmp))
+    os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
   return HFTokenizer(path)
 
 

@@ -19,7 +19,6 @@ of ``metrics.jsonl``), so the logged means are the same too.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import math
 import os
 import pathlib
@@ -168,21 +167,16 @@ def save_if_usable(checkpointer, state, done: int, probe: Callable) -> None:
         + f"; {last_good(checkpointer)}") from None
 
 
-_OS_WORDS = {"no space left on device": errno.ENOSPC, "read-only file system": errno.EROFS,
-             "permission denied": errno.EACCES, "disk quota exceeded": errno.EDQUOT}
-
-
 def _os_error(error: BaseException) -> OSError | None:
-  """The OS error behind ``error`` (itself, its causes, or an OS error named in the text of
-  a wrapped one, as orbax and tensorstore report them), or None."""
+  """The OS error behind ``error``: itself, one of its causes, or one that orbax or
+  tensorstore report in the text of a wrapped error (``workdir.os_error_in_text``)."""
   seen = error
   while seen is not None:
     if isinstance(seen, OSError):
       return seen
-    text = str(seen).lower()
-    for words, code in _OS_WORDS.items():
-      if words in text:
-        return OSError(code, os.strerror(code))
+    found = workdir_lib.os_error_in_text(seen)
+    if found is not None:
+      return found
     seen = seen.__cause__ or seen.__context__
   return None
 

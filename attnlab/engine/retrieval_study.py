@@ -125,7 +125,7 @@ def check_retrieval(config) -> None:
                       f"[0, 1] (0: the needle at the start, 1: at the end)")
 
 
-def run_study(config, workdir, progress: bool = True) -> list[dict]:
+def run_study(config, workdir, progress: bool = True, **train_options) -> list[dict]:
   """Train every variant (resumable), score each on the grid, write ``results.*`` (all of
   them or none, ``attnlab.outputs``). The ``retrieval`` block is an evaluation setting: a
   new depth grid or trial count re-scores the trained variants without retraining them."""
@@ -138,7 +138,7 @@ def run_study(config, workdir, progress: bool = True) -> list[dict]:
   lengths = [f * config.data.seq_len for f in config.sweep.factors]
   depths = [float(d) for d in config.retrieval.depths]
   for name, cfg in variants.items():
-    training.train_and_evaluate(cfg, workdir / name, progress=progress)
+    training.train_and_evaluate(cfg, workdir / name, progress=progress, **train_options)
   records = []
   for name in variants:
     cfg, params, step = restore_params(workdir / name)

@@ -176,7 +176,8 @@ def plot_results(records: list[dict], path) -> None:
   plt.close(fig)
 
 
-# sweep.runner -> (run(config, workdir, progress) -> records, records -> markdown).
+# sweep.runner -> (run(config, workdir, progress, **train_options) -> records,
+#                  records -> markdown).
 RUNNERS: Registry = Registry("sweep.runner")
 
 
@@ -187,20 +188,21 @@ def runner_name(config) -> str:
   return name
 
 
-def run_sweep(config, workdir, progress: bool = True) -> list[dict]:
-  """Run the sweep with the runner ``sweep.runner`` names; returns its records."""
+def run_sweep(config, workdir, progress: bool = True, **train_options) -> list[dict]:
+  """Run the sweep with the runner ``sweep.runner`` names; returns its records.
+  ``train_options`` (``restart``, ``accept_data_change``) go to every variant's trainer."""
   run, _ = RUNNERS.get(runner_name(config))
-  return run(config, workdir, progress)
+  return run(config, workdir, progress, **train_options)
 
 
-def run_lm_sweep(config, workdir, progress: bool = True) -> list[dict]:
+def run_lm_sweep(config, workdir, progress: bool = True, **train_options) -> list[dict]:
   """The ``lm`` runner: train every variant (unless ``sweep.train=False``), evaluate each by
   length, write the results."""
   workdir = pathlib.Path(workdir)
   if config.sweep.get("train", True):
     variants = variant_configs(config)         # every variant validated before any training
     for name, cfg in variants.items():
-      training.train_and_evaluate(cfg, workdir / name, progress=progress)
+      training.train_and_evaluate(cfg, workdir / name, progress=progress, **train_options)
     lengths = {name: config.data.seq_len for name in variants}
   else:
     lengths = {name: workdir_lib.load_config(workdir / name).data.seq_len

@@ -415,7 +415,7 @@ def plot_results(records: list[dict], path, metric: str = "seq_acc") -> None:
   plt.close(fig)
 
 
-def run_task_sweep(config, workdir, progress: bool = True) -> list[dict]:
+def run_task_sweep(config, workdir, progress: bool = True, **train_options) -> list[dict]:
   """Train and evaluate every (task, variant) in ``workdir/<task>/<variant>``; write
   ``results.{json,md,png}`` (sequence accuracy) and ``results_token.png``."""
   workdir = pathlib.Path(workdir)
@@ -423,7 +423,7 @@ def run_task_sweep(config, workdir, progress: bool = True) -> list[dict]:
   records = []
   start = time.perf_counter()
   for (task, name), cfg in runs.items():
-    for r in train_and_evaluate(cfg, workdir / task / name, progress):
+    for r in train_and_evaluate(cfg, workdir / task / name, progress, **train_options):
       records.append(dict(r, variant=name))
   with outputs.staged(workdir, "--workdir") as stage:        # all of results.* or none
     stage.write_text("results.json", json.dumps(records, indent=2))
