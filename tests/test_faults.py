@@ -885,3 +885,47 @@ def test_new_evaluation_settings_re_evaluate_a_finished_sweep_without_retraining
   assert (_files(tmp_path / "v" / "checkpoints"),
           (tmp_path / "v" / "metrics.jsonl").read_bytes()) == trained
   assert len(json.loads((tmp_path / "results.json").read_text())) == 3
+
+
+# ----------------------------------------------------------------------------- the flags
+
+
+@pytest.mark.slow
+def test_the_trainer_flags_reach_the_trainer(tmp_path):
+  """On the command line: the refusal of a silent restart is one line naming --restart, and
+  --restart trains again, keeping the earlier metrics."""
+  run = tmp_path / "run"
+  flags = [f"--workdir={run}", "--config=configs/lm.py:rope", "--config.model.num_layers=1",
+           "--config.model.d_model=32", "--config.model.attention.num_heads=4",
+           "--config.model.attention.num_kv_heads=4", "--config.data.seq_len=32",
+           "--config.data.corpus=tinyshakespeare", "--config.train.batch_size=4",
+           "--config.train.steps=4", "--config.train.checkpoint_every=2",
+           "--config.train.log_every=2", "--config.train.eval_every=4",
+           "--config.train.eval_batches=1", "--config.train.warmup_steps=1"]
+  training.train_and_evaluate(tiny_config("rope", model__num_layers=1, train__batch_size=4,
+                                          train__steps=4, train__checkpoint_every=2,
+                                          train__log_every=2, train__eval_every=4,
+                                          train__eval_batches=1, train__warmup_steps=1),
+                              run, progress=False)
+  aside = run / "checkpoints_unreadable"
+  aside.mkdir()
+  for step in (2, 4):
+    os.replace(run / "checkpoints" / str(step), aside / str(step))
+  line = _one_line(_cli("train", *flags))
+  assert "has no readable checkpoint" in line and "Pass --restart" in line
+  result = subprocess.run([sys.executable, "-m", "attnlab.train", *flags, "--restart"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, env=ENV)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert (run / "restarts" / "1" / "metrics.jsonl").exists()
+  assert workdir_lib.checkpoint_steps(run / "checkpoints") == [2, 4]
+
+
+def test_every_fault_test_is_listed_in_the_guarantees():
+  """docs/guarantees.md's table names every test of this file, and names no test that is
+  not here (a renamed or removed case would leave the page promising it)."""
+  text = (REPO / "docs" / "guarantees.md").read_text()
+  table = text[text.index("## The fault-injection suite"):]
+  listed = set(re.findall(r"`(test_\w+)`", table))
+  here = set(re.findall(r"^def (test_\w+)\(", pathlib.Path(__file__).read_text(), re.M))
+  assert here - listed == set(), "not in docs/guarantees.md"
+  assert listed - here == set(), "listed in docs/guarantees.md but not in tests/test_faults.py"
