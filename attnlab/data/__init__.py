@@ -26,7 +26,7 @@ import sysconfig
 
 import numpy as np
 
-from attnlab.registry import ConfigError, Field
+from attnlab.registry import ConfigError, Declared, Field
 
 from attnlab.data.tokenization import (BYTE_VOCAB_SIZE, ByteTokenizer, HFTokenizer,
                                        get_tokenizer, tokenizer_vocab_size, train_bpe)
@@ -151,15 +151,15 @@ def data_identity(data_cfg, raw: bytes) -> dict:
   """What a text corpus is, for the resume check (``workdir.check_data``): the field that
   names it, its source, the sha256 of its bytes and of the tokenizer file; for the built-in
   corpus also the Python version whose standard library it is."""
-  field, source = ("data.path", str(data_cfg.path)) if data_cfg.path else (
-      "data.corpus", data_cfg.corpus)
+  d = Declared(data_cfg, DATA_FIELDS)
+  field, source = ("data.path", str(d.path)) if d.path else ("data.corpus", d.corpus)
   identity = {"field": field, "source": source, "sha256": hashlib.sha256(raw).hexdigest(),
-              "tokenizer": data_cfg.tokenizer}
-  if data_cfg.tokenizer != "bytes":
-    path = pathlib.Path(data_cfg.tokenizer).expanduser()
+              "tokenizer": d.tokenizer}
+  if d.tokenizer != "bytes":
+    path = pathlib.Path(d.tokenizer).expanduser()
     if path.is_file():
       identity["tokenizer_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
-  if not data_cfg.path and data_cfg.corpus == "builtin":
+  if not d.path and d.corpus == "builtin":
     identity["python"] = platform.python_version()
   return identity
 
