@@ -689,7 +689,37 @@ class MetricsLog:
 
   def close(self) -> None:
     if self.tensorboard is not None:
-      self.tensorboard.close()
+      try:
+        self.tensorboard.close()
+      except OSError as e:
+        raise WorkdirError(describe_os_error(e, "writing the TensorBoard events in",
+                                             self.path.parent / "tensorboard")) from None
+
+
+def close_all(*closeable, failing: BaseException | None = None) -> None:
+  """Close each of ``closeable`` (None skipped), all of them whatever fails. An error while
+  closing is raised (an ``OSError`` as a ``WorkdirError``) unless the block already failed
+  with ``failing``: then the first error is the one reported, and a later one is a warning,
+  or nothing when it is the OS error's aftermath (a full disk fails every later write)."""
+  first = None
+  for thing in closeable:
+    if thing is None:
+      continue
+    try:
+      thing.close()
+    except Exception as e:  # noqa: BLE001 - every resource gets closed; the first error wins
+      if failing is not None:
+        if isinstance(e, (OSError, WorkdirError)) or os_error_in_text(e) is not None:
+          continue
+        warn(f"after the error below, closing {type(thing).__name__} also failed "
+             f"({_short(e)})")
+      elif first is None:
+        first = e
+  if first is not None:
+    if isinstance(first, OSError):
+      raise WorkdirError(describe_os_error(first, "closing", first.filename or "a file")) \
+          from None
+    raise first
 
 
 # metrics.jsonl records of this split are the training loop's own state, not measurements

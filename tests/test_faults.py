@@ -461,13 +461,16 @@ def _cli(module: str, *args: str, inject: str = "") -> subprocess.CompletedProce
   return subprocess.run(cmd, cwd=REPO, capture_output=True, timeout=300, env=ENV)
 
 
+_PROGRESS = re.compile(r"\|\s*\d+/\d+ \[")     # tqdm: "|  3/40 [00:02<01:35, ..."
+
+
 def _one_line(result: subprocess.CompletedProcess) -> str:
   """The single ``error:`` line of a failed command (exit status 2, no traceback)."""
   err = result.stderr.decode("utf-8", "replace")
   assert result.returncode == 2, err[-3000:]
   assert "Traceback" not in err, err[-3000:]
-  lines = [line for line in err.splitlines() if line.strip() and "it/s]" not in line
-           and "s/it]" not in line]                  # tqdm's progress bars are not errors
+  lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()
+           and not _PROGRESS.search(line)]          # tqdm's progress bars are not errors
   assert len(lines) == 1 and lines[0].startswith("error: "), err[-3000:]
   return lines[0]
 
@@ -644,6 +647,41 @@ def test_a_real_full_disk_is_one_line(trained, tmp_path):
                   f"--config={REPO / 'configs' / 'lm.py'}")
     assert _one_line(result).endswith("failed: the disk is full")
     assert sorted(p.name for p in disk.iterdir()) == ["fill"]
+  finally:
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.mark.slow
+def test_a_trainer_on_a_real_full_disk_is_one_line_and_keeps_its_checkpoint(tmp_path):
+  """A run resumed on a tmpfs with about 40 KiB free: the real ENOSPC of orbax (or of the
+  metrics file, whichever write comes first) is one line, and step 2 stays readable."""
+  run = tmp_path / "run"
+  fields = dict(train__steps=40, train__warmup_steps=1, train__checkpoint_every=2,
+                train__log_every=1, train__eval_every=40, train__eval_batches=1,
+                model__num_layers=1, train__batch_size=4)
+  training.train_and_evaluate(tiny_config("rope", **fields), run, stop_after=2, progress=False)
+  used = sum(p.stat().st_size for p in run.rglob("*") if p.is_file())
+  disk = tmp_path / "disk"
+  disk.mkdir()
+  size = used + 2 * 1024 * 1024
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)],
+                           capture_output=True)
+  if mounted.returncode:
+    pytest.skip("cannot mount a tmpfs here")
+  try:
+    shutil.copytree(run, disk / "run")
+    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    (disk / "fill").write_bytes(b"\0" * max(0, free - 40 * 1024))
+    flags = [f"--config.{k.replace('__', '.')}={v}" for k, v in fields.items()]
+    flags += ["--config.model.d_model=32", "--config.model.attention.num_heads=4",
+              "--config.model.attention.num_kv_heads=4", "--config.data.seq_len=32",
+              "--config.data.corpus=tinyshakespeare"]
+    result = _cli("train", "--config=configs/lm.py:rope", f"--workdir={disk / 'run'}", *flags)
+    assert _one_line(result).endswith("the disk is full") or "the disk is full;" in \
+        _one_line(result)
+    (disk / "fill").unlink()
+    assert workdir_lib.restore_params(disk / "run")[2] >= 2
+    assert workdir_lib.checkpoint_steps(disk / "run" / "checkpoints")[0] >= 2
   finally:
     subprocess.run(["umount", str(disk)], check=True)
 

@@ -29,6 +29,7 @@ import os
 import re
 import sys
 import threading
+import warnings
 
 from absl import app, flags, logging
 
@@ -232,6 +233,8 @@ def run(main, define_flags) -> None:
       message = user_error(e)
       if message is None:
         raise                                # a bug: its traceback
+      # the aftermath of a failed asynchronous write, reported at exit: the error is above
+      warnings.filterwarnings("ignore", r"coroutine .* was never awaited", RuntimeWarning)
       if os.environ.get("ATTNLAB_TRACEBACK"):
         import traceback
         traceback.print_exc()

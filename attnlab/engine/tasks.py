@@ -227,10 +227,10 @@ def train(config, workdir, progress: bool = True, restart: bool = False,
           schedule=loop.Schedule(t.steps, t.log_every, t.steps, t.checkpoint_every),
           checkpointer=checkpointer, metrics=metrics, probe=probe,
           desc=f"{workdir.parent.name}/{workdir.name}", progress=progress)
-    finally:
-      checkpointer.close()
-      if metrics is not None:
-        metrics.close()
+    except BaseException as e:         # closing must not hide the error that stopped the run
+      workdir_lib.close_all(checkpointer, metrics, failing=e)
+      raise
+    workdir_lib.close_all(checkpointer, metrics)
     if start < t.steps or not (workdir / "train.json").exists():
       n_params = sum(x.size for x in jax.tree_util.tree_leaves(state["params"]))
       final = [r for r in workdir_lib.read_metrics(workdir) if r["split"] == "train"][-1]

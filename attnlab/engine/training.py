@@ -175,10 +175,10 @@ def train_and_evaluate(config, workdir, *, stop_after: int | None = None,
           print(f"{workdir}: resuming from the checkpoint at step {start}")
         state, last = _run(cfg, workdir, model, tx, mesh, shardings, state, checkpointer,
                            metrics, start, stop_after, progress, batches, hooks, writer)
-    finally:
-      checkpointer.close()
-      if metrics is not None:
-        metrics.close()
+    except BaseException as e:         # closing must not hide the error that stopped the run
+      workdir_lib.close_all(checkpointer, metrics, failing=e)
+      raise
+    workdir_lib.close_all(checkpointer, metrics)
     end = cfg.train.steps if stop_after is None else min(cfg.train.steps, stop_after)
     if end == cfg.train.steps and writer:
       plot_metrics(workdir)
