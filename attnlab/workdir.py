@@ -247,8 +247,11 @@ def tree_digest(*arrays) -> str:
 
 
 def _same_data(a: dict, b: dict) -> bool:
-  keys = (set(a) | set(b)) - {"from_step", "description"}
-  return all(a.get(k) == b.get(k) for k in keys)
+  """Whether two data identities are the same data: the same bytes and the same tokenizer
+  (by content: a file moved, a workdir moved with its tokenizer, or another Python whose
+  standard library reads the same is the same data)."""
+  tokenizer = lambda d: d.get("tokenizer_sha256") or d.get("tokenizer")  # noqa: E731
+  return a.get("sha256") == b.get("sha256") and tokenizer(a) == tokenizer(b)
 
 
 def check_data(workdir, identity: dict, step: int, accept_change: bool = False) -> None:
@@ -451,8 +454,9 @@ def newest_readable(directory, read, on_unreadable=None):
       if on_unreadable is not None:
         on_unreadable(step, e)
       else:
+        older = [s for s in checkpoint_steps(directory) if s < step]
         warn(f"checkpoint step {step} in {directory} cannot be read ({_short(e)}); skipped "
-             f"(left in place), using an older one")
+             f"(left in place)" + (", using an older one" if older else ""))
   if failed:
     raise NoReadableCheckpoint(f"no checkpoint in {directory} can be read (tried step(s) "
                        f"{', '.join(map(str, sorted(failed)))})")

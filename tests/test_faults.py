@@ -974,3 +974,16 @@ def test_every_fault_test_is_listed_in_the_guarantees():
   here = set(re.findall(r"^def (test_\w+)\(", pathlib.Path(__file__).read_text(), re.M))
   assert here - listed == set(), "not in docs/guarantees.md"
   assert listed - here == set(), "listed in docs/guarantees.md but not in tests/test_faults.py"
+
+
+def test_the_same_data_moved_or_read_by_another_python_is_the_same_data(tmp_path, capfd):
+  """The identity is the content: the same bytes under another path, or the built-in
+  corpus of another Python that reads the same, resume without a word."""
+  record = {"field": "data.path", "source": "/old/text.txt", "sha256": "ab" * 32,
+            "tokenizer": "bytes", "python": "3.11.7"}
+  workdir_lib.check_data(tmp_path, record, 0)
+  workdir_lib.check_data(tmp_path, dict(record, source="/new/text.txt", python="3.12.1"), 4)
+  assert len(json.loads((tmp_path / "data.json").read_text())) == 1
+  assert capfd.readouterr().err == ""
+  with pytest.raises(workdir_lib.WorkdirError, match=r"trained on other data"):
+    workdir_lib.check_data(tmp_path, dict(record, tokenizer="tok.json", tokenizer_sha256="cd"), 4)
