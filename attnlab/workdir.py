@@ -160,6 +160,12 @@ def write_or_check_config(cfg, workdir: pathlib.Path, resuming: bool | None = No
       raise ConfigError(f"{workdir} holds a run with a different config ({details}); resuming "
                         f"it would not continue that run. Use a new --workdir.")
     return
+  steps = checkpoint_steps(workdir / "checkpoints")
+  if steps or read_metrics(workdir):
+    what = f"checkpoints (steps {', '.join(map(str, steps))})" if steps else "metrics.jsonl"
+    raise WorkdirError(f"{workdir} holds {what} but no config.json: the config they were "
+                       f"trained with is unknown, so nothing can resume them. Put the run's "
+                       f"config.json back, or use a new --workdir")
   atomic_write(path, config_json(cfg))
 
 

@@ -987,3 +987,17 @@ def test_the_same_data_moved_or_read_by_another_python_is_the_same_data(tmp_path
   assert capfd.readouterr().err == ""
   with pytest.raises(workdir_lib.WorkdirError, match=r"trained on other data"):
     workdir_lib.check_data(tmp_path, dict(record, tokenizer="tok.json", tokenizer_sha256="cd"), 4)
+
+
+def test_checkpoints_without_their_config_are_not_trained_over(tmp_path):
+  """config.json deleted: the checkpoints' config is unknown, so a trainer with another
+  config must neither write its own config.json nor try (and fail) to read them and set
+  them aside."""
+  run = tmp_path / "run"
+  training.train_and_evaluate(_tiny(), run, stop_after=2, progress=False)
+  (run / "config.json").unlink()
+  before = _snapshot(run)
+  with pytest.raises(workdir_lib.WorkdirError, match=r"holds checkpoints \(steps 2\) but no "
+                                                     r"config.json"):
+    training.train_and_evaluate(_tiny(model__d_model=64), run, progress=False)
+  assert _snapshot(run) == before
