@@ -428,9 +428,33 @@ def read_record(directory, step: int) -> dict:
   return json.loads(path.read_text())
 
 
+class StateMismatch(WorkdirError):
+  """A readable checkpoint holds other arrays than the model being trained (its code
+  changed): not damage, so it is neither skipped nor set aside."""
+
+
+def _saved_arrays(path: pathlib.Path) -> dict:
+  """{leaf name: (shape, dtype)} of the arrays a checkpoint item holds (its metadata)."""
+  metadata = ocp.StandardCheckpointHandler().metadata(path)
+  tree = metadata.tree if hasattr(metadata, "tree") else metadata
+  return {leaf_name(k): (tuple(m.shape), str(m.dtype))
+          for k, m in jax.tree_util.tree_leaves_with_path(tree)}
+
+
 def _restore_state(directory: pathlib.Path, step: int, abstract):
+  path = directory / str(step) / "default"
+  saved = _saved_arrays(path)         # unreadable metadata is damage, raised as it is
+  wanted = {leaf_name(k): (tuple(a.shape), str(np.dtype(a.dtype)))
+            for k, a in jax.tree_util.tree_leaves_with_path(abstract)}
+  if saved != wanted:
+    diff = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+    details = "; ".join(f"{k}: saved {saved.get(k)}, model {wanted.get(k)}" for k in diff[:3])
+    raise StateMismatch(f"the checkpoint at step {step} in {directory} holds other arrays than "
+                        f"this model ({details}{' and more' if len(diff) > 3 else ''}): "
+                        f"attnlab's model code changed since it was written. Nothing was moved; "
+                        f"resume it with the attnlab that wrote it, or use a new --workdir")
   with ocp.StandardCheckpointer() as checkpointer:
-    return checkpointer.restore(directory / str(step) / "default", abstract)
+    return checkpointer.restore(path, abstract)
 
 
 def _short(error: Exception) -> str:
@@ -453,6 +477,8 @@ def newest_readable(directory, read, on_unreadable=None):
     tried.add(step)
     try:
       return step, read(step)
+    except StateMismatch:
+      raise
     except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many kinds
       if not (directory / str(step)).exists():
         continue

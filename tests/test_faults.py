@@ -1001,3 +1001,24 @@ def test_checkpoints_without_their_config_are_not_trained_over(tmp_path):
                                                      r"config.json"):
     training.train_and_evaluate(_tiny(model__d_model=64), run, progress=False)
   assert _snapshot(run) == before
+
+
+def test_a_checkpoint_of_other_model_code_is_named_not_set_aside(tmp_path, monkeypatch):
+  """The model's code changed since the run was written (another parameter shape under the
+  same config): the checkpoints are intact, so they are neither skipped nor set aside."""
+  run = tmp_path / "run"
+  training.train_and_evaluate(_tiny(), run, stop_after=2, progress=False)
+  before = _snapshot(run)
+  real_init = training.init_state
+
+  def changed_code(model, tx, cfg):          # as if a layer gained a parameter
+    state = real_init(model, tx, cfg)
+    state["params"] = dict(state["params"], extra={"w": jax.numpy.zeros(3)})
+    state["opt_state"] = tx.init(state["params"])
+    return state
+
+  monkeypatch.setattr(training, "init_state", changed_code)
+  with pytest.raises(workdir_lib.StateMismatch, match=r"step 2 .* holds other arrays than this "
+                                                      r"model \(.*params/extra/w: saved None"):
+    training.train_and_evaluate(_tiny(), run, progress=False)
+  assert _snapshot(run) == before and not (run / "checkpoints_unreadable").exists()
