@@ -49,7 +49,13 @@ def _damage(step_dir: pathlib.Path):
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 3])
 
 
-def _flip_bytes(step_dir: pathlib.Path, count: int = 16, seed: int = 0):
+FLIPPED_BYTES = 16         # per array file (docs/guarantees.md states it)
+READER_LOOP_STEPS = 40     # the default-tier reader loop's run (docs/guarantees.md)
+DIVERGING_LR = 30.0        # the real divergence (docs/guarantees.md)
+TMPFS_SIZE = "1m"          # the real full disk (docs/guarantees.md: "1 MiB")
+
+
+def _flip_bytes(step_dir: pathlib.Path, count: int = FLIPPED_BYTES, seed: int = 0):
   """Bit rot: ``count`` bytes inverted in the middle half of every array file (they still
   decode: only the checksums can tell)."""
   rng = np.random.default_rng(seed)
@@ -218,7 +224,7 @@ def _check_race(tmp_path, capfd, steps, seconds):
 
 
 def test_a_reader_loop_during_training_never_disturbs_the_trainer(tmp_path, capfd):
-  _check_race(tmp_path, capfd, steps=40, seconds=120)
+  _check_race(tmp_path, capfd, steps=READER_LOOP_STEPS, seconds=120)
 
 
 @pytest.mark.slow
@@ -366,7 +372,8 @@ def test_only_usable_states_are_saved_and_named_last_good(tmp_path):
 
 def test_a_diverging_run_names_a_checkpoint_within_the_factor(tmp_path):
   with pytest.raises(training.TrainingDiverged) as info:
-    training.train_and_evaluate(_tiny(train__lr=30.0, train__checkpoint_every=1, train__steps=12,
+    training.train_and_evaluate(_tiny(train__lr=DIVERGING_LR, train__checkpoint_every=1,
+                                      train__steps=12,
                                       train__warmup_steps=1), tmp_path, progress=False)
   steps = workdir_lib.checkpoint_steps(tmp_path / "checkpoints")
   assert steps and f"the last good checkpoint is step {steps[-1]}" in str(info.value)
@@ -641,7 +648,8 @@ def test_a_real_full_disk_is_one_line(trained, tmp_path):
   tensorstore, not an injected one."""
   disk = tmp_path / "disk"
   disk.mkdir()
-  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE}", "tmpfs",
+                            str(disk)],
                            capture_output=True)
   if mounted.returncode:
     pytest.skip("cannot mount a tmpfs here")
@@ -1022,3 +1030,25 @@ def test_a_checkpoint_of_other_model_code_is_named_not_set_aside(tmp_path, monke
                                                       r"model \(.*params/extra/w: saved None"):
     training.train_and_evaluate(_tiny(), run, progress=False)
   assert _snapshot(run) == before and not (run / "checkpoints_unreadable").exists()
+
+
+def test_the_settings_the_guarantees_state_are_the_ones_in_force():
+  """Every number docs/guarantees.md states is a setting of the code or of these tests
+  (none is measured); each is read from where it is set, so an edit on either side fails."""
+  import math
+  text = " ".join((REPO / "docs" / "guarantees.md").read_text().split())
+  stated = [f"`loop.PROBE_FACTOR` = {loop.PROBE_FACTOR:g} times",
+            f"`loop.PROBE_MARGIN` = {loop.PROBE_MARGIN:g} nat",
+            f"loss above {math.floor(evaluation.MAX_LOG_PPL)} nats",
+            f"exp({math.floor(evaluation.MAX_LOG_PPL)})",
+            f"a {READER_LOOP_STEPS}-step run",
+            f"{FLIPPED_BYTES} bytes flipped",
+            f"learning rate {DIVERGING_LR:g})",
+            f"a {TMPFS_SIZE[:-1]} MiB tmpfs"]
+  missing = [phrase for phrase in stated if phrase not in text]
+  assert not missing, missing
+  numbers = re.findall(r"(?<![\w.])\d+(?:\.\d+)?(?![\w.])", text)
+  allowed = {"0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "60", "33", "100",
+             str(math.floor(evaluation.MAX_LOG_PPL)), str(READER_LOOP_STEPS),
+             str(FLIPPED_BYTES), f"{DIVERGING_LR:g}"}
+  assert set(numbers) <= allowed, sorted(set(numbers) - allowed)
