@@ -1,6 +1,6 @@
 """Retrieval study: passkey (or associative recall) trained at 128 bytes, tested to 8x.
 
-  python -m attnlab.retrieval --config=configs/retrieval.py --workdir=runs/retrieval
+  python -m attnlab.sweep --config=configs/retrieval.py --workdir=runs/retrieval
 
 ``--config.data.corpus=associative_recall`` switches the task.
 """
@@ -24,6 +24,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.train.eval_every = 500
 
   c.sweep = ml_collections.ConfigDict()
+  c.sweep.runner = "retrieval"
+  c.sweep.seeds = 1                   # runs per variant, seeds train.seed + 0, 1, ...
   c.sweep.variants = ml_collections.ConfigDict({
       "rope": {"model": {"position": {"kind": "rope"}}},
       "alibi": {"model": {"position": {"kind": "alibi"}}},

@@ -937,7 +937,7 @@ def test_new_evaluation_settings_re_evaluate_a_finished_sweep_without_retraining
   assert cache["spec"]["max_tokens"] == 128 and cache["spec"]["lengths"] == [16, 32, 64]
   assert (_files(tmp_path / "v" / "checkpoints"),
           (tmp_path / "v" / "metrics.jsonl").read_bytes()) == trained
-  assert len(json.loads((tmp_path / "results.json").read_text())) == 3
+  assert len(json.loads((tmp_path / "results.json").read_text())["records"]) == 3
 
 
 # ----------------------------------------------------------------------------- the flags

@@ -46,11 +46,17 @@ def test_sweep_results_equal_direct_evaluation(tmp_path):
     # so the same program scores the same windows
     assert [r["loss"] for r in got] == [r["loss"] for r in direct]
   saved = json.loads((tmp_path / "results.json").read_text())
-  assert saved == records
+  assert saved["study"] == "lm" and saved["seeds"] == [0] and saved["records"] == records
+  assert all(r["seed"] == 0 for r in records)
+  # one seed: the summary's mean is the value itself and its spread is zero
+  for row in saved["summary"]:
+    rec = next(r for r in records if all(r[k] == row[k] for k in ("variant", "eval_mode",
+                                                                     "eval_length")))
+    assert row["ppl"] == rec["ppl"] and row["ppl_sd"] == 0 and row["ppl_values"] == [rec["ppl"]]
   written_by = json.loads((tmp_path / "results.provenance.json").read_text())["provenance"]
   assert written_by["jax"] == jax.__version__ and written_by["machine"]["cores"] == os.cpu_count()
   csv_lines = (tmp_path / "results.csv").read_text().splitlines()
-  assert csv_lines[0].startswith("variant,eval_length,eval_mode,loss,ppl,bpb")
+  assert csv_lines[0].startswith("seed,variant,eval_length,eval_mode,loss,ppl,bpb")
   assert len(csv_lines) == 1 + len(records)
   md = (tmp_path / "results.md").read_text()
   assert "| variant | params | L=16 | L=32 |" in md and "**sliding** (stride 8)" in md

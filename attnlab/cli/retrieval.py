@@ -1,7 +1,8 @@
 """``python -m attnlab.retrieval --config=configs/retrieval.py --workdir=runs/retrieval``
 
 Trains each variant on a synthetic retrieval task, then scores answer accuracy by context
-length and needle depth; see ``attnlab.engine.retrieval_study``.
+length and needle depth; see ``attnlab.engine.retrieval_study``. The same as
+``python -m attnlab.sweep`` with ``sweep.runner='retrieval'``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from attnlab.cli import common
-from attnlab.engine import retrieval_study
+from attnlab.engine import studies
 
 
 def define_flags():
@@ -23,10 +24,8 @@ def define_flags():
 def main(argv):
   del argv
   FLAGS = flags.FLAGS
-  records = retrieval_study.run_study(FLAGS.config, FLAGS.workdir,
-                                       **common.run_options())
-  for metric in retrieval_study.METRICS:
-    print(retrieval_study.results_markdown(records, metric))
+  results = studies.run(FLAGS.config, FLAGS.workdir, name="retrieval", **common.run_options())
+  print(studies.STUDIES.get("retrieval").markdown(results))
   print(f"wrote {FLAGS.workdir}/results.{{json,md,png}}")
 
 

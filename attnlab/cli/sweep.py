@@ -1,7 +1,7 @@
 """``python -m attnlab.sweep --config=configs/extrapolation.py --workdir=runs/extrapolation``
 
-Trains every variant of a sweep config, then evaluates them (``sweep.runner``: ``lm`` by
-length, ``tasks`` by sequence accuracy); see ``attnlab.engine.sweeps``.
+Trains every variant of a sweep config, then evaluates them; ``sweep.runner`` names the study and ``sweep.seeds`` how many seeds each
+variant trains with (``attnlab.engine.studies``).
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ def define_flags():
 def main(argv):
   del argv
   FLAGS = flags.FLAGS
-  records = engine.sweeps.run_sweep(FLAGS.config, FLAGS.workdir, **common.run_options())
-  _, markdown = engine.sweeps.RUNNERS.get(engine.sweeps.runner_name(FLAGS.config))
-  print(markdown(records))
+  results = engine.studies.run(FLAGS.config, FLAGS.workdir, **common.run_options())
+  print(engine.studies.STUDIES.get(results["study"]).markdown(results))
   print(f"wrote {FLAGS.workdir}/results.*")
 
 

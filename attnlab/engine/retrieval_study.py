@@ -19,9 +19,9 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
-from attnlab import outputs, positional, provenance
+from attnlab import positional
 from attnlab.data.retrieval_tasks import RETRIEVAL_TASKS, task_batch
-from attnlab.engine import sweeps, training
+from attnlab.engine import studies, sweeps, training
 from attnlab.models import TransformerLM
 from attnlab.registry import ConfigError
 from attnlab.workdir import restore_params
@@ -125,14 +125,19 @@ def check_retrieval(config) -> None:
                       f"[0, 1] (0: the needle at the start, 1: at the end)")
 
 
-def run_study(config, workdir, progress: bool = True, **train_options) -> list[dict]:
-  """Train every variant (resumable), score each on the grid, write ``results.*`` (all of
-  them or none, ``attnlab.outputs``). The ``retrieval`` block is an evaluation setting: a
-  new depth grid or trial count re-scores the trained variants without retraining them."""
+def check_study(config) -> None:
+  """The task and the ``retrieval`` block, before anything trains."""
   if config.data.path or config.data.corpus not in RETRIEVAL_TASKS:
     raise ConfigError(f"data.corpus={config.data.corpus!r} (with data.path={config.data.path!r}) "
                       f"is not a retrieval task; valid: {', '.join(RETRIEVAL_TASKS.names())}")
   check_retrieval(config)
+
+
+def run_seed(config, workdir, progress: bool = True, **train_options) -> list[dict]:
+  """The ``retrieval`` runner, one seed: train every variant (resumable), score each on the
+  grid. The ``retrieval`` block is an evaluation setting: a new depth grid or trial count
+  re-scores the trained variants without retraining them."""
+  check_study(config)
   workdir = pathlib.Path(workdir)
   variants = sweeps.variant_configs(config)
   lengths = [f * config.data.seq_len for f in config.sweep.factors]
@@ -145,10 +150,18 @@ def run_study(config, workdir, progress: bool = True, **train_options) -> list[d
     for r in accuracy_grid(cfg, params, lengths, depths, config.retrieval.trials):
       r.update(variant=name, train_length=cfg.data.seq_len, step=step, task=cfg.data.corpus)
       records.append(r)
-  with outputs.staged(workdir, "--workdir") as stage:
-    stage.write_text("results.json", json.dumps(records, indent=2))
-    provenance.write_sidecar(stage.path("results.json"))
-    stage.path(provenance.sidecar_path("results.json"))
-    stage.write_text("results.md", "\n".join(results_markdown(records, m) for m in METRICS))
-    plot_heatmaps(records, stage.path("results.png"))
   return records
+
+
+def run_study(config, workdir, progress: bool = True, **train_options) -> list[dict]:
+  """Run the study for every seed (``sweep.seeds``) and write ``results.*`` through
+  ``studies.write_results``; returns the records (each with its seed)."""
+  return studies.run(config, workdir, progress, name="retrieval", **train_options)["records"]
+
+
+studies.STUDIES.register("retrieval")(studies.Study(
+    run=run_seed, keys=("variant", "eval_length", "depth"),
+    metrics=("accuracy", "byte_accuracy"),
+    markdown=lambda results: "\n".join(results_markdown(results["summary"], m) for m in METRICS),
+    plots=lambda results, path: plot_heatmaps(results["summary"], path("results.png")),
+    check=check_study))

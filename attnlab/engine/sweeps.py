@@ -6,7 +6,8 @@ for each variant and the config fields it overrides. Each variant trains in
 ``workdir/<name>`` with the same seed, data and steps, then is evaluated at
 ``sweep.factors`` x ``data.seq_len`` under each protocol in ``sweep.protocols``.
 Writes ``results.json``, ``results.csv``, ``results.md`` and ``results.png``, and
-``results.provenance.json`` (command, commit, JAX, machine: ``attnlab.provenance``).
+``results.provenance.json`` (command, commit, JAX, machine: ``attnlab.provenance``), through
+``studies.write_results``.
 
 Resumable: re-running skips finished variants (training and evaluation), and an
 interrupted variant continues from its last checkpoint.
@@ -16,10 +17,10 @@ earlier, or a pretrained model written by ``python -m attnlab.import_hf``) is ev
 at ``sweep.factors`` x its own ``data.seq_len``; nothing trains and ``sweep.variants`` is
 not read.
 
-``sweep.runner`` picks what a variant is (``RUNNERS``): ``lm`` (the default, above) or
-``tasks``: sequence-to-sequence models trained on ``sweep.tasks`` (algorithmic tasks) and
-scored by sequence accuracy at ``eval.lengths`` (``attnlab.engine.tasks.run_task_sweep``;
-``configs/length_generalization.py``, ``configs/bottleneck.py``).
+``sweep.runner`` picks the study (``attnlab.engine.studies.STUDIES``): ``lm`` (the
+default, above), ``tasks`` (sequence-to-sequence models scored by sequence accuracy at
+``eval.lengths``), ``retrieval``, ``sinks``, ``induction``, ``streaming``. ``sweep.seeds``
+runs each N times with consecutive seeds (``attnlab.engine.studies``).
 """
 
 from __future__ import annotations
@@ -30,14 +31,14 @@ import pathlib
 
 import ml_collections
 
-from attnlab import config_lib, data, outputs, positional, provenance
-from attnlab.engine import evaluation, training
+from attnlab import config_lib, data, positional
+from attnlab.engine import evaluation, studies, training
 from attnlab.models import num_params
-from attnlab.registry import ConfigError, Registry
+from attnlab.registry import ConfigError
 from attnlab import workdir as workdir_lib
 from attnlab.workdir import restore_params
 
-RESULT_FIELDS = ("variant", "eval_length", "eval_mode", "loss", "ppl", "bpb", "tokens", "bytes",
+RESULT_FIELDS = ("seed", "variant", "eval_length", "eval_mode", "loss", "ppl", "bpb", "tokens", "bytes",
                  "stride",
                  "train_length", "params", "step")
 
@@ -141,31 +142,44 @@ def _evaluate_variant(run_dir: pathlib.Path, spec: dict, progress: bool,
   return records
 
 
-def results_markdown(records: list[dict]) -> str:
-  """One table per protocol: rows are variants (with parameter counts), columns lengths."""
+def results_markdown(results: dict) -> str:
+  """One table per protocol: rows are variants (with parameter counts), columns lengths;
+  with several seeds, each cell is the mean over seeds ± their standard deviation."""
+  records = results["summary"]
   out = []
   for mode in dict.fromkeys(r["eval_mode"] for r in records):
     rs = [r for r in records if r["eval_mode"] == mode]
     lengths = sorted({r["eval_length"] for r in rs})
     stride = rs[0]["stride"] if mode == "sliding" else None
+    seeds = max(r.get("seeds", 1) for r in rs)
     out.append(f"**{mode}**" + (f" (stride {stride})" if stride else "") +
-               f": perplexity per {evaluation.ppl_unit(rs)} (bits per byte)\n")
+               f": perplexity per {evaluation.ppl_unit(rs)} (bits per byte)"
+               + (f", mean ± sd over {seeds} seeds" if seeds > 1 else "") + "\n")
     out.append("| variant | params | " + " | ".join(f"L={n}" for n in lengths) + " |")
     out.append("|---|---|" + "---|" * len(lengths))
     for name in dict.fromkeys(r["variant"] for r in rs):
       row = {r["eval_length"]: r for r in rs if r["variant"] == name}
       params = next(iter(row.values()))["params"]
-      cells = [evaluation.ppl_cell(row[n]) if n in row else "—" for n in lengths]
+      cells = [_cell(row[n]) if n in row else "—" for n in lengths]
       out.append(f"| {name} | {params:,} | " + " | ".join(cells) + " |")
     out.append("")
   return "\n".join(out)
 
 
-def plot_results(records: list[dict], path) -> None:
-  """results.png: perplexity against evaluation length, a panel per protocol."""
+def _cell(row: dict) -> str:
+  """Perplexity (bits per byte), with the spread over seeds where there are several."""
+  if row.get("seeds", 1) < 2 or row.get("ppl") is None:
+    return evaluation.ppl_cell(row)
+  return f"{row['ppl']:.3f} ± {row['ppl_sd']:.3f} ({row['bpb']:.3f})"
+
+
+def plot_results(results: dict, path) -> None:
+  """results.png: perplexity (mean over seeds) against evaluation length, a panel per
+  protocol."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  records = results["summary"]
   modes = list(dict.fromkeys(r["eval_mode"] for r in records))
   fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 4.2), squeeze=False)
   for ax, mode in zip(axes[0], modes):
@@ -176,28 +190,16 @@ def plot_results(records: list[dict], path) -> None:
   plt.close(fig)
 
 
-# sweep.runner -> (run(config, workdir, progress, **train_options) -> records,
-#                  records -> markdown).
-RUNNERS: Registry = Registry("sweep.runner")
-
-
-def runner_name(config) -> str:
-  """``sweep.runner`` (default ``lm``), checked against ``RUNNERS``."""
-  name = config.sweep.get("runner", "lm") if "sweep" in config else "lm"
-  RUNNERS.get(name)
-  return name
-
-
 def run_sweep(config, workdir, progress: bool = True, **train_options) -> list[dict]:
-  """Run the sweep with the runner ``sweep.runner`` names; returns its records.
-  ``train_options`` (``restart``, ``accept_data_change``) go to every variant's trainer."""
-  run, _ = RUNNERS.get(runner_name(config))
-  return run(config, workdir, progress, **train_options)
+  """Run the study ``sweep.runner`` names (``attnlab.engine.studies``) for every seed and
+  write its results; returns its records (each with its ``seed``). ``train_options``
+  (``restart``, ``accept_data_change``) go to every trainer."""
+  return studies.run(config, workdir, progress, **train_options)["records"]
 
 
 def run_lm_sweep(config, workdir, progress: bool = True, **train_options) -> list[dict]:
-  """The ``lm`` runner: train every variant (unless ``sweep.train=False``), evaluate each by
-  length, write the results."""
+  """The ``lm`` runner, one seed: train every variant (unless ``sweep.train=False``) and
+  evaluate each by length; returns the records."""
   workdir = pathlib.Path(workdir)
   if config.sweep.get("train", True):
     variants = variant_configs(config)         # every variant validated before any training
@@ -213,17 +215,18 @@ def run_lm_sweep(config, workdir, progress: bool = True, **train_options) -> lis
   for name, seq_len in lengths.items():
     records += _evaluate_variant(workdir / name, evaluation_spec(config, seq_len), progress,
                                  batch_tokens=config.eval.batch_tokens)
-  with outputs.staged(workdir, "--workdir") as stage:        # all of results.* or none
-    stage.write_text("results.json", json.dumps(records, indent=2))
-    provenance.write_sidecar(stage.path("results.json"))
-    stage.path(provenance.sidecar_path("results.json"))
-    with stage.path("results.csv").open("w", newline="") as f:
-      writer = csv.DictWriter(f, fieldnames=RESULT_FIELDS, extrasaction="ignore")
-      writer.writeheader()
-      writer.writerows(records)
-    stage.write_text("results.md", results_markdown(records))
-    plot_results(records, stage.path("results.png"))
   return records
 
 
-RUNNERS.register("lm")((run_lm_sweep, results_markdown))
+def _write_csv(results: dict, path) -> None:
+  """results.csv: every record (every seed), the fields of ``RESULT_FIELDS``."""
+  with path("results.csv").open("w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=RESULT_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(results["records"])
+
+
+studies.STUDIES.register("lm")(studies.Study(
+    run=run_lm_sweep, keys=("variant", "eval_mode", "eval_length"),
+    metrics=("loss", "ppl", "bpb"), markdown=results_markdown,
+    plots=lambda results, path: plot_results(results, path("results.png")), extra=_write_csv))

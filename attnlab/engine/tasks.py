@@ -33,11 +33,11 @@ import ml_collections
 import numpy as np
 import optax
 
-from attnlab import config_lib, outputs, positional, provenance
+from attnlab import config_lib, positional
 from attnlab import workdir as workdir_lib
 from attnlab.attention import KINDS
 from attnlab.data import tasks
-from attnlab.engine import loop, sweeps
+from attnlab.engine import loop, studies
 from attnlab.engine.training import make_optimizer
 from attnlab.models import ARCHS, MODEL_FIELDS, build_seq2seq
 from attnlab.models import rnn as rnn_lib
@@ -367,16 +367,18 @@ def results_markdown(records: list[dict]) -> str:
     rs = [r for r in records if r["task"] == task]
     lengths = sorted({r["eval_length"] for r in rs})
     train_max = rs[0]["train_max_length"]
+    seeds = max(r.get("seeds", 1) for r in rs)
     out.append(f"**{task}** (level {tasks.TASKS.get(task).level}; trained on lengths "
-               f"<= {train_max}; * = longer than training): sequence accuracy (token accuracy)\n")
+               f"<= {train_max}; * = longer than training): sequence accuracy (token accuracy)"
+               + (f", mean ± sd over {seeds} seeds" if seeds > 1 else "") + "\n")
     out.append("| variant | params | train s | " + " | ".join(
         f"n={n}{'*' if n > train_max else ''}" for n in lengths) + " |")
     out.append("|---|---|---|" + "---|" * len(lengths))
     for name in dict.fromkeys(r["variant"] for r in rs):
       row = {r["eval_length"]: r for r in rs if r["variant"] == name}
       first = next(iter(row.values()))
-      cells = [f"{row[n]['seq_acc']:.2f} ({row[n]['token_acc']:.2f})" if n in row else "—"
-               for n in lengths]
+      cells = [f"{studies.spread(row[n], 'seq_acc')} ({row[n]['token_acc']:.2f})" if n in row
+               else "—" for n in lengths]
       out.append(f"| {name} | {first['params']:,} | {first['train_seconds']:.0f} | "
                  + " | ".join(cells) + " |")
     out.append("")
@@ -416,8 +418,8 @@ def plot_results(records: list[dict], path, metric: str = "seq_acc") -> None:
 
 
 def run_task_sweep(config, workdir, progress: bool = True, **train_options) -> list[dict]:
-  """Train and evaluate every (task, variant) in ``workdir/<task>/<variant>``; write
-  ``results.{json,md,png}`` (sequence accuracy) and ``results_token.png``."""
+  """The ``tasks`` runner, one seed: train and evaluate every (task, variant) in
+  ``workdir/<task>/<variant>``; returns the records."""
   workdir = pathlib.Path(workdir)
   runs = variant_configs(config)                # everything validated before any training
   records = []
@@ -425,16 +427,17 @@ def run_task_sweep(config, workdir, progress: bool = True, **train_options) -> l
   for (task, name), cfg in runs.items():
     for r in train_and_evaluate(cfg, workdir / task / name, progress, **train_options):
       records.append(dict(r, variant=name))
-  with outputs.staged(workdir, "--workdir") as stage:        # all of results.* or none
-    stage.write_text("results.json", json.dumps(records, indent=2))
-    provenance.write_sidecar(stage.path("results.json"))
-    stage.path(provenance.sidecar_path("results.json"))
-    stage.write_text("results.md", results_markdown(records))
-    plot_results(records, stage.path("results.png"), "seq_acc")
-    plot_results(records, stage.path("results_token.png"), "token_acc")
   if progress:
     print(f"{workdir}: {len(runs)} runs done in {time.perf_counter() - start:.0f} s")
   return records
 
 
-sweeps.RUNNERS.register("tasks")((run_task_sweep, results_markdown))
+def _plots(results: dict, path) -> None:
+  plot_results(results["summary"], path("results.png"), "seq_acc")
+  plot_results(results["summary"], path("results_token.png"), "token_acc")
+
+
+studies.STUDIES.register("tasks")(studies.Study(
+    run=run_task_sweep, keys=("task", "variant", "eval_length"),
+    metrics=("seq_acc", "token_acc", "train_seconds", "final_loss"),
+    markdown=lambda results: results_markdown(results["summary"]), plots=_plots))
