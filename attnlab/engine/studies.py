@@ -15,9 +15,14 @@ shared and lives here:
   sample standard deviation, min, max and the per-seed values of each metric.
 - **Resume** is the runner's: a finished variant is not retrained, an interrupted one
   continues from its checkpoint, as for ``attnlab.sweep``.
-- **Writing**: ``write_results`` writes ``results.json`` (``{"study", "seeds", "records",
-  "summary"}``), ``results.provenance.json`` beside it, ``results.md`` and the study's
+- **Writing**: ``write_results`` writes ``results.json`` (``{"study", "seeds", "seconds",
+  "records", "summary"}``), ``results.provenance.json`` beside it, ``results.md`` and the study's
   plots, all of them or none (``attnlab.outputs``).
+- **Fingerprint**: every study config accepts the argument ``fingerprint``
+  (``--config=configs/<study>.py:fingerprint``): the same study cut to a minute or two of
+  CPU (few steps, one seed). Its results are committed in ``experiments/<study>/fingerprint/``
+  beside the study's, made by the same code; ``tests/test_results_reproduce.py`` reruns it
+  with today's code (slow tier), so a change that alters what the study computes is caught.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import dataclasses
 import json
 import math
 import pathlib
+import time
 from typing import Any, Callable
 
 import ml_collections
@@ -166,12 +172,15 @@ def run(config, workdir, progress: bool = True, name: str | None = None,
   if study.check is not None:
     study.check(config)                  # everything validated before anything trains
   records = []
+  start = time.perf_counter()
   for seed, cfg, seed_dir in runs:
     if progress and len(runs) > 1:
       print(f"{name}: seed {seed} in {seed_dir}")
     for r in study.run(cfg, seed_dir, progress, **train_options):
       records.append({**r, "seed": seed})
-  results = {"seeds": [seed for seed, _, _ in runs], "records": records,
+  results = {"seeds": [seed for seed, _, _ in runs],
+             # this invocation's wall time: a resumed run counts only what it redid
+             "seconds": time.perf_counter() - start, "records": records,
              "summary": summarize(records, study.keys, study.metrics)}
   markdown = study.markdown({"study": name, **results})
   return write_results(workdir, name, results, markdown, study.plots, study.extra)
