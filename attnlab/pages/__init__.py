@@ -257,6 +257,38 @@ ALLOWED: dict[str, dict[str, str]] = {
             "a version of a dependency or tool",
         r"re:\barXiv[: ]\d{4}\.\d{4,5}|\b\d{4}\.\d{4,5}(?:v\d)?\b": "an arXiv identifier",
         r"re:\d+(?:\.\d+)?e-?\d+": "a setting in scientific notation (learning rates, theta)",
+        r"re:\bLlama ?\d+(?:\.\d+)?": "a model family's name (Llama 3.1)",
+        r"re:`[\w.]+` = `[^`]*`": "a config field's declared default",
+        r"re:\w+=\d+ × \w+=\d+": "a device mesh's shape (a setting)",
+    },
+    "README.md": {
+        "1×": "the shortest evaluation length over the training length (configs/extrapolation.py)",
+        "16×": "the longest evaluation factor (configs/extrapolation.py)",
+        "90%": "the train/validation split (data.valid_fraction)",
+    },
+    "experiments/extrapolation/README.md": {
+        "1×": "an evaluation factor (configs/extrapolation.py)", "2×": "an evaluation factor",
+        "4×": "an evaluation factor", "8×": "an evaluation factor", "16×": "an evaluation factor",
+        "10%": "the validation split (data.valid_fraction)",
+        "0.71": "the RMS of a sin/cos pair, 1/sqrt(2) (a definition)",
+        "0.02": "a config default (the token embeddings' init std)",
+        "19.73": "the ALiBi paper's WikiText-103 figure, quoted", "18.34": "the ALiBi paper, quoted",
+        "17.98": "the ALiBi paper, quoted", "17.92": "the ALiBi paper, quoted",
+        "18.3": "the ALiBi paper, quoted", "16.6": "the ALiBi paper's 16.6L, quoted",
+    },
+    "experiments/README.md": {
+        "2×": "an evaluation factor of a study's config", "8×": "an evaluation factor",
+        "16×": "an evaluation factor", "32×": "stream length over training length, a setting",
+        "30%": "the mutation test's perturbation (tests/test_pages.py), a setting",
+    },
+    "docs/references.md": {
+        "0.1": "YaRN's temperature formula, 0.1·ln(s) + 1 (a definition)",
+        "3.5": "FlashAttention's FLOP convention, ×3.5 for forward+backward (a definition)",
+        "1.88": "nanoGPT's README, quoted",
+    },
+    "docs/kernels.md": {
+        "3.5": "FlashAttention's FLOP convention, ×3.5 for forward+backward (a definition)",
+        "10%": "issue 18's target, quoted",
     },
 }
 

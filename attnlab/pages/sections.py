@@ -94,3 +94,171 @@ def readme_extrapolation():
           f"RoPE's is {fig(ratio['rope'], '.1f', '×')} and\nsinusoidal's "
           f"{fig(ratio['sinusoidal'], '.1f', '×')} {order(ratio['sinusoidal'], 1, 'higher', 'lower')}"
           f" (CPython {python}).")
+
+
+# ----------------------------------------------------------------------------- extrapolation
+
+EXTRAPOLATION_PAGE = "experiments/extrapolation/README.md"
+EXTRAPOLATION_SEEDS = (EXTRAPOLATION, "experiments/extrapolation/seeds/seed1/results.json",
+                       "experiments/extrapolation/seeds/seed2/results.json")
+EXTRAPOLATION_DEBIAN = "experiments/extrapolation/debian_python3.11.2/results.json"
+_SCHEMES = ("alibi", "nope", "rope", "sinusoidal")
+_MODES = ("non_overlapping", "sliding")
+
+
+def _study_table(path: str) -> str:
+  """A study's own results.md, rendered again from its results.json by its registered
+  ``markdown`` (the lm study's for files written before studies had seeds)."""
+  from attnlab.engine import studies
+  value = load(path)
+  results = ({"study": "lm", "seeds": [None], "records": value, "summary": value}
+             if isinstance(value, list) else value)
+  studies._load_all()
+  return generated(studies.STUDIES.get(results["study"]).markdown(results).strip())
+
+
+@section("extrapolation.tables", EXTRAPOLATION_PAGE, (EXTRAPOLATION,), EXTRAPOLATION_RUN)
+def extrapolation_tables():
+  return _study_table(EXTRAPOLATION)
+
+
+def _ratio(ppl, v, mode, factor, train=64):
+  return ppl(v, mode, factor * train) / ppl(v, mode, train)
+
+
+@section("extrapolation.ratios", EXTRAPOLATION_PAGE, (EXTRAPOLATION,), EXTRAPOLATION_RUN)
+def extrapolation_ratios():
+  ppl = _extrapolation_ppl()
+  lines = ["| variant | non-overlapping 8× | 16× | sliding 8× | 16× |", "|---|---|---|---|---|"]
+  for v in _SCHEMES:
+    lines.append(f"| {v} | " + " | ".join(fig(_ratio(ppl, v, m, f), ".3f") for m in _MODES
+                                          for f in (8, 16)) + " |")
+  return "\n".join(lines)
+
+
+@section("extrapolation.findings", EXTRAPOLATION_PAGE, (EXTRAPOLATION,), EXTRAPOLATION_RUN)
+def extrapolation_findings():
+  ppl = _extrapolation_ppl()
+  no = lambda v, n: ppl(v, "non_overlapping", n)  # noqa: E731
+  sl = lambda v, n: ppl(v, "sliding", n)  # noqa: E731
+  r = lambda f, v, k: f(v, 64 * k) / f(v, 64)  # noqa: E731
+  lengths = (64, 128, 256, 512, 1024)
+  jumped = [r(sl, "sinusoidal", k) for k in (2, 4, 8, 16)]
+  rope = [r(f, "rope", k) for f in (no, sl) for k in (1, 2, 4, 8, 16)]
+  keeps = all(a < b for a, b in zip(rope[:5], rope[1:5])) and all(
+      a < b for a, b in zip(rope[5:], rope[6:]))
+  best = min(_SCHEMES, key=lambda v: no(v, 64))
+  alibi8 = r(no, "alibi", 8)
+  between = r(no, "nope", 8) < r(no, "rope", 8) < r(no, "sinusoidal", 8)
+  return "\n".join([
+      f"- **ALiBi {order(1.05, alibi8, 'extrapolates', 'degrades')}.** Under non-overlapping "
+      f"evaluation its perplexity at 8× is {fig(100 * abs(1 - alibi8), '.1f', '%')} "
+      f"*{order(alibi8, 1, 'above', 'below')}* its value at L. Longer windows give more bytes a "
+      f"long context, and ALiBi can use it. Under sliding evaluation every scored byte already "
+      f"has at least L − 32 bytes of context, so there is nothing to gain: ALiBi changes by "
+      f"{fig(100 * (r(sl, 'alibi', 8) - 1), '+.1f', '%')} at 8×.",
+      f"- **Sinusoidal {order(r(no, 'sinusoidal', 8), 1.5, 'does not', 'does')}.** It is "
+      f"{fig(r(no, 'sinusoidal', 8), '.1f', '×')} worse at 8×. In the sliding protocol it jumps "
+      f"{fig(jumped[0], '.1f', '×')} as soon as positions exceed those it was trained on (2× L), "
+      f"then {order(max(jumped) / min(jumped), 1.05, 'keeps changing', 'stays there')} "
+      f"(within {fig(100 * (max(jumped) / min(jumped) - 1), '.0f', '%')} up to 16×).",
+      f"- **RoPE lands {order(float(between), 0.5, 'in between', 'outside the other two')} at "
+      f"8× ({fig(r(no, 'rope', 8), '.1f', '×')}), but "
+      f"{order(float(keeps), 0.5, 'keeps degrading', 'does not degrade steadily')}.** At 16× "
+      f"its ratio "
+      f"({fig(r(no, 'rope', 16), '.1f', '×')} against sinusoidal's "
+      f"{fig(r(no, 'sinusoidal', 16), '.1f', '×')}) is the "
+      f"{order(r(no, 'rope', 16), r(no, 'sinusoidal', 16), 'larger', 'smaller')}, and in the "
+      f"sliding protocol at 8× ({fig(r(sl, 'rope', 8), '.1f', '×')} against "
+      f"{fig(r(sl, 'sinusoidal', 8), '.1f', '×')}) it is the "
+      f"{order(r(sl, 'rope', 8), r(sl, 'sinusoidal', 8), 'larger', 'smaller')} too. With "
+      f"non-overlapping windows its absolute perplexity is the lower of the two at "
+      f"{every((no('rope', n) < no('sinusoidal', n) for n in lengths), 'every length', '{k} of {n} lengths')} "
+      f"(16×: {fig(no('rope', 1024), '.1f')} against {fig(no('sinusoidal', 1024), '.1f')}), "
+      f"because it starts from a better value at L; in the sliding protocol at 16× it is "
+      f"{order(sl('rope', 1024), sl('sinusoidal', 1024), 'above', 'below')} sinusoidal's "
+      f"({fig(sl('rope', 1024), '.1f')} against {fig(sl('sinusoidal', 1024), '.1f')}).",
+      f"- **NoPE degrades mildly ({fig(r(no, 'nope', 8), '.2f', '×')}) but starts "
+      f"{order(no('nope', 64), no('rope', 64), 'behind', 'ahead')}** "
+      f"({fig(no('nope', 64), '.1f')} against {fig(no('rope', 64), '.1f')} for RoPE at L).",
+      f"- **At the training length {best} is best** ({fig(no(best, 64), '.2f')}; ALiBi "
+      f"{fig(no('alibi', 64), '.2f')})."])
+
+
+def _seed_ratios():
+  """[{(variant, mode, factor): ratio}] for the three committed seeds of the sweep."""
+  out = []
+  for path in EXTRAPOLATION_SEEDS:
+    ppl = _extrapolation_ppl(path)
+    out.append({(v, m, f): _ratio(ppl, v, m, f) for v in _SCHEMES for m in _MODES
+                for f in (8, 16)})
+  return out
+
+
+@section("extrapolation.seeds", EXTRAPOLATION_PAGE, EXTRAPOLATION_SEEDS,
+         EXTRAPOLATION_RUN + " --config.train.seed=S (S = 0, 1, 2)")
+def extrapolation_seeds():
+  import statistics
+  seeds = _seed_ratios()
+  lines = [f"Perplexity at 8× and 16× the training length over 1×, mean ± standard deviation "
+           f"(range) over seeds 0, 1, 2:", "",
+           "| variant | non-overlapping 8× | 16× | sliding 8× | 16× |", "|---|---|---|---|---|"]
+  for v in _SCHEMES:
+    cells = []
+    for m in _MODES:
+      for f in (8, 16):
+        xs = [s[(v, m, f)] for s in seeds]
+        cells.append(f"{fig(statistics.mean(xs), '.3f')} ± {fig(statistics.stdev(xs), '.3f')} "
+                     f"({fig(min(xs), '.3f')}–{fig(max(xs), '.3f')})")
+    lines.append(f"| {v} | " + " | ".join(cells) + " |")
+  x = lambda v, m, f: [s[(v, m, f)] for s in seeds]  # noqa: E731
+  mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+  alibi = x("alibi", "non_overlapping", 8) + x("alibi", "non_overlapping", 16)
+  nope = x("nope", "non_overlapping", 8) + x("nope", "non_overlapping", 16)
+  degrade = [y for v in ("rope", "sinusoidal") for m in _MODES for f in (8, 16)
+             for y in x(v, m, f)]
+  no8 = {v: x(v, "non_overlapping", 8) for v in ("rope", "sinusoidal")}
+  sl8 = {v: x(v, "sliding", 8) for v in ("rope", "sinusoidal")}
+  lines += ["", (
+      f"ALiBi's non-overlapping ratio stays within {fig(min(alibi), '.3f')}–"
+      f"{fig(max(alibi), '.3f')} in every seed, NoPE's within {fig(min(nope), '.3f')}–"
+      f"{fig(max(nope), '.3f')}, and RoPE and sinusoidal degrade {fig(min(degrade), '.1f')}–"
+      f"{fig(max(degrade), '.1f', '×')} across seeds, protocols and both factors. Which of the "
+      f"two degrades more depends on the protocol at 8×: with non-overlapping windows "
+      f"sinusoidal's ratio is "
+      f"{order(mean(no8['sinusoidal']), mean(no8['rope']), 'larger', 'smaller')} "
+      f"({fig(mean(no8['sinusoidal']), '.3f')} against {fig(mean(no8['rope']), '.3f')}, "
+      f"larger in {every((a > b for a, b in zip(no8['sinusoidal'], no8['rope'])), 'every seed', '{k} of {n} seeds')}); with "
+      f"sliding windows RoPE's is "
+      f"{order(mean(sl8['rope']), mean(sl8['sinusoidal']), 'larger', 'smaller')} "
+      f"({fig(mean(sl8['rope']), '.3f')} against {fig(mean(sl8['sinusoidal']), '.3f')}, "
+      f"larger in {every((a > b for a, b in zip(sl8['rope'], sl8['sinusoidal'])), 'every seed', '{k} of {n} seeds')}). At 16× "
+      f"RoPE's ratio is the larger under both protocols in "
+      f"{every((a > b for m in _MODES for a, b in zip(x('rope', m, 16), x('sinusoidal', m, 16))), 'every seed', '{k} of {n} seed-protocol pairs')}.")]
+  return "\n".join(lines)
+
+
+@section("extrapolation.debian", EXTRAPOLATION_PAGE, (EXTRAPOLATION_DEBIAN, EXTRAPOLATION),
+         EXTRAPOLATION_RUN + " (under Debian's CPython 3.11.2)")
+def extrapolation_debian():
+  ppl = _extrapolation_ppl(EXTRAPOLATION_DEBIAN)
+  main = _extrapolation_ppl()
+  lengths = (64, 128, 256, 512, 1024)
+  lines = ["| non-overlapping | L=64 | 2× | 4× | 8× | 16× | 8× / 1× |",
+           "|---|---|---|---|---|---|---|"]
+  for v in _SCHEMES:
+    cells = [ppl(v, "non_overlapping", n) for n in lengths]
+    lines.append(f"| {v} | " + " | ".join(fig(c, ".3f") for c in cells)
+                 + f" | {fig(cells[3] / cells[0], '.3f')} |")
+  lower = [ppl(v, m, n) < main(v, m, n) for v in _SCHEMES for n in lengths for m in _MODES]
+  r8 = {v: ppl(v, "non_overlapping", 512) / ppl(v, "non_overlapping", 64) for v in _SCHEMES}
+  worst = max(_SCHEMES, key=lambda v: r8[v])
+  best = min(_SCHEMES, key=lambda v: ppl(v, "non_overlapping", 64))
+  lines += ["", (
+      f"On that text {every(lower, 'every perplexity is', '{k} of {n} perplexities are')} lower "
+      f"than on 3.11.7's. ALiBi ends {order(r8['alibi'], 1, 'above', 'below')} its 1× value "
+      f"({fig(100 * (r8['alibi'] - 1), '+.1f', '%')} at 8×), {worst} degrades most by 8×, "
+      f"{best} is best at L, and NoPE's 8× ratio is "
+      f"{fig(r8['nope'], '.2f', '×')}. Compare runs only under the same Python, or pass "
+      f"`--config.data.path=FILE` for a fixed text.")]
+  return "\n".join(lines)
