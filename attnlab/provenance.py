@@ -1,7 +1,8 @@
 """Where a result came from: the command, the commit, the JAX version and the machine.
 
 Every results file a script or study writes carries ``provenance()`` so that a number in
-the documentation can be traced to what produced it (``tests/test_docs.py``).
+the documentation can be traced to what produced it (``tests/test_docs.py``,
+``tests/test_results_reproduce.py``).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ runs here, in the current directory and environment.
 Each run appends one line: the command, the wall seconds, the exit status, the pytest
 summary when the output has one (``914 passed, 6 skipped in 1059.20s``), the time it
 started, and ``attnlab.provenance`` (commit, JAX, Python, machine). Wall times quoted in the
-README are rebuilt from these lines by ``tests/test_docs.py``.
+README are rendered from these lines by ``attnlab.pages`` (``tests/test_pages.py``).
 """
 
 from __future__ import annotations
