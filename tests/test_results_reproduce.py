@@ -1,16 +1,18 @@
-"""The committed extrapolation results still come from today's code.
+"""Every committed result still comes from today's code.
 
-A 1000-step training run amplifies any change in the last bits: building the initial
-parameters inside ``jax.jit`` instead of eagerly moved the study's perplexities by about a
-change of seed (experiments/extrapolation/README.md, "Three seeds"), and nothing noticed for
-a week. So the study keeps a fingerprint, ``experiments/extrapolation/fingerprint/``: the same
-sweep cut to 40 steps and two lengths, run by the same code as the results. The quick test
-checks that it was; the slow one reruns the fingerprint's command with today's code and must
-get the same perplexities, on a machine like the one that recorded it (same JAX, Python,
-processor name and core count; the corpus is the interpreter's standard library, and XLA:CPU's
-code and thread split depend on the processor and cores). The record names the processor only
-coarsely ("AMD EPYC") and not flax's or optax's versions, so a failure can also mean another
-processor generation or other libraries; elsewhere (e.g. Debian's CPython 3.11.2) it skips.
+A training run amplifies any change in the last bits: building the initial parameters
+inside ``jax.jit`` instead of eagerly once moved the extrapolation study's perplexities by
+about a change of seed, and nothing noticed for a week. So:
+
+- **Studies** keep a fingerprint, ``experiments/<study>/fingerprint/``: the same study cut
+  to a minute or two (``--config=configs/<study>.py:fingerprint``), run by the same code as
+  every results file of the study (checked here, quickly, from their provenance). The slow
+  tier reruns each fingerprint's command with today's code and must get the same numbers,
+  on a machine like the one that recorded it (same JAX, Python, processor name and core
+  count: XLA:CPU's code and thread split depend on them); elsewhere it skips.
+- **Benchmarks** have no fingerprint (timings do not repeat): each names the code that
+  produces it (``BENCH_CODE``), which must be unchanged between the commit its provenance
+  names and HEAD, in a clean tree. A change there means rerunning the benchmark.
 """
 
 import json
@@ -26,46 +28,124 @@ import pytest
 from attnlab import provenance
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-STUDY = ROOT / "experiments" / "extrapolation"
-FINGERPRINT = STUDY / "fingerprint"
+STUDY_CODE = ["attnlab", "configs", "pyproject.toml", "setup.cfg"]  # setup.cfg: dependencies
+# code that does not change what a study computes: how pages are rendered
+NOT_STUDY_CODE = [":(exclude)attnlab/pages"]
+STUDIES = sorted(p.parent.parent.name for p in ROOT.glob("experiments/*/fingerprint/results.json"))
+
+# docs/<benchmark>.json -> the code whose change invalidates it
+_ATTENTION = ["attnlab/attention", "attnlab/runtime.py", "pallas_kernels", "pyproject.toml",
+              "setup.cfg"]
+BENCH_CODE = {
+    "docs/bench_attention.json": ["scripts/bench_attention.py", *_ATTENTION],
+    "docs/bench_tiles.json": ["scripts/bench_attention.py", *_ATTENTION],
+    "docs/bench_kernels.json": ["scripts/bench_kernels.py", *_ATTENTION],
+    "docs/bench_score_mods.json": ["scripts/bench_kernels.py", *_ATTENTION],
+    "docs/bench_decode.json": ["scripts/bench_decode.py", "attnlab/inference", "attnlab/models",
+                               "attnlab/positional", *_ATTENTION],
+    "experiments/baby_gpt/bench_train.json": ["scripts/bench_train.py", "attnlab/models",
+                                              "attnlab/engine", "attnlab/positional",
+                                              *_ATTENTION],
+}
 
 
-def _recorded(folder: pathlib.Path) -> dict:
-  return json.loads((folder / "results.provenance.json").read_text())["provenance"]
+def _provenance(path: pathlib.Path) -> dict:
+  sidecar = provenance.sidecar_path(path)
+  if sidecar.exists():
+    return json.loads(sidecar.read_text())["provenance"]
+  return json.loads(path.read_text())["provenance"]
 
 
-def _ppl(path: pathlib.Path) -> dict:
-  return {(r["variant"], r["eval_mode"], r["eval_length"]): r["ppl"]
-          for r in json.loads(path.read_text())}
+def _changed(a: str, b: str, paths) -> str:
+  done = subprocess.run(["git", "diff", "--stat", a, b, "--", *paths], cwd=ROOT,
+                        capture_output=True, text=True)
+  if done.returncode != 0:
+    pytest.skip(f"git cannot compare the two commits here: {done.stderr.strip()[:200]}")
+  return done.stdout
 
 
-def test_the_fingerprint_and_the_results_were_made_by_the_same_code():
-  results, fingerprint = _recorded(STUDY), _recorded(FINGERPRINT)
-  assert results["dirty"] is False and fingerprint["dirty"] is False
-  for field in ("jax", "python", "machine"):
-    assert results[field] == fingerprint[field], field
-  assert fingerprint["command"].startswith(results["command"].split(" --workdir")[0] + " ")
-  documented = [line for line in (STUDY / "README.md").read_text().splitlines()
-                if line.startswith("python ") and "extrapolation_fingerprint" in line]
-  assert [shlex.split(line) for line in documented] == [shlex.split(fingerprint["command"])]
-  code = ["attnlab", "configs", "pyproject.toml", "setup.cfg"]      # setup.cfg: the dependencies
-  diff = subprocess.run(["git", "diff", "--stat", results["commit"], fingerprint["commit"], "--",
-                         *code], cwd=ROOT, capture_output=True, text=True)
-  if diff.returncode != 0:
-    pytest.skip(f"git cannot compare the two commits here: {diff.stderr.strip()[:200]}")
-  assert diff.stdout == "", f"code changed between the results and the fingerprint:\n{diff.stdout}"
+def _study_results(study: str) -> list[pathlib.Path]:
+  """Every results JSON of a study but its fingerprint's (per-run logs carry their own)."""
+  folder = ROOT / "experiments" / study
+  return sorted(p for p in folder.rglob("*.json") if "fingerprint" not in p.parts
+                and not p.name.endswith("provenance.json") and p.name != "config.json"
+                and "training" not in p.parts and p.name != "bench_train.json")
+
+
+def test_every_results_file_is_tied_to_todays_code_by_a_fingerprint_or_its_code():
+  studies_without = sorted(p.parent.name for p in ROOT.glob("experiments/*/README.md")
+                           if not (p.parent / "fingerprint" / "results.json").exists())
+  assert not studies_without, f"studies without a fingerprint: {studies_without}"
+  benches = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("docs/*.json")
+                   if not p.name.endswith("provenance.json"))
+  benches += ["experiments/baby_gpt/bench_train.json"] * (
+      ROOT / "experiments/baby_gpt/bench_train.json").exists()
+  unknown = sorted(set(benches) - set(BENCH_CODE))
+  assert not unknown, f"benchmark results with no declared producing code: {unknown}"
+
+
+@pytest.mark.parametrize("study", STUDIES)
+def test_a_studys_results_and_its_fingerprint_were_made_by_the_same_code(study):
+  folder = ROOT / "experiments" / study
+  fingerprint = _provenance(folder / "fingerprint" / "results.json")
+  assert fingerprint["dirty"] is False, "the fingerprint was made in a dirty tree"
+  documented = [line for line in (folder / "README.md").read_text().splitlines()
+                if line.startswith("python ") and ("fingerprint" in line)]
+  assert [shlex.split(line) for line in documented] == [shlex.split(fingerprint["command"])], \
+      "the study's page must show the fingerprint's command as recorded"
+  results = _study_results(study)
+  assert results
+  for path in results:
+    made = _provenance(path)
+    where = path.relative_to(ROOT)
+    assert made["dirty"] is False, f"{where} was made in a dirty tree"
+    if path.parent == folder:          # the study's own results: the fingerprint's machine
+      for field in ("jax", "python"):
+        assert made[field] == fingerprint[field], (where, field)
+    if made.get("reconstructed"):
+      pytest.fail(f"{where}: provenance reconstructed from git history; rerun the study")
+    diff = _changed(made["commit"], fingerprint["commit"], STUDY_CODE + NOT_STUDY_CODE)
+    assert diff == "", f"code changed between {where} and the fingerprint:\n{diff}"
+
+
+@pytest.mark.parametrize("path", sorted(BENCH_CODE))
+def test_a_benchmarks_producing_code_is_unchanged_since_it_ran(path):
+  if not (ROOT / path).exists():
+    pytest.skip(f"{path} is not committed")
+  made = _provenance(ROOT / path)
+  assert made["dirty"] is False, f"{path} was measured in a dirty tree"
+  diff = _changed(made["commit"], "HEAD", BENCH_CODE[path])
+  assert diff == "", f"{path}'s code changed since it ran ({made['commit'][:7]}): rerun " \
+                     f"{made['command']}\n{diff}"
+
+
+def _numbers(path: pathlib.Path) -> dict:
+  """{(cell..., field): value} of every measured number of a results.json (either format),
+  wall times left out."""
+  value = json.loads(path.read_text())
+  records = value if isinstance(value, list) else value["records"]
+  out = {}
+  for r in records:
+    cell = tuple(sorted((k, json.dumps(v)) for k, v in r.items()
+                        if not isinstance(v, float) and "seconds" not in k and k != "seed"))
+    for k, v in r.items():
+      if isinstance(v, float) and "seconds" not in k and k not in ("tokens_per_s",):
+        out[(cell, k)] = v
+  return out
 
 
 @pytest.mark.slow
-def test_todays_code_reproduces_the_fingerprint(tmp_path):
-  recorded = _recorded(FINGERPRINT)
+@pytest.mark.parametrize("study", STUDIES)
+def test_todays_code_reproduces_the_fingerprint(study, tmp_path):
+  folder = ROOT / "experiments" / study / "fingerprint"
+  recorded = _provenance(folder / "results.json")
   here = provenance.provenance("")
   differs = [f"{k}: {recorded[k]} here {here[k]}" for k in ("jax", "python") if recorded[k] != here[k]]
   differs += [f"machine.{k}: {recorded['machine'][k]} here {here['machine'][k]}"
               for k in ("cpu", "cores", "backend") if recorded["machine"][k] != here["machine"][k]]
   if differs:
     pytest.skip("not the machine the fingerprint was recorded on (" + "; ".join(differs) + ")")
-  command, workdir = recorded["command"].split(" --workdir=")
+  command = recorded["command"].split(" --workdir=")[0]
   argv = [sys.executable] + shlex.split(command)[1:] + [f"--workdir={tmp_path / 'run'}"]
   # as a user runs it: without the suite's XLA flags (LLVM -O0 rounds differently) and cache
   env = {k: v for k, v in os.environ.items()
@@ -73,10 +153,10 @@ def test_todays_code_reproduces_the_fingerprint(tmp_path):
   env["JAX_PLATFORMS"] = "cpu"
   done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
   assert done.returncode == 0, done.stderr[-3000:]
-  got, want = _ppl(tmp_path / "run" / "results.json"), _ppl(FINGERPRINT / "results.json")
+  got, want = _numbers(tmp_path / "run" / "results.json"), _numbers(folder / "results.json")
   assert got.keys() == want.keys()
   # evaluation alone moves the last digits (batching); a changed training run moves ~1e-3
   np.testing.assert_allclose([got[k] for k in want], list(want.values()), rtol=1e-5,
                              err_msg="today's code (or this machine's libraries and "
                                      "processor, which the record names only coarsely) "
-                                     "trains other models than the committed results' code")
+                                     "computes another study than the committed results' code")
