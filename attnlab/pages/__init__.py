@@ -281,6 +281,10 @@ ALLOWED: dict[str, dict[str, str]] = {
         "16×": "an evaluation factor", "32×": "stream length over training length, a setting",
         "30%": "the mutation test's perturbation (tests/test_pages.py), a setting",
     },
+    "docs/benchmarks.md": {
+        "0.99": "AdamW's beta2, a setting (configs/lm.py)", "0.1": "weight decay, a setting",
+        "1.0": "gradient clipping, a setting",
+    },
     "docs/references.md": {
         "0.1": "YaRN's temperature formula, 0.1·ln(s) + 1 (a definition)",
         "3.5": "FlashAttention's FLOP convention, ×3.5 for forward+backward (a definition)",
