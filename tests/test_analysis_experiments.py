@@ -1,5 +1,6 @@
-"""Helpers of experiments/induction_heads, experiments/attention_sinks and
-experiments/streaming, against oracles.
+"""Helpers of the induction, sinks and streaming studies (``attnlab.studies``; the
+experiments in experiments/induction_heads, experiments/attention_sinks and
+experiments/streaming), against oracles.
 
 The runners' training loops are exercised by the studies themselves; here the pieces that
 decide what those studies measure are checked: the training data really repeats, the loss
@@ -15,6 +16,7 @@ import optax
 import pytest
 
 from attnlab.analysis import metrics
+from attnlab.studies import sinks
 from helpers import REPO, perturbed_model
 
 
@@ -26,7 +28,6 @@ def _load(name: str, path: str):
 
 
 induction = _load("induction_run", "experiments/induction_heads/run.py")
-sinks = _load("sinks_run", "experiments/attention_sinks/run.py")
 streaming = _load("streaming_run", "experiments/streaming/run.py")
 
 
@@ -140,33 +141,6 @@ def test_with_bos_leads_every_window_with_the_marker():
     assert (inputs[:, 0] == 0).all() and (inputs[:, 1:] != 0).all()
     np.testing.assert_array_equal(targets, base[0])              # the same text, shifted
     np.testing.assert_array_equal(inputs[:, 1:], targets[:, :-1])  # next-token pairs
-
-
-@pytest.mark.slow   # a run of the real runner; the sink metric and the marker are checked above
-def test_sinks_run_with_a_marker_measures_trained_and_initial_maps(tmp_path):
-  """Two steps of the real runner with a BOS byte: the table and plot are written, the
-  marker is recorded, and the initial sink mass of NoPE (near-uniform attention at a tiny
-  init) is close to the uniform-attention reference the table quotes."""
-  from configs import attention_sinks
-  cfg = attention_sinks.get_config()
-  cfg.sinks.schemes = ("none",)
-  cfg.sinks.bos = 0
-  cfg.sinks.eval_batches = 1
-  cfg.model.num_layers = 1
-  cfg.data.seq_len = 32
-  cfg.train.steps = 2
-  cfg.train.batch_size = 4
-  cfg.train.warmup_steps = 0
-  cfg.train.eval_every = cfg.train.checkpoint_every = 2
-  cfg.train.eval_batches = 1
-  results = sinks.run(cfg, tmp_path / "work", tmp_path / "out")
-  assert results["bos"] == 0
-  init = results["schemes"]["none"]["init"]
-  for k in (1, 4):
-    np.testing.assert_allclose(init[f"k={k}"]["mean"], results["uniform"][f"k={k}"], rtol=0.05)
-  md = (tmp_path / "out" / "results.md").read_text()
-  assert md.startswith("Every training and validation window starts with byte 0.")
-  assert (tmp_path / "out" / "results.png").stat().st_size > 0
 
 
 def test_streaming_first_token_attention_reads_the_layers_maps():

@@ -65,7 +65,8 @@ class Study:
 STUDIES: Registry[Study] = Registry("sweep.runner")
 
 # the modules that register studies (they import this one, never the reverse)
-_IMPORTS = ("attnlab.engine.sweeps", "attnlab.engine.tasks", "attnlab.engine.retrieval_study")
+_IMPORTS = ("attnlab.engine.sweeps", "attnlab.engine.tasks", "attnlab.engine.retrieval_study",
+            "attnlab.studies.sinks")
 
 
 def _load_all() -> None:

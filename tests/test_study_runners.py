@@ -1,0 +1,136 @@
+"""The registered studies of ``attnlab.studies`` (sinks, induction, streaming) end to end,
+through the one entry point ``attnlab.engine.studies.run``: each one's fingerprint config,
+cut further to a few seconds, writes its records, summary, tables, plots and provenance,
+and one measured value is recomputed here from the trained checkpoint by hand. The
+seeds axis: two seeds' summary mean is the mean of their values, and a rerun reuses the
+trained runs.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from attnlab.engine import studies
+
+OUTPUTS = ("results.json", "results.md", "results.png", "results.provenance.json")
+
+
+def _written(path, extra=()):
+  for name in OUTPUTS + tuple(extra):
+    assert (path / name).stat().st_size > 0, name
+  saved = json.loads((path / "results.json").read_text())
+  assert set(saved) == {"study", "seeds", "seconds", "records", "summary"}
+  return saved
+
+
+# ----------------------------------------------------------------------------- sinks
+
+def _sinks_config(**sinks):
+  from configs import attention_sinks
+  cfg = attention_sinks.get_config("bos,fingerprint")
+  cfg.model.num_layers = 2
+  cfg.model.d_model = 32
+  cfg.data.seq_len = 32
+  cfg.train.steps = cfg.train.eval_every = cfg.train.checkpoint_every = 3
+  cfg.train.batch_size = 4
+  cfg.train.warmup_steps = 1
+  cfg.train.eval_batches = 1
+  cfg.sinks.schemes = ("none",)
+  for k, v in sinks.items():
+    cfg.sinks[k] = v
+  return cfg
+
+
+def test_sinks_fingerprint_config():
+  from configs import attention_sinks
+  cfg = attention_sinks.get_config("fingerprint")
+  assert cfg.sweep.runner == "sinks" and cfg.sweep.seeds == 1 and cfg.train.steps <= 60
+  assert attention_sinks.get_config().sweep.seeds == 3
+  long, bos = attention_sinks.get_config("long"), attention_sinks.get_config("bos,fingerprint")
+  assert (long.data.seq_len, long.train.steps, long.sinks.bos) == (128, 2000, -1)
+  assert (bos.data.seq_len, bos.sinks.bos, bos.sweep.seeds) == (128, 0, 1)
+  with pytest.raises(ValueError, match="unknown argument"):
+    attention_sinks.get_config("short")
+
+
+def test_sinks_study_writes_records_and_measures_the_captured_maps(tmp_path):
+  """A marker-led (bos=0) run of the study: a record per (when, k, layer), the marker in
+  results.md, the initial sink mass of NoPE (near-uniform maps at a tiny init) close to the
+  uniform reference, and the trained ``mean`` of layer 1 equal to the sink mass computed
+  here by hand from the trained checkpoint's maps on the same validation windows."""
+  from attnlab import config_lib, data
+  from attnlab.analysis import capture
+  from attnlab.models import build_lm
+  from attnlab.studies import sinks
+  from attnlab.workdir import restore_params
+  cfg = _sinks_config()
+  results = studies.run(cfg, tmp_path, progress=False)
+  saved = _written(tmp_path)
+  assert saved["study"] == "sinks" and saved["seeds"] == [0]
+  records = results["records"]
+  cells = {(r["when"], r["k"], r["layer"]) for r in records}
+  assert cells == {(w, k, l) for w in ("init", "trained") for k in (1, 4) for l in (0, 1)}
+  assert len(records) == len(results["summary"]) == 8
+  assert all(r["bos"] == 0 and r["variant"] == "none" and r["seed"] == 0 for r in records)
+  for r in records:
+    uniform = np.mean([r["k"] / (i + 1) for i in range(r["k"], 32)])     # by hand
+    assert r["uniform"] == pytest.approx(uniform)
+    if r["when"] == "init":
+      assert r["mean"] == pytest.approx(uniform, rel=0.05)
+  md = (tmp_path / "results.md").read_text()
+  assert md.startswith("Every training and validation window starts with byte 0.")
+  # the trained mass, by hand: the same windows (bos-led), the checkpoint's maps
+  run_cfg, params, step = restore_params(tmp_path / "none")
+  assert step == 3
+  plain = data.make_batches(config_lib.resolve(sinks.scheme_config(cfg, "none")))
+  windows = np.asarray(plain.valid(0)[0])
+  windows = np.concatenate([np.zeros((len(windows), 1), windows.dtype), windows[:, :-1]], 1)
+  _, maps = capture.capture_attention(build_lm(run_cfg.model), params, windows)
+  by_hand = np.asarray(maps[1], np.float64)[:, :, 4:, :4].sum(-1).mean(-1).mean()
+  got = next(r for r in records if (r["when"], r["k"], r["layer"]) == ("trained", 4, 1))
+  assert got["mean"] == pytest.approx(by_hand, rel=1e-6)
+
+
+def test_sinks_study_checks_its_block():
+  from attnlab.registry import ConfigError
+  from attnlab.studies import sinks
+  for field, value, match in (("schemes", ("rope", "nope"), "sinks.schemes"),
+                              ("first_k", (0,), "sinks.first_k"),
+                              ("first_k", (32,), "sinks.first_k"),
+                              ("bos", 256, "sinks.bos"),
+                              ("eval_batches", 0, "sinks.eval_batches")):
+    with pytest.raises(ConfigError, match=match):
+      sinks.check(_sinks_config(**{field: value}))
+
+
+def test_two_seeds_summarize_to_the_mean_of_their_values_and_rerun_reuses_training(tmp_path):
+  """sweep.seeds=2: each seed in workdir/seed<s> with its own data and init, the summary's
+  mean of a cell is the mean of its two records (and sd, min, max theirs); running again
+  retrains nothing and gives the same records."""
+  cfg = _sinks_config(first_k=(1,), bos=-1)
+  cfg.sweep.seeds = 2
+  results = studies.run(cfg, tmp_path, progress=False)
+  assert results["seeds"] == [0, 1]
+  assert all((tmp_path / f"seed{s}" / "none" / "config.json").is_file() for s in (0, 1))
+  records = results["records"]
+  assert sorted({r["seed"] for r in records}) == [0, 1]
+  assert len(results["summary"]) == len(records) // 2 == 4
+  for row in results["summary"]:
+    pair = [r for r in records
+            if (r["when"], r["k"], r["layer"]) == (row["when"], row["k"], row["layer"])]
+    assert [r["seed"] for r in pair] == [0, 1]
+    for metric in ("mean", "max_head", "valid_loss"):
+      vals = [r[metric] for r in pair]
+      assert row[f"{metric}_values"] == vals
+      assert row[metric] == pytest.approx((vals[0] + vals[1]) / 2)
+      assert row[f"{metric}_sd"] == pytest.approx(abs(vals[0] - vals[1]) / np.sqrt(2))
+      assert (row[f"{metric}_min"], row[f"{metric}_max"]) == (min(vals), max(vals))
+  trained = [r for r in records if r["when"] == "trained" and r["layer"] == 0]
+  assert trained[0]["mean"] != trained[1]["mean"]          # two seeds, two models
+  assert "±" in (tmp_path / "results.md").read_text()
+  metrics_log = (tmp_path / "seed0" / "none" / "metrics.jsonl").read_text()
+  again = studies.run(cfg, tmp_path, progress=False)
+  assert (tmp_path / "seed0" / "none" / "metrics.jsonl").read_text() == metrics_log
+  strip = lambda rs: [{k: v for k, v in r.items() if k != "train_seconds"} for r in rs]  # noqa: E731
+  assert strip(again["records"]) == strip(records)
