@@ -63,8 +63,10 @@ def results_markdown(records: list[dict], metric: str = "accuracy") -> str:
     rs = [r for r in records if r["variant"] == name]
     lengths = sorted({r["eval_length"] for r in rs})
     depths = sorted({r["depth"] for r in rs})
-    out.append(f"**{name}** (trained at {rs[0]['train_length']}): {METRICS[metric]}, rows = "
-               f"needle depth, columns = context length\n")
+    seeds = rs[0].get("seeds", 1)
+    out.append(f"**{name}** (trained at {rs[0]['train_length']}): {METRICS[metric]}"
+               + (f", mean over {seeds} seeds" if seeds > 1 else "")
+               + ", rows = needle depth, columns = context length\n")
     out.append("| depth | " + " | ".join(f"L={n}" for n in lengths) + " | mean |")
     out.append("|---|" + "---|" * (len(lengths) + 1))
     for d in depths:

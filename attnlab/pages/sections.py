@@ -262,3 +262,162 @@ def extrapolation_debian():
       f"{fig(r8['nope'], '.2f', '×')}. Compare runs only under the same Python, or pass "
       f"`--config.data.path=FILE` for a fixed text.")]
   return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- study helpers
+
+def _summary(path: str) -> list[dict]:
+  return load(path)["summary"]
+
+
+def _values(rows, metric, **where) -> list[list[float]]:
+  """Per-seed values of ``metric`` of the summary rows matching ``where``: [row][seed]."""
+  return [r[f"{metric}_values"] for r in rows if all(r[k] == v for k, v in where.items())]
+
+
+def _per_seed_mean(rows, metric, **where) -> list[float]:
+  """For each seed, the mean of ``metric`` over the rows matching ``where``."""
+  cells = _values(rows, metric, **where)
+  return [sum(c[i] for c in cells) / len(cells) for i in range(len(cells[0]))]
+
+
+def _seeds_line(values, spec=".2f") -> str:
+  """"0.41 / 0.38 / 0.44" (one per seed)."""
+  return " / ".join(fig(v, spec) for v in values)
+
+
+def _study_time(path: str) -> str:
+  """The study's recorded wall time, in minutes."""
+  return fig(load(path)["seconds"] / 60, ".0f", " minutes")
+
+
+# ----------------------------------------------------------------------------- retrieval
+
+RETRIEVAL = "experiments/retrieval/results.json"
+RETRIEVAL_PAGE = "experiments/retrieval/README.md"
+RETRIEVAL_RUN = "python -m attnlab.sweep --config=configs/retrieval.py --workdir=runs/retrieval"
+CHANCE_DIGIT = 0.1          # a uniform guess of one of ten digits
+
+
+@section("retrieval.tables", RETRIEVAL_PAGE, (RETRIEVAL,), RETRIEVAL_RUN)
+def retrieval_tables():
+  return _study_table(RETRIEVAL)
+
+
+@section("retrieval.per_seed", RETRIEVAL_PAGE, (RETRIEVAL,), RETRIEVAL_RUN)
+def retrieval_per_seed():
+  rows = _summary(RETRIEVAL)
+  seeds = load(RETRIEVAL)["seeds"]
+  lengths = sorted({r["eval_length"] for r in rows})
+  lines = [f"Per-byte answer accuracy, mean over needle depths, per seed (chance "
+           f"{setting(CHANCE_DIGIT)}); the study took {_study_time(RETRIEVAL)} on 2 CPU cores:",
+           "", "| variant | seed | " + " | ".join(f"L={n}" for n in lengths) + " |",
+           "|---|---|" + "---|" * len(lengths)]
+  for v in dict.fromkeys(r["variant"] for r in rows):
+    by_length = {n: _per_seed_mean(rows, "byte_accuracy", variant=v, eval_length=n)
+                 for n in lengths}
+    for i, seed in enumerate(seeds):
+      lines.append(f"| {v} | {seed} | " + " | ".join(fig(by_length[n][i]) for n in lengths)
+                   + " |")
+  return "\n".join(lines)
+
+
+@section("retrieval.findings", RETRIEVAL_PAGE, (RETRIEVAL,), RETRIEVAL_RUN)
+def retrieval_findings():
+  rows = _summary(RETRIEVAL)
+  lengths = sorted({r["eval_length"] for r in rows})
+  train, longest = lengths[0], lengths[-1]
+  out = []
+  exact = [a for r in rows for a in r["accuracy_values"]]
+  out.append(f"- **Whole keys.** Exact-match accuracy is at most {fig(max(exact))} in any cell "
+             f"of any seed.")
+  for v in dict.fromkeys(r["variant"] for r in rows):
+    at1 = _per_seed_mean(rows, "byte_accuracy", variant=v, eval_length=train)
+    at8 = _per_seed_mean(rows, "byte_accuracy", variant=v, eval_length=longest)
+    learned = [a > 2 * CHANCE_DIGIT for a in at1]
+    kept = [b >= a - 0.05 for a, b in zip(at1, at8)]
+    out.append(
+        f"- **{v}**: per-byte accuracy at the training length {_seeds_line(at1)} (seeds), above "
+        f"twice chance in {every(learned, 'every seed', '{k} of {n} seeds')}; at "
+        f"{setting(longest // train)}× {_seeds_line(at8)}, within five points of its training-"
+        f"length value or better in {every(kept, 'every seed', '{k} of {n} seeds')}.")
+  return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- task studies
+
+def _task_findings(path: str, solved: float = 0.9) -> str:
+  """Per task: which variants solve it (sequence accuracy >= ``solved``) at every length
+  inside training, in how many seeds; and the best variant's accuracy at each longer length,
+  per seed."""
+  rows = _summary(path)
+  out = []
+  for task in dict.fromkeys(r["task"] for r in rows):
+    rs = [r for r in rows if r["task"] == task]
+    inside = sorted({r["eval_length"] for r in rs if r["eval_length"] <= r["train_max_length"]})
+    beyond = sorted({r["eval_length"] for r in rs if r["eval_length"] > r["train_max_length"]})
+    variants = list(dict.fromkeys(r["variant"] for r in rs))
+    n_seeds = len(rs[0]["seq_acc_values"])
+    solves = {}
+    for v in variants:
+      per_length = [next(r for r in rs if r["variant"] == v and r["eval_length"] == n)
+                    for n in inside]
+      solves[v] = [all(r["seq_acc_values"][i] >= solved for r in per_length)
+                   for i in range(n_seeds)]
+    words = [f"{v} ({every(solves[v], 'every seed', '{k} of {n} seeds')})" for v in variants
+             if any(solves[v])]
+    line = (f"- **{task}**: at every training length, sequence accuracy of at least "
+            f"{setting(solved)} is reached by " + (", ".join(words) if words else "no variant in any seed"))
+    for n in beyond:
+      mean = {v: next(r["seq_acc"] for r in rs if r["variant"] == v and r["eval_length"] == n)
+              for v in variants}
+      best = max(variants, key=mean.get)
+      values = next(r["seq_acc_values"] for r in rs if r["variant"] == best and r["eval_length"] == n)
+      if max(mean.values()) == min(mean.values()):
+        line += f"; at length {setting(n)} every variant scores {fig(mean[best])}"
+      else:
+        line += f"; at length {setting(n)} the best is {best} with {_seeds_line(values)}"
+    out.append(line + ".")
+  return "\n".join(out)
+
+
+LENGTH_GEN = "experiments/length_generalization/results.json"
+LENGTH_GEN_PAGE = "experiments/length_generalization/README.md"
+LENGTH_GEN_RUN = ("python -m attnlab.sweep --config=configs/length_generalization.py "
+                  "--workdir=runs/length_generalization")
+
+
+@section("length_generalization.tables", LENGTH_GEN_PAGE, (LENGTH_GEN,), LENGTH_GEN_RUN)
+def length_generalization_tables():
+  return _study_table(LENGTH_GEN)
+
+
+@section("length_generalization.findings", LENGTH_GEN_PAGE, (LENGTH_GEN,), LENGTH_GEN_RUN)
+def length_generalization_findings():
+  return (f"Per seed (values separated by slashes); the study took {_study_time(LENGTH_GEN)} "
+          f"on 2 CPU cores.\n\n" + _task_findings(LENGTH_GEN))
+
+
+BOTTLENECK = "experiments/bottleneck/results.json"
+BOTTLENECK_PAGE = "experiments/bottleneck/README.md"
+BOTTLENECK_RUN = "python -m attnlab.sweep --config=configs/bottleneck.py --workdir=runs/bottleneck"
+
+
+@section("bottleneck.tables", BOTTLENECK_PAGE, (BOTTLENECK,), BOTTLENECK_RUN)
+def bottleneck_tables():
+  return _study_table(BOTTLENECK)
+
+
+@section("bottleneck.findings", BOTTLENECK_PAGE, (BOTTLENECK,), BOTTLENECK_RUN)
+def bottleneck_findings():
+  rows = _summary(BOTTLENECK)
+  out = [f"One seed; the study took {_study_time(BOTTLENECK)} on 2 CPU cores.", "",
+         _task_findings(BOTTLENECK)]
+  for task in dict.fromkeys(r["task"] for r in rows):
+    rs = {(r["variant"], r["eval_length"]): r["seq_acc"] for r in rows if r["task"] == task}
+    lengths = sorted({n for _, n in rs})
+    if ("no_attention", lengths[0]) in rs:
+      curve = [rs[("no_attention", n)] for n in lengths]
+      out.append(f"- Without attention, {task}'s sequence accuracy goes "
+                 + ", ".join(f"{fig(a)} at {setting(n)}" for a, n in zip(curve, lengths)) + ".")
+  return "\n".join(out)
