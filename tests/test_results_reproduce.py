@@ -44,8 +44,9 @@ BENCH_CODE = {
     "docs/bench_decode.json": ["scripts/bench_decode.py", "attnlab/inference", "attnlab/models",
                                "attnlab/positional", *_ATTENTION],
     "experiments/baby_gpt/bench_train.json": ["scripts/bench_train.py", "attnlab/models",
-                                              "attnlab/engine", "attnlab/positional",
-                                              *_ATTENTION],
+                                              "attnlab/engine/training.py",
+                                              "attnlab/engine/loop.py", "attnlab/positional",
+                                              "attnlab/data", *_ATTENTION],
 }
 
 
