@@ -276,6 +276,9 @@ ALLOWED: dict[str, dict[str, str]] = {
         "17.98": "the ALiBi paper, quoted", "17.92": "the ALiBi paper, quoted",
         "18.3": "the ALiBi paper, quoted", "16.6": "the ALiBi paper's 16.6L, quoted",
     },
+    "experiments/retrieval/README.md": {
+        "2×": "an evaluation factor (configs/retrieval.py)", "8×": "an evaluation factor",
+    },
     "experiments/README.md": {
         "2×": "an evaluation factor of a study's config", "8×": "an evaluation factor",
         "16×": "an evaluation factor", "32×": "stream length over training length, a setting",

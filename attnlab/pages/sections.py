@@ -421,3 +421,63 @@ def bottleneck_findings():
       out.append(f"- Without attention, {task}'s sequence accuracy goes "
                  + ", ".join(f"{fig(a)} at {setting(n)}" for a, n in zip(curve, lengths)) + ".")
   return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- attention sinks
+
+SINKS_PAGE = "experiments/attention_sinks/README.md"
+SINKS = "experiments/attention_sinks/results.json"
+SINKS_BOS = "experiments/attention_sinks/bos/results.json"
+SINKS_RUN = ("python -m attnlab.sweep --config=configs/attention_sinks.py"
+             "[:bos] --workdir=runs/attention_sinks[_bos]")
+
+
+def _sink_ratios(path: str) -> str:
+  """Per scheme and layer, the trained models' mean attention on the first token over the
+  uniform share, per seed; and which (scheme, layer) cells are above uniform in every seed."""
+  rows = [r for r in _summary(path) if r["when"] == "trained" and r["k"] == 1]
+  uniform = rows[0]["uniform"]
+  schemes = list(dict.fromkeys(r["variant"] for r in rows))
+  layers = sorted({r["layer"] for r in rows})
+  lines = [f"Attention on the first token after training, mean over heads, as a multiple of "
+           f"uniform causal attention ({fig(uniform, '.3f')}), per seed:", "",
+           "| scheme | " + " | ".join(f"layer {setting(n)}" for n in layers) + " |",
+           "|---|" + "---|" * len(layers)]
+  above, some = [], []
+  for s in schemes:
+    cells = []
+    for n in layers:
+      values = next(r["mean_values"] for r in rows if r["variant"] == s and r["layer"] == n)
+      ratios = [v / uniform for v in values]
+      cells.append(_seeds_line(ratios))
+      if all(x > 1 for x in ratios):
+        above.append(f"{s} layer {setting(n)}")
+      elif any(x > 1 for x in ratios):
+        some.append(f"{s} layer {setting(n)} "
+                    f"({every([x > 1 for x in ratios], 'every seed', '{k} of {n} seeds')})")
+    lines.append(f"| {s} | " + " | ".join(cells) + " |")
+  lines += ["", "Above uniform in every seed: " + (", ".join(above) or "no scheme in any layer")
+            + ". Above uniform in some seeds only: " + (", ".join(some) or "none") + "."]
+  return "\n".join(lines)
+
+
+@section("sinks.random_crops", SINKS_PAGE, (SINKS,), SINKS_RUN)
+def sinks_random_crops():
+  return (f"Random crops (the study took {_study_time(SINKS)} on 2 CPU cores):\n\n"
+          + _sink_ratios(SINKS))
+
+
+@section("sinks.marker", SINKS_PAGE, (SINKS_BOS,), SINKS_RUN)
+def sinks_marker():
+  return (f"Every window led by a marker byte (the study took {_study_time(SINKS_BOS)} on "
+          f"2 CPU cores):\n\n" + _sink_ratios(SINKS_BOS))
+
+
+@section("sinks.tables", SINKS_PAGE, (SINKS,), SINKS_RUN)
+def sinks_tables():
+  return _study_table(SINKS)
+
+
+@section("sinks.bos_tables", SINKS_PAGE, (SINKS_BOS,), SINKS_RUN)
+def sinks_bos_tables():
+  return _study_table(SINKS_BOS)
