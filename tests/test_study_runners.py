@@ -134,3 +134,94 @@ def test_two_seeds_summarize_to_the_mean_of_their_values_and_rerun_reuses_traini
   assert (tmp_path / "seed0" / "none" / "metrics.jsonl").read_text() == metrics_log
   strip = lambda rs: [{k: v for k, v in r.items() if k != "train_seconds"} for r in rs]  # noqa: E731
   assert strip(again["records"]) == strip(records)
+
+
+# ----------------------------------------------------------------------------- induction
+
+def _induction_config():
+  from configs import induction as induction_config
+  cfg = induction_config.get_config("fingerprint")
+  cfg.sweep.variants = {"learned": cfg.sweep.variants.learned.to_dict()}
+  cfg.data.seq_len = 32
+  cfg.train.steps = cfg.train.checkpoint_every = 2
+  cfg.train.eval_every = 1
+  cfg.train.batch_size = 4
+  cfg.train.warmup_steps = 0
+  cfg.induction.eval_batch = 4
+  cfg.induction.max_period = 16
+  return cfg
+
+
+def test_induction_fingerprint_config():
+  from configs import induction as induction_config
+  cfg = induction_config.get_config("fingerprint")
+  assert cfg.sweep.runner == "induction" and cfg.sweep.seeds == 1 and cfg.train.steps <= 60
+  real = induction_config.get_config()
+  assert real.sweep.seeds == 3 and set(real.sweep.variants) == {"learned", "rope"}
+  with pytest.raises(ValueError, match="unknown argument"):
+    induction_config.get_config("rope")
+
+
+def test_induction_study_measures_at_init_and_every_evaluation(tmp_path):
+  """Two steps measured at 0, 1, 2: at step 0 every head is near-uniform (tiny random
+  init), so its induction score is close to the uniform-attention value results.md quotes;
+  the final probe loss on the repeat equals the cross-entropy computed here by hand from
+  the trained checkpoint on the probe rebuilt by hand; the checkpoint is analysable; a
+  rerun reuses the measurements, and a finished run without them is refused."""
+  from attnlab.models import build_lm
+  from attnlab.workdir import WorkdirError, restore_params
+  cfg = _induction_config()
+  results = studies.run(cfg, tmp_path, progress=False)
+  saved = _written(tmp_path)
+  assert saved["study"] == "induction"
+  records = results["records"]
+  heads = [r for r in records if r["measure"] == "heads"]
+  losses = [r for r in records if r["measure"] == "losses"]
+  run = [r for r in records if r["measure"] == "run"]
+  assert len(heads) == 3 * 2 * 4 and len(losses) == 3 and len(run) == 1
+  assert sorted({r["step"] for r in heads}) == [r["step"] for r in losses] == [0, 1, 2]
+  assert len(results["summary"]) == len(records)
+  period = 16
+  uniform = np.mean([1 / (i + 1) for i in range(period, 2 * period)])
+  assert run[0]["uniform"] == pytest.approx(uniform)
+  np.testing.assert_allclose([r["induction"] for r in heads if r["step"] == 0], uniform,
+                             rtol=0.05)
+  assert losses[0]["train_loss"] is None and losses[1]["train_loss"] > 0
+  assert f"{uniform:.3f}" in (tmp_path / "results.md").read_text()
+  # the probe and its repeat loss, by hand
+  run_cfg, params, step = restore_params(tmp_path / "learned")
+  assert step == 2
+  rng = np.random.default_rng([0, 10**6])
+  first = np.stack([rng.permutation(127 - 32)[:period] + 32 for _ in range(4)])
+  probe = np.concatenate([first, first], 1).astype(np.int32)
+  logits = np.asarray(build_lm(run_cfg.model).apply({"params": params}, probe), np.float64)
+  logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+      - logits.max(-1, keepdims=True)
+  nll = -np.take_along_axis(logp[:, :-1], probe[:, 1:, None], -1)[..., 0]   # predicts i + 1
+  assert losses[-1]["loss_repeat"] == pytest.approx(nll[:, period:].mean(), rel=1e-4)
+  assert losses[-1]["loss_first"] == pytest.approx(nll[:, :period - 1].mean(), rel=1e-4)
+  # reused: the same records without training; without its measurements a run is refused
+  again = studies.run(cfg, tmp_path, progress=False)
+  assert [r for r in again["records"] if r["measure"] != "run"] == \
+      [r for r in records if r["measure"] != "run"]
+  (tmp_path / "learned" / "induction_measurements.jsonl").unlink()
+  with pytest.raises(WorkdirError, match="lacks the measurements of steps"):
+    studies.run(cfg, tmp_path, progress=False)
+
+
+def test_induction_study_checks_its_block():
+  from attnlab.registry import ConfigError
+  from attnlab.studies import induction
+  for field, value, match in (("max_period", 2, "induction.max_period"),
+                              ("token_high", 20, "induction.token_high"),
+                              ("eval_batch", 0, "induction.eval_batch"),
+                              ("token_low", -1, "induction.token_low")):
+    cfg = _induction_config()
+    cfg.induction.min_period = 4
+    cfg.induction[field] = value
+    with pytest.raises(ConfigError, match=match):
+      induction.check(cfg)
+  cfg = _induction_config()
+  cfg.data.seq_len = 33
+  with pytest.raises(ConfigError, match="data.seq_len"):
+    induction.check(cfg)
