@@ -8,15 +8,14 @@ flags the user has not set in ``XLA_FLAGS``:
   uninterrupted one in the last bits. Set it to false yourself for speed.
 - ``--xla_cpu_experimental_ynn_fusion_type=`` (empty): on XLA:CPU (jax 0.10) the
   YNNPACK dot fusion is slower than the default path for the small matmuls of
-  the models trained here (baby-GPT step 48.4 -> 44.9 ms on 2 cores).
+  the models trained here (measured on baby GPT, 2 cores).
 
 On Linux with glibc it also keeps freed heap memory in the process
 (``keep_freed_memory``): XLA:CPU allocates each execution's temporaries in one
 block, and glibc serves a block over 32 MiB with ``mmap`` and unmaps it on free
 (and, from a worker thread's arena, any block over 64 MiB), so every training
-step page-faults its temporaries in afresh (baby GPT: ~40 MB, 9,900 minor faults
-per step, about a quarter of its time on 2 cores; blockwise sliding-window
-attention at 16k tokens: ~30,000 faults per forward+backward). Setting any of
+step page-faults its temporaries in afresh (tens of megabytes per baby-GPT step;
+the fault counts are measured by ``scripts/bench_train.py``). Setting any of
 glibc's ``MALLOC_*`` variables (or ``GLIBC_TUNABLES`` with ``malloc``) leaves
 the allocator as you set it.
 

@@ -25,16 +25,15 @@ Writes ``<out>.md``, ``<out>.json`` and ``<out>.png`` (TFLOP/s against N).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import pathlib
 import platform
-import statistics
+import tempfile
 import sys
 import time
 from typing import Callable
 
-from attnlab import runtime
+from attnlab import benchtime, runtime
 from attnlab.provenance import provenance
 
 runtime.configure()
@@ -167,17 +166,6 @@ def _program(fn, causal, backward):
   return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
 
 
-def time_program(program, args, repeats: int) -> float:
-  """Median seconds of ``repeats`` runs after one compiling run."""
-  jax.block_until_ready(program(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(program(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
 def _short(error: Exception) -> str:
   text = f"{type(error).__name__}: {error}".splitlines()[0]
   return text[:120]
@@ -205,40 +193,97 @@ def check_outputs(impls, *, n, heads, head_dim, dtype, causal) -> dict[str, str 
   return errors
 
 
+def baseline_of(name: str) -> tuple[str, str] | None:
+  """What ``name`` is compared with, and how: ``(baseline, "speedup")`` (the baseline's time
+  over ``name``'s) or ``(baseline, "cost")`` (``name``'s time over the baseline's); None for
+  XLA itself. Block-sparse rows and score modifiers against attnlab's dense kernel (same
+  tiles, same run), every other implementation against XLA."""
+  if name in SPARSE:
+    return "attnlab_pallas", "speedup"
+  if name in MODIFIERS:
+    return "attnlab_pallas", "cost"
+  return None if name == "xla" else ("xla", "speedup")
+
+
 def measure(impls, *, lengths, head_dims, causals, batch_tokens, heads, dtype, repeats,
             max_seconds, progress=True, budget_s=None):
-  """One row per (impl, head_dim, causal, N, mode) with seconds, TFLOP/s or a status; past
-  ``budget_s`` seconds the remaining rows are recorded as skipped."""
+  """One row per (impl, head_dim, causal, N, mode) with seconds (the median), TFLOP/s, the
+  timed rounds (``times``: ``benchtime.spread``) or a status; past ``budget_s`` seconds the
+  remaining rows are recorded as skipped.
+
+  Per (head_dim, causal, N) every implementation's forward and forward+backward program is
+  compiled and run once untimed, then ``repeats`` rounds each time every program once,
+  the baselines (``xla``, ``attnlab_pallas``) first (``benchtime.alternate``): an
+  implementation and its baseline alternate, and ``ratios`` divides times of one round.
+  """
   from tqdm import tqdm
   rows = []
-  combos = [(name, d, c, n) for d in head_dims for c in causals for name in impls
-            for n in lengths if c or name not in SPARSE]
-  bar = tqdm(combos, desc="kernels", disable=not progress)
+  groups = [(d, c, n) for d in head_dims for c in causals for n in lengths]
+  bar = tqdm(groups, desc="kernels", disable=not progress)
   slow: set[tuple] = set()
   started = time.perf_counter()
-  for name, d, causal, n in bar:
+  first = [name for name in ("xla", "attnlab_pallas") if name in impls]
+  order = first + [name for name in impls if name not in first]
+  for d, causal, n in bar:
+    bar.set_postfix(d=d, causal=causal, n=n)
     batch = max(1, batch_tokens // n)
     args = _inputs(batch, n, heads, d, dtype)
-    for backward in (False, True):
-      row = dict(impl=name, head_dim=d, causal=causal, n=n, batch=batch, heads=heads,
-                 mode="fwd+bwd" if backward else "fwd", seconds=None, tflops=None, status="ok")
-      key = (name, d, causal, backward)
-      if budget_s is not None and time.perf_counter() - started > budget_s:
-        row["status"] = f"skipped: over the {budget_s:.0f} s budget"
-      elif key in slow:
-        row["status"] = f"skipped: a shorter N took over {max_seconds:.0f} s"
-      else:
-        try:
-          seconds = time_program(_program(impls[name], causal, backward), args, repeats)
-          row["seconds"] = seconds
-          row["tflops"] = attention_flops(batch, heads, n, d, causal, backward) / seconds / 1e12
-          if seconds > max_seconds:
-            slow.add(key)
-        except Exception as e:  # noqa: BLE001 - unsupported configurations are reported
-          row["status"] = _short(e)
-      rows.append(row)
-      bar.set_postfix(impl=name, n=n, d=d)
+    group, programs = {}, {}
+    for name in order:
+      if not causal and name in SPARSE:
+        continue
+      for backward in (False, True):
+        row = dict(impl=name, head_dim=d, causal=causal, n=n, batch=batch, heads=heads,
+                   mode="fwd+bwd" if backward else "fwd", seconds=None, tflops=None,
+                   status="ok")
+        group[(name, row["mode"])] = row
+        key = (name, d, causal, backward)
+        if budget_s is not None and time.perf_counter() - started > budget_s:
+          row["status"] = f"skipped: over the {budget_s:.0f} s budget"
+        elif key in slow:
+          row["status"] = f"skipped: a shorter N took over {max_seconds:.0f} s"
+        else:
+          try:
+            program = _program(impls[name], causal, backward)
+            jax.block_until_ready(program(*args))           # compile and warm up, untimed
+            programs[(name, row["mode"])] = (lambda program=program:
+                                             jax.block_until_ready(program(*args)))
+          except Exception as e:  # noqa: BLE001 - unsupported configurations are reported
+            row["status"] = _short(e)
+    times = benchtime.alternate(programs, repeats, warmup=0) if programs else {}
+    for (name, mode), seconds in times.items():
+      row = group[(name, mode)]
+      row["times"] = benchtime.spread(seconds)
+      row["seconds"] = row["times"]["median_s"]
+      row["tflops"] = (attention_flops(batch, heads, n, d, causal, mode == "fwd+bwd")
+                       / row["seconds"] / 1e12)
+      if row["seconds"] > max_seconds:
+        slow.add((name, d, causal, mode == "fwd+bwd"))
+    rows += [group[(name, mode)] for name in impls for mode in ("fwd", "fwd+bwd")
+             if (name, mode) in group]
   return rows
+
+
+def ratios(rows) -> list[dict]:
+  """Every implementation against its baseline (``baseline_of``) at every (head_dim,
+  causal, N, mode) both timed: ``benchtime.comparison`` rows (both sides' rounds, the ratio
+  of medians and the range of per-round ratios) with ``impl``, ``baseline``, ``kind``
+  (speedup / cost), ``head_dim``, ``causal``, ``n`` and ``mode``."""
+  timed = {(r["impl"], r["head_dim"], r["causal"], r["n"], r["mode"]): r for r in rows
+           if r.get("times")}
+  out = []
+  for (name, d, causal, n, mode), r in timed.items():
+    against = baseline_of(name)
+    base = timed.get((against[0], d, causal, n, mode)) if against else None
+    if base is None:
+      continue
+    baseline, kind = against
+    sides = [(baseline, base["times"]["times_s"]), (name, r["times"]["times_s"])]
+    if kind == "cost":
+      sides.reverse()
+    out.append(benchtime.comparison(*sides, impl=name, baseline=baseline, kind=kind,
+                                    head_dim=d, causal=causal, n=n, mode=mode))
+  return out
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -253,14 +298,9 @@ def _cell(row) -> str:
   return f"{row['tflops']:.1f}"
 
 
-def _seconds(rows, impl, head_dim, causal, n, mode):
-  """The measured seconds of one cell, or None."""
-  hits = [r for r in rows if r["impl"] == impl and r["head_dim"] == head_dim
-          and r["causal"] == causal and r["n"] == n and r["mode"] == mode and r["seconds"]]
-  return hits[0]["seconds"] if hits else None
-
-
-def markdown(rows, errors, lengths, header: str) -> str:
+def markdown(rows, errors, lengths, header: str, ratio_rows=None) -> str:
+  """The medians of every (impl, N) per head_dim and causality, then every ratio
+  (``ratios``; computed when None) beside both sides' times, then the output check."""
   lines = [header, ""]
   units = ("TFLOP/s" if jax.default_backend() in ("gpu", "tpu")
            else "ms (interpret mode: TFLOP/s would be meaningless)")
@@ -276,38 +316,29 @@ def markdown(rows, errors, lengths, header: str) -> str:
           lines.append(f"| {name} | {mode} | "
                        + " | ".join(_cell(cells.get(n)) for n in lengths) + " |")
     lines.append("")
-  sparse = [name for name in SPARSE if any(r["impl"] == name for r in rows)]
-  if sparse:
-    lines += ["### Block-sparse speed-up of attnlab's kernel over its dense causal run "
-              "(forward+backward time ratio)", "",
-              "| pattern | head_dim | " + " | ".join(f"N={n}" for n in lengths) + " |",
-              "|---|---|" + "---|" * len(lengths)]
-  for name in sparse:
-    for d in sorted({r["head_dim"] for r in rows}):
-      cells = []
-      for n in lengths:
-        dense = _seconds(rows, "attnlab_pallas", d, True, n, "fwd+bwd")
-        sparse = _seconds(rows, name, d, True, n, "fwd+bwd")
-        cells.append(f"{dense / sparse:.2f}×" if dense and sparse else "")
-      if any(cells):
-        lines.append(f"| {name.removeprefix('pallas_')} | {d} | " + " | ".join(cells) + " |")
-  mods = [name for name in MODIFIERS if any(r["impl"] == name for r in rows)]
-  if mods:
-    lines += ["", "### Score modifiers in attnlab's kernel: time over the same run without one "
-              "(1.00× = free)", "",
-              "| modifier | head_dim | causal | mode | " + " | ".join(f"N={n}" for n in lengths)
-              + " |", "|---|---|---|---|" + "---|" * len(lengths)]
-    for name in mods:
-      for (d, causal) in sorted({(r["head_dim"], r["causal"]) for r in rows}):
-        for mode in ("fwd", "fwd+bwd"):
-          cells = []
-          for n in lengths:
-            base = _seconds(rows, "attnlab_pallas", d, causal, n, mode)
-            modded = _seconds(rows, name, d, causal, n, mode)
-            cells.append(f"{modded / base:.2f}×" if base and modded else "")
-          if any(cells):
-            lines.append(f"| {name.removeprefix('pallas_')} | {d} | {causal} | {mode} | "
-                         + " | ".join(cells) + " |")
+  ratio_rows = ratios(rows) if ratio_rows is None else ratio_rows
+  sections = (
+      ("xla", "speedup", "Speed-up over XLA (`xla`'s time over the implementation's)"),
+      ("attnlab_pallas", "speedup", "Block-sparse speed-up of attnlab's kernel over its dense "
+       "causal run (`attnlab_pallas`'s time over the pattern's)"),
+      ("attnlab_pallas", "cost", "Score modifiers in attnlab's kernel: time over the same "
+       "kernel without one (1.00× = free)"))
+  for baseline, kind, title in sections:
+    mine = [c for c in ratio_rows if c["baseline"] == baseline and c["kind"] == kind]
+    if not mine:
+      continue
+    lines += [f"### {title}", "", "Both sides timed in the same rounds. Times in ms, median "
+              "(smallest–largest); the ratio is the ratio of the medians (smallest–largest "
+              "of the per-round ratios).", "",
+              f"| impl | head_dim | causal | mode | N | impl ms | `{baseline}` ms | ratio |",
+              "|---|---|---|---|---|---|---|---|"]
+    for c in mine:
+      impl, base = ((c["denominator"], c["numerator"]) if kind == "speedup"
+                    else (c["numerator"], c["denominator"]))
+      lines.append(f"| {c['impl']} | {c['head_dim']} | {c['causal']} | {c['mode']} | {c['n']} "
+                   f"| {benchtime.time_text(impl, digits=2)} | "
+                   f"{benchtime.time_text(base, digits=2)} | {benchtime.ratio_text(c)} |")
+    lines.append("")
   lines += ["", "Forward output against XLA's at the smallest N (max |difference|):", "",
             "| impl | max_err |", "|---|---|"]
   lines += [f"| {k} | {v if isinstance(v, str) else f'{v:.2e}'} |" for k, v in errors.items()]
@@ -340,12 +371,20 @@ def plot(rows, path_png):
   for ax in list(axes.flat)[len(panels):]:
     ax.axis("off")
   fig.tight_layout()
-  fig.savefig(path_png, dpi=110)
+  benchtime.save_figure(fig, path_png, dpi=110)
   plt.close(fig)
 
 
 def _bools(text):
   return [{"true": True, "false": False}[t.strip().lower()] for t in text.split(",")]
+
+
+# --quick: a tiny run (well under a minute on 2 CPU cores) to smoke-test the script; flags
+# given explicitly still win
+QUICK = dict(lengths="64,128", head_dims="16", causal="true", heads=2, batch_tokens=1,
+             dtype="float32", block=32, window=32, bigbird_block=32, repeats=3,
+             impls="attnlab_pallas,xla,pallas_sliding_window,pallas_alibi",
+             out=str(pathlib.Path(tempfile.gettempdir()) / "bench_kernels_quick"))
 
 
 def main(argv=None):
@@ -363,11 +402,17 @@ def main(argv=None):
   parser.add_argument("--block", type=int, default=128)
   parser.add_argument("--window", type=int, default=256)
   parser.add_argument("--bigbird_block", type=int, default=128)
-  parser.add_argument("--repeats", type=int, default=5 if accelerated else 3)
+  parser.add_argument("--repeats", type=int, default=5,
+                      help="timed rounds; each round times every implementation once")
   parser.add_argument("--max_seconds", type=float, default=30.0)
   parser.add_argument("--budget_s", type=float, default=None,
                       help="stop timing after this many seconds; later rows are marked skipped")
+  parser.add_argument("--quick", action="store_true",
+                      help="a tiny run to smoke-test the script: " + ", ".join(
+                          f"--{k}={v}" for k, v in QUICK.items()))
   parser.add_argument("--out", default="docs/bench_kernels")
+  if "--quick" in (sys.argv[1:] if argv is None else argv):
+    parser.set_defaults(**QUICK)
   args = parser.parse_args(argv)
 
   impls = implementations(args.block, args.window, args.bigbird_block)
@@ -387,27 +432,32 @@ def main(argv=None):
   header = (f"`python scripts/bench_kernels.py {' '.join(argv if argv is not None else sys.argv[1:])}`"
             f"\n\nDevice: {device.device_kind} ({jax.default_backend()}, {mode}), jax "
             f"{jax.__version__}, Python {platform.python_version()}; {args.dtype}, {args.heads} "
-            f"heads, batch = max(1, {args.batch_tokens} // N), Pallas tiles {args.block}, "
-            f"median of {args.repeats}. FLOPs: 4·B·H·N²·D forward, half if causal, ×3.5 with "
-            f"backward. Sliding window {args.window}; BigBird blocks of {args.bigbird_block} "
-            f"(window 3, global 1, random 1), both causal.")
+            f"heads, batch = max(1, {args.batch_tokens} // N), Pallas tiles {args.block}. Every "
+            f"cell is the median of {args.repeats} timed rounds after an untimed compiling run; "
+            f"each round times every implementation once at that size (baselines first), so "
+            f"every ratio divides two times of the same round. FLOPs: 4·B·H·N²·D forward, half "
+            f"if causal, ×3.5 with backward. Sliding window {args.window}; BigBird blocks of "
+            f"{args.bigbird_block} (window 3, global 1, random 1), both causal.")
+  load = {"start": benchtime.load_average()}
   errors = check_outputs(impls, n=lengths[0], heads=args.heads, head_dim=head_dims[0],
                          dtype=dtype, causal=causals[0])
   rows = measure(impls, lengths=lengths, head_dims=head_dims, causals=causals,
                  batch_tokens=args.batch_tokens, heads=args.heads, dtype=dtype,
                  repeats=args.repeats, max_seconds=args.max_seconds, budget_s=args.budget_s)
+  load["end"] = benchtime.load_average()
+  ratio_rows = ratios(rows)
   out = pathlib.Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  text = markdown(rows, errors, lengths, header)
-  out.with_suffix(".md").write_text(text)
-  out.with_suffix(".json").write_text(json.dumps(
-      dict(provenance=provenance(), device=device.device_kind, backend=jax.default_backend(),
-           jax=jax.__version__,
-           args=vars(args), check=errors, rows=rows), indent=1))
+  text = markdown(rows, errors, lengths, header, ratio_rows)
+  text += benchtime.load_text(load)
+  benchtime.write_json(out.with_suffix(".json"), dict(
+      device=device.device_kind, backend=jax.default_backend(), jax=jax.__version__,
+      args=vars(args), check=errors, rows=rows, ratios=ratio_rows, load_average=load),
+      provenance())
+  benchtime.write_text(out.with_suffix(".md"), text)
   plot(rows, out.with_suffix(".png"))
   print(text)
   print(f"wrote {out.with_suffix('.md')}, .json, .png")
-  return dict(check=errors, rows=rows)
+  return dict(check=errors, rows=rows, ratios=ratio_rows)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ Parts, each with its own time budget (seconds; what did not fit is recorded as s
                 same initialisation and batches; the largest loss difference.
 
 Writes ``DIR/gpu_check.json`` (everything; ``tests/test_auto.py`` reads its
-``parts.kernel_tests.by_impl`` to decide whether a kernel counts as verified on the
-backend) and ``DIR/gpu_check.md`` (the tables), beside the benchmarks' own files, and
+``parts.kernel_tests.by_impl``: an implementation's ``tested_on`` may name the backend
+only when a committed check shows its kernel tests passing there) and ``DIR/gpu_check.md`` (the tables), beside the benchmarks' own files, and
 prints a one-screen summary. Needs no network: on a machine without the ``[gpu]``/
 ``[test]`` extras, install their wheels first (docs/kernels.md, "Checking a GPU").
 A dry run is part of the test suite (tests/test_gpu_check.py), so the script cannot rot.
@@ -59,8 +59,7 @@ DRY_TESTS = {
     "pallas": ["tests/test_pallas.py::test_row_that_sees_nothing_is_zero_without_nan"],
     "cudnn": ["tests/test_cudnn.py::test_patterns_map_to_cudnns_causal_and_window_arguments"],
     "tokamax": ["tests/test_tokamax.py::test_without_tokamax_it_names_the_extra"],
-    "auto": ["tests/test_auto.py::test_declarations_verify_only_what_auto_ranks_on_known_"
-             "backends"],
+    "auto": ["tests/test_auto.py::test_declarations_rank_on_known_backends"],
 }
 BUDGETS = {"kernel_tests": 240.0, "bench": 120.0, "decode": 45.0, "training": 60.0}
 _RESULT = re.compile(r"^(tests/\S+?\.py)::(\S+) (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)")

@@ -1,9 +1,10 @@
 """``impl="auto"`` (``attnlab/attention/core.py``: ``choose_impl`` over each implementation's
-declared ``auto_rank`` and ``verified_on``): on each backend it picks the first verified
-implementation that serves
-the request, an unverified one only when nothing verified serves (and says so), and logs
-its choice once on accelerators. GPU and TPU are simulated by monkeypatching the backend.
-The table of verified kernels is tied to the committed check results in ``docs/gpu/``."""
+declared ``auto_rank``, ``tested_on`` and ``own_kernel``): on each backend it picks the first
+implementation in the backend's order that serves the request, passing over attnlab's own
+kernel where it has not run (taking it only when nothing else serves, and saying so), says
+whether attnlab has run its choice there, and logs the choice once on accelerators. GPU and
+TPU are simulated by monkeypatching the backend. A GPU or TPU entry in ``tested_on`` is tied
+to the committed check results in ``docs/gpu/``; there are none, so no entry names either."""
 
 import dataclasses
 import json
@@ -53,22 +54,26 @@ def test_cpu_dense_xla_while_small_reference_for_non_additive_blockwise_when_lar
   assert "reference: the score matrix would take 128 MiB" in why
 
 
-def test_gpu_prefers_cudnn_then_tokamax_and_never_the_unverified_pallas_kernel(backend):
+def test_gpu_prefers_cudnn_then_tokamax_and_passes_over_the_untried_pallas_kernel(backend):
   backend("gpu")
   pytest.importorskip("tokamax")
   q, k, v = _qkv(jnp.bfloat16)
   name, why = core.choose_impl(q, k, v, masks.causal(), positional.alibi_bias(2))
-  assert name == "cudnn" and why.startswith("cudnn: first verified impl on gpu")
+  # the reason says the choice follows the design order, not a run on a GPU
+  assert name == "cudnn" and why.startswith(
+      "cudnn: first in auto's gpu order that serves the request (attnlab has not run it on "
+      "gpu)")
   q, k, v = _qkv(jnp.float32)                  # cuDNN is half precision only
   name, why = core.choose_impl(q, k, v, masks.causal(), positional.alibi_bias(2))
   assert name == "tokamax" and "cudnn: impl='cudnn' takes float16 or bfloat16" in why
-  # a block-sparse pattern: only pallas would skip its tiles, but it is unverified on GPU,
-  # so a verified dense path serves and the reason names pallas as passed over
+  # a block-sparse pattern: only pallas would skip its tiles, but it is attnlab's own kernel
+  # and has never run on a GPU, so the dense XLA path serves and the reason names pallas
   name, why = core.choose_impl(q, k, v, strided(4), None)
-  assert name == "xla" and "not chosen, unverified on gpu: pallas" in why
+  assert name == "xla" and "not chosen, attnlab's own kernel not yet run on gpu: pallas" in why
+  assert "(attnlab has not run it on gpu)" in why
 
 
-def test_an_unverified_kernel_is_chosen_only_when_nothing_verified_serves(backend, monkeypatch):
+def test_an_untried_own_kernel_is_chosen_only_when_nothing_else_serves(backend, monkeypatch):
   backend("gpu")
   for name in ("xla", "reference", "blockwise"):      # auto on GPU: cudnn, tokamax, pallas
     declare(monkeypatch, name, auto_rank={})
@@ -76,22 +81,28 @@ def test_an_unverified_kernel_is_chosen_only_when_nothing_verified_serves(backen
   q, k, v = _qkv()
   name, why = core.choose_impl(q, k, v, strided(4), None)
   assert name == "pallas"
-  assert "no verified impl serves this request, and pallas has no committed gpu check" in why
-  # once a committed check verifies it, it is the preferred path for what only it serves
-  declare(monkeypatch, "pallas", verified_on=("gpu",))
+  assert ("pallas: nothing else serves this request; pallas is attnlab's own kernel and has "
+          "not run on gpu") in why
+  # once a committed run on the backend exists, it is the preferred path for what only it
+  # serves, and the reason no longer says it has not run there
+  declare(monkeypatch, "pallas", tested_on={"gpu": "compiled: docs/gpu/..."})
   declare(monkeypatch, "xla", auto_rank={"gpu": 4})
   name, why = core.choose_impl(q, k, v, strided(4), None)
-  assert name == "pallas" and why.startswith("pallas: first verified impl on gpu")
+  assert name == "pallas" and why.startswith(
+      "pallas: first in auto's gpu order that serves the request.")
+  # interpreting on CPU is not a run on the GPU: a "cpu" entry does not count there
+  declare(monkeypatch, "pallas", tested_on={"cpu": "interpret mode"})
+  assert core.choose_impl(q, k, v, strided(4), None)[0] == "xla"
 
 
-def test_tpu_order_puts_the_fused_kernel_first_but_picks_it_only_when_verified(backend,
-                                                                             monkeypatch):
+def test_tpu_order_puts_the_fused_kernel_first_but_picks_it_only_once_run_there(backend,
+                                                                              monkeypatch):
   backend("tpu")
   q, k, v = _qkv()
   name, why = core.choose_impl(q, k, v, masks.causal(), None)
   assert core.auto_order("tpu")[0] == "pallas" and name != "pallas"
-  assert "not chosen, unverified on tpu: pallas" in why
-  declare(monkeypatch, "pallas", verified_on=("tpu",))
+  assert "not chosen, attnlab's own kernel not yet run on tpu: pallas" in why
+  declare(monkeypatch, "pallas", tested_on={"tpu": "compiled: docs/gpu/..."})
   assert core.choose_impl(q, k, v, masks.causal(), None)[0] == "pallas"
 
 
@@ -138,19 +149,38 @@ def _passes(result, backend, name):
           and counts.get("passed", 0) > 0 and counts.get("failed", 1) == 0)
 
 
-def test_a_kernel_of_this_repository_is_verified_only_by_a_committed_passing_check():
+def test_an_accelerator_in_tested_on_needs_a_committed_passing_run_there():
+  """Every implementation, attnlab's own kernel or not: ``tested_on`` names a GPU or TPU only
+  with a committed docs/gpu/*.json (scripts/gpu_check.py, not a dry run) whose kernel
+  tests for it passed on that backend."""
   for backend in ("gpu", "tpu"):
     for name, spec in IMPLS.items():
-      if spec.checked_here and backend in spec.verified_on:
+      if backend in spec.tested_on:
         assert any(_passes(r, backend, name) for _, r in _committed_checks()), (
-            f"impl {name!r} declares verified_on={backend!r}, but no committed "
+            f"impl {name!r} declares tested_on {backend!r}, but no committed "
             f"docs/gpu/*.json shows its kernel tests passing on {backend}")
 
 
-def test_declarations_verify_only_what_auto_ranks_on_known_backends():
+def test_declarations_say_what_has_run_today():
+  """Nothing of attnlab has run on a GPU or TPU (no docs/gpu/ results), so every declaration
+  names CPU at most, and the Pallas kernel's says it was interpreted. When a committed GPU
+  run lands, this test is where its new declaration is checked by hand."""
+  assert not list(_committed_checks())
+  assert {name: set(spec.tested_on) for name, spec in IMPLS.items()
+          if name in ("xla", "reference", "blockwise", "pallas", "cudnn", "tokamax", "ring")} == {
+      "xla": {"cpu"}, "reference": {"cpu"}, "blockwise": {"cpu"}, "pallas": {"cpu"},
+      "cudnn": set(), "tokamax": {"cpu"}, "ring": {"cpu"}}
+  assert IMPLS.get("pallas").tested_on["cpu"].startswith("interpret mode")
+  assert "only" in IMPLS.get("tokamax").tested_on["cpu"]
+  assert [name for name, spec in IMPLS.items() if spec.own_kernel] == ["pallas"]
+  assert not core.tested("gpu") and not core.tested("tpu")
+  assert set(core.tested("cpu")) >= {"xla", "reference", "blockwise", "pallas"}
+
+
+def test_declarations_rank_on_known_backends():
   for name, spec in IMPLS.items():
     assert set(spec.auto_rank) <= set(core.BACKENDS), name
-    assert set(spec.verified_on) <= set(spec.auto_rank), name
+    assert set(spec.tested_on) <= set(core.BACKENDS), name
   for backend in core.BACKENDS:
     ranks = [spec.auto_rank[backend] for _, spec in IMPLS.items() if backend in spec.auto_rank]
     assert len(ranks) == len(set(ranks)), f"two impls share a rank on {backend}"

@@ -55,3 +55,35 @@ def test_cached_loop_equals_recomputation_and_bytes_follow_the_formula(bench):
   recomputed = bench.recompute_decoder(cfg.model, prompt, 8)(params)
   np.testing.assert_array_equal(bench.new_tokens(recomputed, 32), tokens)
 
+
+
+def test_speedup_pairs_the_cached_loop_with_the_recomputation_of_the_same_round(bench):
+  # 8-token loops of 0.8 and 1.6 s (0.1 and 0.2 s per token) against single forward passes
+  # of 2.0 and 2.0 s in the same two rounds: per round 20x and 10x; medians 2.0 / 0.15
+  row = bench._with_ratios({"context": 64, "num_kv_heads": 2, "steps": 8, "batch": 1,
+                            "cache_bytes": 10, "greedy_tokens_agree": True}, [0.8, 1.6],
+                           [2.0, 2.0])
+  assert row["paired_speedups"] == pytest.approx([20.0, 10.0])
+  assert row["speedup"] == pytest.approx(2.0 / 0.15)
+  assert (row["speedup_min"], row["speedup_max"]) == pytest.approx((10.0, 20.0))
+  assert row["cached_ms_per_token"] == pytest.approx(150.0)
+  assert row["recompute"]["times_s"] == [2.0, 2.0] and row["cached"]["max_s"] == 1.6
+  # --runs pools rounds, keeping each pair of one round together
+  again = bench._with_ratios({k: row[k] for k in ("context", "num_kv_heads", "steps", "batch",
+                                                  "cache_bytes", "greedy_tokens_agree")},
+                             [0.4], [4.0])                     # 0.05 s/token: 80x
+  both = bench.combine([row, again])
+  assert both["runs"] == 2 and both["rounds"] == 3
+  assert both["paired_speedups"] == pytest.approx([20.0, 10.0, 80.0])
+  assert both["speedup"] == pytest.approx(2.0 / 0.1)          # medians 2.0 and 0.1 s/token
+  text = bench.markdown([row])
+  assert "| 64 | 2 | 150.000 (100.000–200.000) | 2000.00 (2000.00–2000.00) |" in text
+  assert "| 13x (10–20) | 2 |" in text
+
+
+@pytest.mark.slow
+def test_measure_times_both_sides_in_the_same_rounds(bench):
+  row = bench.measure(tiny_config("rope"), context=24, kv_heads=2, steps=4, repeats=3, check=4)
+  assert len(row["cached"]["times_s"]) == len(row["recompute"]["times_s"]) == row["rounds"] == 3
+  assert row["speedup_min"] <= row["speedup"] * (1 + 1e-9) and \
+      row["speedup"] <= row["speedup_max"] * (1 + 1e-9)

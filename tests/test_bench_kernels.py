@@ -52,3 +52,56 @@ def test_modifier_rows_are_checked_against_xla_with_the_same_bias(bench):
   plain = bench.check_outputs({"pallas_alibi": impls["attnlab_pallas"]}, n=48, heads=2,
                               head_dim=16, dtype=jnp.float32, causal=True)
   assert plain["pallas_alibi"] > 1e-3
+
+
+def test_rounds_time_every_impl_beside_its_baseline(bench, monkeypatch):
+  """Per size: every program compiled and warmed up, then rounds with the baselines (xla,
+  attnlab_pallas) first; each ratio divides two times of the same round."""
+  from attnlab import benchtime
+  seen = []
+  real = benchtime.alternate
+
+  def alternate(programs, repeats, **kwargs):
+    seen.append((list(programs), repeats, kwargs))
+    return real(programs, repeats, **kwargs)
+
+  monkeypatch.setattr(benchtime, "alternate", alternate)
+  impls = bench.implementations(block=16, window=8, bigbird_block=16)
+  named = {k: impls[k] for k in ("pallas_alibi", "attnlab_pallas", "xla")}
+  rows = bench.measure(named, lengths=[32], head_dims=[16], causals=[True], batch_tokens=1,
+                       heads=2, dtype=jnp.float32, repeats=2, max_seconds=60, progress=False)
+  assert seen == [([(name, mode) for name in ("xla", "attnlab_pallas", "pallas_alibi")
+                    for mode in ("fwd", "fwd+bwd")], 2, {"warmup": 0})]
+  assert [(r["impl"], r["mode"]) for r in rows][:2] == [("pallas_alibi", "fwd"),
+                                                         ("pallas_alibi", "fwd+bwd")]
+  assert all(len(r["times"]["times_s"]) == 2 and r["seconds"] == r["times"]["median_s"]
+             for r in rows)
+  kinds = {(c["impl"], c["mode"]): (c["baseline"], c["kind"]) for c in bench.ratios(rows)}
+  assert kinds == {("attnlab_pallas", "fwd"): ("xla", "speedup"),
+                   ("attnlab_pallas", "fwd+bwd"): ("xla", "speedup"),
+                   ("pallas_alibi", "fwd"): ("attnlab_pallas", "cost"),
+                   ("pallas_alibi", "fwd+bwd"): ("attnlab_pallas", "cost")}
+
+
+def test_ratio_directions_hand_worked(bench):
+  from attnlab import benchtime
+
+  def row(impl, times):
+    return dict(impl=impl, head_dim=64, causal=True, n=256, mode="fwd+bwd",
+                times=benchtime.spread(times), seconds=sorted(times)[1], tflops=1.0,
+                status="ok")
+  rows = [row("xla", [4.0, 4.0, 8.0]), row("attnlab_pallas", [1.0, 2.0, 2.0]),
+          row("pallas_t5", [3.0, 2.0, 4.0]), row("pallas_sliding_window", [0.5, 1.0, 1.0])]
+  got = {c["impl"]: c for c in bench.ratios(rows)}
+  # speed-up over XLA: 4 / 2 = 2.00; rounds 4/1, 4/2, 8/2
+  assert got["attnlab_pallas"]["ratio"] == pytest.approx(2.0)
+  assert got["attnlab_pallas"]["paired_ratios"] == pytest.approx([4.0, 2.0, 4.0])
+  # a modifier's cost: its time over the plain kernel's: 3 / 2 = 1.50; rounds 3, 1, 2
+  assert got["pallas_t5"]["ratio"] == pytest.approx(1.5)
+  assert got["pallas_t5"]["paired_ratios"] == pytest.approx([3.0, 1.0, 2.0])
+  # block-sparse speed-up over the dense kernel: 2 / 1 = 2.00; rounds 2, 2, 2
+  assert got["pallas_sliding_window"]["ratio"] == pytest.approx(2.0)
+  assert got["pallas_sliding_window"]["ratio_min"] == got["pallas_sliding_window"]["ratio_max"]
+  text = bench.markdown(rows, {}, [256], "header", bench.ratios(rows))
+  assert ("| t5 | 64 | True | fwd+bwd | 256 | 3000.00 (2000.00–4000.00) | "
+          "2000.00 (1000.00–2000.00) | 1.50× (1.00–3.00) |") in text.replace("pallas_t5", "t5")

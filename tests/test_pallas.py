@@ -241,3 +241,24 @@ def test_tpu_code_path_in_the_tpu_interpreter(monkeypatch):
   (_, out), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v)
   for name, got, want in zip(("out", "dq", "dk", "dv"), (out, *grads), ref[:4]):
     assert_close(np.asarray(got), want, f"tpu-interpret {name}")
+
+
+def test_tpu_export_status():
+  """The kernel's compiled TPU path does not lower today (docs/kernels.md says so): a
+  cross-platform export for TPU, made on this machine, stops at Mosaic's block-shape rule
+  (a block's last two dims must be multiples of (8, 128) or the whole array's) on the
+  forward kernel's log-sum-exp output, whose block is ``[block_q]``. The TPU interpreter does
+  not enforce the rule, so the interpreted TPU tests pass. When this test fails, the export
+  has changed: update docs/kernels.md ("Backends and selection") and this test."""
+  import unittest.mock
+  from jax import export
+  q = jnp.zeros((1, 256, 4, 64), jnp.float32)
+
+  def forward(q, k, v):
+    return dot_product_attention(q, k, v, mask=masks.causal(), impl="pallas", block_q=128,
+                                 block_kv=128)
+
+  with unittest.mock.patch.object(jax, "default_backend", lambda: "tpu"):
+    with pytest.raises(ValueError, match=r"divisible by 8 and 128.*outputs\[1\] in pallas_call "
+                                         r"flash_fwd"):
+      export.export(jax.jit(forward), platforms=["tpu"])(q, q, q)

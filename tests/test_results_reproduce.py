@@ -34,8 +34,8 @@ NOT_STUDY_CODE = [":(exclude)attnlab/pages"]
 STUDIES = sorted(p.parent.parent.name for p in ROOT.glob("experiments/*/fingerprint/results.json"))
 
 # docs/<benchmark>.json -> the code whose change invalidates it
-_ATTENTION = ["attnlab/attention", "attnlab/runtime.py", "pallas_kernels", "pyproject.toml",
-              "setup.cfg"]
+_ATTENTION = ["attnlab/attention", "attnlab/runtime.py", "attnlab/benchtime.py", "pallas_kernels",
+              "pyproject.toml", "setup.cfg"]
 BENCH_CODE = {
     "docs/bench_attention.json": ["scripts/bench_attention.py", *_ATTENTION],
     "docs/bench_tiles.json": ["scripts/bench_attention.py", *_ATTENTION],

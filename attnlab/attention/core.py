@@ -61,14 +61,20 @@ class Implementation:
   tiles: tuple[int, int, int] | None = None
   # materialises the [B, H, Nq, Nk] scores (auto avoids it above AUTO_DENSE_LIMIT_BYTES)
   dense: bool = False
-  # its place in auto's order per backend ("gpu", "tpu", "cpu"; lower first); a backend
-  # it is not ranked on: auto never picks it there
+  # its place in auto's order per backend ("gpu", "tpu", "cpu"; lower first): the backends
+  # it is designed for, in the order auto prefers them there; a backend it is not ranked on:
+  # auto never picks it there. A rank is a design intention, not a measurement: nothing of
+  # attnlab has run on a GPU or TPU (see ``tested_on``)
   auto_rank: Mapping[str, int] = dataclasses.field(default_factory=dict)
-  # backends where it counts as verified (auto prefers verified impls; see choose_impl)
-  verified_on: tuple[str, ...] = ()
-  # a kernel of this repository: verified on an accelerator only when a committed check
-  # result shows it passing there (docs/gpu/*.json; tests/test_auto.py ties the two)
-  checked_here: bool = False
+  # where this repository's committed runs have executed it, and how: backend -> what ran
+  # ({"cpu": "compiled by XLA"}, {"cpu": "interpret mode"}, ...). A GPU or TPU entry needs a
+  # committed results file of a run there (docs/gpu/*.json, written by scripts/gpu_check.py;
+  # tests/test_auto.py ties the two); there is none yet, so no entry names either
+  tested_on: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  # a kernel of this repository (not a plain JAX program, not a third-party kernel): auto
+  # takes it on a backend only once it has run there (``tested_on``), and otherwise only
+  # when no other implementation serves the request
+  own_kernel: bool = False
 
 
 IMPLS: Registry[Implementation] = Registry("model.attention.impl")
@@ -169,21 +175,22 @@ def _blockwise_fn(q, k, v, *, mask=None, score_mod=None, scale: float,
                              block_q=block_q, block_kv=block_kv)
 
 
-# xla, reference and blockwise are plain jnp/lax programs: verified wherever JAX runs.
-_EVERYWHERE = ("gpu", "tpu", "cpu")
+# xla, reference and blockwise are plain jnp/lax programs that XLA compiles for every
+# backend; this repository has run them on CPU only (the test suite and the benchmarks).
+_CPU_ONLY = {"cpu": "compiled by XLA: the test suite and the benchmarks"}
 IMPLS.register("reference")(Implementation(
     reference_attention, doc="materialises scores; the oracle every path is tested against",
-    dense=True, auto_rank={"gpu": 5, "tpu": 4, "cpu": 2}, verified_on=_EVERYWHERE))
+    dense=True, auto_rank={"gpu": 5, "tpu": 4, "cpu": 2}, tested_on=_CPU_ONLY))
 IMPLS.register("xla")(Implementation(
     xla_attention, _xla_unsupported, doc="jax.nn.dot_product_attention(implementation='xla')",
-    dense=True, auto_rank={"gpu": 4, "tpu": 3, "cpu": 1}, verified_on=_EVERYWHERE))
+    dense=True, auto_rank={"gpu": 4, "tpu": 3, "cpu": 1}, tested_on=_CPU_ONLY))
 IMPLS.register("blockwise")(Implementation(
     _blockwise_fn, doc="pure-JAX tiled online softmax; O(N) memory; skips empty tiles",
     # measured on 2 CPU cores (N = 16k, 4 heads, d = 64, fwd+bwd; docs/bench_tiles.md):
     # 256 is the fastest dense tile (512 and 128 are slower), 64 the fastest for BigBird
     # blocks of 64; a tile step costs about half a 256 x 256 tile of scores
     options=(BLOCK_Q, BLOCK_KV), tiles=(64, 256, 2**15),
-    auto_rank={"gpu": 6, "tpu": 5, "cpu": 3}, verified_on=_EVERYWHERE))
+    auto_rank={"gpu": 6, "tpu": 5, "cpu": 3}, tested_on=_CPU_ONLY))
 
 # Above this many score-matrix bytes, ``auto`` avoids the dense paths.
 AUTO_DENSE_LIMIT_BYTES = 64 * 2**20
@@ -198,19 +205,21 @@ def auto_order(backend: str) -> tuple[str, ...]:
   return tuple(name for _, name in sorted(ranked))
 
 
-def verified(backend: str) -> tuple[str, ...]:
-  """The implementations verified on ``backend`` (each entry's ``verified_on``)."""
-  return tuple(name for name, spec in IMPLS.items() if backend in spec.verified_on)
+def tested(backend: str) -> tuple[str, ...]:
+  """The implementations this repository has run on ``backend`` (each entry's ``tested_on``)."""
+  return tuple(name for name, spec in IMPLS.items() if backend in spec.tested_on)
 
 
 def choose_impl(q, k, v, mask, score_mod) -> tuple[str, str]:
   """``impl='auto'``: (chosen name, reason).
 
   With the sequence sharded over a mesh, the impl that shards it. Otherwise the first
-  implementation of ``auto_order(backend)`` that is verified there (``verified``) and
-  serves the request (the dense ones only while the score matrix is under
-  ``AUTO_DENSE_LIMIT_BYTES``); an unverified one only when no verified one serves, and
-  the reason says so. The reason also says why the preferred ones were passed over.
+  implementation of ``auto_order(backend)`` that serves the request (the dense ones only
+  while the score matrix is under ``AUTO_DENSE_LIMIT_BYTES``), passing over a kernel of this
+  repository (``own_kernel``) that has not run on the backend (``tested_on``); such a kernel
+  is taken only when nothing else serves, and the reason says so. The reason also says
+  whether attnlab has run the chosen one on the backend, and why the preferred ones were
+  passed over.
   """
   if _sequence_shards() > 1:
     reasons = []
@@ -225,7 +234,7 @@ def choose_impl(q, k, v, mask, score_mod) -> tuple[str, str]:
   backend = jax.default_backend()
   backend = backend if backend in BACKENDS else "cpu"
   score_bytes = 4 * q.shape[0] * q.shape[2] * q.shape[1] * k.shape[1]
-  passed, unverified = [], []
+  passed, untried = [], []
   for name in auto_order(backend):
     spec = IMPLS.get(name)
     if spec.dense and score_bytes > AUTO_DENSE_LIMIT_BYTES:
@@ -234,22 +243,24 @@ def choose_impl(q, k, v, mask, score_mod) -> tuple[str, str]:
     why_not = spec.unsupported(q, k, v, mask, score_mod)
     if why_not:
       passed.append(f"{name}: {why_not}")
-    elif backend not in spec.verified_on:
-      unverified.append(name)
+    elif spec.own_kernel and backend not in spec.tested_on:
+      untried.append(name)
     else:
-      return name, _reason(f"{name}: first verified impl on {backend} that serves the request",
-                           passed, unverified, backend)
-  if unverified:
-    name = unverified[0]
-    return name, _reason(f"{name}: no verified impl serves this request, and {name} has no "
-                         f"committed {backend} check", passed, [], backend)
+      ran = "" if backend in spec.tested_on else f" (attnlab has not run it on {backend})"
+      return name, _reason(f"{name}: first in auto's {backend} order that serves the "
+                           f"request{ran}", passed, untried, backend)
+  if untried:
+    name = untried[0]
+    return name, _reason(f"{name}: nothing else serves this request; {name} is attnlab's own "
+                         f"kernel and has not run on {backend}", passed, [], backend)
   raise ConfigError("no attention implementation serves this request: " + "; ".join(passed))
 
 
-def _reason(choice: str, passed: list[str], unverified: list[str], backend: str) -> str:
+def _reason(choice: str, passed: list[str], untried: list[str], backend: str) -> str:
   parts = [choice]
-  if unverified:
-    parts.append(f"not chosen, unverified on {backend}: {', '.join(unverified)}")
+  if untried:
+    parts.append(f"not chosen, attnlab's own kernel not yet run on {backend}: "
+                 f"{', '.join(untried)}")
   if passed:
     parts.append("passed over: " + "; ".join(passed))
   return ". ".join(parts)

@@ -8,11 +8,15 @@ The adapter translates the impl contract into ``pallas_kernels.flash_attention``
   pattern in-kernel; other static patterns (BigBird, random keys, per-head
   draws, dense boolean masks) get a tile-mask table with one row per distinct
   partial tile; ``segments`` become in-kernel segment ids;
-- any score modifier runs in the kernel: its per-head leaves (declared,
+- a score modifier runs in the kernel when it can lower there (``score_mod_problem``): its
+  value and derivative on one head's tile use only the primitives of ``LOWERABLE``
+  (elementwise arithmetic and math, comparisons, selects, iota, reductions, reshapes,
+  ``dot_general``), its leaves are floats of at most ``MAX_LEAF_ELEMENTS`` per head, and it
+  reads token indices, not explicit positions. Its per-head leaves (declared,
   ``ScoreMod.per_head``) are split by head (``select_heads``), and the kernel calls the modifier for one head on each visited
   tile and differentiates it there (``jax.vjp``), so every float leaf gets gradients.
-  A modifier that cannot lower (a gather, an unsupported primitive, a non-float or
-  oversized leaf) is refused with the reason (``score_mod_problem``).
+  A modifier that cannot lower (a gather, a dynamic or static slice, a sort, a cumulative
+  op, random numbers, a non-float or oversized leaf) is refused with the reason.
 
 A cached decoding step (``decode``) runs the split-K decode kernel
 ``pallas_kernels.decode.flash_decode`` when the model's pattern is a causal band
@@ -338,9 +342,17 @@ def pallas_decode(q, k, v, *, lengths, mask, score_mod, scale, block_kv: int = M
 
 IMPLS.register("pallas")(Implementation(
     pallas_attention, pallas_unsupported,
-    doc="fused Pallas flash attention (GPU; CPU in interpret mode): block-sparse, any "
-        "score modifier in-kernel, custom backward",
+    doc="fused Pallas flash attention, written for GPU (Triton) and TPU (Mosaic) but run "
+        "only in interpret mode on CPU: block-sparse, custom backward, score modifiers "
+        "in-kernel when they lower (elementwise JAX of the tile and float leaves of at most "
+        "4096 elements per head; no gathers or slices)",
     options=(BLOCK_Q, BLOCK_KV), decode=pallas_decode,
     tiles=(64, MAX_BLOCK, 2**13),    # per-tile overhead not yet measured on a GPU
-    # first on TPU, third on GPU; verified nowhere yet: no committed GPU/TPU check
-    auto_rank={"gpu": 3, "tpu": 1}, verified_on=(), checked_here=True))
+    # designed for TPU and GPU: first in TPU's order, third in GPU's, but auto takes it there
+    # only once a committed run on that backend exists (tested_on; docs/gpu/*.json), else
+    # only when nothing else serves. It has run only on CPU, interpreted; its TPU export
+    # does not lower yet (tests/test_pallas.py::test_tpu_export_status)
+    auto_rank={"gpu": 3, "tpu": 1},
+    tested_on={"cpu": "interpret mode (Pallas' CPU interpreter, and the TPU code path in JAX's "
+                      "TPU interpreter): the test suite"},
+    own_kernel=True))

@@ -208,5 +208,7 @@ IMPLS.register("ring")(Implementation(
     doc="sequence sharded over the mesh axis 'sequence': shard_map + ppermute ring with "
         "the blockwise online softmax",
     shards_sequence=True,
+    tested_on={"cpu": "compiled by XLA on virtual CPU devices (one host split into several): "
+                      "the test suite"},
     options=(Field("ring_layout", "zigzag", "impl=ring: token layout over the sequence shards",
                    choices=LAYOUTS),)))

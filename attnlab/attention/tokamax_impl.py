@@ -130,6 +130,8 @@ IMPLS.register("tokamax")(Implementation(
         "patterns, additive biases, soft-cap; optional dependency",
     options=(Field("tokamax_implementation", "auto", "impl=tokamax: which of its "
                    "implementations (auto: tokamax chooses)", choices=IMPLEMENTATIONS),),
-    # tokamax's maintainers test its kernels; attnlab's mapping is tested against the
-    # reference on CPU (tests/test_tokamax.py)
-    auto_rank={"gpu": 2, "tpu": 2}, verified_on=("gpu", "tpu")))
+    # designed for accelerators; attnlab has run only its XLA implementations, on CPU,
+    # where its mapping is tested against the reference (tests/test_tokamax.py); its
+    # Mosaic, Triton and cuDNN kernels have never run here
+    auto_rank={"gpu": 2, "tpu": 2},
+    tested_on={"cpu": "its xla and xla_chunked implementations only (tests/test_tokamax.py)"}))
