@@ -9,25 +9,13 @@ the "uniform attention" reference equals the metric on a uniform causal map, and
 one-step induction run records scores at initialisation equal to uniform attention.
 """
 
-import importlib.util
-
 import numpy as np
 import optax
 import pytest
 
 from attnlab.analysis import metrics
-from attnlab.studies import induction, sinks
-from helpers import REPO, perturbed_model
-
-
-def _load(name: str, path: str):
-  spec = importlib.util.spec_from_file_location(name, REPO / path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-streaming = _load("streaming_run", "experiments/streaming/run.py")
+from attnlab.studies import induction, sinks, streaming
+from helpers import perturbed_model
 
 
 def _uniform_causal(n: int) -> np.ndarray:

@@ -225,3 +225,80 @@ def test_induction_study_checks_its_block():
   cfg.data.seq_len = 33
   with pytest.raises(ConfigError, match="data.seq_len"):
     induction.check(cfg)
+
+
+# ----------------------------------------------------------------------------- streaming
+
+def _streaming_config():
+  from configs import streaming as streaming_config
+  cfg = streaming_config.get_config("fingerprint")
+  cfg.model.num_layers = 2
+  cfg.model.d_model = 32
+  cfg.data.seq_len = 32
+  cfg.train.steps = cfg.train.eval_every = cfg.train.checkpoint_every = 3
+  cfg.train.batch_size = 4
+  cfg.train.warmup_steps = 1
+  cfg.train.eval_batches = 1
+  cfg.sweep.variants = {"rope": cfg.sweep.variants["rope"]}
+  cfg.streaming.stream_length = 96
+  cfg.streaming.cache = 32
+  cfg.streaming.sinks = (4,)
+  cfg.streaming.smooth = 16
+  cfg.streaming.sink_query_min = 8
+  return cfg
+
+
+def test_streaming_fingerprint_config():
+  from configs import streaming as streaming_config
+  cfg = streaming_config.get_config("fingerprint")
+  assert cfg.sweep.runner == "streaming" and cfg.sweep.seeds == 1 and cfg.train.steps <= 60
+  assert streaming_config.get_config().sweep.seeds == 3
+  with pytest.raises(ValueError, match="unknown argument"):
+    streaming_config.get_config("long")
+
+
+def test_streaming_study_reads_streams_through_each_cache(tmp_path):
+  """Before the cache fills, every method sees the same tokens at the same positions, so
+  all of them have the dense loss there (an identity); after it, the window-only cache
+  differs from dense. The dense loss is recomputed by hand in float64 from the checkpoint
+  on the streams rebuilt from the validation split."""
+  from attnlab import data
+  from attnlab.models import build_lm
+  from attnlab.workdir import restore_params
+  cfg = _streaming_config()
+  results = studies.run(cfg, tmp_path, progress=False)
+  saved = _written(tmp_path, extra=("attention.png",))
+  assert saved["study"] == "streaming"
+  nll = {(r["method"], r["positions"]): r["nll"] for r in results["records"]
+         if r["measure"] == "nll"}
+  methods = {m for m, _ in nll}
+  assert methods == {"dense", "recompute", "window", "sinks=4"}
+  for m in methods:
+    assert nll[m, "0-32"] == pytest.approx(nll["dense", "0-32"], rel=1e-4), m
+  assert abs(nll["window", "after_eviction"] - nll["dense", "after_eviction"]) > 1e-4
+  run_cfg, params, _ = restore_params(tmp_path / "rope")
+  valid = data.load_corpus(run_cfg.data).valid
+  starts = np.linspace(0, len(valid) - 97, 2).astype(np.int64)
+  windows = np.stack([valid[s:s + 97] for s in starts]).astype(np.int32)
+  logits = np.asarray(build_lm(run_cfg.model).apply({"params": params}, windows[:, :-1]),
+                      np.float64)
+  top = logits.max(-1, keepdims=True)
+  logp = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
+  by_hand = -np.take_along_axis(logp, windows[:, 1:, None], -1)[..., 0]
+  assert nll["dense", "32-96"] == pytest.approx(by_hand[:, 32:].mean(), rel=1e-4)
+  first = [r for r in results["records"] if r["measure"] == "first_token"]
+  assert len(first) == 2 and all(0 < r["mean"] <= r["max_head"] <= 1 for r in first)
+  assert "sinks=4" in (tmp_path / "results.md").read_text()
+
+
+def test_streaming_study_checks_its_block():
+  from attnlab.registry import ConfigError
+  from attnlab.studies import streaming
+  for field, value, match in (("cache", 0, "streaming.cache"),
+                              ("stream_length", 32, "streaming.stream_length"),
+                              ("sinks", (40,), "streaming.sinks"),
+                              ("sink_query_min", 64, "streaming.sink_query_min")):
+    cfg = _streaming_config()
+    cfg.streaming[field] = value
+    with pytest.raises(ConfigError, match=match):
+      streaming.check(cfg)

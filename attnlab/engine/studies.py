@@ -66,7 +66,7 @@ STUDIES: Registry[Study] = Registry("sweep.runner")
 
 # the modules that register studies (they import this one, never the reverse)
 _IMPORTS = ("attnlab.engine.sweeps", "attnlab.engine.tasks", "attnlab.engine.retrieval_study",
-            "attnlab.studies.sinks", "attnlab.studies.induction")
+            "attnlab.studies.sinks", "attnlab.studies.induction", "attnlab.studies.streaming")
 
 
 def _load_all() -> None:
