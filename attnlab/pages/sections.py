@@ -428,8 +428,8 @@ def bottleneck_findings():
 SINKS_PAGE = "experiments/attention_sinks/README.md"
 SINKS = "experiments/attention_sinks/results.json"
 SINKS_BOS = "experiments/attention_sinks/bos/results.json"
-SINKS_RUN = ("python -m attnlab.sweep --config=configs/attention_sinks.py"
-             "[:bos] --workdir=runs/attention_sinks[_bos]")
+SINKS_RUN = ("python -m attnlab.sweep --config=configs/attention_sinks.py[:bos] "
+             "--workdir=runs/attention_sinks[_bos]")
 
 
 def _sink_ratios(path: str) -> str:
@@ -458,6 +458,12 @@ def _sink_ratios(path: str) -> str:
     lines.append(f"| {s} | " + " | ".join(cells) + " |")
   lines += ["", "Above uniform in every seed: " + (", ".join(above) or "no scheme in any layer")
             + ". Above uniform in some seeds only: " + (", ".join(some) or "none") + "."]
+  top = max((v, r["variant"], r["layer"]) for r in rows for v in r["max_head_values"])
+  half = 0.5
+  lines += ["", f"The most any head puts on the first token, in any scheme, layer and seed: "
+            f"{fig(top[0], '.3f')} ({top[1]}, layer {setting(top[2])}), "
+            f"{order(top[0], half, 'more', 'less')} than the half or more that a "
+            f"StreamingLLM sink head gives it."]
   return "\n".join(lines)
 
 
@@ -481,3 +487,51 @@ def sinks_tables():
 @section("sinks.bos_tables", SINKS_PAGE, (SINKS_BOS,), SINKS_RUN)
 def sinks_bos_tables():
   return _study_table(SINKS_BOS)
+
+
+# ----------------------------------------------------------------------------- baby GPT
+
+BABY_PAGE = "experiments/baby_gpt/README.md"
+BABY = "experiments/baby_gpt/results.json"
+BABY_BENCH = "experiments/baby_gpt/bench_train.json"
+BABY_RUN = "python -m attnlab.sweep --config=configs/baby_gpt.py --workdir=runs/baby_gpt"
+BABY_BENCH_RUN = ("python scripts/bench_train.py --config=configs/lm.py:baby_gpt "
+                  "--impls=auto,reference,xla,blockwise --steps=200 "
+                  "--json=experiments/baby_gpt/bench_train.json")
+
+
+@section("baby_gpt.tables", BABY_PAGE, (BABY,), BABY_RUN)
+def baby_gpt_tables():
+  return _study_table(BABY)
+
+
+NANOGPT_LOWER = "nanoGPT's rate ends lower"
+
+
+@section("baby_gpt.findings", BABY_PAGE, (BABY,), BABY_RUN)
+def baby_gpt_findings():
+  rows = {r["variant"]: r for r in _summary(BABY) if r["eval_mode"] == "non_overlapping"}
+  a, b = rows["lr3e-3"], rows["lr1e-3"]
+  seeds = len(load(BABY)["seeds"])
+  return (f"After the same 2000 steps, the peak learning rate 3e-3 reaches a validation loss of "
+          f"{fig(a['bpb'], '.3f')} bits per byte and 1e-3 (nanoGPT's) {fig(b['bpb'], '.3f')}: "
+          f"{order(b['bpb'], a['bpb'], 'the higher rate ends lower', NANOGPT_LOWER)} "
+          f"({every([True] * seeds, 'one seed' if seeds == 1 else 'every seed')}; the study took "
+          f"{_study_time(BABY)} on 2 CPU cores).")
+
+
+@section("baby_gpt.bench", BABY_PAGE, (BABY_BENCH,), BABY_BENCH_RUN)
+def baby_gpt_bench():
+  bench = load(BABY_BENCH)
+  lines = ["| impl | median step ms | mean step ms | tokens/s | compile s | minor page faults "
+           "per step |", "|---|---|---|---|---|---|"]
+  for r in bench["rows"]:
+    lines.append(f"| {r['impl']} | {fig(r['median_ms'], '.1f')} | {fig(r['mean_ms'], '.1f')} | "
+                 f"{fig(r['tokens_per_s'], ',.0f')} | {fig(r['compile_s'], '.1f')} | "
+                 f"{fig(r['page_faults_per_step'], '.0f')} |")
+  machine = bench["provenance"].get("machine", {})
+  return (f"One jitted training step (forward, backward, AdamW) of the baby GPT, timed "
+          f"{setting(bench['machine']['steps'])} times per impl, one impl after "
+          f"another in one process ({machine.get('cpu', 'CPU')}, {machine.get('cores', 2)} "
+          f"cores); the impls are run in sequence, not alternated, so the table compares them "
+          f"only roughly:\n\n" + "\n".join(lines))
