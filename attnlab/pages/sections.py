@@ -535,3 +535,55 @@ def baby_gpt_bench():
           f"another in one process ({machine.get('cpu', 'CPU')}, {machine.get('cores', 2)} "
           f"cores); the impls are run in sequence, not alternated, so the table compares them "
           f"only roughly:\n\n" + "\n".join(lines))
+
+
+# ----------------------------------------------------------------------------- induction heads
+
+INDUCTION_PAGE = "experiments/induction_heads/README.md"
+INDUCTION = "experiments/induction_heads/results.json"
+INDUCTION_RUN = "python -m attnlab.sweep --config=configs/induction.py --workdir=runs/induction"
+
+
+@section("induction.tables", INDUCTION_PAGE, (INDUCTION,), INDUCTION_RUN)
+def induction_tables():
+  return _study_table(INDUCTION)
+
+
+@section("induction.findings", INDUCTION_PAGE, (INDUCTION,), INDUCTION_RUN)
+def induction_findings():
+  """Per variant and seed: the best head's induction score at the end, the first step a
+  head passes one half, the repeat loss at the end; in how many seeds a head forms."""
+  results = load(INDUCTION)
+  summary, seeds = results["summary"], results["seeds"]
+  n = len(seeds)
+  uniform = next(r["uniform"] for r in summary if r["measure"] == "run")
+  out = [f"Per seed ({', '.join(map(str, seeds))}; values separated by slashes); the study "
+         f"took {_study_time(INDUCTION)} on 2 CPU cores; uniform causal attention scores "
+         f"{fig(uniform, '.3f')} on the probe.", ""]
+  for variant in dict.fromkeys(r["variant"] for r in summary):
+    heads = [r for r in summary if r["variant"] == variant and r["measure"] == "heads"]
+    losses = sorted((r for r in summary if r["variant"] == variant and r["measure"] == "losses"),
+                    key=lambda r: r["step"])
+    last = max(r["step"] for r in heads)
+    init = [v for r in heads if r["step"] == 0 for v in r["induction_values"]]
+    best = [max(r["induction_values"][s] for r in heads if r["step"] == last) for s in range(n)]
+    steps = sorted({r["step"] for r in heads})
+    first = []
+    for s in range(n):
+      above = [t for t in steps if max(r["induction_values"][s] for r in heads
+                                       if r["step"] == t) > 0.5]
+      first.append(setting(above[0]) if above else "never")
+    layer0 = max(v for r in heads if r["layer"] == 0 for v in r["induction_values"])
+    repeat0 = losses[0]["loss_repeat_values"]
+    repeat = losses[-1]["loss_repeat_values"]
+    formed = [b > 0.5 for b in best]
+    out.append(
+        f"- **{variant}**: at initialisation every head scores within "
+        f"{fig(max(abs(v - uniform) for v in init), '.1e')} of uniform. After {setting(last)} "
+        f"steps the best head scores {_seeds_line(best, '.3f')}; a head above one half forms "
+        f"in {every(formed, 'every seed', '{k} of {n} seeds')}"
+        + (f" (first measured at step {' / '.join(first)})" if any(formed) else "")
+        + f". The loss on the repeated half of the probe goes from "
+        f"{_seeds_line(repeat0, '.2f')} to {_seeds_line(repeat, '.2f')} nats. No layer-0 head "
+        f"scores above {fig(layer0, '.3f')} at any step.")
+  return "\n".join(out)
