@@ -1,7 +1,8 @@
 """The *kind* axis: what function of q, k, v an attention layer computes.
 
-``softmax`` is scaled dot-product attention (any pattern, any score modifier, any
-impl). The other kinds change the function to make it sub-quadratic
+``softmax`` is scaled dot-product attention (any pattern and score modifier, on any
+impl that serves them: the fused ``pallas`` kernel only takes modifiers that lower into
+it). The other kinds change the function to make it sub-quadratic
 (``attnlab.attention.efficient``): ``lsh`` (Reformer), ``performer`` (FAVOR+) and
 ``linear`` (elu+1 features). They take the pattern ``causal`` (or ``full`` for
 encoders), no score modifier, and ignore ``impl``.
