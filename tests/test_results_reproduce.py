@@ -12,9 +12,11 @@ about a change of seed, and nothing noticed for a week. So:
   count: XLA:CPU's code and thread split depend on them); elsewhere it skips.
 - **Benchmarks** have no fingerprint (timings do not repeat): each names the code that
   produces it (``BENCH_CODE``), which must be unchanged between the commit its provenance
-  names and HEAD, in a clean tree. A change there means rerunning the benchmark.
+  names and HEAD, in a clean tree (a Python file's docstrings and comments aside: they do not
+  change what it computes). A change there means rerunning the benchmark.
 """
 
+import ast
 import json
 import os
 import pathlib
@@ -57,12 +59,38 @@ def _provenance(path: pathlib.Path) -> dict:
   return json.loads(path.read_text())["provenance"]
 
 
-def _changed(a: str, b: str, paths) -> str:
-  done = subprocess.run(["git", "diff", "--stat", a, b, "--", *paths], cwd=ROOT,
-                        capture_output=True, text=True)
+def _git(*args) -> subprocess.CompletedProcess:
+  done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
   if done.returncode != 0:
     pytest.skip(f"git cannot compare the two commits here: {done.stderr.strip()[:200]}")
-  return done.stdout
+  return done
+
+
+def _code(source: str | None) -> str | None:
+  """A Python file's program without its docstrings and comments (``ast.dump``)."""
+  if source is None:
+    return None
+  tree = ast.parse(source)
+  for node in ast.walk(tree):
+    body = getattr(node, "body", None)
+    if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+        and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+      node.body = body[1:] or [ast.Pass()]
+  return ast.dump(tree)
+
+
+def _show(commit: str, path: str) -> str | None:
+  done = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=ROOT, capture_output=True,
+                        text=True)
+  return done.stdout if done.returncode == 0 else None
+
+
+def _changed(a: str, b: str, paths) -> str:
+  """The files of ``paths`` whose program differs between commits ``a`` and ``b``; a Python
+  file whose change is only in docstrings or comments does not count (it computes the same)."""
+  names = _git("diff", "--name-only", a, b, "--", *paths).stdout.split()
+  return "\n".join(name for name in names
+                   if not name.endswith(".py") or _code(_show(a, name)) != _code(_show(b, name)))
 
 
 def _study_results(study: str) -> list[pathlib.Path]:

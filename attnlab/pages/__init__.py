@@ -144,7 +144,10 @@ def documents() -> list[str]:
   """Every document whose prose is held to the rule: README.md, docs/*.md and each
   experiment's README.md (repo paths)."""
   _load_sections()
-  docs = ["README.md"] + [f"docs/{p.name}" for p in sorted((ROOT / "docs").glob("*.md"))]
+  # a benchmark's .md beside its .json is a results file, not prose: the script writes both
+  # in one run (like a study's results.md); documents quote it through rendered passages
+  docs = ["README.md"] + [f"docs/{p.name}" for p in sorted((ROOT / "docs").glob("*.md"))
+                          if not p.with_suffix(".json").exists()]
   docs += [str(p.relative_to(ROOT)) for p in sorted((ROOT / "experiments").rglob("README.md"))]
   return [d for d in docs if d not in GENERATED]
 
