@@ -587,3 +587,268 @@ def induction_findings():
         f"{_seeds_line(repeat0, '.2f')} to {_seeds_line(repeat, '.2f')} nats. No layer-0 head "
         f"scores above {fig(layer0, '.3f')} at any step.")
   return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- inference
+
+INFERENCE_PAGE = "docs/inference.md"
+DECODE = "docs/bench_decode.json"
+DECODE_RUN = ("python scripts/bench_decode.py --config=configs/lm.py:rope "
+              "--contexts=256,1024,4096 --kv_heads=4,1 --json=docs/bench_decode.json")
+
+
+def _memory_report(overrides: dict, contexts: tuple[int, ...]) -> str:
+  """``python -m attnlab.memory --config=configs/lm.py:rope`` with ``overrides``: computed
+  from the config (cache shapes), not measured."""
+  from attnlab import config_lib
+  from attnlab.config_lib import load_module
+  from attnlab.inference import memory
+  from attnlab.pages import ROOT
+  cfg = load_module(ROOT / "configs" / "lm.py").get_config("rope")
+  for dotted, value in overrides.items():
+    node = cfg
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  cfg = config_lib.resolve(cfg)
+  return generated(memory.markdown(memory.report(cfg.model, contexts), contexts).strip())
+
+
+@section("inference.memory_default", INFERENCE_PAGE, (),
+         "python -m attnlab.memory --config=configs/lm.py:rope")
+def inference_memory_default():
+  return _memory_report({}, (1024, 4096))
+
+
+@section("inference.memory_large", INFERENCE_PAGE, (),
+         "python -m attnlab.memory --config=configs/lm.py:rope "
+         "--config.model.attention.num_heads=8 --config.model.d_model=512 "
+         "--config.model.num_layers=8 --contexts=1024,4096,32768")
+def inference_memory_large():
+  return _memory_report({"model.attention.num_heads": 8, "model.d_model": 512,
+                         "model.num_layers": 8}, (1024, 4096, 32768))
+
+
+def _range(side: dict, per: float, spec: str) -> str:
+  return (f"{fig(side['median_s'] * 1e3 / per, spec)} ({fig(side['min_s'] * 1e3 / per, spec)}–"
+          f"{fig(side['max_s'] * 1e3 / per, spec)})")
+
+
+@section("inference.decode", INFERENCE_PAGE, (DECODE,), DECODE_RUN)
+def inference_decode():
+  bench = load(DECODE)
+  rows = bench["rows"]
+  load_avg = bench.get("load_average", {})
+  lines = [f"Every row: {setting(rows[0]['rounds'])} alternating rounds (cached, then "
+           f"recompute) after an untimed compiling run; times are medians with their range "
+           f"over the rounds; the speed-up is the ratio of the medians, with the smallest and "
+           f"largest ratio of two times from the same round. Load average (1 min) "
+           f"{fig(load_avg.get('start', [0])[0], '.2f')} at the start and "
+           f"{fig(load_avg.get('end', [0])[0], '.2f')} at the end (2 cores).", "",
+           "| context | kv_heads | cached ms/token | recompute ms/token | speed-up | cache bytes "
+           "| greedy tokens agree |", "|---|---|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(
+        f"| {setting(r['context'])} | {setting(r['num_kv_heads'])} | "
+        f"{_range(r['cached'], r['steps'], '.3f')} | {_range(r['recompute'], 1, '.1f')} | "
+        f"{fig(r['speedup'], '.0f', '×')} ({fig(r['speedup_min'], '.0f')}–"
+        f"{fig(r['speedup_max'], '.0f')}) | {setting(r['cache_bytes'], ',')} | "
+        f"{'yes' if r['greedy_tokens_agree'] else 'no'} |")
+  low = min(rows, key=lambda r: r["speedup_min"])
+  lines += ["", f"In every round of every row, cached decoding was at least "
+            f"{fig(low['speedup_min'], '.0f', '×')} faster per token than recomputation (the "
+            f"smallest: context {setting(low['context'])}, kv_heads "
+            f"{setting(low['num_kv_heads'])}); the speed-up is not a single number: see each "
+            f"row."]
+  return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- attention benchmarks
+
+ATTENTION_PAGE = "docs/attention.md"
+BENCH_ATTENTION = "docs/bench_attention.json"
+BENCH_TILES = "docs/bench_tiles.json"
+BENCH_ATTENTION_RUN = "python scripts/bench_attention.py"
+BENCH_TILES_RUN = ("python scripts/bench_attention.py --paths=causal_default,"
+                   "sliding_window_default,dilated_default,bigbird_default,longformer_default "
+                   "--lengths=4096,8192,16384 --baseline=causal_default --repeats=5 "
+                   "--max_seconds=300 --out=docs/bench_tiles")
+
+
+def _ratio_cell(c: dict, spec: str = ".2f") -> str:
+  """'11.93× (11.50–12.31)': ratio of medians, then the per-round ratios' range."""
+  return f"{fig(c['ratio'], spec, '×')} ({fig(c['ratio_min'], spec)}–{fig(c['ratio_max'], spec)})"
+
+
+def _ms(side: dict) -> str:
+  return f"{fig(side['median_s'] * 1e3, '.1f')} ({fig(side['min_s'] * 1e3, '.1f')}–" \
+         f"{fig(side['max_s'] * 1e3, '.1f')})"
+
+
+def _bench_rows(bench: dict):
+  lengths = sorted({r["n"] for r in bench["rows"]})
+  paths = list(dict.fromkeys(r["path"] for r in bench["rows"]))
+  cell = {(r["path"], r["n"]): r for r in bench["rows"]}
+  return lengths, paths, cell
+
+
+def _find_ratio(bench, baseline, path, n, mode="fwd_bwd"):
+  return next((c for c in bench["ratios"] if c["baseline"] == baseline and c["path"] == path
+               and c["n"] == n and c["mode"] == mode), None)
+
+
+def _load_line(bench: dict) -> str:
+  la = bench.get("load_average") or {}
+  if not la:
+    return ""
+  return (f" Load average (1 min) {fig(la['start'][0], '.2f')} at the start and "
+          f"{fig(la['end'][0], '.2f')} at the end, on 2 cores.")
+
+
+@section("attention.scaling", ATTENTION_PAGE, (BENCH_ATTENTION,), BENCH_ATTENTION_RUN)
+def attention_scaling():
+  bench = load(BENCH_ATTENTION)
+  lengths, paths, cell = _bench_rows(bench)
+  at, base = bench["speedup_at"], bench["baselines"][0]
+  summary = bench["summary"]
+  fit = summary[paths[0]]["lengths"]
+  lines = [f"Forward+backward milliseconds (median of {setting(bench['repeats'])} alternating "
+           f"rounds); exponents fitted over N = {setting(min(fit))}..{setting(max(fit))} "
+           f"(time ∝ N^a, planned peak memory ∝ N^b); speed-up over {base} at N = "
+           f"{setting(at)} with the range of the per-round ratios." + _load_line(bench), "",
+           "| path | " + " | ".join(f"N={setting(n)}" for n in lengths)
+           + " | a (fwd+bwd) | b (memory) | speed-up |",
+           "|---|" + "---|" * (len(lengths) + 3)]
+  for p in paths:
+    cells = []
+    for n in lengths:
+      r = cell.get((p, n))
+      cells.append(fig(r["fwd_bwd_s"] * 1e3, ".1f") if r and r["status"] == "ok" else "skipped")
+    s = summary[p]
+    c = _find_ratio(bench, base, p, at)
+    cells += [fig(s["time_exponent"], ".2f"), fig(s["memory_exponent"], ".2f"),
+              _ratio_cell(c) if c else ("1.00×" if p == base else "—")]
+    lines.append(f"| {p} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+LRA_PATHS = ("sliding_window", "linear", "performer", "lsh", "bigbird")
+
+
+@section("attention.lra", ATTENTION_PAGE, (BENCH_ATTENTION,), BENCH_ATTENTION_RUN)
+def attention_lra():
+  bench = load(BENCH_ATTENTION)
+  lengths = [n for n in (1024, 2048, 4096) if any(c["n"] == n for c in bench["ratios"])]
+  lines = ["Speed-up of forward+backward over XLA's dense attention (`xla`), both sides in "
+           "the same rounds; in brackets the range of the per-round ratios:", "",
+           "| path | " + " | ".join(f"N={setting(n)}" for n in lengths) + " |",
+           "|---|" + "---|" * len(lengths)]
+  for p in LRA_PATHS:
+    cells = [_find_ratio(bench, "xla", p, n) for n in lengths]
+    if all(c is None for c in cells):
+      continue
+    lines.append(f"| {p} | " + " | ".join(_ratio_cell(c) if c else "—" for c in cells) + " |")
+  return "\n".join(lines)
+
+
+@section("attention.findings", ATTENTION_PAGE, (BENCH_ATTENTION,), BENCH_ATTENTION_RUN)
+def attention_findings():
+  bench = load(BENCH_ATTENTION)
+  summary, at, base = bench["summary"], bench["speedup_at"], bench["baselines"][0]
+  sw = _find_ratio(bench, base, "sliding_window", at)
+  dense = [p for p in ("reference", "xla") if p in summary]
+  efficient = [p for p in summary if p not in dense + [base]]
+  mem = [summary[p]["memory_exponent"] for p in efficient]
+  out = [f"- Sliding-window attention (w = 256) grows as N^{fig(summary['sliding_window']['time_exponent'], '.2f')} "
+         f"and is {_ratio_cell(sw)} faster than blockwise dense causal at {setting(at)} tokens "
+         f"({_ms(sw['denominator'])} ms against {_ms(sw['numerator'])} ms)."]
+  out.append(f"- Every efficient path's planned memory grows as N^{fig(min(mem), '.2f')} to "
+             f"N^{fig(max(mem), '.2f')}"
+             + (f", the dense paths' as N^{fig(min(summary[p]['memory_exponent'] for p in dense), '.2f')}"
+                if dense else "") + ".")
+  return "\n".join(out)
+
+
+@section("attention.tiles", ATTENTION_PAGE, (BENCH_TILES,), BENCH_TILES_RUN)
+def attention_tiles():
+  bench = load(BENCH_TILES)
+  lengths, paths, cell = _bench_rows(bench)
+  at, base = bench["speedup_at"], bench["baselines"][0]
+  lines = [f"Forward+backward milliseconds (median of {setting(bench['repeats'])} alternating "
+           f"rounds, range in brackets), the default tile at N = {setting(at)}, and the "
+           f"speed-up over {base} at N = {setting(at)}." + _load_line(bench), "",
+           "| path | tile | " + " | ".join(f"N={setting(n)}" for n in lengths)
+           + " | a (fwd+bwd) | speed-up |", "|---|---|" + "---|" * (len(lengths) + 2)]
+  for p in paths:
+    tile = bench["tiles"].get(p, {}).get(str(at))
+    cells = [_ms(cell[p, n]["fwd_bwd"]) if cell.get((p, n)) and cell[p, n]["status"] == "ok"
+             else "skipped" for n in lengths]
+    c = _find_ratio(bench, base, p, at)
+    lines.append(f"| {p} | {setting(tile[0]) if isinstance(tile, list) else setting(tile)} | "
+                 + " | ".join(cells) + f" | {fig(bench['summary'][p]['time_exponent'], '.2f')} | "
+                 + (_ratio_cell(c) if c else "1.00×") + " |")
+  sw = _find_ratio(bench, base, "sliding_window_default", at)
+  a = bench["summary"]["sliding_window_default"]["time_exponent"]
+  target_ratio, target_exp = 12, 1.1
+  holds = sw["ratio"] >= target_ratio and a <= target_exp
+  lines += ["", f"Issue 20's targets for the default-tile sliding window (at least "
+            f"{setting(target_ratio)}× over dense causal at {setting(at)}, time exponent at most "
+            f"{setting(target_exp)}) {order(float(holds), 0.5, 'hold', 'do not hold')} in this "
+            f"run: {_ratio_cell(sw)}, N^{fig(a, '.2f')}."]
+  return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- streaming
+
+STREAMING_PAGE = "experiments/streaming/README.md"
+STREAMING = "experiments/streaming/results.json"
+STREAMING_RUN = "python -m attnlab.sweep --config=configs/streaming.py --workdir=runs/streaming"
+
+
+@section("streaming.tables", STREAMING_PAGE, (STREAMING,), STREAMING_RUN)
+def streaming_tables():
+  return _study_table(STREAMING)
+
+
+def _signed(values, spec=".3f") -> str:
+  return " / ".join(fig(v, "+" + spec) for v in values)
+
+
+@section("streaming.findings", STREAMING_PAGE, (STREAMING,), STREAMING_RUN)
+def streaming_findings():
+  """Per variant, per seed: the window-only cache and the sink caches against recomputation
+  after eviction, dense attention against recomputation at the far end of the stream, and
+  the first-token attention against uniform."""
+  results = load(STREAMING)
+  summary, seeds = results["summary"], results["seeds"]
+  nll = {(r["variant"], r["method"], r["positions"]): r["nll_values"]
+         for r in summary if r["measure"] == "nll"}
+  first = [r for r in summary if r["measure"] == "first_token"]
+  spans = [r for r in summary if r["measure"] == "nll" and r["method"] == "dense"
+           and r["positions"] != "after_eviction"]
+  far = max(spans, key=lambda r: r["start"])["positions"]
+  sinks = sorted({m for _, m, _ in nll if m.startswith("sinks=")},
+                 key=lambda m: int(m.split("=")[1]))
+  out = [f"Per seed ({', '.join(map(str, seeds))}; values separated by slashes), in nats per "
+         f"byte, a positive difference meaning worse than recomputation; the study took "
+         f"{_study_time(STREAMING)} on 2 CPU cores.", ""]
+  for v in dict.fromkeys(r["variant"] for r in summary):
+    rec = nll[v, "recompute", "after_eviction"]
+    window = [a - b for a, b in zip(nll[v, "window", "after_eviction"], rec)]
+    line = (f"- **{v}**: after eviction starts, the window-only cache is {_signed(window)} "
+            f"against recomputation ({every([w > 0 for w in window], 'worse in every seed', 'worse in {k} of {n} seeds')})")
+    for s in sinks:
+      gain = [a - b for a, b in zip(nll[v, "window", "after_eviction"], nll[v, s, "after_eviction"])]
+      line += (f"; {s} recovers {_signed(gain)} of it "
+               f"({every([g > 0 for g in gain], 'in every seed', 'in {k} of {n} seeds')})")
+    dense = [a - b for a, b in zip(nll[v, "dense", far], nll[v, "recompute", far])]
+    line += (f". Dense attention over the whole stream, at positions {far}: {_signed(dense)} "
+             f"({every([d > 0 for d in dense], 'worse in every seed', 'worse in {k} of {n} seeds')}).")
+    rows = [r for r in first if r["variant"] == v]
+    uniform = rows[0]["uniform"]
+    top = [max(r["mean_values"][i] for r in rows) for i in range(len(seeds))]
+    line += (f" The most attention a layer puts on the first token (mean over heads): "
+             f"{_seeds_line([t / uniform for t in top], '.2f')} × uniform.")
+    out.append(line)
+  return "\n".join(out)
