@@ -36,6 +36,23 @@ def cpu_model() -> str:
   return platform.processor() or platform.machine()
 
 
+# the instruction-set extensions numpy and XLA:CPU choose their kernels by (/proc/cpuinfo names)
+SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512bw",
+              "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
+  """The ``SIMD_FLAGS`` this processor has, in that order (Linux; empty without cpuinfo)."""
+  try:
+    for line in pathlib.Path(cpuinfo).read_text().splitlines():
+      if line.startswith("flags"):
+        have = set(line.split(":", 1)[1].split())
+        return [f for f in SIMD_FLAGS if f in have]
+  except OSError:
+    pass
+  return []
+
+
 def provenance(command: str | None = None) -> dict:
   """``{command, commit, dirty, jax, python, machine}`` for the running process.
 
@@ -56,7 +73,7 @@ def provenance(command: str | None = None) -> dict:
       "dirty": bool(status) if status is not None else None,
       "jax": jax.__version__,
       "python": platform.python_version(),
-      "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
+      "machine": {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(),
                   "device": f"{jax.devices()[0].device_kind} x{jax.device_count()}",
                   "backend": jax.default_backend()},
   }

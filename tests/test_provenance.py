@@ -112,3 +112,14 @@ def test_a_readme_block_run_records_the_state_of_the_clone_it_ran_in(tmp_path, m
   (record,) = [json.loads(line) for line in log.read_text().splitlines()]
   assert record["provenance"]["dirty"] is dirty
   assert record["provenance"]["commit"] == _git_head()      # the clone's HEAD, not "c"
+
+
+def test_cpu_flags_are_the_simd_extensions_cpuinfo_lists(tmp_path):
+  """The first ``flags`` line of cpuinfo, filtered to SIMD_FLAGS in that order (a hand-made
+  cpuinfo; the real one is whatever this machine has)."""
+  fake = tmp_path / "cpuinfo"
+  fake.write_text("processor\t: 0\nmodel name\t: Test CPU\n"
+                  "flags\t\t: fpu sse4_2 avx512f avx2 ht avx\nflags\t\t: amx_tile\n")
+  assert provenance.cpu_flags(str(fake)) == ["sse4_2", "avx", "avx2", "avx512f"]
+  assert provenance.cpu_flags(str(tmp_path / "absent")) == []
+  assert set(provenance.provenance()["machine"]["cpu_flags"]) <= set(provenance.SIMD_FLAGS)
