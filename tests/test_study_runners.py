@@ -49,7 +49,7 @@ def test_sinks_fingerprint_config():
   assert attention_sinks.get_config().sweep.seeds == 3
   long, bos = attention_sinks.get_config("long"), attention_sinks.get_config("bos,fingerprint")
   assert (long.data.seq_len, long.train.steps, long.sinks.bos) == (128, 2000, -1)
-  assert (bos.data.seq_len, bos.sinks.bos, bos.sweep.seeds) == (128, 0, 1)
+  assert (bos.data.seq_len, bos.sinks.bos, bos.sweep.seeds) == (64, 0, 1)
   with pytest.raises(ValueError, match="unknown argument"):
     attention_sinks.get_config("short")
 
