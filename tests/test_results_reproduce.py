@@ -8,8 +8,9 @@ about a change of seed, and nothing noticed for a week. So:
   to a minute or two (``--config=configs/<study>.py:fingerprint``), run by the same code as
   every results file of the study (checked here, quickly, from their provenance). The slow
   tier reruns each fingerprint's command with today's code and must get the same numbers,
-  on a machine like the one that recorded it (same JAX, Python, processor name and core
-  count: XLA:CPU's code and thread split depend on them); elsewhere it skips.
+  on a machine like the one that recorded it (same JAX, Python, processor name, SIMD
+  extensions where recorded, and core count: XLA:CPU's code and thread split depend on
+  them); elsewhere it skips.
 - **Benchmarks** have no fingerprint (timings do not repeat): each names the code that
   produces it (``BENCH_CODE``), which must be unchanged between the commit its provenance
   names and HEAD, in a clean tree (a Python file's docstrings and comments aside: they do not
@@ -172,6 +173,10 @@ def test_todays_code_reproduces_the_fingerprint(study, tmp_path):
   differs = [f"{k}: {recorded[k]} here {here[k]}" for k in ("jax", "python") if recorded[k] != here[k]]
   differs += [f"machine.{k}: {recorded['machine'][k]} here {here['machine'][k]}"
               for k in ("cpu", "cores", "backend") if recorded["machine"][k] != here["machine"][k]]
+  if "cpu_flags" in recorded["machine"] and recorded["machine"]["cpu_flags"] != \
+      here["machine"]["cpu_flags"]:
+    differs.append(f"machine.cpu_flags: {recorded['machine']['cpu_flags']} here "
+                   f"{here['machine']['cpu_flags']}")
   if differs:
     pytest.skip("not the machine the fingerprint was recorded on (" + "; ".join(differs) + ")")
   command = recorded["command"].split(" --workdir=")[0]

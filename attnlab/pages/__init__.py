@@ -200,7 +200,16 @@ def problems(texts: dict[str, str] | None = None, only: str | None = None,
       seen.add(name)
       if SECTIONS[name].doc != doc:
         out.append(f"{doc}: passage {name!r} belongs to {SECTIONS[name].doc}")
-      elif m["body"].strip("\n") != renders.setdefault(name, render(name)):
+        continue
+      if name not in renders:
+        try:
+          renders[name] = render(name)
+        except Exception as e:  # noqa: BLE001  (a results file of another format, a missing key)
+          out.append(f"{doc}: passage {name!r} cannot be rendered from its results "
+                     f"({', '.join(SECTIONS[name].sources) or 'no file'}): "
+                     f"{type(e).__name__}: {e}")
+          continue
+      if m["body"].strip("\n") != renders[name]:
         out.append(f"{doc}: passage {name!r} differs from what its results render "
                    f"(python -m attnlab.pages)")
   for name, s in SECTIONS.items():
@@ -326,14 +335,22 @@ def main(argv=None) -> int:
     if (ROOT / path).read_text() != make():
       (ROOT / path).write_text(make())
       changed.append(path)
+  failed = []
   for doc in documents():
     path = ROOT / doc
     old = path.read_text()
-    new = rendered_text(doc, old)
+    try:
+      new = rendered_text(doc, old)
+    except Exception as e:  # noqa: BLE001  (one line naming the document, not a traceback)
+      failed.append(f"{doc}: not rendered: {type(e).__name__}: {e}")
+      continue
     if new != old:
       path.write_text(new)
       changed.append(doc)
   print("\n".join(f"rendered {d}" for d in changed) or "nothing to render: all up to date")
+  if failed:
+    print("\n".join(failed))
+    return 1
   missing = [p for p in problems() if "has no passage" in p or "no section" in p]
   print("\n".join(missing))
   return 1 if missing else 0
