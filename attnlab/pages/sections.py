@@ -815,13 +815,28 @@ def _signed(values, spec=".3f") -> str:
   return " / ".join(fig(v, "+" + spec) for v in values)
 
 
+STREAMING_TOLERANCE = 0.005    # nats/byte: differences this small are within seed noise here
+
+
+def _against(diffs, tol: float, worse: str = "worse") -> str:
+  """'+0.001 / +0.000 / +0.002: within ±0.005 in every seed' (or how many seeds are worse)."""
+  within = [abs(d) <= tol for d in diffs]
+  text = (f"{_signed(diffs)}: within ±{setting(tol)} in "
+          f"{every(within, 'every seed', '{k} of {n} seeds')}")
+  for word, side in ((worse, [d > tol for d in diffs]), ("better", [d < -tol for d in diffs])):
+    if any(side):
+      text += f", {word} by more than {setting(tol)} in {every(side, 'every seed', '{k} of {n} seeds')}"
+  return text
+
+
 @section("streaming.findings", STREAMING_PAGE, (STREAMING,), STREAMING_RUN)
 def streaming_findings():
-  """Per variant, per seed: the window-only cache and the sink caches against recomputation
-  after eviction, dense attention against recomputation at the far end of the stream, and
-  the first-token attention against uniform."""
+  """Per variant, per seed: the window-only cache against recomputation after eviction, each
+  sink cache against the window-only one, dense attention against recomputation at the far
+  end of the stream, and the first-token attention against uniform."""
   results = load(STREAMING)
   summary, seeds = results["summary"], results["seeds"]
+  tol = STREAMING_TOLERANCE
   nll = {(r["variant"], r["method"], r["positions"]): r["nll_values"]
          for r in summary if r["measure"] == "nll"}
   first = [r for r in summary if r["measure"] == "first_token"]
@@ -830,25 +845,24 @@ def streaming_findings():
   far = max(spans, key=lambda r: r["start"])["positions"]
   sinks = sorted({m for _, m, _ in nll if m.startswith("sinks=")},
                  key=lambda m: int(m.split("=")[1]))
-  out = [f"Per seed ({', '.join(map(str, seeds))}; values separated by slashes), in nats per "
-         f"byte, a positive difference meaning worse than recomputation; the study took "
+  out = [f"Per seed ({', '.join(map(str, seeds))}; values separated by slashes), differences "
+         f"of the mean loss in nats per byte (positive: worse); the study took "
          f"{_study_time(STREAMING)} on 2 CPU cores.", ""]
   for v in dict.fromkeys(r["variant"] for r in summary):
-    rec = nll[v, "recompute", "after_eviction"]
-    window = [a - b for a, b in zip(nll[v, "window", "after_eviction"], rec)]
-    line = (f"- **{v}**: after eviction starts, the window-only cache is {_signed(window)} "
-            f"against recomputation ({every([w > 0 for w in window], 'worse in every seed', 'worse in {k} of {n} seeds')})")
+    after = lambda m: nll[v, m, "after_eviction"]   # noqa: E731
+    window = [a - b for a, b in zip(after("window"), after("recompute"))]
+    line = (f"- **{v}**: once tokens leave the cache, the window-only cache against "
+            f"recomputation: {_against(window, tol)}")
     for s in sinks:
-      gain = [a - b for a, b in zip(nll[v, "window", "after_eviction"], nll[v, s, "after_eviction"])]
-      line += (f"; {s} recovers {_signed(gain)} of it "
-               f"({every([g > 0 for g in gain], 'in every seed', 'in {k} of {n} seeds')})")
+      diff = [a - b for a, b in zip(after(s), after("window"))]
+      line += f"; {s} against the window-only cache: {_against(diff, tol)}"
     dense = [a - b for a, b in zip(nll[v, "dense", far], nll[v, "recompute", far])]
-    line += (f". Dense attention over the whole stream, at positions {far}: {_signed(dense)} "
-             f"({every([d > 0 for d in dense], 'worse in every seed', 'worse in {k} of {n} seeds')}).")
+    line += (f". Dense attention over the whole stream against recomputation at positions "
+             f"{far}: {_against(dense, tol)}.")
     rows = [r for r in first if r["variant"] == v]
     uniform = rows[0]["uniform"]
     top = [max(r["mean_values"][i] for r in rows) for i in range(len(seeds))]
-    line += (f" The most attention a layer puts on the first token (mean over heads): "
-             f"{_seeds_line([t / uniform for t in top], '.2f')} × uniform.")
+    line += (f" The most attention a layer puts on the first token (mean over heads), as a "
+             f"multiple of uniform: {_seeds_line([x / uniform for x in top], '.2f')}.")
     out.append(line)
   return "\n".join(out)
