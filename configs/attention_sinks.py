@@ -32,14 +32,15 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = lm.base_config()
   c.model.num_layers = 3
   c.model.d_model = 64
-  c.data.seq_len = 64                   # built-in corpus (stdlib source), random crops, no BOS
-  c.train.steps = 500
+  long = "long" in args
+  c.data.seq_len = 128 if long else 64  # built-in corpus (stdlib source), random crops, no BOS
+  c.train.steps = 2000 if long else 500
   c.train.batch_size = 16
   c.train.lr = 3e-3
   c.train.warmup_steps = 50
-  c.train.eval_every = 500
+  c.train.eval_every = c.train.steps
   c.train.eval_batches = 10
-  c.train.checkpoint_every = 500
+  c.train.checkpoint_every = c.train.steps
   c.train.keep_checkpoints = 1
 
   c.sweep = ml_collections.ConfigDict()
@@ -52,9 +53,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.sinks.first_k = (1, 4)              # sink mass on the first k tokens
   c.sinks.bos = -1                      # >= 0: every window starts with this byte (0 never
                                         # occurs in the built-in corpus)
-  if "long" in args:
-    c.data.seq_len = 128
-    c.train.steps = c.train.eval_every = c.train.checkpoint_every = 2000
   if "bos" in args:
     c.sinks.bos = 0
   if "fingerprint" in args:

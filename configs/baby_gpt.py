@@ -20,7 +20,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   if arg not in ("", "fingerprint"):
     raise ValueError(f"configs/baby_gpt.py:{arg}: valid arguments: fingerprint")
   c = load_module(pathlib.Path(__file__).with_name("lm.py")).get_config("baby_gpt")
-  c.eval.max_tokens = 65536           # scored validation tokens
   c.sweep = ml_collections.ConfigDict()
   c.sweep.seeds = 1                   # one seed: the page says so
   c.sweep.variants = ml_collections.ConfigDict({

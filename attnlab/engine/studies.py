@@ -36,8 +36,8 @@ from typing import Any, Callable
 
 import ml_collections
 
-from attnlab import outputs, provenance
-from attnlab.registry import ConfigError, Registry
+from attnlab import config_lib, outputs, provenance
+from attnlab.registry import ConfigError, Declared, Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +97,7 @@ def seed_runs(config, workdir) -> list[tuple[int, ml_collections.ConfigDict, pat
   """(seed, config with that seed, its workdir) for each of the ``sweep.seeds`` runs."""
   workdir = pathlib.Path(workdir)
   n = seed_count(config)
-  base = config.train.get("seed", 0)
+  base = Declared(config.train, config_lib.TRAIN_FIELDS).seed
   runs = []
   for i in range(n):
     cfg = ml_collections.ConfigDict(config.to_dict())
@@ -124,7 +124,7 @@ def summarize(records: list[dict], keys, metrics) -> list[dict]:
     cells.setdefault(tuple(json.dumps(r.get(k), sort_keys=True) for k in keys), []).append(r)
   rows = []
   for group in cells.values():
-    group = sorted(group, key=lambda r: r.get("seed", 0))
+    group = sorted(group, key=lambda r: r["seed"])      # run() gives every record its seed
     row = {k: v for k, v in group[0].items() if k not in metrics and k != "seed"}
     row["seeds"] = len(group)
     for m in metrics:
