@@ -56,10 +56,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   if "bos" in args:
     c.sinks.bos = 0
   if "fingerprint" in args:
-    c.sweep.seeds = 1
-    c.train.steps = c.train.eval_every = c.train.checkpoint_every = 40
-    c.train.warmup_steps = 10
-    c.train.log_every = 20
-    c.train.eval_batches = 2
+    lm.fingerprint_cut(c)
     c.sinks.eval_batches = 1
   return c

@@ -43,3 +43,14 @@ def get_config(arg: str = "rope") -> ml_collections.ConfigDict:
   elif preset != "rope":
     c.model.position.kind = preset
   return c
+
+
+def fingerprint_cut(c: ml_collections.ConfigDict, steps: int = 40) -> ml_collections.ConfigDict:
+  """A study's ``:fingerprint`` training cut: one seed, ``steps`` steps evaluated and
+  checkpointed once at the end, a short warmup, two evaluation batches."""
+  c.sweep.seeds = 1
+  c.train.steps = c.train.eval_every = c.train.checkpoint_every = steps
+  c.train.warmup_steps = 10
+  c.train.log_every = 20
+  c.train.eval_batches = 2
+  return c

@@ -56,11 +56,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.streaming.smooth = 32             # positions per point of the plotted loss curves
   c.streaming.sink_query_min = 16     # attention-on-first-token: queries at >= this position
   if "fingerprint" in args:
-    c.sweep.seeds = 1
-    c.train.steps = c.train.eval_every = c.train.checkpoint_every = 40
-    c.train.warmup_steps = 10
-    c.train.log_every = 20
-    c.train.eval_batches = 2
+    _lm().fingerprint_cut(c)
     c.streaming.stream_length = 256
     c.streaming.num_streams = 2
   return c

@@ -24,11 +24,8 @@ def _written(path, extra=()):
   return saved
 
 
-# ----------------------------------------------------------------------------- sinks
-
-def _sinks_config(**sinks):
-  from configs import attention_sinks
-  cfg = attention_sinks.get_config("bos,fingerprint")
+def _tiny(cfg):
+  """A study's model and training cut to seconds: 2 layers of width 32, 3 steps of 4 windows."""
   cfg.model.num_layers = 2
   cfg.model.d_model = 32
   cfg.data.seq_len = 32
@@ -36,6 +33,15 @@ def _sinks_config(**sinks):
   cfg.train.batch_size = 4
   cfg.train.warmup_steps = 1
   cfg.train.eval_batches = 1
+  return cfg
+
+
+# ----------------------------------------------------------------------------- sinks
+
+def _sinks_config(**sinks):
+  from configs import attention_sinks
+  cfg = attention_sinks.get_config("bos,fingerprint")
+  _tiny(cfg)
   cfg.sinks.schemes = ("none",)
   for k, v in sinks.items():
     cfg.sinks[k] = v
@@ -232,13 +238,7 @@ def test_induction_study_checks_its_block():
 def _streaming_config():
   from configs import streaming as streaming_config
   cfg = streaming_config.get_config("fingerprint")
-  cfg.model.num_layers = 2
-  cfg.model.d_model = 32
-  cfg.data.seq_len = 32
-  cfg.train.steps = cfg.train.eval_every = cfg.train.checkpoint_every = 3
-  cfg.train.batch_size = 4
-  cfg.train.warmup_steps = 1
-  cfg.train.eval_batches = 1
+  _tiny(cfg)
   cfg.sweep.variants = {"rope": cfg.sweep.variants["rope"]}
   cfg.streaming.stream_length = 96
   cfg.streaming.cache = 32

@@ -117,9 +117,12 @@ def _study_table(path: str) -> str:
   return generated(studies.STUDIES.get(results["study"]).markdown(results).strip())
 
 
-@section("extrapolation.tables", EXTRAPOLATION_PAGE, (EXTRAPOLATION,), EXTRAPOLATION_RUN)
-def extrapolation_tables():
-  return _study_table(EXTRAPOLATION)
+def _table_section(name: str, page: str, path: str, command: str) -> None:
+  """Register ``name``: the study's own tables (``_study_table``) of the results at ``path``."""
+  section(name, page, (path,), command)(lambda: _study_table(path))
+
+
+_table_section("extrapolation.tables", EXTRAPOLATION_PAGE, EXTRAPOLATION, EXTRAPOLATION_RUN)
 
 
 def _ratio(ppl, v, mode, factor, train=64):
@@ -299,9 +302,7 @@ RETRIEVAL_RUN = "python -m attnlab.sweep --config=configs/retrieval.py --workdir
 CHANCE_DIGIT = 0.1          # a uniform guess of one of ten digits
 
 
-@section("retrieval.tables", RETRIEVAL_PAGE, (RETRIEVAL,), RETRIEVAL_RUN)
-def retrieval_tables():
-  return _study_table(RETRIEVAL)
+_table_section("retrieval.tables", RETRIEVAL_PAGE, RETRIEVAL, RETRIEVAL_RUN)
 
 
 @section("retrieval.per_seed", RETRIEVAL_PAGE, (RETRIEVAL,), RETRIEVAL_RUN)
@@ -387,9 +388,7 @@ LENGTH_GEN_RUN = ("python -m attnlab.sweep --config=configs/length_generalizatio
                   "--workdir=runs/length_generalization")
 
 
-@section("length_generalization.tables", LENGTH_GEN_PAGE, (LENGTH_GEN,), LENGTH_GEN_RUN)
-def length_generalization_tables():
-  return _study_table(LENGTH_GEN)
+_table_section("length_generalization.tables", LENGTH_GEN_PAGE, LENGTH_GEN, LENGTH_GEN_RUN)
 
 
 @section("length_generalization.findings", LENGTH_GEN_PAGE, (LENGTH_GEN,), LENGTH_GEN_RUN)
@@ -403,9 +402,7 @@ BOTTLENECK_PAGE = "experiments/bottleneck/README.md"
 BOTTLENECK_RUN = "python -m attnlab.sweep --config=configs/bottleneck.py --workdir=runs/bottleneck"
 
 
-@section("bottleneck.tables", BOTTLENECK_PAGE, (BOTTLENECK,), BOTTLENECK_RUN)
-def bottleneck_tables():
-  return _study_table(BOTTLENECK)
+_table_section("bottleneck.tables", BOTTLENECK_PAGE, BOTTLENECK, BOTTLENECK_RUN)
 
 
 @section("bottleneck.findings", BOTTLENECK_PAGE, (BOTTLENECK,), BOTTLENECK_RUN)
@@ -479,14 +476,10 @@ def sinks_marker():
           f"2 CPU cores):\n\n" + _sink_ratios(SINKS_BOS))
 
 
-@section("sinks.tables", SINKS_PAGE, (SINKS,), SINKS_RUN)
-def sinks_tables():
-  return _study_table(SINKS)
+_table_section("sinks.tables", SINKS_PAGE, SINKS, SINKS_RUN)
 
 
-@section("sinks.bos_tables", SINKS_PAGE, (SINKS_BOS,), SINKS_RUN)
-def sinks_bos_tables():
-  return _study_table(SINKS_BOS)
+_table_section("sinks.bos_tables", SINKS_PAGE, SINKS_BOS, SINKS_RUN)
 
 
 # ----------------------------------------------------------------------------- baby GPT
@@ -500,9 +493,7 @@ BABY_BENCH_RUN = ("python scripts/bench_train.py --config=configs/lm.py:baby_gpt
                   "--json=experiments/baby_gpt/bench_train.json")
 
 
-@section("baby_gpt.tables", BABY_PAGE, (BABY,), BABY_RUN)
-def baby_gpt_tables():
-  return _study_table(BABY)
+_table_section("baby_gpt.tables", BABY_PAGE, BABY, BABY_RUN)
 
 
 NANOGPT_LOWER = "nanoGPT's rate ends lower"
@@ -544,9 +535,7 @@ INDUCTION = "experiments/induction_heads/results.json"
 INDUCTION_RUN = "python -m attnlab.sweep --config=configs/induction.py --workdir=runs/induction"
 
 
-@section("induction.tables", INDUCTION_PAGE, (INDUCTION,), INDUCTION_RUN)
-def induction_tables():
-  return _study_table(INDUCTION)
+_table_section("induction.tables", INDUCTION_PAGE, INDUCTION, INDUCTION_RUN)
 
 
 @section("induction.findings", INDUCTION_PAGE, (INDUCTION,), INDUCTION_RUN)
@@ -806,9 +795,7 @@ STREAMING = "experiments/streaming/results.json"
 STREAMING_RUN = "python -m attnlab.sweep --config=configs/streaming.py --workdir=runs/streaming"
 
 
-@section("streaming.tables", STREAMING_PAGE, (STREAMING,), STREAMING_RUN)
-def streaming_tables():
-  return _study_table(STREAMING)
+_table_section("streaming.tables", STREAMING_PAGE, STREAMING, STREAMING_RUN)
 
 
 def _signed(values, spec=".3f") -> str:
