@@ -83,6 +83,7 @@ def _tiny(corpus="passkey"):
   cfg.data.corpus = corpus
   cfg.train.steps, cfg.train.warmup_steps, cfg.train.eval_batches = 4, 1, 1
   cfg.sweep.factors, cfg.retrieval.trials, cfg.retrieval.depths = (1, 2), 4, (0.0, 1.0)
+  cfg.sweep.seeds = 1                  # one run per variant, in workdir/<variant>
   return cfg
 
 

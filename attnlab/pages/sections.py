@@ -632,7 +632,7 @@ def inference_decode():
   lines = [f"Every row: {setting(rows[0]['rounds'])} alternating rounds (cached, then "
            f"recompute) after an untimed compiling run; times are medians with their range "
            f"over the rounds; the speed-up is the ratio of the medians, with the smallest and "
-           f"largest ratio of two times from the same round. Load average (1 min) "
+           f"largest ratio of two times from the same round. Load average over one minute "
            f"{fig(load_avg.get('start', [0])[0], '.2f')} at the start and "
            f"{fig(load_avg.get('end', [0])[0], '.2f')} at the end (2 cores).", "",
            "| context | kv_heads | cached ms/token | recompute ms/token | speed-up | cache bytes "
@@ -691,7 +691,7 @@ def _load_line(bench: dict) -> str:
   la = bench.get("load_average") or {}
   if not la:
     return ""
-  return (f" Load average (1 min) {fig(la['start'][0], '.2f')} at the start and "
+  return (f" Load average over one minute {fig(la['start'][0], '.2f')} at the start and "
           f"{fig(la['end'][0], '.2f')} at the end, on 2 cores.")
 
 
@@ -717,7 +717,7 @@ def attention_scaling():
     s = summary[p]
     c = _find_ratio(bench, base, p, at)
     cells += [fig(s["time_exponent"], ".2f"), fig(s["memory_exponent"], ".2f"),
-              _ratio_cell(c) if c else ("1.00×" if p == base else "—")]
+              _ratio_cell(c) if c else (setting(1.0, ".2f", "×") if p == base else "—")]
     lines.append(f"| {p} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -776,7 +776,7 @@ def attention_tiles():
     c = _find_ratio(bench, base, p, at)
     lines.append(f"| {p} | {setting(tile[0]) if isinstance(tile, list) else setting(tile)} | "
                  + " | ".join(cells) + f" | {fig(bench['summary'][p]['time_exponent'], '.2f')} | "
-                 + (_ratio_cell(c) if c else "1.00×") + " |")
+                 + (_ratio_cell(c) if c else setting(1.0, ".2f", "×")) + " |")
   sw = _find_ratio(bench, base, "sliding_window_default", at)
   a = bench["summary"]["sliding_window_default"]["time_exponent"]
   target_ratio, target_exp = 12, 1.1
