@@ -194,3 +194,12 @@ def test_todays_code_reproduces_the_fingerprint(study, tmp_path):
                              err_msg="today's code (or this machine's libraries and "
                                      "processor, which the record names only coarsely) "
                                      "computes another study than the committed results' code")
+
+
+def test_only_docstrings_and_comments_leave_the_program_unchanged():
+  a = 'def f(x):\n  """Doubles x."""\n  return 2 * x  # twice\n'
+  b = 'def f(x):\n  """Returns x times two: a new docstring."""\n  # a new comment\n  return 2 * x\n'
+  c = 'def f(x):\n  """Doubles x."""\n  return 3 * x\n'
+  assert _code(a) == _code(b)
+  assert _code(a) != _code(c)
+  assert _code('"""Module."""\nX = 1\n') == _code("X = 1\n")
