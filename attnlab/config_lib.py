@@ -142,8 +142,10 @@ def with_declared_defaults(config) -> ml_collections.ConfigDict:
     for f in MODEL_FIELDS:
       if f.name not in m:
         m[f.name] = f.default
-  if "data" in config and "corpus" in config.data and "tokenizer" not in config.data:
-    config.data.tokenizer = "bytes"
+  if "data" in config and "corpus" in config.data:   # a language model's data block
+    for f in data.DATA_FIELDS:
+      if f.name not in config.data:
+        config.data[f.name] = f.default
   for block, fields in (("attention", attention_fields()), ("position", position_fields())):
     if block in m:
       for name, f in fields.items():
@@ -237,10 +239,14 @@ def _unread(block: Mapping, declared: Mapping[str, Field], read: set[str], path:
 def unused_fields(config) -> set[str]:
   """Dotted paths of the fields a run does not read: a pattern's, kind's, impl's or
   position scheme's fields when another one is chosen, a field whose ``applies`` says it
-  is idle (a YaRN field without YaRN), the attention and position blocks of a recurrent
-  model, the recurrent block of a Transformer, and ``mesh.*`` (how to run, not what)."""
+  is idle (a YaRN field without YaRN, ``data.documents`` and its separator when off), the
+  attention and position blocks of a recurrent model, the recurrent block of a
+  Transformer, and ``mesh.*`` (how to run, not what)."""
   raw = as_plain(config)
   unused = {f"mesh.{k}" for k in raw.get("mesh", {})}
+  data_fields = {f.name: f for f in data.DATA_FIELDS}
+  if "corpus" in raw.get("data", {}):      # a language model's data block
+    unused |= _unread(raw["data"], data_fields, set(data_fields), "data")
   m = raw.get("model", {})
   arch = Declared(m, MODEL_FIELDS).arch
   model_fields = {f.name: f for f in MODEL_FIELDS}
@@ -447,11 +453,41 @@ def validate(config) -> None:
     raise ConfigError(f"data.path={d.path!r} is not a readable file")
   if not d.path:
     _choice(d.corpus, "data.corpus", tuple(data.CORPORA) + tuple(RETRIEVAL_TASKS))
+  check_documents(config)
 
   check_optimizer(t)
   check_fields(t, TRAIN_FIELDS + LM_TRAIN_FIELDS, "train")
   check_fields(config.eval, EVAL_FIELDS, "eval")
   parallel.check_mesh(config)
+
+
+def check_documents(config) -> None:
+  """With ``data.documents``: what packed documents need of the model and the mesh. The
+  attention must take the document mask (a kind that takes only its own patterns ignores
+  masks), positions must restart per document (randomized positions are drawn per row),
+  and a sequence-sharded mesh is not supported (ring attention itself serves segments, but
+  training with documents over a ``mesh.sequence`` > 1 has not been tested)."""
+  if not Declared(config.data, data.DATA_FIELDS).documents:
+    return
+  m = config.model
+  arch = Declared(m, MODEL_FIELDS).arch
+  if arch != "transformer":
+    raise ConfigError(f"data.documents=True needs model.arch='transformer', not {arch!r} (a "
+                      f"recurrent model carries its state across documents)")
+  kind = KINDS.get(m.attention.kind)
+  if kind.patterns is not None:
+    valid = [n for n, spec in KINDS.items() if spec.patterns is None]
+    raise ConfigError(f"data.documents=True: model.attention.kind={m.attention.kind!r} takes "
+                      f"only the patterns {', '.join(kind.patterns)}, not a document mask; "
+                      f"valid kinds with documents: {', '.join(valid)}")
+  if Declared(m.position, positional.COMMON_FIELDS).randomize:
+    raise ConfigError("data.documents=True: model.position.randomize=True draws positions per "
+                      "row, not per document; valid with documents: model.position.randomize="
+                      "False")
+  sequence = int(Declared(config.get("mesh", {}), parallel.MESH_FIELDS).sequence)
+  if sequence > 1:
+    raise ConfigError(f"data.documents=True: mesh.sequence={sequence} (ring attention) is not "
+                      f"supported with documents yet; valid with documents: mesh.sequence=1")
 
 
 def _number(value) -> bool:

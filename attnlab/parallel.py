@@ -151,14 +151,18 @@ def put_batch(arrays, mesh):
   """Host batches -> global arrays sharded over (data, fsdp) x sequence.
 
   Each process passes its own rows (multi-host); with one process that is the whole batch.
+  A None entry (an absent optional part) stays None.
   """
   sharding = batch_sharding(mesh)
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  if any(np.shape(a)[0] % shards or np.shape(a)[1] % mesh.shape["sequence"] for a in arrays):
+  if any(np.shape(a)[0] % shards or np.shape(a)[1] % mesh.shape["sequence"]
+         for a in arrays if a is not None):
     sharding = NamedSharding(mesh, P())           # an odd-sized batch: replicated
   if jax.process_count() == 1:
-    return tuple(jax.device_put(np.asarray(a), sharding) for a in arrays)
-  return tuple(jax.make_array_from_process_local_data(sharding, np.asarray(a)) for a in arrays)
+    put = lambda a: jax.device_put(np.asarray(a), sharding)  # noqa: E731
+  else:
+    put = lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a))  # noqa: E731
+  return tuple(None if a is None else put(a) for a in arrays)
 
 
 def initialize_distributed(cfg=None) -> bool:

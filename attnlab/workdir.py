@@ -255,9 +255,11 @@ def tree_digest(*arrays) -> str:
 def _same_data(a: dict, b: dict) -> bool:
   """Whether two data identities are the same data: the same bytes and the same tokenizer
   (by content: a file moved, a workdir moved with its tokenizer, or another Python whose
-  standard library reads the same is the same data)."""
+  standard library reads the same is the same data), split into the same documents
+  (``documents``: absent without ``data.documents``)."""
   tokenizer = lambda d: d.get("tokenizer_sha256") or d.get("tokenizer")  # noqa: E731
-  return a.get("sha256") == b.get("sha256") and tokenizer(a) == tokenizer(b)
+  return (a.get("sha256") == b.get("sha256") and tokenizer(a) == tokenizer(b)
+          and a.get("documents") == b.get("documents"))
 
 
 def check_data(workdir, identity: dict, step: int, accept_change: bool = False) -> None:
@@ -285,6 +287,9 @@ def check_data(workdir, identity: dict, step: int, accept_change: bool = False) 
     field = identity.get("field", "data")
     what = (f"{field}={before.get('source')!r} had sha256 {before.get('sha256', '')[:16]}, "
             f"now {field}={identity.get('source')!r} has sha256 {identity.get('sha256', '')[:16]}")
+    if before.get("documents") != identity.get("documents"):
+      what += (f" (packed documents: {before.get('documents') or 'none'} -> "
+               f"{identity.get('documents') or 'none'})")
     if before.get("python") != identity.get("python") and identity.get("python"):
       what += (f" (the built-in corpus is the running Python's standard library: the run was "
                f"trained on Python {before.get('python')}'s, this is Python "

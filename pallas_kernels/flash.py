@@ -18,7 +18,11 @@ is masked either by a *predicate* evaluated in-kernel on the tile's indices
 or by a row of a *tile-mask table* (arbitrary static patterns such as BigBird or
 random keys, possibly per head). Each query tile visits its FULL tiles in one
 loop and its partial tiles in a second, so full tiles pay nothing for masking.
-Segment ids (packed documents) are compared in-kernel on partial tiles.
+Segment ids (packed documents) are compared in-kernel on partial tiles, and classify
+tiles at run time, per batch row, from each tile's smallest and largest ids: a tile whose
+query and key id ranges do not meet is skipped, one holding a single id needs no segment
+check. Packed documents then cost sum(length^2), not N^2 (sound for any ids, tight for
+non-decreasing ones).
 
 Score modifier (``ScoreFn``, FlexAttention's ``score_mod``): any JAX function
 ``fn(params, s, q_idx, kv_idx) -> s'`` of one head's scaled logit tile ``s = scale q.k``
@@ -26,7 +30,10 @@ Score modifier (``ScoreFn``, FlexAttention's ``score_mod``): any JAX function
 backward kernels differentiate it (``jax.vjp`` on the tile), so a new modifier needs
 no hand-written backward; its float parameters (one slice per head) receive gradients
 as per-tile partial sums of the dq kernel, reduced outside. ``fn`` must use operations
-Pallas lowers (no gathers: write table lookups as sums of selects).
+Pallas lowers (no gathers: write table lookups as sums of selects). Its per-position
+operands (``ScoreFn.q_operands`` / ``kv_operands``) are loaded tile by tile beside q and k;
+float ones receive gradients from the dq kernel (query operands) and the dk/dv kernel (key
+operands).
 
 Layout ``[batch, seq, heads, head_dim]``; K/V may have ``kv_heads`` dividing
 ``heads`` (GQA/MQA). Lengths need not be multiples of the tiles (padding is
@@ -101,6 +108,9 @@ class _Static:
   segments: bool
   tile_masks: bool
   per_head_codes: bool
+  per_row_tables: bool        # visit tables per batch row (classified at run time)
+  q_ops: tuple                # per query operand: (per_head, is_float)
+  kv_ops: tuple               # per key operand: (per_head, is_float)
   interpret: bool
   backend: str
 
@@ -108,14 +118,25 @@ class _Static:
   def n_params(self) -> int:
     return self.mod.count
 
+  @property
+  def n_extra(self) -> int:
+    """Parameter and operand refs after the tables."""
+    return self.mod.count + len(self.q_ops) + len(self.kv_ops)
+
+  def split_refs(self, refs):
+    """(params, q operands, kv operands, the rest) of a kernel's refs after the tables."""
+    n, nq = self.n_params, len(self.q_ops)
+    return refs[:n], refs[n:n + nq], refs[n + nq:self.n_extra], refs[self.n_extra:]
+
 
 # ----------------------------------------------------------------------------- tables
 
 def _visit_tables(codes: np.ndarray):
   """Per row of tiles: FULL tiles first, then partial ones.
 
-  codes [Hm, n_rows, n_cols] -> (count_full [n_rows], count [n_rows], index [n_rows, T],
-  code [Hm, n_rows, T]) int32; ``index[r, :count[r]]`` are the columns to visit.
+  codes [Hm, n_rows, n_cols] -> (count_full [1, n_rows], count [1, n_rows],
+  index [1, n_rows, T], code [1, Hm, n_rows, T]) int32 (one set shared by every batch row);
+  ``index[0, r, :count[0, r]]`` are the columns to visit.
   """
   hm, n_rows, _ = codes.shape
   visited = (codes != EMPTY).any(axis=0)
@@ -130,7 +151,38 @@ def _visit_tables(codes: np.ndarray):
     code[:, r, :len(cols)] = codes[:, r, cols]
   count_full = full.sum(axis=1).astype(np.int32)
   count = np.array([len(x) for x in lists], np.int32)
-  return count_full, count, index, code
+  return count_full[None], count[None], index[None], code[None]
+
+
+def _visit_tables_traced(codes):
+  """``_visit_tables`` at run time, per batch row: codes int32 [B, Hm, n_rows, n_cols] ->
+  count_full, count [B, n_rows], index [B, n_rows, n_cols], code [B, Hm, n_rows, n_cols]."""
+  visited = (codes != EMPTY).any(axis=1)
+  full = (codes == FULL).all(axis=1)
+  order = jnp.argsort(jnp.where(full, 0, jnp.where(visited, 1, 2)), axis=-1, stable=True)
+  order = order.astype(jnp.int32)
+  code = jnp.take_along_axis(codes, jnp.broadcast_to(order[:, None], codes.shape), axis=-1)
+  return (full.sum(-1).astype(jnp.int32), visited.sum(-1).astype(jnp.int32), order,
+          code.astype(jnp.int32))
+
+
+def _segment_codes(codes: np.ndarray, q_seg, kv_seg, bq: int, bk: int):
+  """Static codes [Hm, nq, nk] refined per batch row by segment ids (padded to whole tiles,
+  padding repeating the last id): int32 [B, Hm, nq, nk]. A tile whose id ranges do not
+  meet is EMPTY; one holding a single id keeps its static code; any other becomes
+  PREDICATE where it was FULL (the segment check then runs)."""
+  def ranges(ids, block):
+    tiles = ids.reshape(ids.shape[0], -1, block)
+    return tiles.min(-1), tiles.max(-1)
+  q_lo, q_hi = ranges(q_seg, bq)
+  k_lo, k_hi = ranges(kv_seg, bk)
+  meet = (q_lo[:, :, None] <= k_hi[:, None, :]) & (k_lo[:, None, :] <= q_hi[:, :, None])
+  one = ((q_lo == q_hi)[:, :, None] & (k_lo == k_hi)[:, None, :]
+         & (q_lo[:, :, None] == k_lo[:, None, :]))
+  static = jnp.asarray(codes)[None]                                      # [1, Hm, nq, nk]
+  masked = jnp.where(static == FULL, PREDICATE, static)
+  out = jnp.where(one[:, None], static, jnp.where(meet[:, None], masked, EMPTY))
+  return out.astype(jnp.int32)
 
 
 # ----------------------------------------------------------------------------- in-kernel math
@@ -149,15 +201,42 @@ def _dot(a, b):
   return lax.dot_general(a, b, (((1,), (0,)), ((), ())), preferred_element_type=_F32)
 
 
-def _modify_vjp(st: _Static, s, q_idx, kv_idx, params, *, wrt_params: bool):
-  """(modified logits, backward) where backward(ds) -> (d raw logits, d params or None)."""
+def _modify(st: _Static, s, q_idx, kv_idx, params, q_ops, kv_ops):
+  return st.mod.apply(s, q_idx, kv_idx, params, q_ops, kv_ops)
+
+
+def _float_positions(flags) -> list[int]:
+  return [n for n, (_, is_float) in enumerate(flags) if is_float]
+
+
+def _modify_vjp(st: _Static, s, q_idx, kv_idx, params, q_ops, kv_ops, *, wrt: str):
+  """(modified logits, backward) where backward(ds) -> (d raw logits, d params, d float q
+  operands, d float kv operands); ``wrt``: "q" (the dq kernel: params and query operands)
+  or "kv" (the dk/dv kernel: key operands); the others are None."""
   if st.mod.fn is None:
-    return s, lambda ds: (ds, None)
-  if wrt_params:
-    out, back = jax.vjp(lambda s_, p_: st.mod.apply(s_, q_idx, kv_idx, p_), s, params)
-    return out, back
-  out, back = jax.vjp(lambda s_: st.mod.apply(s_, q_idx, kv_idx, params), s)
-  return out, lambda ds: (back(ds)[0], None)
+    return s, lambda ds: (ds, None, None, None)
+  fq, fkv = _float_positions(st.q_ops), _float_positions(st.kv_ops)
+
+  def with_floats(ops, floats, positions):
+    ops = list(ops)
+    for n, x in zip(positions, floats):
+      ops[n] = x
+    return ops
+
+  if wrt == "q":
+    def f(s_, p_, qf):
+      return _modify(st, s_, q_idx, kv_idx, p_, with_floats(q_ops, qf, fq), kv_ops)
+    out, back = jax.vjp(f, s, params, [q_ops[n] for n in fq])
+    return out, lambda ds: (*back(ds), None)
+
+  def g(s_, kf):
+    return _modify(st, s_, q_idx, kv_idx, params, q_ops, with_floats(kv_ops, kf, fkv))
+  out, back = jax.vjp(g, s, [kv_ops[n] for n in fkv])
+
+  def backward(ds):
+    d_s, d_kv = back(ds)
+    return d_s, None, None, d_kv
+  return out, backward
 
 
 def _tile_mask(st: _Static, code, q_idx, kv_idx, q_seg, kv_seg, tile_masks_ref):
@@ -178,27 +257,38 @@ def _tile_mask(st: _Static, code, q_idx, kv_idx, q_seg, kv_seg, tile_masks_ref):
 
 # ----------------------------------------------------------------------------- kernels
 
+def _tables(st: _Static, b, count_full_ref, count_ref, index_ref, code_ref):
+  """The visit tables of batch row ``b`` (shared ones have a single row)."""
+  bt = b if st.per_row_tables else 0
+  return (lambda i: count_full_ref[bt, i], lambda i: count_ref[bt, i],
+          lambda i, t: index_ref[bt, i, t], lambda hm, i, t: code_ref[bt, hm, i, t])
+
+
 def _fwd_kernel(count_full_ref, count_ref, index_ref, code_ref, tile_masks_ref,
                 q_seg_ref, kv_seg_ref, *refs, st: _Static):
-  param_refs, (q_ref, k_ref, v_ref, o_ref, lse_ref) = refs[:st.n_params], refs[st.n_params:]
-  h, i = pl.program_id(1), pl.program_id(2)
+  param_refs, q_op_refs, kv_op_refs, (q_ref, k_ref, v_ref, o_ref, lse_ref) = st.split_refs(refs)
+  b, h, i = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+  n_full_of, n_all_of, index, code_of = _tables(st, b, count_full_ref, count_ref, index_ref,
+                                                code_ref)
   hm = h if st.per_head_codes else 0
   bq, bk = st.block_q, st.block_kv
   q = q_ref[...]
   params = [ref[...] for ref in param_refs]
+  q_ops = [ref[...] for ref in q_op_refs]
   q_idx = i * bq + lax.broadcasted_iota(jnp.int32, (bq, 1), 0)
   q_seg = q_seg_ref[...] if st.segments else None
 
   def visit(t, carry, masked):
     acc, m, l = carry
-    j = index_ref[i, t]
+    j = index(i, t)
     k = k_ref[pl.ds(j * bk, bk), :]
     v = v_ref[pl.ds(j * bk, bk), :]
     kv_idx = j * bk + lax.broadcasted_iota(jnp.int32, (1, bk), 1)
-    s = st.mod.apply(_dot_nt(q, k) * st.scale, q_idx, kv_idx, params)
+    kv_ops = [ref[pl.ds(j * bk, bk)] for ref in kv_op_refs]
+    s = _modify(st, _dot_nt(q, k) * st.scale, q_idx, kv_idx, params, q_ops, kv_ops)
     if masked:
       kv_seg = kv_seg_ref[pl.ds(j * bk, bk)] if st.segments else None
-      s = jnp.where(_tile_mask(st, code_ref[hm, i, t], q_idx, kv_idx, q_seg, kv_seg,
+      s = jnp.where(_tile_mask(st, code_of(hm, i, t), q_idx, kv_idx, q_seg, kv_seg,
                                tile_masks_ref), s, -jnp.inf)
     m_new = jnp.maximum(m, s.max(axis=1))
     m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)
@@ -210,7 +300,7 @@ def _fwd_kernel(count_full_ref, count_ref, index_ref, code_ref, tile_masks_ref,
 
   carry = (jnp.zeros((bq, v_ref.shape[-1]), _F32), jnp.full((bq,), -jnp.inf, _F32),
            jnp.zeros((bq,), _F32))
-  n_full, n_all = count_full_ref[i], count_ref[i]
+  n_full, n_all = n_full_of(i), n_all_of(i)
   carry = lax.fori_loop(0, n_full, functools.partial(visit, masked=False), carry)
   acc, m, l = lax.fori_loop(n_full, n_all, functools.partial(visit, masked=True), carry)
   empty = l == 0.0
@@ -221,85 +311,108 @@ def _fwd_kernel(count_full_ref, count_ref, index_ref, code_ref, tile_masks_ref,
 
 def _dq_kernel(count_full_ref, count_ref, index_ref, code_ref, tile_masks_ref,
                q_seg_ref, kv_seg_ref, *refs, st: _Static):
-  n = st.n_params
-  param_refs = refs[:n]
-  q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref = refs[n:n + 7]
-  dparam_refs = refs[n + 7:]
-  h, i = pl.program_id(1), pl.program_id(2)
+  param_refs, q_op_refs, kv_op_refs, rest = st.split_refs(refs)
+  q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref = rest[:7]
+  dparam_refs = rest[7:7 + st.n_params]
+  dq_op_refs = rest[7 + st.n_params:]
+  b, h, i = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+  n_full_of, n_all_of, index, code_of = _tables(st, b, count_full_ref, count_ref, index_ref,
+                                                code_ref)
   hm = h if st.per_head_codes else 0
   bq, bk = st.block_q, st.block_kv
   q, do = q_ref[...], do_ref[...]
   lse, delta = lse_ref[...], delta_ref[...]
   params = [ref[...] for ref in param_refs]
+  q_ops = [ref[...] for ref in q_op_refs]
   q_idx = i * bq + lax.broadcasted_iota(jnp.int32, (bq, 1), 0)
   q_seg = q_seg_ref[...] if st.segments else None
 
   def visit(t, carry, masked):
-    dq, dparams = carry
-    j = index_ref[i, t]
+    dq, dparams, dq_ops = carry
+    j = index(i, t)
     k = k_ref[pl.ds(j * bk, bk), :]
     v = v_ref[pl.ds(j * bk, bk), :]
     kv_idx = j * bk + lax.broadcasted_iota(jnp.int32, (1, bk), 1)
-    s, back = _modify_vjp(st, _dot_nt(q, k) * st.scale, q_idx, kv_idx, params, wrt_params=True)
+    kv_ops = [ref[pl.ds(j * bk, bk)] for ref in kv_op_refs]
+    s, back = _modify_vjp(st, _dot_nt(q, k) * st.scale, q_idx, kv_idx, params, q_ops, kv_ops,
+                          wrt="q")
     p = jnp.exp(s - lse[:, None])
     if masked:
       kv_seg = kv_seg_ref[pl.ds(j * bk, bk)] if st.segments else None
-      p = jnp.where(_tile_mask(st, code_ref[hm, i, t], q_idx, kv_idx, q_seg, kv_seg,
+      p = jnp.where(_tile_mask(st, code_of(hm, i, t), q_idx, kv_idx, q_seg, kv_seg,
                                tile_masks_ref), p, 0.0)
-    ds, dparams_t = back(p * (_dot_nt(do, v) - delta[:, None]))
+    ds, dparams_t, dq_ops_t, _ = back(p * (_dot_nt(do, v) - delta[:, None]))
     dq = dq + _dot(ds.astype(k.dtype), k)
     if dparams_t is not None:
-      dparams = [a + b for a, b in zip(dparams, dparams_t)]
-    return dq, dparams
+      dparams = [a + b_ for a, b_ in zip(dparams, dparams_t)]
+      dq_ops = [a + b_.astype(_F32) for a, b_ in zip(dq_ops, dq_ops_t)]
+    return dq, dparams, dq_ops
 
-  carry = (jnp.zeros(q.shape, _F32), [jnp.zeros_like(x) for x in params])
-  n_full, n_all = count_full_ref[i], count_ref[i]
+  carry = (jnp.zeros(q.shape, _F32), [jnp.zeros_like(x) for x in params],
+           [jnp.zeros((bq,), _F32) for _ in dq_op_refs])
+  n_full, n_all = n_full_of(i), n_all_of(i)
   carry = lax.fori_loop(0, n_full, functools.partial(visit, masked=False), carry)
-  dq, dparams = lax.fori_loop(n_full, n_all, functools.partial(visit, masked=True), carry)
+  dq, dparams, dq_ops = lax.fori_loop(n_full, n_all, functools.partial(visit, masked=True),
+                                      carry)
   dq_ref[...] = (dq * st.scale).astype(dq_ref.dtype)
   for ref, grad in zip(dparam_refs, dparams):
+    ref[...] = grad
+  for ref, grad in zip(dq_op_refs, dq_ops):
     ref[...] = grad
 
 
 def _dkv_kernel(count_full_ref, count_ref, index_ref, code_ref, tile_masks_ref,
                 q_seg_ref, kv_seg_ref, *refs, st: _Static):
-  n = st.n_params
-  param_refs = refs[:n]
-  q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref = refs[n:]
-  hkv, j = pl.program_id(1), pl.program_id(2)
+  param_refs, q_op_refs, kv_op_refs, rest = st.split_refs(refs)
+  q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref = rest[:8]
+  dkv_op_refs = rest[8:]
+  b, hkv, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+  n_full_of, n_all_of, index, code_of = _tables(st, b, count_full_ref, count_ref, index_ref,
+                                                code_ref)
   bq, bk = st.block_q, st.block_kv
   k, v = k_ref[...], v_ref[...]
   kv_idx = j * bk + lax.broadcasted_iota(jnp.int32, (1, bk), 1)
   kv_seg = kv_seg_ref[...] if st.segments else None
 
-  def visit(t, carry, g, params, masked):
-    dk, dv = carry
+  def head_rows(ref, g, per_head, rows=None):
+    row = g if per_head else 0
+    return ref[row] if rows is None else ref[row, rows]
+
+  def visit(t, carry, g, params, kv_ops, masked):
+    dk, dv, dkv_ops = carry
     h = hkv * st.group + g
-    i = index_ref[j, t]
+    i = index(j, t)
     rows = pl.ds(i * bq, bq)
     q, do = q_ref[g, rows, :], do_ref[g, rows, :]
     lse, delta = lse_ref[g, rows], delta_ref[g, rows]
     q_idx = i * bq + lax.broadcasted_iota(jnp.int32, (bq, 1), 0)
-    s, back = _modify_vjp(st, _dot_nt(q, k) * st.scale, q_idx, kv_idx, params, wrt_params=False)
+    q_ops = [head_rows(ref, g, per_head, rows) for ref, (per_head, _) in zip(q_op_refs, st.q_ops)]
+    s, back = _modify_vjp(st, _dot_nt(q, k) * st.scale, q_idx, kv_idx, params, q_ops, kv_ops,
+                          wrt="kv")
     p = jnp.exp(s - lse[:, None])
     if masked:
       q_seg = q_seg_ref[rows] if st.segments else None
-      code = code_ref[h if st.per_head_codes else 0, j, t]
+      code = code_of(h if st.per_head_codes else 0, j, t)
       p = jnp.where(_tile_mask(st, code, q_idx, kv_idx, q_seg, kv_seg, tile_masks_ref), p, 0.0)
     dv = dv + _dot_tn(p.astype(do.dtype), do)
-    ds, _ = back(p * (_dot_nt(do, v) - delta[:, None]))
+    ds, _, _, dkv_ops_t = back(p * (_dot_nt(do, v) - delta[:, None]))
     dk = dk + _dot_tn(ds.astype(q.dtype), q)
-    return dk, dv
+    if dkv_ops_t is not None:
+      dkv_ops = [a + b_.astype(_F32) for a, b_ in zip(dkv_ops, dkv_ops_t)]
+    return dk, dv, dkv_ops
 
-  carry = (jnp.zeros(k.shape, _F32), jnp.zeros(v.shape, _F32))
-  n_full, n_all = count_full_ref[j], count_ref[j]
+  dk, dv = jnp.zeros(k.shape, _F32), jnp.zeros(v.shape, _F32)
+  n_full, n_all = n_full_of(j), n_all_of(j)
   for g in range(st.group):   # the query heads sharing this K/V head
     params = [ref[g] for ref in param_refs]
-    carry = lax.fori_loop(0, n_full, functools.partial(visit, g=g, params=params, masked=False),
-                          carry)
-    carry = lax.fori_loop(n_full, n_all, functools.partial(visit, g=g, params=params,
-                                                           masked=True), carry)
-  dk, dv = carry
+    kv_ops = [head_rows(ref, g, per_head) for ref, (per_head, _) in zip(kv_op_refs, st.kv_ops)]
+    carry = (dk, dv, [jnp.zeros((bk,), _F32) for _ in dkv_op_refs])
+    carry = lax.fori_loop(0, n_full, functools.partial(visit, g=g, params=params,
+                                                       kv_ops=kv_ops, masked=False), carry)
+    dk, dv, dkv_ops = lax.fori_loop(n_full, n_all, functools.partial(
+        visit, g=g, params=params, kv_ops=kv_ops, masked=True), carry)
+    for ref, grad in zip(dkv_op_refs, dkv_ops):   # this query head's key-operand gradients
+      ref[g] = grad
   dk_ref[...] = (dk * st.scale).astype(dk_ref.dtype)
   dv_ref[...] = dv.astype(dv_ref.dtype)
 
@@ -341,14 +454,17 @@ def _call(kernel, st: _Static, grid, args_and_specs, out_shape, out_specs, name,
 
 
 def _small_operands(st: _Static, tables, extras, q_tile_major: bool):
-  """Tables, tile masks, segment ids and modifier parameters with their BlockSpecs.
+  """Tables, tile masks, segment ids, modifier parameters and per-position operands with
+  their BlockSpecs.
 
   ``q_tile_major``: programs run over query tiles (forward, dq: one head each) rather
   than key tiles (dk/dv: one K/V head and the ``group`` query heads sharing it).
-  Parameters are ``[heads, ...]``: each program receives its own head's rows.
+  Parameters are ``[heads, ...]``: each program receives its own head's rows. Operands
+  are ``[batch, heads or 1, len_pad]``: a program receives its row, its head(s) and its
+  tile (the forward's key operands: the whole row, sliced per visited tile in-kernel).
   """
-  tile_masks, q_seg, kv_seg, params = extras
-  bq, bk = st.block_q, st.block_kv
+  tile_masks, q_seg, kv_seg, params, q_ops, kv_ops = extras
+  bq, bk, g = st.block_q, st.block_kv, st.group
   if q_tile_major:
     q_seg_spec = pl.BlockSpec((None, bq), lambda b, h, i: (b, i))
     kv_seg_spec = pl.BlockSpec((None, kv_seg.shape[1]), lambda b, h, i: (b, 0))
@@ -363,8 +479,26 @@ def _small_operands(st: _Static, tables, extras, q_tile_major: bool):
     else:
       spec = pl.BlockSpec((st.group, *x.shape[1:]), lambda b, hk, j, z=zeros: (hk, *z))
     param_specs.append((x, spec))
+  op_specs = []
+  for ops, flags, is_q in ((q_ops, st.q_ops, True), (kv_ops, st.kv_ops, False)):
+    for x, (per_head, _) in zip(ops, flags):
+      n = x.shape[-1]
+      if q_tile_major:
+        size, tile = (bq, True) if is_q else (n, False)
+        if per_head:
+          spec = pl.BlockSpec((None, None, size),
+                              lambda b, h, i, t=tile: (b, h, i if t else 0))
+        else:
+          spec = pl.BlockSpec((None, None, size), lambda b, h, i, t=tile: (b, 0, i if t else 0))
+      else:
+        size, tile = (n, False) if is_q else (bk, True)
+        if per_head:
+          spec = pl.BlockSpec((None, g, size), lambda b, hk, j, t=tile: (b, hk, j if t else 0))
+        else:
+          spec = pl.BlockSpec((None, 1, size), lambda b, hk, j, t=tile: (b, 0, j if t else 0))
+      op_specs.append((x, spec))
   return ([(t, None) for t in tables] + [(tile_masks, None), (q_seg, q_seg_spec),
-                                         (kv_seg, kv_seg_spec)] + param_specs)
+                                         (kv_seg, kv_seg_spec)] + param_specs + op_specs)
 
 
 def _forward(st: _Static, fwd_tables, extras, q, k, v):
@@ -385,12 +519,15 @@ def _forward(st: _Static, fwd_tables, extras, q, k, v):
 
 
 def _backward(st: _Static, fwd_tables, bwd_tables, extras, q, k, v, out, lse, do):
-  """dq, dk, dv (input dtypes) and the modifier parameters' gradients (float32, [H, ...])."""
+  """dq, dk, dv (input dtypes), the modifier parameters' gradients (float32, [H, ...]) and
+  the float operands' gradients (float32 [B, H, len_pad] per operand)."""
   b, h, nq_pad, d = q.shape
   hkv, nk_pad, dv = k.shape[1], k.shape[2], v.shape[-1]
   g, bq, bk = st.group, st.block_q, st.block_kv
   nq_tiles = nq_pad // bq
-  params = extras[-1]
+  params = extras[3]
+  n_fq = len(_float_positions(st.q_ops))
+  n_fkv = len(_float_positions(st.kv_ops))
   delta = jnp.einsum("bhqd,bhqd->bhq", out.astype(_F32), do.astype(_F32))
 
   args = _small_operands(st, fwd_tables, extras, True) + [
@@ -402,12 +539,14 @@ def _backward(st: _Static, fwd_tables, bwd_tables, extras, q, k, v, out, lse, do
       (delta, pl.BlockSpec((None, None, bq), lambda b_, h_, i: (b_, h_, i)))]
   # one partial gradient per (batch, head, query tile), summed below
   out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype)] + [
-      jax.ShapeDtypeStruct((b, h, nq_tiles, *x.shape[1:]), _F32) for x in params]
+      jax.ShapeDtypeStruct((b, h, nq_tiles, *x.shape[1:]), _F32) for x in params] + [
+      jax.ShapeDtypeStruct((b, h, nq_pad), _F32)] * n_fq
   out_specs = [pl.BlockSpec((None, None, bq, d), lambda b_, h_, i: (b_, h_, i, 0))] + [
       pl.BlockSpec((None, None, None, *x.shape[1:]),
-                   lambda b_, h_, i, z=(0,) * (x.ndim - 1): (b_, h_, i, *z)) for x in params]
-  dq, *dparams = _call(_dq_kernel, st, (b, h, nq_tiles), args, out_shape, out_specs, "flash_dq",
-                      d)
+                   lambda b_, h_, i, z=(0,) * (x.ndim - 1): (b_, h_, i, *z)) for x in params] + [
+      pl.BlockSpec((None, None, bq), lambda b_, h_, i: (b_, h_, i))] * n_fq
+  dq, *rest = _call(_dq_kernel, st, (b, h, nq_tiles), args, out_shape, out_specs, "flash_dq", d)
+  dparams, dq_ops = rest[:len(params)], rest[len(params):]
 
   args = _small_operands(st, bwd_tables, extras, False) + [
       (q, pl.BlockSpec((None, g, nq_pad, d), lambda b_, hk, j: (b_, hk, 0, 0))),
@@ -416,12 +555,14 @@ def _backward(st: _Static, fwd_tables, bwd_tables, extras, q, k, v, out, lse, do
       (do, pl.BlockSpec((None, g, nq_pad, dv), lambda b_, hk, j: (b_, hk, 0, 0))),
       (lse, pl.BlockSpec((None, g, nq_pad), lambda b_, hk, j: (b_, hk, 0))),
       (delta, pl.BlockSpec((None, g, nq_pad), lambda b_, hk, j: (b_, hk, 0)))]
-  out_shape = [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)]
+  out_shape = [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)] + [
+      jax.ShapeDtypeStruct((b, h, nk_pad), _F32)] * n_fkv
   out_specs = [pl.BlockSpec((None, None, bk, d), lambda b_, hk, j: (b_, hk, j, 0)),
-               pl.BlockSpec((None, None, bk, dv), lambda b_, hk, j: (b_, hk, j, 0))]
-  dk, dv_ = _call(_dkv_kernel, st, (b, hkv, nk_pad // bk), args, out_shape, out_specs,
-                  "flash_dkv", d)
-  return dq, dk, dv_, [x.sum(axis=(0, 2)) for x in dparams]
+               pl.BlockSpec((None, None, bk, dv), lambda b_, hk, j: (b_, hk, j, 0))] + [
+      pl.BlockSpec((None, g, bk), lambda b_, hk, j: (b_, hk, j))] * n_fkv
+  dk, dv_, *dkv_ops = _call(_dkv_kernel, st, (b, hkv, nk_pad // bk), args, out_shape, out_specs,
+                            "flash_dkv", d)
+  return dq, dk, dv_, [x.sum(axis=(0, 2)) for x in dparams], dq_ops, dkv_ops
 
 
 # ----------------------------------------------------------------------------- public entry
@@ -507,24 +648,33 @@ def flash_attention(q, k, v, *, sparsity: BlockSparsity | None = None,
     codes = codes.copy()
     last = codes[:, :, -1]
     codes[:, :, -1] = np.where(last == FULL, PREDICATE, last)
-  if segment_ids is not None:   # data-dependent: every visited tile is masked
-    codes = np.where(codes == FULL, PREDICATE, codes)
+  nq_pad, nk_pad = nq_tiles * bq, nk_tiles * bk
+  q_ops, q_flags = _internal_operands(score_fn.q_operands if score_fn else (), b, q_len, nq_pad,
+                                      heads, "q_operands")
+  kv_ops, kv_flags = _internal_operands(score_fn.kv_operands if score_fn else (), b, kv_len,
+                                        nk_pad, heads, "kv_operands")
   st = _Static(scale=float(1.0 / math.sqrt(d) if scale is None else scale), block_q=bq,
                block_kv=bk, q_len=q_len, kv_len=kv_len, group=heads // kv_heads,
                mod=mod, predicate=predicate,
                segments=segment_ids is not None, tile_masks=has_tables,
-               per_head_codes=codes.shape[0] > 1, interpret=interpret, backend=backend)
-  fwd_tables = tuple(jnp.asarray(x) for x in _visit_tables(codes))
-  bwd_tables = tuple(jnp.asarray(x) for x in _visit_tables(codes.transpose(0, 2, 1)))
-  nq_pad, nk_pad = nq_tiles * bq, nk_tiles * bk
+               per_head_codes=codes.shape[0] > 1, per_row_tables=segment_ids is not None,
+               q_ops=q_flags, kv_ops=kv_flags, interpret=interpret, backend=backend)
   tile_masks = jnp.asarray(sparsity.tile_masks if has_tables else np.zeros((1, 1, 1)), jnp.int8)
   if segment_ids is not None:
-    q_seg = jnp.pad(jnp.asarray(segment_ids[0], jnp.int32), ((0, 0), (0, nq_pad - q_len)))
+    # padding repeats the last id (a tile's id range is unchanged); padded keys are masked
+    # by position, never by id
+    q_seg = jnp.pad(jnp.asarray(segment_ids[0], jnp.int32), ((0, 0), (0, nq_pad - q_len)),
+                    mode="edge")
     kv_seg = jnp.pad(jnp.asarray(segment_ids[1], jnp.int32), ((0, 0), (0, nk_pad - kv_len)),
-                     constant_values=-1)
+                     mode="edge")
+    row_codes = _segment_codes(codes, q_seg, kv_seg, bq, bk)            # [B, Hm, nq, nk]
+    fwd_tables = _visit_tables_traced(row_codes)
+    bwd_tables = _visit_tables_traced(row_codes.transpose(0, 1, 3, 2))
   else:
     q_seg = jnp.zeros((b, nq_pad), jnp.int32)
     kv_seg = jnp.zeros((b, nk_pad), jnp.int32)
+    fwd_tables = tuple(jnp.asarray(x) for x in _visit_tables(codes))
+    bwd_tables = tuple(jnp.asarray(x) for x in _visit_tables(codes.transpose(0, 2, 1)))
 
   # Triton tiles need power-of-two sizes: other head dims are zero-padded (q.k and
   # the kept output columns are unchanged; the scale uses the true head dim).
@@ -537,23 +687,60 @@ def flash_attention(q, k, v, *, sparsity: BlockSparsity | None = None,
     return jnp.pad(x, ((0, 0), (0, length - x.shape[1]), (0, 0),
                        (0, pad_dim(x.shape[-1]) - x.shape[-1]))).transpose(0, 2, 1, 3)
 
-  @jax.custom_vjp
-  def attend(q, k, v, params):
-    return _forward(st, fwd_tables, (tile_masks, q_seg, kv_seg, params), q, k, v)[0]
+  fq, fkv = _float_positions(q_flags), _float_positions(kv_flags)
 
-  def attend_fwd(q, k, v, params):
-    out, lse = _forward(st, fwd_tables, (tile_masks, q_seg, kv_seg, params), q, k, v)
-    return out, (q, k, v, params, out, lse)
+  def merged(ops, floats, positions):
+    ops = list(ops)
+    for n, x in zip(positions, floats):
+      ops[n] = x
+    return ops
+
+  def extras_of(params, q_f, kv_f):
+    return (tile_masks, q_seg, kv_seg, params, merged(q_ops, q_f, fq), merged(kv_ops, kv_f, fkv))
+
+  @jax.custom_vjp
+  def attend(q, k, v, params, q_f, kv_f):
+    return _forward(st, fwd_tables, extras_of(params, q_f, kv_f), q, k, v)[0]
+
+  def attend_fwd(q, k, v, params, q_f, kv_f):
+    out, lse = _forward(st, fwd_tables, extras_of(params, q_f, kv_f), q, k, v)
+    return out, (q, k, v, params, q_f, kv_f, out, lse)
 
   def attend_bwd(res, do):
-    q, k, v, params, out, lse = res
-    extras = (tile_masks, q_seg, kv_seg, params)
-    dq, dk, dv, dparams = _backward(st, fwd_tables, bwd_tables, extras, q, k, v, out, lse, do)
-    return dq, dk, dv, dparams
+    q, k, v, params, q_f, kv_f, out, lse = res
+    dq, dk, dv, dparams, dq_ops, dkv_ops = _backward(
+        st, fwd_tables, bwd_tables, extras_of(params, q_f, kv_f), q, k, v, out, lse, do)
+    # an operand shared by every head ([B, 1, N]) collects the sum over heads
+    dq_f = [grad if q_flags[n][0] else grad.sum(axis=1, keepdims=True)
+            for n, grad in zip(fq, dq_ops)]
+    dkv_f = [grad if kv_flags[n][0] else grad.sum(axis=1, keepdims=True)
+             for n, grad in zip(fkv, dkv_ops)]
+    return dq, dk, dv, dparams, dq_f, dkv_f
 
   attend.defvjp(attend_fwd, attend_bwd)
-  # the parameters' cast and reshape (prepare) sit outside the custom_vjp, so
-  # autodiff maps their gradients back to the leaves' shapes and dtypes
+  # the parameters' cast and reshape (prepare) and the operands' layout sit outside the
+  # custom_vjp, so autodiff maps their gradients back to the leaves' shapes and dtypes
   out = attend(to_internal(q, nq_pad), to_internal(k, nk_pad), to_internal(v, nk_pad),
-               internal)
+               internal, [q_ops[n] for n in fq], [kv_ops[n] for n in fkv])
   return out.transpose(0, 2, 1, 3)[:, :q_len, :, :dv_true]
+
+
+def _internal_operands(arrays, batch: int, length: int, padded: int, heads: int, what: str):
+  """Per-position operands [batch or 1, length] or [batch or 1, length, heads or 1] ->
+  (internal [batch, heads or 1, padded] (float32 or int32, padding repeats the last value),
+  ((per_head, is_float), ...))."""
+  out, flags = [], []
+  for x in arrays:
+    x = jnp.asarray(x)
+    _check(x.ndim in (2, 3) and x.shape[0] in (1, batch) and x.shape[1] == length
+           and (x.ndim == 2 or x.shape[2] in (1, heads)),
+           f"score_fn.{what} entries must be [batch, {length}] or [batch, {length}, heads]; "
+           f"got {x.shape}")
+    is_float = bool(jnp.issubdtype(x.dtype, jnp.floating))
+    x = x.astype(_F32 if is_float else jnp.int32)
+    x = x[:, :, None] if x.ndim == 2 else x
+    per_head = x.shape[2] > 1
+    x = jnp.broadcast_to(x, (batch, length, x.shape[2])).transpose(0, 2, 1)
+    out.append(jnp.pad(x, ((0, 0), (0, 0), (0, padded - length)), mode="edge"))
+    flags.append((per_head, is_float))
+  return out, tuple(flags)

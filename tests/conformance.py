@@ -500,16 +500,60 @@ def example_position_mod(kind: str, heads=HEADS, seed=0):
   model would and then perturbed (so learned zeros do not hide a wrong lookup)."""
   p = config_lib.position_block(kind)
   scheme = positional.get_scheme(p)
-  specs = scheme.attention_params(heads)
+  d_model = 32
+  specs = scheme.attention_params(heads, d_model)
   key = jax.random.PRNGKey(seed)
   params = {}
   for i, (name, spec) in enumerate(sorted(specs.items())):
     k1, k2 = jax.random.split(jax.random.fold_in(key, i))
     init = spec.init(k1, spec.shape, jnp.float32)
     params[name] = init + 0.5 * jax.random.normal(k2, spec.shape, jnp.float32)
+  if scheme.reads_input:   # FoX: a layer input of the suite's batch and length
+    inputs = jax.random.normal(jax.random.fold_in(key, 99), (BATCH, LENGTH, d_model))
+    return scheme.score_mod(heads, params, None, inputs=inputs)
   return scheme.score_mod(heads, params, None)
 
 
 def replace_entry(registry, name, **changes):
   """A copy of a registry entry with ``changes`` (a frozen dataclass)."""
   return dataclasses.replace(registry.get(name), **changes)
+
+
+# ----------------------------------------------------------------------------- per-position operands
+
+def document_ids(layout: str) -> np.ndarray:
+  """Segment ids int32 [BATCH, LENGTH] of a named layout of packed documents: ragged
+  lengths with a document of one token, each batch row a different layout."""
+  if layout == "ragged":          # rows of different layouts; documents of length 1
+    lengths = [[1, 12, 27], [20, 19, 1]]
+  elif layout == "many":          # many short documents (several per tile)
+    lengths = [[3, 5, 1, 7, 2, 9, 4, 9], [6] * 6 + [4]]
+  elif layout == "one":           # a single document: the plain pattern
+    lengths = [[LENGTH], [LENGTH]]
+  elif layout == "not_monotone":  # ids that repeat out of order: correct, tiles not skipped
+    return np.stack([np.arange(LENGTH) % 3, (np.arange(LENGTH) // 7) % 2]).astype(np.int32)
+  else:
+    raise ValueError(layout)
+  return np.stack([np.repeat(np.arange(len(row)), row) for row in lengths]).astype(np.int32)
+
+
+DOCUMENT_LAYOUTS = ("ragged", "many", "one", "not_monotone")
+
+
+def operand_cases() -> dict:
+  """name -> () -> (mask, score_mod): packed documents under causal and bidirectional
+  attention, alone and with a modifier of per-position operands (FoX's forget gates)."""
+  from attnlab.attention import SCORE_MODS
+
+  def forget():
+    return SCORE_MODS.get("forget_gate").example(HEADS, BATCH, LENGTH, jax.random.PRNGKey(3))
+
+  cases = {}
+  for layout in DOCUMENT_LAYOUTS:
+    ids = document_ids(layout)
+    cases[f"causal_documents/{layout}"] = (
+        lambda ids=ids: (masks.causal() & masks.segments(ids), None))
+    cases[f"documents/{layout}"] = lambda ids=ids: (masks.segments(ids), None)
+    cases[f"causal_documents_forget_gate/{layout}"] = (
+        lambda ids=ids: (masks.causal() & masks.segments(ids), forget()))
+  return cases

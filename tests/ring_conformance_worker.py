@@ -27,6 +27,7 @@ def main():
                                                          .example(C.HEADS, C.BATCH, C.LENGTH,
                                                                   jax.random.PRNGKey(0))))
                 for name in SCORE_MODS.names()})
+  cases.update({f"operands/{name}": make for name, make in C.operand_cases().items()})
   report = {"passed": [], "skipped": {}, "failed": {}}
   with jax.set_mesh(mesh):
     for case, make in cases.items():

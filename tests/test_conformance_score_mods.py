@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import conformance as C
-from attnlab.attention import IMPLS, SCORE_MODS, masks
+from attnlab.attention import IMPLS, SCORE_MODS, masks, operands
 
 IMPL_NAMES = IMPLS.names()
 
@@ -30,7 +30,7 @@ def test_score_mod_per_head_leaves_are_split_by_their_declaration():
   """``select_heads`` of a modifier that only declares ``per_head`` restricts exactly those
   leaves: heads 1..2 of the modifier give heads 1..2 of its scores."""
   for name in SCORE_MODS.names():
-    mod = _example(name)
+    mod = operands.restrict(_example(name), 0, 8, 0, 8)   # per-position operands: 8 tokens
     scores = jnp.asarray(np.random.default_rng(0).standard_normal((1, C.HEADS, 8, 8)),
                          jnp.float32)
     i, j = jnp.arange(8)[:, None], jnp.arange(8)[None, :]

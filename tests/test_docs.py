@@ -78,7 +78,7 @@ def test_score_mod_tutorial_runs_and_its_fused_gradients_equal_the_reference():
   import numpy as np
   text = (ROOT / "docs" / "score_mods.md").read_text()
   blocks = re.findall(r"```python\n(.*?)```", text, re.S)
-  assert len(blocks) == 1
+  assert len(blocks) == 2
   namespace = {}
   exec(compile(blocks[0], "docs/score_mods.md", "exec"), namespace)   # noqa: S102
   fused, reference = namespace["fused"], namespace["reference"]
@@ -86,3 +86,18 @@ def test_score_mod_tutorial_runs_and_its_fused_gradients_equal_the_reference():
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
   np.testing.assert_allclose(fused[3].a, reference[3].a, rtol=2e-4, atol=2e-5)
   assert np.abs(np.asarray(reference[3].a)).max() > 1e-3          # the leaf's gradient is real
+
+
+def test_operand_tutorial_runs_and_its_fused_gradients_equal_the_reference():
+  """docs/score_mods.md's per-position operand example (packed documents and a per-token
+  temperature), executed as written: the kernel's gradients, the operand's included, equal
+  impl='reference''s."""
+  import numpy as np
+  text = (ROOT / "docs" / "score_mods.md").read_text()
+  block = re.findall(r"```python\n(.*?)```", text, re.S)[1]
+  namespace = {}
+  exec(compile(block, "docs/score_mods.md", "exec"), namespace)   # noqa: S102
+  fused, reference = namespace["fused"], namespace["reference"]
+  for got, want in zip(fused, reference):
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
+  assert np.abs(np.asarray(reference[3])).max() > 1e-3            # the operand's gradient is real

@@ -112,10 +112,15 @@ def test_empty_tiles_are_never_read():
 def test_visit_tables_list_full_tiles_first():
   codes = np.array([[[flash.FULL, flash.PREDICATE, flash.EMPTY],
                      [flash.PREDICATE, flash.FULL, flash.FULL]]], np.int32)
-  count_full, count, index, code = flash._visit_tables(codes)
-  assert count_full.tolist() == [1, 2] and count.tolist() == [2, 3]
-  assert index[0, :2].tolist() == [0, 1] and index[1].tolist() == [1, 2, 0]
-  assert code[0, 1].tolist() == [flash.FULL, flash.FULL, flash.PREDICATE]
+  count_full, count, index, code = flash._visit_tables(codes)     # one set for every row
+  assert count_full.tolist() == [[1, 2]] and count.tolist() == [[2, 3]]
+  assert index[0, 0, :2].tolist() == [0, 1] and index[0, 1].tolist() == [1, 2, 0]
+  assert code[0, 0, 1].tolist() == [flash.FULL, flash.FULL, flash.PREDICATE]
+  # the run-time tables (packed documents: one set per batch row) list the same tiles
+  t_full, t_count, t_index, t_code = flash._visit_tables_traced(jnp.asarray(codes)[None])
+  assert t_full.tolist() == [[1, 2]] and t_count.tolist() == [[2, 3]]
+  assert t_index[0, 0, :2].tolist() == [0, 1] and t_index[0, 1].tolist() == [1, 2, 0]
+  assert t_code[0, 0, 1].tolist() == [flash.FULL, flash.FULL, flash.PREDICATE]
 
 
 # ----------------------------------------------------------------------------- dtypes, head dims

@@ -28,6 +28,7 @@ import numpy as np
 from jax import lax
 
 from attnlab.attention import masks as masks_lib
+from attnlab.attention import operands
 
 _F32 = jnp.float32
 
@@ -86,6 +87,36 @@ def _table(lists: tuple[tuple[int, ...], ...]) -> tuple[jax.Array, jax.Array]:
   return jnp.asarray(table), jnp.asarray([len(r) for r in lists], jnp.int32)
 
 
+def _visits(plan: TilePlan, mask, transpose: bool):
+  """The tiles to visit: ``[(table [n, w], start [n], stop [n], masked), ...]``; row ``r``
+  visits columns ``table[r, start[r]:stop[r]]`` (query tiles by key tile when ``transpose``).
+
+  A static pattern gives the plan's lists. A pattern with per-position operands
+  (``segments``) classifies its tiles at run time (``Mask.tile_classes``, one map for the
+  whole batch: a tile is skipped when every row's is empty, so rows with different
+  layouts share the union of their tiles), FULL tiles first, then PARTIAL ones.
+  """
+  if mask is None or mask.is_static():
+    lists = ((plan.q_full, plan.q_partial) if transpose else (plan.kv_full, plan.kv_partial))
+    out = []
+    for rows, masked in zip(lists, (False, True)):
+      table, count = _table(rows)
+      out.append((table, jnp.zeros_like(count), count, masked))
+    return out
+  codes = jnp.asarray(mask.tile_classes(plan.q_len, plan.kv_len, plan.block_q, plan.block_kv))
+  codes = codes.reshape(codes.shape[-2:])
+  if plan.kv_len % plan.block_kv:   # the padded last key tile always needs masking
+    codes = codes.at[:, -1].min(masks_lib.PARTIAL)
+  if transpose:
+    codes = codes.T
+  full, partial = codes == masks_lib.FULL, codes == masks_lib.PARTIAL
+  order = jnp.argsort(jnp.where(full, 0, jnp.where(partial, 1, 2)), axis=1, stable=True)
+  order = order.astype(jnp.int32)
+  n_full = full.sum(axis=1).astype(jnp.int32)
+  n_all = n_full + partial.sum(axis=1).astype(jnp.int32)
+  return [(order, jnp.zeros_like(n_full), n_full, False), (order, n_full, n_all, True)]
+
+
 def _tile_logits(plan: TilePlan, q_tile, k_tile, q_block, kv_block, mask, score_mod,
                  masked: bool = True):
   """Modified float32 logits of one tile, masked when ``masked``.
@@ -100,6 +131,9 @@ def _tile_logits(plan: TilePlan, q_tile, k_tile, q_block, kv_block, mask, score_
   s = (s * plan.scale).reshape(b, hkv * g, bq, bk)
   q_idx = (q_block * bq + jnp.arange(bq))[:, None]
   kv_idx = (kv_block * bk + jnp.arange(bk))[None, :]
+  # per-position operands: this tile's slice (aligned with q_idx / kv_idx)
+  mask = operands.restrict(mask, q_block * bq, bq, kv_block * bk, bk)
+  score_mod = operands.restrict(score_mod, q_block * bq, bq, kv_block * bk, bk)
   if score_mod is not None:
     s = score_mod(s, q_idx, kv_idx)
   if not masked:
@@ -119,7 +153,7 @@ def _forward(plan: TilePlan, q, k, v, mask, score_mod):
   b, hkv, g, nq_pad, _ = q.shape
   dv = v.shape[-1]
   bq, bk = plan.block_q, plan.block_kv
-  tables = [(_table(plan.kv_full), False), (_table(plan.kv_partial), True)]
+  visits = _visits(plan, mask, transpose=False)
 
   def one_query_tile(qb):
     q_tile = lax.dynamic_slice_in_dim(q, qb * bq, bq, axis=3)
@@ -143,8 +177,8 @@ def _forward(plan: TilePlan, q, k, v, mask, score_mod):
 
     carry = (jnp.full((b, hkv, g, bq), -jnp.inf, _F32), jnp.zeros((b, hkv, g, bq), _F32),
              jnp.zeros((b, hkv, g, bq, dv), _F32))
-    for (kv_table, kv_count), masked in tables:   # unmasked tiles, then masked ones
-      carry = lax.fori_loop(0, kv_count[qb], visitor(kv_table, masked), carry)
+    for kv_table, start, stop, masked in visits:   # unmasked tiles, then masked ones
+      carry = lax.fori_loop(start[qb], stop[qb], visitor(kv_table, masked), carry)
     m, l, acc = carry
     seen = l > 0
     out = acc / jnp.where(seen, l, 1.0)[..., None]
@@ -189,7 +223,7 @@ def _backward(plan: TilePlan, residuals, d_out):
   d_out = lax.optimization_barrier(d_out)
   b, hkv, g, nq_pad, d = q.shape
   bq, bk = plan.block_q, plan.block_kv
-  tables = [(_table(plan.q_full), False), (_table(plan.q_partial), True)]
+  visits = _visits(plan, mask, transpose=True)
   delta = jnp.einsum("bhgqd,bhgqd->bhgq", d_out.astype(_F32), out.astype(_F32))
   mod_params, rebuild_mod = _split_float_leaves(score_mod)
 
@@ -222,8 +256,8 @@ def _backward(plan: TilePlan, residuals, d_out):
     dq, d_params = carry
     c = (jnp.zeros((b, hkv, bk, d), _F32), jnp.zeros((b, hkv, bk, v.shape[-1]), _F32), dq,
          d_params)
-    for (q_table, q_count), masked in tables:
-      c = lax.fori_loop(0, q_count[kb], visitor(q_table, masked), c)
+    for q_table, start, stop, masked in visits:
+      c = lax.fori_loop(start[kb], stop[kb], visitor(q_table, masked), c)
     dk, dv, dq, d_params = c
     return (dq, d_params), (dk, dv)
 
@@ -276,6 +310,9 @@ def blockwise_attention(q, k, v, *, mask=None, score_mod=None, scale: float,
   plan = make_plan(nq, nk, mask, block_q=block_q, block_kv=block_kv, scale=scale)
   nq_pad = _round_up(nq, plan.block_q)
   nk_pad = _round_up(nk, plan.block_kv)
+  operands.check_lengths(mask, nq, nk, "blockwise mask")
+  operands.check_lengths(score_mod, nq, nk, "blockwise score_mod")
+  mask, score_mod = operands.pad(mask, nq_pad, nk_pad), operands.pad(score_mod, nq_pad, nk_pad)
   qg = jnp.pad(q, ((0, 0), (0, nq_pad - nq), (0, 0), (0, 0)))
   qg = qg.reshape(b, nq_pad, hkv, g, d).transpose(0, 2, 3, 1, 4)
   kg = jnp.pad(k, ((0, 0), (0, nk_pad - nk), (0, 0), (0, 0))).transpose(0, 2, 1, 3)

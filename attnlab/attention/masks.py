@@ -74,6 +74,14 @@ class Mask(abc.ABC):
       rows.append(_classify(all_true, any_true))
     return np.stack(rows)
 
+  def tile_classes(self, q_len: int, kv_len: int, block_q: int, block_kv: int,
+                   per_row: bool = False):
+    """Tile classes at run time: the static ``block_map`` (numpy) for a static pattern;
+    for one with per-position operands (``segments``) a traced int8 ``[nq, nk]`` computed
+    from them (``[batch, nq, nk]`` with ``per_row``). Tiled implementations skip what it
+    calls EMPTY and do not mask what it calls FULL."""
+    return self.block_map(q_len, kv_len, block_q, block_kv)
+
   def dense(self, q_len: int, kv_len: int) -> jax.Array:
     """The whole mask as booleans, broadcastable to ``[batch, heads, q_len, kv_len]``."""
     return jnp.asarray(self(jnp.arange(q_len)[:, None], jnp.arange(kv_len)[None, :]))
@@ -87,14 +95,25 @@ class Mask(abc.ABC):
     return None
 
   def is_static(self) -> bool:
-    """True when the pattern holds no traced arrays (its block map can be computed)."""
-    return not any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(self))
+    """True when the pattern holds no traced arrays and no per-position operands (its block
+    map can be computed before anything runs)."""
+    from attnlab.attention import operands
+    return (not operands.has_operands(self)
+            and not any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(self)))
 
   def __and__(self, other: "Mask") -> "Mask":
     return And(self, other)
 
   def __or__(self, other: "Mask") -> "Mask":
     return Or(self, other)
+
+
+def _combine(np_op, jnp_op, a, b):
+  """Combine two tile-class maps: numpy while both are static, else traced (per-row maps
+  broadcast against shared ones)."""
+  if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+    return np_op(a, b)
+  return jnp_op(jnp.asarray(a, jnp.int8), jnp.asarray(b, jnp.int8))
 
 
 @pytree_dataclass(data=("left", "right"))
@@ -118,6 +137,11 @@ class And(Mask):
     b = self.right.block_map(q_len, kv_len, block_q, block_kv)
     return np.minimum(a, b)  # EMPTY wins; FULL only if both FULL
 
+  def tile_classes(self, q_len, kv_len, block_q, block_kv, per_row=False):
+    a = self.left.tile_classes(q_len, kv_len, block_q, block_kv, per_row)
+    b = self.right.tile_classes(q_len, kv_len, block_q, block_kv, per_row)
+    return _combine(np.minimum, jnp.minimum, a, b)
+
   def validate(self, q_len, kv_len):
     self.left.validate(q_len, kv_len)
     self.right.validate(q_len, kv_len)
@@ -136,6 +160,11 @@ class Or(Mask):
     a = self.left.block_map(q_len, kv_len, block_q, block_kv)
     b = self.right.block_map(q_len, kv_len, block_q, block_kv)
     return np.maximum(a, b)  # FULL wins; EMPTY only if both EMPTY
+
+  def tile_classes(self, q_len, kv_len, block_q, block_kv, per_row=False):
+    a = self.left.tile_classes(q_len, kv_len, block_q, block_kv, per_row)
+    b = self.right.tile_classes(q_len, kv_len, block_q, block_kv, per_row)
+    return _combine(np.maximum, jnp.maximum, a, b)
 
   def validate(self, q_len, kv_len):
     self.left.validate(q_len, kv_len)
@@ -204,22 +233,51 @@ class PrefixLM(Mask):
     return np.maximum(prefix, causal().block_map(q_len, kv_len, block_q, block_kv))
 
 
-@pytree_dataclass(data=("q_ids", "kv_ids"))
+@pytree_dataclass(data=("q_ids", "kv_ids"), per_query=("q_ids",), per_key=("kv_ids",))
 class Segments(Mask):
   """Query i sees key j iff they carry the same segment id (documents packed in one row).
 
-  ``q_ids``: int ``[batch, q_len]``; ``kv_ids``: int ``[batch, kv_len]``.
+  ``q_ids``: int ``[batch, q_len]``; ``kv_ids``: int ``[batch, kv_len]``: per-position
+  operands (``attention.operands``), aligned with the indices ``__call__`` receives.
+  Tiles are classified at run time from each tile's smallest and largest ids
+  (``tile_classes``): a tile whose query and key id ranges do not meet is empty, one where
+  every id is the same is full. That is sound for any ids and tight for non-decreasing
+  ones (packed documents), where a row of documents costs sum(length^2), not N^2.
   """
   q_ids: Any
   kv_ids: Any
 
   def __call__(self, q_idx, kv_idx):
-    q_ids = jnp.take(self.q_ids, q_idx[..., 0], axis=1, mode="clip")   # [B, q]
-    kv_ids = jnp.take(self.kv_ids, kv_idx[0], axis=1, mode="clip")     # [B, k]
+    q_ids, kv_ids = jnp.asarray(self.q_ids), jnp.asarray(self.kv_ids)
     return (q_ids[:, :, None] == kv_ids[:, None, :])[:, None]           # [B, 1, q, k]
 
   def is_static(self):
-    return False  # data-dependent: the block map is all PARTIAL
+    return False  # data-dependent: the static block map is all PARTIAL (see tile_classes)
+
+  def tile_classes(self, q_len, kv_len, block_q, block_kv, per_row=False):
+    q_lo, q_hi = _tile_range(self.q_ids, q_len, block_q)                # [B, nq]
+    k_lo, k_hi = _tile_range(self.kv_ids, kv_len, block_kv)             # [B, nk]
+    meet = (q_lo[:, :, None] <= k_hi[:, None, :]) & (k_lo[:, None, :] <= q_hi[:, :, None])
+    one = ((q_lo == q_hi)[:, :, None] & (k_lo == k_hi)[:, None, :]
+           & (q_lo[:, :, None] == k_lo[:, None, :]))
+    codes = jnp.where(one, FULL, jnp.where(meet, PARTIAL, EMPTY)).astype(jnp.int8)
+    return codes if per_row else union_over_rows(codes)
+
+
+def _tile_range(ids, length: int, block: int):
+  """Smallest and largest id of every tile: ids [B, >= length] -> two [B, cdiv(length, block)]
+  (the last tile's padding repeats the last id, which changes neither)."""
+  ids = jnp.asarray(ids)[:, :length]
+  n = -(-length // block)
+  ids = jnp.pad(ids, ((0, 0), (0, n * block - length)), mode="edge").reshape(ids.shape[0], n, block)
+  return ids.min(axis=-1), ids.max(axis=-1)
+
+
+def union_over_rows(codes):
+  """Tile classes of every batch row [B, nq, nk] -> one map for the whole batch: EMPTY where
+  every row is empty, FULL where every row is full, else PARTIAL."""
+  return jnp.where(codes.max(axis=0) == EMPTY, EMPTY,
+                   jnp.where(codes.min(axis=0) == FULL, FULL, PARTIAL)).astype(jnp.int8)
 
 
 @pytree_dataclass(data=("array",))

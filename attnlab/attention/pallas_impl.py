@@ -30,13 +30,16 @@ fails with that reason and ``impl="auto"`` falls back and logs it.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from attnlab.attention import masks as masks_lib
+from attnlab.attention import operands
 from attnlab.attention import score_mods
+from attnlab.attention.pytree import pytree_dataclass
 from attnlab.attention.core import BLOCK_KV, BLOCK_Q, IMPLS, Implementation
 from attnlab.runtime import compiled_cache
 from pallas_kernels import flash
@@ -67,27 +70,38 @@ def _index_only(mask, block_q: int, block_kv: int) -> bool:
 
 
 def _split_mask(mask):
-  """-> (pattern without segments or None, Segments or None, reason it cannot run or None)."""
+  """-> (static pattern or None, Segments or None, patterns with per-position operands).
+
+  The first top-level ``segments()`` term becomes the kernel's segment ids (compared
+  in-kernel, and classifying tiles at run time); any other term that carries per-position
+  operands (another ``segments()``, an ``|`` holding one, a user's pattern) runs in the
+  kernel as a modifier that sets hidden scores to -inf (``MaskBias``)."""
   if mask is None:
-    return None, None, None
+    return None, None, []
   parts = _conjuncts(mask)
-  segments = [p for p in parts if isinstance(p, masks_lib.Segments)]
-  rest = [p for p in parts if not isinstance(p, masks_lib.Segments)]
-  if len(segments) > 1:
-    return None, None, "impl='pallas' takes at most one segments() pattern"
-  if any(_contains_segments(p) for p in rest):
-    return None, None, ("impl='pallas' takes segments() only as a top-level '&' term, "
-                        "not inside '|'")
-  pattern = functools.reduce(masks_lib.And, rest) if rest else None
-  return pattern, (segments[0] if segments else None), None
+  segments = next((p for p in parts if isinstance(p, masks_lib.Segments)), None)
+  rest = [p for p in parts if p is not segments]
+  dynamic = [p for p in rest if operands.has_operands(p)]
+  static = [p for p in rest if not operands.has_operands(p)]
+  pattern = functools.reduce(masks_lib.And, static) if static else None
+  return pattern, segments, dynamic
 
 
-def _contains_segments(mask) -> bool:
-  if isinstance(mask, masks_lib.Segments):
-    return True
-  if isinstance(mask, (masks_lib.And, masks_lib.Or)):
-    return _contains_segments(mask.left) or _contains_segments(mask.right)
-  return False
+@pytree_dataclass(data=("mask",))
+class MaskBias(score_mods.ScoreMod):
+  """A pattern with per-position operands as a modifier: -inf where it hides a key."""
+  mask: Any
+
+  def __call__(self, scores, q_idx, kv_idx):
+    return jnp.where(self.mask(q_idx, kv_idx), scores, -jnp.inf)
+
+
+def _kernel_mod(score_mod, dynamic_masks):
+  """The modifier the kernel evaluates: ``score_mod`` then each operand pattern."""
+  for mask in dynamic_masks:
+    score_mod = MaskBias(mask) if score_mod is None else score_mods.Compose(score_mod,
+                                                                            MaskBias(mask))
+  return score_mod
 
 
 def _tile_table(pattern, q_len: int, kv_len: int, bq: int, bk: int, heads: int):
@@ -170,13 +184,27 @@ def _per_head(score_mod, heads: int):
   return jax.vmap(lambda h: score_mod.select_heads(h, 1))(jnp.arange(heads))
 
 
-def _tile_fn(treedef):
-  """``ScoreFn.fn``: one head's modifier (rebuilt from its leaves) on one tile."""
-  def fn(leaves, s, q_idx, kv_idx):
+def _tile_fn(treedef, slots=None, ranks=()):
+  """``ScoreFn.fn``: one head's modifier (rebuilt from its leaves and, with ``slots``, from
+  its tile of each per-position operand) on one tile."""
+  def fn(leaves, s, q_idx, kv_idx, q_ops=(), kv_ops=()):
     mod = jax.tree_util.tree_unflatten(treedef, leaves)
+    if slots is not None:
+      mod = operands.insert(mod, slots, _tile_operands(slots, ranks, q_ops, kv_ops))
     with score_mods.in_kernel():
       return mod(s[None, None], q_idx, kv_idx).reshape(s.shape)
   return fn
+
+
+def _tile_operands(slots, ranks, q_ops, kv_ops):
+  """The kernel's tile vectors ([rows] / [cols], one batch row and head) in the layout of the
+  leaves they replace: ``[1, n]``, or ``[1, n, 1]`` for a leaf with a head axis."""
+  q_it, kv_it = iter(q_ops), iter(kv_ops)
+  out = []
+  for side, rank in zip(slots.sides, ranks):
+    x = next(q_it) if side == "q" else next(kv_it)
+    out.append(x.reshape((1, -1) + (1,) * (rank - 2)))
+  return out
 
 
 def _sub_jaxprs(value):
@@ -207,6 +235,14 @@ def _score_mod_problem(treedef, avals: tuple, heads: int) -> str | None:
   mod = jax.tree_util.tree_unflatten(treedef, [jax.ShapeDtypeStruct(*a) for a in avals])
   name = type(mod).__name__
   refusal = "; use impl='blockwise' (any ScoreMod, tile by tile) or 'reference'"
+  mod, arrays, slots = operands.strip(mod)
+  for x in arrays:
+    if len(x.shape) not in (2, 3) or (len(x.shape) == 3 and x.shape[2] not in (1, heads)):
+      return (f"impl='pallas' takes per-position operands [batch, len] or [batch, len, heads]; "
+              f"{name} has one of shape {tuple(x.shape)}" + refusal)
+  probes = [jax.ShapeDtypeStruct((1, _PROBE) + (1,) * (len(x.shape) - 2), x.dtype)
+            for x in arrays]
+  float_ops = [n for n, x in enumerate(arrays) if jnp.issubdtype(x.dtype, jnp.floating)]
   try:
     per_head = jax.eval_shape(lambda m: _per_head(m, heads), mod)
   except Exception as e:  # noqa: BLE001 - the modifier's own code failed
@@ -228,12 +264,15 @@ def _score_mod_problem(treedef, avals: tuple, heads: int) -> str | None:
   kv_idx = jax.ShapeDtypeStruct((1, _PROBE), jnp.int32)
   treedef_1 = jax.tree_util.tree_structure(per_head)
 
-  def one_head(leaves, s, q_idx, kv_idx):
+  def one_head(leaves, s, q_idx, kv_idx, ops):
+    head = jax.tree_util.tree_unflatten(treedef_1, leaves)
+    if arrays:
+      head = operands.insert(head, slots, ops)
     with score_mods.in_kernel():
-      return jax.tree_util.tree_unflatten(treedef_1, leaves)(s[None, None], q_idx, kv_idx)
+      return head(s[None, None], q_idx, kv_idx)
 
   try:
-    out = jax.eval_shape(one_head, leaves, s, q_idx, kv_idx)
+    out = jax.eval_shape(one_head, leaves, s, q_idx, kv_idx, probes)
   except Exception as e:  # noqa: BLE001
     return f"impl='pallas': {name} failed on one head's tile ({type(e).__name__}: {e})" + refusal
   if out.shape != (1, 1, _PROBE, _PROBE):
@@ -242,11 +281,16 @@ def _score_mod_problem(treedef, avals: tuple, heads: int) -> str | None:
             f"per-head leaves (pytree_dataclass(data=..., per_head=...)) so that "
             f"select_heads(first, count) restricts them" + refusal)
 
-  def value_and_grads(leaves, s, q_idx, kv_idx):
-    out, back = jax.vjp(lambda s_, l_: one_head(l_, s_, q_idx, kv_idx), s, leaves)
+  def value_and_grads(leaves, s, q_idx, kv_idx, ops):
+    def f(s_, l_, floats):
+      merged = list(ops)
+      for n, x in zip(float_ops, floats):
+        merged[n] = x
+      return one_head(l_, s_, q_idx, kv_idx, merged)
+    out, back = jax.vjp(f, s, leaves, [ops[n] for n in float_ops])
     return out, back(jnp.ones_like(out))
 
-  jaxpr = jax.make_jaxpr(value_and_grads)(leaves, s, q_idx, kv_idx)
+  jaxpr = jax.make_jaxpr(value_and_grads)(leaves, s, q_idx, kv_idx, probes)
   missing = sorted(_primitives(jaxpr.jaxpr) - LOWERABLE)
   if missing:
     return (f"impl='pallas' cannot lower {name} into the kernel: it uses "
@@ -272,11 +316,18 @@ def score_mod_problem(score_mod, heads: int) -> str | None:
 
 
 def _score_fn(score_mod, heads: int):
-  """The kernel's ``ScoreFn`` for a modifier (None for none)."""
+  """The kernel's ``ScoreFn`` for a modifier (None for none): per-head leaves stacked by
+  head, per-position operands passed as the kernel's operands."""
   if score_mod is None:
     return None
-  leaves, treedef = jax.tree_util.tree_flatten(_per_head(score_mod, heads))
-  return flash.ScoreFn(_tile_fn(treedef), leaves)
+  stripped, arrays, slots = operands.strip(score_mod)
+  leaves, treedef = jax.tree_util.tree_flatten(_per_head(stripped, heads))
+  if not arrays:
+    return flash.ScoreFn(_tile_fn(treedef), leaves)
+  ranks = tuple(jnp.ndim(x) for x in arrays)
+  q_ops = tuple(x for x, side in zip(arrays, slots.sides) if side == "q")
+  kv_ops = tuple(x for x, side in zip(arrays, slots.sides) if side == "kv")
+  return flash.ScoreFn(_tile_fn(treedef, slots, ranks), leaves, q_ops, kv_ops)
 
 
 # ----------------------------------------------------------------------------- the impl
@@ -290,13 +341,11 @@ def _blocks(q_len: int, kv_len: int, block_q: int, block_kv: int) -> tuple[int, 
 
 def pallas_unsupported(q, k, v, mask, score_mod) -> str | None:
   """Why the Pallas kernel cannot serve this request, or None."""
-  pattern, _, reason = _split_mask(mask)
-  if reason:
-    return reason
+  pattern, _, dynamic = _split_mask(mask)
   if pattern is not None and not pattern.is_static():
     return ("impl='pallas' needs a static pattern (its tiles are planned before the kernel "
             "runs); this mask holds traced arrays: use impl='blockwise'")
-  reason = score_mod_problem(score_mod, q.shape[2])
+  reason = score_mod_problem(_kernel_mod(score_mod, dynamic), q.shape[2])
   if reason:
     return reason
   for x, name in ((q, "q"), (k, "k"), (v, "v")):
@@ -309,8 +358,11 @@ def pallas_attention(q, k, v, *, mask=None, score_mod=None, scale: float,
                      block_q: int = MAX_BLOCK, block_kv: int = MAX_BLOCK, interpret=None,
                      **unused):
   """The impl contract on ``pallas_kernels.flash_attention`` (see the module docstring)."""
-  pattern, segments, _ = _split_mask(mask)
+  pattern, segments, dynamic = _split_mask(mask)
+  score_mod = _kernel_mod(score_mod, dynamic)
   q_len, kv_len, heads = q.shape[1], k.shape[1], q.shape[2]
+  operands.check_lengths(score_mod, q_len, kv_len, "impl='pallas'")
+  operands.check_lengths(segments, q_len, kv_len, "impl='pallas' segments")
   bq, bk = _blocks(q_len, kv_len, block_q, block_kv)
   sparsity, predicate = _sparsity(pattern, q_len, kv_len, bq, bk, heads)
   segment_ids = None
@@ -332,8 +384,8 @@ def pallas_decode(q, k, v, *, lengths, mask, score_mod, scale, block_kv: int = M
   if mask is not None and (band is None or band[1] != 0):
     return None              # the kernel's only pattern: p - window <= j <= p
   heads = q.shape[2]
-  if score_mod_problem(score_mod, heads):
-    return None
+  if operands.has_operands(score_mod) or score_mod_problem(score_mod, heads):
+    return None              # per-position operands: the cache path serves them
   return decode_kernels.flash_decode(
       q, k, v, lengths, scale=scale, score_fn=_score_fn(score_mod, heads),
       window=None if band is None else band[0], block_kv=min(int(block_kv or MAX_BLOCK), MAX_BLOCK),

@@ -13,6 +13,9 @@ Masks and score modifiers are evaluated on *global token positions*, so any
 pattern that is a function of (query position, key position) and is the same
 for every head (causal, windows, prefix, dilated, ...) and score modifiers of
 (query position, key position) compose with the ring exactly as with the other impls.
+Per-position operands (``attention.operands``: document ids, forget-gate sums) are laid
+out and sharded like the tokens: a device holds its queries' slices, and the key-side
+slices travel round the ring with the K/V block they belong to.
 
 Layouts (which global tokens a shard holds; ``c = N / (2S)``):
 
@@ -36,6 +39,7 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from attnlab.attention import masks as masks_lib
+from attnlab.attention import operands
 from attnlab.attention.core import IMPLS, Implementation
 from attnlab.registry import Field
 
@@ -74,14 +78,27 @@ def _axis_size(mesh, name: str) -> int:
   return dict(zip(mesh.axis_names, mesh.axis_sizes)).get(name, 1)
 
 
-def _ring_shard(q, k, v, q_pos, kv_pos, mod_leaves, *, mask, mod_def, scale, shards,
-                kv_sharded, heads_per_shard, group):
+def _ring_shard(q, k, v, q_pos, kv_pos, mod_leaves, q_ops, kv_ops, *, mask, mod_def, scale,
+                shards, kv_sharded, heads_per_shard, group, slots):
   """Per-device body. q [b, n, h, D], k/v [b, n, hkv, D], positions [n] (global);
-  mod_leaves: the score modifier's leaves (replicated), rebuilt with ``mod_def``."""
+  mod_leaves: the score modifier's leaves (replicated), rebuilt with ``mod_def``;
+  q_ops / kv_ops: the mask's and modifier's per-position operands (``slots``: where they
+  go back), this device's slices [b, n, ...]."""
   score_mod = None if mod_def is None else jax.tree_util.tree_unflatten(mod_def, mod_leaves)
-  if heads_per_shard and score_mod is not None:
-    score_mod = score_mod.select_heads(lax.axis_index(HEAD_AXIS) * heads_per_shard,
-                                       heads_per_shard)
+  mask_slots, mod_slots = slots
+
+  def with_operands(blk_ops):
+    """The mask and modifier aligned with this device's queries and the keys it holds."""
+    q_it, kv_it = iter(q_ops), iter(blk_ops)
+    def take(slot):
+      return [next(q_it) if side == "q" else next(kv_it) for side in slot.sides]
+    m = operands.insert(mask, mask_slots, take(mask_slots)) if mask is not None else None
+    mod = (operands.insert(score_mod, mod_slots, take(mod_slots))
+           if score_mod is not None else None)
+    if heads_per_shard and mod is not None:
+      mod = mod.select_heads(lax.axis_index(HEAD_AXIS) * heads_per_shard, heads_per_shard)
+    return m, mod
+
   if not kv_sharded and group > 1:
     # K/V heads replicated (e.g. MQA under tensor parallelism): pick each local query
     # head's K/V head by its global index.
@@ -95,14 +112,15 @@ def _ring_shard(q, k, v, q_pos, kv_pos, mod_leaves, *, mask, mod_def, scale, sha
 
   @jax.checkpoint
   def step(carry, _):
-    acc, m, l, k_blk, v_blk, pos_blk = carry
+    acc, m, l, k_blk, v_blk, pos_blk, ops_blk = carry
     s = jnp.einsum("bqkgd,bnkd->bkgqn", qg, k_blk.astype(_F32)) * scale     # [b, hkv, g, q, n]
     s = s.reshape(b, h, n, n)
     q_idx, kv_idx = q_pos[:, None], pos_blk[None, :]
-    if score_mod is not None:
-      s = score_mod(s, q_idx, kv_idx)
-    if mask is not None:
-      s = jnp.where(mask(q_idx, kv_idx), s, -jnp.inf)
+    mask_here, mod_here = with_operands(ops_blk)
+    if mod_here is not None:
+      s = mod_here(s, q_idx, kv_idx)
+    if mask_here is not None:
+      s = jnp.where(mask_here(q_idx, kv_idx), s, -jnp.inf)
     m_new = jnp.maximum(m, s.max(axis=-1))
     m_safe = jnp.where(jnp.isneginf(m_new), 0.0, m_new)
     alpha = jnp.exp(m - m_safe)
@@ -112,10 +130,11 @@ def _ring_shard(q, k, v, q_pos, kv_pos, mod_leaves, *, mask, mod_def, scale, sha
                     v_blk.astype(_F32)).reshape(b, h, n, -1)
     acc = alpha[..., None] * acc + pv
     k_blk, v_blk, pos_blk = (lax.ppermute(x, SEQUENCE_AXIS, perm) for x in (k_blk, v_blk, pos_blk))
-    return (acc, m_new, l, k_blk, v_blk, pos_blk), None
+    ops_blk = [lax.ppermute(x, SEQUENCE_AXIS, perm) for x in ops_blk]
+    return (acc, m_new, l, k_blk, v_blk, pos_blk, ops_blk), None
 
   init = (jnp.zeros((b, h, n, v.shape[-1]), _F32), jnp.full((b, h, n), -jnp.inf, _F32),
-          jnp.zeros((b, h, n), _F32), k, v, kv_pos)
+          jnp.zeros((b, h, n), _F32), k, v, kv_pos, list(kv_ops))
   (acc, _, l, *_), _ = lax.scan(step, init, None, length=shards)
   out = acc / jnp.where(l == 0.0, 1.0, l)[..., None]
   return out.transpose(0, 2, 1, 3).astype(q.dtype)
@@ -147,9 +166,19 @@ def ring_attention(q, k, v, *, mask=None, score_mod=None, scale: float, mesh=Non
 
   positions = layout_positions(n, shards, layout)                  # [S, n / S]
   order = positions.reshape(-1)
+  # per-position operands leave the mask and modifier; they are laid out and sharded like q
+  mask, mask_ops, mask_slots = operands.strip(mask) if mask is not None else (None, [], None)
+  score_mod, mod_ops, mod_slots = (operands.strip(score_mod) if score_mod is not None
+                                   else (None, [], None))
+  sides = (mask_slots.sides if mask_slots else ()) + (mod_slots.sides if mod_slots else ())
+  ops = [jnp.broadcast_to(jnp.asarray(x), (q.shape[0],) + jnp.shape(x)[1:])
+         for x in mask_ops + mod_ops]
   if layout != "contiguous":
     q, k, v = (jnp.take(x, order, axis=1) for x in (q, k, v))
+    ops = [jnp.take(x, order, axis=1) for x in ops]
   pos = jnp.asarray(order, jnp.int32)
+  q_ops = [x for x, side in zip(ops, sides) if side == "q"]
+  kv_ops = [x for x, side in zip(ops, sides) if side == "kv"]
 
   # the modifier's leaves (learned slopes, tables) enter the map as replicated inputs: a
   # closed-over array carries the outer mesh's sharding, which the per-device body rejects
@@ -158,15 +187,17 @@ def ring_attention(q, k, v, *, mask=None, score_mod=None, scale: float, mesh=Non
   body = functools.partial(
       _ring_shard, mask=mask, mod_def=mod_def, scale=scale, shards=shards,
       kv_sharded=kv_sharded, heads_per_shard=heads // tensor if head_spec else 0,
-      group=heads // kv_heads)
+      group=heads // kv_heads, slots=(mask_slots, mod_slots))
+  op_spec = lambda x: P(batch_spec, SEQUENCE_AXIS, *([None] * (x.ndim - 2)))  # noqa: E731
   out = jax.shard_map(
       body, mesh=mesh,
       in_specs=(P(batch_spec, SEQUENCE_AXIS, head_spec, None),
                 P(batch_spec, SEQUENCE_AXIS, kv_head_spec, None),
                 P(batch_spec, SEQUENCE_AXIS, kv_head_spec, None),
-                P(SEQUENCE_AXIS), P(SEQUENCE_AXIS), [P()] * len(mod_leaves)),
+                P(SEQUENCE_AXIS), P(SEQUENCE_AXIS), [P()] * len(mod_leaves),
+                [op_spec(x) for x in q_ops], [op_spec(x) for x in kv_ops]),
       out_specs=P(batch_spec, SEQUENCE_AXIS, head_spec, None), check_vma=False,
-  )(q, k, v, pos, pos, list(mod_leaves))
+  )(q, k, v, pos, pos, list(mod_leaves), q_ops, kv_ops)
   if layout != "contiguous":
     out = jnp.take(out, np.argsort(order), axis=1)
   return out
@@ -183,14 +214,16 @@ def ring_unsupported(q, k, v, mask, score_mod) -> str | None:
   if q.shape[1] != k.shape[1]:
     return f"impl='ring' is self-attention: q_len {q.shape[1]} != kv_len {k.shape[1]}"
   if mask is not None:
-    if isinstance(mask, masks_lib.Segments) or any(
-        isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(mask)):
-      return "impl='ring' takes patterns of token positions only (no segments or traced masks)"
-    n = 8
-    shape = jax.eval_shape(lambda: mask(jnp.zeros((n, 1), jnp.int32),
-                                        jnp.zeros((1, n), jnp.int32))).shape
-    if int(np.prod(shape[:-2])) != 1:
-      return "impl='ring' takes patterns that are the same for every head and batch row"
+    stripped, arrays, _ = operands.strip(mask)
+    if any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(stripped)):
+      return ("impl='ring' takes patterns of token positions and per-position operands "
+              "(segments), not traced dense masks")
+    if not arrays:
+      n = 8
+      shape = jax.eval_shape(lambda: mask(jnp.zeros((n, 1), jnp.int32),
+                                          jnp.zeros((1, n), jnp.int32))).shape
+      if int(np.prod(shape[:-2])) != 1:
+        return "impl='ring' takes patterns that are the same for every head and batch row"
   if score_mod is not None and score_mod.explicit_positions:
     return ("impl='ring' evaluates score modifiers at global token positions; modifiers with "
             "explicit positions are not supported")

@@ -239,6 +239,25 @@ class T5Bias(AdditiveBias):
     return jnp.moveaxis(lookup(jnp.asarray(self.table, jnp.float32), buckets), -1, 0)
 
 
+@pytree_dataclass(data=("q_cum", "kv_cum"), per_head={"q_cum": 2, "kv_cum": 2},
+                  per_query=("q_cum",), per_key=("kv_cum",))
+class ForgetGateBias(AdditiveBias):
+  """The Forgetting Transformer's bias (Lin et al. 2025): ``log prod_{l=j+1}^{i} f_l =
+  F_i - F_j`` with ``F`` the cumulative sum of the log forget gates along the sequence.
+
+  Per-position operands (``attention.operands``): ``q_cum`` float ``[batch, q_len, heads]``
+  (``F`` at each query) and ``kv_cum`` ``[batch, kv_len, heads]`` (``F`` at each key); in
+  self-attention both are the same ``F``. Defined for keys at or before the query (causal).
+  """
+  q_cum: Any
+  kv_cum: Any
+
+  def bias(self, q_idx, kv_idx):
+    f_q = jnp.moveaxis(jnp.asarray(self.q_cum, jnp.float32), 2, 1)[..., :, None]   # [B, H, q, 1]
+    f_k = jnp.moveaxis(jnp.asarray(self.kv_cum, jnp.float32), 2, 1)[..., None, :]  # [B, H, 1, k]
+    return f_q - f_k
+
+
 # ----------------------------------------------------------------------------- the registry
 
 
@@ -286,6 +305,15 @@ SCORE_MODS.register("t5_bidirectional")(ScoreModSpec(
 SCORE_MODS.register("dense_bias")(ScoreModSpec(
     lambda heads, batch, length, key: DenseBias(array=_normal(key, (1, heads, length, length))),
     "an explicit bias array [1, H, N, N]"))
+def _forget_example(heads, batch, length, key):
+  # log forget gates as a trained FoX model has them: mostly near 0 (f ~ 0.9), some lower
+  log_f = jax.nn.log_sigmoid(2.0 + _normal(key, (batch, length, heads)))
+  cum = jnp.cumsum(log_f, axis=1)
+  return ForgetGateBias(q_cum=cum, kv_cum=cum)
+
+
+SCORE_MODS.register("forget_gate")(ScoreModSpec(
+    _forget_example, "FoX: F_i - F_j, cumulative log forget gates (per-position operands)"))
 SCORE_MODS.register("alibi_then_soft_cap")(ScoreModSpec(
     lambda heads, batch, length, key: Compose(
         AlibiBias(slopes=jnp.abs(_normal(key, (heads,), 0.3)) + 0.05), SoftCap(cap=2.0)),

@@ -8,6 +8,8 @@
   split deterministically into train (first 90% of its bytes) and valid, then tokenized.
 - ``get_batch(tokens, ...)``: a pure function of (seed, step): resumed runs see
   exactly the batches an uninterrupted run would.
+- ``documents``: packed documents (``data.documents``): where documents start, and batches
+  whose rows carry segment ids, positions restarting in each document and weights.
 - ``tasks``: algorithmic sequence-to-sequence tasks (Delétang et al. 2023) for length
   generalisation, deterministic for (seed, length); ``retrieval``: passkey and
   associative-recall language-model tasks.
@@ -44,6 +46,8 @@ class Corpus:
   train_bytes: np.ndarray | None = None   # int32 [n_train]; None: one byte per token
   valid_bytes: np.ndarray | None = None
   identity: dict = dataclasses.field(default_factory=dict)   # what it was read from (data_identity)
+  train_documents: np.ndarray | None = None   # int32 [n_train]: each token's document
+  valid_documents: np.ndarray | None = None   # (data.documents); None: not split
 
   def split(self, name: str) -> np.ndarray:
     if name not in ("train", "valid"):
@@ -54,6 +58,12 @@ class Corpus:
     """int32 [n]: the UTF-8 bytes each token of split ``name`` stands for."""
     tokens, counts = self.split(name), self.train_bytes if name == "train" else self.valid_bytes
     return np.ones(len(tokens), np.int32) if counts is None else counts
+
+  def documents(self, name: str) -> np.ndarray | None:
+    """int32 [n]: the document of each token of split ``name`` (non-decreasing, from 0), or
+    None when the corpus was loaded without ``data.documents``."""
+    self.split(name)
+    return self.train_documents if name == "train" else self.valid_documents
 
 
 _STDLIB_SKIP = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test",
@@ -102,6 +112,21 @@ def _tinyshakespeare() -> tuple[bytes, str]:
 # data.corpus -> () -> (raw bytes, name); each needs nothing beyond the installed package
 CORPORA = {"builtin": _python_stdlib, "tinyshakespeare": _tinyshakespeare}
 
+
+def _separator_problem(value: str, context) -> str | None:
+  """Why ``data.document_separator`` cannot be ``value`` (a string) in its data block."""
+  from attnlab.data.retrieval_tasks import RETRIEVAL_TASKS
+  block = Declared(context.get("block", {}), DATA_FIELDS)
+  try:
+    value.encode("utf-8")
+  except UnicodeEncodeError:
+    return "is not valid; valid: a string that encodes as UTF-8 (no lone surrogates)"
+  if value and block.documents and not block.path and block.corpus in RETRIEVAL_TASKS:
+    return (f"is not valid with data.corpus={block.corpus!r}: each generated example is one "
+            f"document; valid: ''")
+  return None
+
+
 # data.* of a language-model run: every default is here and only here.
 DATA_FIELDS = (
     Field("corpus", "builtin", "builtin (the running Python's standard library source), "
@@ -111,6 +136,14 @@ DATA_FIELDS = (
     Field("seq_len", 128, "training sequence length", minimum=1),
     Field("valid_fraction", 0.1, "the last fraction of the text is validation data",
           check=lambda v, c: None if 0.0 < v < 1.0 else "must be in (0, 1)"),
+    # read only when True: a run without documents has the identity it had before them
+    Field("documents", False, "pack documents: a token attends only within its document, "
+          "positions restart at each document start, a target in the next document is not "
+          "scored (attnlab.data.documents)", applies=lambda d: d["documents"] is True),
+    Field("document_separator", "", "with documents: the text between separators is a "
+          "document; '' = natural boundaries: the built-in corpus's '# file:' header lines, "
+          "blank lines ('\\n\\n') in other text; a retrieval task's examples are documents",
+          check=_separator_problem, applies=lambda d: d["documents"] is True),
 )
 
 
@@ -137,6 +170,8 @@ def load_corpus(data_cfg, splits=("train", "valid")) -> Corpus:
   identity = data_identity(data_cfg, raw)
   train, valid = split_tokens(np.frombuffer(raw, np.uint8), data_cfg.valid_fraction)
   tokenizer = get_tokenizer(data_cfg)
+  if Declared(data_cfg, DATA_FIELDS).documents:
+    return _with_documents(data_cfg, raw, name, identity, train, valid, tokenizer, splits)
   if isinstance(tokenizer, ByteTokenizer):
     return Corpus(name, train, valid, identity=identity)
   empty = (np.zeros(0, np.int32), np.zeros(0, np.int32))
@@ -145,6 +180,35 @@ def load_corpus(data_cfg, splits=("train", "valid")) -> Corpus:
       if split in splits else empty for split, part in (("train", train), ("valid", valid)))
   return Corpus(f"{name} ({tokenizer.name})", train, valid, train_bytes, valid_bytes,
                 identity=identity)
+
+
+def _with_documents(data_cfg, raw: bytes, name: str, identity: dict, train: np.ndarray,
+                    valid: np.ndarray, tokenizer, splits) -> Corpus:
+  """``load_corpus`` with ``data.documents``: each split's tokens and each token's document
+  (found in the split's own bytes, so each split's ids start at 0)."""
+  d = Declared(data_cfg, DATA_FIELDS)
+  builtin = not d.path and d.corpus == "builtin"
+  documents.check_boundaries(raw, d.document_separator, builtin,
+                             f"data.path={d.path!r}" if d.path else f"data.corpus={d.corpus!r}")
+  parts = {}
+  for split, part in (("train", train), ("valid", valid)):
+    if isinstance(tokenizer, ByteTokenizer):
+      ids, counts, text = part, None, part.tobytes()
+    elif split in splits:
+      decoded = part.tobytes().decode("utf-8", errors="replace")
+      ids, counts = tokenizer.encode_with_bytes(decoded)
+      text = decoded.encode("utf-8")     # the bytes the counts add up to
+    else:
+      parts[split] = (np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int32))
+      continue
+    byte_ids = documents.byte_document_ids(text, d.document_separator, builtin)
+    docs = byte_ids if counts is None else documents.token_document_ids(byte_ids, counts)
+    parts[split] = (ids, counts, docs)
+  (train, train_bytes, train_docs), (valid, valid_bytes, valid_docs) = (
+      parts["train"], parts["valid"])
+  label = name if isinstance(tokenizer, ByteTokenizer) else f"{name} ({tokenizer.name})"
+  return Corpus(label, train, valid, train_bytes, valid_bytes, identity=identity,
+                train_documents=train_docs, valid_documents=valid_docs)
 
 
 def data_identity(data_cfg, raw: bytes) -> dict:
@@ -161,6 +225,9 @@ def data_identity(data_cfg, raw: bytes) -> dict:
       identity["tokenizer_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
   if not d.path and d.corpus == "builtin":
     identity["python"] = platform.python_version()
+  if d.documents:   # absent without documents: the identity runs had before them
+    identity["documents"] = documents.describe_rule(d.document_separator,
+                                                    not d.path and d.corpus == "builtin")
   return identity
 
 
@@ -202,7 +269,9 @@ def non_overlapping_windows(tokens: np.ndarray, length: int, max_windows: int | 
 @dataclasses.dataclass(frozen=True)
 class Batches:
   """The training data of a run: ``train(step)`` and ``valid(i)`` give
-  ``(inputs, targets)`` or, for tasks, ``(inputs, targets, weights)``."""
+  ``(inputs, targets)`` or, for tasks, ``(inputs, targets, weights)``; with
+  ``data.documents``, ``(inputs, targets, weights, segment_ids, positions)``
+  (``documents.document_batch``)."""
   train: Any
   valid: Any
   description: str
@@ -216,6 +285,8 @@ def make_batches(cfg) -> Batches:
   """Batches for a resolved config: a text corpus, or a synthetic retrieval task."""
   from attnlab.data.retrieval_tasks import RETRIEVAL_TASKS, task_batch
   d, t = cfg.data, cfg.train
+  if Declared(d, DATA_FIELDS).documents:
+    return _document_batches(cfg)
   if not d.path and d.corpus in RETRIEVAL_TASKS:
     def batch(step, split):
       return task_batch(d.corpus, t.batch_size, d.seq_len, t.seed, step, split)
@@ -227,6 +298,32 @@ def make_batches(cfg) -> Batches:
       lambda i: get_batch(corpus.valid, t.batch_size, d.seq_len, t.seed, i, "valid"),
       f"{corpus.name} ({len(corpus.train):,} train / {len(corpus.valid):,} valid "
       f"{'bytes' if corpus.train_bytes is None else 'tokens'})",
+      float(corpus.token_bytes("valid").mean()), corpus.identity)
+
+
+def _document_batches(cfg) -> Batches:
+  """``make_batches`` with ``data.documents``: 5-tuples (``documents.document_batch``); a
+  retrieval task's rows are one example, so one document, each."""
+  from attnlab.data.retrieval_tasks import RETRIEVAL_TASKS, task_batch
+  d, t = cfg.data, cfg.train
+  if not d.path and d.corpus in RETRIEVAL_TASKS:
+    def example(step, split):
+      return (*task_batch(d.corpus, t.batch_size, d.seq_len, t.seed, step, split),
+              *documents.whole_rows(t.batch_size, d.seq_len))
+    return Batches(lambda step: example(step, "train"), lambda i: example(i, "valid"),
+                   f"task {d.corpus} at length {d.seq_len}, one document per example")
+  corpus = load_corpus(d)
+
+  def batch(split, step):
+    return documents.document_batch(corpus.split(split), corpus.documents(split), t.batch_size,
+                                    d.seq_len, t.seed, step, split)
+  counts = [int(corpus.documents(s)[-1]) + 1 if len(corpus.split(s)) else 0
+            for s in ("train", "valid")]
+  return Batches(
+      lambda step: batch("train", step), lambda i: batch("valid", i),
+      f"{corpus.name} ({len(corpus.train):,} train / {len(corpus.valid):,} valid "
+      f"{'bytes' if corpus.train_bytes is None else 'tokens'}; {counts[0]:,} / {counts[1]:,} "
+      f"packed documents)",
       float(corpus.token_bytes("valid").mean()), corpus.identity)
 
 
@@ -255,6 +352,8 @@ def sliding_windows(tokens: np.ndarray, length: int, stride: int, max_scored: in
 
 
 from attnlab.data import tasks  # noqa: E402  (algorithmic seq2seq tasks)
+from attnlab.data import documents  # noqa: E402  (packed documents)
+from attnlab.data.documents import document_positions  # noqa: E402
 
-__all__ = ["tasks", "ByteTokenizer", "HFTokenizer", "get_tokenizer", "tokenizer_vocab_size", "train_bpe", "CORPORA", "CORPUS_DIR", "Corpus", "VOCAB_SIZE", "builtin_corpus_bytes", "builtin_corpus_files",
+__all__ = ["tasks", "documents", "document_positions", "ByteTokenizer", "HFTokenizer", "get_tokenizer", "tokenizer_vocab_size", "train_bpe", "CORPORA", "CORPUS_DIR", "Corpus", "VOCAB_SIZE", "builtin_corpus_bytes", "builtin_corpus_files",
            "Batches", "get_batch", "load_corpus", "make_batches", "non_overlapping_windows", "sliding_windows", "split_tokens"]

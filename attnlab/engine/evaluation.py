@@ -7,6 +7,11 @@ same window (so early tokens of a window have short contexts, as in the ALiBi
 paper's non-overlapping protocol). Writes ``eval.json``, ``eval.md`` and
 ``eval.png`` into the workdir (or ``--out``).
 
+A run trained on packed documents (``data.documents``) is scored the same way, document by
+document: each window carries its tokens' segment ids and positions restarting at every
+document start (a window that starts inside a document starts it at position 0), and a
+target that begins the next document is not scored (``data.documents.window_layout``).
+
 Perplexity is per token; bits per byte divide the nats of the scored tokens by the UTF-8
 bytes they stand for (``data.tokenization``), so byte-level and BPE models compare.
 ``rope_scalings`` evaluates a RoPE model once per scaling (PI, NTK, dynamic NTK, YaRN,
@@ -71,6 +76,30 @@ def nll_scorer(model_cfg):
 nll_scorer.cache_clear = _nll_scorer.cache_clear
 
 
+@compiled_cache(maxsize=8)
+def _document_nll_scorer(model_cfg):
+  model = build_lm(model_cfg)
+
+  @jax.jit
+  def weighted_nll(params, inputs, targets, weights, segment_ids, positions):
+    logits = model.apply({"params": params}, inputs, positions, segment_ids=segment_ids)
+    return (optax.softmax_cross_entropy_with_integer_labels(logits, targets) * weights).sum()
+
+  return weighted_nll
+
+
+def document_nll_scorer(model_cfg):
+  """``nll_scorer`` for packed documents: jitted ``(params, inputs, targets, weights,
+  segment_ids int [b, L], positions int [b, L]) -> sum of weights * next-token NLL``, each
+  token attending only within its document. Cached per model config like ``nll_scorer``."""
+  frozen = ml_collections.FrozenConfigDict(model_cfg)
+  try:
+    hash(frozen)
+  except TypeError:
+    return _document_nll_scorer.__wrapped__(frozen)
+  return _document_nll_scorer(frozen)
+
+
 def fixed_batches(arrays, per_batch: int):
   """Split equal-length ``arrays`` (leading axis n) into batches of ``per_batch`` rows.
 
@@ -91,7 +120,8 @@ def fixed_batches(arrays, per_batch: int):
 def evaluate_lengths(cfg, params, tokens: np.ndarray, lengths, *, max_tokens: int | None = None,
                      batch_tokens: int | None = None, mode: str = "non_overlapping",
                      stride: int | None = None, progress: bool = True,
-                     token_bytes: np.ndarray | None = None) -> list[dict]:
+                     token_bytes: np.ndarray | None = None,
+                     documents: np.ndarray | None = None) -> list[dict]:
   """Score ``tokens`` at each length; returns one record per length.
 
   ``mode="non_overlapping"``: consecutive windows, every token of a window scored.
@@ -100,7 +130,10 @@ def evaluate_lengths(cfg, params, tokens: np.ndarray, lengths, *, max_tokens: in
   Record: ``eval_length``, ``eval_mode``, ``loss`` (nats/token), ``ppl`` (per token),
   ``bpb`` (bits per byte), ``tokens`` (number scored), ``bytes`` (UTF-8 bytes they stand
   for) and ``stride``. ``token_bytes``: int [len(tokens)], the bytes each token stands for
-  (None: one each, a byte-level model).
+  (None: one each, a byte-level model). ``documents``: int [len(tokens)], each token's
+  document (a run trained on packed documents, ``Corpus.documents``): windows are scored
+  document by document (segment ids, restarting positions, no target across a boundary)
+  and records carry ``documents: True``; None: the text is one stream.
   """
   if token_bytes is None:
     token_bytes = np.ones(len(tokens), np.int32)
@@ -114,6 +147,10 @@ def evaluate_lengths(cfg, params, tokens: np.ndarray, lengths, *, max_tokens: in
     positional.check_length(cfg.model.position, length, "evaluation length")
     if mode == "sliding" and not (isinstance(stride, int) and 1 <= stride <= length):
       raise ConfigError(f"sliding stride={stride!r} must be an integer in [1, {length}]")
+  if documents is not None:
+    return _evaluate_documents(cfg, params, tokens, lengths, documents, max_tokens=max_tokens,
+                               batch_tokens=batch_tokens, mode=mode, stride=stride,
+                               progress=progress, token_bytes=token_bytes)
   weighted_nll = nll_scorer(cfg.model)
   records = []
   for length in tqdm(lengths, desc=f"eval lengths ({mode})", disable=not progress):
@@ -136,6 +173,44 @@ def evaluate_lengths(cfg, params, tokens: np.ndarray, lengths, *, max_tokens: in
                     "ppl": perplexity(loss), "bpb": total / max(scored_bytes, 1) / LN2,
                     "tokens": scored, "bytes": scored_bytes,
                     "stride": stride if mode == "sliding" else length})
+  return records
+
+
+def _evaluate_documents(cfg, params, tokens, lengths, documents, *, max_tokens, batch_tokens,
+                        mode, stride, progress, token_bytes) -> list[dict]:
+  """``evaluate_lengths`` on packed documents (``documents`` int [len(tokens)]; the other
+  arguments checked and filled in): the same windows and records, each window scored
+  document by document."""
+  if len(documents) != len(tokens):
+    raise ValueError(f"evaluate_lengths: {len(tokens)} tokens but {len(documents)} document ids")
+  weighted_nll = document_nll_scorer(cfg.model)
+  records = []
+  for length in tqdm(lengths, desc=f"eval lengths ({mode}, documents)", disable=not progress):
+    if mode == "sliding":
+      windows = lambda a: data.sliding_windows(a, length, stride, max_tokens)  # noqa: E731
+    else:
+      n = max(1, max_tokens // length)
+      windows = lambda a: data.non_overlapping_windows(a, length, n)  # noqa: E731
+    inputs, targets, *scored = windows(tokens)
+    target_bytes = windows(token_bytes)[1]
+    input_docs, target_docs = windows(documents)[:2]
+    segment_ids, positions, same = data.documents.window_layout(input_docs, target_docs)
+    weights = same * (scored[0] if scored else 1.0)
+    total = 0.0
+    # weights last: fixed_batches zeroes the padding's weights
+    for i, t, s, p, w in fixed_batches((inputs, targets, segment_ids, positions, weights),
+                                       max(1, batch_tokens // length)):
+      total += float(weighted_nll(params, i, t, w, s, p))
+    n_scored = int(weights.sum())
+    if not n_scored:
+      raise ConfigError(f"evaluation length {length}: every target of the windows begins a "
+                        f"document, so nothing can be scored; evaluate at a longer length")
+    scored_bytes = int((target_bytes * weights).sum())
+    loss = total / n_scored
+    records.append({"eval_length": length, "eval_mode": mode, "loss": loss,
+                    "ppl": perplexity(loss), "bpb": total / max(scored_bytes, 1) / LN2,
+                    "tokens": n_scored, "bytes": scored_bytes,
+                    "stride": stride if mode == "sliding" else length, "documents": True})
   return records
 
 
@@ -271,7 +346,8 @@ def evaluate_workdir(workdir, lengths, out=None, progress=True, rope_scalings=()
   records = []
   for variant, run_cfg, run_lengths in runs:
     got = evaluate_lengths(run_cfg, params, corpus.valid, run_lengths, progress=progress,
-                           token_bytes=corpus.token_bytes("valid"))
+                           token_bytes=corpus.token_bytes("valid"),
+                           documents=corpus.documents("valid"))
     for r in got:
       r["variant"] = variant
       if rope_scalings:

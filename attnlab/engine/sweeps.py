@@ -132,7 +132,8 @@ def _evaluate_variant(run_dir: pathlib.Path, spec: dict, progress: bool,
     records += evaluation.evaluate_lengths(cfg, params, tokens, spec["lengths"], mode=mode,
                                            stride=spec["stride"], max_tokens=budget,
                                            batch_tokens=batch_tokens, progress=progress,
-                                           token_bytes=corpus.token_bytes("valid"))
+                                           token_bytes=corpus.token_bytes("valid"),
+                                           documents=corpus.documents("valid"))
   evaluation.check_finite(records, run_dir, step)
   for r in records:
     r.update(variant=run_dir.name, train_length=cfg.data.seq_len, params=num_params(params),

@@ -67,14 +67,18 @@ def init_state(model, tx, cfg) -> dict[str, Any]:
 
 
 def token_loss(model, params, inputs, targets, weights=None, *, deterministic=True, rng=None,
-               positions=None):
+               positions=None, segment_ids=None):
   """Mean cross-entropy (nats) of next-token prediction. inputs, targets: int [batch, seq].
 
-  ``weights`` (float [batch, seq], optional) scores only some targets (task answers).
+  ``weights`` (float [batch, seq], optional) scores only some targets (task answers, or
+  targets across a document boundary). ``segment_ids`` (int [batch, seq], optional):
+  packed documents, each token attends within its own (pass ``positions`` restarting in
+  each document); ``positions`` (int [batch, seq]) default to 0..seq-1.
   """
   rngs = {} if rng is None else {"dropout": rng, "features": jax.random.fold_in(rng, 2)}
+  documents = {} if segment_ids is None else {"segment_ids": segment_ids}
   logits = model.apply({"params": params}, inputs, positions, deterministic=deterministic,
-                       rngs=rngs)
+                       rngs=rngs, **documents)
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
   if weights is None:
     return losses.mean()
@@ -83,24 +87,28 @@ def token_loss(model, params, inputs, targets, weights=None, *, deterministic=Tr
 
 def make_train_step(model, tx, seed: int, dropout: bool, random_positions_max: int = 0,
                     redraw_features: bool = False, state_sharding=None):
-  """Jitted ``(state, inputs, targets) -> (state, metrics)``.
+  """Jitted ``(state, inputs, targets[, weights, segment_ids, positions]) -> (state, metrics)``
+  (the optional parts: ``token_loss``; packed documents pass all three).
 
   Dropout keys, Performer feature keys (``redraw_features``) and, when
   ``random_positions_max`` > 0, the randomized positions of the batch (sorted,
   distinct, from ``[0, random_positions_max)``) derive from (seed, step).
   """
 
-  def train_step(state, inputs, targets, weights=None):
+  def train_step(state, inputs, targets, weights=None, segment_ids=None, positions=None):
     step_key = jax.random.fold_in(jax.random.PRNGKey(seed), state["step"])
     rng = step_key if dropout or redraw_features else None
-    positions = None
     if random_positions_max:
+      if positions is not None:
+        raise ValueError("make_train_step: randomized positions replace the batch's "
+                         "positions; a batch with positions (packed documents) cannot use them")
       positions = positional.randomized_positions(
           jax.random.fold_in(step_key, 1), inputs.shape[1], random_positions_max)
       positions = jnp.broadcast_to(positions, inputs.shape)
     loss, grads = jax.value_and_grad(
         lambda p: token_loss(model, p, inputs, targets, weights, deterministic=not dropout,
-                             rng=rng, positions=positions))(state["params"])
+                             rng=rng, positions=positions, segment_ids=segment_ids)
+    )(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
@@ -112,8 +120,11 @@ def make_train_step(model, tx, seed: int, dropout: bool, random_positions_max: i
 
 
 def make_eval_step(model):
-  return jax.jit(lambda params, inputs, targets, weights=None:
-                 token_loss(model, params, inputs, targets, weights))
+  """Jitted ``(params, inputs, targets[, weights, segment_ids, positions]) -> mean loss``
+  (``token_loss``)."""
+  return jax.jit(lambda params, inputs, targets, weights=None, segment_ids=None, positions=None:
+                 token_loss(model, params, inputs, targets, weights, positions=positions,
+                            segment_ids=segment_ids))
 
 
 def validation_loss(eval_step, params, batches, cfg, mesh=None) -> float:
@@ -136,8 +147,9 @@ def train_and_evaluate(config, workdir, *, stop_after: int | None = None,
   interrupted there); re-running continues from the last checkpoint.
   ``batches`` replaces the data the config describes (``data.make_batches(cfg)``) with
   any ``data.Batches`` of the same shapes, [train.batch_size, data.seq_len] (a third
-  element, float weights [batch, seq], scores only some targets); it must be a pure
-  function of the step, like the default, for resumed runs to be exact.
+  element, float weights [batch, seq], scores only some targets; a fourth and fifth, int
+  segment ids and positions, pack documents); it must be a pure function of the step,
+  like the default, for resumed runs to be exact.
   ``hooks``: ``hook(state, step, train_losses)`` at every evaluation (``loop.run_steps``).
 
   A workdir holds one run: another config is refused, other data is refused unless

@@ -2,8 +2,9 @@
 
 Layout (one per model, shared by its layers):
 
-- ``layers[i] = (k, v)``: ``[batch, capacity, kv_heads, head_dim]`` each, in the
-  model's compute dtype. GQA/MQA store only ``kv_heads`` heads, so the cache
+- ``layers[i] = (k, v, *state)``: ``[batch, capacity, kv_heads, head_dim]`` each, in the
+  model's compute dtype, then what the position scheme keeps per layer
+  (``PositionScheme.cache_state``: FoX's cumulative forget gates of every slot). GQA/MQA store only ``kv_heads`` heads, so the cache
   shrinks by ``num_heads / num_kv_heads``.
 - ``slot_pos``: int32 ``[capacity]``, the text position held by each slot (-1: empty).
 - ``length``: int32 scalar, tokens consumed so far (every row of the batch
@@ -154,7 +155,9 @@ def init_cache(model_cfg, batch: int, layout: CacheLayout, dtype=None) -> KVCach
   kv_heads, head_dim = head_dims(model_cfg)
   dtype = dtype or DTYPES[model_cfg.dtype]
   shape = (batch, layout.capacity, kv_heads, head_dim)
-  layers = tuple((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+  state = positional.get_scheme(model_cfg.position).cache_state(
+      batch, layout.capacity, int(model_cfg.attention.num_heads))
+  layers = tuple((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), *state)
                  for _ in range(model_cfg.num_layers))
   return KVCache(layers, jnp.full((layout.capacity,), -1, jnp.int32),
                  jnp.zeros((), jnp.int32), layout)
@@ -331,15 +334,20 @@ def decode_attention(q, k, v, *, mask, bias, att):
   return dot_product_attention(q, k, v, mask=mask, bias=bias, impl=impl, **impl_options(att))
 
 
-def cached_attention(q, k, v, layer_kv, plan: StepPlan, *, scheme, params, att, layer: int):
+def cached_attention(q, k, v, layer_kv, plan: StepPlan, *, scheme, params, att, layer: int,
+                     inputs=None):
   """One attention layer of a cached step.
 
   q: [B, T, heads, D]; k, v: [B, T, kv_heads, D], projections of the new tokens before
-  position encoding; layer_kv: this layer's cached (k, v); params: the layer's position
-  parameters (``scheme.attention_params``) by name. Returns the attention output
-  [B, T, heads, D] and the layer's updated (k, v).
+  position encoding; layer_kv: this layer's cached (k, v, *state); params: the layer's
+  position parameters (``scheme.attention_params``) by name; inputs: the layer's input
+  [B, T, d_model] (read by ``reads_input`` schemes). Returns the attention output
+  [B, T, heads, D] and the layer's updated (k, v, *state).
   """
-  k_cache, v_cache = layer_kv
+  k_cache, v_cache, *state = layer_kv
+  if scheme.reads_input:
+    return _cached_with_state(q, k, v, k_cache, v_cache, state, plan, scheme=scheme,
+                              params=params, att=att, layer=layer, inputs=inputs)
   if plan.streaming:      # store keys as projected; encode them at their place each step
     q = scheme.rotate_qk(q, q, _rows(plan.q_pos, q))[0]
     k_cache, v_cache = _write(k_cache, k, plan.write_slots), _write(v_cache, v, plan.write_slots)
@@ -376,6 +384,22 @@ def cached_attention(q, k, v, layer_kv, plan: StepPlan, *, scheme, params, att, 
                            bias=position_bias(scheme, heads, params, plan.q_pos, plan.key_pos),
                            att=att)
   return out, (k_cache, v_cache)
+
+
+def _cached_with_state(q, k, v, k_cache, v_cache, state, plan, *, scheme, params, att, layer,
+                       inputs):
+  """A cached step of a scheme whose modifier reads the layer input and keeps state per slot
+  (FoX): its modifier's operands are aligned with the keys attended to (the new tokens at
+  prefill, the cache slots at decode), so no position lookup is involved."""
+  k_cache, v_cache = _write(k_cache, k, plan.write_slots), _write(v_cache, v, plan.write_slots)
+  bias, state = scheme.cached_score_mod(q.shape[2], params, inputs, tuple(state), plan, _write)
+  if plan.prefill:
+    keys, values = k, v
+    mask = PATTERNS.get(att.pattern).build(att, layer) & masks.causal()
+  else:
+    keys, values, mask = k_cache, v_cache, decode_mask(plan, att, layer)
+  out = decode_attention(q, keys, values, mask=mask, bias=bias, att=att)
+  return out, (k_cache, v_cache, *state)
 
 
 def _rows(pos, x):

@@ -54,7 +54,9 @@ class SelfAttention(nn.Module):
   scale (0: ``model.num_layers``).
 
   ``mask``: bool broadcastable to [batch, heads, q, k], and-ed with the pattern (source
-  padding). ``memory`` [batch, src, d_model]: cross-attention, queries from ``x`` and keys
+  padding). ``segment_ids``: int [batch, seq], packed documents: a token sees only keys of
+  its own document (``masks.segments``, and-ed with the pattern; tiles across documents
+  are skipped at run time). ``memory`` [batch, src, d_model]: cross-attention, queries from ``x`` and keys
   and values from ``memory`` (projections ``query`` and ``key_value``; content only: no
   position scheme, every memory token visible but for ``mask``).
   With ``cache=(layer_kv, plan)`` (incremental decoding, see ``attnlab.models.kv_cache``)
@@ -71,7 +73,8 @@ class SelfAttention(nn.Module):
   depth: int = 0
 
   @nn.compact
-  def __call__(self, x, positions=None, cache=None, *, mask=None, memory=None):
+  def __call__(self, x, positions=None, cache=None, *, mask=None, memory=None,
+               segment_ids=None):
     cfg = self.cfg
     att = _with_pattern(cfg.attention, "full" if memory is not None else self.pattern)
     batch, seq, _ = x.shape
@@ -94,20 +97,27 @@ class SelfAttention(nn.Module):
       q, k, v = jnp.split(qkv.reshape(batch, seq, heads + num_k + kv_heads, head_dim),
                           [heads, heads + num_k], axis=2)   # one matmul; columns [q | k | v]
       scheme = positional.get_scheme(cfg.position)
-      params = declared_params(self, scheme.attention_params(heads), param_dtype(cfg))
+      params = declared_params(self, scheme.attention_params(heads, cfg.d_model),
+                               param_dtype(cfg))
       if cache is not None:   # incremental decoding: k, v go to the cache before encoding
         out, layer_kv = kv_cache.cached_attention(q, k, v, *cache, scheme=scheme,
-                                                  params=params, att=att, layer=self.layer)
+                                                  params=params, att=att, layer=self.layer,
+                                                  inputs=x)
         return out_proj(out.reshape(batch * seq, heads * head_dim)).reshape(x.shape), layer_kv
       if kind.shared_qk:
         q, _ = scheme.rotate_qk(q, q, positions)
         k = q
       else:
         q, k = scheme.rotate_qk(q, k, positions)
-      bias = scheme.score_mod(heads, params, positions)
+      if scheme.reads_input:   # FoX: gates from this layer's input
+        bias = scheme.score_mod(heads, params, positions, inputs=x)
+      else:
+        bias = scheme.score_mod(heads, params, positions)
     rng = self.make_rng("features") if self.has_rng("features") else None
     pattern = PATTERNS.get(att.pattern).build(att, self.layer)
     pattern = pattern if mask is None else pattern & masks.as_mask(mask)
+    if segment_ids is not None:
+      pattern = pattern & masks.segments(segment_ids)
     if kind.weights is not None and self.is_mutable_collection("intermediates"):
       self.sow("intermediates", "attention_weights",
                kind.weights(q, k, mask=pattern, bias=bias, cfg=att, layer=self.layer, rng=rng))
@@ -146,11 +156,11 @@ class Block(nn.Module):
   layer: int = 0
 
   @nn.compact
-  def __call__(self, x, positions, deterministic: bool = True, cache=None):
+  def __call__(self, x, positions, deterministic: bool = True, cache=None, segment_ids=None):
     norm = NORMS.get(self.cfg.norm)
     drop = nn.Dropout(self.cfg.dropout)
     attn = SelfAttention(self.cfg, self.layer, name="attention")(
-        norm(self.cfg, "norm_attention")(x), positions, cache)
+        norm(self.cfg, "norm_attention")(x), positions, cache, segment_ids=segment_ids)
     if cache is not None:
       attn, layer_kv = attn
     out = x + drop(attn, deterministic)
@@ -165,7 +175,9 @@ class TransformerLM(nn.Module):
   """Decoder-only language model.
 
   tokens: int [batch, seq]; positions: int [batch, seq] (default 0..seq-1)
-  -> float32 logits [batch, seq, vocab_size].
+  -> float32 logits [batch, seq, vocab_size]. ``segment_ids`` (int [batch, seq], optional):
+  packed documents; each token attends only within its document (pass positions that
+  restart in each document, ``data.document_positions``).
 
   Incremental decoding: with ``cache`` (a ``kv_cache.KVCache``) the tokens continue the
   text the cache holds (their positions follow from it; ``positions`` must be None) and
@@ -175,11 +187,13 @@ class TransformerLM(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, positions=None, deterministic: bool = True, cache=None,
-               prefill: bool = False):
+               prefill: bool = False, segment_ids=None):
     cfg = self.cfg
     batch, seq = tokens.shape
     plan = None
     if cache is not None:
+      if segment_ids is not None:
+        raise ValueError("TransformerLM: a cache decodes one document; pass segment_ids=None")
       if positions is not None:
         raise ValueError("TransformerLM: with a cache, positions follow from it; pass None")
       plan = kv_cache.plan_step(cache, seq, prefill)
@@ -202,7 +216,7 @@ class TransformerLM(nn.Module):
     for i in range(cfg.num_layers):
       block = Block(cfg, i, name=f"block_{i}")
       if cache is None:
-        x = block(x, positions, deterministic)
+        x = block(x, positions, deterministic, segment_ids=segment_ids)
       else:
         x, layer_kv = block(x, positions, deterministic, (cache.layers[i], plan))
         new_layers.append(layer_kv)

@@ -165,6 +165,8 @@ class PositionScheme:
   biases = False                   # adds a score modifier to the attention logits
   randomizable = False             # can train on randomized positions (Ruoss et al.)
   symmetric_qk = True              # transforms q and k alike (needed when keys are queries)
+  reads_input = False              # its modifier reads the attention layer's input (FoX's
+                                   # gates): score_mod(..., inputs=x), cached_score_mod
 
   def __init__(self, cfg):
     self.cfg = Declared(cfg, COMMON_FIELDS + tuple(type(self).fields))
@@ -200,9 +202,13 @@ class PositionScheme:
     """Parameters the model creates beside its token embedding, passed to ``embed``."""
     return {}
 
-  def attention_params(self, num_heads: int) -> dict[str, ParamSpec]:
+  def attention_params(self, num_heads: int, d_model: int = 0) -> dict[str, ParamSpec]:
     """Parameters each attention layer creates, passed to ``score_mod``."""
     return {}
+
+  def cache_state(self, batch: int, capacity: int, num_heads: int) -> tuple:
+    """Arrays a KV cache keeps per layer beside K and V (``reads_input`` schemes)."""
+    return ()
 
   def embed(self, positions, d_model: int, params=None):
     """Absolute embedding ``[batch, seq, d_model]`` to add to token embeddings, or None."""
@@ -397,7 +403,7 @@ class T5(PositionScheme):
       raise ConfigError(f"model.position.max_distance={c.max_distance!r} must exceed the exact "
                         f"buckets (num_buckets={c.num_buckets}, bidirectional={c.bidirectional})")
 
-  def attention_params(self, num_heads):
+  def attention_params(self, num_heads, d_model=0):
     # zeros: every head starts without a position preference (T5's table is learned)
     return {"position_bias": ParamSpec((self.cfg.num_buckets, num_heads),
                                        nn.initializers.zeros, decay=True)}
@@ -426,6 +432,7 @@ def check_length(cfg, length: int, what: str = "sequence length") -> None:
 
 
 from attnlab.positional import kerple  # noqa: E402,F401  (registers 'kerple')
+from attnlab.positional import fox  # noqa: E402,F401  (registers 'fox')
 
 __all__ = [
     "COMMON_FIELDS", "POSITIONS", "ROPE_SCALINGS", "RopeScaling", "AlibiBias", "ParamSpec", "PositionScheme",
