@@ -2,6 +2,12 @@
 
   python -m attnlab.sweep --config=configs/extrapolation.py --workdir=runs/extrapolation
   python -m attnlab.sweep --config=configs/extrapolation.py:rope,alibi --workdir=runs/rope_vs_alibi
+  python -m attnlab.sweep --config=configs/extrapolation.py:documents --workdir=runs/documents
+
+``:documents`` is the document-masking ablation: RoPE trained on the same windows of the
+same text for the same steps, with packed documents (a document mask and positions
+restarting per document, ``data.documents``) and without (one stream), both scored document
+by document (``sweep.score_documents="always"``), three seeds.
 
 Every variant is the base config (``configs/lm.py``) plus its overrides in
 ``sweep.variants``; all share seed, data and steps. Override anything from the
@@ -21,17 +27,22 @@ def _lm():
   return load_module(pathlib.Path(__file__).with_name("lm.py"))
 
 
-VARIANTS = {"rope": "rope", "alibi": "alibi", "sinusoidal": "sinusoidal", "nope": "none"}
+VARIANTS = {"rope": "rope", "alibi": "alibi", "sinusoidal": "sinusoidal", "nope": "none",
+            "fox": "fox"}
+DOCUMENT_VARIANTS = ("with_document_mask", "without_document_mask")
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  """``arg``: comma-separated variant names to keep (default: all four)."""
+  """``arg``: comma-separated variant names to keep (default: all five), or ``documents``
+  (the document-masking ablation)."""
   c = _lm().base_config()
   c.data.seq_len = 64                 # train short ...
   c.train.lr = 3e-3
   c.train.eval_every = 500
   c.eval.max_tokens = 16384           # scored tokens per (length, protocol)
 
+  if arg == "documents":
+    return _documents(c)
   keep = [name.strip() for name in arg.split(",")] if arg else list(VARIANTS)
   unknown = sorted(set(keep) - set(VARIANTS))
   if unknown or not keep:
@@ -47,4 +58,20 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.sweep.protocols = ("non_overlapping", "sliding")
   c.sweep.stride = 32                 # sliding protocol: tokens scored per window
   c.sweep.sliding_tokens = 8192       # sliding protocol: scored tokens per length (cost ~ L / stride)
+  return c
+
+
+def _documents(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """RoPE with and without the document mask; the same windows, steps and seeds."""
+  c.sweep = ml_collections.ConfigDict()
+  c.sweep.train = True
+  c.sweep.seeds = 3
+  c.sweep.variants = ml_collections.ConfigDict({
+      "with_document_mask": {"data": {"documents": True}},
+      "without_document_mask": {"data": {"documents": False}}})
+  c.sweep.factors = (1, 2, 4, 8, 16)
+  c.sweep.protocols = ("non_overlapping",)
+  c.sweep.stride = 32
+  c.sweep.sliding_tokens = 8192
+  c.sweep.score_documents = "always"  # both scored document by document
   return c

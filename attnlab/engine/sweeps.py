@@ -75,6 +75,10 @@ def check_evaluation_spec(config, seq_len: int) -> None:
     if mode not in evaluation.EVAL_MODES:
       raise ConfigError(f"sweep.protocols: {mode!r} is not valid; valid: "
                         f"{', '.join(evaluation.EVAL_MODES)}")
+  scoring = config.sweep.get("score_documents", "as_trained")
+  if scoring not in SCORE_DOCUMENTS:
+    raise ConfigError(f"sweep.score_documents={scoring!r} is not valid; valid: "
+                      f"{', '.join(SCORE_DOCUMENTS)}")
   if "sliding" in config.sweep.protocols:
     if not 1 <= config.sweep.stride <= seq_len:
       raise ConfigError(f"sweep.stride={config.sweep.stride!r} must be in [1, data.seq_len={seq_len}]")
@@ -99,11 +103,20 @@ def existing_runs(workdir: pathlib.Path) -> list[str]:
   return names
 
 
+# sweep.score_documents: score each validation document separately (its windows split at
+# document boundaries, positions restarting), as each variant was trained, or always.
+SCORE_DOCUMENTS = ("as_trained", "always")
+
+
 def evaluation_spec(config, seq_len: int) -> dict:
   """What a variant trained at ``seq_len`` is evaluated on (its cache key with the fingerprint)."""
-  return {"lengths": [f * seq_len for f in config.sweep.factors],
+  spec = {"lengths": [f * seq_len for f in config.sweep.factors],
           "protocols": list(config.sweep.protocols), "stride": config.sweep.stride,
           "max_tokens": config.eval.max_tokens, "sliding_tokens": config.sweep.sliding_tokens}
+  scoring = config.sweep.get("score_documents", "as_trained")
+  if scoring != "as_trained":   # absent by default: the spec earlier sweeps cached
+    spec["score_documents"] = scoring
+  return spec
 
 
 def _evaluate_variant(run_dir: pathlib.Path, spec: dict, progress: bool,
@@ -116,7 +129,12 @@ def _evaluate_variant(run_dir: pathlib.Path, spec: dict, progress: bool,
   ``eval.batch_tokens``) only splits the work, so it is not part of the spec."""
   cache = run_dir / "sweep_eval.json"
   cfg, params, step = restore_params(run_dir)
-  corpus = data.load_corpus(cfg.data, splits=("valid",))
+  data_cfg = cfg.data
+  if (spec.get("score_documents") == "always"
+          and not config_lib.Declared(cfg.data, data.DATA_FIELDS).documents):
+    data_cfg = ml_collections.ConfigDict(cfg.data.to_dict())   # the same text, split in documents
+    data_cfg.documents = True
+  corpus = data.load_corpus(data_cfg, splits=("valid",))
   tokens = corpus.valid
   stamp = workdir_lib.fingerprint(cfg, step, params, data=workdir_lib.data_digest(tokens))
   if cache.exists():

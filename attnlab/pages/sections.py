@@ -102,7 +102,7 @@ EXTRAPOLATION_PAGE = "experiments/extrapolation/README.md"
 EXTRAPOLATION_SEEDS = (EXTRAPOLATION, "experiments/extrapolation/seeds/seed1/results.json",
                        "experiments/extrapolation/seeds/seed2/results.json")
 EXTRAPOLATION_DEBIAN = "experiments/extrapolation/debian_python3.11.2/results.json"
-_SCHEMES = ("alibi", "nope", "rope", "sinusoidal")
+_SCHEMES = ("alibi", "fox", "nope", "rope", "sinusoidal")
 _MODES = ("non_overlapping", "sliding")
 
 
@@ -184,6 +184,14 @@ def extrapolation_findings():
       f"- **NoPE degrades mildly ({fig(r(no, 'nope', 8), '.2f', '×')}) but starts "
       f"{order(no('nope', 64), no('rope', 64), 'behind', 'ahead')}** "
       f"({fig(no('nope', 64), '.1f')} against {fig(no('rope', 64), '.1f')} for RoPE at L).",
+      f"- **FoX (a learned forget gate, no position encoding) "
+      f"{order(r(no, 'fox', 8), 1.05, 'degrades', 'extrapolates')}** under non-overlapping "
+      f"evaluation: {fig(r(no, 'fox', 8), '.3f', '×')} at 8× and "
+      f"{fig(r(no, 'fox', 16), '.3f', '×')} at 16× (sliding: {fig(r(sl, 'fox', 8), '.3f', '×')} "
+      f"at 8×). At L it scores {fig(no('fox', 64), '.2f')}, "
+      f"{order(no('fox', 64), no('rope', 64), 'above', 'below')} RoPE's "
+      f"{fig(no('rope', 64), '.2f')} and {order(no('fox', 64), no('alibi', 64), 'above', 'below')}"
+      f" ALiBi's {fig(no('alibi', 64), '.2f')}.",
       f"- **At the training length {best} is best** ({fig(no(best, 64), '.2f')}; ALiBi "
       f"{fig(no('alibi', 64), '.2f')})."])
 
@@ -238,6 +246,45 @@ def extrapolation_seeds():
       f"larger in {every((a > b for a, b in zip(sl8['rope'], sl8['sinusoidal'])), 'every seed', '{k} of {n} seeds')}). At 16× "
       f"RoPE's ratio is the larger under both protocols in "
       f"{every((a > b for m in _MODES for a, b in zip(x('rope', m, 16), x('sinusoidal', m, 16))), 'every seed', '{k} of {n} seed-protocol pairs')}.")]
+  return "\n".join(lines)
+
+
+EXTRAPOLATION_DOCUMENTS = "experiments/extrapolation/documents/results.json"
+DOCUMENTS_RUN = "python -m attnlab.sweep --config=configs/extrapolation.py:documents"
+
+
+@section("extrapolation.documents", EXTRAPOLATION_PAGE, (EXTRAPOLATION_DOCUMENTS,),
+         DOCUMENTS_RUN)
+def extrapolation_documents():
+  import statistics
+  value = load(EXTRAPOLATION_DOCUMENTS)
+  records = [r for r in value["records"] if r["eval_mode"] == "non_overlapping"]
+  seeds = sorted({r["seed"] for r in records})
+  lengths = sorted({r["eval_length"] for r in records})
+  ppl = {(r["variant"], r["seed"], r["eval_length"]): r["ppl"] for r in records}
+  variants = ("with_document_mask", "without_document_mask")
+  lines = [f"Perplexity per byte, each validation document scored separately, mean ± standard "
+           f"deviation over seeds {', '.join(setting(s) for s in seeds)}:", "",
+           "| variant | " + " | ".join(f"L={setting(n)}" for n in lengths) + " |",
+           "|---|" + "---|" * len(lengths)]
+  for v in variants:
+    cells = []
+    for n in lengths:
+      xs = [ppl[(v, s, n)] for s in seeds]
+      cells.append(f"{fig(statistics.mean(xs), '.3f')} ± {fig(statistics.stdev(xs), '.3f')}")
+    lines.append(f"| {v} | " + " | ".join(cells) + " |")
+  gap = {n: [ppl[("with_document_mask", s, n)] / ppl[("without_document_mask", s, n)]
+             for s in seeds] for n in lengths}
+  first, last = lengths[0], lengths[-1]
+  lines += ["", (
+      f"With the mask over without, per seed: {fig(min(gap[first]), '.3f')}–"
+      f"{fig(max(gap[first]), '.3f')} at L and {fig(min(gap[last]), '.3f')}–"
+      f"{fig(max(gap[last]), '.3f')} at {setting(last // first)}× L. The masked model is "
+      f"{order(statistics.mean(gap[first]), 1, 'worse', 'better')} at L in "
+      f"{every((g > 1 for g in gap[first]), 'every seed', '{k} of {n} seeds') if statistics.mean(gap[first]) > 1 else every((g < 1 for g in gap[first]), 'every seed', '{k} of {n} seeds')}"
+      f" and {order(statistics.mean(gap[last]), 1, 'worse', 'better')} at "
+      f"{setting(last // first)}× L in "
+      f"{every((g > 1 for g in gap[last]), 'every seed', '{k} of {n} seeds') if statistics.mean(gap[last]) > 1 else every((g < 1 for g in gap[last]), 'every seed', '{k} of {n} seeds')}.")]
   return "\n".join(lines)
 
 
