@@ -6,8 +6,13 @@
 
 ``:documents`` is the document-masking ablation: RoPE trained on the same windows of the
 same text for the same steps, with packed documents (a document mask and positions
-restarting per document, ``data.documents``) and without (one stream), both scored document
-by document (``sweep.score_documents="always"``), three seeds.
+restarting per document, ``data.documents``) and without (one stream), three seeds. The
+text is tinyshakespeare, whose documents (speeches, separated by blank lines) are short
+enough that many training windows span two; the built-in corpus's documents (whole
+modules) are so long that a 64-byte window rarely crosses one. Both models are scored the
+same way: document by document (``sweep.score_documents="always"``, the default here), and
+again on the text as one stream with ``--config.sweep.score_documents=never`` (the trained
+runs are reused).
 
 Every variant is the base config (``configs/lm.py``) plus its overrides in
 ``sweep.variants``; all share seed, data and steps. Override anything from the
@@ -63,6 +68,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
 def _documents(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """RoPE with and without the document mask; the same windows, steps and seeds."""
+  c.data.corpus = "tinyshakespeare"   # speeches: documents of a few hundred bytes
   c.sweep = ml_collections.ConfigDict()
   c.sweep.train = True
   c.sweep.seeds = 3

@@ -501,7 +501,7 @@ def example_position_mod(kind: str, heads=HEADS, seed=0):
   p = config_lib.position_block(kind)
   scheme = positional.get_scheme(p)
   d_model = 32
-  specs = scheme.attention_params(heads, d_model)
+  specs = scheme.layer_params(heads, d_model)
   key = jax.random.PRNGKey(seed)
   params = {}
   for i, (name, spec) in enumerate(sorted(specs.items())):

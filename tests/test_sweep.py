@@ -132,11 +132,15 @@ def test_learned_variant_beyond_its_table_fails_before_training(tmp_path):
 
 def test_extrapolation_config_selects_variants_by_name():
   from configs import extrapolation
-  assert sorted(extrapolation.get_config().sweep.variants) == ["alibi", "nope", "rope",
+  assert sorted(extrapolation.get_config().sweep.variants) == ["alibi", "fox", "nope", "rope",
                                                                 "sinusoidal"]
   picked = extrapolation.get_config("rope, alibi").sweep.variants
   assert sorted(picked) == ["alibi", "rope"]
   assert picked.alibi.model.position.kind == "alibi"
-  with pytest.raises(ValueError, match=r"unknown variant\(s\) \['xpos'\]; valid: alibi, nope, "
-                                       r"rope, sinusoidal"):
+  with pytest.raises(ValueError, match=r"unknown variant\(s\) \['xpos'\]; valid: alibi, fox, "
+                                       r"nope, rope, sinusoidal"):
     extrapolation.get_config("rope,xpos")
+  ablation = extrapolation.get_config("documents")
+  assert sorted(ablation.sweep.variants) == ["with_document_mask", "without_document_mask"]
+  assert ablation.sweep.variants.with_document_mask.data.documents is True
+  assert ablation.sweep.seeds == 3 and ablation.sweep.score_documents == "always"

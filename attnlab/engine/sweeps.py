@@ -104,8 +104,9 @@ def existing_runs(workdir: pathlib.Path) -> list[str]:
 
 
 # sweep.score_documents: score each validation document separately (its windows split at
-# document boundaries, positions restarting), as each variant was trained, or always.
-SCORE_DOCUMENTS = ("as_trained", "always")
+# document boundaries, positions restarting) as each variant was trained, always, or never
+# (the text as one stream, whatever the training).
+SCORE_DOCUMENTS = ("as_trained", "always", "never")
 
 
 def evaluation_spec(config, seq_len: int) -> dict:
@@ -130,10 +131,11 @@ def _evaluate_variant(run_dir: pathlib.Path, spec: dict, progress: bool,
   cache = run_dir / "sweep_eval.json"
   cfg, params, step = restore_params(run_dir)
   data_cfg = cfg.data
-  if (spec.get("score_documents") == "always"
-          and not config_lib.Declared(cfg.data, data.DATA_FIELDS).documents):
-    data_cfg = ml_collections.ConfigDict(cfg.data.to_dict())   # the same text, split in documents
-    data_cfg.documents = True
+  scoring = spec.get("score_documents", "as_trained")
+  trained = config_lib.Declared(cfg.data, data.DATA_FIELDS).documents
+  if scoring != "as_trained" and (scoring == "always") != trained:
+    data_cfg = ml_collections.ConfigDict(cfg.data.to_dict())   # the same text
+    data_cfg.documents = scoring == "always"
   corpus = data.load_corpus(data_cfg, splits=("valid",))
   tokens = corpus.valid
   stamp = workdir_lib.fingerprint(cfg, step, params, data=workdir_lib.data_digest(tokens))

@@ -138,8 +138,7 @@ def decay_mask(model_cfg):
   if "position" in model_cfg:
     scheme = positional.get_scheme(model_cfg.position)
     specs = {**scheme.embedding_params(int(model_cfg.d_model)),
-             **scheme.attention_params(int(model_cfg.attention.num_heads),
-                                       int(model_cfg.d_model))}
+             **scheme.layer_params(int(model_cfg.attention.num_heads), int(model_cfg.d_model))}
     declared = {name: spec.decay for name, spec in specs.items()}
 
   def mask(params):

@@ -97,7 +97,7 @@ class SelfAttention(nn.Module):
       q, k, v = jnp.split(qkv.reshape(batch, seq, heads + num_k + kv_heads, head_dim),
                           [heads, heads + num_k], axis=2)   # one matmul; columns [q | k | v]
       scheme = positional.get_scheme(cfg.position)
-      params = declared_params(self, scheme.attention_params(heads, cfg.d_model),
+      params = declared_params(self, scheme.layer_params(heads, cfg.d_model),
                                param_dtype(cfg))
       if cache is not None:   # incremental decoding: k, v go to the cache before encoding
         out, layer_kv = kv_cache.cached_attention(q, k, v, *cache, scheme=scheme,

@@ -202,9 +202,16 @@ class PositionScheme:
     """Parameters the model creates beside its token embedding, passed to ``embed``."""
     return {}
 
-  def attention_params(self, num_heads: int, d_model: int = 0) -> dict[str, ParamSpec]:
-    """Parameters each attention layer creates, passed to ``score_mod``."""
+  def attention_params(self, num_heads: int) -> dict[str, ParamSpec]:
+    """Parameters each attention layer creates, passed to ``score_mod`` (a ``reads_input``
+    scheme's take ``d_model`` too: ``layer_params``)."""
     return {}
+
+  def layer_params(self, num_heads: int, d_model: int) -> dict[str, ParamSpec]:
+    """``attention_params``, given the model width where the scheme reads the layer input."""
+    if self.reads_input:
+      return self.attention_params(num_heads, d_model)
+    return self.attention_params(num_heads)
 
   def cache_state(self, batch: int, capacity: int, num_heads: int) -> tuple:
     """Arrays a KV cache keeps per layer beside K and V (``reads_input`` schemes)."""
@@ -403,7 +410,7 @@ class T5(PositionScheme):
       raise ConfigError(f"model.position.max_distance={c.max_distance!r} must exceed the exact "
                         f"buckets (num_buckets={c.num_buckets}, bidirectional={c.bidirectional})")
 
-  def attention_params(self, num_heads, d_model=0):
+  def attention_params(self, num_heads):
     # zeros: every head starts without a position preference (T5's table is learned)
     return {"position_bias": ParamSpec((self.cfg.num_buckets, num_heads),
                                        nn.initializers.zeros, decay=True)}

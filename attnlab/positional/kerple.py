@@ -56,7 +56,7 @@ class Kerple(PositionScheme):
   """KERPLE-log: a learned logarithmic distance bias per head."""
   biases = True
 
-  def attention_params(self, num_heads, d_model=0):
+  def attention_params(self, num_heads):
     return {"kerple_r1": ParamSpec((num_heads,), _uniform(2.0), decay=False),
             "kerple_r2": ParamSpec((num_heads,), _uniform(1.0), decay=False)}
 
