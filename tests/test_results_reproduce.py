@@ -44,6 +44,7 @@ BENCH_CODE = {
     "docs/bench_tiles.json": ["scripts/bench_attention.py", *_ATTENTION],
     "docs/bench_kernels.json": ["scripts/bench_kernels.py", *_ATTENTION],
     "docs/bench_score_mods.json": ["scripts/bench_kernels.py", *_ATTENTION],
+    "docs/bench_documents.json": ["scripts/bench_documents.py", *_ATTENTION],
     "docs/bench_decode.json": ["scripts/bench_decode.py", "attnlab/inference", "attnlab/models",
                                "attnlab/positional", *_ATTENTION],
     "experiments/baby_gpt/bench_train.json": ["scripts/bench_train.py", "attnlab/models",
