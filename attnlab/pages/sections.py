@@ -193,7 +193,8 @@ def extrapolation_findings():
       f"at 8×). At L it scores {fig(no('fox', 64), '.2f')}, "
       f"{order(no('fox', 64), no('rope', 64), 'above', 'below')} RoPE's "
       f"{fig(no('rope', 64), '.2f')} and {order(no('fox', 64), no('alibi', 64), 'above', 'below')}"
-      f" ALiBi's {fig(no('alibi', 64), '.2f')}.",
+      f" ALiBi's {fig(no('alibi', 64), '.2f')}; its perplexity is below ALiBi's at "
+      f"{every((f('fox', n) < f('alibi', n) for f in (no, sl) for n in lengths), 'every length under both protocols', '{k} of {n} (length, protocol) pairs')}.",
       f"- **At the training length {best} is best** ({fig(no(best, 64), '.2f')}; ALiBi "
       f"{fig(no('alibi', 64), '.2f')})."])
 
@@ -227,6 +228,7 @@ def extrapolation_seeds():
   x = lambda v, m, f: [s[(v, m, f)] for s in seeds]  # noqa: E731
   mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
   alibi = x("alibi", "non_overlapping", 8) + x("alibi", "non_overlapping", 16)
+  fox = x("fox", "non_overlapping", 8) + x("fox", "non_overlapping", 16)
   nope = x("nope", "non_overlapping", 8) + x("nope", "non_overlapping", 16)
   degrade = [y for v in ("rope", "sinusoidal") for m in _MODES for f in (8, 16)
              for y in x(v, m, f)]
@@ -234,7 +236,8 @@ def extrapolation_seeds():
   sl8 = {v: x(v, "sliding", 8) for v in ("rope", "sinusoidal")}
   lines += ["", (
       f"ALiBi's non-overlapping ratio stays within {fig(min(alibi), '.3f')}–"
-      f"{fig(max(alibi), '.3f')} in every seed, NoPE's within {fig(min(nope), '.3f')}–"
+      f"{fig(max(alibi), '.3f')} in every seed, FoX's within {fig(min(fox), '.3f')}–"
+      f"{fig(max(fox), '.3f')}, NoPE's within {fig(min(nope), '.3f')}–"
       f"{fig(max(nope), '.3f')}, and RoPE and sinusoidal degrade {fig(min(degrade), '.1f')}–"
       f"{fig(max(degrade), '.1f', '×')} across seeds, protocols and both factors. Which of the "
       f"two degrades more depends on the protocol at 8×: with non-overlapping windows "
