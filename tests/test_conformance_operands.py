@@ -23,7 +23,7 @@ CASES = C.operand_cases()
 # the default tier: ragged documents (a document of one token, rows of different layouts)
 # with and without FoX's gates, and many short documents bidirectionally; the slow tier
 # runs every layout
-DEFAULT = {"causal_documents/ragged", "causal_documents_forget_gate/ragged", "documents/many"}
+DEFAULT = {"causal_documents/ragged", "causal_documents_forget_gate/ragged"}
 
 
 @pytest.mark.parametrize("impl", IMPL_NAMES)
@@ -66,7 +66,8 @@ def _temperature(seed=1):
   return jnp.asarray(0.5 + rng.random((C.BATCH, C.LENGTH, C.HEADS)), jnp.float32)
 
 
-@pytest.mark.parametrize("impl", IMPL_NAMES)
+@pytest.mark.parametrize("impl", [i if i in ("blockwise", "pallas") else C.slow(i)
+                                  for i in IMPL_NAMES])
 def test_a_users_operand_pattern_and_modifier_through_every_impl(impl):
   mask = PerTokenReach(_reach()) & masks.segments(C.document_ids("many"))
   C.skip_if(C.check_impl(impl, mask, PerTokenTemperature(_temperature()),

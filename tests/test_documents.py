@@ -144,7 +144,8 @@ def _packed_rows():
   return tokens, segment_ids, positions
 
 
-@pytest.mark.parametrize("position", ["rope", "alibi", "learned"])
+@pytest.mark.parametrize("position", ["rope", pytest.param("alibi", marks=pytest.mark.slow),
+                                      pytest.param("learned", marks=pytest.mark.slow)])
 def test_no_attention_crosses_a_document_and_each_document_reads_as_alone(position):
   cfg, model, params = perturbed_model(position)
   tokens, segment_ids, positions = _packed_rows()

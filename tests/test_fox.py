@@ -93,7 +93,7 @@ def test_fox_is_not_shift_invariant_like_a_position_bias():
   np.testing.assert_allclose(a[:, :10], c[:, :10], rtol=2e-5, atol=2e-5)
 
 
-@pytest.mark.parametrize("pattern", ["causal", "sliding_window"])
+@pytest.mark.parametrize("pattern", [C.slow("causal"), "sliding_window"])
 def test_fox_decodes_from_its_cache_as_the_full_forward(pattern):
   """Prefill then one token at a time (past a rolling window's wrap) equals the full pass:
   the cache continues F from the last token it read."""
