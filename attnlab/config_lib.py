@@ -27,7 +27,8 @@ import ml_collections
 from attnlab import data, parallel, positional
 from attnlab.attention import IMPLS, KINDS, PATTERNS, impl_names
 from attnlab.data.retrieval_tasks import RETRIEVAL_TASKS
-from attnlab.models import MLPS, MODEL_FIELDS
+from attnlab.models import MLPS, MODEL_FIELDS, schedule
+from attnlab.models.common import ATTENTION_FIELDS, head_dim
 from attnlab.registry import ConfigError, Declared, Field, merge_fields, nearest
 
 # model.attention fields that are not any one entry's: heads and the four axes' names.
@@ -37,7 +38,7 @@ CORE_ATTENTION_FIELDS = (
     Field("kind", "softmax", "what is computed (KINDS)"),
     Field("pattern", "causal", "who sees whom (PATTERNS)"),
     Field("impl", "auto", "how it is computed (IMPLS or auto)"),
-)
+) + ATTENTION_FIELDS
 POSITION_KIND = Field("kind", "rope", "how order enters (POSITIONS)")
 
 
@@ -421,9 +422,9 @@ def check_model(m, *, seq_len: int, trained_length: int, trained_what: str = "",
     raise ConfigError(
         f"model.attention.num_kv_heads={a.num_kv_heads} must divide "
         f"model.attention.num_heads={a.num_heads}; valid: {', '.join(map(str, divisors))}")
-  if m.d_model % a.num_heads:
+  if not Declared(m, MODEL_FIELDS).head_dim and m.d_model % a.num_heads:
     raise ConfigError(f"model.d_model={m.d_model} must be divisible by "
-                      f"model.attention.num_heads={a.num_heads}")
+                      f"model.attention.num_heads={a.num_heads} (or set model.head_dim)")
   _choice(a.pattern, "model.attention.pattern", PATTERNS.names())
   if not PATTERNS.get(a.pattern).causal:
     causal = [n for n, spec in PATTERNS.items() if spec.causal]
@@ -432,8 +433,43 @@ def check_model(m, *, seq_len: int, trained_length: int, trained_what: str = "",
         f"which a causal language model cannot use; valid: {', '.join(causal)}")
   _choice(p.kind, "model.position.kind", positional.POSITIONS.names())
   check_attention(a, seq_len, p.kind)
-  check_position(p, head_dim=m.d_model // a.num_heads, d_model=m.d_model, seq_len=seq_len,
+  check_position(p, head_dim=head_dim(m), d_model=m.d_model, seq_len=seq_len,
                  trained_length=trained_length, trained_what=trained_what)
+  check_schedule(m, p)
+
+
+def check_schedule(m, p) -> None:
+  """``model.layer_types`` and what its layer types need of the other axes, and the
+  shared attention fields that only some kinds can honour."""
+  view = Declared(m, MODEL_FIELDS)
+  a = Declared(m.attention, CORE_ATTENTION_FIELDS)
+  kind = KINDS.get(a.kind)
+  if a.softcap and not kind.honours_score_mods:
+    valid = [n for n, spec in KINDS.items() if spec.honours_score_mods]
+    raise ConfigError(f"model.attention.softcap={a.softcap!r}: kind {a.kind!r} never forms the "
+                      f"score matrix, so it cannot cap scores; valid kinds: {', '.join(valid)}")
+  if a.score_scale and kind.shared_qk:
+    raise ConfigError(f"model.attention.score_scale={a.score_scale!r}: kind {a.kind!r} shares "
+                      f"queries and keys, so scaling the queries would scale the keys; valid "
+                      f"with it: 0")
+  types = set(schedule.parse(view.layer_types))
+  specs = [schedule.LAYER_TYPES.get(t) for t in types]
+  scheme = positional.POSITIONS.get(p.kind)
+  if any(not s.positions for s in specs) and scheme.embeds:
+    valid = [n for n, cls in positional.POSITIONS.items() if not cls.embeds]
+    raise ConfigError(f"model.layer_types={view.layer_types!r} has layers without positions, "
+                      f"but model.position.kind={p.kind!r} adds positions to the input "
+                      f"embeddings (every layer sees them); valid position kinds with NoPE "
+                      f"layers: {', '.join(valid)}")
+  if any(s.local for s in specs):
+    if kind.patterns is not None and "sliding_window" not in kind.patterns:
+      raise ConfigError(f"model.layer_types={view.layer_types!r} has local (sliding-window) "
+                        f"layers, which model.attention.kind={a.kind!r} cannot take (it takes "
+                        f"only {', '.join(kind.patterns)})")
+    if view.local_rope_theta and p.kind != "rope":
+      raise ConfigError(f"model.local_rope_theta={view.local_rope_theta!r} sets the RoPE base "
+                        f"of local layers, but model.position.kind={p.kind!r}; valid: 0 (or "
+                        f"model.position.kind='rope')")
 
 
 def validate(config) -> None:

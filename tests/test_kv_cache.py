@@ -48,7 +48,7 @@ def test_sink_and_window_pattern_keeps_pinned_slots():
   got, cache, full = cached_and_full_logits(model, params, tokens, layout, prefill=5)
   np.testing.assert_allclose(got, full, **TOL)
   # slots hold the sinks and the last window + 1 positions
-  assert sorted(np.asarray(cache.slot_pos).tolist()) == [0, 1, 25, 26, 27, 28, 29]
+  assert sorted(np.asarray(cache.slot_pos[0]).tolist()) == [0, 1, 25, 26, 27, 28, 29]
 
 
 @pytest.mark.parametrize("impl", ["blockwise"])

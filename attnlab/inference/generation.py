@@ -108,8 +108,19 @@ def check_request(model_cfg, lengths, max_new_tokens, stop_tokens, streaming, us
 
 
 def cache_layout(model_cfg, total_length: int, streaming: Streaming | None):
-  return (kv_cache.layout_for(model_cfg, total_length) if streaming is None
+  """The cache ``generate`` decodes with: each layer's own (``kv_cache.layouts_for``: a
+  local layer keeps its window), or StreamingLLM's for every layer."""
+  return (kv_cache.layouts_for(model_cfg, total_length) if streaming is None
           else kv_cache.streaming_layout(streaming.sinks, streaming.window))
+
+
+def _capacity(layout) -> int:
+  """The smallest capacity of a layout or of per-layer layouts."""
+  return min(x.capacity for x in (layout if isinstance(layout, tuple) else (layout,)))
+
+
+def _streaming(layout) -> bool:
+  return not isinstance(layout, tuple) and layout.streaming
 
 
 def _pad(prompts: list[np.ndarray], width: int) -> np.ndarray:
@@ -225,7 +236,7 @@ def decode_program(model_cfg, layout, batch: int, start: int, total: int, max_ne
 @compiled_cache(maxsize=16)
 def _stream(model_cfg, layout, batch: int, total: int):
   model = TransformerLM(model_cfg)
-  start = min(layout.capacity, total)     # a StreamingLLM prefill must not evict
+  start = min(_capacity(layout), total)   # a StreamingLLM prefill must not evict
 
   @jax.jit
   def run(params, tokens):
@@ -295,7 +306,7 @@ def generate(cfg, params, prompts, max_new_tokens: int, sampling: Sampling = Sam
   total = max(lengths) + max_new_tokens
   layout = cache_layout(model_cfg, total, streaming)
   start = min(lengths)
-  if layout.streaming:
+  if _streaming(layout):
     start = min(start, layout.capacity)    # no eviction inside the prefill
   buf = jnp.asarray(_pad(prompts, total))
   lens = jnp.asarray(lengths, jnp.int32)

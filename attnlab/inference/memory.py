@@ -3,8 +3,10 @@
   python -m attnlab.memory --config=configs/lm.py:rope [--contexts=1024,4096 --batch=1]
   python -m attnlab.memory --workdir=runs/rope
 
-Bytes per cached token = 2 (K and V) x layers x kv_heads x head_dim x bytes per element.
-Every divisor of ``num_heads`` is a valid ``num_kv_heads``: the report lists each, MHA
+Bytes per cached token = 2 (K and V) x layers x kv_heads x head_dim x bytes per element
+when every layer caches every position. A schedule with local layers (``model.layer_types``,
+e.g. Gemma-3's 'local*5,global') caches only a window in those: the bytes for a context
+are then the sum over layers of each layer's slots (``kv_cache.cache_bytes``). Every divisor of ``num_heads`` is a valid ``num_kv_heads``: the report lists each, MHA
 (= num_heads) first and MQA (1) last, beside the bytes a cache of that model actually
 allocates (``init_cache``), which must agree with the formula.
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 import jax
 import ml_collections
 
-from attnlab.models import kv_cache
+from attnlab.models import kv_cache, schedule
 
 
 def head_variants(model_cfg) -> list[tuple[str, int]]:
@@ -35,10 +37,11 @@ def _with_kv_heads(model_cfg, kv_heads: int):
 
 
 def allocated_bytes(model_cfg, batch: int, context: int) -> int:
-  """K/V bytes of a real cache for ``context`` tokens (shapes only: nothing is allocated)."""
-  layout = kv_cache.CacheLayout(capacity=context)
-  cache = jax.eval_shape(lambda: kv_cache.init_cache(model_cfg, batch, layout))
-  return sum(int(x.size) * x.dtype.itemsize for kv in cache.layers for x in kv)
+  """K/V bytes of the cache ``generate`` would allocate to decode ``context`` tokens
+  (each layer's own layout; shapes only: nothing is allocated)."""
+  layouts = kv_cache.layouts_for(model_cfg, context)
+  cache = jax.eval_shape(lambda: kv_cache.init_cache(model_cfg, batch, layouts))
+  return sum(int(x.size) * x.dtype.itemsize for layer in cache.layers for x in layer[:2])
 
 
 def report(model_cfg, contexts=(1024, 4096), batch: int = 1) -> list[dict]:
@@ -50,10 +53,11 @@ def report(model_cfg, contexts=(1024, 4096), batch: int = 1) -> list[dict]:
     cfg = _with_kv_heads(model_cfg, kv)
     per_token = kv_cache.bytes_per_token(cfg)
     row = {"variant": label, "num_heads": heads, "num_kv_heads": kv,
-           "layers": int(cfg.num_layers), "head_dim": int(cfg.d_model) // heads,
-           "dtype": cfg.dtype, "bytes_per_token": per_token, "batch": batch}
+           "layers": int(cfg.num_layers), "head_dim": kv_cache.head_dims(cfg)[1],
+           "dtype": cfg.dtype, "bytes_per_token": per_token, "batch": batch,
+           "layer_types": ",".join(schedule.types_of(cfg))}
     for n in contexts:
-      row[f"bytes@{n}"] = per_token * n * batch
+      row[f"bytes@{n}"] = kv_cache.cache_bytes(cfg, batch, n)
       row[f"allocated@{n}"] = allocated_bytes(cfg, batch, n)
     rows.append(row)
   return rows
@@ -71,6 +75,10 @@ def markdown(rows: list[dict], contexts) -> str:
   lines = [f"KV cache of a {r0['layers']}-layer model, {r0['num_heads']} query heads of dim "
            f"{r0['head_dim']}, {r0['dtype']}, batch {r0['batch']}: bytes per token = 2 x "
            f"{r0['layers']} x kv_heads x {r0['head_dim']} x bytes per element.\n",
+           *([] if set(r0["layer_types"].split(",")) <= {"global", "nope"} else [
+               f"Layer schedule {r0['layer_types']}: local layers cache only their window, so "
+               f"a cache holds fewer bytes than bytes/token x context (the 'all layers full' "
+               f"column is that product at the largest context).\n"]),
            "| variant | kv_heads | bytes/token | " + " | ".join(f"cache @ {n}" for n in contexts)
            + " | vs MHA |", "|---|---|---|" + "---|" * len(contexts) + "---|"]
   for r in rows:

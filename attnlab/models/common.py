@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from attnlab import positional
+from attnlab.models import schedule
 from attnlab.registry import Declared, Field, Registry
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -39,6 +40,10 @@ MLPS.register("gelu_exact")(MLPSpec(lambda x: nn.gelu(x, approximate=False),
 MLPS.register("swiglu")(MLPSpec(
     nn.silu, gated=True, hidden=lambda cfg: -(-int(2 * cfg.mlp_ratio * cfg.d_model / 3) // 8) * 8,
     doc="SiLU-gated (LLaMA); hidden 2/3 of mlp_ratio * d_model rounded up to 8"))
+MLPS.register("geglu")(MLPSpec(
+    lambda x: nn.gelu(x, approximate=True), gated=True,
+    hidden=lambda cfg: -(-int(2 * cfg.mlp_ratio * cfg.d_model / 3) // 8) * 8,
+    doc="GELU(tanh)-gated (Gemma); hidden 2/3 of mlp_ratio * d_model rounded up to 8"))
 MLPS.register("none")(MLPSpec(None, doc="no MLP: attention-only blocks"))
 
 NORMS: Registry = Registry("model.norm")
@@ -54,6 +59,33 @@ def _mlps(value, context):
 
 def _transformer(block) -> bool:
   return block["arch"] == "transformer"
+
+
+def _has_local(block) -> bool:
+  return _transformer(block) and schedule.problem(block["layer_types"]) is None and any(
+      schedule.LAYER_TYPES.get(t).local for t in schedule.parse(block["layer_types"]))
+
+
+def _layer_types(value, context):
+  return schedule.problem(value)
+
+
+def _finite_nonnegative(value, context):
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")
+  return None if ok else "must be a finite number >= 0"
+
+
+# ``model.attention`` fields every entry shares that change what a layer computes around the
+# kind: read by the attention layer (``transformer.SelfAttention``) and the KV cache.
+ATTENTION_FIELDS = (
+    Field("qk_norm", False, "RMSNorm over head_dim on every query and key head, before "
+          "position encoding (Qwen3, Gemma-3, OLMo-2)"),
+    Field("softcap", 0.0, "attention scores become softcap * tanh(score / softcap) before the "
+          "position bias and mask; 0: off (Gemma-2: 50)", check=_finite_nonnegative),
+    Field("score_scale", 0.0, "queries are multiplied by score_scale * sqrt(head_dim), so "
+          "softmax scores are q.k * score_scale; 0: 1/sqrt(head_dim) (Gemma: "
+          "query_pre_attn_scalar ** -0.5)", check=_finite_nonnegative),
+)
 
 
 # The ``model.*`` fields of the language models (attention and position blocks aside: their
@@ -83,6 +115,22 @@ MODEL_FIELDS = (
     Field("qkv_bias", False, "biases on the q/k/v projection even when use_bias is False "
           "(Qwen2)", applies=_transformer),
     Field("embed_norm", False, "a norm on the token embeddings (BLOOM)", applies=_transformer),
+    Field("head_dim", 0, "width of each attention head; 0: d_model / num_heads (Qwen3 and "
+          "Gemma set it)", minimum=0, applies=_transformer),
+    Field("post_norms", False, "sandwich norms: a norm on the attention and MLP outputs "
+          "before each residual add (Gemma-2, Gemma-3)", applies=_transformer),
+    Field("embed_scale", False, "token embeddings multiplied by sqrt(d_model) (Gemma)",
+          applies=_transformer),
+    Field("logit_softcap", 0.0, "final logits become cap * tanh(logits / cap); 0: off "
+          "(Gemma-2: 30)", check=_finite_nonnegative, applies=_transformer),
+    Field("layer_types", "global", "per-layer schedule: a repeating unit of layer types "
+          "(attnlab.models.schedule.LAYER_TYPES), e.g. 'local*5,global' (Gemma-3), "
+          "'global*3,nope' (SmolLM3)", check=_layer_types, applies=_transformer),
+    Field("local_window", 64, "local layers: keys i-local_window..i (Hugging Face's "
+          "sliding_window - 1)", minimum=1, applies=_has_local),
+    Field("local_rope_theta", 0.0, "local layers' RoPE base, with no scaling; 0: "
+          "model.position's (Gemma-3: 1e4 local, 1e6 global)", check=_finite_nonnegative,
+          applies=_has_local),
 )
 
 
@@ -90,6 +138,17 @@ def model_settings(cfg) -> Declared:
   """The ``model`` block read through ``MODEL_FIELDS`` (a field it lacks reads as its
   declared default)."""
   return cfg if isinstance(cfg, Declared) else Declared(cfg, MODEL_FIELDS)
+
+
+def attention_settings(att) -> Declared:
+  """A ``model.attention`` block read through ``ATTENTION_FIELDS``."""
+  return att if isinstance(att, Declared) else Declared(att, ATTENTION_FIELDS)
+
+
+def head_dim(cfg) -> int:
+  """Width of each attention head: ``model.head_dim``, or d_model / num_heads."""
+  cfg = model_settings(cfg)
+  return int(cfg.head_dim) or int(cfg.d_model) // int(cfg.attention.num_heads)
 
 
 def param_dtype(cfg):
@@ -136,9 +195,12 @@ def decay_mask(model_cfg):
   """
   declared = {}
   if "position" in model_cfg:
-    scheme = positional.get_scheme(model_cfg.position)
-    specs = {**scheme.embedding_params(int(model_cfg.d_model)),
-             **scheme.layer_params(int(model_cfg.attention.num_heads), int(model_cfg.d_model))}
+    specs = positional.get_scheme(model_cfg.position).embedding_params(int(model_cfg.d_model))
+    blocks = (schedule.distinct_positions(model_cfg) if "num_layers" in model_cfg
+              else [model_cfg.position])
+    for block in blocks:
+      specs.update(positional.get_scheme(block).layer_params(
+          int(model_cfg.attention.num_heads), int(model_cfg.d_model)))
     declared = {name: spec.decay for name, spec in specs.items()}
 
   def mask(params):

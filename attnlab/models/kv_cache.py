@@ -55,7 +55,8 @@ from attnlab import positional
 from attnlab.attention import (IMPLS, KINDS, PATTERNS, dot_product_attention, impl_options,
                                masks, score_mods)
 from attnlab.attention.pytree import pytree_dataclass
-from attnlab.models.common import DTYPES
+from attnlab.models import schedule
+from attnlab.models.common import DTYPES, attention_settings, head_dim
 from attnlab.registry import ConfigError
 
 
@@ -78,10 +79,24 @@ class CacheLayout:
     return self.capacity - self.pinned
 
 
-def layout_for(model_cfg, total_length: int) -> CacheLayout:
-  """The cache a model's own pattern needs to decode up to ``total_length`` positions exactly
-  (the pattern's declared ``lookback``: a rolling cache when the look-back is bounded)."""
-  att = model_cfg.attention
+def layouts_for(model_cfg, total_length: int) -> tuple[CacheLayout, ...]:
+  """The cache of every layer (``layout_for`` of each): a model whose schedule
+  (``model.layer_types``) has local layers caches a window in those layers only."""
+  return tuple(layout_for(model_cfg, total_length, i) for i in range(int(model_cfg.num_layers)))
+
+
+def layout_for(model_cfg, total_length: int, layer: int | None = None) -> CacheLayout:
+  """The cache layer ``layer``'s own pattern needs to decode up to ``total_length``
+  positions exactly (the pattern's declared ``lookback``: a rolling cache when the
+  look-back is bounded). ``layer=None``: the layout every layer shares (``ValueError``
+  when the schedule gives layers different ones; use ``layouts_for``)."""
+  if layer is None:
+    layouts = set(layouts_for(model_cfg, total_length))
+    if len(layouts) > 1:
+      raise ValueError("the layers of this model need different caches (model.layer_types "
+                       "has local layers); use layouts_for")
+    return layouts.pop()
+  att = schedule.layer_attention(model_cfg, layer)
   bounded = PATTERNS.get(att.pattern).lookback(att)
   if bounded is None:
     return CacheLayout(capacity=total_length)
@@ -115,6 +130,11 @@ def check_supported(model_cfg, layout: CacheLayout | None = None) -> None:
   if refusal:
     raise ConfigError(refusal)
   if layout is not None and layout.streaming:
+    if schedule.has_local(model_cfg):
+      raise ConfigError(f"model.layer_types={model_cfg.layer_types!r} has local layers; a "
+                        f"StreamingLLM cache replaces every layer's pattern by sinks + window, "
+                        f"so this model decodes exactly only with its own cache (leave "
+                        f"streaming.sinks/window at 0)")
     if not scheme.streamable():
       streamable = [n for n, cls in positional.POSITIONS.items() if cls.streamable()]
       raise ConfigError(
@@ -133,11 +153,33 @@ def check_supported(model_cfg, layout: CacheLayout | None = None) -> None:
 
 @pytree_dataclass(data=("layers", "slot_pos", "length"))
 class KVCache:
-  """Keys and values of every layer plus slot bookkeeping (see the module docstring)."""
+  """Keys and values of every layer plus slot bookkeeping (see the module docstring).
+
+  Layers with the same layout form a group that shares its slot bookkeeping: a model with
+  local layers (``model.layer_types``) has a full-cache group and a rolling-window group.
+  """
   layers: tuple                 # ((k, v), ...) per layer, each [batch, capacity, kv_heads, head_dim]
-  slot_pos: jax.Array           # int32 [capacity]: text position in each slot, -1 = empty
+  slot_pos: tuple               # per group: int32 [capacity], text position per slot, -1 = empty
   length: jax.Array             # int32 []: tokens consumed so far
-  layout: CacheLayout
+  layouts: tuple                # per layer: its CacheLayout (static)
+
+  @property
+  def groups(self) -> tuple:
+    """The distinct layouts, in order of first use."""
+    return tuple(dict.fromkeys(self.layouts))
+
+  @property
+  def group_of(self) -> tuple:
+    """Index into ``groups`` of each layer's layout."""
+    return tuple(self.groups.index(layout) for layout in self.layouts)
+
+  @property
+  def layout(self) -> CacheLayout:
+    """The layout every layer shares (``ValueError`` when the layers differ)."""
+    if len(self.groups) != 1:
+      raise ValueError(f"the layers of this cache have {len(self.groups)} layouts; read "
+                       f"cache.layouts")
+    return self.groups[0]
 
   def kv_bytes(self) -> int:
     """Bytes of the key and value arrays (the part that scales with layers and heads)."""
@@ -146,29 +188,44 @@ class KVCache:
 
 def head_dims(model_cfg) -> tuple[int, int]:
   """(kv_heads, head_dim) of a model config."""
-  att = model_cfg.attention
-  return int(att.num_kv_heads), int(model_cfg.d_model) // int(att.num_heads)
+  return int(model_cfg.attention.num_kv_heads), head_dim(model_cfg)
 
 
-def init_cache(model_cfg, batch: int, layout: CacheLayout, dtype=None) -> KVCache:
-  """An empty cache for ``batch`` rows (zeros; every slot marked empty)."""
-  kv_heads, head_dim = head_dims(model_cfg)
+def init_cache(model_cfg, batch: int, layout, dtype=None) -> KVCache:
+  """An empty cache for ``batch`` rows (zeros; every slot marked empty). ``layout``: one
+  ``CacheLayout`` for every layer, or one per layer (``layouts_for``)."""
+  layers_n = int(model_cfg.num_layers)
+  layouts = tuple(layout) if isinstance(layout, (tuple, list)) else (layout,) * layers_n
+  if len(layouts) != layers_n:
+    raise ValueError(f"{len(layouts)} layouts for {layers_n} layers")
+  kv_heads, dim = head_dims(model_cfg)
   dtype = dtype or DTYPES[model_cfg.dtype]
-  shape = (batch, layout.capacity, kv_heads, head_dim)
-  state = positional.get_scheme(model_cfg.position).cache_state(
-      batch, layout.capacity, int(model_cfg.attention.num_heads))
-  layers = tuple((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), *state)
-                 for _ in range(model_cfg.num_layers))
-  return KVCache(layers, jnp.full((layout.capacity,), -1, jnp.int32),
-                 jnp.zeros((), jnp.int32), layout)
+  layers = []
+  for i, lay in enumerate(layouts):
+    shape = (batch, lay.capacity, kv_heads, dim)
+    state = positional.get_scheme(schedule.layer_position(model_cfg, i)).cache_state(
+        batch, lay.capacity, int(model_cfg.attention.num_heads))
+    layers.append((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), *state))
+  groups = tuple(dict.fromkeys(layouts))
+  return KVCache(tuple(layers), tuple(jnp.full((g.capacity,), -1, jnp.int32) for g in groups),
+                 jnp.zeros((), jnp.int32), layouts)
 
 
 def bytes_per_token(model_cfg, bytes_per_element: int | None = None) -> int:
-  """KV-cache bytes per cached token: 2 (K and V) x layers x kv_heads x head_dim x element bytes."""
-  kv_heads, head_dim = head_dims(model_cfg)
+  """KV-cache bytes per cached token when every layer caches every position: 2 (K and V) x
+  layers x kv_heads x head_dim x element bytes (``cache_bytes``: a schedule's local
+  layers cache only their window)."""
+  kv_heads, dim = head_dims(model_cfg)
   if bytes_per_element is None:
     bytes_per_element = jnp.dtype(DTYPES[model_cfg.dtype]).itemsize
-  return 2 * int(model_cfg.num_layers) * kv_heads * head_dim * bytes_per_element
+  return 2 * int(model_cfg.num_layers) * kv_heads * dim * bytes_per_element
+
+
+def cache_bytes(model_cfg, batch: int, context: int, bytes_per_element: int | None = None) -> int:
+  """K/V bytes of the cache that decodes ``context`` positions exactly: each layer holds
+  ``layout_for(model_cfg, context, layer).capacity`` slots of 2 x kv_heads x head_dim."""
+  per_layer_token = bytes_per_token(model_cfg, bytes_per_element) // int(model_cfg.num_layers)
+  return batch * per_layer_token * sum(lay.capacity for lay in layouts_for(model_cfg, context))
 
 
 def slot_of(pos, layout: CacheLayout):
@@ -210,15 +267,21 @@ class StepPlan:
   slots_are_positions: bool
 
 
-def plan_step(cache: KVCache, num_new: int, prefill: bool) -> StepPlan:
-  """Where ``num_new`` tokens go and which keys they see.
+def plan_step(cache: KVCache, num_new: int, prefill: bool) -> tuple[StepPlan, ...]:
+  """Where ``num_new`` tokens go and which keys they see: one ``StepPlan`` per group of
+  layers sharing a layout (``cache.groups``; layer i uses ``plans[cache.group_of[i]]``).
 
   ``prefill=True`` requires an empty cache: the new tokens attend among themselves (any
   number of them), then the ones that survive are written. ``prefill=False`` writes first
   and attends over the cache, which is exact when no new token evicts a key an earlier one
   of the same step still needs; that holds for one token at a time (checked here).
   """
-  layout = cache.layout
+  return tuple(_plan(layout, slot_pos, cache.length, num_new, prefill)
+               for layout, slot_pos in zip(cache.groups, cache.slot_pos))
+
+
+def _plan(layout: CacheLayout, slot_pos, length, num_new: int, prefill: bool) -> StepPlan:
+  """``plan_step`` for one group: its layout and slot positions, the cache's length."""
   if not prefill and layout.lookback is not None:
     most = 1 if layout.streaming else layout.rolling - layout.lookback
     if num_new > most:
@@ -227,12 +290,12 @@ def plan_step(cache: KVCache, num_new: int, prefill: bool) -> StepPlan:
   if prefill and layout.streaming and num_new > layout.capacity:
     raise ValueError(f"StreamingLLM prefill of {num_new} tokens exceeds the cache "
                      f"({layout.capacity}); feed the rest one token at a time")
-  text_pos = cache.length + jnp.arange(num_new, dtype=jnp.int32)
-  end = cache.length + num_new
+  text_pos = length + jnp.arange(num_new, dtype=jnp.int32)
+  end = length + num_new
   # a new token survives the step unless a later one of the same step takes its slot
   survives = (text_pos < layout.pinned) | (text_pos >= end - layout.rolling)
   write_slots = jnp.where(survives, slot_of(text_pos, layout), layout.capacity).astype(jnp.int32)
-  slot_pos = cache.slot_pos.at[write_slots].set(text_pos, mode="drop")
+  slot_pos = slot_pos.at[write_slots].set(text_pos, mode="drop")
   if layout.streaming:
     evicted = jnp.maximum(0, end - layout.capacity)           # tokens dropped from the window
     place = lambda p: jnp.where(p < layout.pinned, p, p - evicted)   # noqa: E731
@@ -249,10 +312,11 @@ def plan_step(cache: KVCache, num_new: int, prefill: bool) -> StepPlan:
                   prefill, layout.streaming, slots_are_positions)
 
 
-def finish_step(cache: KVCache, plan: StepPlan, layers) -> KVCache:
-  """The cache after a step: new layers, slot positions and length."""
-  return KVCache(tuple(layers), plan.slot_pos, cache.length + plan.text_pos.shape[0],
-                 cache.layout)
+def finish_step(cache: KVCache, plans, layers) -> KVCache:
+  """The cache after a step: new layers, slot positions (``plans``: ``plan_step``'s) and
+  length."""
+  return KVCache(tuple(layers), tuple(p.slot_pos for p in plans),
+                 cache.length + plans[0].text_pos.shape[0], cache.layouts)
 
 
 def _write(buffer, new, slots):
@@ -289,6 +353,17 @@ class ScoreModAtPositions(score_mods.ScoreMod):
   def __call__(self, scores, q_idx, kv_idx):
     return self.inner(scores, jnp.take(self.q_pos, q_idx, mode="clip"),
                       jnp.take(self.k_pos, kv_idx, mode="clip"))
+
+
+def capped(att, score_mod):
+  """``score_mod`` after the attention soft-cap ``model.attention.softcap`` (when set):
+  scores are capped first, then the position modifier applies (an ALiBi bias stays
+  unbounded). ``score_mod``: a ScoreMod or None."""
+  cap = float(attention_settings(att).softcap)
+  if not cap:
+    return score_mod
+  first = score_mods.SoftCap(cap)
+  return first if score_mod is None else score_mods.Compose(first, score_mod)
 
 
 def position_bias(scheme, num_heads: int, params, q_pos, k_pos):
@@ -368,7 +443,7 @@ def cached_attention(q, k, v, layer_kv, plan: StepPlan, *, scheme, params, att, 
     if not plan.streaming:
       mask = PATTERNS.get(att.pattern).build(att, layer) & mask
     out = decode_attention(q, keys, values, mask=mask,
-                           bias=scheme.score_mod(heads, params, None), att=att)
+                           bias=capped(att, scheme.score_mod(heads, params, None)), att=att)
     return out, (k_cache, v_cache)
   out = None
   decode = IMPLS.get(att.impl).decode if att.impl in IMPLS else None
@@ -377,11 +452,12 @@ def cached_attention(q, k, v, layer_kv, plan: StepPlan, *, scheme, params, att, 
     lengths = jnp.broadcast_to(plan.text_pos[-1] + 1, (q.shape[0],)).astype(jnp.int32)
     out = decode(q, keys, values, lengths=lengths,
                  mask=PATTERNS.get(att.pattern).build(att, layer),
-                 score_mod=scheme.score_mod(heads, params, None),
+                 score_mod=capped(att, scheme.score_mod(heads, params, None)),
                  scale=1.0 / float(np.sqrt(q.shape[-1])), **impl_options(att))
   if out is None:
     out = decode_attention(q, keys, values, mask=decode_mask(plan, att, layer),
-                           bias=position_bias(scheme, heads, params, plan.q_pos, plan.key_pos),
+                           bias=capped(att, position_bias(scheme, heads, params, plan.q_pos,
+                                                          plan.key_pos)),
                            att=att)
   return out, (k_cache, v_cache)
 
@@ -393,6 +469,7 @@ def _cached_with_state(q, k, v, k_cache, v_cache, state, plan, *, scheme, params
   prefill, the cache slots at decode), so no position lookup is involved."""
   k_cache, v_cache = _write(k_cache, k, plan.write_slots), _write(v_cache, v, plan.write_slots)
   bias, state = scheme.cached_score_mod(q.shape[2], params, inputs, tuple(state), plan, _write)
+  bias = capped(att, bias)
   if plan.prefill:
     keys, values = k, v
     mask = PATTERNS.get(att.pattern).build(att, layer) & masks.causal()
