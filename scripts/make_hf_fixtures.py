@@ -3,7 +3,8 @@
   pip install torch transformers tokenizers safetensors
   python scripts/make_hf_fixtures.py --out tests/data/hf
 
-For each family (GPT-2, GPT-NeoX, LLaMA, Mistral, Qwen2, BLOOM) it writes
+For each family (GPT-2, GPT-NeoX, LLaMA, Mistral, Qwen2, BLOOM, and the current families
+Qwen3, Gemma-2, Gemma-3 (text), SmolLM3) it writes
 ``<out>/<family>/``: ``config.json`` and ``model.safetensors`` (``save_pretrained`` of a
 randomly initialised ``transformers`` model), ``tokenizer.json`` (a byte-level BPE trained
 here on a few paragraphs of this file's own text) and ``reference.npz``: the input ids, the
@@ -11,7 +12,12 @@ model's float32 logits for them, and the greedy continuation ``generate`` makes 
 prompt with its KV cache. The test suite reads these files and needs neither torch nor
 the network. Qwen2's weights are stored in bfloat16 (the reference is computed from the
 same rounded weights), GPT-NeoX's, Mistral's and BLOOM's in float16 and GPT-2's and
-LLaMA's in float32.
+LLaMA's in float32; Gemma-3's in bfloat16. The current families' sliding windows (4 to 6
+tokens) are shorter than prompt plus continuation, their soft-caps small enough to bend
+the scores, and Gemma's query_pre_attn_scalar differs from head_dim, so a mechanism
+imported wrongly changes the logits.
+
+``--families=qwen3,gemma2`` remakes only those (the others' files stay as committed).
 
 ``<out>/llama_rope/<type>/`` holds, for each Hugging Face RoPE scaling type (linear,
 dynamic, yarn, llama3), a ``config.json`` that applies it to the LLaMA checkpoint's
@@ -47,7 +53,8 @@ ROPE_VARIANTS = {
                    original_max_position_embeddings=16),
 }
 SCORED_TOKENS = 24
-STORAGE = {"qwen2": "bfloat16", "gpt_neox": "float16", "mistral": "float16", "bloom": "float16"}
+STORAGE = {"qwen2": "bfloat16", "gpt_neox": "float16", "mistral": "float16", "bloom": "float16",
+           "gemma3_text": "bfloat16"}
 
 
 def tokenizer():
@@ -82,6 +89,33 @@ def configs():
                               num_key_value_heads=2, intermediate_size=48,
                               max_position_embeddings=64, tie_word_embeddings=True, **common),
       "bloom": tf.BloomConfig(hidden_size=32, n_layer=2, n_head=4, **common),
+      # QK-norm, head_dim 16 != hidden / heads, sliding windows on the last two layers only
+      "qwen3": tf.Qwen3Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                              num_key_value_heads=2, head_dim=16, intermediate_size=48,
+                              max_position_embeddings=64, use_sliding_window=True,
+                              sliding_window=6, max_window_layers=2, tie_word_embeddings=False,
+                              **common),
+      # local/global 1:1, both soft-caps, sandwich norms, sqrt(d) embeddings, GELU-tanh GLU
+      "gemma2": tf.Gemma2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                                num_key_value_heads=2, head_dim=16, intermediate_size=48,
+                                max_position_embeddings=64, sliding_window=5,
+                                query_pre_attn_scalar=24, attn_logit_softcapping=5.0,
+                                final_logit_softcapping=3.0, **common),
+      # local/global 5:1 (seven layers: the pattern wraps), QK-norm, a RoPE base per layer
+      # type with linear scaling on the global layers
+      "gemma3_text": tf.Gemma3TextConfig(
+          hidden_size=32, num_hidden_layers=7, num_attention_heads=4, num_key_value_heads=1,
+          head_dim=16, intermediate_size=48, max_position_embeddings=64, sliding_window=4,
+          query_pre_attn_scalar=12, rope_parameters={
+              "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+              "full_attention": {"rope_type": "linear", "factor": 8.0,
+                                 "rope_theta": 1000000.0}}, **common),
+      # RoPE off on every fourth layer (NoPE)
+      "smollm3": tf.SmolLM3Config(hidden_size=32, num_hidden_layers=8, num_attention_heads=4,
+                                  num_key_value_heads=2, intermediate_size=48,
+                                  max_position_embeddings=64, no_rope_layer_interval=4,
+                                  pad_token_id=0,
+                                  **common),
   }
 
 
@@ -89,6 +123,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", default="tests/data/hf")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--families", default="", help="comma-separated; default: all")
   args = parser.parse_args()
   import torch
   import transformers as tf
@@ -98,7 +133,10 @@ def main():
   scored = tok.encode(SCORED).ids
   assert tok.decode(scored) == SCORED
   scored = scored[:SCORED_TOKENS]
+  wanted = [f for f in args.families.split(",") if f]
   for family, config in configs().items():
+    if wanted and family not in wanted:
+      continue
     torch.manual_seed(args.seed)
     model = tf.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
     with torch.no_grad():
@@ -110,7 +148,10 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tok.save(str(out / "tokenizer.json"))
-    model = model.float()
+    # the reference runs the saved (rounded) weights in float32, reloaded so that buffers
+    # such as Gemma's embedding scale are float32 too, as when loading in float32
+    model = tf.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32,
+                                                    attn_implementation="eager").eval()
     with torch.no_grad():
       logits = model(torch.tensor([scored])).logits[0].numpy().astype(np.float32)
       generated = model.generate(torch.tensor([prompt]), max_new_tokens=NEW_TOKENS,

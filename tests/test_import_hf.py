@@ -24,7 +24,8 @@ from attnlab.registry import ConfigError
 from attnlab.workdir import restore_params
 
 FIXTURES = pathlib.Path(__file__).parent / "data" / "hf"
-FAMILIES = ("gpt2", "gpt_neox", "llama", "mistral", "qwen2", "bloom")
+FAMILIES = ("gpt2", "gpt_neox", "llama", "mistral", "qwen2", "bloom", "qwen3", "gemma2",
+            "gemma3_text", "smollm3")
 ROOT = pathlib.Path(__file__).parents[1]
 
 
@@ -285,18 +286,60 @@ def test_rope_scalings_match_transformers(tmp_path, rope_type):
 
 
 def test_sliding_windows_follow_transformers_rules():
-  window = hf_import._sliding_window   # noqa: SLF001 - the rule itself, on config dicts
-  qwen = dict(model_type="qwen2", num_hidden_layers=24, use_sliding_window=True,
+  windows = hf_import._sliding_layers   # noqa: SLF001 - the rule itself, on config dicts
+  qwen = dict(model_type="qwen2", num_hidden_layers=4, use_sliding_window=True,
               sliding_window=4096)
-  assert window({**qwen, "max_window_layers": 24}, "Qwen2") is None     # no layer >= 24
-  assert window({**qwen, "max_window_layers": 0}, "Qwen2") == 4096      # every layer
-  assert window({**qwen, "use_sliding_window": False, "max_window_layers": 0}, "Qwen2") is None
-  with pytest.raises(ConfigError, match="some layers only"):
-    window({**qwen, "max_window_layers": 12}, "Qwen2")
+  assert windows({**qwen, "max_window_layers": 4}, "Qwen2") == [None] * 4   # no layer >= 4
+  assert windows({**qwen, "max_window_layers": 0}, "Qwen2") == [4096] * 4    # every layer
+  assert windows({**qwen, "use_sliding_window": False, "max_window_layers": 0},
+                 "Qwen2") == [None] * 4
+  assert windows({**qwen, "max_window_layers": 2}, "Qwen2") == [None, None, 4096, 4096]
   mistral = dict(model_type="mistral", num_hidden_layers=2)
-  assert window(mistral, "Mistral") == 4096                               # MistralConfig default
-  assert window({**mistral, "sliding_window": None}, "Mistral") is None
-  assert window(dict(model_type="llama", num_hidden_layers=2, sliding_window=8), "LLaMA") is None
+  assert windows(mistral, "Mistral") == [4096] * 2                          # MistralConfig default
+  assert windows({**mistral, "sliding_window": None}, "Mistral") == [None] * 2
+  assert windows(dict(model_type="llama", num_hidden_layers=2, sliding_window=8),
+                 "LLaMA") == [None] * 2
+  gemma3 = dict(model_type="gemma3_text", num_hidden_layers=8, sliding_window=16)  # no layer_types
+  assert windows(gemma3, "Gemma-3") == [16] * 5 + [None] + [16] * 2
+  with pytest.raises(ConfigError, match="layer_types"):
+    windows({**gemma3, "layer_types": ["sliding_attention"]}, "Gemma-3")
+
+
+@pytest.mark.parametrize("family,layer_types,extra", [
+    ("qwen3", "global*2,local*2", dict(local_window=5, head_dim=16)),
+    ("gemma2", "local,global", dict(local_window=4, head_dim=16, logit_softcap=3.0,
+                                    post_norms=True, embed_scale=True, mlp="geglu")),
+    ("gemma3_text", "local*5,global", dict(local_window=3, local_rope_theta=1e4, head_dim=16)),
+    ("smollm3", "global*3,nope", dict(head_dim=0)),
+])
+def test_current_families_map_their_schedules_and_mechanisms(imported, family, layer_types, extra):
+  """What each config.json states becomes the declared field that implements it."""
+  m = imported[family][0].model
+  hf = json.loads((FIXTURES / family / "config.json").read_text())
+  assert m.layer_types == layer_types
+  for key, value in extra.items():
+    assert m[key] == value, key
+  assert m.attention.qk_norm == (family in ("qwen3", "gemma3_text"))
+  if family.startswith("gemma"):
+    np.testing.assert_allclose(m.attention.score_scale, hf["query_pre_attn_scalar"] ** -0.5)
+    assert m.attention.softcap == (hf["attn_logit_softcapping"] or 0.0)
+  if family == "gemma3_text":   # the global layers' RoPE: base 1e6 with linear scaling
+    assert (m.position.theta, m.position.scaling, m.position.scale_factor) == (1e6, "linear", 8.0)
+
+
+def test_a_five_to_one_schedule_caches_a_window_in_five_layers_of_six(imported):
+  """attnlab.inference.memory reports the bytes the cache allocates: the local layers hold
+  local_window + 1 slots, the global layers the whole context."""
+  from attnlab.inference import memory
+  m = imported["gemma3_text"][0].model      # 7 layers: local*5, global, local
+  context, dh = 40, m.head_dim
+  rows = memory.report(m, contexts=(context,))
+  mha = rows[0]
+  local = 6 * (m.local_window + 1)
+  want = 2 * mha["num_kv_heads"] * dh * 4 * (local + 1 * context)
+  assert mha["bytes@40"] == mha["allocated@40"] == want
+  assert mha["bytes@40"] < mha["bytes_per_token"] * context
+  assert "Layer schedule" in memory.markdown(rows, (context,))
 
 
 def test_gpt_neox_without_rotary_pct_rotates_a_quarter_like_transformers():

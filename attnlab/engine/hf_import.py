@@ -347,62 +347,134 @@ def _llama_model(hf, what="LLaMA"):
   d, heads = _need(hf, "hidden_size", what), _need(hf, "num_attention_heads", what)
   kv_heads = _valid(hf, "num_key_value_heads", what) or heads
   max_len = _need(hf, "max_position_embeddings", what)
-  _refuse(hf.get("head_dim") not in (None, d // heads), f"{what}: head_dim={hf.get('head_dim')} "
-          f"differs from hidden_size / num_attention_heads = {d // heads}; not supported")
+  head_dim = _valid(hf, "head_dim", what) or d // heads
   attention_bias, mlp_bias = hf.get("attention_bias", False), hf.get("mlp_bias", False)
   qkv_bias = hf.get("model_type") == "qwen2"
   _refuse(attention_bias != mlp_bias, f"{what}: attention_bias={attention_bias} with "
           f"mlp_bias={mlp_bias} is not supported (attnlab: biases everywhere or none, or on q/k/v "
           f"only as Qwen2)")
-  attention = {"num_heads": heads, "num_kv_heads": kv_heads}
-  window = _sliding_window(hf, what)
-  if window:   # Hugging Face: key j visible from i when i - j < window; attnlab: <= window
-    attention.update(pattern="sliding_window", window=int(window) - 1)
+  attention = {"num_heads": heads, "num_kv_heads": kv_heads,
+               "qk_norm": hf.get("model_type") == "qwen3"}
   model = {"num_layers": _need(hf, "num_hidden_layers", what), "d_model": d,
+           "head_dim": head_dim if head_dim != d // heads or d % heads else 0,
            "attention": attention, "mlp": _activation(hf.get("hidden_act", "silu"), True, what),
            "mlp_hidden": _need(hf, "intermediate_size", what), "norm": "rmsnorm",
            "norm_eps": hf.get("rms_norm_eps", 1e-6), "use_bias": bool(attention_bias),
            "qkv_bias": qkv_bias, "tie_embeddings": bool(hf.get("tie_word_embeddings", False)),
-           "position": _rope(hf, d // heads, max_len, what)}
+           "position": _rope(hf, head_dim, max_len, what)}
+  _merge_dict(model, _schedule(hf, what, _sliding_layers(hf, what), _rope_layers(hf, what)))
   return model, max_len
 
 
-def _sliding_window(hf: dict, what: str) -> int | None:
-  """The window every layer uses, or None, as transformers decides it: Mistral's
-  ``sliding_window`` (4096 when absent, null: none); Qwen2's ``layer_types``, or with
-  ``use_sliding_window`` the layers from ``max_window_layers`` on; LLaMA has none."""
+def _merge_dict(base: dict, overrides: dict) -> None:
+  for key, value in overrides.items():
+    if isinstance(value, dict):
+      _merge_dict(base.setdefault(key, {}), value)
+    else:
+      base[key] = value
+
+
+def _sliding_layers(hf: dict, what: str) -> list[int | None]:
+  """The window of each layer (None: global), as transformers decides it: Mistral's
+  ``sliding_window`` on every layer (4096 when absent, null: none); otherwise
+  ``layer_types`` (Qwen2/3, SmolLM3, Gemma), or Qwen2's ``use_sliding_window`` from
+  ``max_window_layers`` on, gated by ``use_sliding_window`` where the family has it."""
   model_type, layers = hf.get("model_type"), _need(hf, "num_hidden_layers", what)
   if model_type == "mistral":
-    return hf.get("sliding_window", 4096)
-  if model_type != "qwen2":
-    return None
-  types = hf.get("layer_types") or [
-      "sliding_attention" if hf.get("use_sliding_window", False) and hf.get("sliding_window")
-      and i >= hf.get("max_window_layers", 28) else "full_attention" for i in range(layers)]
-  _refuse(len(set(types)) > 1, f"{what}: sliding-window attention on some layers only "
-          f"(layer_types / max_window_layers) is not supported")
-  return hf.get("sliding_window") if types[0] == "sliding_attention" else None
+    return [hf.get("sliding_window", 4096)] * layers
+  if model_type == "llama":
+    return [None] * layers
+  window = hf.get("sliding_window")
+  if model_type in ("qwen2", "qwen3", "smollm3") and not hf.get("use_sliding_window", False):
+    window = None
+  types = hf.get("layer_types")
+  if types is None and model_type in ("qwen2", "qwen3"):
+    types = ["sliding_attention" if window and i >= hf.get("max_window_layers", 28)
+             else "full_attention" for i in range(layers)]
+  if types is None and model_type in ("gemma2", "gemma3_text"):
+    period = 2 if model_type == "gemma2" else int(hf.get("sliding_window_pattern") or 6)
+    types = ["sliding_attention" if (i + 1) % period else "full_attention"
+             for i in range(layers)]
+  types = types or ["full_attention"] * layers
+  _refuse(not isinstance(types, list) or len(types) != layers
+          or not set(types) <= {"sliding_attention", "full_attention"},
+          f"{what}: layer_types={_short(types)} is not valid; valid: a list of "
+          f"'sliding_attention' / 'full_attention', one per layer ({layers})")
+  if not window:            # transformers: no sliding_window, no window on any layer
+    return [None] * layers
+  return [window if t == "sliding_attention" else None for t in types]
+
+
+def _rope_layers(hf: dict, what: str) -> list[bool]:
+  """Whether each layer applies RoPE: SmolLM3's ``no_rope_layers`` (1: RoPE, 0: NoPE)."""
+  layers = _need(hf, "num_hidden_layers", what)
+  flags = hf.get("no_rope_layers")
+  if flags is None:
+    return [True] * layers
+  _refuse(not isinstance(flags, list) or len(flags) != layers or not set(flags) <= {0, 1},
+          f"{what}: no_rope_layers={_short(flags)} is not valid; valid: a list of 0/1, one "
+          f"per layer ({layers})")
+  return [bool(f) for f in flags]
+
+
+def _schedule(hf: dict, what: str, windows: list, rope: list, types_always=False) -> dict:
+  """attnlab's ``model`` overrides for per-layer windows and RoPE: one window on every
+  layer is the ``sliding_window`` pattern; a mix is ``model.layer_types`` (run-length
+  encoded over its shortest repeating unit) with ``local_window``."""
+  sizes = {w for w in windows if w}
+  _refuse(len(sizes) > 1, f"{what}: sliding windows of different sizes {sorted(sizes)} are "
+          f"not supported (attnlab: one model.local_window)")
+  window = sizes.pop() if sizes else None
+  if window and all(windows) and all(rope) and not types_always:
+    # Hugging Face: key j visible from i when i - j < window; attnlab: <= window
+    return {"attention": {"pattern": "sliding_window", "window": int(window) - 1}}
+  types = [("local" if w else "global") if r else ("local_nope" if w else "nope")
+           for w, r in zip(windows, rope)]
+  if set(types) == {"global"}:
+    return {}
+  period = next(p for p in range(1, len(types) + 1)
+                if all(types[i] == types[i % p] for i in range(len(types))))
+  unit, runs = types[:period], []
+  for t in unit:
+    if runs and runs[-1][0] == t:
+      runs[-1][1] += 1
+    else:
+      runs.append([t, 1])
+  out = {"layer_types": ",".join(t if n == 1 else f"{t}*{n}" for t, n in runs)}
+  if window:
+    out["local_window"] = int(window) - 1
+  return out
+
+
+def _qkv(t: Tensors, x: str, d: int, heads: int, kv_heads: int, dh: int, bias: bool, p) -> dict:
+  """Separate ``q_proj`` / ``k_proj`` / ``v_proj`` as attnlab's one ``qkv`` projection."""
+  parts = [_linear(t, f"{x}self_attn.{n}_proj", d, k * dh, bias, p)
+           for n, k in (("q", heads), ("k", kv_heads), ("v", kv_heads))]
+  qkv = {"kernel": np.concatenate([q["kernel"] for q in parts], axis=1)}
+  if bias:
+    qkv["bias"] = np.concatenate([q["bias"] for q in parts])
+  return qkv
 
 
 def _llama_params(t, hf, m):
   p = ("model.", "")
   d, h = m.d_model, m.mlp_hidden
   heads, kv_heads = m.attention.num_heads, m.attention.num_kv_heads
-  dh = d // heads
+  dh = m.head_dim or d // heads
   bias, qkv_bias = m.use_bias, m.use_bias or m.qkv_bias
   embedding = t.take("embed_tokens.weight", (m.vocab_size, d), p)
   params = {"embed": {"embedding": embedding}, "norm_final": _norm(t, "norm", d, False, p),
             **_head(t, m, "lm_head.weight", ("",), embedding)}
   for i in range(m.num_layers):
     x = f"layers.{i}."
-    parts = [_linear(t, f"{x}self_attn.{n}_proj", d, k * dh, qkv_bias, p)
-             for n, k in (("q", heads), ("k", kv_heads), ("v", kv_heads))]
-    qkv = {"kernel": np.concatenate([q["kernel"] for q in parts], axis=1)}
-    if qkv_bias:
-      qkv["bias"] = np.concatenate([q["bias"] for q in parts])
+    attention = {"qkv": _qkv(t, x, d, heads, kv_heads, dh, qkv_bias, p),
+                 "out": _linear(t, x + "self_attn.o_proj", heads * dh, d, bias, p)}
+    if m.attention.qk_norm:
+      attention.update(query_norm=_norm(t, x + "self_attn.q_norm", dh, False, p),
+                       key_norm=_norm(t, x + "self_attn.k_norm", dh, False, p))
     params[f"block_{i}"] = {
         "norm_attention": _norm(t, x + "input_layernorm", d, False, p),
-        "attention": {"qkv": qkv, "out": _linear(t, x + "self_attn.o_proj", d, d, bias, p)},
+        "attention": attention,
         "norm_mlp": _norm(t, x + "post_attention_layernorm", d, False, p),
         "mlp": {"gate": _linear(t, x + "mlp.gate_proj", d, h, bias, p),
                 "up": _linear(t, x + "mlp.up_proj", d, h, bias, p),
@@ -410,9 +482,90 @@ def _llama_params(t, hf, m):
   return params
 
 
-for _name, _what in (("llama", "LLaMA"), ("mistral", "Mistral"), ("qwen2", "Qwen2")):
+for _name, _what in (("llama", "LLaMA"), ("mistral", "Mistral"), ("qwen2", "Qwen2"),
+                     ("qwen3", "Qwen3"), ("smollm3", "SmolLM3")):
   FAMILIES.register(_name)(Family(lambda hf, w=_what: _llama_model(hf, w), _llama_params,
                                   ("rotary_emb.inv_freq",)))
+
+
+# Gemma-2, Gemma-3 (text) ------------------------------------------------------------------
+
+def _gemma_model(hf, what):
+  gemma3 = hf.get("model_type") == "gemma3_text"
+  d, heads = _need(hf, "hidden_size", what), _need(hf, "num_attention_heads", what)
+  kv_heads = _valid(hf, "num_key_value_heads", what) or heads
+  head_dim = _valid(hf, "head_dim", what) or d // heads
+  max_len = _need(hf, "max_position_embeddings", what)
+  _refuse(bool(hf.get("attention_bias", False)), f"{what}: attention_bias=True is not supported")
+  _refuse(bool(hf.get("use_bidirectional_attention", False)), f"{what}: "
+          f"use_bidirectional_attention=True (an encoder) is not a causal language model")
+  act = hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh"
+  _refuse(act not in ("gelu_pytorch_tanh", "gelu_new", "gelu_fast"), f"{what}: "
+          f"hidden_activation {act!r} is not supported; supported: gelu_pytorch_tanh")
+  scalar = hf.get("query_pre_attn_scalar") or head_dim
+  params = hf.get("rope_parameters") or {}
+  if gemma3 and "full_attention" in params:      # transformers >= 5: one entry per layer type
+    global_rope = _rope({"rope_parameters": params["full_attention"]}, head_dim, max_len, what)
+    local = params.get("sliding_attention") or {}
+    _refuse((local.get("rope_type") or "default") != "default", f"{what}: RoPE scaling on the "
+            f"sliding layers is not supported (attnlab scales the global layers only)")
+    local_theta = float(local.get("rope_theta") or 10000.0)
+  else:
+    global_rope = _rope(hf, head_dim, max_len, what)
+    local_theta = float(hf.get("rope_local_base_freq") or 10000.0) if gemma3 else 0.0
+  model = {"num_layers": _need(hf, "num_hidden_layers", what), "d_model": d,
+           "head_dim": head_dim,
+           "attention": {"num_heads": heads, "num_kv_heads": kv_heads, "qk_norm": gemma3,
+                         "softcap": float(hf.get("attn_logit_softcapping") or 0.0),
+                         "score_scale": float(scalar) ** -0.5},
+           "mlp": "geglu", "mlp_hidden": _need(hf, "intermediate_size", what),
+           "norm": "rmsnorm", "norm_eps": hf.get("rms_norm_eps", 1e-6), "use_bias": False,
+           "post_norms": True, "embed_scale": True,
+           "logit_softcap": float(hf.get("final_logit_softcapping") or 0.0),
+           "tie_embeddings": bool(hf.get("tie_word_embeddings", True)),
+           "position": global_rope}
+  layers = _schedule(hf, what, _sliding_layers(hf, what), _rope_layers(hf, what),
+                     types_always=gemma3)
+  if gemma3 and "local_window" in layers:   # local layers: their own base, no scaling
+    layers["local_rope_theta"] = local_theta
+  _merge_dict(model, layers)
+  return model, max_len
+
+
+def _gemma_norm(t: Tensors, name: str, d: int, prefixes) -> dict:
+  """Gemma's RMSNorm scales by ``1 + weight``: attnlab's RMSNorm scale is ``1 + weight``."""
+  return {"scale": 1.0 + t.take(f"{name}.weight", (d,), prefixes)}
+
+
+def _gemma_params(t, hf, m):
+  p = ("model.", "")
+  d, h = m.d_model, m.mlp_hidden
+  heads, kv_heads, dh = m.attention.num_heads, m.attention.num_kv_heads, m.head_dim
+  embedding = t.take("embed_tokens.weight", (m.vocab_size, d), p)
+  params = {"embed": {"embedding": embedding}, "norm_final": _gemma_norm(t, "norm", d, p),
+            **_head(t, m, "lm_head.weight", ("",), embedding)}
+  for i in range(m.num_layers):
+    x = f"layers.{i}."
+    attention = {"qkv": _qkv(t, x, d, heads, kv_heads, dh, False, p),
+                 "out": _linear(t, x + "self_attn.o_proj", heads * dh, d, False, p)}
+    if m.attention.qk_norm:
+      attention.update(query_norm=_gemma_norm(t, x + "self_attn.q_norm", dh, p),
+                       key_norm=_gemma_norm(t, x + "self_attn.k_norm", dh, p))
+    params[f"block_{i}"] = {
+        "norm_attention": _gemma_norm(t, x + "input_layernorm", d, p),
+        "attention": attention,
+        "norm_attention_out": _gemma_norm(t, x + "post_attention_layernorm", d, p),
+        "norm_mlp": _gemma_norm(t, x + "pre_feedforward_layernorm", d, p),
+        "norm_mlp_out": _gemma_norm(t, x + "post_feedforward_layernorm", d, p),
+        "mlp": {"gate": _linear(t, x + "mlp.gate_proj", d, h, False, p),
+                "up": _linear(t, x + "mlp.up_proj", d, h, False, p),
+                "down": _linear(t, x + "mlp.down_proj", h, d, False, p)}}
+  return params
+
+
+for _name, _what in (("gemma2", "Gemma-2"), ("gemma3_text", "Gemma-3")):
+  FAMILIES.register(_name)(Family(lambda hf, w=_what: _gemma_model(hf, w), _gemma_params,
+                                  ("rotary_emb",)))
 
 
 # BLOOM ---------------------------------------------------------------------------------
