@@ -12,9 +12,29 @@ import ml_collections
 
 from attnlab import config_lib, positional
 
-# One preset per position scheme ("nope" is kind "none"), plus nanoGPT's baby GPT.
+# The mechanisms of current models at baby size (4-6 layers, d=128), each stating only what
+# it changes: QK-norm (Qwen3, OLMo-2), soft-caps (Gemma-2), and the layer recipes of
+# Gemma-2 (local/global 1:1, sandwich norms, sqrt(d) embeddings, GELU-gated MLP, both
+# soft-caps), Gemma-3 (5:1 with QK-norm and a RoPE base per layer type) and SmolLM3 (RoPE
+# off on every fourth layer).
+_GEMMA = {"model.norm": "rmsnorm", "model.mlp": "geglu", "model.post_norms": True,
+          "model.embed_scale": True, "model.attention.num_kv_heads": 2,
+          "model.local_window": 32}
+MODERN = {
+    "qk_norm": {"model.attention.qk_norm": True},
+    "softcap": {"model.attention.softcap": 20.0, "model.logit_softcap": 30.0},
+    "gemma2": {**_GEMMA, "model.layer_types": "local,global", "model.attention.softcap": 50.0,
+               "model.logit_softcap": 30.0},
+    "gemma3": {**_GEMMA, "model.num_layers": 6, "model.layer_types": "local*5,global",
+               "model.attention.qk_norm": True, "model.position.theta": 1e6,
+               "model.local_rope_theta": 1e4},
+    "smollm3": {"model.norm": "rmsnorm", "model.mlp": "swiglu",
+                "model.attention.num_kv_heads": 2, "model.layer_types": "global*3,nope"},
+}
+
+# One preset per position scheme ("nope" is kind "none"), nanoGPT's baby GPT, and MODERN.
 PRESETS = tuple("nope" if name == "none" else name for name in positional.POSITIONS.names()) + (
-    "baby_gpt",)
+    "baby_gpt",) + tuple(MODERN)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -40,6 +60,13 @@ def get_config(arg: str = "rope") -> ml_collections.ConfigDict:
     c.train.eval_every = 500
     c.train.eval_batches = 200
     c.train.checkpoint_every = 1000
+  elif preset in MODERN:
+    for path, value in MODERN[preset].items():
+      *blocks, name = path.split(".")
+      target = c
+      for block in blocks:
+        target = target[block]
+      target[name] = value
   elif preset != "rope":
     c.model.position.kind = preset
   return c

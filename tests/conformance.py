@@ -324,13 +324,38 @@ def check_cached_decoding(config, what="", length=24) -> str | None:
     kv_cache.check_supported(cfg.model)
   except ConfigError as e:
     return str(e)
-  layout = kv_cache.layout_for(cfg.model, length)
-  x = tokens(length=length)
+  layout = kv_cache.layouts_for(cfg.model, length)     # each layer its own (a schedule's
+  x = tokens(length=length)                            # local layers roll a window)
   full = np.asarray(_forward(model)(params, x))
   got = np.asarray(generation.stream_logits(cfg.model, params, x, layout))
   np.testing.assert_allclose(got, full, rtol=2e-5, atol=2e-5,
                              err_msg=f"{what}: cached decoding ({layout}) != full forward")
   return None
+
+
+def check_model_impl(config, impl: str, what="", length=LENGTH, tiles=(16, 16)) -> None:
+  """A language model's loss and the gradient of every parameter under ``impl`` equal
+  those under ``reference`` (tiles of ``tiles``: several per axis at ``length``)."""
+  grads = {}
+  for name in ("reference", impl):
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.model.attention.impl = name
+    c.model.attention.block_q, c.model.attention.block_kv = tiles
+    cfg, model, params = built(c)
+    grads[name] = _loss_and_grads(model)(params, jnp.asarray(tokens(length=length + 1)))
+  (want_loss, want), (got_loss, got) = grads["reference"], grads[impl]
+  np.testing.assert_allclose(got_loss, want_loss, **VALUES, err_msg=f"{what}: loss")
+  for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
+    _grad_close(g, w, f"{what}: d loss / d {jax.tree_util.keystr(path)}", rtol=1e-4)
+
+
+@functools.lru_cache(maxsize=32)
+def _loss_and_grads(model):
+  def loss(params, text):
+    logits = model.apply({"params": params}, text[:, :-1])
+    logp = jax.nn.log_softmax(logits, -1)
+    return -jnp.take_along_axis(logp, text[:, 1:, None], -1).mean()
+  return jax.jit(jax.value_and_grad(loss))
 
 
 def check_generation(config, what="", prompt_length=6, new=6) -> str | None:

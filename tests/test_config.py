@@ -68,7 +68,8 @@ def test_learned_table_defaults_to_the_training_length():
 def test_every_preset_is_valid(preset):
   config = lm.get_config(preset)
   cfg = config_lib.resolve(config)
-  expected = {"nope": "none", "baby_gpt": "learned"}.get(preset, preset)
+  expected = {"nope": "none", "baby_gpt": "learned", **{m: "rope" for m in lm.MODERN}}.get(
+      preset, preset)
   assert cfg.model.position.kind == expected
 
 

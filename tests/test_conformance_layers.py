@@ -1,0 +1,135 @@
+"""The conformance suite for per-layer schedules (``schedule.LAYER_TYPES``) and the shared
+attention-layer mechanisms (``common.ATTENTION_FIELDS``: QK-norm, score soft-cap, score
+scale; and the block's: sandwich norms, embedding scale, final-logit soft-cap, head width,
+MLP): every registered layer type and every declared mechanism is tested because it is
+registered or declared (the checks and tiers: ``tests/conformance.py``).
+
+Each runs in a 3-layer language model: the impls give the loss and every parameter's
+gradient of ``reference`` (the Pallas kernel in interpret mode where the layer type is a mask
+or the mechanism a score modifier), and reading the text through the KV cache, past a
+rolling local window, gives the full forward pass's logits. What each mechanism computes is
+checked against the models that use it (transformers' Qwen3, Gemma-2, Gemma-3, SmolLM3:
+tests/test_import_hf.py).
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+import conformance as C
+from attnlab.models import MLPS, schedule
+from attnlab.models.common import ATTENTION_FIELDS
+
+LAYER_TYPES = schedule.LAYER_TYPES.names()
+# a value that turns each mechanism on (a declared field without a case fails below)
+MECHANISMS = {
+    "attention.qk_norm": True,
+    "attention.softcap": 2.0,           # scores of these sharp models reach ~10: capped hard
+    "attention.score_scale": 0.5,
+    "post_norms": True,
+    "embed_scale": True,
+    "logit_softcap": 3.0,
+    "head_dim": 12,
+    "mlp=geglu": "geglu",
+}
+SCORE_MODIFIERS = ("attention.softcap",)    # mechanisms the kernel applies to the scores
+
+
+def layered_config(layer_types="global", **changes):
+  """The conformance model with 3 layers, a local window of 5 and ``changes`` (dotted
+  ``model`` paths) applied."""
+  c = C.model_config("causal", "rope", seq_len=C.LENGTH)
+  c.model.num_layers, c.model.layer_types, c.model.local_window = 3, layer_types, C.SMALL
+  for path, value in changes.items():
+    *blocks, name = path.split("=")[0].split(".")
+    target = c.model
+    for block in blocks:
+      target = target[block]
+    target[name] = value
+  return c
+
+
+def test_every_shared_attention_field_has_a_case():
+  declared = {f"attention.{f.name}" for f in ATTENTION_FIELDS}
+  missing = declared - set(MECHANISMS)
+  assert not missing, f"give these declared fields a MECHANISMS case: {sorted(missing)}"
+  assert {"geglu"} <= set(MLPS.names())
+
+
+def test_every_mechanism_and_layer_type_at_once():
+  """The default tier's one model: every mechanism on, schedule 'local,nope,global'
+  (Gemma-3-like): the cache past a rolling window, and blockwise's loss and gradients.
+  Each mechanism and layer type alone: the slow tier below."""
+  config = layered_config("local,nope,global", **MECHANISMS)
+  C.check_causal(config, "all")
+  C.skip_if(C.check_cached_decoding(config, "all"))
+  C.check_model_impl(config, "blockwise", "all/blockwise")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layer_type", LAYER_TYPES)
+def test_layer_type_decodes_like_the_full_forward(layer_type):
+  """``{type},global`` over 3 layers (the unit wraps); the window of 5 rolls over 24 tokens."""
+  config = layered_config(f"{layer_type},global")
+  C.check_causal(config, layer_type)
+  C.skip_if(C.check_cached_decoding(config, layer_type))
+  C.skip_if(C.check_generation(config, layer_type))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("impl", ["blockwise", "pallas"])
+@pytest.mark.parametrize("layer_type", LAYER_TYPES)
+def test_layer_type_values_and_gradients(layer_type, impl):
+  if impl == "pallas" and not schedule.LAYER_TYPES.get(layer_type).local:
+    pytest.skip(f"{layer_type!r} changes no mask: the kernel sees the model's own pattern")
+  C.check_model_impl(layered_config(f"{layer_type},global"), impl, f"{layer_type}/{impl}")
+
+
+def test_local_layers_keep_only_their_window_in_the_cache():
+  """A 'local*2,global' model at 40 positions: local layers roll local_window + 1 slots."""
+  from attnlab.models import kv_cache
+  cfg, _, _ = C.built(layered_config("local*2,global"))
+  layouts = kv_cache.layouts_for(cfg.model, 40)
+  assert [x.capacity for x in layouts] == [C.SMALL + 1, C.SMALL + 1, 40]
+  cache = jax.eval_shape(lambda: kv_cache.init_cache(cfg.model, 1, layouts))
+  assert [layer[0].shape[1] for layer in cache.layers] == [C.SMALL + 1, C.SMALL + 1, 40]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mechanism", list(MECHANISMS))
+def test_mechanism_decodes_like_the_full_forward(mechanism):
+  config = layered_config("local,global", **{mechanism: MECHANISMS[mechanism]})
+  C.check_causal(config, mechanism)
+  C.skip_if(C.check_cached_decoding(config, mechanism))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mechanism", list(MECHANISMS))
+def test_mechanism_values_and_gradients(mechanism):
+  impls = ["blockwise"] + (["pallas"] if mechanism in SCORE_MODIFIERS else [])
+  config = layered_config("local,global", **{mechanism: MECHANISMS[mechanism]})
+  for impl in impls:
+    C.check_model_impl(config, impl, f"{mechanism}/{impl}")
+
+
+@pytest.mark.parametrize("mechanism", [m for m in MECHANISMS if m != "head_dim"])
+def test_mechanism_changes_the_model(mechanism):
+  """The field is read: with the same parameters (those the default model has), turning the
+  mechanism on changes the logits."""
+  _, on_model, on_params = C.built(layered_config(**{mechanism: MECHANISMS[mechanism]}))
+  _, off_model, off_params = C.built(layered_config())
+  shared = _restrict(on_params, off_params)
+  x = C.tokens()
+  on = C.full_logits(on_model, on_params, x)
+  off = C.full_logits(off_model, shared, x)
+  assert np.abs(on - off).max() > 1e-3, f"{mechanism}: turning it on changed nothing"
+
+
+def _restrict(params, like):
+  """``params`` restricted to the tree of ``like`` (a parameter ``like`` lacks is dropped;
+  one ``params`` lacks is taken from ``like``)."""
+  if not isinstance(like, dict):
+    return params if getattr(params, "shape", None) == like.shape else like
+  return {k: _restrict(params[k], v) if k in params else v for k, v in like.items()}
