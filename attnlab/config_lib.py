@@ -466,10 +466,12 @@ def check_schedule(m, p) -> None:
       raise ConfigError(f"model.layer_types={view.layer_types!r} has local (sliding-window) "
                         f"layers, which model.attention.kind={a.kind!r} cannot take (it takes "
                         f"only {', '.join(kind.patterns)})")
-    if view.local_rope_theta and p.kind != "rope":
-      raise ConfigError(f"model.local_rope_theta={view.local_rope_theta!r} sets the RoPE base "
-                        f"of local layers, but model.position.kind={p.kind!r}; valid: 0 (or "
-                        f"model.position.kind='rope')")
+    if view.local_rope_theta and "theta" not in {f.name for f in scheme.fields}:
+      valid = [n for n, cls in positional.POSITIONS.items()
+               if "theta" in {f.name for f in cls.fields}]
+      raise ConfigError(f"model.local_rope_theta={view.local_rope_theta!r} sets the rotary "
+                        f"base of local layers, but model.position.kind={p.kind!r} has none; "
+                        f"valid: 0, or model.position.kind in {', '.join(valid)}")
 
 
 def validate(config) -> None:

@@ -61,15 +61,6 @@ def _transformer(block) -> bool:
   return block["arch"] == "transformer"
 
 
-def _has_local(block) -> bool:
-  return _transformer(block) and schedule.problem(block["layer_types"]) is None and any(
-      schedule.LAYER_TYPES.get(t).local for t in schedule.parse(block["layer_types"]))
-
-
-def _layer_types(value, context):
-  return schedule.problem(value)
-
-
 def _finite_nonnegative(value, context):
   ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")
   return None if ok else "must be a finite number >= 0"
@@ -123,15 +114,7 @@ MODEL_FIELDS = (
           applies=_transformer),
     Field("logit_softcap", 0.0, "final logits become cap * tanh(logits / cap); 0: off "
           "(Gemma-2: 30)", check=_finite_nonnegative, applies=_transformer),
-    Field("layer_types", "global", "per-layer schedule: a repeating unit of layer types "
-          "(attnlab.models.schedule.LAYER_TYPES), e.g. 'local*5,global' (Gemma-3), "
-          "'global*3,nope' (SmolLM3)", check=_layer_types, applies=_transformer),
-    Field("local_window", 64, "local layers: keys i-local_window..i (Hugging Face's "
-          "sliding_window - 1)", minimum=1, applies=_has_local),
-    Field("local_rope_theta", 0.0, "local layers' RoPE base, with no scaling; 0: "
-          "model.position's (Gemma-3: 1e4 local, 1e6 global)", check=_finite_nonnegative,
-          applies=_has_local),
-)
+) + schedule.SCHEDULE_FIELDS
 
 
 def model_settings(cfg) -> Declared:

@@ -24,7 +24,7 @@ import re
 
 import ml_collections
 
-from attnlab.registry import ConfigError, Declared, Registry
+from attnlab.registry import ConfigError, Declared, Field, Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +80,37 @@ def parse(text) -> tuple[str, ...]:
   return tuple(out)
 
 
+def _layer_types_problem(value, context):
+  return problem(value)
+
+
+def _finite_nonnegative(value, context):
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")
+  return None if ok else "must be a finite number >= 0"
+
+
+def _transformer(block) -> bool:
+  return block["arch"] == "transformer"
+
+
+def _has_local(block) -> bool:
+  return _transformer(block) and problem(block["layer_types"]) is None and any(
+      LAYER_TYPES.get(t).local for t in parse(block["layer_types"]))
+
+
+# The schedule's ``model.*`` fields (part of ``common.MODEL_FIELDS``).
+SCHEDULE_FIELDS = (
+    Field("layer_types", "global", "per-layer schedule: a repeating unit of layer types "
+          "(attnlab.models.schedule.LAYER_TYPES), e.g. 'local*5,global' (Gemma-3), "
+          "'global*3,nope' (SmolLM3)", check=_layer_types_problem, applies=_transformer),
+    Field("local_window", 64, "local layers: keys i-local_window..i (Hugging Face's "
+          "sliding_window - 1)", minimum=1, applies=_has_local),
+    Field("local_rope_theta", 0.0, "local layers' RoPE base, with no scaling; 0: "
+          "model.position's (Gemma-3: 1e4 local, 1e6 global)", check=_finite_nonnegative,
+          applies=_has_local),
+)
+
+
 def types_of(model_cfg) -> tuple[str, ...]:
   """The type of every layer: ``model.layer_types`` repeated over ``model.num_layers``."""
   unit = parse(_settings(model_cfg).layer_types)
@@ -128,8 +159,7 @@ def _frozen(d: dict):
 
 
 def _settings(model_cfg):
-  from attnlab.models.common import model_settings
-  return model_settings(model_cfg)
+  return model_cfg if isinstance(model_cfg, Declared) else Declared(model_cfg, SCHEDULE_FIELDS)
 
 
 def distinct_positions(model_cfg) -> list:
