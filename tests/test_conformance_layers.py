@@ -133,3 +133,19 @@ def _restrict(params, like):
   if not isinstance(like, dict):
     return params if getattr(params, "shape", None) == like.shape else like
   return {k: _restrict(params[k], v) if k in params else v for k, v in like.items()}
+
+
+def test_attention_maps_follow_each_layers_type():
+  """``attnlab.analysis`` captures what each layer computes: a local layer's rows are zero
+  beyond its window, a global layer's are not; every row sums to 1; capturing leaves the
+  logits unchanged."""
+  from attnlab.analysis import capture
+  _, model, params = C.built(layered_config("local,nope,global", **MECHANISMS))
+  x = C.tokens()
+  logits, maps = capture.capture_attention(model, params, x)   # [layers, B, H, N, N]
+  np.testing.assert_allclose(logits, C.full_logits(model, params, x), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(maps.sum(-1), 1.0, atol=1e-5)
+  n = x.shape[1]
+  far = np.tril(np.ones((n, n), bool), -(C.SMALL + 1))        # keys more than window back
+  assert np.abs(maps[0][..., far]).max() == 0.0               # local
+  assert maps[1][..., far].max() > 1e-4 and maps[2][..., far].max() > 1e-4   # nope, global

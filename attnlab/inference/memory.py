@@ -77,8 +77,8 @@ def markdown(rows: list[dict], contexts) -> str:
            f"{r0['layers']} x kv_heads x {r0['head_dim']} x bytes per element.\n",
            *([] if set(r0["layer_types"].split(",")) <= {"global", "nope"} else [
                f"Layer schedule {r0['layer_types']}: local layers cache only their window, so "
-               f"a cache holds fewer bytes than bytes/token x context (the 'all layers full' "
-               f"column is that product at the largest context).\n"]),
+               f"a cache holds fewer bytes than bytes/token x context (the cache columns are "
+               f"what it allocates).\n"]),
            "| variant | kv_heads | bytes/token | " + " | ".join(f"cache @ {n}" for n in contexts)
            + " | vs MHA |", "|---|---|---|" + "---|" * len(contexts) + "---|"]
   for r in rows:
