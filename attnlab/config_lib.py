@@ -166,8 +166,8 @@ def position_variant(kind: str) -> dict:
 
 
 def describe_variants() -> str:
-  """Markdown: every registered kind, pattern, impl, position scheme, RoPE scaling and MLP
-  with the fields it reads (defaults and meaning), and every other declared section,
+  """Markdown: every registered kind, pattern, impl, position scheme, RoPE scaling, MLP and
+  layer type with the fields it reads (defaults and meaning), and every other declared section,
   generated from the declarations."""
   def rows(fields):
     return [f"  - `{f.name}` = `{f.default!r}`: {f.doc}" for f in fields]
@@ -185,7 +185,9 @@ def describe_variants() -> str:
         for n, cls in positional.POSITIONS.items()]),
       ("RoPE scalings", "model.position.scaling",
        [(n, s.doc, s.fields) for n, s in positional.ROPE_SCALINGS.items()]),
-      ("MLPs", "model.mlp", [(n, s.doc, ()) for n, s in MLPS.items()])):
+      ("MLPs", "model.mlp", [(n, s.doc, ()) for n, s in MLPS.items()]),
+      ("Layer types", "model.layer_types",
+       [(n, s.doc, ()) for n, s in schedule.LAYER_TYPES.items()])):
     out += [f"## {title} (`{field_path}`)", ""]
     for name, doc, fields in items:
       out.append(f"- **`{name}`**: {doc}")

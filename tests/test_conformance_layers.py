@@ -39,11 +39,11 @@ MECHANISMS = {
 SCORE_MODIFIERS = ("attention.softcap",)    # mechanisms the kernel applies to the scores
 
 
-def layered_config(layer_types="global", **changes):
-  """The conformance model with 3 layers, a local window of 5 and ``changes`` (dotted
-  ``model`` paths) applied."""
+def layered_config(layer_types="global", layers=3, **changes):
+  """The conformance model with ``layers`` layers, a local window of 5 and ``changes``
+  (dotted ``model`` paths) applied."""
   c = C.model_config("causal", "rope", seq_len=C.LENGTH)
-  c.model.num_layers, c.model.layer_types, c.model.local_window = 3, layer_types, C.SMALL
+  c.model.num_layers, c.model.layer_types, c.model.local_window = layers, layer_types, C.SMALL
   for path, value in changes.items():
     *blocks, name = path.split("=")[0].split(".")
     target = c.model
@@ -67,7 +67,12 @@ def test_every_mechanism_and_layer_type_at_once():
   config = layered_config("local,nope,global", **MECHANISMS)
   C.check_causal(config, "all")
   C.skip_if(C.check_cached_decoding(config, "all"))
-  C.check_model_impl(config, "blockwise", "all/blockwise")
+
+
+@pytest.mark.slow
+def test_every_mechanism_and_layer_type_at_once_values_and_gradients():
+  C.check_model_impl(layered_config("local,nope,global", **MECHANISMS), "blockwise",
+                     "all/blockwise")
 
 
 @pytest.mark.slow
@@ -120,8 +125,9 @@ def test_mechanism_values_and_gradients(mechanism):
 def test_mechanism_changes_the_model(mechanism):
   """The field is read: with the same parameters (those the default model has), turning the
   mechanism on changes the logits."""
-  _, on_model, on_params = C.built(layered_config(**{mechanism: MECHANISMS[mechanism]}))
-  _, off_model, off_params = C.built(layered_config())
+  _, on_model, on_params = C.built(layered_config(layers=1,
+                                                  **{mechanism: MECHANISMS[mechanism]}))
+  _, off_model, off_params = C.built(layered_config(layers=1))
   shared = _restrict(on_params, off_params)
   x = C.tokens()
   on = C.full_logits(on_model, on_params, x)
