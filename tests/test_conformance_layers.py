@@ -34,7 +34,8 @@ MECHANISMS = {
     "embed_scale": True,
     "logit_softcap": 3.0,
     "head_dim": 12,
-    "mlp=geglu": "geglu",
+    # every registered MLP other than the default
+    **{f"mlp={name}": name for name in MLPS.names() if name != C.config_lib.lm_config().model.mlp},
 }
 SCORE_MODIFIERS = ("attention.softcap",)    # mechanisms the kernel applies to the scores
 
@@ -57,7 +58,7 @@ def test_every_shared_attention_field_has_a_case():
   declared = {f"attention.{f.name}" for f in ATTENTION_FIELDS}
   missing = declared - set(MECHANISMS)
   assert not missing, f"give these declared fields a MECHANISMS case: {sorted(missing)}"
-  assert {"geglu"} <= set(MLPS.names())
+  assert {f"mlp={name}" for name in MLPS.names()} - set(MECHANISMS) == {"mlp=gelu"}
 
 
 def test_every_mechanism_and_layer_type_at_once():

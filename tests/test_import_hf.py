@@ -29,6 +29,12 @@ FAMILIES = ("gpt2", "gpt_neox", "llama", "mistral", "qwen2", "bloom", "qwen3", "
 ROOT = pathlib.Path(__file__).parents[1]
 
 
+def test_every_registered_family_has_a_fixture_tested_here():
+  assert set(FAMILIES) == set(hf_import.FAMILIES.names())
+  for family in FAMILIES:
+    assert (FIXTURES / family / "reference.npz").is_file(), family
+
+
 def base_config():
   c = config_lib.load_module(ROOT / "configs" / "lm.py").base_config()
   c.data.corpus = "tinyshakespeare"
