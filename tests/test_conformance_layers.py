@@ -98,7 +98,7 @@ def test_layer_type_values_and_gradients(layer_type, impl):
 def test_local_layers_keep_only_their_window_in_the_cache():
   """A 'local*2,global' model at 40 positions: local layers roll local_window + 1 slots."""
   from attnlab.models import kv_cache
-  cfg, _, _ = C.built(layered_config("local*2,global"))
+  cfg = C.config_lib.resolve(layered_config("local*2,global"))
   layouts = kv_cache.layouts_for(cfg.model, 40)
   assert [x.capacity for x in layouts] == [C.SMALL + 1, C.SMALL + 1, 40]
   cache = jax.eval_shape(lambda: kv_cache.init_cache(cfg.model, 1, layouts))
