@@ -124,8 +124,9 @@ def model_settings(cfg) -> Declared:
 
 
 def attention_settings(att) -> Declared:
-  """A ``model.attention`` block read through ``ATTENTION_FIELDS``."""
-  return att if isinstance(att, Declared) else Declared(att, ATTENTION_FIELDS)
+  """A ``model.attention`` block read through ``ATTENTION_FIELDS`` (a block written before
+  one of them existed reads its default)."""
+  return Declared(att, ATTENTION_FIELDS)
 
 
 def head_dim(cfg) -> int:
