@@ -19,7 +19,9 @@ imported wrongly changes the logits.
 
 ``--families=qwen3,gemma2`` remakes only those (the others' files stay as committed).
 
-``<out>/llama_rope/<type>/`` holds, for each Hugging Face RoPE scaling type (linear,
+``<out>/gemma3_text_variants/<name>/`` holds a ``config.json`` that changes one setting of
+the Gemma-3 checkpoint (``GEMMA3_VARIANTS``) and the logits ``transformers`` computes with
+it. ``<out>/llama_rope/<type>/`` holds, for each Hugging Face RoPE scaling type (linear,
 dynamic, yarn, llama3), a ``config.json`` that applies it to the LLaMA checkpoint's
 weights and ``reference.npz`` with the logits ``transformers`` computes with it, on a text
 longer than the scaling's original context.
@@ -53,6 +55,9 @@ ROPE_VARIANTS = {
                    original_max_position_embeddings=16),
 }
 SCORED_TOKENS = 24
+# The Gemma-3 weights under other settings: transformers' Gemma-3 stores
+# attn_logit_softcapping but does not apply it
+GEMMA3_VARIANTS = {"attn_softcap": {"attn_logit_softcapping": 4.0}}
 STORAGE = {"qwen2": "bfloat16", "gpt_neox": "float16", "mistral": "float16", "bloom": "float16",
            "gemma3_text": "bfloat16"}
 
@@ -166,6 +171,30 @@ def main():
           f"{json.loads((out / 'config.json').read_text())['architectures'][0]}")
     if family == "llama":
       rope_variants(model, config, scored, pathlib.Path(args.out) / "llama_rope")
+    if family == "gemma3_text":
+      config_variants(out, scored, pathlib.Path(args.out) / "gemma3_text_variants",
+                      GEMMA3_VARIANTS)
+
+
+def config_variants(checkpoint: pathlib.Path, ids, root: pathlib.Path, variants: dict):
+  """The saved weights under other config.json settings: config.json and transformers'
+  float32 logits for each (the weights stay in ``checkpoint``)."""
+  import torch
+  import transformers as tf
+  for name, changes in variants.items():
+    cfg = tf.AutoConfig.from_pretrained(checkpoint)
+    for key, value in changes.items():
+      setattr(cfg, key, value)
+    model = tf.AutoModelForCausalLM.from_pretrained(checkpoint, config=cfg, dtype=torch.float32,
+                                                    attn_implementation="eager").eval()
+    out = root / name
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save_pretrained(out)
+    (out / "generation_config.json").unlink(missing_ok=True)
+    with torch.no_grad():
+      logits = model(torch.tensor([ids])).logits[0].numpy().astype(np.float32)
+    np.savez_compressed(out / "reference.npz", ids=np.asarray(ids, np.int32), logits=logits)
+    print(f"{root.name}/{name}: {changes}")
 
 
 def rope_variants(model, config, ids, root: pathlib.Path):

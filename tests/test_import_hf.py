@@ -333,6 +333,23 @@ def test_current_families_map_their_schedules_and_mechanisms(imported, family, l
     assert (m.position.theta, m.position.scaling, m.position.scale_factor) == (1e6, "linear", 8.0)
 
 
+def test_gemma3_with_attn_logit_softcapping_set_matches_transformers(tmp_path):
+  """transformers' Gemma-3 stores attn_logit_softcapping but never applies it (Gemma-2
+  does): the Gemma-3 weights under a config that sets it give transformers' logits."""
+  variant = FIXTURES / "gemma3_text_variants" / "attn_softcap"
+  src = _copy("gemma3_text", tmp_path)
+  shutil.copyfile(variant / "config.json", src / "config.json")
+  assert json.loads((src / "config.json").read_text())["attn_logit_softcapping"] == 4.0
+  cfg, params = hf_import.convert(src, base_config())
+  cfg = config_lib.resolve(cfg)
+  assert cfg.model.attention.softcap == 0.0
+  ref = np.load(variant / "reference.npz")
+  logits = build_lm(cfg.model).apply({"params": params}, ref["ids"][None])[0]
+  np.testing.assert_allclose(np.asarray(logits), ref["logits"], atol=1e-4, rtol=0)
+  hf2 = json.loads((FIXTURES / "gemma2" / "config.json").read_text())
+  assert hf_import.FAMILIES.get("gemma2").model(hf2)[0]["attention"]["softcap"] == 5.0
+
+
 def test_a_five_to_one_schedule_caches_a_window_in_five_layers_of_six(imported):
   """attnlab.inference.memory reports the bytes the cache allocates: the local layers hold
   local_window + 1 slots, the global layers the whole context."""

@@ -516,7 +516,10 @@ def _gemma_model(hf, what):
   model = {"num_layers": _need(hf, "num_hidden_layers", what), "d_model": d,
            "head_dim": head_dim,
            "attention": {"num_heads": heads, "num_kv_heads": kv_heads, "qk_norm": gemma3,
-                         "softcap": float(hf.get("attn_logit_softcapping") or 0.0),
+                         # transformers' Gemma-3 reads attn_logit_softcapping but never
+                         # applies it; Gemma-2 does
+                         "softcap": 0.0 if gemma3 else float(hf.get("attn_logit_softcapping")
+                                                             or 0.0),
                          "score_scale": float(scalar) ** -0.5},
            "mlp": "geglu", "mlp_hidden": _need(hf, "intermediate_size", what),
            "norm": "rmsnorm", "norm_eps": hf.get("rms_norm_eps", 1e-6), "use_bias": False,
