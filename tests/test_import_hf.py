@@ -311,6 +311,22 @@ def test_sliding_windows_follow_transformers_rules():
     windows({**gemma3, "layer_types": ["sliding_attention"]}, "Gemma-3")
 
 
+def test_per_layer_windows_and_rope_become_the_shortest_repeating_schedule():
+  schedule = hf_import._schedule   # noqa: SLF001 - the rule itself
+  # SmolLM3 with windows on alternate layers and RoPE off on every third (checked once
+  # against transformers on such a checkpoint: logits within 5e-7, same greedy tokens)
+  assert schedule({}, "x", [6, None] * 3, [True, True, False] * 2) == {
+      "layer_types": "local,global,local_nope,global,local,nope", "local_window": 5}
+  assert schedule({}, "x", [4] * 5 + [None] + [4] * 2, [True] * 8) == {
+      "layer_types": "local*5,global", "local_window": 3}            # the unit wraps
+  assert schedule({}, "x", [5] * 3, [True] * 3) == {
+      "attention": {"pattern": "sliding_window", "window": 4}}      # every layer: the pattern
+  assert schedule({}, "x", [None] * 4, [True] * 3 + [False]) == {"layer_types": "global*3,nope"}
+  assert schedule({}, "x", [None] * 2, [True] * 2) == {}
+  with pytest.raises(ConfigError, match="different sizes"):
+    schedule({}, "x", [4, 8], [True, True])
+
+
 @pytest.mark.parametrize("family,layer_types,extra", [
     ("qwen3", "global*2,local*2", dict(local_window=5, head_dim=16)),
     ("gemma2", "local,global", dict(local_window=4, head_dim=16, logit_softcap=3.0,
