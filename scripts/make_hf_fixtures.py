@@ -187,19 +187,23 @@ def config_variants(checkpoint: pathlib.Path, ids, root: pathlib.Path, variants:
       setattr(cfg, key, value)
     model = tf.AutoModelForCausalLM.from_pretrained(checkpoint, config=cfg, dtype=torch.float32,
                                                     attn_implementation="eager").eval()
-    out = root / name
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.save_pretrained(out)
-    (out / "generation_config.json").unlink(missing_ok=True)
-    with torch.no_grad():
-      logits = model(torch.tensor([ids])).logits[0].numpy().astype(np.float32)
-    np.savez_compressed(out / "reference.npz", ids=np.asarray(ids, np.int32), logits=logits)
+    _save_variant(root / name, cfg, model, ids)
     print(f"{root.name}/{name}: {changes}")
+
+
+def _save_variant(out: pathlib.Path, cfg, model, ids) -> None:
+  """``out/config.json`` and ``out/reference.npz`` (the ids and the model's float32 logits)."""
+  import torch
+  out.mkdir(parents=True, exist_ok=True)
+  cfg.save_pretrained(out)
+  (out / "generation_config.json").unlink(missing_ok=True)
+  with torch.no_grad():
+    logits = model(torch.tensor([ids])).logits[0].numpy().astype(np.float32)
+  np.savez_compressed(out / "reference.npz", ids=np.asarray(ids, np.int32), logits=logits)
 
 
 def rope_variants(model, config, ids, root: pathlib.Path):
   """The LLaMA weights under each RoPE scaling: config.json and transformers' logits."""
-  import torch
   import transformers as tf
   for name, params in ROPE_VARIANTS.items():
     cfg = tf.LlamaConfig(**{**config.to_dict(), "max_position_embeddings": 16,
@@ -207,12 +211,7 @@ def rope_variants(model, config, ids, root: pathlib.Path):
     scaled = tf.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
     scaled.load_state_dict(model.state_dict())
     out = root / name
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.save_pretrained(out)
-    (out / "generation_config.json").unlink(missing_ok=True)
-    with torch.no_grad():
-      logits = scaled(torch.tensor([ids])).logits[0].numpy().astype(np.float32)
-    np.savez_compressed(out / "reference.npz", ids=np.asarray(ids, np.int32), logits=logits)
+    _save_variant(out, cfg, scaled, ids)
     print(f"llama_rope/{name}: {json.loads((out / 'config.json').read_text())['rope_parameters']}")
 
 
