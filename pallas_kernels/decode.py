@@ -31,7 +31,9 @@ and each row keeps its own head's result), and loops with an online softmax over
 dynamic (from ``lengths[b]`` and ``window``), so nothing recompiles per length and
 tiles past the length are not read. Each split writes its un-normalised output,
 running max and running sum; a small jnp step merges the splits, weighting each by
-``exp(m_split - m_max)`` (log-sum-exp combine).
+``exp(m_split - m_max)`` (log-sum-exp combine). Learned sinks (``sinks``, a logit per
+head) join that merge as one more split with running max = the sink logit, sum 1 and no
+value.
 
 Padding (copies): if ``max_len`` is not ``num_splits * split_len`` the caches are
 zero-padded along the slot axis; padded slots lie past every length and are never
@@ -143,7 +145,7 @@ def _concrete(x):
 
 
 def flash_decode(q, k_cache, v_cache, lengths, *, scale=None, score_fn: ScoreFn | None = None,
-                 window=None, num_splits=None, block_kv=128, interpret=None):
+                 window=None, num_splits=None, block_kv=128, interpret=None, sinks=None):
   """Split-K flash-decoding attention (see the module docstring for semantics).
 
   Args:
@@ -158,6 +160,8 @@ def flash_decode(q, k_cache, v_cache, lengths, *, scale=None, score_fn: ScoreFn 
       None -> ``default_num_splits(max_len, block_kv)``.
     block_kv: cache slots per inner tile (clamped to ``max_len``).
     interpret: None -> interpret on CPU, compiled on GPU/TPU.
+    sinks: optional float ``[heads]`` learned sink logits (each row's denominator gains
+      ``exp(sink)``).
 
   Returns:
     ``[batch, q_tokens, heads, head_dim]`` in q's dtype.
@@ -196,6 +200,11 @@ def flash_decode(q, k_cache, v_cache, lengths, *, scale=None, score_fn: ScoreFn 
   if num_splits is not None and (not isinstance(num_splits, (int, np.integer)) or num_splits < 1):
     raise ValueError(f"flash_decode: num_splits={num_splits!r} must be None or an int >= 1")
   mod, params = prepare(score_fn, heads, "flash_decode")
+  if sinks is not None:
+    sinks = jnp.asarray(sinks)
+    if sinks.shape != (heads,) or not jnp.issubdtype(sinks.dtype, jnp.floating):
+      raise ValueError(f"flash_decode: sinks must be float [{heads}]; got {sinks.dtype} "
+                       f"{sinks.shape}")
 
   interpret = jax.default_backend() not in ("gpu", "tpu") if interpret is None else interpret
   gpu_compiled = (not interpret) and jax.default_backend() == "gpu"
@@ -261,6 +270,13 @@ def flash_decode(q, k_cache, v_cache, lengths, *, scale=None, score_fn: ScoreFn 
       name="flash_decode",
   )(*args)
 
+  if sinks is not None:   # the sink as one more split: max = its logit, sum = 1, no value
+    sink_rows = jnp.tile(sinks.astype(f32).reshape(kv_heads, group), (1, q_tokens))
+    sink_rows = jnp.pad(sink_rows, ((0, 0), (0, rows_pad - rows)))         # [Hkv, R]
+    sink_m = jnp.broadcast_to(sink_rows[None, :, None], (batch, kv_heads, 1, rows_pad))
+    m = jnp.concatenate([m, sink_m], axis=2)
+    l = jnp.concatenate([l, jnp.ones_like(sink_m)], axis=2)
+    o = jnp.concatenate([o, jnp.zeros(o.shape[:2] + (1,) + o.shape[3:], f32)], axis=2)
   # log-sum-exp combine of the splits
   m_max = jnp.max(m, axis=2, keepdims=True)
   m_max = jnp.where(m_max == _NEG_INF, 0.0, m_max)

@@ -35,6 +35,12 @@ operands (``ScoreFn.q_operands`` / ``kv_operands``) are loaded tile by tile besi
 float ones receive gradients from the dq kernel (query operands) and the dk/dv kernel (key
 operands).
 
+Learned sinks (``sinks``, a logit per head, gpt-oss): the forward kernel starts each
+row's online softmax at the sink (running max = its logit, running sum = 1), so the sink
+joins the denominator with no value and the saved log-sum-exp includes it; the backward
+kernels need nothing more, and the sinks' gradient ``-sum_rows exp(sink - lse) * delta``
+is a reduction outside them.
+
 Layout ``[batch, seq, heads, head_dim]``; K/V may have ``kv_heads`` dividing
 ``heads`` (GQA/MQA). Lengths need not be multiples of the tiles (padding is
 masked); float32, bfloat16 and float16 inputs, float32 statistics; a query row
@@ -109,6 +115,7 @@ class _Static:
   tile_masks: bool
   per_head_codes: bool
   per_row_tables: bool        # visit tables per batch row (classified at run time)
+  sinks: bool                 # learned sinks start each row's softmax (forward kernel)
   q_ops: tuple                # per query operand: (per_head, is_float)
   kv_ops: tuple               # per key operand: (per_head, is_float)
   interpret: bool
@@ -266,7 +273,11 @@ def _tables(st: _Static, b, count_full_ref, count_ref, index_ref, code_ref):
 
 def _fwd_kernel(count_full_ref, count_ref, index_ref, code_ref, tile_masks_ref,
                 q_seg_ref, kv_seg_ref, *refs, st: _Static):
-  param_refs, q_op_refs, kv_op_refs, (q_ref, k_ref, v_ref, o_ref, lse_ref) = st.split_refs(refs)
+  param_refs, q_op_refs, kv_op_refs, rest = st.split_refs(refs)
+  if st.sinks:
+    q_ref, k_ref, v_ref, sink_ref, o_ref, lse_ref = rest
+  else:
+    q_ref, k_ref, v_ref, o_ref, lse_ref = rest
   b, h, i = pl.program_id(0), pl.program_id(1), pl.program_id(2)
   n_full_of, n_all_of, index, code_of = _tables(st, b, count_full_ref, count_ref, index_ref,
                                                 code_ref)
@@ -298,8 +309,12 @@ def _fwd_kernel(count_full_ref, count_ref, index_ref, code_ref, tile_masks_ref,
     acc = alpha[:, None] * acc + _dot(p.astype(v.dtype), v)
     return acc, m_new, l
 
-  carry = (jnp.zeros((bq, v_ref.shape[-1]), _F32), jnp.full((bq,), -jnp.inf, _F32),
-           jnp.zeros((bq,), _F32))
+  if st.sinks:   # the sink's term: max = its logit (this head's row of sink_ref), sum = 1
+    carry = (jnp.zeros((bq, v_ref.shape[-1]), _F32), sink_ref[...].astype(_F32),
+             jnp.ones((bq,), _F32))
+  else:
+    carry = (jnp.zeros((bq, v_ref.shape[-1]), _F32), jnp.full((bq,), -jnp.inf, _F32),
+             jnp.zeros((bq,), _F32))
   n_full, n_all = n_full_of(i), n_all_of(i)
   carry = lax.fori_loop(0, n_full, functools.partial(visit, masked=False), carry)
   acc, m, l = lax.fori_loop(n_full, n_all, functools.partial(visit, masked=True), carry)
@@ -501,8 +516,9 @@ def _small_operands(st: _Static, tables, extras, q_tile_major: bool):
                                          (kv_seg, kv_seg_spec)] + param_specs + op_specs)
 
 
-def _forward(st: _Static, fwd_tables, extras, q, k, v):
-  """q [B, H, Nq_pad, D], k/v [B, Hkv, Nk_pad, D] -> out [B, H, Nq_pad, Dv], lse [B, H, Nq_pad]."""
+def _forward(st: _Static, fwd_tables, extras, q, k, v, sinks=None):
+  """q [B, H, Nq_pad, D], k/v [B, Hkv, Nk_pad, D], sinks float32 [H] (``st.sinks``)
+  -> out [B, H, Nq_pad, Dv], lse [B, H, Nq_pad]."""
   b, h, nq_pad, d = q.shape
   nk_pad, dv = k.shape[2], v.shape[-1]
   g, bq = st.group, st.block_q
@@ -510,6 +526,9 @@ def _forward(st: _Static, fwd_tables, extras, q, k, v):
       (q, pl.BlockSpec((None, None, bq, d), lambda b_, h_, i: (b_, h_, i, 0))),
       (k, pl.BlockSpec((None, None, nk_pad, d), lambda b_, h_, i: (b_, h_ // g, 0, 0))),
       (v, pl.BlockSpec((None, None, nk_pad, dv), lambda b_, h_, i: (b_, h_ // g, 0, 0)))]
+  if st.sinks:   # each head's logit repeated along its rows: a [bq] block per program
+    rows = jnp.broadcast_to(sinks.astype(_F32)[:, None], (h, nq_pad))
+    args.append((rows, pl.BlockSpec((None, bq), lambda b_, h_, i: (h_, i))))
   out_shape = [jax.ShapeDtypeStruct((b, h, nq_pad, dv), q.dtype),
                jax.ShapeDtypeStruct((b, h, nq_pad), _F32)]
   out_specs = [pl.BlockSpec((None, None, bq, dv), lambda b_, h_, i: (b_, h_, i, 0)),
@@ -585,7 +604,8 @@ def flash_attention(q, k, v, *, sparsity: BlockSparsity | None = None,
                     predicate: Callable | None = None, segment_ids=None,
                     score_fn: ScoreFn | None = None,
                     scale: float | None = None, block_q: int = 128, block_kv: int = 128,
-                    interpret: bool | None = None, pad_head_dim: bool | None = None):
+                    interpret: bool | None = None, pad_head_dim: bool | None = None,
+                    sinks=None):
   """Fused block-sparse attention.
 
   Args:
@@ -601,9 +621,11 @@ def flash_attention(q, k, v, *, sparsity: BlockSparsity | None = None,
       ``pltpu.InterpretParams()`` with a TPU backend runs the TPU path in JAX's TPU
       interpreter (SMEM tables, TPU memory semantics) on any machine.
     pad_head_dim: zero-pad head dims to a power of two >= 16 (None: when compiling for GPU).
+    sinks: optional float ``[heads]``: learned sink logits joining every row's softmax
+      denominator (the module docstring).
 
-  Returns [batch, q_len, heads, v_dim] in q's dtype; differentiable in q, k, v and
-  the leaves of ``score_fn.params``.
+  Returns [batch, q_len, heads, v_dim] in q's dtype; differentiable in q, k, v, the
+  leaves of ``score_fn.params`` and ``sinks``.
   """
   _check(q.ndim == k.ndim == v.ndim == 4, f"q, k, v must be [batch, seq, heads, dim]; got "
          f"{q.shape}, {k.shape}, {v.shape}")
@@ -638,6 +660,10 @@ def flash_attention(q, k, v, *, sparsity: BlockSparsity | None = None,
     _check(codes.max() < len(sparsity.tile_masks), "a code names a missing tile-mask row")
   _check(has_tables or codes.max() < 0, "codes >= 0 need sparsity.tile_masks")
   mod, internal = prepare(score_fn, heads, "flash_attention")
+  if sinks is not None:
+    sinks = jnp.asarray(sinks)
+    _check(sinks.shape == (heads,) and jnp.issubdtype(sinks.dtype, jnp.floating),
+           f"sinks must be float [{heads}] (one logit per head); got {sinks.dtype} {sinks.shape}")
   if segment_ids is not None:
     _check(len(segment_ids) == 2 and segment_ids[0].shape == (b, q_len)
            and segment_ids[1].shape == (b, kv_len),
@@ -658,7 +684,7 @@ def flash_attention(q, k, v, *, sparsity: BlockSparsity | None = None,
                mod=mod, predicate=predicate,
                segments=segment_ids is not None, tile_masks=has_tables,
                per_head_codes=codes.shape[0] > 1, per_row_tables=segment_ids is not None,
-               q_ops=q_flags, kv_ops=kv_flags, interpret=interpret, backend=backend)
+               sinks=sinks is not None, q_ops=q_flags, kv_ops=kv_flags, interpret=interpret, backend=backend)
   tile_masks = jnp.asarray(sparsity.tile_masks if has_tables else np.zeros((1, 1, 1)), jnp.int8)
   if segment_ids is not None:
     # padding repeats the last id (a tile's id range is unchanged); padded keys are masked
@@ -699,15 +725,15 @@ def flash_attention(q, k, v, *, sparsity: BlockSparsity | None = None,
     return (tile_masks, q_seg, kv_seg, params, merged(q_ops, q_f, fq), merged(kv_ops, kv_f, fkv))
 
   @jax.custom_vjp
-  def attend(q, k, v, params, q_f, kv_f):
-    return _forward(st, fwd_tables, extras_of(params, q_f, kv_f), q, k, v)[0]
+  def attend(q, k, v, params, q_f, kv_f, sinks):
+    return _forward(st, fwd_tables, extras_of(params, q_f, kv_f), q, k, v, sinks)[0]
 
-  def attend_fwd(q, k, v, params, q_f, kv_f):
-    out, lse = _forward(st, fwd_tables, extras_of(params, q_f, kv_f), q, k, v)
-    return out, (q, k, v, params, q_f, kv_f, out, lse)
+  def attend_fwd(q, k, v, params, q_f, kv_f, sinks):
+    out, lse = _forward(st, fwd_tables, extras_of(params, q_f, kv_f), q, k, v, sinks)
+    return out, (q, k, v, params, q_f, kv_f, sinks, out, lse)
 
   def attend_bwd(res, do):
-    q, k, v, params, q_f, kv_f, out, lse = res
+    q, k, v, params, q_f, kv_f, sinks, out, lse = res
     dq, dk, dv, dparams, dq_ops, dkv_ops = _backward(
         st, fwd_tables, bwd_tables, extras_of(params, q_f, kv_f), q, k, v, out, lse, do)
     # an operand shared by every head ([B, 1, N]) collects the sum over heads
@@ -715,13 +741,18 @@ def flash_attention(q, k, v, *, sparsity: BlockSparsity | None = None,
             for n, grad in zip(fq, dq_ops)]
     dkv_f = [grad if kv_flags[n][0] else grad.sum(axis=1, keepdims=True)
              for n, grad in zip(fkv, dkv_ops)]
-    return dq, dk, dv, dparams, dq_f, dkv_f
+    d_sinks = None
+    if sinks is not None:   # -sum over rows of p_sink * rowsum(dO * O); padded rows: dO = 0
+      delta = jnp.einsum("bhqd,bhqd->bhq", out.astype(_F32), do.astype(_F32))
+      d_sinks = -(jnp.exp(sinks.astype(_F32)[None, :, None] - lse) * delta).sum(axis=(0, 2))
+      d_sinks = d_sinks.astype(sinks.dtype)
+    return dq, dk, dv, dparams, dq_f, dkv_f, d_sinks
 
   attend.defvjp(attend_fwd, attend_bwd)
   # the parameters' cast and reshape (prepare) and the operands' layout sit outside the
   # custom_vjp, so autodiff maps their gradients back to the leaves' shapes and dtypes
   out = attend(to_internal(q, nq_pad), to_internal(k, nk_pad), to_internal(v, nk_pad),
-               internal, [q_ops[n] for n in fq], [kv_ops[n] for n in fkv])
+               internal, [q_ops[n] for n in fq], [kv_ops[n] for n in fkv], sinks)
   return out.transpose(0, 2, 1, 3)[:, :q_len, :, :dv_true]
 
 

@@ -237,6 +237,53 @@ def check_impl(impl: str, mask=None, score_mod=None, *, seed=0, nq=LENGTH, nk=LE
   return None
 
 
+def sink_logits(heads=HEADS, seed=5) -> np.ndarray:
+  """Test sink logits [heads]: spread so that one head's sink dominates and another's is
+  negligible."""
+  return (np.random.default_rng(seed).standard_normal(heads) * 2.0
+          + np.linspace(-3.0, 3.0, heads)).astype(np.float32)
+
+
+def check_impl_sinks(impl: str, mask=None, bias=None, *, seed=0, nq=LENGTH, nk=LENGTH,
+                     heads=HEADS, kv_heads=KV_HEADS, what="", tiles=None) -> str | None:
+  """Learned sinks: values and gradients (q, k, v and the sink logits) of ``impl`` against
+  the float64 definition (``oracles.attention_with_sinks``). ``bias``: an additive
+  modifier or None. An impl that does not declare sinks must refuse them with a
+  ``ConfigError`` naming them (returns that reason: nothing else is checked)."""
+  what = what or f"{impl}/sinks"
+  bias = score_mods_lib.as_score_mod(bias)
+  q, k, v, w = qkvw(seed, nq, nk, heads, kv_heads)
+  sinks = sink_logits(heads)
+  spec = IMPLS.get(impl)
+  block_q, block_kv = tiles or TILES.get(impl, (None, None))
+
+  def loss(q, k, v, sinks):
+    out = dot_product_attention(q, k, v, mask=mask, bias=bias, impl=impl, block_q=block_q,
+                                block_kv=block_kv, sinks=sinks)
+    return jnp.sum(out.astype(jnp.float32) * w), out
+
+  if not spec.sinks:
+    with pytest.raises(ConfigError, match="sinks"):
+      loss(q, k, v, sinks)
+    return f"impl={impl!r} declares no sinks and refuses them"
+  reason = spec.unsupported(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v),
+                            masks.as_mask(mask), bias)
+  if reason:
+    return reason
+  fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3), has_aux=True))
+  (_, out), grads = fn(q, k, v, sinks)
+  mask_np = None if mask is None else dense_mask(masks.as_mask(mask), nq, nk)
+  bias_np, score_fn = modifier_view(bias, nq, nk)
+  assert score_fn is None, f"{what}: the sinks oracle takes additive biases only"
+  ref, *ref_grads = oracles.attention_with_sinks(q, k, v, sinks, mask=mask_np, bias=bias_np,
+                                                 d_out=w)
+  assert np.all(np.isfinite(np.asarray(out))), f"{what}: non-finite output"
+  np.testing.assert_allclose(np.asarray(out), ref, err_msg=f"{what}: output", **VALUES)
+  for name, got, want in zip(("dq", "dk", "dv", "d sinks"), grads, ref_grads):
+    _grad_close(got, want, f"{what}: {name}")
+  return None
+
+
 def check_leaf_gradients(score_mod, dmod, dlogits, raw, what, seed=1) -> None:
   # dmod: the gradients of score_mod's float leaves (float_leaves order); raw: the scaled
   # logits the modifier was applied to, float64 [B, H, Nq, Nk]

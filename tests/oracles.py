@@ -88,6 +88,52 @@ def attention(q, k, v, *, mask=None, bias=None, score_fn: Callable | None = None
   return out, dq, dk, dv, dlogits
 
 
+def attention_with_sinks(q, k, v, sinks, *, mask=None, bias=None, scale: float | None = None,
+                         d_out=None):
+  """Softmax attention with learned sinks (gpt-oss), float64, one row at a time, from the
+  definition: the row's logits plus one more, ``sinks[h]``, whose value is zero; the sink's
+  probability is dropped after normalisation.
+
+  q: [B, Nq, H, D]; k, v: [B, Nk, Hkv, Dv]; sinks: [H]; mask / bias as for ``attention``.
+  Returns out [B, Nq, H, Dv]; with ``d_out``: (out, dq, dk, dv, dsinks [H]).
+  """
+  q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+  sinks = np.asarray(sinks, np.float64)
+  b_, nq, h_, d = q.shape
+  nk, group = k.shape[1], h_ // k.shape[2]
+  scale = 1.0 / np.sqrt(d) if scale is None else scale
+  shape = (b_, h_, nq, nk)
+  mask = np.ones(shape, bool) if mask is None else np.broadcast_to(np.asarray(mask, bool), shape)
+  bias = np.zeros(shape) if bias is None else np.broadcast_to(np.asarray(bias, np.float64), shape)
+  out = np.zeros((b_, nq, h_, v.shape[-1]))
+  dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
+  dsinks = np.zeros(h_)
+  for b in range(b_):
+    for h in range(h_):
+      kh = h // group
+      for i in range(nq):
+        seen = np.flatnonzero(mask[b, h, i])
+        logits = np.array([scale * q[b, i, h] @ k[b, j, kh] + bias[b, h, i, j] for j in seen]
+                          + [sinks[h]])
+        e = np.exp(logits - logits.max())
+        p = e / e.sum()                      # the last entry is the sink's probability
+        for n, j in enumerate(seen):
+          out[b, i, h] += p[n] * v[b, j, kh]
+        if d_out is None:
+          continue
+        do = np.asarray(d_out, np.float64)[b, i, h]
+        dp = np.array([do @ v[b, j, kh] for j in seen] + [0.0])   # the sink has no value
+        dlogit = p * (dp - (p * dp).sum())
+        dsinks[h] += dlogit[-1]
+        for n, j in enumerate(seen):
+          dv[b, j, kh] += p[n] * do
+          dq[b, i, h] += scale * dlogit[n] * k[b, j, kh]
+          dk[b, j, kh] += scale * dlogit[n] * q[b, i, h]
+  if d_out is None:
+    return out
+  return out, dq, dk, dv, dsinks
+
+
 def scaled_logits(q, k, scale: float | None = None) -> np.ndarray:
   """scale * q . k for every (batch, head, query, key): float64 [B, H, Nq, Nk]."""
   q, k = np.asarray(q, np.float64), np.asarray(k, np.float64)

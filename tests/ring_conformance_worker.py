@@ -41,6 +41,17 @@ def main():
         report["skipped"][case] = reason
       else:
         report["passed"].append(case)
+    for name, mask in (("causal", masks.causal()), ("window", masks.sliding_window(6))):
+      case = f"sinks/{name}"
+      try:
+        reason = C.check_impl_sinks("ring", mask, what=f"ring/{case}")
+      except Exception as e:  # noqa: BLE001
+        report["failed"][case] = f"{type(e).__name__}: {str(e)[:500]}"
+        continue
+      if reason:
+        report["skipped"][case] = reason
+      else:
+        report["passed"].append(case)
   print(json.dumps(report))
 
 

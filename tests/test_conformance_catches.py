@@ -122,6 +122,29 @@ def test_a_modifier_with_a_wrong_gradient_fails(impl):
     C.check_impl(impl, masks.causal(), mod, what=f"broken/{impl}")
 
 
+def _sinks_impl(monkeypatch, name, transform):
+  """``blockwise`` registered again as ``name``, with its sinks passed through ``transform``."""
+  from attnlab.attention import IMPLS, blockwise_attention
+  base = IMPLS.get("blockwise")
+
+  def fn(q, k, v, *, sinks=None, **kw):
+    kw = {n: kw[n] for n in ("mask", "score_mod", "scale", "block_q", "block_kv")}
+    return blockwise_attention(q, k, v, sinks=transform(sinks), **kw)
+
+  monkeypatch.setitem(IMPLS._entries, name, dataclasses.replace(base, fn=fn))
+  return name
+
+
+@pytest.mark.parametrize("broken,transform,message", [
+    ("sinks_ignored", lambda s: None, "output"),
+    ("sinks_without_gradient", jax.lax.stop_gradient, "d sinks"),
+])
+def test_an_impl_that_mishandles_sinks_fails(monkeypatch, broken, transform, message):
+  name = _sinks_impl(monkeypatch, broken, transform)
+  with pytest.raises(AssertionError, match=message):
+    C.check_impl_sinks(name, masks.causal(), what=f"broken/{name}", tiles=(8, 16))
+
+
 def test_a_field_that_accepts_what_it_declares_invalid_fails():
   """A pattern that declares ``window >= 1`` but whose validation never looks at it."""
   fields = (Field("window", 6, "window", minimum=1),)

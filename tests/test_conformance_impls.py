@@ -50,6 +50,31 @@ def test_impl_serves_the_contract(impl, request_name):
                         nq=r.get("nq", C.LENGTH), what=f"{impl}/{request_name}"))
 
 
+# Learned sinks (gpt-oss): every impl declaring them against the float64 definition, the
+# others refusing them by name.
+SINK_REQUESTS = {
+    "causal_gqa": dict(mask=lambda: masks.causal(), heads=(4, 2)),
+    "full_cross_mha": dict(mask=lambda: masks.full(), heads=(4, 4), nq=24),
+    "window_mqa_alibi": dict(mask=lambda: masks.sliding_window(6), heads=(4, 1),
+                             mod=lambda: positional.alibi_bias(4)),
+    "segments_and_causal": dict(mask=lambda: masks.segments(
+        np.repeat(np.arange(4), 10)[None].repeat(2, 0)) & masks.causal(), heads=(4, 2)),
+    # rows 0..19 see no key: all their mass is on the sink, out = 0
+    "rows_that_see_nothing": dict(mask=lambda: masks.global_tokens([20]) & masks.causal(),
+                                  heads=(4, 2)),
+}
+
+
+@pytest.mark.parametrize("request_name", list(SINK_REQUESTS))
+@pytest.mark.parametrize("impl", IMPL_NAMES)
+def test_impl_serves_learned_sinks(impl, request_name):
+  r = SINK_REQUESTS[request_name]
+  heads, kv_heads = r["heads"]
+  C.skip_if(C.check_impl_sinks(impl, r["mask"](), r.get("mod", lambda: None)(), heads=heads,
+                               kv_heads=kv_heads, nq=r.get("nq", C.LENGTH),
+                               what=f"{impl}/sinks/{request_name}"))
+
+
 def test_every_impl_declares_its_place_and_options():
   """Declarations the rest of attnlab reads: options are Fields with a name, tiled impls
   declare tiles, auto's ranks are distinct per backend."""

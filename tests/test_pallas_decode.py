@@ -39,7 +39,7 @@ def flash_decode_mod(q, k, v, lengths, *, alibi_slopes=None, soft_cap=None, **kw
 
 
 def oracle(q, k, v, lengths, *, scale=None, alibi_slopes=None, soft_cap=None, window=None,
-           mod_np=None):
+           mod_np=None, sinks=None):
   q, k, v = (np.asarray(jnp.asarray(x, jnp.float32), np.float64) for x in (q, k, v))
   b_, t_, h_, d_ = q.shape
   hkv = k.shape[2]
@@ -63,8 +63,11 @@ def oracle(q, k, v, lengths, *, scale=None, alibi_slopes=None, soft_cap=None, wi
           s = soft_cap * np.tanh(s / soft_cap)
         if mod_np is not None:
           s = mod_np(h, s, p, j)
-        w = np.exp(s - s.max())
-        out[b, t, h] = (w / w.sum()) @ v[b, j, kh]
+        top = s.max() if sinks is None else max(s.max(), float(sinks[h]))
+        w = np.exp(s - top)
+        # a learned sink adds exp(sink) to the denominator and nothing to the sum
+        denom = w.sum() + (0.0 if sinks is None else np.exp(float(sinks[h]) - top))
+        out[b, t, h] = (w / denom) @ v[b, j, kh]
   return out
 
 
@@ -121,6 +124,20 @@ def test_alibi_softcap_window():
           oracle(q, k, v, lengths, window=window))
   check(flash_decode_mod(q, k, v, lengths, alibi_slopes=slopes, soft_cap=1.5, window=6, **kw),
         oracle(q, k, v, lengths, alibi_slopes=slopes, soft_cap=1.5, window=6))
+
+
+@pytest.mark.parametrize("q_tokens,kv_heads,window", [(1, 4, None), (3, 2, 6), (2, 1, None)])
+def test_learned_sinks(q_tokens, kv_heads, window):
+  """gpt-oss's sinks: one logit per head joins each row's denominator (the merge of the
+  splits), including rows' heads interleaved in a GQA group."""
+  q, k, v = make(batch=2, q_tokens=q_tokens, heads=4, kv_heads=kv_heads, seed=3)
+  lengths = np.array([37, 9], np.int32)
+  sinks = np.array([2.5, -1.0, 0.0, 4.0], np.float32)
+  out = flash_decode(q, k, v, jnp.asarray(lengths), block_kv=8, num_splits=3, window=window,
+                     sinks=jnp.asarray(sinks))
+  check(out, oracle(q, k, v, lengths, window=window, sinks=sinks))
+  plain = flash_decode(q, k, v, jnp.asarray(lengths), block_kv=8, num_splits=3, window=window)
+  assert np.abs(np.asarray(out) - np.asarray(plain)).max() > 1e-2   # the sinks matter
 
 
 def test_per_head_modifier_keeps_each_rows_head_under_gqa():

@@ -13,6 +13,11 @@ row log-sum-exp, and the backward recomputes each tile's probabilities, so the
 gradient is O(N) in memory as well. Score-modifier parameters (ALiBi slopes, a
 T5 table) receive their gradients tile by tile.
 
+Learned sinks (``sinks``, one logit per query head) start each row's online softmax: the
+running max is the sink logit and the running sum 1 (the sink's own term), so the sink
+joins every denominator and no value. Their gradient is ``-sum_rows p_sink * delta``
+(``delta = rowsum(dO * O)``, ``p_sink = exp(sink - lse)``).
+
 GQA/MQA: query heads are grouped as ``[kv_heads, group]`` (query head ``h``
 uses key/value head ``h // group``), and K/V are never copied per head.
 """
@@ -145,10 +150,11 @@ def _tile_logits(plan: TilePlan, q_tile, k_tile, q_block, kv_block, mask, score_
   return s.reshape(b, hkv, g, bq, bk)
 
 
-def _forward(plan: TilePlan, q, k, v, mask, score_mod):
+def _forward(plan: TilePlan, q, k, v, mask, score_mod, sinks=None):
   """Returns out [B, Hkv, G, Nq_pad, Dv] (q.dtype) and lse [B, Hkv, G, Nq_pad] (f32).
 
-  A row that sees no key gets out = 0 and lse = +inf (so recomputed p = 0).
+  A row that sees no key gets out = 0 and lse = +inf (so recomputed p = 0); with sinks
+  ([Hkv, G] float32) its lse is the sink logit.
   """
   b, hkv, g, nq_pad, _ = q.shape
   dv = v.shape[-1]
@@ -175,8 +181,12 @@ def _forward(plan: TilePlan, q, k, v, mask, score_mod):
         return m_new, l, acc * correction[..., None] + pv
       return visit
 
-    carry = (jnp.full((b, hkv, g, bq), -jnp.inf, _F32), jnp.zeros((b, hkv, g, bq), _F32),
-             jnp.zeros((b, hkv, g, bq, dv), _F32))
+    if sinks is None:
+      carry = (jnp.full((b, hkv, g, bq), -jnp.inf, _F32), jnp.zeros((b, hkv, g, bq), _F32),
+               jnp.zeros((b, hkv, g, bq, dv), _F32))
+    else:   # the sink's term: max = its logit, sum = exp(0) = 1, no value
+      carry = (jnp.broadcast_to(sinks[None, :, :, None], (b, hkv, g, bq)),
+               jnp.ones((b, hkv, g, bq), _F32), jnp.zeros((b, hkv, g, bq, dv), _F32))
     for kv_table, start, stop, masked in visits:   # unmasked tiles, then masked ones
       carry = lax.fori_loop(start[qb], stop[qb], visitor(kv_table, masked), carry)
     m, l, acc = carry
@@ -217,7 +227,7 @@ def _zero_cotangent(tree):
 
 
 def _backward(plan: TilePlan, residuals, d_out):
-  q, k, v, mask, score_mod, out, lse = residuals
+  q, k, v, mask, score_mod, sinks, out, lse = residuals
   # A constant cotangent (the gradient of a sum) would otherwise be sunk into the loops
   # below and rebuilt at full length for every key tile: O(N^2) work for an O(N) input.
   d_out = lax.optimization_barrier(d_out)
@@ -266,17 +276,21 @@ def _backward(plan: TilePlan, residuals, d_out):
   dk = jnp.moveaxis(dks, 0, 2).reshape(k.shape)
   dv = jnp.moveaxis(dvs, 0, 2).reshape(v.shape)
   d_mod = rebuild_mod(d_params, fill=_float0_zeros) if score_mod is not None else None
-  return (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), _zero_cotangent(mask), d_mod)
+  d_sinks = None
+  if sinks is not None:   # d sink = -sum over rows of p_sink * delta (padded rows: delta 0)
+    d_sinks = -(jnp.exp(sinks[None, :, :, None] - lse) * delta).sum(axis=(0, 3))
+  return (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), _zero_cotangent(mask), d_mod,
+          d_sinks)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _attend(plan, q, k, v, mask, score_mod):
-  return _forward(plan, q, k, v, mask, score_mod)[0]
+def _attend(plan, q, k, v, mask, score_mod, sinks):
+  return _forward(plan, q, k, v, mask, score_mod, sinks)[0]
 
 
-def _attend_fwd(plan, q, k, v, mask, score_mod):
-  out, lse = _forward(plan, q, k, v, mask, score_mod)
-  return out, (q, k, v, mask, score_mod, out, lse)
+def _attend_fwd(plan, q, k, v, mask, score_mod, sinks):
+  out, lse = _forward(plan, q, k, v, mask, score_mod, sinks)
+  return out, (q, k, v, mask, score_mod, sinks, out, lse)
 
 
 _attend.defvjp(_attend_fwd, _backward)
@@ -299,8 +313,9 @@ def make_plan(q_len: int, kv_len: int, mask, *, block_q: int, block_kv: int, sca
 
 
 def blockwise_attention(q, k, v, *, mask=None, score_mod=None, scale: float,
-                        block_q: int = 512, block_kv: int = 512):
-  """Memory-efficient attention. q: [B, Nq, H, D]; k: [B, Nk, Hkv, D]; v: [B, Nk, Hkv, Dv].
+                        block_q: int = 512, block_kv: int = 512, sinks=None):
+  """Memory-efficient attention. q: [B, Nq, H, D]; k: [B, Nk, Hkv, D]; v: [B, Nk, Hkv, Dv];
+  sinks: optional float [H], learned sink logits.
 
   Returns [B, Nq, H, Dv] in q's dtype. Lengths need not be multiples of the blocks.
   """
@@ -317,5 +332,7 @@ def blockwise_attention(q, k, v, *, mask=None, score_mod=None, scale: float,
   qg = qg.reshape(b, nq_pad, hkv, g, d).transpose(0, 2, 3, 1, 4)
   kg = jnp.pad(k, ((0, 0), (0, nk_pad - nk), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
   vg = jnp.pad(v, ((0, 0), (0, nk_pad - nk), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
-  out = _attend(plan, qg, kg, vg, mask, score_mod)
+  if sinks is not None:
+    sinks = jnp.asarray(sinks, _F32).reshape(hkv, g)
+  out = _attend(plan, qg, kg, vg, mask, score_mod, sinks)
   return out.transpose(0, 3, 1, 2, 4).reshape(b, nq_pad, h, v.shape[-1])[:, :nq]

@@ -13,7 +13,8 @@ block. Its optional ``weights(q, k, *, mask, bias, cfg, layer, rng)`` returns th
 attention matrix ``[batch, heads, q_len, kv_len]`` that ``apply`` uses (``apply`` ==
 ``weights @ v``), built densely for analysis (``attnlab.analysis``); a kind without it
 cannot be captured. The spec also declares what others need to know: the fields it
-reads, whether it honours score modifiers (position biases), whether it can decode
+reads, whether it honours score modifiers (position biases) and learned sinks (``sinks``:
+then ``apply`` and ``weights`` take ``sinks=`` float [heads]), whether it can decode
 from a KV cache and whether it draws fresh randomness per training step. Register a
 new one with ``KINDS.register("name")(KindSpec(...))``.
 """
@@ -36,6 +37,7 @@ class KindSpec:
   apply: Callable
   patterns: tuple[str, ...] | None = None   # patterns it supports; None = every pattern
   honours_score_mods: bool = True           # applies score modifiers (ALiBi, T5, soft-cap)
+  sinks: bool = False                       # takes learned sinks (apply/weights: sinks=)
   uses_impl: bool = False                   # computed by dot_product_attention's impls
   shared_qk: bool = False                   # keys are the queries (no key projection)
   fields: tuple[Field, ...] = ()            # model.attention fields it reads
@@ -60,13 +62,13 @@ def _causal(cfg) -> bool:
   return PATTERNS.get(cfg.pattern).causal
 
 
-def _softmax(q, k, v, *, mask, bias, cfg, layer, rng=None):
-  return dot_product_attention(q, k, v, mask=mask, bias=bias, impl=cfg.impl,
+def _softmax(q, k, v, *, mask, bias, cfg, layer, rng=None, sinks=None):
+  return dot_product_attention(q, k, v, mask=mask, bias=bias, impl=cfg.impl, sinks=sinks,
                                **impl_options(cfg))
 
 
-def _softmax_weights(q, k, *, mask, bias, cfg, layer, rng=None):
-  return reference_weights(q, k, mask=mask, bias=bias)
+def _softmax_weights(q, k, *, mask, bias, cfg, layer, rng=None, sinks=None):
+  return reference_weights(q, k, mask=mask, bias=bias, sinks=sinks)
 
 
 def _key(cfg, layer, rng=None):
@@ -122,7 +124,8 @@ _RECURRENT = ("has no KV cache: its causal form is a recurrent state; KV-cache d
               "(--nocache) to recompute the prefix at every step instead")
 
 KINDS.register("softmax")(KindSpec(
-    _softmax, uses_impl=True, doc="softmax(q k^T / sqrt(d)) v; O(N^2) or block-sparse",
+    _softmax, uses_impl=True, sinks=True,
+    doc="softmax(q k^T / sqrt(d)) v; O(N^2) or block-sparse",
     weights=_softmax_weights))
 KINDS.register("lsh")(KindSpec(
     _lsh, patterns=("causal", "full"), honours_score_mods=False, shared_qk=True,

@@ -356,7 +356,7 @@ def pallas_unsupported(q, k, v, mask, score_mod) -> str | None:
 
 def pallas_attention(q, k, v, *, mask=None, score_mod=None, scale: float,
                      block_q: int = MAX_BLOCK, block_kv: int = MAX_BLOCK, interpret=None,
-                     **unused):
+                     sinks=None, **unused):
   """The impl contract on ``pallas_kernels.flash_attention`` (see the module docstring)."""
   pattern, segments, dynamic = _split_mask(mask)
   score_mod = _kernel_mod(score_mod, dynamic)
@@ -372,11 +372,11 @@ def pallas_attention(q, k, v, *, mask=None, score_mod=None, scale: float,
                    jnp.broadcast_to(jnp.asarray(segments.kv_ids), (batch, kv_len)))
   return flash.flash_attention(q, k, v, sparsity=sparsity, predicate=predicate,
                                segment_ids=segment_ids, score_fn=_score_fn(score_mod, heads), scale=scale,
-                               block_q=bq, block_kv=bk, interpret=interpret)
+                               block_q=bq, block_kv=bk, interpret=interpret, sinks=sinks)
 
 
 def pallas_decode(q, k, v, *, lengths, mask, score_mod, scale, block_kv: int = MAX_BLOCK,
-                  interpret=None, **unused):
+                  interpret=None, sinks=None, **unused):
   """A cached decoding step on ``pallas_kernels.decode.flash_decode`` (the
   ``Implementation.decode`` contract), or None when the kernel cannot serve it."""
   from pallas_kernels import decode as decode_kernels
@@ -389,7 +389,7 @@ def pallas_decode(q, k, v, *, lengths, mask, score_mod, scale, block_kv: int = M
   return decode_kernels.flash_decode(
       q, k, v, lengths, scale=scale, score_fn=_score_fn(score_mod, heads),
       window=None if band is None else band[0], block_kv=min(int(block_kv or MAX_BLOCK), MAX_BLOCK),
-      interpret=interpret)
+      interpret=interpret, sinks=sinks)
 
 
 IMPLS.register("pallas")(Implementation(
@@ -398,7 +398,7 @@ IMPLS.register("pallas")(Implementation(
         "only in interpret mode on CPU: block-sparse, custom backward, score modifiers "
         "in-kernel when they lower (elementwise JAX of the tile and float leaves of at most "
         "4096 elements per head; no gathers or slices)",
-    options=(BLOCK_Q, BLOCK_KV), decode=pallas_decode,
+    options=(BLOCK_Q, BLOCK_KV), decode=pallas_decode, sinks=True,
     tiles=(64, MAX_BLOCK, 2**13),    # per-tile overhead not yet measured on a GPU
     # designed for TPU and GPU: first in TPU's order, third in GPU's, but auto takes it there
     # only once a committed run on that backend exists (tested_on; docs/gpu/*.json), else

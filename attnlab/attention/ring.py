@@ -17,6 +17,10 @@ Per-position operands (``attention.operands``: document ids, forget-gate sums) a
 out and sharded like the tokens: a device holds its queries' slices, and the key-side
 slices travel round the ring with the K/V block they belong to.
 
+Learned sinks (``sinks``, a logit per query head) start every query's online softmax
+(running max = the sink logit, running sum = 1): queries stay on their device, so each
+row counts its sink once; JAX differentiates the ring, sinks included.
+
 Layouts (which global tokens a shard holds; ``c = N / (2S)``):
 
 - ``contiguous``: shard r holds ``[r N/S, (r+1) N/S)``. Causal work is unbalanced:
@@ -78,8 +82,8 @@ def _axis_size(mesh, name: str) -> int:
   return dict(zip(mesh.axis_names, mesh.axis_sizes)).get(name, 1)
 
 
-def _ring_shard(q, k, v, q_pos, kv_pos, mod_leaves, q_ops, kv_ops, *, mask, mod_def, scale,
-                shards, kv_sharded, heads_per_shard, group, slots):
+def _ring_shard(q, k, v, q_pos, kv_pos, mod_leaves, q_ops, kv_ops, sinks, *, mask, mod_def,
+                scale, shards, kv_sharded, heads_per_shard, group, slots):
   """Per-device body. q [b, n, h, D], k/v [b, n, hkv, D], positions [n] (global);
   mod_leaves: the score modifier's leaves (replicated), rebuilt with ``mod_def``;
   q_ops / kv_ops: the mask's and modifier's per-position operands (``slots``: where they
@@ -133,18 +137,26 @@ def _ring_shard(q, k, v, q_pos, kv_pos, mod_leaves, q_ops, kv_ops, *, mask, mod_
     ops_blk = [lax.ppermute(x, SEQUENCE_AXIS, perm) for x in ops_blk]
     return (acc, m_new, l, k_blk, v_blk, pos_blk, ops_blk), None
 
-  init = (jnp.zeros((b, h, n, v.shape[-1]), _F32), jnp.full((b, h, n), -jnp.inf, _F32),
-          jnp.zeros((b, h, n), _F32), k, v, kv_pos, list(kv_ops))
+  sinks = sinks[0] if sinks else None    # [] or [float32 [heads]]
+  if sinks is None:
+    m0, l0 = jnp.full((b, h, n), -jnp.inf, _F32), jnp.zeros((b, h, n), _F32)
+  else:   # the sink's term: this device's query heads' logits, sum exp(0) = 1
+    if heads_per_shard:
+      sinks = lax.dynamic_slice_in_dim(sinks, lax.axis_index(HEAD_AXIS) * heads_per_shard,
+                                       heads_per_shard)
+    m0, l0 = jnp.broadcast_to(sinks[None, :, None], (b, h, n)), jnp.ones((b, h, n), _F32)
+  init = (jnp.zeros((b, h, n, v.shape[-1]), _F32), m0, l0, k, v, kv_pos, list(kv_ops))
   (acc, _, l, *_), _ = lax.scan(step, init, None, length=shards)
   out = acc / jnp.where(l == 0.0, 1.0, l)[..., None]
   return out.transpose(0, 2, 1, 3).astype(q.dtype)
 
 
 def ring_attention(q, k, v, *, mask=None, score_mod=None, scale: float, mesh=None,
-                   layout: str = "zigzag"):
+                   layout: str = "zigzag", sinks=None):
   """Softmax attention with the sequence sharded over the mesh axis ``sequence``.
 
-  q: [batch, N, heads, D]; k, v: [batch, N, kv_heads, D]; returns [batch, N, heads, Dv].
+  q: [batch, N, heads, D]; k, v: [batch, N, kv_heads, D]; sinks: optional float [heads]
+  learned sink logits; returns [batch, N, heads, Dv].
   ``mesh``: a Mesh or AbstractMesh with a ``sequence`` axis (default: the mesh set by
   ``jax.set_mesh``). Batch is sharded over ``data``/``fsdp`` and heads over ``tensor``
   where those axes exist and divide the sizes.
@@ -195,9 +207,11 @@ def ring_attention(q, k, v, *, mask=None, score_mod=None, scale: float, mesh=Non
                 P(batch_spec, SEQUENCE_AXIS, kv_head_spec, None),
                 P(batch_spec, SEQUENCE_AXIS, kv_head_spec, None),
                 P(SEQUENCE_AXIS), P(SEQUENCE_AXIS), [P()] * len(mod_leaves),
-                [op_spec(x) for x in q_ops], [op_spec(x) for x in kv_ops]),
+                [op_spec(x) for x in q_ops], [op_spec(x) for x in kv_ops],
+                [P()] * (sinks is not None)),
       out_specs=P(batch_spec, SEQUENCE_AXIS, head_spec, None), check_vma=False,
-  )(q, k, v, pos, pos, list(mod_leaves), q_ops, kv_ops)
+  )(q, k, v, pos, pos, list(mod_leaves), q_ops, kv_ops,
+    [] if sinks is None else [jnp.asarray(sinks, _F32)])
   if layout != "contiguous":
     out = jnp.take(out, np.argsort(order), axis=1)
   return out
@@ -231,16 +245,16 @@ def ring_unsupported(q, k, v, mask, score_mod) -> str | None:
 
 
 def _ring_impl(q, k, v, *, mask=None, score_mod=None, scale: float, ring_layout="zigzag",
-               **unused):
+               sinks=None, **unused):
   return ring_attention(q, k, v, mask=mask, score_mod=score_mod, scale=scale,
-                        layout=ring_layout)
+                        layout=ring_layout, sinks=sinks)
 
 
 IMPLS.register("ring")(Implementation(
     _ring_impl, ring_unsupported,
     doc="sequence sharded over the mesh axis 'sequence': shard_map + ppermute ring with "
         "the blockwise online softmax",
-    shards_sequence=True,
+    shards_sequence=True, sinks=True,
     tested_on={"cpu": "compiled by XLA on virtual CPU devices (one host split into several): "
                       "the test suite"},
     options=(Field("ring_layout", "zigzag", "impl=ring: token layout over the sequence shards",
