@@ -450,6 +450,14 @@ def check_schedule(m, p) -> None:
     valid = [n for n, spec in KINDS.items() if spec.honours_score_mods]
     raise ConfigError(f"model.attention.softcap={a.softcap!r}: kind {a.kind!r} never forms the "
                       f"score matrix, so it cannot cap scores; valid kinds: {', '.join(valid)}")
+  if a.sink_logit != "none" and not kind.sinks:
+    valid = [n for n, spec in KINDS.items() if spec.sinks]
+    raise ConfigError(f"model.attention.sink_logit={a.sink_logit!r}: kind {a.kind!r} has no softmax "
+                      f"denominator to add a sink to; valid kinds with sinks: {', '.join(valid)}")
+  if a.sink_logit != "none" and a.impl not in ("auto", *[n for n, s in IMPLS.items() if s.sinks]):
+    valid = [n for n, s in IMPLS.items() if s.sinks]
+    raise ConfigError(f"model.attention.sink_logit={a.sink_logit!r}: impl {a.impl!r} does not serve "
+                      f"sinks; valid impls with sinks: auto, {', '.join(valid)}")
   if a.score_scale and kind.shared_qk:
     raise ConfigError(f"model.attention.score_scale={a.score_scale!r}: kind {a.kind!r} shares "
                       f"queries and keys, so scaling the queries would scale the keys; valid "

@@ -30,6 +30,8 @@ MECHANISMS = {
     "attention.qk_norm": True,
     "attention.softcap": 2.0,           # scores of these sharp models reach ~10: capped hard
     "attention.score_scale": 0.5,
+    "attention.sink_logit=off_by_one": "off_by_one",
+    "attention.sink_logit": "learned",       # after off_by_one: the all-at-once model learns them
     "post_norms": True,
     "embed_scale": True,
     "logit_softcap": 3.0,
@@ -37,7 +39,8 @@ MECHANISMS = {
     # every registered MLP other than the default
     **{f"mlp={name}": name for name in MLPS.names() if name != C.config_lib.lm_config().model.mlp},
 }
-SCORE_MODIFIERS = ("attention.softcap",)    # mechanisms the kernel applies to the scores
+# mechanisms the kernel applies to the scores or its softmax
+SCORE_MODIFIERS = ("attention.softcap", "attention.sink_logit", "attention.sink_logit=off_by_one")
 
 
 def layered_config(layer_types="global", layers=3, **changes):
@@ -146,10 +149,11 @@ def _restrict(params, like):
 
 def test_attention_maps_follow_each_layers_type():
   """``attnlab.analysis`` captures what each layer computes: a local layer's rows are zero
-  beyond its window, a global layer's are not; every row sums to 1; capturing leaves the
-  logits unchanged."""
+  beyond its window, a global layer's are not; every row sums to 1 (no sinks here: a sink
+  takes mass, tests/test_analysis_metrics.py); capturing leaves the logits unchanged."""
   from attnlab.analysis import capture
-  _, model, params = C.built(layered_config("local,nope,global", **MECHANISMS))
+  no_sinks = {m: v for m, v in MECHANISMS.items() if not m.startswith("attention.sink_logit")}
+  _, model, params = C.built(layered_config("local,nope,global", **no_sinks))
   x = C.tokens()
   logits, maps = capture.capture_attention(model, params, x)   # [layers, B, H, N, N]
   np.testing.assert_allclose(logits, C.full_logits(model, params, x), rtol=1e-5, atol=1e-5)

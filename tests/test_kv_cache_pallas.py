@@ -119,6 +119,25 @@ def test_pallas_sliding_window_on_a_full_cache(decode_calls):
   assert {c["window"] for c in decode_calls} == {5}
 
 
+def test_pallas_cached_decoding_with_learned_sinks(decode_calls):
+  """gpt-oss's learned sinks (GQA, a sliding window on a full cache): the decode kernel
+  receives each layer's sink logits and the cached logits equal the dense XLA forward's
+  (which adds the sink as an extra key); the sinks matter."""
+  sinks = dict(model__attention__sink_logit="learned", model__attention__num_kv_heads=2,
+               model__attention__pattern="sliding_window", model__attention__window=5)
+  cfg, model, xla, params = _models("rope", **sinks)
+  tokens = _tokens(length=30)
+  layout = kv_cache.CacheLayout(capacity=30)
+  got, _, full = cached_and_full_logits(model, params, tokens, layout, prefill=7)
+  np.testing.assert_allclose(got, full, **TOL)
+  np.testing.assert_allclose(got, full_logits(xla, params, tokens), **TOL)
+  assert len(decode_calls) == cfg.model.num_layers
+  assert all(c.get("sinks") is not None for c in decode_calls)
+  far = jax.tree_util.tree_map_with_path(
+      lambda path, x: x + 5.0 if "sinks" in jax.tree_util.keystr(path) else x, params)
+  assert np.abs(full_logits(xla, far, tokens) - full).max() > 1e-2
+
+
 def _step(model, params, cache, tokens, prefill=False):
   return model.apply({"params": params}, jnp.asarray(tokens), cache=cache, prefill=prefill)
 

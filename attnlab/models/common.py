@@ -76,6 +76,10 @@ ATTENTION_FIELDS = (
     Field("score_scale", 0.0, "queries are multiplied by score_scale * sqrt(head_dim), so "
           "softmax scores are q.k * score_scale; 0: 1/sqrt(head_dim) (Gemma: "
           "query_pre_attn_scalar ** -0.5)", check=_finite_nonnegative),
+    Field("sink_logit", "none", "a per-head logit joining every row's softmax denominator, with no "
+          "value (its probability is dropped): learned (gpt-oss; parameter 'sinks' [heads], "
+          "initialised to 0), off_by_one (a fixed 0: softmax_1, Miller 2023) or none",
+          choices=("none", "learned", "off_by_one")),
 )
 
 

@@ -393,36 +393,41 @@ def decode_mask(plan: StepPlan, att, layer: int):
   return PATTERNS.get(att.pattern).build(att, layer)(q, k) & visible
 
 
-def decode_attention(q, k, v, *, mask, bias, att):
+def decode_attention(q, k, v, *, mask, bias, att, sinks=None):
   """Attention of the new queries over the keys through ``dot_product_attention``.
 
   The configured impl serves the step unless it refuses it (e.g. the fused kernel plans
   its tiles statically and a decode mask is traced); then ``auto`` chooses.
 
   q: [B, T, heads, D]; k, v: [B, K, kv_heads, D]; mask: a Mask, or bool [T, K] or
-  [heads, T, K]; bias: a ScoreMod or None. Returns [B, T, heads, D].
+  [heads, T, K]; bias: a ScoreMod or None; sinks: float [heads] or None.
+  Returns [B, T, heads, D].
   """
   impl = att.impl
   if impl != "auto" and IMPLS.get(impl).unsupported(
       q, k, v, masks.as_mask(mask), score_mods.as_score_mod(bias)):
     impl = "auto"
-  return dot_product_attention(q, k, v, mask=mask, bias=bias, impl=impl, **impl_options(att))
+  if impl != "auto" and sinks is not None and not IMPLS.get(impl).sinks:
+    impl = "auto"
+  return dot_product_attention(q, k, v, mask=mask, bias=bias, impl=impl, sinks=sinks,
+                               **impl_options(att))
 
 
 def cached_attention(q, k, v, layer_kv, plan: StepPlan, *, scheme, params, att, layer: int,
-                     inputs=None):
+                     inputs=None, sinks=None):
   """One attention layer of a cached step.
 
   q: [B, T, heads, D]; k, v: [B, T, kv_heads, D], projections of the new tokens before
   position encoding; layer_kv: this layer's cached (k, v, *state); params: the layer's
   position parameters (``scheme.attention_params``) by name; inputs: the layer's input
-  [B, T, d_model] (read by ``reads_input`` schemes). Returns the attention output
+  [B, T, d_model] (read by ``reads_input`` schemes); sinks: the layer's sink logits
+  float [heads] or None. Returns the attention output
   [B, T, heads, D] and the layer's updated (k, v, *state).
   """
   k_cache, v_cache, *state = layer_kv
   if scheme.reads_input:
     return _cached_with_state(q, k, v, k_cache, v_cache, state, plan, scheme=scheme,
-                              params=params, att=att, layer=layer, inputs=inputs)
+                              params=params, att=att, layer=layer, inputs=inputs, sinks=sinks)
   if plan.streaming:      # store keys as projected; encode them at their place each step
     q = scheme.rotate_qk(q, q, _rows(plan.q_pos, q))[0]
     k_cache, v_cache = _write(k_cache, k, plan.write_slots), _write(v_cache, v, plan.write_slots)
@@ -443,27 +448,31 @@ def cached_attention(q, k, v, layer_kv, plan: StepPlan, *, scheme, params, att, 
     if not plan.streaming:
       mask = PATTERNS.get(att.pattern).build(att, layer) & mask
     out = decode_attention(q, keys, values, mask=mask,
-                           bias=capped(att, scheme.score_mod(heads, params, None)), att=att)
+                           bias=capped(att, scheme.score_mod(heads, params, None)), att=att,
+                           sinks=sinks)
     return out, (k_cache, v_cache)
   out = None
   decode = IMPLS.get(att.impl).decode if att.impl in IMPLS else None
+  if sinks is not None and att.impl in IMPLS and not IMPLS.get(att.impl).sinks:
+    decode = None
   if decode is not None and plan.slots_are_positions:
     # slot j holds text position j and the new queries are the last T filled slots
     lengths = jnp.broadcast_to(plan.text_pos[-1] + 1, (q.shape[0],)).astype(jnp.int32)
     out = decode(q, keys, values, lengths=lengths,
                  mask=PATTERNS.get(att.pattern).build(att, layer),
                  score_mod=capped(att, scheme.score_mod(heads, params, None)),
-                 scale=1.0 / float(np.sqrt(q.shape[-1])), **impl_options(att))
+                 scale=1.0 / float(np.sqrt(q.shape[-1])),
+                 **impl_options(att), **({} if sinks is None else {"sinks": sinks}))
   if out is None:
     out = decode_attention(q, keys, values, mask=decode_mask(plan, att, layer),
                            bias=capped(att, position_bias(scheme, heads, params, plan.q_pos,
                                                           plan.key_pos)),
-                           att=att)
+                           att=att, sinks=sinks)
   return out, (k_cache, v_cache)
 
 
 def _cached_with_state(q, k, v, k_cache, v_cache, state, plan, *, scheme, params, att, layer,
-                       inputs):
+                       inputs, sinks=None):
   """A cached step of a scheme whose modifier reads the layer input and keeps state per slot
   (FoX): its modifier's operands are aligned with the keys attended to (the new tokens at
   prefill, the cache slots at decode), so no position lookup is involved."""
@@ -475,7 +484,7 @@ def _cached_with_state(q, k, v, k_cache, v_cache, state, plan, *, scheme, params
     mask = PATTERNS.get(att.pattern).build(att, layer) & masks.causal()
   else:
     keys, values, mask = k_cache, v_cache, decode_mask(plan, att, layer)
-  out = decode_attention(q, keys, values, mask=mask, bias=bias, att=att)
+  out = decode_attention(q, keys, values, mask=mask, bias=bias, att=att, sinks=sinks)
   return out, (k_cache, v_cache, *state)
 
 

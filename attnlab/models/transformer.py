@@ -50,7 +50,8 @@ class SelfAttention(nn.Module):
   attends through a sliding window, a NoPE layer encodes no positions. With
   ``attention.qk_norm`` queries and keys are RMS-normalised per head before position
   encoding; ``attention.score_scale`` rescales the queries; ``attention.softcap`` caps the
-  scores before the position modifier.
+  scores before the position modifier; ``attention.sink_logit`` adds a per-head sink logit to
+  every row's softmax denominator (learned: the parameter ``sinks`` [heads]).
 
   x: [batch, seq, d_model]; positions: int [batch, seq] -> [batch, seq, d_model].
   ``layer`` (the block index) seeds random patterns and random features; ``pattern``
@@ -112,7 +113,7 @@ class SelfAttention(nn.Module):
       if cache is not None:   # incremental decoding: k, v go to the cache before encoding
         out, layer_kv = kv_cache.cached_attention(q, k, v, *cache, scheme=scheme,
                                                   params=params, att=att, layer=self.layer,
-                                                  inputs=x)
+                                                  inputs=x, sinks=self._sinks(settings))
         return out_proj(out.reshape(batch * seq, heads * dh)).reshape(x.shape), layer_kv
       if kind.shared_qk:
         q, _ = scheme.rotate_qk(q, q, positions)
@@ -129,12 +130,25 @@ class SelfAttention(nn.Module):
     pattern = pattern if mask is None else pattern & masks.as_mask(mask)
     if segment_ids is not None:
       pattern = pattern & masks.segments(segment_ids)
+    sinks = self._sinks(settings)
+    extra = {} if sinks is None else {"sinks": sinks}
     if kind.weights is not None and self.is_mutable_collection("intermediates"):
       self.sow("intermediates", "attention_weights",
-               kind.weights(q, k, mask=pattern, bias=bias, cfg=att, layer=self.layer, rng=rng))
-    out = kind.apply(q, k, v, mask=pattern, bias=bias, cfg=att, layer=self.layer, rng=rng)
+               kind.weights(q, k, mask=pattern, bias=bias, cfg=att, layer=self.layer, rng=rng,
+                            **extra))
+    out = kind.apply(q, k, v, mask=pattern, bias=bias, cfg=att, layer=self.layer, rng=rng,
+                     **extra)
     out = out_proj(out.reshape(batch * seq, heads * dh))
     return out.reshape(x.shape)
+
+  def _sinks(self, settings):
+    """The sink logits float32 [heads] (``attention.sink_logit``), or None."""
+    if settings.sink_logit == "learned":
+      return self.param("sinks", nn.initializers.zeros, (int(settings.num_heads),),
+                        param_dtype(self.cfg)).astype(jnp.float32)
+    if settings.sink_logit == "off_by_one":
+      return jnp.zeros((int(settings.num_heads),), jnp.float32)
+    return None
 
   def _normed(self, q, k, settings):
     """Queries and keys [batch, len, heads, head_dim] after QK-norm (``qk_norm``: RMSNorm
