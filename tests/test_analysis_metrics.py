@@ -86,3 +86,36 @@ def test_induction_tokens_repeat_with_unique_previous_occurrence():
   np.testing.assert_array_equal(tokens[:, :20], tokens[:, 20:])
   assert all(len(set(row[:20])) == 20 for row in tokens)
   assert tokens.min() >= 32 and tokens.max() < 127
+
+
+@pytest.mark.parametrize("sink_logit,value", [("off_by_one", 0.0), ("learned", 1.5)])
+def test_learned_sink_mass_hand_worked(sink_logit, value):
+  """Zero q/k/v projections make every score 0: causal row i sees i + 1 keys of weight
+  exp(0) and the sink exp(c), so the sink takes e^c / (e^c + i + 1) (c = 0 for off-by-one);
+  the captured maps carry exactly the rest."""
+  import jax
+  from attnlab.analysis import capture
+  from helpers import tiny_config
+  from attnlab import config_lib
+  from attnlab.models import TransformerLM
+  cfg = config_lib.resolve(tiny_config("rope", model__attention__sink_logit=sink_logit))
+  model = TransformerLM(cfg.model)
+  params = model.init(jax.random.PRNGKey(0), np.zeros((1, 8), np.int32))["params"]
+
+  def edit(path, x):
+    name = jax.tree_util.keystr(path)
+    if "qkv" in name:
+      return np.zeros_like(x)
+    return np.full_like(x, value) if name.endswith("['sinks']") else x
+  params = jax.tree_util.tree_map_with_path(edit, params)
+  n = 12
+  _, maps = capture.capture_attention(model, params, np.arange(n, dtype=np.int32)[None])
+  rows = np.arange(n)
+  want_rows = np.exp(value) / (np.exp(value) + rows + 1)
+  got = metrics.learned_sink_mass(maps)                       # [layers, batch, heads]
+  np.testing.assert_allclose(got, want_rows.mean(), rtol=1e-5)
+  np.testing.assert_allclose(1 - maps.sum(-1), np.broadcast_to(want_rows, maps.shape[:-1]),
+                             atol=1e-6)
+  records = metrics.head_metrics(maps, learned_sinks=True)
+  assert all(abs(r["learned_sink_mass"] - want_rows.mean()) < 1e-5 for r in records)
+  assert "learned_sink_mass" not in metrics.head_metrics(maps)[0]

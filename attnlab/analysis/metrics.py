@@ -38,6 +38,14 @@ def sink_mass(p: np.ndarray, k: int = 1) -> np.ndarray:
   return p[..., k:, :k].sum(-1).mean(-1)
 
 
+def learned_sink_mass(p: np.ndarray) -> np.ndarray:
+  """Mass on a learned sink (``model.attention.sink_logit``): the part of each row that no
+  key receives, 1 - sum_j p_ij, averaged over query rows. Maps of a model with sinks
+  (``capture``) sum to less than 1; without sinks this is 0. [..., q, k] -> [...]."""
+  p = np.asarray(p, np.float64)
+  return (1.0 - p.sum(-1)).mean(-1)
+
+
 def previous_token_score(p: np.ndarray) -> np.ndarray:
   """Mean over queries i >= 1 of p[i, i-1]. [..., q, k] -> [...]."""
   p = np.asarray(p, np.float64)
@@ -89,18 +97,23 @@ ROLE_THRESHOLDS = (("induction", "induction", 0.3), ("previous-token", "previous
 
 
 def head_metrics(text_maps: np.ndarray, induction_maps: np.ndarray | None = None,
-                 period: int | None = None, sink_k: int = 1) -> list[dict]:
+                 period: int | None = None, sink_k: int = 1,
+                 learned_sinks: bool = False) -> list[dict]:
   """One record per (layer, head), scores averaged over the batch.
 
   text_maps: [layers, batch, heads, q, k] on real text -> entropy, mean distance,
   sink mass (first ``sink_k`` tokens), previous-token and diagonal scores;
   induction_maps: [layers, batch, heads, 2*period, 2*period] on ``induction_tokens``
-  -> induction score. Each record also holds its ``role`` (``head_roles``).
+  -> induction score; ``learned_sinks`` (the model has sink logits): the mass each head
+  puts on its learned sink, beside the emergent sink mass on the first tokens. Each record
+  also holds its ``role`` (``head_roles``).
   """
   scores = {"entropy": entropy(text_maps), "mean_distance": mean_distance(text_maps),
             "sink_mass": sink_mass(text_maps, sink_k),
             "previous_token": previous_token_score(text_maps),
             "diagonal": diagonal_score(text_maps)}
+  if learned_sinks:
+    scores["learned_sink_mass"] = learned_sink_mass(text_maps)
   if induction_maps is not None:
     scores["induction"] = induction_score(induction_maps, period)
   scores = {name: s.mean(1) for name, s in scores.items()}      # [layers, heads]
@@ -122,8 +135,8 @@ def head_roles(record: dict) -> str:
 
 def markdown_table(records: list[dict]) -> str:
   """Rows (layer, head) with every score and the role; a role summary per layer below."""
-  names = [n for n in ("entropy", "mean_distance", "sink_mass", "previous_token", "diagonal",
-                       "induction") if n in records[0]]
+  names = [n for n in ("entropy", "mean_distance", "sink_mass", "learned_sink_mass",
+                       "previous_token", "diagonal", "induction") if n in records[0]]
   lines = ["| layer | head | " + " | ".join(names) + " | role |",
            "|---|---|" + "---|" * len(names) + "---|"]
   for r in records:

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from attnlab import data, outputs, positional
 from attnlab.analysis import capture, metrics, plots, viewer
+from attnlab.models.common import attention_settings
 from attnlab.registry import ConfigError
 
 PRINTABLE_LOW, PRINTABLE_HIGH = 32, 127   # induction sequences use bytes in [32, 127)
@@ -92,7 +93,8 @@ def analyze(workdir, text: str, out, *, induction_batch: int = 8, sink_k: int = 
   rng = np.random.default_rng(seed)
   rep = metrics.induction_tokens(rng, induction_batch, period, PRINTABLE_HIGH, PRINTABLE_LOW)
   _, rep_maps = capture.capture_attention(model, params, rep)
-  records = metrics.head_metrics(text_maps, rep_maps, period, sink_k)
+  learned_sinks = attention_settings(cfg.model.attention).sink_logit != "none"
+  records = metrics.head_metrics(text_maps, rep_maps, period, sink_k, learned_sinks)
 
   maps = text_maps[:, 0]                                                 # [L, H, n, n]
   tokenizer = data.get_tokenizer(cfg.data)
