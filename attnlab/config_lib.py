@@ -438,6 +438,28 @@ def check_model(m, *, seq_len: int, trained_length: int, trained_what: str = "",
   check_position(p, head_dim=head_dim(m), d_model=m.d_model, seq_len=seq_len,
                  trained_length=trained_length, trained_what=trained_what)
   check_schedule(m, p)
+  check_moe(m)
+
+
+def check_moe(m) -> None:
+  """The routed MLP's fields against each other (``model.mlp="moe"``)."""
+  view = Declared(m, MODEL_FIELDS)
+  if view.mlp != "moe":
+    return
+  e, k = int(view.moe_experts), int(view.moe_top_k)
+  if k > e:
+    raise ConfigError(f"model.moe_top_k={k} must be at most model.moe_experts={e}")
+  if view.moe_router == "sigmoid_grouped":
+    groups, topk_groups = int(view.moe_groups), int(view.moe_topk_groups)
+    if e % groups or e // groups < 2:
+      raise ConfigError(f"model.moe_groups={groups} must divide model.moe_experts={e} into "
+                        f"groups of at least 2 experts (a group scores by its best two)")
+    if topk_groups > groups:
+      raise ConfigError(f"model.moe_topk_groups={topk_groups} must be at most "
+                        f"model.moe_groups={groups}")
+    if k > topk_groups * (e // groups):
+      raise ConfigError(f"model.moe_top_k={k} exceeds the experts of the chosen groups "
+                        f"(moe_topk_groups x experts per group = {topk_groups * (e // groups)})")
 
 
 def check_schedule(m, p) -> None:

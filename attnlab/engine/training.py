@@ -24,7 +24,7 @@ import optax
 
 from attnlab import config_lib, data, parallel, positional
 from attnlab.attention import KINDS
-from attnlab.models import build_lm, decay_mask, num_params
+from attnlab.models import build_lm, decay_mask, model_settings, num_params
 from attnlab import workdir as workdir_lib
 from attnlab.engine import evaluation, loop
 from attnlab.engine.loop import TrainingDiverged  # noqa: F401  (raised by the loop)
@@ -67,22 +67,32 @@ def init_state(model, tx, cfg) -> dict[str, Any]:
 
 
 def token_loss(model, params, inputs, targets, weights=None, *, deterministic=True, rng=None,
-               positions=None, segment_ids=None):
+               positions=None, segment_ids=None, aux_weight: float = 0.0):
   """Mean cross-entropy (nats) of next-token prediction. inputs, targets: int [batch, seq].
 
   ``weights`` (float [batch, seq], optional) scores only some targets (task answers, or
   targets across a document boundary). ``segment_ids`` (int [batch, seq], optional):
   packed documents, each token attends within its own (pass ``positions`` restarting in
-  each document); ``positions`` (int [batch, seq]) default to 0..seq-1.
+  each document); ``positions`` (int [batch, seq]) default to 0..seq-1. ``aux_weight`` > 0
+  adds that times the mean of the auxiliary losses the model sows into ``losses`` (the
+  routed MLP's load balancing, ``model.moe_aux_loss``).
   """
   rngs = {} if rng is None else {"dropout": rng, "features": jax.random.fold_in(rng, 2)}
   documents = {} if segment_ids is None else {"segment_ids": segment_ids}
-  logits = model.apply({"params": params}, inputs, positions, deterministic=deterministic,
-                       rngs=rngs, **documents)
+  aux = 0.0
+  if aux_weight:
+    logits, sown = model.apply({"params": params}, inputs, positions,
+                               deterministic=deterministic, rngs=rngs, mutable=["losses"],
+                               **documents)
+    values = jax.tree_util.tree_leaves(sown.get("losses", {}))
+    aux = aux_weight * sum(values) / max(len(values), 1)
+  else:
+    logits = model.apply({"params": params}, inputs, positions, deterministic=deterministic,
+                         rngs=rngs, **documents)
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
   if weights is None:
-    return losses.mean()
-  return (losses * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+    return losses.mean() + aux
+  return (losses * weights).sum() / jnp.maximum(weights.sum(), 1.0) + aux
 
 
 def make_train_step(model, tx, seed: int, dropout: bool, random_positions_max: int = 0,
@@ -94,6 +104,9 @@ def make_train_step(model, tx, seed: int, dropout: bool, random_positions_max: i
   ``random_positions_max`` > 0, the randomized positions of the batch (sorted,
   distinct, from ``[0, random_positions_max)``) derive from (seed, step).
   """
+
+  settings = model_settings(model.cfg) if hasattr(model, "cfg") else {}
+  aux_weight = float(settings.moe_aux_loss) if settings.get("mlp") == "moe" else 0.0
 
   def train_step(state, inputs, targets, weights=None, segment_ids=None, positions=None):
     step_key = jax.random.fold_in(jax.random.PRNGKey(seed), state["step"])
@@ -107,7 +120,8 @@ def make_train_step(model, tx, seed: int, dropout: bool, random_positions_max: i
       positions = jnp.broadcast_to(positions, inputs.shape)
     loss, grads = jax.value_and_grad(
         lambda p: token_loss(model, p, inputs, targets, weights, deterministic=not dropout,
-                             rng=rng, positions=positions, segment_ids=segment_ids)
+                             rng=rng, positions=positions, segment_ids=segment_ids,
+                             aux_weight=aux_weight)
     )(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)

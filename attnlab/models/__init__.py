@@ -14,6 +14,7 @@ import dataclasses
 
 from attnlab.models.common import DTYPES, MLPS, MODEL_FIELDS, NORMS, decay_mask, model_settings
 from attnlab.models.transformer import MLP, Block, SelfAttention, TransformerLM, num_params
+from attnlab.models import moe  # noqa: E402,F401  (registers mlp='moe')
 from attnlab.models.classic_attention import AdditiveAttention, MultiplicativeAttention  # noqa: E402
 from attnlab.models.rnn import RNNLM, RNNSeq2Seq  # noqa: E402
 from attnlab.models.seq2seq import TransformerSeq2Seq  # noqa: E402

@@ -24,12 +24,15 @@ class MLPSpec:
 
   ``activation``: applied to the up projection (None: no MLP, an attention-only block);
   ``gated``: ``activation(gate(x)) * up(x)`` (GLU variants) instead of ``activation(up(x))``;
-  ``hidden(cfg)``: the hidden width when ``model.mlp_hidden`` is 0.
+  ``hidden(cfg)``: the hidden width when ``model.mlp_hidden`` is 0; ``module``: a Flax
+  module class built as ``module(model_cfg, name="mlp")`` that replaces the plain MLP
+  (the routed MLP, ``attnlab.models.moe``).
   """
   activation: Callable | None
   gated: bool = False
   hidden: Callable = lambda cfg: cfg.mlp_ratio * cfg.d_model
   doc: str = ""
+  module: Callable | None = None
 
 
 MLPS: Registry[MLPSpec] = Registry("model.mlp")
@@ -59,6 +62,10 @@ def _mlps(value, context):
 
 def _transformer(block) -> bool:
   return block["arch"] == "transformer"
+
+
+def _moe(block) -> bool:
+  return block["arch"] == "transformer" and block.get("mlp") == "moe"
 
 
 def _finite_nonnegative(value, context):
@@ -118,7 +125,33 @@ MODEL_FIELDS = (
           applies=_transformer),
     Field("logit_softcap", 0.0, "final logits become cap * tanh(logits / cap); 0: off "
           "(Gemma-2: 30)", check=_finite_nonnegative, applies=_transformer),
-) + schedule.SCHEDULE_FIELDS
+) + schedule.SCHEDULE_FIELDS + (
+    # the routed MLP's own fields (model.mlp="moe"; attnlab.models.moe)
+    Field("moe_experts", 8, "mlp=moe: routed experts", minimum=1, applies=_moe),
+    Field("moe_top_k", 2, "mlp=moe: experts per token", minimum=1, applies=_moe),
+    Field("moe_router", "softmax_topk", "mlp=moe: softmax_topk (gpt-oss) | sigmoid_grouped "
+          "(DeepSeek-V3)", choices=("softmax_topk", "sigmoid_grouped"), applies=_moe),
+    Field("moe_expert", "swiglu", "mlp=moe: each expert's gated MLP: swiglu | clamped_swiglu "
+          "(gpt-oss)", choices=("swiglu", "clamped_swiglu"), applies=_moe),
+    Field("moe_bias", False, "mlp=moe: biases on the router and the experts (gpt-oss)",
+          applies=_moe),
+    Field("moe_swiglu_limit", 7.0, "mlp=moe, clamped_swiglu: clamp of the gate and linear "
+          "halves", minimum=0.0, applies=_moe),
+    Field("moe_swiglu_alpha", 1.702, "mlp=moe, clamped_swiglu: gate * sigmoid(alpha * gate)",
+          applies=_moe),
+    Field("moe_groups", 1, "mlp=moe, sigmoid_grouped: expert groups (n_group)", minimum=1,
+          applies=_moe),
+    Field("moe_topk_groups", 1, "mlp=moe, sigmoid_grouped: groups a token may route to "
+          "(topk_group)", minimum=1, applies=_moe),
+    Field("moe_norm_topk", True, "mlp=moe, sigmoid_grouped: the chosen weights sum to 1 "
+          "before moe_routed_scale", applies=_moe),
+    Field("moe_routed_scale", 1.0, "mlp=moe, sigmoid_grouped: factor on the routed weights "
+          "(routed_scaling_factor)", minimum=0.0, applies=_moe),
+    Field("moe_shared_experts", 0, "mlp=moe: shared experts every token passes through "
+          "(one SwiGLU of their summed width)", minimum=0, applies=_moe),
+    Field("moe_aux_loss", 0.0, "mlp=moe: weight of Switch's load-balancing loss in the "
+          "training loss; 0: off", minimum=0.0, applies=_moe),
+)
 
 
 def model_settings(cfg) -> Declared:

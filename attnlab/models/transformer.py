@@ -210,8 +210,10 @@ class Block(nn.Module):
       attn, layer_kv = attn
     out = x + drop(post("norm_attention_out", attn), deterministic)
     mlp_in = x if settings.parallel_residual else out
-    if MLPS.get(self.cfg.mlp).activation is not None:   # "none": an attention-only block
-      mlp = MLP(self.cfg, name="mlp")(norm(self.cfg, "norm_mlp")(mlp_in))
+    spec = MLPS.get(self.cfg.mlp)
+    if spec.module is not None or spec.activation is not None:   # "none": attention only
+      layer = spec.module or MLP
+      mlp = layer(self.cfg, name="mlp")(norm(self.cfg, "norm_mlp")(mlp_in))
       out = out + drop(post("norm_mlp_out", mlp), deterministic)
     return out if cache is None else (out, layer_kv)
 
