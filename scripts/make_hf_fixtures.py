@@ -4,7 +4,7 @@
   python scripts/make_hf_fixtures.py --out tests/data/hf
 
 For each family (GPT-2, GPT-NeoX, LLaMA, Mistral, Qwen2, BLOOM, and the current families
-Qwen3, Gemma-2, Gemma-3 (text), SmolLM3) it writes
+Qwen3, Gemma-2, Gemma-3 (text), SmolLM3, gpt-oss) it writes
 ``<out>/<family>/``: ``config.json`` and ``model.safetensors`` (``save_pretrained`` of a
 randomly initialised ``transformers`` model), ``tokenizer.json`` (a byte-level BPE trained
 here on a few paragraphs of this file's own text) and ``reference.npz``: the input ids, the
@@ -121,6 +121,16 @@ def configs():
                                   max_position_embeddings=64, no_rope_layer_interval=4,
                                   pad_token_id=0,
                                   **common),
+      # learned sinks, sliding/full 1:1 with a window of 4, YaRN without truncation from an
+      # original context of 16, four routed experts (two per token) with a clamp that acts
+      "gpt_oss": tf.GptOssConfig(
+          hidden_size=32, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+          head_dim=16, intermediate_size=24, num_local_experts=4, num_experts_per_tok=2,
+          max_position_embeddings=64, sliding_window=4, swiglu_limit=1.0,
+          rope_parameters={"rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0,
+                           "beta_slow": 1.0, "truncate": False,
+                           "original_max_position_embeddings": 16, "rope_theta": 10000.0},
+          **common),
   }
 
 

@@ -25,7 +25,7 @@ from attnlab.workdir import restore_params
 
 FIXTURES = pathlib.Path(__file__).parent / "data" / "hf"
 FAMILIES = ("gpt2", "gpt_neox", "llama", "mistral", "qwen2", "bloom", "qwen3", "gemma2",
-            "gemma3_text", "smollm3")
+            "gemma3_text", "smollm3", "gpt_oss")
 ROOT = pathlib.Path(__file__).parents[1]
 
 
@@ -333,6 +333,10 @@ def test_per_layer_windows_and_rope_become_the_shortest_repeating_schedule():
                                     post_norms=True, embed_scale=True, mlp="geglu")),
     ("gemma3_text", "local*5,global", dict(local_window=3, local_rope_theta=1e4, head_dim=16)),
     ("smollm3", "global*3,nope", dict(head_dim=0)),
+    ("gpt_oss", "local,global", dict(local_window=3, head_dim=16, mlp="moe", moe_experts=4,
+                                     moe_top_k=2, moe_router="softmax_topk",
+                                     moe_expert="clamped_swiglu", moe_bias=True,
+                                     moe_swiglu_limit=1.0)),
 ])
 def test_current_families_map_their_schedules_and_mechanisms(imported, family, layer_types, extra):
   """What each config.json states becomes the declared field that implements it."""
@@ -345,6 +349,10 @@ def test_current_families_map_their_schedules_and_mechanisms(imported, family, l
   if family.startswith("gemma"):
     np.testing.assert_allclose(m.attention.score_scale, hf["query_pre_attn_scalar"] ** -0.5)
     assert m.attention.softcap == (hf["attn_logit_softcapping"] or 0.0)
+  assert m.attention.sink_logit == ("learned" if family == "gpt_oss" else "none")
+  if family == "gpt_oss":   # YaRN without truncating the ramp's ends
+    assert (m.position.scaling, m.position.scale_factor, m.position.original_max_len,
+            m.position.yarn_truncate) == ("yarn", 4.0, 16, False)
   if family == "gemma3_text":   # the global layers' RoPE: base 1e6 with linear scaling
     assert (m.position.theta, m.position.scaling, m.position.scale_factor) == (1e6, "linear", 8.0)
 

@@ -192,13 +192,13 @@ def _rope(hf: dict, head_dim: int, max_len: int, what: str, fraction: float = 1.
   if rope_type == "yarn":
     temperature = params.get("attention_factor")
     _refuse((temperature is not None and abs(temperature - rope.yarn_mscale(factor)) > 1e-6)
-            or (params.get("mscale") and params.get("mscale_all_dim"))
-            or params.get("truncate", True) is False,
-            f"{what}: YaRN with its own attention_factor, mscale with mscale_all_dim, or "
-            f"truncate=False (DeepSeek's variant) is not supported; attnlab implements the "
-            f"YaRN authors' form")
+            or (params.get("mscale") and params.get("mscale_all_dim")),
+            f"{what}: YaRN with its own attention_factor, or mscale with mscale_all_dim "
+            f"(DeepSeek's variant), is not supported; attnlab implements the YaRN authors' "
+            f"form (with or without truncation)")
     position.update(yarn_beta=float(params.get("beta_fast") or 32.0),
-                    yarn_alpha=float(params.get("beta_slow") or 1.0))
+                    yarn_alpha=float(params.get("beta_slow") or 1.0),
+                    yarn_truncate=params.get("truncate", True) is not False)
   if rope_type == "llama3":
     position.update(llama3_low_freq_factor=float(params.get("low_freq_factor") or 1.0),
                     llama3_high_freq_factor=float(params.get("high_freq_factor") or 4.0))
@@ -569,6 +569,70 @@ def _gemma_params(t, hf, m):
 for _name, _what in (("gemma2", "Gemma-2"), ("gemma3_text", "Gemma-3")):
   FAMILIES.register(_name)(Family(lambda hf, w=_what: _gemma_model(hf, w), _gemma_params,
                                   ("rotary_emb",)))
+
+
+# gpt-oss ---------------------------------------------------------------------------------
+
+def _gpt_oss_model(hf):
+  what = "gpt-oss"
+  d, heads = _need(hf, "hidden_size", what), _need(hf, "num_attention_heads", what)
+  kv_heads = _valid(hf, "num_key_value_heads", what) or heads
+  head_dim = _valid(hf, "head_dim", what) or d // heads
+  max_len = _need(hf, "max_position_embeddings", what)
+  quantization = (hf.get("quantization_config") or {}).get("quant_method")
+  _refuse(quantization is not None, f"{what}: quantized weights ({quantization}) are not "
+          f"supported; dequantize the checkpoint to bfloat16 or float32 first "
+          f"(transformers: from_pretrained(..., dequantize=True), then save_pretrained)")
+  _refuse(not hf.get("attention_bias", True), f"{what}: attention_bias=False is not supported "
+          f"(gpt-oss has q/k/v/o biases)")
+  _refuse(hf.get("hidden_act", "silu") != "silu", f"{what}: hidden_act="
+          f"{hf.get('hidden_act')!r} is not supported; gpt-oss's experts use its clamped SiLU")
+  experts = _need(hf, "num_local_experts", what)
+  model = {"num_layers": _need(hf, "num_hidden_layers", what), "d_model": d,
+           "head_dim": head_dim if head_dim != d // heads or d % heads else 0,
+           "attention": {"num_heads": heads, "num_kv_heads": kv_heads,
+                         "sink_logit": "learned"},
+           "mlp": "moe", "mlp_hidden": _need(hf, "intermediate_size", what),
+           "moe_experts": experts, "moe_top_k": _need(hf, "num_experts_per_tok", what),
+           "moe_router": "softmax_topk", "moe_expert": "clamped_swiglu", "moe_bias": True,
+           "moe_swiglu_limit": float(hf.get("swiglu_limit", 7.0)),
+           "moe_swiglu_alpha": float(hf.get("swiglu_alpha", 1.702)),
+           "norm": "rmsnorm", "norm_eps": hf.get("rms_norm_eps", 1e-5), "use_bias": True,
+           "tie_embeddings": bool(hf.get("tie_word_embeddings", False)),
+           "position": _rope(hf, head_dim, max_len, what)}
+  _merge_dict(model, _schedule(hf, what, _sliding_layers(hf, what), [True] * model["num_layers"]))
+  return model, max_len
+
+
+def _gpt_oss_params(t, hf, m):
+  p = ("model.", "")
+  d, f, e = m.d_model, m.mlp_hidden, m.moe_experts
+  heads, kv_heads = m.attention.num_heads, m.attention.num_kv_heads
+  dh = m.head_dim or d // heads
+  embedding = t.take("embed_tokens.weight", (m.vocab_size, d), p)
+  params = {"embed": {"embedding": embedding}, "norm_final": _norm(t, "norm", d, False, p),
+            **_head(t, m, "lm_head.weight", ("",), embedding)}
+  for i in range(m.num_layers):
+    x = f"layers.{i}."
+    # experts' gate and linear halves interleave along the last axis: gate 0, up 0, gate 1, ...
+    gate_up = t.take(x + "mlp.experts.gate_up_proj", (e, d, 2 * f), p)
+    gate_up_bias = t.take(x + "mlp.experts.gate_up_proj_bias", (e, 2 * f), p)
+    params[f"block_{i}"] = {
+        "norm_attention": _norm(t, x + "input_layernorm", d, False, p),
+        "attention": {"qkv": _qkv(t, x, d, heads, kv_heads, dh, True, p),
+                      "out": _linear(t, x + "self_attn.o_proj", heads * dh, d, True, p),
+                      "sinks": t.take(x + "self_attn.sinks", (heads,), p)},
+        "norm_mlp": _norm(t, x + "post_attention_layernorm", d, False, p),
+        "mlp": {"router": t.take(x + "mlp.router.weight", (e, d), p).T,
+                "router_bias": t.take(x + "mlp.router.bias", (e,), p),
+                "gate": gate_up[..., 0::2], "up": gate_up[..., 1::2],
+                "gate_bias": gate_up_bias[..., 0::2], "up_bias": gate_up_bias[..., 1::2],
+                "down": t.take(x + "mlp.experts.down_proj", (e, f, d), p),
+                "down_bias": t.take(x + "mlp.experts.down_proj_bias", (e, d), p)}}
+  return params
+
+
+FAMILIES.register("gpt_oss")(Family(_gpt_oss_model, _gpt_oss_params, ("rotary_emb",)))
 
 
 # BLOOM ---------------------------------------------------------------------------------

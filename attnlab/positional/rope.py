@@ -80,6 +80,8 @@ ORIGINAL_MAX_LEN = Field("original_max_len", 0, "rope scaling L_train; 0 means t
                          "length", minimum=0)
 YARN_ALPHA = Field("yarn_alpha", 1.0, "yarn: rotations below which dims interpolate (beta_slow)")
 YARN_BETA = Field("yarn_beta", 32.0, "yarn: rotations above which dims keep theta (beta_fast)")
+YARN_TRUNCATE = Field("yarn_truncate", True, "yarn: round the ramp's ends to whole dims (floor, "
+                      "ceil: the authors' code); False keeps them fractional (gpt-oss)")
 LLAMA3_LOW = Field("llama3_low_freq_factor", 1.0, "llama3: wavelengths above L_train / this "
                    "interpolate", check=_positive)
 LLAMA3_HIGH = Field("llama3_high_freq_factor", 4.0, "llama3: wavelengths below L_train / this "
@@ -92,12 +94,16 @@ def unscaled_frequencies(rotary_dim: int, theta: float) -> np.ndarray:
 
 
 def yarn_correction_range(rotary_dim: int, theta: float, original_max_len: int,
-                          alpha: float, beta: float) -> tuple[int, int]:
-  """(low, high) dims of YaRN's ramp as the authors' code finds them (see the module doc)."""
+                          alpha: float, beta: float, truncate: bool = True) -> tuple[float, float]:
+  """(low, high) dims of YaRN's ramp as the authors' code finds them (see the module doc);
+  ``truncate=False``: without rounding them to whole dims (gpt-oss)."""
   def dim(rotations):
     return rotary_dim * math.log(original_max_len / (rotations * 2 * math.pi)) / (
         2 * math.log(theta))
-  return max(math.floor(dim(beta)), 0), min(math.ceil(dim(alpha)), rotary_dim - 1)
+  low, high = dim(beta), dim(alpha)
+  if truncate:
+    low, high = math.floor(low), math.ceil(high)
+  return max(low, 0), min(high, rotary_dim - 1)
 
 
 def yarn_mscale(factor: float) -> float:
@@ -126,7 +132,7 @@ def _dynamic_ntk(freqs, d, theta, s, seq_len):
 
 def _yarn(freqs, d, theta, s, seq_len):
   low, high = yarn_correction_range(d, theta, s["original_max_len"], s["yarn_alpha"],
-                                    s["yarn_beta"])
+                                    s["yarn_beta"], s.get("yarn_truncate", True))
   ramp = np.clip((np.arange(d // 2, dtype=np.float64) - low)
                  / ((high + 0.001 if high == low else high) - low), 0.0, 1.0)
   factor = s["scale_factor"]
@@ -162,7 +168,7 @@ def _llama3_check(s):
   return None
 
 
-_YARN_FIELDS = (SCALE_FACTOR, ORIGINAL_MAX_LEN, YARN_ALPHA, YARN_BETA)
+_YARN_FIELDS = (SCALE_FACTOR, ORIGINAL_MAX_LEN, YARN_ALPHA, YARN_BETA, YARN_TRUNCATE)
 ROPE_SCALINGS.register("none")(RopeScaling(_none, doc="plain RoPE"))
 ROPE_SCALINGS.register("linear")(RopeScaling(
     _linear, (SCALE_FACTOR,), "position interpolation: theta_i / s"))
@@ -206,13 +212,15 @@ def scaled_frequencies(rotary_dim: int, theta: float = 10000.0, scaling: str = "
                        factor: float = 1.0, original_max_len: int | None = None,
                        seq_len: int | None = None, alpha: float = 1.0,
                        beta: float = 32.0, low_freq_factor: float = 1.0,
-                       high_freq_factor: float = 4.0) -> tuple[np.ndarray, float]:
+                       high_freq_factor: float = 4.0,
+                       truncate: bool = True) -> tuple[np.ndarray, float]:
   """(theta'_i float64 ``[rotary_dim/2]``, q/k multiplier sqrt(1/t)) for a RoPE scaling."""
   if scaling not in ROPE_SCALINGS:
     raise ValueError(f"RoPE scaling={scaling!r} is not valid; valid: "
                      f"{', '.join(ROPE_SCALINGS.names())}")
   settings = {"scale_factor": factor, "original_max_len": original_max_len,
-              "yarn_alpha": alpha, "yarn_beta": beta, "llama3_low_freq_factor": low_freq_factor,
+              "yarn_alpha": alpha, "yarn_beta": beta, "yarn_truncate": truncate,
+              "llama3_low_freq_factor": low_freq_factor,
               "llama3_high_freq_factor": high_freq_factor}
   entry = ROPE_SCALINGS.get(scaling)
   return entry.frequencies(unscaled_frequencies(rotary_dim, theta), rotary_dim, theta,
