@@ -30,6 +30,12 @@ MODERN = {
                "model.local_rope_theta": 1e4},
     "smollm3": {"model.norm": "rmsnorm", "model.mlp": "swiglu",
                 "model.attention.num_kv_heads": 2, "model.layer_types": "global*3,nope"},
+    # learned sinks, sliding/full 1:1, routed experts (gpt-oss's router and clamped SwiGLU)
+    "gpt_oss": {"model.norm": "rmsnorm", "model.attention.num_kv_heads": 2,
+                "model.attention.sink_logit": "learned", "model.layer_types": "local,global",
+                "model.local_window": 64, "model.mlp": "moe", "model.moe_experts": 8,
+                "model.moe_top_k": 2, "model.moe_expert": "clamped_swiglu",
+                "model.moe_bias": True, "model.mlp_hidden": 128},
 }
 
 # One preset per position scheme ("nope" is kind "none"), nanoGPT's baby GPT, and MODERN.
