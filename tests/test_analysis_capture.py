@@ -156,5 +156,6 @@ def test_mlp_none_is_attention_only():
 
 def test_mlp_unknown_name_is_rejected():
   with pytest.raises(ConfigError,   # the registry lists its names sorted
-                     match=r"model.mlp='relu' is not valid; valid: geglu, gelu, gelu_exact, none, swiglu"):
+                     match=r"model.mlp='relu' is not valid; valid: geglu, gelu, gelu_exact, moe, none, "
+                           r"swiglu"):
     config_lib.resolve(tiny_config("rope", model__mlp="relu"))

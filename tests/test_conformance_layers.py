@@ -144,6 +144,8 @@ def _restrict(params, like):
   one ``params`` lacks is taken from ``like``)."""
   if not isinstance(like, dict):
     return params if getattr(params, "shape", None) == like.shape else like
+  if not isinstance(params, dict):    # a parameter where ``like`` has a module (mlp="moe")
+    return like
   return {k: _restrict(params[k], v) if k in params else v for k, v in like.items()}
 
 

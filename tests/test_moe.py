@@ -237,8 +237,8 @@ def test_equals_transformers_deepseek_v3_moe():
 
 # ----------------------------------------------------------------------------- training
 
-@pytest.mark.parametrize("routing", ["gpt_oss", pytest.param("deepseek_v3",
-                                                             marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("routing", ["gpt_oss", "deepseek_v3"])
 def test_a_baby_model_with_routed_experts_trains(routing, tmp_path):
   """12 steps on tinyshakespeare: the loss falls; the load-balancing loss (on) enters it."""
   from attnlab.engine import training
