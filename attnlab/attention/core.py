@@ -308,7 +308,7 @@ def choose_impl(q, k, v, mask, score_mod, sinks: bool = False) -> tuple[str, str
 def _sinks_refusal(name: str, spec: Implementation, sinks: bool) -> str | None:
   if sinks and not spec.sinks:
     served = ", ".join(n for n, s in IMPLS.items() if s.sinks)
-    return (f"impl={name!r} does not serve learned sinks (model.attention.sink_logit); impls that "
+    return (f"impl={name!r} does not serve learned sinks (model.attention.sinks); impls that "
             f"do: {served}")
   return None
 
