@@ -28,24 +28,19 @@ def main():
                                                                   jax.random.PRNGKey(0))))
                 for name in SCORE_MODS.names()})
   cases.update({f"operands/{name}": make for name, make in C.operand_cases().items()})
+  # each case: a check returning the impl's reason to skip, or None when it passed
+  checks = {case: (lambda case=case, make=make: C.check_impl("ring", *make(),
+                                                             what=f"ring/{case}"))
+            for case, make in cases.items()}
+  checks.update({f"sinks/{name}": (lambda name=name, mask=mask: C.check_impl_sinks(
+      "ring", mask, what=f"ring/sinks/{name}"))
+      for name, mask in (("causal", masks.causal()), ("window", masks.sliding_window(6)))})
   report = {"passed": [], "skipped": {}, "failed": {}}
   with jax.set_mesh(mesh):
-    for case, make in cases.items():
-      mask, mod = make()
+    for case, check in checks.items():
       try:
-        reason = C.check_impl("ring", mask, mod, what=f"ring/{case}")
+        reason = check()
       except Exception as e:  # noqa: BLE001 - every failure is reported by case
-        report["failed"][case] = f"{type(e).__name__}: {str(e)[:500]}"
-        continue
-      if reason:
-        report["skipped"][case] = reason
-      else:
-        report["passed"].append(case)
-    for name, mask in (("causal", masks.causal()), ("window", masks.sliding_window(6))):
-      case = f"sinks/{name}"
-      try:
-        reason = C.check_impl_sinks("ring", mask, what=f"ring/{case}")
-      except Exception as e:  # noqa: BLE001
         report["failed"][case] = f"{type(e).__name__}: {str(e)[:500]}"
         continue
       if reason:
