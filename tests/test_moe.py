@@ -124,6 +124,11 @@ ROUTINGS = {
 }
 
 
+def test_every_router_has_a_routing_case_and_an_oracle():
+  """A router registered in ``moe.ROUTERS`` fails here until ROUTINGS and ``_oracle`` cover it."""
+  assert {r["moe_router"] for r in ROUTINGS.values()} == set(moe.ROUTERS.names())
+
+
 @pytest.mark.parametrize("routing", list(ROUTINGS))
 def test_routed_mlp_equals_the_float64_oracle(routing):
   cfg = _config(**ROUTINGS[routing])
