@@ -22,8 +22,8 @@ def choices(monkeypatch):
   made = []
   choose = core.choose_impl
 
-  def spy(*args):
-    name, reason = choose(*args)
+  def spy(*args, **kwargs):
+    name, reason = choose(*args, **kwargs)
     made.append((jax.default_backend(), name))
     return name, reason
 

@@ -270,7 +270,7 @@ def test_encoder_decoder_uses_the_language_models_attention_layer():
     ({"model__attention__window": 0}, None),            # a field the causal pattern does not read
     ({"model__attention__pattern": "sliding_window", "model__attention__window": 0},
      r"model.attention.window=0 must be an integer >= 1"),
-    ({"model__mlp": "relu2"}, r"model.mlp='relu2' is not valid; valid: geglu, gelu, gelu_exact, none"),
+    ({"model__mlp": "relu2"}, r"model.mlp='relu2' is not valid; valid: geglu, gelu, gelu_exact, moe, none"),
 ])
 def test_encoder_decoder_configs_get_the_language_models_validation(fields, match):
   config = small("transformer", **fields)

@@ -132,7 +132,7 @@ def _dynamic_ntk(freqs, d, theta, s, seq_len):
 
 def _yarn(freqs, d, theta, s, seq_len):
   low, high = yarn_correction_range(d, theta, s["original_max_len"], s["yarn_alpha"],
-                                    s["yarn_beta"], s.get("yarn_truncate", True))
+                                    s["yarn_beta"], s["yarn_truncate"])
   ramp = np.clip((np.arange(d // 2, dtype=np.float64) - low)
                  / ((high + 0.001 if high == low else high) - low), 0.0, 1.0)
   factor = s["scale_factor"]
