@@ -129,7 +129,11 @@ def test_every_router_has_a_routing_case_and_an_oracle():
   assert {r["moe_router"] for r in ROUTINGS.values()} == set(moe.ROUTERS.names())
 
 
-@pytest.mark.parametrize("routing", list(ROUTINGS))
+# test ids name the router too, so ``pytest -k sigmoid_grouped`` runs every case of one router
+ROUTING_IDS = [f"{name}-{r['moe_router']}" for name, r in ROUTINGS.items()]
+
+
+@pytest.mark.parametrize("routing", list(ROUTINGS), ids=ROUTING_IDS)
 def test_routed_mlp_equals_the_float64_oracle(routing):
   cfg = _config(**ROUTINGS[routing])
   layer, params = _layer_params(cfg)
