@@ -435,10 +435,57 @@ def check_model(m, *, seq_len: int, trained_length: int, trained_what: str = "",
         f"which a causal language model cannot use; valid: {', '.join(causal)}")
   _choice(p.kind, "model.position.kind", positional.POSITIONS.names())
   check_attention(a, seq_len, p.kind)
-  check_position(p, head_dim=head_dim(m), d_model=m.d_model, seq_len=seq_len,
+  check_position(p, head_dim=rotated_dim(m), d_model=m.d_model, seq_len=seq_len,
                  trained_length=trained_length, trained_what=trained_what)
   check_schedule(m, p)
+  check_attention_variants(m, p)
   check_moe(m)
+
+
+def rotated_dim(m) -> int:
+  """Width of the query/key heads the position scheme encodes: head_dim, MLA's
+  ``latent_rope_dim``, or half of head_dim under differential attention."""
+  a = Declared(m.attention, CORE_ATTENTION_FIELDS)
+  if a.latent_rank:
+    return int(a.latent_rope_dim)
+  return head_dim(m) // 2 if a.differential else head_dim(m)
+
+
+def check_attention_variants(m, p) -> None:
+  """MLA and differential attention against the other axes (``model.attention``'s
+  ``latent_rank``, ``differential``)."""
+  a = Declared(m.attention, CORE_ATTENTION_FIELDS)
+  kind, scheme = KINDS.get(a.kind), positional.POSITIONS.get(p.kind)
+  softmax = [n for n, spec in KINDS.items() if spec.uses_impl]
+  for field, on in (("latent_rank", a.latent_rank), ("differential", a.differential)):
+    if not on:
+      continue
+    if not kind.uses_impl:
+      raise ConfigError(f"model.attention.{field}={on!r} needs a kind computed by "
+                        f"dot_product_attention; model.attention.kind={a.kind!r}; valid: "
+                        f"{', '.join(softmax)}")
+    if scheme.reads_input:
+      valid = [n for n, cls in positional.POSITIONS.items() if not cls.reads_input]
+      raise ConfigError(f"model.attention.{field}={on!r} does not take model.position.kind="
+                        f"{p.kind!r} (its gates read the layer input per head); valid: "
+                        f"{', '.join(valid)}")
+  if a.latent_rank and a.differential:
+    raise ConfigError("model.attention.differential=True with model.attention.latent_rank="
+                      f"{a.latent_rank}: choose one (differential attention splits the plain "
+                      "projections' heads)")
+  if a.latent_rank and a.qk_norm:
+    raise ConfigError(f"model.attention.qk_norm=True with model.attention.latent_rank="
+                      f"{a.latent_rank}: MLA normalises its latents, not its heads; valid: False")
+  if a.differential:
+    if head_dim(m) % 2 or head_dim(m) < 2:
+      raise ConfigError(f"model.attention.differential=True splits each head in two halves; "
+                        f"the head dim {head_dim(m)} must be even")
+    if scheme.biases:
+      valid = [n for n, cls in positional.POSITIONS.items()
+               if not cls.biases and not cls.reads_input]
+      raise ConfigError(f"model.attention.differential=True: model.position.kind={p.kind!r} "
+                        f"biases the scores per head, which the two maps of a head would "
+                        f"have to share; valid: {', '.join(valid)}")
 
 
 def check_moe(m) -> None:

@@ -5,6 +5,7 @@ norm and MLP registries, initialisers, and the parameters a position scheme decl
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable
 
 import flax.linen as nn
@@ -73,6 +74,10 @@ def _finite_nonnegative(value, context):
   return None if ok else "must be a finite number >= 0"
 
 
+def _latent(block) -> bool:
+  return bool(block.get("latent_rank"))
+
+
 # ``model.attention`` fields every entry shares that change what a layer computes around the
 # kind: read by the attention layer (``transformer.SelfAttention``) and the KV cache.
 ATTENTION_FIELDS = (
@@ -87,7 +92,33 @@ ATTENTION_FIELDS = (
           "value (its probability is dropped): learned (gpt-oss; parameter 'sinks' [heads], "
           "initialised to 0), off_by_one (a fixed 0: softmax_1, Miller 2023) or none",
           choices=("none", "learned", "off_by_one")),
+    Field("output_gate", "none", "a sigmoid gate computed from the layer input multiplies each "
+          "head's output before the output projection (gated attention, Qiu et al. 2025; "
+          "Qwen3-Next): elementwise (one gate per output dim) | headwise (one per head) | none",
+          choices=("none", "elementwise", "headwise")),
+    Field("differential", False, "differential attention (Ye et al. 2024): each head's query "
+          "and key split in two halves of head_dim / 2; out = (softmax(q1 k1) - lambda "
+          "softmax(q2 k2)) v, RMS-normalised per head and scaled by 1 - lambda_init; lambda = "
+          "exp(lq1.lk1) - exp(lq2.lk2) + lambda_init(layer), lambda_init = 0.8 - 0.6 "
+          "exp(-0.3 layer)"),
+    Field("latent_rank", 0, "multi-head latent attention (DeepSeek-V2/V3) when > 0: keys and "
+          "values are up-projected from a normed latent of this width (kv_lora_rank); a cache "
+          "holds the latent and the RoPE key per token", minimum=0),
+    Field("latent_query_rank", 0, "MLA: width of the query's normed low-rank latent "
+          "(q_lora_rank); 0: a full-rank query projection", minimum=0, applies=_latent),
+    Field("latent_rope_dim", 8, "MLA: decoupled position dims per head (qk_rope_head_dim): "
+          "the query's own, and one key shared by the heads; queries and keys have head_dim + "
+          "latent_rope_dim dims", minimum=2, applies=_latent),
+    Field("latent_value_dim", 0, "MLA: value head width (v_head_dim); 0: head_dim",
+          minimum=0, applies=_latent),
 )
+
+LATENT_NORM_EPS = 1e-6   # DeepSeek's latent RMSNorms keep their default epsilon
+
+
+def differential_lambda_init(layer: int) -> float:
+  """Differential attention's lambda_init for block ``layer`` (0-based: l - 1 in the paper)."""
+  return 0.8 - 0.6 * math.exp(-0.3 * layer)
 
 
 # The ``model.*`` fields of the language models (attention and position blocks aside: their
@@ -170,6 +201,30 @@ def head_dim(cfg) -> int:
   """Width of each attention head: ``model.head_dim``, or d_model / num_heads."""
   cfg = model_settings(cfg)
   return int(cfg.head_dim) or int(cfg.d_model) // int(cfg.attention.num_heads)
+
+
+def value_head_dim(cfg) -> int:
+  """Width of each head's value and output: ``attention.latent_value_dim`` with MLA, else
+  ``head_dim``."""
+  att = attention_settings(model_settings(cfg).attention)
+  if att.latent_rank and att.latent_value_dim:
+    return int(att.latent_value_dim)
+  return head_dim(cfg)
+
+
+def cache_dims(cfg) -> tuple[tuple[int, int], tuple[int, int]]:
+  """((key heads, key dim), (value heads, value dim)) a KV cache stores per token and layer:
+  ``(kv_heads, head_dim)`` twice; MLA: the latent and the shared RoPE key as one key head
+  of ``latent_rank + latent_rope_dim`` and no value (values are the latent part of the
+  keys); differential attention: twice the key heads of half the width (each head's two
+  halves) and the values as they are."""
+  att = attention_settings(model_settings(cfg).attention)
+  kv, dh = int(att.num_kv_heads), head_dim(cfg)
+  if att.latent_rank:
+    return (1, int(att.latent_rank) + int(att.latent_rope_dim)), (1, 0)
+  if att.differential:
+    return (2 * kv, dh // 2), (kv, dh)
+  return (kv, dh), (kv, dh)
 
 
 def param_dtype(cfg):

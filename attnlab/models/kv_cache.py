@@ -3,7 +3,9 @@
 Layout (one per model, shared by its layers):
 
 - ``layers[i] = (k, v, *state)``: ``[batch, capacity, kv_heads, head_dim]`` each, in the
-  model's compute dtype, then what the position scheme keeps per layer
+  model's compute dtype (``common.cache_dims``: MLA stores one key head of latent + RoPE
+  key and an empty value; differential attention stores its half-width keys as two heads
+  each), then what the position scheme keeps per layer
   (``PositionScheme.cache_state``: FoX's cumulative forget gates of every slot). GQA/MQA store only ``kv_heads`` heads, so the cache
   shrinks by ``num_heads / num_kv_heads``.
 - ``slot_pos``: int32 ``[capacity]``, the text position held by each slot (-1: empty).
@@ -56,7 +58,7 @@ from attnlab.attention import (IMPLS, KINDS, PATTERNS, dot_product_attention, im
                                masks, score_mods)
 from attnlab.attention.pytree import pytree_dataclass
 from attnlab.models import schedule
-from attnlab.models.common import DTYPES, attention_settings, head_dim
+from attnlab.models.common import DTYPES, attention_settings, cache_dims, head_dim
 from attnlab.registry import ConfigError
 
 
@@ -130,6 +132,11 @@ def check_supported(model_cfg, layout: CacheLayout | None = None) -> None:
   if refusal:
     raise ConfigError(refusal)
   if layout is not None and layout.streaming:
+    if attention_settings(att).latent_rank:
+      raise ConfigError(f"model.attention.latent_rank={att.latent_rank!r}: MLA caches its RoPE "
+                        f"keys encoded at their text positions, so a StreamingLLM cache cannot "
+                        f"re-position them; decode it with its own cache (leave "
+                        f"streaming.sinks/window at 0)")
     if schedule.has_local(model_cfg):
       raise ConfigError(f"model.layer_types={model_cfg.layer_types!r} has local layers; a "
                         f"StreamingLLM cache replaces every layer's pattern by sinks + window, "
@@ -198,14 +205,14 @@ def init_cache(model_cfg, batch: int, layout, dtype=None) -> KVCache:
   layouts = tuple(layout) if isinstance(layout, (tuple, list)) else (layout,) * layers_n
   if len(layouts) != layers_n:
     raise ValueError(f"{len(layouts)} layouts for {layers_n} layers")
-  kv_heads, dim = head_dims(model_cfg)
+  (k_heads, k_dim), (v_heads, v_dim) = cache_dims(model_cfg)
   dtype = dtype or DTYPES[model_cfg.dtype]
   layers = []
   for i, lay in enumerate(layouts):
-    shape = (batch, lay.capacity, kv_heads, dim)
     state = positional.get_scheme(schedule.layer_position(model_cfg, i)).cache_state(
         batch, lay.capacity, int(model_cfg.attention.num_heads))
-    layers.append((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), *state))
+    layers.append((jnp.zeros((batch, lay.capacity, k_heads, k_dim), dtype),
+                   jnp.zeros((batch, lay.capacity, v_heads, v_dim), dtype), *state))
   groups = tuple(dict.fromkeys(layouts))
   return KVCache(tuple(layers), tuple(jnp.full((g.capacity,), -1, jnp.int32) for g in groups),
                  jnp.zeros((), jnp.int32), layouts)
@@ -213,12 +220,13 @@ def init_cache(model_cfg, batch: int, layout, dtype=None) -> KVCache:
 
 def bytes_per_token(model_cfg, bytes_per_element: int | None = None) -> int:
   """KV-cache bytes per cached token when every layer caches every position: 2 (K and V) x
-  layers x kv_heads x head_dim x element bytes (``cache_bytes``: a schedule's local
-  layers cache only their window)."""
-  kv_heads, dim = head_dims(model_cfg)
+  layers x kv_heads x head_dim x element bytes; MLA: layers x (latent_rank +
+  latent_rope_dim) x element bytes (``common.cache_dims``; ``cache_bytes``: a schedule's
+  local layers cache only their window)."""
+  (k_heads, k_dim), (v_heads, v_dim) = cache_dims(model_cfg)
   if bytes_per_element is None:
     bytes_per_element = jnp.dtype(DTYPES[model_cfg.dtype]).itemsize
-  return 2 * int(model_cfg.num_layers) * kv_heads * dim * bytes_per_element
+  return int(model_cfg.num_layers) * (k_heads * k_dim + v_heads * v_dim) * bytes_per_element
 
 
 def cache_bytes(model_cfg, batch: int, context: int, bytes_per_element: int | None = None) -> int:
@@ -414,32 +422,43 @@ def decode_attention(q, k, v, *, mask, bias, att, sinks=None):
 
 
 def cached_attention(q, k, v, layer_kv, plan: StepPlan, *, scheme, params, att, layer: int,
-                     inputs=None, sinks=None):
+                     inputs=None, sinks=None, rotated: bool = False, values=None):
   """One attention layer of a cached step.
 
   q: [B, T, heads, D]; k, v: [B, T, kv_heads, D], projections of the new tokens before
   position encoding; layer_kv: this layer's cached (k, v, *state); params: the layer's
   position parameters (``scheme.attention_params``) by name; inputs: the layer's input
   [B, T, d_model] (read by ``reads_input`` schemes); sinks: the layer's sink logits
-  float [heads] or None. Returns the attention output
-  [B, T, heads, D] and the layer's updated (k, v, *state).
+  float [heads] or None. ``rotated``: q and k are already encoded at their text positions
+  (MLA encodes only its RoPE dims; not with StreamingLLM, which re-encodes keys).
+  ``values(keys, stored_values) -> values``: the values attended over, from what the
+  cache holds (None: the stored values; MLA's are the latent part of its keys,
+  differential attention's are shared by each head's two halves). Returns the attention
+  output [B, T, heads, Dv] and the layer's updated (k, v, *state).
   """
   k_cache, v_cache, *state = layer_kv
+  if rotated and plan.streaming:
+    raise ValueError("cached_attention: keys encoded before the cache cannot be re-encoded "
+                     "at their place in a StreamingLLM cache")
+  if rotated:
+    scheme = _Encoded(scheme)
   if scheme.reads_input:
     return _cached_with_state(q, k, v, k_cache, v_cache, state, plan, scheme=scheme,
-                              params=params, att=att, layer=layer, inputs=inputs, sinks=sinks)
+                              params=params, att=att, layer=layer, inputs=inputs, sinks=sinks,
+                              values=values)
   if plan.streaming:      # store keys as projected; encode them at their place each step
     q = scheme.rotate_qk(q, q, _rows(plan.q_pos, q))[0]
     k_cache, v_cache = _write(k_cache, k, plan.write_slots), _write(v_cache, v, plan.write_slots)
     if plan.prefill:
-      keys, values = k, v
+      keys, stored = k, v
     else:
-      keys, values = k_cache, v_cache
+      keys, stored = k_cache, v_cache
     keys = scheme.rotate_qk(keys, keys, _rows(plan.key_pos, keys))[1]
   else:                   # store keys encoded at their (fixed) text positions
     q, k = scheme.rotate_qk(q, k, _rows(plan.q_pos, q))
     k_cache, v_cache = _write(k_cache, k, plan.write_slots), _write(v_cache, v, plan.write_slots)
-    keys, values = (k, v) if plan.prefill else (k_cache, v_cache)
+    keys, stored = (k, v) if plan.prefill else (k_cache, v_cache)
+  values = stored if values is None else values(keys, stored)
   heads = q.shape[2]
   if plan.prefill:
     # the cache was empty: positions are 0..T-1, so the pattern and modifier apply as in a
@@ -455,6 +474,8 @@ def cached_attention(q, k, v, layer_kv, plan: StepPlan, *, scheme, params, att, 
   decode = IMPLS.get(att.impl).decode if att.impl in IMPLS else None
   if sinks is not None and att.impl in IMPLS and not IMPLS.get(att.impl).sinks:
     decode = None
+  if keys.shape != values.shape:
+    decode = None          # the decode kernels take keys and values of one shape
   if decode is not None and plan.slots_are_positions:
     # slot j holds text position j and the new queries are the last T filled slots
     lengths = jnp.broadcast_to(plan.text_pos[-1] + 1, (q.shape[0],)).astype(jnp.int32)
@@ -472,7 +493,7 @@ def cached_attention(q, k, v, layer_kv, plan: StepPlan, *, scheme, params, att, 
 
 
 def _cached_with_state(q, k, v, k_cache, v_cache, state, plan, *, scheme, params, att, layer,
-                       inputs, sinks=None):
+                       inputs, sinks=None, values=None):
   """A cached step of a scheme whose modifier reads the layer input and keeps state per slot
   (FoX): its modifier's operands are aligned with the keys attended to (the new tokens at
   prefill, the cache slots at decode), so no position lookup is involved."""
@@ -480,12 +501,27 @@ def _cached_with_state(q, k, v, k_cache, v_cache, state, plan, *, scheme, params
   bias, state = scheme.cached_score_mod(q.shape[2], params, inputs, tuple(state), plan, _write)
   bias = capped(att, bias)
   if plan.prefill:
-    keys, values = k, v
+    keys, stored = k, v
     mask = PATTERNS.get(att.pattern).build(att, layer) & masks.causal()
   else:
-    keys, values, mask = k_cache, v_cache, decode_mask(plan, att, layer)
-  out = decode_attention(q, keys, values, mask=mask, bias=bias, att=att, sinks=sinks)
+    keys, stored, mask = k_cache, v_cache, decode_mask(plan, att, layer)
+  out = decode_attention(q, keys, stored if values is None else values(keys, stored), mask=mask,
+                         bias=bias, att=att, sinks=sinks)
   return out, (k_cache, v_cache, *state)
+
+
+class _Encoded:
+  """A position scheme whose rotation the layer has already applied (``rotated=True``): its
+  score modifier and flags, rotation the identity."""
+
+  def __init__(self, scheme):
+    self._scheme = scheme
+
+  def __getattr__(self, name):
+    return getattr(self._scheme, name)
+
+  def rotate_qk(self, q, k, positions):
+    return q, k
 
 
 def _rows(pos, x):

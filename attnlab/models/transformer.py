@@ -18,8 +18,10 @@ import jax.numpy as jnp
 from attnlab import positional
 from attnlab.attention import KINDS, PATTERNS, masks
 from attnlab.models import kv_cache, schedule
-from attnlab.models.common import (DTYPES, MLPS, NORMS, attention_settings, declared_params,
-                                   head_dim, mlp_hidden, model_settings, norm_eps, param_dtype)
+from attnlab.models.common import (DTYPES, LATENT_NORM_EPS, MLPS, NORMS, attention_settings,
+                                   declared_params, differential_lambda_init, head_dim,
+                                   mlp_hidden, model_settings, norm_eps, param_dtype,
+                                   value_head_dim)
 from attnlab.models.common import flat as _flat
 from attnlab.registry import Declared
 from attnlab.models.common import normal_init as _init
@@ -53,6 +55,13 @@ class SelfAttention(nn.Module):
   scores before the position modifier; ``attention.sink_logit`` adds a per-head sink logit to
   every row's softmax denominator (learned: the parameter ``sinks`` [heads]).
 
+  What replaces the plain projections or the softmax path (``model.attention`` fields):
+
+  - ``latent_rank`` > 0: multi-head latent attention (DeepSeek-V2/V3; ``_latent``).
+  - ``differential``: differential attention (Ye et al. 2024; ``_differential``): each head
+    is two half-width heads of one softmax each, attended over the same values.
+  - ``output_gate``: a sigmoid gate from the layer input on each head's output (``_gated``).
+
   x: [batch, seq, d_model]; positions: int [batch, seq] -> [batch, seq, d_model].
   ``layer`` (the block index) seeds random patterns and random features; ``pattern``
   replaces ``model.attention.pattern`` (a seq2seq encoder attends with ``"full"``);
@@ -64,14 +73,15 @@ class SelfAttention(nn.Module):
   its own document (``masks.segments``, and-ed with the pattern; tiles across documents
   are skipped at run time). ``memory`` [batch, src, d_model]: cross-attention, queries from ``x`` and keys
   and values from ``memory`` (projections ``query`` and ``key_value``; content only: no
-  position scheme, every memory token visible but for ``mask``).
+  position scheme, every memory token visible but for ``mask``; always plain attention).
   With ``cache=(layer_kv, plan)`` (incremental decoding, see ``attnlab.models.kv_cache``)
   returns ``(output, updated layer_kv)``.
 
   When the ``intermediates`` collection is mutable, the layer also sows
   ``attention_weights`` [batch, heads, q_len, kv_len]: the matrix its kind applies
   (``KindSpec.weights``; for softmax the reference formula, whatever ``impl`` computes
-  the output), built densely. The output is computed exactly as without capture.
+  the output), built densely (differential attention: both maps of each head, pair-major,
+  [batch, 2 * heads, q_len, kv_len]). The output is computed exactly as without capture.
   """
   cfg: Any
   layer: int = 0
@@ -92,6 +102,8 @@ class SelfAttention(nn.Module):
     qkv_bias = cfg.use_bias or model_settings(cfg).qkv_bias
     depth = self.depth or cfg.num_layers
     out_proj = _dense(cfg, cfg.d_model, "out", 0.02 / math.sqrt(2 * depth))
+    sinks = self._sinks(settings)
+    layer_kv = None
     if memory is not None:
       src = memory.shape[1]
       q = _dense(cfg, heads * dh, "query", bias=qkv_bias)(_flat(x))
@@ -99,47 +111,153 @@ class SelfAttention(nn.Module):
       q = q.reshape(batch, seq, heads, dh)
       k, v = jnp.split(kv.reshape(batch, src, 2 * kv_heads, dh), 2, axis=2)
       q, k = self._normed(q, k, settings)
-      scheme, bias = None, kv_cache.capped(att, None)
+      out = self._attend(q, k, v, kv_cache.capped(att, None), att, mask, segment_ids, sinks)
+      return out_proj(out.reshape(batch * seq, heads * dh)).reshape(x.shape)
+    scheme = positional.get_scheme(schedule.layer_position(cfg, self.layer))
+    params = declared_params(self, scheme.layer_params(heads, cfg.d_model), param_dtype(cfg))
+    if settings.latent_rank:
+      out = self._latent(x, positions, cache, settings, att, scheme, params, mask,
+                         segment_ids, sinks)
+      out, layer_kv = out if cache is not None else (out, None)
     else:
       num_k = 0 if kind.shared_qk else kv_heads     # shared QK (Reformer): keys are the queries
       qkv = _dense(cfg, (heads + num_k + kv_heads) * dh, "qkv", bias=qkv_bias)(_flat(x))
       q, k, v = jnp.split(qkv.reshape(batch, seq, heads + num_k + kv_heads, dh),
                           [heads, heads + num_k], axis=2)   # one matmul; columns [q | k | v]
+      values = None
+      if settings.differential:   # each head's two halves as heads of their own
+        q, k = _halves(q), (_halves(k) if num_k else k)
+        values = _doubled
+        sinks = None if sinks is None else jnp.concatenate([sinks, sinks])
       q, normed_k = self._normed(q, k if num_k else None, settings)
       k = k if normed_k is None else normed_k
-      scheme = positional.get_scheme(schedule.layer_position(cfg, self.layer))
-      params = declared_params(self, scheme.layer_params(heads, cfg.d_model),
-                               param_dtype(cfg))
       if cache is not None:   # incremental decoding: k, v go to the cache before encoding
         out, layer_kv = kv_cache.cached_attention(q, k, v, *cache, scheme=scheme,
                                                   params=params, att=att, layer=self.layer,
-                                                  inputs=x, sinks=self._sinks(settings))
-        return out_proj(out.reshape(batch * seq, heads * dh)).reshape(x.shape), layer_kv
-      if kind.shared_qk:
-        q, _ = scheme.rotate_qk(q, q, positions)
-        k = q
+                                                  inputs=x, sinks=sinks, values=values)
       else:
-        q, k = scheme.rotate_qk(q, k, positions)
-      if scheme.reads_input:   # FoX: gates from this layer's input
-        bias = scheme.score_mod(heads, params, positions, inputs=x)
-      else:
-        bias = scheme.score_mod(heads, params, positions)
-      bias = kv_cache.capped(att, bias)
+        if kind.shared_qk:
+          q, _ = scheme.rotate_qk(q, q, positions)
+          k = q
+        else:
+          q, k = scheme.rotate_qk(q, k, positions)
+        if scheme.reads_input:   # FoX: gates from this layer's input
+          bias = scheme.score_mod(heads, params, positions, inputs=x)
+        else:
+          bias = scheme.score_mod(heads, params, positions)
+        out = self._attend(q, k, v if values is None else values(k, v),
+                           kv_cache.capped(att, bias), att, mask, segment_ids, sinks)
+      if settings.differential:
+        out = self._differential(out, heads)
+    out = self._gated(out, x, settings)
+    out = out_proj(out.reshape(batch * seq, -1)).reshape(x.shape)
+    return out if cache is None else (out, layer_kv)
+
+  def _attend(self, q, k, v, bias, att, mask, segment_ids, sinks):
+    """The kind's attention of q over k, v ([batch, len, heads, dim]) under the layer's
+    pattern, ``mask`` and ``segment_ids``; sows the weights when capturing."""
+    kind = KINDS.get(att.kind)
     rng = self.make_rng("features") if self.has_rng("features") else None
     pattern = PATTERNS.get(att.pattern).build(att, self.layer)
     pattern = pattern if mask is None else pattern & masks.as_mask(mask)
     if segment_ids is not None:
       pattern = pattern & masks.segments(segment_ids)
-    sinks = self._sinks(settings)
     extra = {} if sinks is None else {"sinks": sinks}
     if kind.weights is not None and self.is_mutable_collection("intermediates"):
       self.sow("intermediates", "attention_weights",
                kind.weights(q, k, mask=pattern, bias=bias, cfg=att, layer=self.layer, rng=rng,
                             **extra))
-    out = kind.apply(q, k, v, mask=pattern, bias=bias, cfg=att, layer=self.layer, rng=rng,
-                     **extra)
-    out = out_proj(out.reshape(batch * seq, heads * dh))
-    return out.reshape(x.shape)
+    return kind.apply(q, k, v, mask=pattern, bias=bias, cfg=att, layer=self.layer, rng=rng,
+                      **extra)
+
+  def _latent(self, x, positions, cache, settings, att, scheme, params, mask, segment_ids,
+              sinks):
+    """Multi-head latent attention (DeepSeek-V2 section 2.1; V3's layer).
+
+    With r = ``latent_rank``, d_n = head_dim, d_r = ``latent_rope_dim``, d_v the value dim:
+    c_kv = RMSNorm(x W_dkv) [r] and a RoPE key k_r = RoPE(x W_kr) [d_r] shared by the
+    heads; per head, k = [c_kv W_uk, k_r], v = c_kv W_uv; queries q = [q_n, RoPE(q_r)] from
+    x (or from RMSNorm(x W_dq) with ``latent_query_rank``). Scores scale by
+    1 / sqrt(d_n + d_r). Parameters: ``query`` (or ``query_down``, ``query_down_norm``,
+    ``query_up``), ``kv_down`` (W_dkv and W_kr as one matrix, [d_model, r + d_r]),
+    ``kv_down_norm``, ``kv_up`` [r, heads * (d_n + d_v)] (per head: W_uk then W_uv).
+
+    Full pass: keys and values expanded per head. Cached step (the absorbed form): the
+    cache holds [c_kv, k_r] per token (one key head of r + d_r, no value); queries become
+    [q_n W_uk^T, q_r] and attend over it with values c_kv, and the output is multiplied by
+    W_uv: the same scores and output with no per-head key or value ever stored.
+    Returns [batch, seq, heads, d_v] (and the layer's cache with ``cache``).
+    """
+    cfg = self.cfg
+    batch, seq, _ = x.shape
+    heads = int(att.num_heads)
+    dn, dr, r = head_dim(cfg), int(settings.latent_rope_dim), int(settings.latent_rank)
+    dv = value_head_dim(cfg)
+    norm = lambda name: nn.RMSNorm(epsilon=LATENT_NORM_EPS, dtype=_dtype(cfg),  # noqa: E731
+                                   param_dtype=param_dtype(cfg), name=name)
+    xf = _flat(x)
+    if settings.latent_query_rank:
+      cq = norm("query_down_norm")(_dense(cfg, int(settings.latent_query_rank), "query_down")(xf))
+      q = _dense(cfg, heads * (dn + dr), "query_up", bias=False)(cq)
+    else:
+      q = _dense(cfg, heads * (dn + dr), "query", bias=False)(xf)
+    q = q.reshape(batch, seq, heads, dn + dr)
+    down = _dense(cfg, r + dr, "kv_down")(xf).reshape(batch, seq, 1, r + dr)
+    latent, k_rope = norm("kv_down_norm")(down[..., :r]), down[..., r:]
+    up = self.param("kv_up", _init(0.02), (r, heads * (dn + dv)), param_dtype(cfg))
+    up = up.astype(_dtype(cfg)).reshape(r, heads, dn + dv)
+    q_nope, q_rope = q[..., :dn], q[..., dn:]
+    q_rope, k_rope = scheme.rotate_qk(q_rope, k_rope, positions)
+    scale = (float(settings.score_scale) or 1.0 / math.sqrt(dn + dr))   # of q . k
+    if cache is not None:   # the absorbed form over a latent cache
+      q_latent = jnp.einsum("bthn,rhn->bthr", q_nope, up[..., :dn])
+      q_abs = jnp.concatenate([q_latent, q_rope], axis=-1)
+      q_abs = q_abs * jnp.asarray(scale * math.sqrt(r + dr), q_abs.dtype)  # kinds: 1/sqrt(dim)
+      keys = jnp.concatenate([latent, k_rope.astype(latent.dtype)], axis=-1)
+      empty = jnp.zeros((batch, seq, 1, 0), keys.dtype)
+      out, layer_kv = kv_cache.cached_attention(
+          q_abs, keys, empty, *cache, scheme=scheme, params=params, att=att, layer=self.layer,
+          inputs=x, sinks=sinks, rotated=True, values=lambda k, v: k[..., :r])
+      return jnp.einsum("bthr,rhv->bthv", out, up[..., dn:]), layer_kv
+    expanded = jnp.einsum("btr,rhx->bthx", latent[:, :, 0], up)
+    k = jnp.concatenate([expanded[..., :dn],
+                         jnp.broadcast_to(k_rope, (batch, seq, heads, dr)).astype(q.dtype)], -1)
+    v = expanded[..., dn:]
+    q = jnp.concatenate([q_nope, q_rope.astype(q.dtype)], axis=-1)
+    if settings.score_scale:
+      q = q * jnp.asarray(scale * math.sqrt(dn + dr), q.dtype)
+    bias = kv_cache.capped(att, scheme.score_mod(heads, params, positions))
+    return self._attend(q, k, v, bias, att, mask, segment_ids, sinks)
+
+  def _differential(self, out, heads: int):
+    """Differential attention's combination (Ye et al. 2024, eq. 1-3) of the two maps' outputs
+    ``out`` [batch, seq, 2 * heads, head_dim] (pair-major: map 1 of every head, then map 2):
+    (o1 - lambda o2), RMS-normalised per head (parameter ``diff_norm`` [head_dim]), times
+    1 - lambda_init. lambda = exp(lambda_q1 . lambda_k1) - exp(lambda_q2 . lambda_k2) +
+    lambda_init, the four vectors [head_dim / 2] initialised N(0, 0.1) as in the paper's
+    code, one lambda per layer. Returns [batch, seq, heads, head_dim]."""
+    cfg, half = self.cfg, out.shape[-1] // 2
+    vec = lambda name: self.param(name, nn.initializers.normal(0.1), (half,),  # noqa: E731
+                                  param_dtype(cfg)).astype(jnp.float32)
+    init = differential_lambda_init(self.layer)
+    lam = (jnp.exp(jnp.sum(vec("lambda_q1") * vec("lambda_k1")))
+           - jnp.exp(jnp.sum(vec("lambda_q2") * vec("lambda_k2"))) + init)
+    o1, o2 = out[:, :, :heads].astype(jnp.float32), out[:, :, heads:].astype(jnp.float32)
+    diff = nn.RMSNorm(epsilon=norm_eps(cfg), dtype=jnp.float32, param_dtype=param_dtype(cfg),
+                      name="diff_norm")(o1 - lam * o2)
+    return (diff * (1.0 - init)).astype(out.dtype)
+
+  def _gated(self, out, x, settings):
+    """``out`` [batch, seq, heads, dim] times sigmoid(x W_gate) (``attention.output_gate``):
+    one gate per output dim (elementwise) or per head (headwise), from the layer input x
+    (parameter ``gate``; Qiu et al. 2025's G1 position, Qwen3-Next's elementwise gate)."""
+    if settings.output_gate == "none":
+      return out
+    batch, seq, heads, dim = out.shape
+    width = heads * dim if settings.output_gate == "elementwise" else heads
+    bias = self.cfg.use_bias or model_settings(self.cfg).qkv_bias
+    gate = _dense(self.cfg, width, "gate", bias=bias)(_flat(x)).reshape(batch, seq, heads, -1)
+    return out * jax.nn.sigmoid(gate.astype(jnp.float32)).astype(out.dtype)
 
   def _sinks(self, settings):
     """The sink logits float32 [heads] (``attention.sink_logit``), or None."""
@@ -164,6 +282,20 @@ class SelfAttention(nn.Module):
     if settings.score_scale:
       q = q * jnp.asarray(float(settings.score_scale) * math.sqrt(dh), q.dtype)
     return q, k
+
+
+def _halves(x):
+  """[batch, len, heads, dim] -> [batch, len, 2 * heads, dim / 2]: each head's first halves
+  (heads 0..heads-1), then its second halves (pair-major, so GQA's grouping still maps
+  query half j of head i to key half j of head i's key head)."""
+  b, n, h, d = x.shape
+  return x.reshape(b, n, h, 2, d // 2).transpose(0, 1, 3, 2, 4).reshape(b, n, 2 * h, d // 2)
+
+
+def _doubled(k, v):
+  """Values [batch, len, kv_heads, dim] for the 2 * kv_heads half-width keys of
+  differential attention (both maps of a head read the same values)."""
+  return jnp.concatenate([v, v], axis=2)
 
 
 class MLP(nn.Module):
