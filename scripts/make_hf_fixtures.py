@@ -131,7 +131,32 @@ def configs():
                            "beta_slow": 1.0, "truncate": False,
                            "original_max_position_embeddings": 16, "rope_theta": 10000.0},
           **common),
+      # LongRoPE from an original context of 8, shorter than the prompt: every call uses the
+      # long factors (the "crossing" variant below starts short and crosses)
+      "phi3": tf.Phi3Config(
+          hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+          intermediate_size=48, max_position_embeddings=64, original_max_position_embeddings=8,
+          rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                           "short_factor": [1.0, 1.3, 2.1, 3.5],
+                           "long_factor": [1.2, 2.5, 6.0, 11.0]},
+          pad_token_id=0, bos_token_id=1, eos_token_id=2, **common),
+      # multi-head latent attention (low-rank query, value dim != nope dim, interleaved RoPE),
+      # one dense layer, then two routed layers (grouped sigmoid router, a shared expert)
+      "deepseek_v3": tf.DeepseekV3Config(
+          hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4,
+          q_lora_rank=12, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=4,
+          v_head_dim=6, intermediate_size=48, moe_intermediate_size=16, n_routed_experts=4,
+          num_experts_per_tok=2, n_group=2, topk_group=1, n_shared_experts=1,
+          first_k_dense_replace=1, routed_scaling_factor=2.5, max_position_embeddings=64,
+          pad_token_id=0, bos_token_id=1, eos_token_id=2, **common),
   }
+
+
+# the same families under other settings, each its own checkpoint directory
+EXTRA = {
+    # every layer dense, a full-rank query
+    "deepseek_v3_dense": ("deepseek_v3", dict(first_k_dense_replace=3, q_lora_rank=None)),
+}
 
 
 def main():
@@ -149,7 +174,11 @@ def main():
   assert tok.decode(scored) == SCORED
   scored = scored[:SCORED_TOKENS]
   wanted = [f for f in args.families.split(",") if f]
-  for family, config in configs().items():
+  all_configs = configs()
+  for name, (family, changes) in EXTRA.items():
+    cfg = type(all_configs[family]).from_dict({**all_configs[family].to_dict(), **changes})
+    all_configs[name] = cfg
+  for family, config in all_configs.items():
     if wanted and family not in wanted:
       continue
     torch.manual_seed(args.seed)
@@ -184,6 +213,31 @@ def main():
     if family == "gemma3_text":
       config_variants(out, scored, pathlib.Path(args.out) / "gemma3_text_variants",
                       GEMMA3_VARIANTS)
+    if family == "phi3":
+      crossing(out, prompt, pathlib.Path(args.out) / "phi3_crossing")
+
+
+def crossing(checkpoint: pathlib.Path, prompt, out: pathlib.Path):
+  """Phi-3's weights with an original context 3 tokens longer than the prompt: cached
+  greedy generation starts with the short factors and crosses to the long ones (keys cached
+  before the crossing keep their rotation). ``out``: config.json and reference.npz (the
+  prompt and transformers' continuation)."""
+  import torch
+  import transformers as tf
+  cfg = tf.AutoConfig.from_pretrained(checkpoint)
+  cfg.original_max_position_embeddings = len(prompt) + 3
+  cfg.rope_parameters["original_max_position_embeddings"] = len(prompt) + 3
+  model = tf.AutoModelForCausalLM.from_pretrained(checkpoint, config=cfg, dtype=torch.float32,
+                                                  attn_implementation="eager").eval()
+  out.mkdir(parents=True, exist_ok=True)
+  cfg.save_pretrained(out)
+  (out / "generation_config.json").unlink(missing_ok=True)
+  with torch.no_grad():
+    generated = model.generate(torch.tensor([prompt]), max_new_tokens=NEW_TOKENS,
+                               do_sample=False, use_cache=True, pad_token_id=0)
+  np.savez_compressed(out / "reference.npz", prompt=np.asarray(prompt, np.int32),
+                      continuation=generated[0, len(prompt):].numpy().astype(np.int32))
+  print(f"{out.name}: original context {cfg.original_max_position_embeddings}")
 
 
 def config_variants(checkpoint: pathlib.Path, ids, root: pathlib.Path, variants: dict):

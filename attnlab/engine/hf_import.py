@@ -178,14 +178,16 @@ def _rope(hf: dict, head_dim: int, max_len: int, what: str, fraction: float = 1.
           f"{rotated} of {head_dim} head dims; attnlab rotates an even number >= 2")
   position = {"kind": "rope", "theta": float(theta), "rotary_fraction": float(fraction)}
   scalings = {"default": "none", "linear": "linear", "dynamic": "dynamic_ntk", "yarn": "yarn",
-              "llama3": "llama3"}
+              "llama3": "llama3", "longrope": "longrope"}
   _refuse(rope_type not in scalings, f"{what}: rope type {rope_type!r} is not supported; "
           f"supported: {', '.join(scalings)}")
   if rope_type != "default":
-    original = int(params.get("original_max_position_embeddings") or max_len)
+    original = int(params.get("original_max_position_embeddings")
+                   or hf.get("original_max_position_embeddings") or max_len)
     if rope_type == "dynamic":   # transformers grows the base beyond max_position_embeddings
       original = max_len
-    factor = params.get("factor") or (max_len / original if rope_type == "yarn" else None)
+    factor = params.get("factor") or (max_len / original if rope_type in ("yarn", "longrope")
+                                      else None)
     _refuse(factor is None, f"{what}: rope scaling {rope_type!r} without a factor")
     position.update(scaling=scalings[rope_type], scale_factor=float(factor),
                     original_max_len=original)
@@ -199,6 +201,13 @@ def _rope(hf: dict, head_dim: int, max_len: int, what: str, fraction: float = 1.
     position.update(yarn_beta=float(params.get("beta_fast") or 32.0),
                     yarn_alpha=float(params.get("beta_slow") or 1.0),
                     yarn_truncate=params.get("truncate", True) is not False)
+  if rope_type == "longrope":
+    short, long = params.get("short_factor"), params.get("long_factor")
+    _refuse(not isinstance(short, list) or not isinstance(long, list),
+            f"{what}: longrope needs short_factor and long_factor lists")
+    position.update(longrope_short_factor=tuple(float(x) for x in short),
+                    longrope_long_factor=tuple(float(x) for x in long),
+                    longrope_attention_factor=float(params.get("attention_factor") or 0.0))
   if rope_type == "llama3":
     position.update(llama3_low_freq_factor=float(params.get("low_freq_factor") or 1.0),
                     llama3_high_freq_factor=float(params.get("high_freq_factor") or 4.0))
@@ -382,6 +391,8 @@ def _sliding_layers(hf: dict, what: str) -> list[int | None]:
   model_type, layers = hf.get("model_type"), _need(hf, "num_hidden_layers", what)
   if model_type == "mistral":
     return [hf.get("sliding_window", 4096)] * layers
+  if model_type == "phi3":    # one window on every layer when set
+    return [hf.get("sliding_window")] * layers
   if model_type == "llama":
     return [None] * layers
   window = hf.get("sliding_window")
@@ -486,6 +497,167 @@ for _name, _what in (("llama", "LLaMA"), ("mistral", "Mistral"), ("qwen2", "Qwen
                      ("qwen3", "Qwen3"), ("smollm3", "SmolLM3")):
   FAMILIES.register(_name)(Family(lambda hf, w=_what: _llama_model(hf, w), _llama_params,
                                   ("rotary_emb.inv_freq",)))
+
+
+# Phi-3 (LongRoPE) -------------------------------------------------------------------------
+
+def _phi3_model(hf):
+  what = "Phi-3"
+  _refuse(bool(hf.get("attention_bias", False)) or bool(hf.get("mlp_bias", False)),
+          f"{what}: biases are not supported (Phi-3 has none)")
+  return _llama_model(hf, what)
+
+
+def _phi3_params(t, hf, m):
+  """Phi-3 is LLaMA's layer with fused projections: ``qkv_proj`` rows [q | k | v] (attnlab's
+  ``qkv`` columns, transposed) and ``gate_up_proj`` rows [gate | up]."""
+  p = ("model.", "")
+  d, f = m.d_model, m.mlp_hidden
+  heads, kv_heads = m.attention.num_heads, m.attention.num_kv_heads
+  dh = m.head_dim or d // heads
+  embedding = t.take("embed_tokens.weight", (m.vocab_size, d), p)
+  params = {"embed": {"embedding": embedding}, "norm_final": _norm(t, "norm", d, False, p),
+            **_head(t, m, "lm_head.weight", ("",), embedding)}
+  for i in range(m.num_layers):
+    x = f"layers.{i}."
+    gate_up = _linear(t, x + "mlp.gate_up_proj", d, 2 * f, False, p)["kernel"]
+    params[f"block_{i}"] = {
+        "norm_attention": _norm(t, x + "input_layernorm", d, False, p),
+        "attention": {"qkv": _linear(t, x + "self_attn.qkv_proj", d, (heads + 2 * kv_heads) * dh,
+                                     False, p),
+                      "out": _linear(t, x + "self_attn.o_proj", heads * dh, d, False, p)},
+        "norm_mlp": _norm(t, x + "post_attention_layernorm", d, False, p),
+        "mlp": {"gate": {"kernel": gate_up[:, :f]}, "up": {"kernel": gate_up[:, f:]},
+                "down": _linear(t, x + "mlp.down_proj", f, d, False, p)}}
+  return params
+
+
+FAMILIES.register("phi3")(Family(_phi3_model, _phi3_params, ("rotary_emb",)))
+
+
+# DeepSeek-V3 (multi-head latent attention, routed experts) ---------------------------------
+
+def _deepseek_v3_model(hf):
+  what = "DeepSeek-V3"
+  d, heads = _need(hf, "hidden_size", what), _need(hf, "num_attention_heads", what)
+  layers, max_len = _need(hf, "num_hidden_layers", what), _need(hf, "max_position_embeddings", what)
+  nope, rope_dim = _need(hf, "qk_nope_head_dim", what), _need(hf, "qk_rope_head_dim", what)
+  value_dim = _need(hf, "v_head_dim", what)
+  _refuse(bool(hf.get("attention_bias", False)), f"{what}: attention_bias=True is not supported")
+  _refuse(hf.get("hidden_act", "silu") != "silu", f"{what}: hidden_act="
+          f"{hf.get('hidden_act')!r} is not supported; valid: silu")
+  params = {**(hf.get("rope_scaling") or {}), **(hf.get("rope_parameters") or {})}
+  _refuse((params.get("rope_type") or params.get("type") or "default") != "default",
+          f"{what}: rope scaling {params.get('rope_type') or params.get('type')!r} is not "
+          f"supported (DeepSeek's YaRN also rescales the non-rotary dims); valid: default")
+  first_dense = hf.get("first_k_dense_replace")
+  first_dense = 0 if first_dense is None else first_dense
+  _refuse(not isinstance(first_dense, int) or first_dense < 0, f"{what}: first_k_dense_replace="
+          f"{first_dense!r} is not valid; valid: an integer >= 0")
+  attention = {"num_heads": heads, "num_kv_heads": heads,
+               "latent_rank": _need(hf, "kv_lora_rank", what),
+               "latent_query_rank": _valid(hf, "q_lora_rank", what, 0),
+               "latent_rope_dim": rope_dim,
+               "latent_value_dim": 0 if value_dim == nope else value_dim}
+  model = {"num_layers": layers, "d_model": d, "head_dim": nope, "attention": attention,
+           "mlp": "swiglu", "mlp_hidden": _need(hf, "intermediate_size", what),
+           "norm": "rmsnorm", "norm_eps": hf.get("rms_norm_eps", 1e-6),
+           "tie_embeddings": bool(hf.get("tie_word_embeddings", False)),
+           "position": _rope(hf, rope_dim, max_len, what)}
+  if first_dense < layers:       # the later layers route (DeepseekV3MoE)
+    experts = _need(hf, "n_routed_experts", what)
+    groups = _valid(hf, "n_group", what, 1)
+    _refuse(hf.get("topk_method", "noaux_tc") != "noaux_tc", f"{what}: topk_method="
+            f"{hf.get('topk_method')!r} is not supported; valid: noaux_tc")
+    model.update(mlp="moe", moe_first_dense=first_dense, moe_experts=experts,
+                 moe_top_k=_need(hf, "num_experts_per_tok", what),
+                 moe_router="sigmoid_grouped", moe_expert="swiglu",
+                 moe_expert_hidden=_need(hf, "moe_intermediate_size", what),
+                 moe_groups=groups, moe_topk_groups=_valid(hf, "topk_group", what, 1),
+                 moe_norm_topk=bool(hf.get("norm_topk_prob", True)),
+                 moe_routed_scale=float(hf.get("routed_scaling_factor", 1.0)),
+                 moe_shared_experts=int(hf.get("n_shared_experts") or 0))
+  return model, max_len
+
+
+def _interleaved_to_halves(x, rope_dim: int):
+  """Columns of the last axis's final ``rope_dim`` entries reordered from interleaved pairs
+  (x0, x1), (x2, x3), ... to halves (x0, x2, ... | x1, x3, ...): attnlab's half-split
+  rotation of the reordered vector is DeepSeek's interleaved one (``rope_interleave``), and
+  the dot products of queries with keys are unchanged by the common reordering."""
+  head, rot = x[..., :-rope_dim], x[..., -rope_dim:]
+  return np.concatenate([head, rot[..., 0::2], rot[..., 1::2]], axis=-1)
+
+
+def _deepseek_v3_params(t, hf, m):
+  p = ("model.", "")
+  a = m.attention
+  d, heads = m.d_model, a.num_heads
+  nope, rope_dim, r = m.head_dim, a.latent_rope_dim, a.latent_rank
+  value_dim = a.latent_value_dim or nope
+  interleaved = hf.get("rope_interleave", True)
+  reorder = (lambda w: _interleaved_to_halves(w, rope_dim)) if interleaved else (lambda w: w)
+  embedding = t.take("embed_tokens.weight", (m.vocab_size, d), p)
+  params = {"embed": {"embedding": embedding}, "norm_final": _norm(t, "norm", d, False, p),
+            **_head(t, m, "lm_head.weight", ("",), embedding)}
+  for i in range(m.num_layers):
+    x = f"layers.{i}.self_attn."
+    att = {}
+    if a.latent_query_rank:
+      att["query_down"] = _linear(t, x + "q_a_proj", d, a.latent_query_rank, False, p)
+      att["query_down_norm"] = _norm(t, x + "q_a_layernorm", a.latent_query_rank, False, p)
+      name, n_in = "query_up", a.latent_query_rank
+    else:
+      name, n_in = "query", d
+    q = _linear(t, x + ("q_b_proj" if a.latent_query_rank else "q_proj"), n_in,
+                heads * (nope + rope_dim), False, p)["kernel"]
+    att[name] = {"kernel": reorder(q.reshape(n_in, heads, nope + rope_dim)).reshape(n_in, -1)}
+    down = _linear(t, x + "kv_a_proj_with_mqa", d, r + rope_dim, False, p)["kernel"]
+    att["kv_down"] = {"kernel": reorder(down)}
+    att["kv_down_norm"] = _norm(t, x + "kv_a_layernorm", r, False, p)
+    att["kv_up"] = t.take(x + "kv_b_proj.weight", (heads * (nope + value_dim), r), p).T
+    att["out"] = _linear(t, x + "o_proj", heads * value_dim, d, False, p)
+    y = f"layers.{i}."
+    params[f"block_{i}"] = {"norm_attention": _norm(t, y + "input_layernorm", d, False, p),
+                            "attention": att,
+                            "norm_mlp": _norm(t, y + "post_attention_layernorm", d, False, p),
+                            "mlp": _deepseek_mlp(t, y + "mlp.", m, i, p)}
+  return params
+
+
+def _deepseek_mlp(t, x, m, layer: int, p) -> dict:
+  """Block ``layer``'s MLP: dense SwiGLU before ``first_k_dense_replace``, else the routed
+  experts (gate_up_proj [E, 2F, d] rows [gate | up], down_proj [E, d, F]), the router's
+  weight and correction bias, and the shared experts."""
+  d = m.d_model
+  if m.mlp != "moe" or layer < m.moe_first_dense:
+    f = m.mlp_hidden
+    return {n: _linear(t, f"{x}{n}_proj", *((f, d) if n == "down" else (d, f)), False, p)
+            for n in ("gate", "up", "down")}
+  e, f = m.moe_experts, m.moe_expert_hidden or m.mlp_hidden
+  if t.find(x + "experts.gate_up_proj", p):     # transformers' fused in-memory layout
+    gate_up = t.take(x + "experts.gate_up_proj", (e, 2 * f, d), p)
+    gate, up = gate_up[:, :f].transpose(0, 2, 1), gate_up[:, f:].transpose(0, 2, 1)
+    down = t.take(x + "experts.down_proj", (e, d, f), p).transpose(0, 2, 1)
+  else:                                           # one Linear per expert (released checkpoints)
+    expert = lambda j, n, shape: _linear(t, f"{x}experts.{j}.{n}_proj", *shape, False,  # noqa: E731
+                                         p)["kernel"]
+    gate = np.stack([expert(j, "gate", (d, f)) for j in range(e)])
+    up = np.stack([expert(j, "up", (d, f)) for j in range(e)])
+    down = np.stack([expert(j, "down", (f, d)) for j in range(e)])
+  out = {"router": t.take(x + "gate.weight", (e, d), p).T,
+         "correction": t.take(x + "gate.e_score_correction_bias", (e,), p),
+         "gate": gate, "up": up, "down": down}
+  if m.moe_shared_experts:
+    fs = f * m.moe_shared_experts
+    for n in ("gate", "up", "down"):
+      out[f"shared_{n}"] = _linear(t, f"{x}shared_experts.{n}_proj",
+                                   *((fs, d) if n == "down" else (d, fs)), False, p)
+  return out
+
+
+FAMILIES.register("deepseek_v3")(Family(_deepseek_v3_model, _deepseek_v3_params,
+                                        ("rotary_emb",)))
 
 
 # Gemma-2, Gemma-3 (text) ------------------------------------------------------------------

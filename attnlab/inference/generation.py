@@ -33,7 +33,7 @@ import numpy as np
 from attnlab import data, positional
 from attnlab.attention import KINDS
 from attnlab.inference.sampling import Sampling, sample
-from attnlab.models import TransformerLM, kv_cache, model_settings
+from attnlab.models import TransformerLM, kv_cache, model_settings, schedule
 from attnlab.registry import ConfigError
 from attnlab.runtime import compiled_cache
 
@@ -143,6 +143,7 @@ def decode_loop(model, params, cache, prompts, lengths, key, *, start: int, tota
   prompts through the cache (teacher forcing): the streaming study's loop.
   """
   stop = jnp.asarray(list(stop_tokens) or [-1], jnp.int32)
+  reencode = None if kv_cache_streaming(cache) else reencode_position(model.cfg)
 
   def cond(state):
     i, _, _, _, count, done, _, _ = state
@@ -160,7 +161,12 @@ def decode_loop(model, params, cache, prompts, lengths, key, *, start: int, tota
     buf = buf.at[:, p].set(tok)
     done = done | (generating & jnp.isin(tok, stop))
     count = count + generating
-    step_logits, cache = model.apply({"params": params}, tok[:, None], cache=cache)
+    if reencode is not None and start <= reencode < total:
+      step_logits, cache = jax.lax.cond(
+          p == reencode, lambda c: _reencoded(model, params, buf, c, reencode),
+          lambda c: model.apply({"params": params}, tok[:, None], cache=c), cache)
+    else:
+      step_logits, cache = model.apply({"params": params}, tok[:, None], cache=cache)
     if record:
       recorded = recorded.at[:, p].set(step_logits[:, 0].astype(jnp.float32))
     return i + 1, cache, step_logits[:, 0], buf, count, done, finite, recorded
@@ -173,6 +179,29 @@ def decode_loop(model, params, cache, prompts, lengths, key, *, start: int, tota
   if record:
     return buf, count, done, finite, recorded
   return buf, count, done, finite
+
+
+def reencode_position(model_cfg) -> int | None:
+  """The text position at which a cached generation re-reads the whole text into a fresh
+  cache (``PositionScheme.reencode_position`` of any layer's scheme: LongRoPE's switch to
+  its long factors, as transformers' ``generate`` does for Phi-3), or None."""
+  found = {positional.get_scheme(block).reencode_position()
+           for block in schedule.distinct_positions(model_cfg)} - {None}
+  return min(found) if found else None
+
+
+def kv_cache_streaming(cache) -> bool:
+  return any(layout.streaming for layout in cache.layouts)
+
+
+def _reencoded(model, params, buf, cache, position: int):
+  """(logits [B, 1, vocab] at ``position``, a fresh cache holding positions 0..position):
+  the text so far read again in one pass, so every key is encoded as a call that holds
+  ``position`` encodes it."""
+  fresh = kv_cache.init_cache(model.cfg, buf.shape[0], cache.layouts)
+  logits, fresh = model.apply({"params": params}, buf[:, :position + 1], cache=fresh,
+                              prefill=True)
+  return logits[:, -1:], fresh
 
 
 def _prefill(model, params, tokens, layout):
@@ -274,7 +303,10 @@ def recompute_program(model_cfg, batch: int, start: int, total: int, max_new: in
 
     def body(p, state):
       buf, count, done, finite = state
-      logits = model.apply({"params": params}, buf[:, :total - 1])
+      # positions past p - 1 (never read: causal) repeat p - 1, so a call's longest position
+      # is the text's, as when the text so far is run alone (LongRoPE's switch reads it)
+      positions = jnp.broadcast_to(jnp.minimum(jnp.arange(total - 1), p - 1), (batch, total - 1))
+      logits = model.apply({"params": params}, buf[:, :total - 1], positions)
       last = jax.lax.dynamic_index_in_dim(logits, p - 1, axis=1, keepdims=False)
       finite = finite & jnp.all(jnp.isfinite(last))
       forced = p < lengths

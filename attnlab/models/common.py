@@ -180,6 +180,11 @@ MODEL_FIELDS = (
           "(routed_scaling_factor)", minimum=0.0, applies=_moe),
     Field("moe_shared_experts", 0, "mlp=moe: shared experts every token passes through "
           "(one SwiGLU of their summed width)", minimum=0, applies=_moe),
+    Field("moe_expert_hidden", 0, "mlp=moe: each expert's hidden width "
+          "(moe_intermediate_size); 0: the MLP's hidden width (mlp_hidden or its default)",
+          minimum=0, applies=_moe),
+    Field("moe_first_dense", 0, "mlp=moe: the first this many blocks keep a dense SwiGLU MLP "
+          "of width mlp_hidden (DeepSeek-V3's first_k_dense_replace)", minimum=0, applies=_moe),
     Field("moe_aux_loss", 0.0, "mlp=moe: weight of Switch's load-balancing loss in the "
           "training loss; 0: off", minimum=0.0, applies=_moe),
 )

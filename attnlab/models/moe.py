@@ -142,8 +142,9 @@ EXPERTS = {"swiglu": swiglu, "clamped_swiglu": clamped_swiglu}
 
 
 def moe_hidden(cfg) -> int:
-  """Each expert's hidden width: ``model.mlp_hidden`` when set, else SwiGLU's default."""
-  return mlp_hidden(cfg)
+  """Each expert's hidden width: ``model.moe_expert_hidden`` when set, else the MLP's
+  (``model.mlp_hidden``, or SwiGLU's default)."""
+  return int(model_settings(cfg).moe_expert_hidden) or mlp_hidden(cfg)
 
 
 class RoutedMLP(nn.Module):

@@ -303,11 +303,12 @@ class MLP(nn.Module):
   ``act(gate(x)) * up(x)`` when gated, then ``down``; hidden width ``mlp_hidden(cfg)``.
   x: [..., d_model] -> [..., d_model]."""
   cfg: Any
+  mlp: str | None = None     # an MLPS name other than model.mlp (a routed model's dense blocks)
 
   @nn.compact
   def __call__(self, x):
     cfg = self.cfg
-    spec = MLPS.get(cfg.mlp)
+    spec = MLPS.get(self.mlp or cfg.mlp)
     hidden = mlp_hidden(cfg)
     out_std = 0.02 / math.sqrt(2 * cfg.num_layers)
     shape, x = x.shape, _flat(x)
@@ -343,7 +344,10 @@ class Block(nn.Module):
     out = x + drop(post("norm_attention_out", attn), deterministic)
     mlp_in = x if settings.parallel_residual else out
     spec = MLPS.get(self.cfg.mlp)
-    if spec.module is not None or spec.activation is not None:   # "none": attention only
+    if spec.module is not None and self.layer < int(settings.moe_first_dense):
+      mlp = MLP(self.cfg, "swiglu", name="mlp")(norm(self.cfg, "norm_mlp")(mlp_in))
+      out = out + drop(post("norm_mlp_out", mlp), deterministic)
+    elif spec.module is not None or spec.activation is not None:   # "none": attention only
       layer = spec.module or MLP
       mlp = layer(self.cfg, name="mlp")(norm(self.cfg, "norm_mlp")(mlp_in))
       out = out + drop(post("norm_mlp_out", mlp), deterministic)

@@ -190,6 +190,12 @@ class PositionScheme:
     """Why a KV cache cannot decode this scheme exactly, or None."""
     return None
 
+  def reencode_position(self) -> int | None:
+    """A text position p at which cached generation must re-encode every cached key: the
+    encoding of a call changes once it holds p (LongRoPE's switch to its long factors), and
+    transformers' ``generate`` recomputes the whole text there. None: never."""
+    return None
+
   def table_size(self) -> int:
     """Rows of a learned position table the model must create (0 = none)."""
     return 0
@@ -341,6 +347,9 @@ class Rope(PositionScheme):
     if int(head_dim * c.rotary_fraction) < 2:
       raise ConfigError(f"model.position.rotary_fraction={c.rotary_fraction!r} must be in (0, 1] "
                         f"and rotate at least 2 of the {head_dim} head dims")
+    problem = scaling.check_dims(c, rope.rotary_dim(head_dim, c.rotary_fraction))
+    if problem:
+      raise ConfigError(problem)
 
   def cache_refusal(self):
     refusal = self.scaling().cache_refusal
@@ -350,6 +359,11 @@ class Rope(PositionScheme):
               f"(or use --nocache)")
     return None
 
+  def reencode_position(self):
+    if self.scaling().switches_at_original_len:
+      return int(self.cfg.original_max_len)
+    return None
+
   def frequencies(self, head_dim: int, seq_len: int) -> tuple[np.ndarray, float]:
     c = self.cfg
     rotary = rope.rotary_dim(head_dim, c.rotary_fraction)
@@ -357,7 +371,15 @@ class Rope(PositionScheme):
                                       c.theta, c, seq_len)
 
   def rotate_qk(self, q, k, positions):
-    freqs, multiplier = self.frequencies(q.shape[-1], q.shape[1])
+    if self.scaling().switches_at_original_len:
+      # LongRoPE: the set is chosen by this call's longest position (as transformers does)
+      original = int(self.cfg.original_max_len)
+      short, multiplier = self.frequencies(q.shape[-1], original)
+      long, _ = self.frequencies(q.shape[-1], original + 1)
+      longest = jnp.max(jnp.asarray(positions)) + 1
+      freqs = jnp.where(longest > original, long.astype(np.float32), short.astype(np.float32))
+    else:
+      freqs, multiplier = self.frequencies(q.shape[-1], q.shape[1])
     q, k = apply_rope(q, positions, frequencies=freqs), apply_rope(k, positions, frequencies=freqs)
     if multiplier != 1.0:  # YaRN temperature: logits / t with sqrt(1/t) on each of q and k
       q, k = q * jnp.asarray(multiplier, q.dtype), k * jnp.asarray(multiplier, k.dtype)

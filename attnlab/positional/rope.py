@@ -25,6 +25,14 @@ wavelength lambda_i = 2 pi / theta_i:
   lambda_i*: gamma_i = clip((r_i - alpha) / (beta - alpha), 0, 1),
   theta'_i = (1 - gamma_i) theta_i / s + gamma_i theta_i, with the same temperature.
   It differs from ``yarn`` in the transition band (``docs/attention.md``).
+- ``longrope`` (LongRoPE, Ding et al. 2024; Phi-3): per-dimension rescale factors
+  ``theta'_i = theta_i / f_i``, with ``f`` = ``longrope_short_factor`` while the longest
+  position + 1 of a forward call is at most L_train and ``longrope_long_factor`` beyond it
+  (both ``[rotary_dim / 2]``), and q and k each multiplied by the attention factor
+  ``longrope_attention_factor`` (0: ``sqrt(1 + ln s / ln L_train)``, 1 when s <= 1), as
+  transformers' ``longrope`` computes them. The switch is per forward call, so keys cached
+  before a cached generation crosses L_train keep their short-factor rotation (the
+  behaviour of transformers, which attnlab reproduces; ``docs/attention.md``).
 - ``llama3`` (Meta's Llama 3.1): with wavelengths lambda_i, ``low = L_train / lf`` and
   ``high = L_train / hf`` (lf, hf = ``llama3_low_freq_factor`` 1, ``llama3_high_freq_factor``
   4): lambda_i < high keeps theta_i, lambda_i > low takes theta_i / s, and in between
@@ -57,6 +65,7 @@ class RopeScaling:
   multiplier sqrt(1/t) applied to q and k (1.0: none).
   ``fields``: the ``model.position`` fields it reads (they apply only when it is chosen).
   ``needs_original_len``: it reads ``original_max_len`` (which must be >= 1).
+  ``check_dims(s, rotary_dim)``: why the settings do not fit ``rotary_dim`` rotated dims.
   ``check(s)``: why the settings are invalid across fields (a sentence), or None.
   ``cache_refusal``: why a KV cache cannot decode with it, or None.
   """
@@ -66,6 +75,11 @@ class RopeScaling:
   needs_original_len: bool = False
   check: Callable[[Mapping], str | None] = lambda s: None
   cache_refusal: str | None = None
+  # frequencies switch when a forward call's longest position + 1 exceeds
+  # ``original_max_len`` (LongRoPE): ``frequencies`` is asked for both sets and the
+  # rotation picks per call, from the positions it is given
+  switches_at_original_len: bool = False
+  check_dims: Callable[[Mapping, int], str | None] = lambda s, rotary_dim: None
 
 
 ROPE_SCALINGS: Registry[RopeScaling] = Registry("model.position.scaling")
@@ -154,6 +168,36 @@ def _llama3(freqs, d, theta, s, seq_len):
   return (1 - smooth) * freqs / factor + smooth * freqs, 1.0
 
 
+def longrope_attention_factor(s) -> float:
+  """LongRoPE's q and k multiplier: ``longrope_attention_factor``, or
+  sqrt(1 + ln s / ln L_train) (1 when s <= 1)."""
+  if s["longrope_attention_factor"]:
+    return float(s["longrope_attention_factor"])
+  factor, original = s["scale_factor"], s["original_max_len"]
+  return 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(original))
+
+
+def _longrope(freqs, d, theta, s, seq_len):
+  long = seq_len is not None and seq_len > s["original_max_len"]
+  factors = np.asarray(s["longrope_long_factor" if long else "longrope_short_factor"],
+                       np.float64)
+  return freqs / factors, longrope_attention_factor(s)
+
+
+def _positive_numbers(value, context):
+  ok = all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < float("inf")
+           for x in value)
+  return None if ok else "must hold finite numbers > 0"
+
+
+def _longrope_dims(s, rotary_dim):
+  for name in ("longrope_short_factor", "longrope_long_factor"):
+    if len(s[name]) != rotary_dim // 2:
+      return (f"model.position.{name} has {len(s[name])} factors; the {rotary_dim} rotated "
+              f"dims need {rotary_dim // 2} (one per pair)")
+  return None
+
+
 def _yarn_check(s):
   if not s["yarn_beta"] > s["yarn_alpha"]:
     return (f"model.position.yarn_beta={s['yarn_beta']!r} must exceed "
@@ -185,6 +229,16 @@ ROPE_SCALINGS.register("yarn")(RopeScaling(
 ROPE_SCALINGS.register("yarn_paper")(RopeScaling(
     _yarn_paper, _YARN_FIELDS, "YaRN's paper form (ramp in r_i = L_train / lambda_i, "
     "temperature)", needs_original_len=True, check=_yarn_check))
+ROPE_SCALINGS.register("longrope")(RopeScaling(
+    _longrope, (SCALE_FACTOR, ORIGINAL_MAX_LEN,
+                Field("longrope_short_factor", (), "longrope: per-pair factors up to "
+                      "original_max_len (rotary_dim / 2 numbers)", check=_positive_numbers),
+                Field("longrope_long_factor", (), "longrope: per-pair factors beyond "
+                      "original_max_len", check=_positive_numbers),
+                Field("longrope_attention_factor", 0.0, "longrope: q and k multiplier; 0: "
+                      "sqrt(1 + ln(scale_factor) / ln(original_max_len))", minimum=0.0)),
+    "LongRoPE (Phi-3): per-pair factors, short or long by the longest position of a call",
+    needs_original_len=True, switches_at_original_len=True, check_dims=_longrope_dims))
 ROPE_SCALINGS.register("llama3")(RopeScaling(
     _llama3, (SCALE_FACTOR, ORIGINAL_MAX_LEN, LLAMA3_LOW, LLAMA3_HIGH), "Llama 3.1: keep "
     "short wavelengths, interpolate long ones, blend between", needs_original_len=True,
@@ -213,7 +267,8 @@ def scaled_frequencies(rotary_dim: int, theta: float = 10000.0, scaling: str = "
                        seq_len: int | None = None, alpha: float = 1.0,
                        beta: float = 32.0, low_freq_factor: float = 1.0,
                        high_freq_factor: float = 4.0,
-                       truncate: bool = True) -> tuple[np.ndarray, float]:
+                       truncate: bool = True, short_factor=(), long_factor=(),
+                       attention_factor: float = 0.0) -> tuple[np.ndarray, float]:
   """(theta'_i float64 ``[rotary_dim/2]``, q/k multiplier sqrt(1/t)) for a RoPE scaling."""
   if scaling not in ROPE_SCALINGS:
     raise ValueError(f"RoPE scaling={scaling!r} is not valid; valid: "
@@ -221,7 +276,10 @@ def scaled_frequencies(rotary_dim: int, theta: float = 10000.0, scaling: str = "
   settings = {"scale_factor": factor, "original_max_len": original_max_len,
               "yarn_alpha": alpha, "yarn_beta": beta, "yarn_truncate": truncate,
               "llama3_low_freq_factor": low_freq_factor,
-              "llama3_high_freq_factor": high_freq_factor}
+              "llama3_high_freq_factor": high_freq_factor,
+              "longrope_short_factor": tuple(short_factor),
+              "longrope_long_factor": tuple(long_factor),
+              "longrope_attention_factor": attention_factor}
   entry = ROPE_SCALINGS.get(scaling)
   return entry.frequencies(unscaled_frequencies(rotary_dim, theta), rotary_dim, theta,
                            settings, seq_len)
