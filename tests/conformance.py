@@ -374,6 +374,14 @@ def check_cached_decoding(config, what="", length=24) -> str | None:
   layout = kv_cache.layouts_for(cfg.model, length)     # each layer its own (a schedule's
   x = tokens(length=length)                            # local layers roll a window)
   full = np.asarray(_forward(model)(params, x))
+  if generation.reencode_position(cfg.model) is not None:
+    # the encoding depends on the length of the text a call holds (LongRoPE): position p's
+    # oracle is the forward of the text up to p, or of the whole prefill for p inside it
+    # (positions past that repeat its last: causal, never read)
+    start = min(generation._capacity(layout), length)
+    full = np.stack([np.asarray(_forward_at(model)(
+        params, x, np.minimum(np.arange(length), max(p, start - 1))))[:, p]
+        for p in range(length)], axis=1)
   got = np.asarray(generation.stream_logits(cfg.model, params, x, layout))
   np.testing.assert_allclose(got, full, rtol=2e-5, atol=2e-5,
                              err_msg=f"{what}: cached decoding ({layout}) != full forward")
@@ -466,6 +474,12 @@ def cached_and_full_logits(model, params, tokens, layout, prefill: int, gap: int
   logits, cache, full = _decode_all(params, jnp.asarray(tokens), gap, model=model,
                                     layout=layout, prefill=prefill)
   return np.asarray(logits), cache, np.asarray(full)
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_at(model):
+  return jax.jit(lambda params, tokens, positions: model.apply(
+      {"params": params}, tokens, jnp.broadcast_to(positions, tokens.shape)))
 
 
 @functools.lru_cache(maxsize=None)

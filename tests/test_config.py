@@ -40,7 +40,7 @@ from configs import lm
     ({"data__path": "/no/such/file.txt"}, r"data.path='/no/such/file.txt' is not a readable file"),
     ({"data__path": "", "data__corpus": "wikipedia"}, r"data.corpus='wikipedia'.*builtin"),
     ({"model__position__scaling": "ntk-aware"},
-     r"model.position.scaling='ntk-aware'.*valid: dynamic_ntk, linear, llama3, none, ntk, yarn, yarn_paper"),
+     r"model.position.scaling='ntk-aware'.*valid: dynamic_ntk, linear, llama3, longrope, none, ntk, yarn, yarn_paper"),
     ({"model__position__scale_factor": 0.5}, r"model.position.scale_factor=0.5 must be >= 1"),
     ({"model__position__rotary_fraction": 0.0}, r"model.position.rotary_fraction=0.0 must be in \(0, 1\]"),
     ({"model__position__scaling": "yarn", "model__position__yarn_beta": 0.5},

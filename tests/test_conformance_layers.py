@@ -38,9 +38,25 @@ MECHANISMS = {
     "head_dim": 12,
     # every registered MLP other than the default
     **{f"mlp={name}": name for name in MLPS.names() if name != C.config_lib.lm_config().model.mlp},
+    "attention.output_gate": "elementwise",
+    "attention.output_gate=headwise": "headwise",
 }
-# mechanisms the kernel applies to the scores or its softmax
-SCORE_MODIFIERS = ("attention.softcap", "attention.sink_logit", "attention.sink_logit=off_by_one")
+# variants that replace the projections or the softmax path: each excludes the others (and MLA
+# QK-norm), so the all-at-once model takes the others with each in turn. A dict value is
+# several changes at once.
+VARIANTS = {
+    "attention.differential": True,
+    "attention.latent_rank": 12,
+    "attention.latent_query_rank": {"attention.latent_rank": 12, "attention.latent_query_rank": 10},
+    "attention.latent_rope_dim": {"attention.latent_rank": 12, "attention.latent_rope_dim": 6},
+    "attention.latent_value_dim": {"attention.latent_rank": 12, "attention.latent_value_dim": 6},
+}
+ALL_AT_ONCE = dict(MECHANISMS)
+MECHANISMS.update(VARIANTS)
+# mechanisms the kernel applies to the scores or its softmax, and the variants whose value
+# head dim differs from the key's (MLA, differential): the fused kernel is checked on them
+SCORE_MODIFIERS = ("attention.softcap", "attention.sink_logit", "attention.sink_logit=off_by_one",
+                   *VARIANTS)
 
 
 def layered_config(layer_types="global", layers=3, **changes):
@@ -48,12 +64,13 @@ def layered_config(layer_types="global", layers=3, **changes):
   (dotted ``model`` paths) applied."""
   c = C.model_config("causal", "rope", seq_len=C.LENGTH)
   c.model.num_layers, c.model.layer_types, c.model.local_window = layers, layer_types, C.SMALL
-  for path, value in changes.items():
-    *blocks, name = path.split("=")[0].split(".")
-    target = c.model
-    for block in blocks:
-      target = target[block]
-    target[name] = value
+  for key, value in changes.items():
+    for path, v in (value.items() if isinstance(value, dict) else [(key, value)]):
+      *blocks, name = path.split("=")[0].split(".")
+      target = c.model
+      for block in blocks:
+        target = target[block]
+      target[name] = v
   return c
 
 
@@ -68,14 +85,26 @@ def test_every_mechanism_and_layer_type_at_once():
   """The default tier's one model: every mechanism on, schedule 'local,nope,global'
   (Gemma-3-like): the cache past a rolling window, and blockwise's loss and gradients.
   Each mechanism and layer type alone: the slow tier below."""
-  config = layered_config("local,nope,global", **MECHANISMS)
+  config = layered_config("local,nope,global", **ALL_AT_ONCE)
   C.check_causal(config, "all")
   C.skip_if(C.check_cached_decoding(config, "all"))
 
 
+@pytest.mark.parametrize("variant", ["attention.differential", "attention.latent_value_dim"])
+def test_each_variant_with_every_other_mechanism(variant):
+  """MLA (its latent cache, the absorbed form) and differential attention, each with every
+  mechanism it composes with (MLA normalises latents, not heads: no QK-norm) and the
+  'local,nope,global' schedule: causal, and cached decoding equals the full forward."""
+  others = {k: v for k, v in ALL_AT_ONCE.items()
+            if not (k == "attention.qk_norm" and "latent" in variant)}
+  config = layered_config("local,nope,global", **others, **{variant: VARIANTS[variant]})
+  C.check_causal(config, variant)
+  C.skip_if(C.check_cached_decoding(config, variant))
+
+
 @pytest.mark.slow
 def test_every_mechanism_and_layer_type_at_once_values_and_gradients():
-  C.check_model_impl(layered_config("local,nope,global", **MECHANISMS), "blockwise",
+  C.check_model_impl(layered_config("local,nope,global", **ALL_AT_ONCE), "blockwise",
                      "all/blockwise")
 
 

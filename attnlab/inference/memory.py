@@ -4,7 +4,9 @@
   python -m attnlab.memory --workdir=runs/rope
 
 Bytes per cached token = 2 (K and V) x layers x kv_heads x head_dim x bytes per element
-when every layer caches every position. A schedule with local layers (``model.layer_types``,
+when every layer caches every position; a model with multi-head latent attention
+(``attention.latent_rank``) also gets its own row, MLA: layers x (latent_rank +
+latent_rope_dim) x bytes per element. A schedule with local layers (``model.layer_types``,
 e.g. Gemma-3's 'local*5,global') caches only a window in those: the bytes for a context
 are then the sum over layers of each layer's slots (``kv_cache.cache_bytes``). Every divisor of ``num_heads`` is a valid ``num_kv_heads``: the report lists each, MHA
 (= num_heads) first and MQA (1) last, beside the bytes a cache of that model actually
@@ -17,6 +19,7 @@ import jax
 import ml_collections
 
 from attnlab.models import kv_cache, schedule
+from attnlab.models.common import attention_settings
 
 
 def head_variants(model_cfg) -> list[tuple[str, int]]:
@@ -29,10 +32,14 @@ def head_variants(model_cfg) -> list[tuple[str, int]]:
   return out
 
 
-def _with_kv_heads(model_cfg, kv_heads: int):
+def _with_kv_heads(model_cfg, kv_heads: int, latent: bool = False):
+  """The model with ``kv_heads`` key/value heads, with its multi-head latent attention
+  (``latent``) or with plain projections of the same heads and head_dim."""
   cfg = ml_collections.ConfigDict(model_cfg.to_dict() if hasattr(model_cfg, "to_dict")
                                   else model_cfg)
   cfg.attention.num_kv_heads = kv_heads
+  if not latent and "latent_rank" in cfg.attention:
+    cfg.attention.latent_rank = 0
   return ml_collections.FrozenConfigDict(cfg)
 
 
@@ -49,8 +56,11 @@ def report(model_cfg, contexts=(1024, 4096), batch: int = 1) -> list[dict]:
   the formula and as allocated by ``init_cache``."""
   rows = []
   heads = int(model_cfg.attention.num_heads)
-  for label, kv in head_variants(model_cfg):
-    cfg = _with_kv_heads(model_cfg, kv)
+  variants = [(label, kv, False) for label, kv in head_variants(model_cfg)]
+  if attention_settings(model_cfg.attention).latent_rank:     # the model's own MLA cache
+    variants.append(("MLA", heads, True))
+  for label, kv, latent in variants:
+    cfg = _with_kv_heads(model_cfg, kv, latent)
     per_token = kv_cache.bytes_per_token(cfg)
     row = {"variant": label, "num_heads": heads, "num_kv_heads": kv,
            "layers": int(cfg.num_layers), "head_dim": kv_cache.head_dims(cfg)[1],
@@ -59,6 +69,9 @@ def report(model_cfg, contexts=(1024, 4096), batch: int = 1) -> list[dict]:
     for n in contexts:
       row[f"bytes@{n}"] = kv_cache.cache_bytes(cfg, batch, n)
       row[f"allocated@{n}"] = allocated_bytes(cfg, batch, n)
+    if latent:
+      a = attention_settings(cfg.attention)
+      row.update(num_kv_heads=0, latent=int(a.latent_rank) + int(a.latent_rope_dim))
     rows.append(row)
   return rows
 
@@ -79,11 +92,15 @@ def markdown(rows: list[dict], contexts) -> str:
                f"Layer schedule {r0['layer_types']}: local layers cache only their window, so "
                f"a cache holds fewer bytes than bytes/token x context (the cache columns are "
                f"what it allocates).\n"]),
+           *([f"MLA caches per token and layer its latent and RoPE key, {rows[-1]['latent']} "
+              f"numbers (latent_rank + latent_rope_dim), and no per-head key or value.\n"]
+             if rows[-1]["variant"] == "MLA" else []),
            "| variant | kv_heads | bytes/token | " + " | ".join(f"cache @ {n}" for n in contexts)
            + " | vs MHA |", "|---|---|---|" + "---|" * len(contexts) + "---|"]
   for r in rows:
     assert all(r[f"bytes@{n}"] == r[f"allocated@{n}"] for n in contexts)   # formula = allocation
     cells = " | ".join(_human(r[f"bytes@{n}"]) for n in contexts)
-    lines.append(f"| {r['variant']} | {r['num_kv_heads']} | {r['bytes_per_token']:,} | {cells} | "
+    kv = "latent" if r["variant"] == "MLA" else r["num_kv_heads"]
+    lines.append(f"| {r['variant']} | {kv} | {r['bytes_per_token']:,} | {cells} | "
                  f"{r['bytes_per_token'] / r0['bytes_per_token']:.3g}x |")
   return "\n".join(lines) + "\n"

@@ -28,11 +28,12 @@ wavelength lambda_i = 2 pi / theta_i:
 - ``longrope`` (LongRoPE, Ding et al. 2024; Phi-3): per-dimension rescale factors
   ``theta'_i = theta_i / f_i``, with ``f`` = ``longrope_short_factor`` while the longest
   position + 1 of a forward call is at most L_train and ``longrope_long_factor`` beyond it
-  (both ``[rotary_dim / 2]``), and q and k each multiplied by the attention factor
+  (both ``[rotary_dim / 2]``; unset: 1, and s beyond: position interpolation), and q and k each multiplied by the attention factor
   ``longrope_attention_factor`` (0: ``sqrt(1 + ln s / ln L_train)``, 1 when s <= 1), as
-  transformers' ``longrope`` computes them. The switch is per forward call, so keys cached
-  before a cached generation crosses L_train keep their short-factor rotation (the
-  behaviour of transformers, which attnlab reproduces; ``docs/attention.md``).
+  transformers' ``longrope`` computes them. The switch is per forward call; a cached
+  generation that crosses L_train re-reads the whole text into a fresh cache at that point,
+  as transformers' ``generate`` does for Phi-3 (``PositionScheme.reencode_position``;
+  ``docs/attention.md``).
 - ``llama3`` (Meta's Llama 3.1): with wavelengths lambda_i, ``low = L_train / lf`` and
   ``high = L_train / hf`` (lf, hf = ``llama3_low_freq_factor`` 1, ``llama3_high_freq_factor``
   4): lambda_i < high keeps theta_i, lambda_i > low takes theta_i / s, and in between
@@ -179,9 +180,10 @@ def longrope_attention_factor(s) -> float:
 
 def _longrope(freqs, d, theta, s, seq_len):
   long = seq_len is not None and seq_len > s["original_max_len"]
-  factors = np.asarray(s["longrope_long_factor" if long else "longrope_short_factor"],
-                       np.float64)
-  return freqs / factors, longrope_attention_factor(s)
+  factors = s["longrope_long_factor" if long else "longrope_short_factor"]
+  if not len(factors):      # unset: 1 up to L_train, s beyond (position interpolation)
+    factors = [s["scale_factor"] if long else 1.0] * len(freqs)
+  return freqs / np.asarray(factors, np.float64), longrope_attention_factor(s)
 
 
 def _positive_numbers(value, context):
@@ -192,7 +194,7 @@ def _positive_numbers(value, context):
 
 def _longrope_dims(s, rotary_dim):
   for name in ("longrope_short_factor", "longrope_long_factor"):
-    if len(s[name]) != rotary_dim // 2:
+    if len(s[name]) and len(s[name]) != rotary_dim // 2:
       return (f"model.position.{name} has {len(s[name])} factors; the {rotary_dim} rotated "
               f"dims need {rotary_dim // 2} (one per pair)")
   return None
@@ -232,9 +234,11 @@ ROPE_SCALINGS.register("yarn_paper")(RopeScaling(
 ROPE_SCALINGS.register("longrope")(RopeScaling(
     _longrope, (SCALE_FACTOR, ORIGINAL_MAX_LEN,
                 Field("longrope_short_factor", (), "longrope: per-pair factors up to "
-                      "original_max_len (rotary_dim / 2 numbers)", check=_positive_numbers),
+                      "original_max_len (rotary_dim / 2 numbers; empty: all 1)",
+                      check=_positive_numbers),
                 Field("longrope_long_factor", (), "longrope: per-pair factors beyond "
-                      "original_max_len", check=_positive_numbers),
+                      "original_max_len (empty: all scale_factor, position interpolation)",
+                      check=_positive_numbers),
                 Field("longrope_attention_factor", 0.0, "longrope: q and k multiplier; 0: "
                       "sqrt(1 + ln(scale_factor) / ln(original_max_len))", minimum=0.0)),
     "LongRoPE (Phi-3): per-pair factors, short or long by the longest position of a call",
