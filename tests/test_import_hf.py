@@ -25,7 +25,9 @@ from attnlab.workdir import restore_params
 
 FIXTURES = pathlib.Path(__file__).parent / "data" / "hf"
 FAMILIES = ("gpt2", "gpt_neox", "llama", "mistral", "qwen2", "bloom", "qwen3", "gemma2",
-            "gemma3_text", "smollm3", "gpt_oss")
+            "gemma3_text", "smollm3", "gpt_oss", "phi3", "deepseek_v3")
+# the same families under other settings (scripts/make_hf_fixtures.py EXTRA)
+VARIANT_CHECKPOINTS = ("deepseek_v3_dense",)
 ROOT = pathlib.Path(__file__).parents[1]
 
 
@@ -52,7 +54,7 @@ def imported(tmp_path_factory):
   """{family: (resolved config, params)}, each imported into a workdir and read back."""
   root = tmp_path_factory.mktemp("imported")
   out = {}
-  for family in FAMILIES:
+  for family in FAMILIES + VARIANT_CHECKPOINTS:
     hf_import.import_checkpoint(FIXTURES / family, root / family, base_config())
     cfg, params, step = restore_params(root / family)
     assert step == 0
@@ -60,7 +62,7 @@ def imported(tmp_path_factory):
   return out
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES + VARIANT_CHECKPOINTS)
 def test_logits_match_transformers(imported, family):
   cfg, params, _ = imported[family]
   ref = reference(family)
@@ -68,7 +70,7 @@ def test_logits_match_transformers(imported, family):
   np.testing.assert_allclose(np.asarray(logits), ref["logits"], atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES + VARIANT_CHECKPOINTS)
 def test_cached_greedy_decoding_reproduces_transformers(imported, family):
   cfg, params, _ = imported[family]
   ref = reference(family)
@@ -410,3 +412,46 @@ def test_a_tied_checkpoint_may_store_its_head_if_it_equals_the_embedding(tmp_pat
   save_file(tensors, src / "model.safetensors")
   with pytest.raises(ConfigError, match="lm_head.weight differs from the token embedding"):
     hf_import.convert(src, base_config())
+
+
+def test_deepseek_v3_maps_latent_attention_and_its_layers(imported):
+  """MLA's ranks and head dims, the dense layers before first_k_dense_replace and the routed
+  ones after it; the dense variant routes nowhere and has a full-rank query."""
+  hf = json.loads((FIXTURES / "deepseek_v3" / "config.json").read_text())
+  m = imported["deepseek_v3"][0].model
+  a = m.attention
+  assert (a.latent_rank, a.latent_query_rank, a.latent_rope_dim, m.head_dim) == (
+      hf["kv_lora_rank"], hf["q_lora_rank"], hf["qk_rope_head_dim"], hf["qk_nope_head_dim"])
+  assert (a.latent_value_dim or m.head_dim) == hf["v_head_dim"]
+  assert m.mlp == "moe" and m.moe_first_dense == hf["first_k_dense_replace"]
+  params = imported["deepseek_v3"][1]
+  assert "router" in params["block_1"]["mlp"] and "router" not in params["block_0"]["mlp"]
+  dense = imported["deepseek_v3_dense"][0].model
+  assert dense.mlp == "swiglu" and dense.attention.latent_query_rank == 0
+
+
+def test_phi3_prompt_is_longer_than_the_original_context(imported):
+  """The fixture's prompt already exceeds original_max_position_embeddings: every call of
+  the reference used LongRoPE's long factors."""
+  m = imported["phi3"][0].model
+  assert m.position.scaling == "longrope"
+  assert len(reference("phi3")["prompt"]) > m.position.original_max_len
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_phi3_generation_crossing_the_original_context_reproduces_transformers(tmp_path,
+                                                                                use_cache):
+  """The original context 3 tokens beyond the prompt: transformers' generate starts with the
+  short factors and, at the crossing, recomputes the whole text with the long ones; attnlab
+  re-reads the text into a fresh cache there (and without a cache runs each step on the text
+  so far): the same tokens."""
+  src = _copy("phi3", tmp_path)
+  shutil.copy(FIXTURES / "phi3_crossing" / "config.json", src / "config.json")
+  cfg, params = hf_import.convert(src, base_config())
+  cfg = config_lib.resolve(cfg)
+  ref = np.load(FIXTURES / "phi3_crossing" / "reference.npz")
+  assert len(ref["prompt"]) < cfg.model.position.original_max_len < len(ref["prompt"]) + len(
+      ref["continuation"])
+  result = generation.generate(cfg, params, [ref["prompt"]], len(ref["continuation"]),
+                               use_cache=use_cache)
+  np.testing.assert_array_equal(result.tokens[0], ref["continuation"])
