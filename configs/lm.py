@@ -36,6 +36,19 @@ MODERN = {
                 "model.local_window": 64, "model.mlp": "moe", "model.moe_experts": 8,
                 "model.moe_top_k": 2, "model.moe_expert": "clamped_swiglu",
                 "model.moe_bias": True, "model.mlp_hidden": 128},
+    # multi-head latent attention (a latent KV cache), one dense block then routed experts
+    # with DeepSeek-V3's grouped sigmoid router and a shared expert
+    "deepseek_v3": {"model.norm": "rmsnorm", "model.attention.latent_rank": 32,
+                    "model.attention.latent_query_rank": 48, "model.attention.latent_rope_dim": 16,
+                    "model.mlp": "moe", "model.moe_router": "sigmoid_grouped",
+                    "model.moe_experts": 8, "model.moe_top_k": 2, "model.moe_groups": 4,
+                    "model.moe_topk_groups": 2, "model.moe_shared_experts": 1,
+                    "model.moe_first_dense": 1, "model.moe_expert_hidden": 64},
+    # differential attention (Differential Transformer), and Qwen3-Next's output gate
+    "differential": {"model.norm": "rmsnorm", "model.mlp": "swiglu",
+                     "model.attention.differential": True},
+    "gated": {"model.norm": "rmsnorm", "model.mlp": "swiglu", "model.attention.qk_norm": True,
+              "model.attention.output_gate": "elementwise"},
 }
 
 # One preset per position scheme ("nope" is kind "none"), nanoGPT's baby GPT, and MODERN.

@@ -197,7 +197,7 @@ def test_attention_maps_follow_each_layers_type():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["qk_norm", "softcap", "gemma2", "gemma3", "smollm3",
-                                    "gpt_oss"])
+                                    "gpt_oss", "deepseek_v3", "differential", "gated"])
 def test_modern_presets_train_alike_under_each_impl(preset, tmp_path):
   """Each modern preset (at d=32, windows of 8 over 32 tokens) trains: the loss falls over
   12 steps, and blockwise (and the kernel, for the presets whose mechanisms are masks or
@@ -205,8 +205,8 @@ def test_modern_presets_train_alike_under_each_impl(preset, tmp_path):
   from configs import lm
   from attnlab.engine import training
   assert preset in lm.MODERN
-  impls = ["reference", "blockwise"] + (["pallas"] if preset in ("softcap", "gemma2", "gpt_oss")
-                                        else [])
+  impls = ["reference", "blockwise"] + (["pallas"] if preset in (
+      "softcap", "gemma2", "gpt_oss", "deepseek_v3", "differential") else [])
   losses = {}
   for impl in impls:
     c = lm.get_config(preset)
