@@ -183,7 +183,7 @@ def test_attention_maps_follow_each_layers_type():
   beyond its window, a global layer's are not; every row sums to 1 (no sinks here: a sink
   takes mass, tests/test_analysis_metrics.py); capturing leaves the logits unchanged."""
   from attnlab.analysis import capture
-  no_sinks = {m: v for m, v in MECHANISMS.items() if not m.startswith("attention.sink_logit")}
+  no_sinks = {m: v for m, v in ALL_AT_ONCE.items() if not m.startswith("attention.sink_logit")}
   _, model, params = C.built(layered_config("local,nope,global", **no_sinks))
   x = C.tokens()
   logits, maps = capture.capture_attention(model, params, x)   # [layers, B, H, N, N]
