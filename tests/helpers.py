@@ -80,3 +80,17 @@ def tiny_sweep_config():
   c.sweep.variants = {"rope": {"model": {"position": {"kind": "rope"}}},
                       "alibi": {"model": {"position": {"kind": "alibi"}}}}
   return c
+
+
+def train_losses(config, workdir) -> list[float]:
+  """Train ``config`` for 12 steps of 8 sequences of 32 tokens of tinyshakespeare into
+  ``workdir`` (no progress bar) and return its logged training losses, in order."""
+  import json
+  from attnlab.engine import training
+  config.data.corpus, config.data.seq_len = "tinyshakespeare", 32
+  config.train.steps, config.train.batch_size, config.train.warmup_steps = 12, 8, 2
+  config.train.log_every = config.train.eval_every = config.train.checkpoint_every = 4
+  config.train.eval_batches = 1
+  training.train_and_evaluate(config, workdir, progress=False)
+  return [json.loads(line)["loss"] for line in (workdir / "metrics.jsonl").read_text().splitlines()
+          if json.loads(line)["split"] == "train"]

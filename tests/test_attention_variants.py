@@ -6,12 +6,13 @@ and Phi-3's checkpoints: ``test_import_hf``."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import jax
 import numpy as np
 import pytest
+
+import helpers
 
 from attnlab import config_lib
 from attnlab.models import kv_cache
@@ -182,18 +183,10 @@ def test_variants_refuse_what_they_cannot_compose_with(field, value, words):
                          ids=["gated", "differential", "latent"])
 def test_a_baby_model_with_the_variant_trains(variant, tmp_path):
   """12 steps on tinyshakespeare: the loss falls."""
-  from attnlab.engine import training
   c = config_lib.lm_config()
   c.model.d_model, c.model.num_layers = 32, 2
   c.model.attention.update(variant)
-  c.data.corpus, c.data.seq_len = "tinyshakespeare", 32
-  c.train.steps, c.train.batch_size, c.train.warmup_steps = 12, 8, 2
-  c.train.log_every = c.train.eval_every = c.train.checkpoint_every = 4
-  c.train.eval_batches = 1
-  training.train_and_evaluate(c, tmp_path / "run", progress=False)
-  losses = [json.loads(line)["loss"] for line in
-            (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-            if json.loads(line)["split"] == "train"]
+  losses = helpers.train_losses(c, tmp_path / "run")
   assert losses[-1] < losses[0] - 0.1, losses
 
 

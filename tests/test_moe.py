@@ -6,12 +6,13 @@ top-k softmax, DeepSeek-V3's group-limited sigmoid routing) and transformers' ow
 
 from __future__ import annotations
 
-import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+import helpers
 
 from attnlab import config_lib
 from attnlab.models import TransformerLM, moe
@@ -250,20 +251,12 @@ def test_equals_transformers_deepseek_v3_moe():
 @pytest.mark.parametrize("routing", ["gpt_oss", "deepseek_v3"])
 def test_a_baby_model_with_routed_experts_trains(routing, tmp_path):
   """12 steps on tinyshakespeare: the loss falls; the load-balancing loss (on) enters it."""
-  from attnlab.engine import training
   c = lm.get_config("rope")
   c.model.d_model, c.model.num_layers, c.model.mlp = 32, 2, "moe"
   c.model.attention.num_heads = c.model.attention.num_kv_heads = 4
   c.model.moe_experts, c.model.moe_aux_loss = 8, 0.01
   c.model.update(ROUTINGS[routing])
-  c.data.corpus, c.data.seq_len = "tinyshakespeare", 32
-  c.train.steps, c.train.batch_size, c.train.warmup_steps = 12, 8, 2
-  c.train.log_every = c.train.eval_every = c.train.checkpoint_every = 4
-  c.train.eval_batches = 1
-  training.train_and_evaluate(c, tmp_path / "run", progress=False)
-  losses = [json.loads(line)["loss"] for line in
-            (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-            if json.loads(line)["split"] == "train"]
+  losses = helpers.train_losses(c, tmp_path / "run")
   assert losses[-1] < losses[0] - 0.1, losses
 
 

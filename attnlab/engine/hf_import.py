@@ -262,6 +262,14 @@ def _fused_qkv_block(t: Tensors, m, x: str, attention: str, p) -> dict:
               "down": _linear(t, x + "mlp.dense_4h_to_h", h, d, True, p)}}
 
 
+def _embedding_and_head(t: Tensors, m, p) -> dict:
+  """``embed``, ``norm_final`` and the output head of a LLaMA-like checkpoint
+  (``embed_tokens``, ``norm``, ``lm_head``)."""
+  embedding = t.take("embed_tokens.weight", (m.vocab_size, m.d_model), p)
+  return {"embed": {"embedding": embedding}, "norm_final": _norm(t, "norm", m.d_model, False, p),
+          **_head(t, m, "lm_head.weight", ("",), embedding)}
+
+
 def _head(t: Tensors, m, name: str, prefixes, embedding: np.ndarray) -> dict:
   """The untied output head, or nothing when tied (a tied checkpoint may store the head
   anyway: it must then equal the embedding)."""
@@ -515,9 +523,7 @@ def _phi3_params(t, hf, m):
   d, f = m.d_model, m.mlp_hidden
   heads, kv_heads = m.attention.num_heads, m.attention.num_kv_heads
   dh = m.head_dim or d // heads
-  embedding = t.take("embed_tokens.weight", (m.vocab_size, d), p)
-  params = {"embed": {"embedding": embedding}, "norm_final": _norm(t, "norm", d, False, p),
-            **_head(t, m, "lm_head.weight", ("",), embedding)}
+  params = _embedding_and_head(t, m, p)
   for i in range(m.num_layers):
     x = f"layers.{i}."
     gate_up = _linear(t, x + "mlp.gate_up_proj", d, 2 * f, False, p)["kernel"]
@@ -597,9 +603,7 @@ def _deepseek_v3_params(t, hf, m):
   value_dim = a.latent_value_dim or nope
   interleaved = hf.get("rope_interleave", True)
   reorder = (lambda w: _interleaved_to_halves(w, rope_dim)) if interleaved else (lambda w: w)
-  embedding = t.take("embed_tokens.weight", (m.vocab_size, d), p)
-  params = {"embed": {"embedding": embedding}, "norm_final": _norm(t, "norm", d, False, p),
-            **_head(t, m, "lm_head.weight", ("",), embedding)}
+  params = _embedding_and_head(t, m, p)
   for i in range(m.num_layers):
     x = f"layers.{i}.self_attn."
     att = {}
@@ -781,9 +785,7 @@ def _gpt_oss_params(t, hf, m):
   d, f, e = m.d_model, m.mlp_hidden, m.moe_experts
   heads, kv_heads = m.attention.num_heads, m.attention.num_kv_heads
   dh = m.head_dim or d // heads
-  embedding = t.take("embed_tokens.weight", (m.vocab_size, d), p)
-  params = {"embed": {"embedding": embedding}, "norm_final": _norm(t, "norm", d, False, p),
-            **_head(t, m, "lm_head.weight", ("",), embedding)}
+  params = _embedding_and_head(t, m, p)
   for i in range(m.num_layers):
     x = f"layers.{i}."
     # experts' gate and linear halves interleave along the last axis: gate 0, up 0, gate 1, ...
