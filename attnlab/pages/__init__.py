@@ -296,6 +296,15 @@ ALLOWED: dict[str, dict[str, str]] = {
         "16×": "an evaluation factor", "32×": "stream length over training length, a setting",
         "30%": "the mutation test's perturbation (tests/test_pages.py), a setting",
     },
+    "docs/attention.md": {
+        "0.1": "differential attention's lambda vectors are drawn N(0, 0.1) (the paper's code)",
+        "0.8": "lambda_init = 0.8 - 0.6 exp(-0.3 l), the paper's definition",
+        "0.6": "lambda_init's definition", "0.3": "lambda_init's definition",
+        "2.1": "a section of the DeepSeek-V2 paper",
+    },
+    "docs/pretrained.md": {
+        "2.5": "the DeepSeek-V3 fixture's routed_scaling_factor, a setting",
+    },
     "docs/benchmarks.md": {
         "0.99": "AdamW's beta2, a setting (configs/lm.py)", "0.1": "weight decay, a setting",
         "1.0": "gradient clipping, a setting",
