@@ -22,6 +22,7 @@ import pathlib
 import re
 from collections.abc import Mapping
 
+import jax
 import ml_collections
 
 from attnlab import data, parallel, positional
@@ -469,6 +470,17 @@ def check_attention_variants(m, p) -> None:
       raise ConfigError(f"model.attention.{field}={on!r} does not take model.position.kind="
                         f"{p.kind!r} (its gates read the layer input per head); valid: "
                         f"{', '.join(valid)}")
+  if (a.latent_rank or a.differential) and a.impl in IMPLS:
+    # both attend with value heads of another width than their query/key heads: ask the impl
+    field = "latent_rank" if a.latent_rank else "differential"
+    q = jax.ShapeDtypeStruct((1, 8, 2, 4), jax.numpy.float32)
+    v = jax.ShapeDtypeStruct((1, 8, 2, 8), jax.numpy.float32)
+    spec = IMPLS.get(a.impl)
+    reason = spec.unsupported(q, q, v, None, None)
+    if reason and not spec.unsupported(q, q, q, None, None):   # the width alone, not the host
+      raise ConfigError(f"model.attention.{field}={a[field]!r} attends with value heads of "
+                        f"another width than its query/key heads, which "
+                        f"model.attention.impl={a.impl!r} refuses ({reason})")
   if a.latent_rank and a.differential:
     raise ConfigError("model.attention.differential=True with model.attention.latent_rank="
                       f"{a.latent_rank}: choose one (differential attention splits the plain "

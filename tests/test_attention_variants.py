@@ -161,17 +161,19 @@ def test_the_memory_report_lists_the_latent_cache_beside_mha_gqa_mqa():
   assert "MLA" in memory.markdown(rows, (64,))
 
 
-@pytest.mark.parametrize("field, value, words", [
-    ("differential", True, "model.position.kind="),   # a per-head bias both maps would share
-    ("latent_rank", 8, "kind"),
+@pytest.mark.parametrize("field, value, other, words", [
+    ("differential", True, ("position", "alibi"), "model.position.kind="),  # a per-head bias
+    ("latent_rank", 8, ("kind", "linear"), "kind"),
+    ("latent_rank", 8, ("impl", "xla"), "impl='xla'"),     # values of another width than keys
+    ("differential", True, ("impl", "xla"), "impl='xla'"),
 ])
-def test_variants_refuse_what_they_cannot_compose_with(field, value, words):
+def test_variants_refuse_what_they_cannot_compose_with(field, value, other, words):
   c = config_lib.lm_config()
   c.model.attention[field] = value
-  if field == "differential":
-    c.model.position = config_lib.position_block("alibi")
+  if other[0] == "position":
+    c.model.position = config_lib.position_block(other[1])
   else:
-    c.model.attention.kind = "linear"
+    c.model.attention[other[0]] = other[1]
   with pytest.raises(config_lib.ConfigError, match=f"model.attention.{field}") as e:
     config_lib.resolve(c)
   assert words in str(e.value)
