@@ -187,9 +187,10 @@ def check_lookback(spec, att, length: int, what: str = "") -> None:
 # ----------------------------------------------------------------------------- impls
 
 def qkvw(seed: int, nq=LENGTH, nk=LENGTH, heads=HEADS, kv_heads=KV_HEADS, d=HEAD_DIM,
-         batch=BATCH, q_scale=1.0):
-  """Test inputs at the suite's sizes (``oracles.make_qkv``)."""
-  return oracles.make_qkv(seed, batch, nq, nk, heads, kv_heads, d=d, q_scale=q_scale)
+         batch=BATCH, q_scale=1.0, dv=None):
+  """Test inputs at the suite's sizes (``oracles.make_qkv``; ``dv``: a value head dim other
+  than the query/key one)."""
+  return oracles.make_qkv(seed, batch, nq, nk, heads, kv_heads, d=d, q_scale=q_scale, dv=dv)
 
 
 def run_impl(impl: str, q, k, v, w, mask=None, score_mod=None, tiles=None):
@@ -210,13 +211,13 @@ def run_impl(impl: str, q, k, v, w, mask=None, score_mod=None, tiles=None):
 
 
 def check_impl(impl: str, mask=None, score_mod=None, *, seed=0, nq=LENGTH, nk=LENGTH,
-               heads=HEADS, kv_heads=KV_HEADS, what="", tiles=None) -> str | None:
+               heads=HEADS, kv_heads=KV_HEADS, what="", tiles=None, dv=None) -> str | None:
   """Values and gradients (q, k, v and every float leaf of the modifier) of ``impl``
   against the float64 oracle. Returns the impl's own reason when it declares it cannot
   serve the request (nothing is checked then)."""
   what = what or impl
   score_mod = score_mods_lib.as_score_mod(score_mod)
-  q, k, v, w = qkvw(seed, nq, nk, heads, kv_heads)
+  q, k, v, w = qkvw(seed, nq, nk, heads, kv_heads, dv=dv)
   reason = IMPLS.get(impl).unsupported(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v),
                                        masks.as_mask(mask), score_mods_lib.as_score_mod(score_mod))
   if reason:

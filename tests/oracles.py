@@ -193,14 +193,15 @@ def naive_attention(q, k, v, mask_bool=None, bias=None, *, scale=None, cap=None,
 # ----------------------------------------------------------------------------- test inputs
 
 
-def make_qkv(seed, b, nq, nk, h, hkv, d=8, q_scale=1.0):
-  """float32 q [b, nq, h, d], k and v [b, nk, hkv, d], and w [b, nq, h, d] (the weights of
-  the loss sum(w * out))."""
+def make_qkv(seed, b, nq, nk, h, hkv, d=8, q_scale=1.0, dv=None):
+  """float32 q [b, nq, h, d], k [b, nk, hkv, d], v [b, nk, hkv, dv] (dv: d by default), and
+  w [b, nq, h, dv] (the weights of the loss sum(w * out))."""
+  dv = d if dv is None else dv
   rng = np.random.default_rng(seed)
   q = (q_scale * rng.standard_normal((b, nq, h, d))).astype(np.float32)
   k = rng.standard_normal((b, nk, hkv, d)).astype(np.float32)
-  v = rng.standard_normal((b, nk, hkv, d)).astype(np.float32)
-  w = rng.standard_normal((b, nq, h, d)).astype(np.float32)
+  v = rng.standard_normal((b, nk, hkv, dv)).astype(np.float32)
+  w = rng.standard_normal((b, nq, h, dv)).astype(np.float32)
   return q, k, v, w
 
 

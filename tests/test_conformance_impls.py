@@ -37,6 +37,12 @@ REQUESTS = {
     # rows 0..19 see no key (whole tiles and a part of one); the others see key 20
     "rows_that_see_nothing": dict(mask=lambda: masks.global_tokens([20]) & masks.causal(),
                                   heads=(4, 2)),
+    # values of another width than queries and keys (MLA's absorbed form, differential
+    # attention's half-width heads)
+    "wider_values_mqa_alibi": dict(mask=lambda: masks.causal(), heads=(4, 1), dv=2 * C.HEAD_DIM,
+                                   mod=lambda: positional.alibi_bias(4)),
+    "narrower_values_window": dict(mask=lambda: masks.sliding_window(6), heads=(4, 2),
+                                   dv=C.HEAD_DIM // 2),
 }
 
 
@@ -47,7 +53,8 @@ def test_impl_serves_the_contract(impl, request_name):
   heads, kv_heads = r["heads"]
   mod = r.get("mod", lambda: None)()
   C.skip_if(C.check_impl(impl, r["mask"](), mod, heads=heads, kv_heads=kv_heads,
-                        nq=r.get("nq", C.LENGTH), what=f"{impl}/{request_name}"))
+                        nq=r.get("nq", C.LENGTH), what=f"{impl}/{request_name}",
+                        dv=r.get("dv")))
 
 
 # Learned sinks (gpt-oss): every impl declaring them against the float64 definition, the
