@@ -656,14 +656,14 @@ DECODE_RUN = ("python scripts/bench_decode.py --config=configs/lm.py:rope "
               "--contexts=256,1024,4096 --kv_heads=4,1 --json=docs/bench_decode.json")
 
 
-def _memory_report(overrides: dict, contexts: tuple[int, ...]) -> str:
-  """``python -m attnlab.memory --config=configs/lm.py:rope`` with ``overrides``: computed
-  from the config (cache shapes), not measured."""
+def _memory_report(overrides: dict, contexts: tuple[int, ...], preset: str = "rope") -> str:
+  """``python -m attnlab.memory --config=configs/lm.py:<preset>`` with ``overrides``:
+  computed from the config (cache shapes), not measured."""
   from attnlab import config_lib
   from attnlab.config_lib import load_module
   from attnlab.inference import memory
   from attnlab.pages import ROOT
-  cfg = load_module(ROOT / "configs" / "lm.py").get_config("rope")
+  cfg = load_module(ROOT / "configs" / "lm.py").get_config(preset)
   for dotted, value in overrides.items():
     node = cfg
     *parents, leaf = dotted.split(".")
@@ -687,6 +687,12 @@ def inference_memory_default():
 def inference_memory_large():
   return _memory_report({"model.attention.num_heads": 8, "model.d_model": 512,
                          "model.num_layers": 8}, (1024, 4096, 32768))
+
+
+@section("inference.memory_latent", INFERENCE_PAGE, (),
+         "python -m attnlab.memory --config=configs/lm.py:deepseek_v3")
+def inference_memory_latent():
+  return _memory_report({}, (1024, 4096), "deepseek_v3")
 
 
 def _range(side: dict, per: float, spec: str) -> str:
