@@ -246,3 +246,37 @@ def test_longrope_cached_reading_equals_the_forward_of_each_prefix():
   equal those of a forward over the text up to it."""
   import conformance as C
   C.skip_if(C.check_cached_decoding(_longrope_model("sliding_window"), "longrope"))
+
+
+# ----------------------------------------------------------------------------- p-RoPE
+
+@pytest.mark.parametrize("fraction", [0.25, 0.75])
+def test_p_rope_rotates_only_the_highest_frequencies(fraction):
+  """Barbero et al. 2024: pair (i, i + d/2) turns by m * theta^(-2i/d) for the highest
+  fraction of frequencies (i < fraction * d/2) and not at all for the rest; NeoX's partial
+  rotary instead turns the first fraction of dims with a ladder of their own."""
+  from attnlab import positional
+  d, theta = 16, 10000.0
+  block = config_lib.position_block("rope")
+  block.update(rotary_fraction=fraction, partial_rotary="p_rope")
+  scheme = positional.get_scheme(block)
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((1, 7, 2, d)).astype(np.float32)
+  pos = np.arange(7)[None]
+  got, _ = scheme.rotate_qk(x, x, pos)
+  want = x.astype(np.float64).copy()
+  kept = int(fraction * d / 2)
+  for i in range(kept):
+    angle = pos[0, :, None] * theta ** (-2 * i / d)
+    a, b = x[..., i].astype(np.float64), x[..., i + d // 2].astype(np.float64)
+    want[..., i] = a * np.cos(angle) - b * np.sin(angle)
+    want[..., i + d // 2] = a * np.sin(angle) + b * np.cos(angle)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+  assert kept < d // 2 and np.array_equal(np.asarray(got)[..., kept:d // 2], x[..., kept:d // 2])
+
+
+def test_p_rope_decodes_like_the_full_forward():
+  import conformance as C
+  config = C.model_config("sliding_window", "rope", rotary_fraction=0.5, partial_rotary="p_rope")
+  C.check_causal(config, "p_rope")
+  C.skip_if(C.check_cached_decoding(config, "p_rope"))

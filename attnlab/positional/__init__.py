@@ -325,7 +325,12 @@ class Rope(PositionScheme):
                   "(ROPE_SCALINGS)", choices=tuple(ROPE_SCALINGS.names())),
             *rope.scaling_fields(),
             Field("rotary_fraction", 1.0, "rope: fraction of head dims rotated",
-                  check=_rotary_fraction_problem))
+                  check=_rotary_fraction_problem),
+            Field("partial_rotary", "neox", "rope: how rotary_fraction < 1 rotates: neox (the "
+                  "first fraction of dims, with a frequency ladder of their own) | p_rope (every "
+                  "pair keeps full RoPE's frequency; the lowest 1 - rotary_fraction of the "
+                  "frequencies become 0, their pairs unrotated: Barbero et al. 2024)",
+                  choices=("neox", "p_rope")))
 
   @classmethod
   def resolve(cls, block, length):
@@ -347,7 +352,7 @@ class Rope(PositionScheme):
     if int(head_dim * c.rotary_fraction) < 2:
       raise ConfigError(f"model.position.rotary_fraction={c.rotary_fraction!r} must be in (0, 1] "
                         f"and rotate at least 2 of the {head_dim} head dims")
-    problem = scaling.check_dims(c, rope.rotary_dim(head_dim, c.rotary_fraction))
+    problem = scaling.check_dims(c, self.rotary_dims(head_dim))
     if problem:
       raise ConfigError(problem)
 
@@ -364,11 +369,21 @@ class Rope(PositionScheme):
       return int(self.cfg.original_max_len)
     return None
 
+  def rotary_dims(self, head_dim: int) -> int:
+    """Dims the frequency ladder spans: the neox fraction, or every dim with p-RoPE."""
+    if self.cfg.partial_rotary == "p_rope":
+      return head_dim
+    return rope.rotary_dim(head_dim, self.cfg.rotary_fraction)
+
   def frequencies(self, head_dim: int, seq_len: int) -> tuple[np.ndarray, float]:
     c = self.cfg
-    rotary = rope.rotary_dim(head_dim, c.rotary_fraction)
-    return self.scaling().frequencies(rope.unscaled_frequencies(rotary, c.theta), rotary,
-                                      c.theta, c, seq_len)
+    rotary = self.rotary_dims(head_dim)
+    freqs, multiplier = self.scaling().frequencies(rope.unscaled_frequencies(rotary, c.theta),
+                                                   rotary, c.theta, c, seq_len)
+    if c.partial_rotary == "p_rope":   # keep the highest fraction of frequencies
+      freqs = np.where(np.arange(rotary // 2) < rope.p_rope_kept(rotary, c.rotary_fraction),
+                       freqs, 0.0)
+    return freqs, multiplier
 
   def rotate_qk(self, q, k, positions):
     if self.scaling().switches_at_original_len:

@@ -40,6 +40,10 @@ wavelength lambda_i = 2 pi / theta_i:
   ``smooth = (L_train / lambda_i - lf) / (hf - lf)``,
   ``theta'_i = (1 - smooth) theta_i / s + smooth theta_i``. No temperature.
 
+p-RoPE (Barbero et al. 2024, ``partial_rotary="p_rope"``): full RoPE's frequencies on every
+pair, but the lowest 1 - ``rotary_fraction`` of them set to 0 (those pairs are not rotated);
+NeoX's partial rotary instead rotates the first fraction of dims with a ladder of its own.
+
 xPos (Sun et al. 2022): RoPE with per-pair scale zeta_i = (2i + 0.4 d) / (1.4 d);
 queries are multiplied by zeta^(m / scale_base), keys by zeta^(-m / scale_base).
 """
@@ -305,6 +309,12 @@ def rotate_half_split(x, angles, scale=None):
     s = scale[:, :, None, :]
     out1, out2 = out1 * s, out2 * s
   return jnp.concatenate([out1, out2, rest], axis=-1).astype(x.dtype)
+
+
+def p_rope_kept(head_dim: int, fraction: float) -> int:
+  """p-RoPE (Barbero et al. 2024): how many of the head_dim / 2 frequencies, highest first,
+  keep rotating: the largest count <= fraction * head_dim / 2, at least 1."""
+  return max(1, int(fraction * (head_dim // 2)))
 
 
 def rotary_dim(head_dim: int, fraction: float) -> int:
